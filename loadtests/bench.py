@@ -1,0 +1,489 @@
+"""Benchmark: splitproxy against nginx as a proxy, both in front of the same tiny upstream.
+
+A benchmark, not a test. It starts, all on 127.0.0.1 and on free ports:
+
+* a tiny upstream: nginx returning ``ok`` (or the aiohttp demo upstream, ``--upstream aiohttp``);
+* splitproxy, one worker, one route split 90/10 between two versions that both point at it;
+* nginx as a reverse proxy, one worker, keep-alive to the upstream;
+
+then runs ``wrk --latency`` against each of the three, interleaved over ``--rounds`` rounds (the
+order rotates every round) so that machine noise hits all of them alike, and prints the median
+req/s, p50 and p99 of each as a markdown table, with ratios to nginx-as-a-proxy.
+
+    python loadtests/bench.py [--duration 10] [--rounds 3] [--connections 64 256] [--json FILE]
+
+Needs ``wrk`` and ``nginx`` (Debian: ``apt-get install wrk nginx-light``); exits 2 without them.
+Every child process is stopped when it ends, however it ends.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+import urllib.error
+import urllib.request
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+HOST = "127.0.0.1"
+NGINX_PROXY = "nginx-proxy"
+# The order of the table's rows; ratios are taken against NGINX_PROXY.
+TARGETS = ("upstream", "splitproxy", NGINX_PROXY)
+START_TIMEOUT = 15.0
+INSTALL_HINT = "apt-get install wrk nginx-light"
+
+
+# --- wrk output --------------------------------------------------------------------------------
+
+_UNITS = {"us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+_LATENCY = re.compile(r"^\s*(50|99)(?:\.0+)?%\s+([\d.]+)(us|ms|s|m|h)\s*$", re.M)
+_RPS = re.compile(r"^Requests/sec:\s+([\d.]+)", re.M)
+_REQUESTS = re.compile(r"^\s*(\d+) requests in ([\d.]+)(us|ms|s|m|h)", re.M)
+_SOCKET_ERRORS = re.compile(
+    r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", re.M
+)
+_NON_2XX = re.compile(r"Non-2xx or 3xx responses: (\d+)", re.M)
+
+
+@dataclass(frozen=True, slots=True)
+class Sample:
+    """One wrk run against one target."""
+
+    target: str
+    connections: int
+    round: int
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    requests: int
+    errors: int  # socket errors + non-2xx/3xx responses
+
+
+def to_seconds(value: str, unit: str) -> float:
+    """wrk's ``812.00us`` / ``1.20ms`` / ``2.00s`` / ``1.00m`` -> seconds."""
+    return float(value) * _UNITS[unit]
+
+
+def parse_wrk(output: str, target: str, connections: int, round_: int) -> Sample:
+    """Read req/s, p50, p99 and errors from ``wrk --latency`` output."""
+    rps = _RPS.search(output)
+    latencies = {m.group(1): to_seconds(m.group(2), m.group(3)) for m in _LATENCY.finditer(output)}
+    if rps is None or set(latencies) != {"50", "99"}:
+        raise ValueError(f"cannot read wrk output for {target}:\n{output}")
+    requests = _REQUESTS.search(output)
+    socket_errors = _SOCKET_ERRORS.search(output)
+    errors = sum(int(n) for n in socket_errors.groups()) if socket_errors else 0
+    non_2xx = _NON_2XX.search(output)
+    if non_2xx:
+        errors += int(non_2xx.group(1))
+    return Sample(
+        target=target,
+        connections=connections,
+        round=round_,
+        rps=float(rps.group(1)),
+        p50_ms=latencies["50"] * 1e3,
+        p99_ms=latencies["99"] * 1e3,
+        requests=int(requests.group(1)) if requests else 0,
+        errors=errors,
+    )
+
+
+# --- processes ---------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind((HOST, 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+class Children:
+    """The processes this run started; `stop_all` ends each one, and its process group."""
+
+    def __init__(self, logdir: Path) -> None:
+        self.logdir = logdir
+        self.procs: list[tuple[str, subprocess.Popen[bytes]]] = []
+
+    def start(self, name: str, argv: list[str]) -> subprocess.Popen[bytes]:
+        # The child keeps its own copy of the descriptor; ours can close at once.
+        with open(self.logdir / f"{name}.log", "wb") as log:
+            proc = subprocess.Popen(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=REPO,
+                start_new_session=True,  # one group per child: its workers go with it
+            )
+        self.procs.append((name, proc))
+        return proc
+
+    def log_tail(self, name: str, lines: int = 20) -> str:
+        path = self.logdir / f"{name}.log"
+        if not path.exists():
+            return ""
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+
+    def stop_all(self) -> None:
+        for _, proc in reversed(self.procs):
+            if proc.poll() is None:
+                _signal_group(proc, signal.SIGTERM)
+        deadline = time.monotonic() + 5.0
+        for _, proc in reversed(self.procs):
+            try:
+                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                _signal_group(proc, signal.SIGKILL)
+                proc.wait(timeout=5.0)
+        # Whatever a child forked and left behind in its group.
+        for _, proc in self.procs:
+            _signal_group(proc, signal.SIGKILL)
+        self.procs.clear()
+
+
+def _signal_group(proc: subprocess.Popen[bytes], sig: signal.Signals) -> None:
+    try:
+        os.killpg(proc.pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def wait_ready(children: Children, name: str, proc: subprocess.Popen[bytes], port: int) -> None:
+    """Wait until http://HOST:port/ answers 200, or fail with the child's log."""
+    url = f"http://{HOST}:{port}/"
+    deadline = time.monotonic() + START_TIMEOUT
+    last: object = None
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{name} exited with {proc.returncode}:\n{children.log_tail(name)}")
+        try:
+            with urllib.request.urlopen(url, timeout=1.0) as resp:
+                if resp.status == 200:
+                    return
+                last = f"HTTP {resp.status}"
+        except (OSError, urllib.error.URLError) as exc:
+            last = exc
+        time.sleep(0.1)
+    raise RuntimeError(
+        f"{name} did not answer 200 on {url} within {START_TIMEOUT:.0f}s (last: {last}):\n"
+        f"{children.log_tail(name)}"
+    )
+
+
+# --- the three servers -------------------------------------------------------------------------
+
+
+def _nginx_conf(tmp: Path, name: str, http_block: str) -> Path:
+    temp = tmp / f"{name}-temp"
+    temp.mkdir()
+    conf = tmp / f"{name}.conf"
+    paths = "\n".join(
+        f"    {kind}_temp_path {temp / kind};"
+        for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
+    )
+    conf.write_text(
+        f"worker_processes 1;\n"
+        f"pid {tmp / name}.pid;\n"
+        f"error_log {tmp / name}-error.log warn;\n"
+        f"events {{ worker_connections 4096; }}\n"
+        f"http {{\n"
+        f"    access_log off;\n"
+        # wrk keeps its connections for the whole run: nginx's default of 1000 requests per
+        # connection would make it reconnect, which splitproxy never asks for.
+        f"    keepalive_requests 100000000;\n"
+        f"{paths}\n"
+        f"{textwrap.indent(textwrap.dedent(http_block).strip(), '    ')}\n"
+        f"}}\n"
+    )
+    return conf
+
+
+def start_nginx(children: Children, nginx: str, tmp: Path, name: str, http_block: str) -> int:
+    port = free_port()
+    conf = _nginx_conf(tmp, name, http_block.replace("{port}", str(port)))
+    argv = [nginx, "-e", str(tmp / f"{name}-error.log"), "-p", str(tmp), "-c", str(conf)]
+    argv += ["-g", "daemon off;"]
+    proc = children.start(name, argv)
+    wait_ready(children, name, proc, port)
+    return port
+
+
+def start_nginx_upstream(children: Children, nginx: str, tmp: Path) -> int:
+    block = """
+        server {
+            listen 127.0.0.1:{port};
+            location / { return 200 "ok\\n"; }
+        }
+    """
+    return start_nginx(children, nginx, tmp, "upstream", block)
+
+
+def start_aiohttp_upstream(children: Children) -> int:
+    port = free_port()
+    code = (
+        "from aiohttp import web; from splitproxy.demo import make_upstream_app; "
+        f"web.run_app(make_upstream_app('upstream'), host={HOST!r}, port={port}, "
+        "access_log=None, print=None)"
+    )
+    proc = children.start("upstream", [sys.executable, "-c", code])
+    wait_ready(children, "upstream", proc, port)
+    return port
+
+
+def start_nginx_proxy(children: Children, nginx: str, tmp: Path, upstream: int) -> int:
+    # The same header work splitproxy does: Host passed through, X-Forwarded-* added.
+    block = f"""
+        upstream backend {{
+            server {HOST}:{upstream};
+            keepalive 64;
+            keepalive_requests 100000000;
+        }}
+        server {{
+            listen 127.0.0.1:{{port}};
+            location / {{
+                proxy_pass http://backend;
+                proxy_http_version 1.1;
+                proxy_set_header Connection "";
+                proxy_set_header Host $http_host;
+                proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+                proxy_set_header X-Forwarded-Proto $scheme;
+                proxy_set_header X-Forwarded-Host $host;
+            }}
+        }}
+    """
+    return start_nginx(children, nginx, tmp, NGINX_PROXY, block)
+
+
+def start_splitproxy(children: Children, tmp: Path, upstream: int) -> int:
+    port, admin = free_port(), free_port()
+    config = tmp / "splitproxy.yaml"
+    config.write_text(
+        textwrap.dedent(
+            f"""\
+            listen: {HOST}:{port}
+            admin: {{listen: {HOST}:{admin}}}
+            routes:
+              - name: bench
+                versions:
+                  stable: {{endpoints: ["http://{HOST}:{upstream}"]}}
+                  canary: {{endpoints: ["http://{HOST}:{upstream}"]}}
+                weights: {{stable: 90, canary: 10}}
+            """
+        )
+    )
+    argv = [sys.executable, "-m", "splitproxy", "run", "-c", str(config), "--workers", "1"]
+    proc = children.start("splitproxy", argv)
+    wait_ready(children, "splitproxy", proc, port)
+    return port
+
+
+# --- running wrk -------------------------------------------------------------------------------
+
+
+def run_wrk(wrk: str, port: int, threads: int, connections: int, duration: float) -> str:
+    argv = [wrk, f"-t{threads}", f"-c{connections}", f"-d{duration:g}s", "--latency"]
+    argv.append(f"http://{HOST}:{port}/")
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=duration + 30, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"{' '.join(argv)} failed ({done.returncode}):\n{done.stderr}")
+    return done.stdout
+
+
+def median_of(samples: list[Sample]) -> dict[str, Any]:
+    return {
+        "rps": statistics.median(s.rps for s in samples),
+        "p50_ms": statistics.median(s.p50_ms for s in samples),
+        "p99_ms": statistics.median(s.p99_ms for s in samples),
+        "errors": sum(s.errors for s in samples),
+        "rounds": len(samples),
+    }
+
+
+def summarize(samples: list[Sample], connections: list[int]) -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = []
+    for conns in connections:
+        medians = {
+            t: median_of([s for s in samples if s.target == t and s.connections == conns])
+            for t in TARGETS
+        }
+        ref = medians[NGINX_PROXY]
+        for target in TARGETS:
+            m = medians[target]
+            rows.append(
+                {
+                    "target": target,
+                    "connections": conns,
+                    **m,
+                    "rps_vs_nginx": m["rps"] / ref["rps"] if ref["rps"] else None,
+                    "p99_vs_nginx": m["p99_ms"] / ref["p99_ms"] if ref["p99_ms"] else None,
+                }
+            )
+    return rows
+
+
+def markdown(rows: list[dict[str, Any]]) -> str:
+    def ratio(value: float | None) -> str:
+        return "-" if value is None else f"{value:.2f}x"
+
+    lines = [
+        "| target | conns | req/s | p50 | p99 | req/s vs nginx | p99 vs nginx | errors |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['target']} | {r['connections']} | {r['rps']:,.0f} | {r['p50_ms']:.2f} ms "
+            f"| {r['p99_ms']:.2f} ms | {ratio(r['rps_vs_nginx'])} | {ratio(r['p99_vs_nginx'])} "
+            f"| {r['errors']} |"
+        )
+    return "\n".join(lines)
+
+
+def _tool_version(argv: list[str]) -> str:
+    try:
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=5, check=False)
+    except OSError:
+        return "?"
+    text = (done.stdout + done.stderr).strip().splitlines()
+    return text[0] if text else "?"
+
+
+# --- main --------------------------------------------------------------------------------------
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    p.add_argument("--duration", type=float, default=10.0, help="seconds per wrk run (10)")
+    p.add_argument("--rounds", type=int, default=3, help="interleaved rounds per target (3)")
+    p.add_argument("--connections", type=int, nargs="+", default=[64], help="wrk -c values (64)")
+    p.add_argument("--threads", type=int, default=2, help="wrk -t (2)")
+    p.add_argument("--warmup", type=float, default=2.0, help="seconds of warm-up per target (2)")
+    p.add_argument(
+        "--upstream",
+        choices=("nginx", "aiohttp"),
+        default="nginx",
+        help="the tiny upstream: nginx (default) or the aiohttp demo upstream",
+    )
+    p.add_argument("--json", metavar="FILE", help="also write every sample and the medians")
+    args = p.parse_args(argv)
+    if args.duration <= 0 or args.rounds < 1 or args.threads < 1 or args.warmup < 0:
+        p.error("--duration, --rounds and --threads must be positive, --warmup >= 0")
+    if any(c < args.threads for c in args.connections):
+        p.error("each --connections value must be >= --threads")
+    return args
+
+
+def find_tools() -> tuple[str, str] | None:
+    """(wrk, nginx) paths, or None after saying what is missing and how to install it."""
+    # nginx lives in /usr/sbin, which is not on every user's PATH.
+    search = os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/usr/local/sbin"])
+    wrk, nginx = shutil.which("wrk", path=search), shutil.which("nginx", path=search)
+    missing = [name for name, path in (("wrk", wrk), ("nginx", nginx)) if path is None]
+    if missing or wrk is None or nginx is None:
+        sys.stderr.write(
+            f"bench: {' and '.join(missing)} not found; the benchmark needs wrk and nginx.\n"
+            f"  Debian/Ubuntu: {INSTALL_HINT}\n"
+        )
+        return None
+    return wrk, nginx
+
+
+def _raise_on_sigterm(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)  # so the finally below stops every child
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    tools = find_tools()
+    if tools is None:
+        return 2
+    wrk, nginx = tools
+    signal.signal(signal.SIGTERM, _raise_on_sigterm)
+
+    runs = args.rounds * len(args.connections) * len(TARGETS)
+    estimate = runs * args.duration + len(TARGETS) * args.warmup
+    sys.stderr.write(
+        f"bench: {runs} wrk runs of {args.duration:g}s (+ warm-up), about {estimate:.0f}s\n"
+    )
+
+    samples: list[Sample] = []
+    with tempfile.TemporaryDirectory(prefix="splitproxy-bench-") as tmpdir:
+        tmp = Path(tmpdir)
+        children = Children(tmp)
+        try:
+            if args.upstream == "nginx":
+                upstream = start_nginx_upstream(children, nginx, tmp)
+            else:
+                upstream = start_aiohttp_upstream(children)
+            ports = {
+                "upstream": upstream,
+                "splitproxy": start_splitproxy(children, tmp, upstream),
+                NGINX_PROXY: start_nginx_proxy(children, nginx, tmp, upstream),
+            }
+            if args.warmup > 0:
+                for target in TARGETS:
+                    sys.stderr.write(f"bench: warm-up {target}\n")
+                    run_wrk(wrk, ports[target], args.threads, args.connections[0], args.warmup)
+            for conns in args.connections:
+                for rnd in range(args.rounds):
+                    # Rotate the order so no target always runs first (or last).
+                    k = rnd % len(TARGETS)
+                    for target in TARGETS[k:] + TARGETS[:k]:
+                        out = run_wrk(wrk, ports[target], args.threads, conns, args.duration)
+                        sample = parse_wrk(out, target, conns, rnd + 1)
+                        samples.append(sample)
+                        sys.stderr.write(
+                            f"bench: c={conns} round {rnd + 1}/{args.rounds} {target}: "
+                            f"{sample.rps:,.0f} req/s, p99 {sample.p99_ms:.2f} ms"
+                            f"{f', {sample.errors} errors' if sample.errors else ''}\n"
+                        )
+        except RuntimeError as exc:
+            sys.stderr.write(f"bench: {exc}\n")
+            return 1
+        finally:
+            children.stop_all()
+
+    rows = summarize(samples, args.connections)
+    sys.stdout.write(
+        f"splitproxy benchmark: wrk -t{args.threads} -d{args.duration:g}s --latency, "
+        f"median of {args.rounds} interleaved round(s); upstream: {args.upstream}; "
+        f"{os.cpu_count()} CPUs\n\n{markdown(rows)}\n"
+    )
+    if args.json:
+        report = {
+            "meta": {
+                "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                "duration_s": args.duration,
+                "rounds": args.rounds,
+                "threads": args.threads,
+                "connections": args.connections,
+                "warmup_s": args.warmup,
+                "upstream": args.upstream,
+                "cpus": os.cpu_count(),
+                "python": platform.python_version(),
+                "wrk": _tool_version([wrk, "--version"]),
+                "nginx": _tool_version([nginx, "-v"]),
+            },
+            "results": rows,
+            "samples": [asdict(s) for s in samples],
+        }
+        Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

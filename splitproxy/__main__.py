@@ -1,0 +1,3 @@
+from splitproxy.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,489 @@
+"""Client side: one HTTP/1.1 protocol instance per client connection (uvloop + httptools).
+
+Requests are parsed here, checked for ambiguous framing, routed to a version and turned into
+`Exchange`s that run one at a time, in order, so pipelined requests are answered in order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from typing import TYPE_CHECKING, cast
+
+import httptools
+
+from splitproxy.proxy.exchange import Exchange
+from splitproxy.proxy.headers import (
+    connection_tokens,
+    cookie_value,
+    error_response,
+)
+from splitproxy.routing import choose
+
+if TYPE_CHECKING:
+    from splitproxy.proxy.upstream import UpstreamConnection
+    from splitproxy.server import ProxyServer
+
+log = logging.getLogger("splitproxy.downstream")
+
+WRITE_HIGH_WATER = 256 * 1024
+
+# Request headers the head loop treats specially; everything else is forwarded as it came.
+_SPECIAL = frozenset(
+    {
+        b"host", b"content-length", b"transfer-encoding", b"connection", b"keep-alive",
+        b"proxy-connection", b"te", b"trailer", b"upgrade", b"expect", b"x-forwarded-for",
+        b"x-forwarded-proto", b"x-forwarded-host",
+    }
+)
+_DROPPED = frozenset({b"keep-alive", b"proxy-connection", b"te", b"trailer"})
+_PIPELINE = "pipeline"
+
+
+class _Reject(Exception):
+    """Raised from a parser callback: answer `status` and close the connection."""
+
+    def __init__(self, status: int, detail: str) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.detail = detail
+
+
+class DownstreamProtocol(asyncio.Protocol):
+    __slots__ = (
+        "server", "loop", "transport", "parser", "client_ip", "queue", "current", "receiving",
+        "_url", "_headers", "_in_head", "_head_bytes", "deadline", "_timer_kind",
+        "_read_paused_by", "_paused_upstream", "_tunnel", "_upgrading", "_broken", "_closed",
+        "_body_bytes",
+    )
+
+    def __init__(self, server: ProxyServer) -> None:
+        self.server = server
+        self.loop = server.loop
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpRequestParser(self)
+        self.client_ip = b""
+        self.queue: deque[Exchange] = deque()
+        self.current: Exchange | None = None  # the exchange whose answer goes out now
+        self.receiving: Exchange | None = None  # the exchange whose request body comes in now
+        self._url = b""
+        self._headers: list[tuple[bytes, bytes]] = []
+        self._in_head = False
+        self._head_bytes = 0
+        self._body_bytes = 0
+        # One deadline per connection, checked by the server's sweeper: no timer handle is
+        # created or cancelled per request.
+        self.deadline = 0.0
+        self._timer_kind = ""
+        self._read_paused_by: set[object] = set()
+        self._paused_upstream: asyncio.Transport | None = None
+        self._tunnel: UpstreamConnection | None = None
+        self._upgrading: Exchange | None = None
+        self._broken = False  # a fatal parse error: read nothing more
+        self._closed = False
+
+    @property
+    def draining(self) -> bool:
+        return self.server.draining
+
+    # -- asyncio.Protocol -------------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports are not asyncio.Transport subclasses, only alike.
+        self.transport = tcp = cast(asyncio.Transport, transport)
+        tcp.set_write_buffer_limits(high=WRITE_HIGH_WATER)
+        peer = transport.get_extra_info("peername")
+        self.client_ip = peer[0].encode("latin-1") if peer else b"unknown"
+        self.server.connections.add(self)
+        self._arm_timer("header")
+
+    def data_received(self, data: bytes) -> None:
+        if self._tunnel is not None:
+            transport = self._tunnel.transport
+            if transport is not None:
+                transport.write(data)
+            return
+        if self._broken:
+            return
+        if self._upgrading is not None:
+            self._upgrading.request_raw(data)
+            return
+        if self._in_head or self.receiving is None:
+            self._head_bytes += len(data)
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade as exc:
+            rest = data[exc.args[0]:]
+            upgrading = self.receiving  # kept by on_message_complete for upgrade requests
+            if upgrading is not None and upgrading.upgrade and rest:
+                upgrading.request_raw(rest)
+            return
+        except httptools.HttpParserCallbackError as exc:
+            reason = exc.__context__
+            if isinstance(reason, _Reject):
+                self._reject(reason.status, reason.detail)
+                return
+            raise
+        except httptools.HttpParserError as exc:
+            self._reject(400, f"malformed request: {exc}")
+            return
+        if self._in_head and self._head_bytes > self.server.limits.max_header:
+            self._reject(431, "request head too large")
+
+    def eof_received(self) -> bool | None:
+        # A client that half-closes after its request still gets its answer.
+        if self.current is not None:
+            self.current.close_after = True
+            return True
+        return None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._closed = True
+        self._cancel_timer()
+        self.server.connections.discard(self)
+        if self._tunnel is not None:
+            self._tunnel.close()
+            self._tunnel = None
+        for ex in (self.current, self.receiving, *self.queue):
+            if ex is not None:
+                ex.client_gone()
+        self.queue.clear()
+        self.current = self.receiving = self._upgrading = None
+
+    def pause_writing(self) -> None:
+        up = self._tunnel or (self.current.up if self.current is not None else None)
+        if up is not None and up.transport is not None:
+            up.transport.pause_reading()
+            self._paused_upstream = up.transport
+
+    def resume_writing(self) -> None:
+        if self._paused_upstream is not None:
+            if not self._paused_upstream.is_closing():
+                self._paused_upstream.resume_reading()
+            self._paused_upstream = None
+
+    # -- httptools callbacks ----------------------------------------------------------------
+    def on_message_begin(self) -> None:
+        self._url = b""
+        self._headers = []
+        self._in_head = True
+        if self._timer_kind == "idle":
+            self._arm_timer("header")
+
+    def on_url(self, url: bytes) -> None:
+        self._url += url
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        self._in_head = False
+        self._head_bytes = 0
+        self._body_bytes = 0
+        if self._timer_kind == "header":
+            self._cancel_timer()
+        ex = self._make_exchange()
+        self.receiving = ex
+        if ex.upgrade:
+            self._upgrading = ex
+        if self.current is None:
+            self.current = ex
+            ex.start()
+        else:
+            self.queue.append(ex)
+            self.pause_reading_for(_PIPELINE)
+
+    def on_body(self, body: bytes) -> None:
+        ex = self.receiving
+        if ex is None:
+            return
+        max_body = self.server.limits.max_body
+        if max_body is not None:
+            self._body_bytes += len(body)
+            if self._body_bytes > max_body:
+                raise _Reject(413, f"request body larger than {max_body} bytes")
+        ex.request_body(body)
+
+    def on_message_complete(self) -> None:
+        ex = self.receiving
+        if ex is not None and not ex.upgrade:
+            self.receiving = None
+            ex.request_complete()
+        elif ex is not None:
+            ex.request_done = True
+
+    # -- building an exchange ---------------------------------------------------------------
+    def _make_exchange(self) -> Exchange:
+        parser = self.parser
+        server = self.server
+        now = self.loop.time()
+        method = parser.get_method()
+        client_11 = parser.get_http_version() == "1.1"
+        keep_alive = parser.should_keep_alive()
+        if method == b"CONNECT":
+            raise _Reject(405, "CONNECT is not supported by a reverse proxy")
+        host = te = cl = expect = xff = upgrade_value = None
+        has_xfp = has_xfh = False
+        named: set[bytes] = set()
+        lines: list[bytes] = []
+        seen: dict[bytes, bytes] = {}
+        for name, value in self._headers:
+            lname = name.lower()
+            seen[lname] = value
+            if lname not in _SPECIAL:
+                lines.append(name + b": " + value)
+            elif lname == b"host":
+                if host is not None:
+                    raise _Reject(400, "more than one Host header")
+                host = value
+                lines.append(name + b": " + value)
+            elif lname == b"content-length":
+                cl = value
+                lines.append(name + b": " + value)
+            elif lname == b"transfer-encoding":
+                if te is not None or value.strip().lower() != b"chunked":
+                    raise _Reject(400, "unsupported or repeated Transfer-Encoding")
+                te = value
+            elif lname == b"connection":
+                named |= connection_tokens(value)
+            elif lname == b"upgrade":
+                upgrade_value = value
+            elif lname == b"expect":
+                expect = value
+            elif lname == b"x-forwarded-for":
+                xff = value if xff is None else xff + b", " + value
+            elif lname == b"x-forwarded-proto":
+                has_xfp = True
+                lines.append(name + b": " + value)
+            elif lname == b"x-forwarded-host":
+                has_xfh = True
+                lines.append(name + b": " + value)
+            # else: hop-by-hop (_DROPPED), not forwarded
+        if host is None and client_11:
+            raise _Reject(400, "HTTP/1.1 request without Host header")
+        if named:
+            lines = [ln for ln in lines if ln.split(b":", 1)[0].lower() not in named]
+
+        url = self._url
+        runtime = server.runtime
+        if runtime.any_host:
+            host_key = ""
+        else:
+            host_key = _host_key(host)
+        path = url.split(b"?", 1)[0].decode("latin-1")
+        route = runtime.match(host_key, path)
+        if route is None:
+            server.stats.bad_requests += 1
+            return self._local(404, "no route matches this request", client_11, keep_alive, now,
+                               te is not None or (cl is not None and cl != b"0"))
+
+        entry = route.entry
+        plan = entry.plan
+        pin = seen.get(entry.pin_header) if entry.pin_header is not None else None
+        pin_name = pin.decode("latin-1").strip() if pin is not None else None
+        cookie_name: str | None = None
+        if route.cookie_prefix is not None:
+            raw = seen.get(b"cookie")
+            if raw is not None:
+                sticky = cookie_value(raw, route.cookie_prefix[:-1])
+                cookie_name = sticky.decode("latin-1") if sticky is not None else None
+        hash_key = seen.get(entry.hash_header) if entry.hash_header is not None else None
+        chosen = choose(plan, next(entry.counter), pin_name, cookie_name, hash_key)
+        has_body = te is not None or (cl is not None and cl != b"0")
+        if chosen is None:
+            return self._local(503, f"route {entry.name} has no version with weight > 0",
+                               client_11, keep_alive, now, has_body)
+        version = route.versions[chosen]
+        set_cookie = None
+        if route.cookie_prefix is not None and cookie_name != chosen and pin_name != chosen:
+            set_cookie = (b"Set-Cookie: " + route.cookie_prefix + chosen.encode("latin-1")
+                          + b"; Path=/; HttpOnly; SameSite=Lax")
+
+        local: bytes | None = None
+        limits = server.limits
+        if expect is not None and expect.strip().lower() != b"100-continue":
+            local = error_response(417, "only 'Expect: 100-continue' is supported", True)
+        elif limits.max_body is not None and cl is not None and int(cl) > limits.max_body:
+            local = error_response(413, f"request body larger than {limits.max_body} bytes",
+                                   True)
+        if local is not None:
+            return Exchange(self, version, b"", client_11=client_11, client_keep_alive=False,
+                            local=local, start_time=now, has_body=has_body)
+
+        upgrade = parser.should_upgrade() and upgrade_value is not None
+        if upgrade:
+            assert upgrade_value is not None
+            lines.append(b"Connection: upgrade")
+            lines.append(b"Upgrade: " + upgrade_value)
+        ip = self.client_ip
+        lines.append(b"X-Forwarded-For: " + (xff + b", " + ip if xff is not None else ip))
+        if not has_xfp:
+            lines.append(b"X-Forwarded-Proto: http")
+        if not has_xfh and host is not None:
+            lines.append(b"X-Forwarded-Host: " + host)
+        if te is not None:
+            lines.append(b"Transfer-Encoding: chunked")
+        head = b"%s %s HTTP/1.1\r\n%s\r\n\r\n" % (method, _origin_form(url), b"\r\n".join(lines))
+        ex = Exchange(
+            self, version, head,
+            method_head=method == b"HEAD",
+            client_11=client_11,
+            client_keep_alive=keep_alive,
+            chunked_request=te is not None,
+            has_body=has_body,
+            upgrade=upgrade,
+            set_cookie=set_cookie,
+            start_time=now,
+        )
+        ex.continue_100 = expect is not None and client_11
+        return ex
+
+    def _local(self, status: int, detail: str, client_11: bool, keep_alive: bool, now: float,
+               has_body: bool) -> Exchange:
+        # With a body pending that nobody will read, the connection cannot be reused.
+        close = has_body or not keep_alive
+        return Exchange(self, None, b"", client_11=client_11, client_keep_alive=not close,
+                        local=error_response(status, detail, close), start_time=now)
+
+    def _reject(self, status: int, detail: str) -> None:
+        """A fatal request error: answer in order, then close; nothing more is read."""
+        self._broken = True
+        self.server.stats.bad_requests += 1
+        self._cancel_timer()
+        if self.transport is not None:
+            self.transport.pause_reading()
+        rx = self.receiving
+        self.receiving = None
+        if rx is not None and not rx.finished and rx.started:
+            rx.close_after = True
+            rx.fail(status, "protocol", detail, count_error=False)
+            return
+        if rx is not None and not rx.started:
+            self.queue.remove(rx)
+            rx.client_gone()
+        ex = Exchange(self, None, b"", client_keep_alive=False,
+                      local=error_response(status, detail, True))
+        if self.current is None:
+            self.current = ex
+            ex.start()
+        else:
+            self.queue.append(ex)
+
+    # -- used by exchanges ------------------------------------------------------------------
+    def write(self, data: bytes) -> None:
+        if self.transport is not None:
+            self.transport.write(data)
+
+    def writelines(self, parts: list[bytes]) -> None:
+        if self.transport is not None:
+            self.transport.writelines(parts)
+
+    def abort(self) -> None:
+        if self.transport is not None:
+            self.transport.abort()
+
+    def exchange_done(self, ex: Exchange) -> None:
+        if self.current is not ex:
+            return
+        self.current = None
+        if ex.close_after or (self.draining and not self.queue):
+            self._close()
+            return
+        if self.queue:
+            nxt = self.queue.popleft()
+            self.current = nxt
+            if not self.queue:
+                self.resume_reading_for(_PIPELINE)
+            nxt.start()
+            return
+        if self.receiving is None and not self._in_head:
+            self._arm_timer("idle")
+
+    def become_tunnel(self, up: UpstreamConnection, rest: bytes) -> None:
+        self._tunnel = up
+        self._upgrading = None
+        self.receiving = None
+        self._cancel_timer()
+        up.tunnel_to(self)
+        if rest:
+            self.write(rest)
+        self._read_paused_by.clear()
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.resume_reading()
+
+    def pause_reading_for(self, owner: object) -> None:
+        if not self._read_paused_by and self.transport is not None:
+            self.transport.pause_reading()
+        self._read_paused_by.add(owner)
+
+    def resume_reading_for(self, owner: object) -> None:
+        paused = self._read_paused_by
+        if owner in paused:
+            paused.discard(owner)
+            if not paused and not self._broken and self.transport is not None \
+                    and not self.transport.is_closing():
+                self.transport.resume_reading()
+
+    def drain(self) -> None:
+        """Graceful shutdown: close now if idle, else after the current answer."""
+        if self.current is None and self.receiving is None and not self.queue:
+            self._close()
+
+    def close_soon(self) -> None:
+        """Close after what is already written has gone out (the tunnel's far side ended)."""
+        self._close()
+
+    def _close(self) -> None:
+        self._cancel_timer()
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.close()
+
+    # -- timers -----------------------------------------------------------------------------
+    def _arm_timer(self, kind: str) -> None:
+        timeouts = self.server.timeouts
+        delay = timeouts.client_header if kind == "header" else timeouts.idle
+        self._timer_kind = kind
+        self.deadline = self.loop.time() + delay
+
+    def _cancel_timer(self) -> None:
+        self.deadline = 0.0
+        self._timer_kind = ""
+
+    def check_deadlines(self, now: float) -> None:
+        """Called by the server's sweeper a few times a second."""
+        if self.deadline and now >= self.deadline:
+            self._on_timer()
+        ex = self.current
+        if ex is not None and ex.deadline and now >= ex.deadline:
+            ex.deadline = 0.0
+            ex.response_timeout()
+
+    def _on_timer(self) -> None:
+        kind = self._timer_kind
+        self._cancel_timer()
+        if self.transport is None or self.transport.is_closing():
+            return
+        if kind == "header" and self.current is None:
+            self._broken = True
+            self.write(error_response(408, "request head not received in time", True))
+        self._close()
+
+
+def _host_key(host: bytes | None) -> str:
+    """Lower-case host without port, for route matching (`[::1]:80` -> `[::1]`)."""
+    if host is None:
+        return ""
+    if host.startswith(b"["):
+        return host.split(b"]", 1)[0].decode("latin-1").lower() + "]"
+    return host.split(b":", 1)[0].decode("latin-1").lower()
+
+
+def _origin_form(url: bytes) -> bytes:
+    """`http://host/path?q` (absolute form, sent to proxies) -> `/path?q`."""
+    if url.startswith(b"/") or url == b"*":
+        return url
+    scheme, sep, rest = url.partition(b"://")
+    if not sep:
+        return url
+    slash = rest.find(b"/")
+    return rest[slash:] if slash >= 0 else b"/"

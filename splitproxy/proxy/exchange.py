@@ -1,0 +1,442 @@
+"""One request/response pair: moves a request to an upstream connection and the answer back.
+
+The downstream protocol owns the client socket and the order of exchanges; the upstream
+connection owns the parser of the answer. An exchange is the glue between the two and the one
+place where a request's fate (answered, failed, aborted) is decided and counted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING
+
+from splitproxy.proxy.headers import (
+    CONTINUE_100,
+    HOP_BY_HOP,
+    connection_tokens,
+    error_response,
+)
+from splitproxy.proxy.upstream import Pool, UpstreamConnection
+
+if TYPE_CHECKING:
+    from splitproxy.proxy.downstream import DownstreamProtocol
+    from splitproxy.proxy.runtime import VersionRuntime
+
+log = logging.getLogger("splitproxy.exchange")
+
+# How the response body is framed towards the client.
+RAW, CHUNKED = 0, 1
+
+PENDING_HIGH_WATER = 256 * 1024
+
+
+class Exchange:
+    """State of one proxied request; created by the downstream protocol per request head."""
+
+    __slots__ = (
+        "down", "version", "head", "method_head", "client_11", "client_keep_alive",
+        "chunked_request", "request_done", "pending", "pending_size", "up", "started",
+        "response_started", "response_status", "response_mode", "close_after", "start_time",
+        "set_cookie", "local", "finished", "upgrade", "head_only_response", "retried",
+        "up_close", "unframed", "continue_100", "deadline", "out", "_has_body", "_informational",
+    )
+
+    def __init__(
+        self,
+        down: DownstreamProtocol,
+        version: VersionRuntime | None,
+        head: bytes,
+        *,
+        method_head: bool = False,
+        client_11: bool = True,
+        client_keep_alive: bool = True,
+        chunked_request: bool = False,
+        has_body: bool = False,
+        upgrade: bool = False,
+        set_cookie: bytes | None = None,
+        local: bytes | None = None,
+        start_time: float = 0.0,
+    ) -> None:
+        self.down = down
+        self.version = version
+        self.head = head
+        self.method_head = method_head
+        self.client_11 = client_11
+        self.client_keep_alive = client_keep_alive
+        self.chunked_request = chunked_request
+        self._has_body = has_body
+        self.request_done = False
+        self.pending: list[bytes] = []
+        self.pending_size = 0
+        self.up: UpstreamConnection | None = None
+        self.started = False
+        self.response_started = False
+        self.response_status = 0
+        self.response_mode = RAW
+        self.close_after = not client_keep_alive
+        self.start_time = start_time
+        self.set_cookie = set_cookie
+        self.local = local  # a response the proxy makes itself (errors), sent in order
+        self.finished = False
+        self.upgrade = upgrade
+        self.head_only_response = False
+        self.retried = False
+        self.up_close = False  # the upstream said it closes after this response
+        self.unframed = False  # the response body ends when the upstream closes
+        self.continue_100 = False  # the client waits for "100 Continue" before its body
+        self.deadline = 0.0  # for the upstream's response head; checked by the sweeper
+        # Response bytes gathered while one upstream packet is parsed, written in one call.
+        self.out: list[bytes] = []
+        self._informational = False
+        if version is not None:
+            version.stats.in_flight += 1
+
+    # -- request side (called by the downstream protocol) ------------------------------------
+    def start(self) -> None:
+        """Begin: answer locally, or send the request to an endpoint of the chosen version."""
+        self.started = True
+        if self.local is not None:
+            self._finish_local(self.local)
+            return
+        version = self.version
+        assert version is not None
+        if self.continue_100:
+            # Sent by the proxy itself, once this exchange's turn has come (never out of order).
+            self.down.write(CONTINUE_100)
+        pool = version.next_pool()
+        if pool is None:
+            self.fail(503, "connect", f"no healthy endpoint for version {version.name}",
+                      count_error=False)
+            return
+        conn = pool.take_idle()
+        if conn is not None:
+            self._attach(conn)
+        else:
+            self.down.loop.create_task(self._connect(pool))
+
+    async def _connect(self, pool: Pool) -> None:
+        try:
+            conn = await pool.connect()
+        except (TimeoutError, OSError) as exc:
+            if self.finished:
+                return
+            if isinstance(exc, asyncio.TimeoutError):
+                self.fail(504, "connect", f"connect to {pool.endpoint.key} timed out")
+            else:
+                self.fail(502, "connect", f"cannot connect to {pool.endpoint.key}: "
+                          f"{exc.strerror or exc}")
+            return
+        if self.finished:
+            # The client went away while we connected: the fresh connection is clean.
+            pool.release(conn)
+            return
+        self._attach(conn)
+
+    def _attach(self, conn: UpstreamConnection) -> None:
+        self.up = conn
+        conn.start(self)
+        transport = conn.transport
+        assert transport is not None
+        if self.pending:
+            transport.writelines([self.head, *self.pending])
+            self.pending = []
+            self.pending_size = 0
+            self.down.resume_reading_for(self)
+        else:
+            transport.write(self.head)
+        if self.request_done:
+            self._arm_response_timer()
+
+    def request_body(self, data: bytes) -> None:
+        if self.finished:
+            return
+        if self.chunked_request:
+            chunk = [b"%x\r\n" % len(data), data, b"\r\n"]
+        else:
+            chunk = [data]
+        up = self.up
+        if up is not None and up.transport is not None:
+            up.transport.writelines(chunk)
+            return
+        self.pending.extend(chunk)
+        self.pending_size += len(data)
+        if self.pending_size > PENDING_HIGH_WATER:
+            self.down.pause_reading_for(self)
+
+    def request_raw(self, data: bytes) -> None:
+        """Bytes after an upgrade request's head: sent as they are, never framed."""
+        up = self.up
+        if up is not None and up.transport is not None:
+            up.transport.write(data)
+        else:
+            self.pending.append(data)
+
+    def request_complete(self) -> None:
+        self.request_done = True
+        if self.finished:
+            return
+        if self.chunked_request:
+            up = self.up
+            if up is not None and up.transport is not None:
+                up.transport.write(b"0\r\n\r\n")
+            else:
+                self.pending.append(b"0\r\n\r\n")
+        if self.up is not None:
+            self._arm_response_timer()
+
+    def _arm_response_timer(self) -> None:
+        if not self.deadline and not self.upgrade:
+            self.deadline = self.down.loop.time() + self.down.server.timeouts.response_header
+
+    def response_timeout(self) -> None:
+        if not self.response_started and not self.finished:
+            self.fail(504, "timeout", "upstream did not answer in time")
+
+    # -- response side (called by the upstream connection) -----------------------------------
+    def response_head(
+        self, status: int, reason: bytes, headers: list[tuple[bytes, bytes]], up_keep_alive: bool
+    ) -> None:
+        if self.finished:
+            return
+        if 100 <= status < 200 and status != 101:
+            # Interim answers (103 Early Hints, a stray 100) go to HTTP/1.1 clients as they are.
+            self._informational = True
+            if self.client_11 and status != 100:
+                self.down.write(_head(status, reason, _strip(headers), ()))
+            return
+        self.deadline = 0.0
+        self.response_status = status
+        self.up_close = not up_keep_alive
+        if self.upgrade and status != 101:
+            # The client may already have sent bytes of the refused protocol.
+            self.up_close = self.close_after = True
+        kept = _strip(headers)
+        extra: list[bytes] = []
+        body_allowed = not (self.method_head or status in (204, 304))
+        if status == 101 and self.upgrade:
+            # The upgrade headers are hop-by-hop but are the point of this response.
+            extra.extend(
+                name + b": " + value for name, value in headers
+                if name.lower() in (b"upgrade", b"connection")
+            )
+        elif body_allowed:
+            chunked, content_length = _framing(headers)
+            if chunked is None:
+                self.fail(502, "protocol", "upstream used a transfer coding other than chunked")
+                return
+            if content_length is not None and not chunked:
+                extra.append(b"Content-Length: " + content_length)
+            elif self.client_11:
+                self.unframed = not chunked
+                self.response_mode = CHUNKED
+                extra.append(b"Transfer-Encoding: chunked")
+            else:
+                self.unframed = not chunked
+                # An HTTP/1.0 client learns where an unframed body ends from the close.
+                self.close_after = True
+        else:
+            _, content_length = _framing(headers)
+            if content_length is not None and self.method_head:
+                extra.append(b"Content-Length: " + content_length)
+            if self.method_head:
+                # The parser cannot know a HEAD answer has no body; finish after this packet.
+                self.head_only_response = True
+        if status != 101:
+            if self.down.draining:
+                self.close_after = True
+            if self.close_after:
+                extra.append(b"Connection: close")
+            elif not self.client_11:
+                extra.append(b"Connection: keep-alive")
+        if self.set_cookie is not None:
+            extra.append(self.set_cookie)
+        self.response_started = True
+        self.out.append(_head(status, reason, kept, extra))
+
+    def response_body(self, data: bytes) -> None:
+        if self.finished or self._informational:
+            return
+        if self.response_mode == CHUNKED:
+            self.out += (b"%x\r\n" % len(data), data, b"\r\n")
+        else:
+            self.out.append(data)
+
+    def flush(self) -> None:
+        """Write what the last upstream packet produced (called after each parse)."""
+        out = self.out
+        if out:
+            self.out = []
+            if len(out) == 1:
+                self.down.write(out[0])
+            else:
+                self.down.writelines(out)
+
+    def response_message_complete(self) -> None:
+        if self._informational:
+            self._informational = False
+            return
+        if not self.head_only_response:
+            self.response_complete()
+
+    def response_complete(self) -> None:
+        if self.finished:
+            return
+        if self.response_mode == CHUNKED:
+            self.out.append(b"0\r\n\r\n")
+        self.flush()
+        up = self.up
+        self.up = None
+        if up is not None:
+            if self.head_only_response:
+                up.reset_parser()
+            if self.request_done and not self.up_close:
+                up.pool.release(up)
+            else:
+                up.close()
+        if not self.request_done:
+            # The client is still sending a body nobody will read: end the connection.
+            self.close_after = True
+        self._done(self.response_status)
+
+    def upstream_upgraded(self, rest: bytes) -> None:
+        """The upstream answered 101: from now on both sides are a byte tunnel."""
+        up = self.up
+        if up is None or self.response_status != 101 or not self.upgrade:
+            self.upstream_failed("protocol", "unexpected protocol switch from upstream")
+            if up is not None:
+                up.close()
+            return
+        self.up = None
+        self.flush()
+        self._done(101)
+        self.down.become_tunnel(up, rest)
+
+    def upstream_failed(self, kind: str, detail: str) -> None:
+        if self.finished:
+            return
+        if self.response_started:
+            self._count_error(kind)
+            self._abort_client()
+        else:
+            self.fail(502, kind, detail)
+
+    def upstream_lost(self, got_bytes: bool) -> None:
+        """The upstream connection closed while carrying this exchange."""
+        self.up = None
+        if self.finished:
+            return
+        if self.response_started:
+            if self.unframed:
+                self.response_complete()
+                return
+            self._count_error("reset")
+            self._abort_client()
+            return
+        if not got_bytes and not self.retried and not self._has_body and self.version is not None:
+            # A pooled connection the upstream closed as we reused it: one fresh try is safe,
+            # nothing of the request was consumed.
+            self.retried = True
+            pool = self.version.next_pool()
+            if pool is not None:
+                self.down.loop.create_task(self._connect(pool))
+                return
+        self.fail(502, "reset", "upstream closed the connection before answering")
+
+    # -- endings -----------------------------------------------------------------------------
+    def fail(self, status: int, kind: str, detail: str, count_error: bool = True) -> None:
+        """Answer with a proxy error, or cut the client if the answer had already begun."""
+        if self.finished:
+            return
+        self.deadline = 0.0
+        if count_error:
+            self._count_error(kind)
+        up = self.up
+        self.up = None
+        if up is not None:
+            up.close()
+        if self.response_started:
+            self._abort_client()
+            return
+        if not self.request_done:
+            self.close_after = True
+        log.debug("%d %s", status, detail)
+        self.response_started = True
+        self.down.write(error_response(status, detail, self.close_after))
+        self._done(status)
+
+    def client_gone(self) -> None:
+        """The client closed its connection before this exchange ended."""
+        if self.finished:
+            return
+        self.deadline = 0.0
+        up = self.up
+        self.up = None
+        if up is not None:
+            up.close()
+        self.finished = True
+        if self.version is not None:
+            self.version.stats.client_aborts += 1
+            self.version.stats.in_flight -= 1
+
+    def _finish_local(self, response: bytes) -> None:
+        if not self.request_done:
+            self.close_after = True
+        self.response_started = True
+        self.down.write(response)
+        self._done(int(response[9:12]))
+
+    def _done(self, status: int) -> None:
+        self.finished = True
+        version = self.version
+        if version is not None:
+            stats = version.stats
+            stats.in_flight -= 1
+            stats.observe(status, self.down.loop.time() - self.start_time)
+        self.down.exchange_done(self)
+
+    def _abort_client(self) -> None:
+        # Never a final chunk or a body that looks complete: the client must see the cut.
+        self.finished = True
+        if self.version is not None:
+            self.version.stats.in_flight -= 1
+            self.version.stats.observe(502, self.down.loop.time() - self.start_time)
+        self.down.abort()
+
+    def _count_error(self, kind: str) -> None:
+        if self.version is not None:
+            self.version.stats.errors[kind] += 1
+            self.version.record_failure(self.up, kind)
+
+
+def _strip(headers: list[tuple[bytes, bytes]]) -> list[bytes]:
+    """Header lines minus hop-by-hop ones and those the Connection header names."""
+    named: set[bytes] = set()
+    for name, value in headers:
+        if name.lower() == b"connection":
+            named |= connection_tokens(value)
+    out = []
+    for name, value in headers:
+        lname = name.lower()
+        if lname in HOP_BY_HOP or lname == b"content-length" or lname in named:
+            continue
+        out.append(name + b": " + value)
+    return out
+
+
+def _framing(headers: list[tuple[bytes, bytes]]) -> tuple[bool | None, bytes | None]:
+    """(chunked, Content-Length); chunked is None for a coding we cannot pass on."""
+    chunked: bool | None = False
+    length: bytes | None = None
+    for name, value in headers:
+        lname = name.lower()
+        if lname == b"transfer-encoding":
+            chunked = True if value.strip().lower() == b"chunked" else None
+        elif lname == b"content-length":
+            length = value.strip()
+    return chunked, length
+
+
+def _head(status: int, reason: bytes, lines: list[bytes], extra: object) -> bytes:
+    parts = [b"HTTP/1.1 %d " % status + reason, *lines, *extra]  # type: ignore[misc]
+    return b"\r\n".join(parts) + b"\r\n\r\n"

@@ -1,0 +1,227 @@
+"""Upstream side: keep-alive connection pools per endpoint and the response-parsing protocol."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING, cast
+
+import httptools
+
+from splitproxy.table import Endpoint
+
+if TYPE_CHECKING:
+    from splitproxy.proxy.downstream import DownstreamProtocol
+    from splitproxy.proxy.exchange import Exchange
+
+log = logging.getLogger("splitproxy.upstream")
+
+MAX_IDLE_PER_ENDPOINT = 256
+WRITE_HIGH_WATER = 256 * 1024
+
+
+class UpstreamConnection(asyncio.Protocol):
+    """One connection to one endpoint; carries one exchange at a time (no upstream pipelining)."""
+
+    __slots__ = (
+        "pool", "transport", "parser", "exchange", "closed", "reused", "idle_since",
+        "_status_reason", "_headers", "_got_bytes", "_upgraded", "_tunnel_peer",
+    )
+
+    def __init__(self, pool: Pool) -> None:
+        self.pool = pool
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpResponseParser(self)
+        self.exchange: Exchange | None = None
+        self.closed = False
+        self.reused = False
+        self.idle_since = 0.0
+        self._status_reason = b""
+        self._headers: list[tuple[bytes, bytes]] = []
+        self._got_bytes = False  # any response byte for the current exchange
+        self._upgraded = False
+        self._tunnel_peer: DownstreamProtocol | None = None
+
+    # -- asyncio.Protocol -------------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports are not asyncio.Transport subclasses, only alike.
+        self.transport = tcp = cast(asyncio.Transport, transport)
+        tcp.set_write_buffer_limits(high=WRITE_HIGH_WATER)
+
+    def data_received(self, data: bytes) -> None:
+        if self._tunnel_peer is not None:
+            self._tunnel_peer.write(data)
+            return
+        exchange = self.exchange
+        if exchange is None:
+            # An idle connection must stay silent; anything else makes it unusable.
+            self.close()
+            return
+        self._got_bytes = True
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade as exc:
+            if self.exchange is not None:
+                self.exchange.upstream_upgraded(data[exc.args[0]:])
+        except httptools.HttpParserError as exc:
+            detail = str(exc.__context__ or exc)
+            if self.exchange is not None:
+                self.exchange.upstream_failed("protocol", f"bad response from upstream: {detail}")
+            self.close()
+        else:
+            if exchange.head_only_response and self.exchange is exchange:
+                exchange.response_complete()
+            elif exchange.out:
+                exchange.flush()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.pool.forget(self)
+        if self._tunnel_peer is not None:
+            self._tunnel_peer.close_soon()
+            self._tunnel_peer = None
+        exchange = self.exchange
+        if exchange is not None:
+            self.exchange = None
+            exchange.upstream_lost(self._got_bytes)
+
+    def pause_writing(self) -> None:
+        down = self._tunnel_peer or (self.exchange.down if self.exchange is not None else None)
+        if down is not None:
+            down.pause_reading_for(self)
+
+    def resume_writing(self) -> None:
+        down = self._tunnel_peer or (self.exchange.down if self.exchange is not None else None)
+        if down is not None:
+            down.resume_reading_for(self)
+
+    # -- httptools callbacks ----------------------------------------------------------------
+    def on_message_begin(self) -> None:
+        self._headers = []
+
+    def on_status(self, reason: bytes) -> None:
+        self._status_reason = reason
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        if self.exchange is not None:
+            self.exchange.response_head(
+                self.parser.get_status_code(),
+                self._status_reason,
+                self._headers,
+                self.parser.should_keep_alive(),
+            )
+
+    def on_body(self, body: bytes) -> None:
+        if self.exchange is not None:
+            self.exchange.response_body(body)
+
+    def on_message_complete(self) -> None:
+        if self.exchange is not None:
+            self.exchange.response_message_complete()
+
+    # -- used by the exchange ---------------------------------------------------------------
+    def start(self, exchange: Exchange) -> None:
+        self.exchange = exchange
+        self._got_bytes = False
+
+    def tunnel_to(self, peer: DownstreamProtocol) -> None:
+        self._tunnel_peer = peer
+
+    def reset_parser(self) -> None:
+        """A new parser for a connection whose last response had no body the parser knew of."""
+        self.parser = httptools.HttpResponseParser(self)
+
+    def close(self) -> None:
+        self.exchange = None
+        if not self.closed:
+            self.closed = True
+            self.pool.forget(self)
+            if self.transport is not None:
+                self.transport.abort()
+
+
+class Pool:
+    """Idle keep-alive connections to one endpoint, newest first."""
+
+    __slots__ = ("endpoint", "idle", "loop", "connect_timeout", "active")
+
+    def __init__(self, endpoint: Endpoint, connect_timeout: float) -> None:
+        self.endpoint = endpoint
+        self.idle: list[UpstreamConnection] = []
+        self.loop = asyncio.get_running_loop()
+        self.connect_timeout = connect_timeout
+        self.active = 0  # connections carrying an exchange
+
+    def take_idle(self) -> UpstreamConnection | None:
+        idle = self.idle
+        while idle:
+            conn = idle.pop()
+            if not conn.closed:
+                conn.reused = True
+                return conn
+        return None
+
+    async def connect(self) -> UpstreamConnection:
+        """A new connection; raises OSError or asyncio.TimeoutError."""
+        _, proto = await asyncio.wait_for(
+            self.loop.create_connection(
+                lambda: UpstreamConnection(self), self.endpoint.host, self.endpoint.port
+            ),
+            self.connect_timeout,
+        )
+        return proto
+
+    def release(self, conn: UpstreamConnection) -> None:
+        conn.exchange = None
+        if conn.closed or len(self.idle) >= MAX_IDLE_PER_ENDPOINT:
+            conn.close()
+            return
+        conn.idle_since = self.loop.time()
+        self.idle.append(conn)
+
+    def forget(self, conn: UpstreamConnection) -> None:
+        try:
+            self.idle.remove(conn)
+        except ValueError:
+            pass
+
+    def close_idle(self, older_than: float | None = None) -> None:
+        now = self.loop.time()
+        for conn in list(self.idle):
+            if older_than is None or now - conn.idle_since > older_than:
+                conn.close()
+
+
+class Pools:
+    """Every endpoint's pool, kept across routing-table swaps so warm connections survive."""
+
+    def __init__(self, connect_timeout: float, idle_timeout: float) -> None:
+        self.connect_timeout = connect_timeout
+        self.idle_timeout = idle_timeout
+        self._pools: dict[Endpoint, Pool] = {}
+        self._sweeper: asyncio.Task[None] | None = None
+
+    def get(self, endpoint: Endpoint) -> Pool:
+        pool = self._pools.get(endpoint)
+        if pool is None:
+            pool = self._pools[endpoint] = Pool(endpoint, self.connect_timeout)
+            if self._sweeper is None:
+                self._sweeper = asyncio.get_running_loop().create_task(self._sweep())
+        return pool
+
+    async def _sweep(self) -> None:
+        # One timer for all pools instead of one per idle connection.
+        while True:
+            await asyncio.sleep(min(5.0, self.idle_timeout))
+            for pool in self._pools.values():
+                pool.close_idle(self.idle_timeout)
+
+    def close(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
+        for pool in self._pools.values():
+            pool.close_idle()

@@ -1,0 +1,145 @@
+"""Which version answers a request: a pure function of a route's plan and the request's facts.
+
+Order: pin header -> sticky cookie (while its version has weight > 0) -> hash key bucket ->
+weighted sequence. Nothing here does I/O, reads a clock or imports asyncio.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from bisect import bisect_right
+from dataclasses import dataclass
+from operator import itemgetter
+
+BUCKETS = 10_000
+# Caps the schedule's length (one full period) so a table build stays cheap and bounded.
+MAX_PERIOD = 100_000
+
+_upper = itemgetter(0)
+
+
+@dataclass(frozen=True, slots=True)
+class RoutePlan:
+    """Everything `choose` needs for one route, computed once per routing-table build."""
+
+    name: str
+    versions: tuple[str, ...]  # in config order
+    weights: tuple[int, ...]  # effective weights, parallel to `versions`
+    baseline: str  # owns the highest buckets; the others take the lowest, in config order
+    schedule: tuple[str, ...]  # low-variance weighted sequence; empty when every weight is 0
+    bucket_bounds: tuple[tuple[int, str], ...]  # ascending (exclusive upper bound, version)
+    live: frozenset[str]  # versions with weight > 0
+
+
+def make_plan(
+    name: str, versions: tuple[str, ...], weights: dict[str, int], baseline: str
+) -> RoutePlan:
+    if len(set(versions)) != len(versions):
+        raise ValueError(f"route {name!r}: duplicate version names in {versions!r}")
+    if baseline not in versions:
+        raise ValueError(f"route {name!r}: baseline {baseline!r} is not one of {versions!r}")
+    unknown = set(weights) - set(versions)
+    if unknown:
+        raise ValueError(f"route {name!r}: weights for unknown versions {sorted(unknown)!r}")
+    ws = tuple(weights.get(v, 0) for v in versions)
+    if any(w < 0 for w in ws):
+        raise ValueError(f"route {name!r}: negative weight in {weights!r}")
+    return RoutePlan(
+        name=name,
+        versions=versions,
+        weights=ws,
+        baseline=baseline,
+        schedule=_schedule(versions, ws),
+        bucket_bounds=_bucket_bounds(versions, ws, baseline),
+        live=frozenset(v for v, w in zip(versions, ws, strict=True) if w > 0),
+    )
+
+
+def _reduce(weights: tuple[int, ...]) -> tuple[int, ...]:
+    """The shortest weights with the same ratios, scaled down when the period would be too long."""
+    total = sum(weights)
+    if total == 0:
+        return weights
+    g = math.gcd(*weights)
+    weights = tuple(w // g for w in weights)
+    total //= g
+    if total <= MAX_PERIOD:
+        return weights
+    # Largest-remainder rounding keeps the total exact; a version that had weight keeps >= 1
+    # so scaling never silently takes a live version out of rotation.
+    exact = [w * MAX_PERIOD / total for w in weights]
+    scaled = [max(1, int(x)) if w else 0 for w, x in zip(weights, exact, strict=True)]
+    spare = MAX_PERIOD - sum(scaled)
+    by_remainder = sorted(range(len(weights)), key=lambda i: scaled[i] - exact[i])
+    for i in by_remainder[: max(spare, 0)]:
+        scaled[i] += 1
+    g = math.gcd(*scaled)
+    return tuple(w // g for w in scaled)
+
+
+def _schedule(versions: tuple[str, ...], weights: tuple[int, ...]) -> tuple[str, ...]:
+    """One period of nginx's smooth weighted round robin over the reduced weights.
+
+    Each version's running count never strays more than one request from its exact share, so
+    any window of consecutive requests is within about +-1 of the weight. After one period every
+    accumulator is back at zero, which is why repeating the tuple equals running SWRR forever.
+    """
+    reduced = _reduce(weights)
+    total = sum(reduced)
+    live = [(v, w) for v, w in zip(versions, reduced, strict=True) if w > 0]
+    current = [0] * len(live)
+    out: list[str] = []
+    for _ in range(total):
+        best = 0
+        for i, (_, w) in enumerate(live):
+            current[i] += w
+            if current[i] > current[best]:
+                best = i
+        current[best] -= total
+        out.append(live[best][0])
+    return tuple(out)
+
+
+def _bucket_bounds(
+    versions: tuple[str, ...], weights: tuple[int, ...], baseline: str
+) -> tuple[tuple[int, str], ...]:
+    """Canaries take the lowest buckets, the baseline the top, so a canary's range only ever
+    grows upward into the baseline's as its weight rises and users move one way only."""
+    total = sum(weights)
+    if total == 0:
+        return ()
+    pairs = [(v, w) for v, w in zip(versions, weights, strict=True) if v != baseline]
+    pairs.append((baseline, weights[versions.index(baseline)]))
+    bounds: list[tuple[int, str]] = []
+    cum = 0
+    for v, w in pairs:
+        cum += w
+        if w > 0:
+            bounds.append((round(cum * BUCKETS / total), v))
+    return tuple(bounds)
+
+
+def bucket(route: str, key: bytes) -> int:
+    """A fixed hash of (route, key) in [0, BUCKETS): the same in every process and machine."""
+    digest = hashlib.blake2b(route.encode() + b"\0" + key, digest_size=8).digest()
+    return int.from_bytes(digest, "big") % BUCKETS
+
+
+def choose(
+    plan: RoutePlan, seq: int, pin: str | None, cookie: str | None, hash_key: bytes | None
+) -> str | None:
+    """The version for one request, or None when no version may take it (all weights 0)."""
+    # Pins reach weight-0 versions on purpose: that is how a blue/green preview is tested.
+    if pin is not None and pin in plan.versions:
+        return pin
+    if not plan.live:
+        return None
+    # A cookie for a version that lost its weight (e.g. after an abort) must not keep users there.
+    if cookie is not None and cookie in plan.live:
+        return cookie
+    if hash_key:
+        bounds = plan.bucket_bounds
+        return bounds[bisect_right(bounds, bucket(plan.name, hash_key), key=_upper)][1]
+    schedule = plan.schedule
+    return schedule[seq % len(schedule)]

@@ -1,0 +1,121 @@
+"""Wires the data plane: listening socket, routing table, pools, counters, graceful shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from pathlib import Path
+
+from splitproxy import table
+from splitproxy.config import Config, load
+from splitproxy.proxy.downstream import DownstreamProtocol
+from splitproxy.proxy.runtime import Runtime, compile_table
+from splitproxy.proxy.upstream import Pools
+from splitproxy.stats import Stats
+
+log = logging.getLogger("splitproxy.server")
+
+UPSTREAM_IDLE_TIMEOUT = 30.0  # below the 60-75 s keep-alive of common upstream servers
+
+
+def split_hostport(value: str) -> tuple[str, int]:
+    host, _, port = value.rpartition(":")
+    return host.strip("[]") or "0.0.0.0", int(port)
+
+
+class ProxyServer:
+    """One data-plane process: accepts clients on `config.listen` and proxies them."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.timeouts = config.timeouts
+        self.limits = config.limits
+        self.stats = Stats()
+        self.connections: set[DownstreamProtocol] = set()
+        self.draining = False
+        self.loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]  # set by start()
+        self._server: asyncio.Server | None = None
+        self._sweeper: asyncio.Task[None] | None = None
+        self._pools: Pools | None = None
+        self.runtime: Runtime
+
+    async def start(self) -> None:
+        self.loop = asyncio.get_running_loop()
+        self._pools = Pools(self.timeouts.connect, UPSTREAM_IDLE_TIMEOUT)
+        self.install(table.build(self.config))
+        host, port = split_hostport(self.config.listen)
+        self._server = await self.loop.create_server(
+            lambda: DownstreamProtocol(self), host, port, backlog=2048, reuse_address=True
+        )
+        self._sweeper = self.loop.create_task(self._sweep())
+        log.info("proxy listening on %s:%d", host, self.port)
+
+    async def _sweep(self) -> None:
+        """Enforce client, idle and response timeouts for every connection, a few times a second.
+
+        One task instead of a timer per request keeps the hot path free of timer handles; a
+        timeout fires up to one tick late.
+        """
+        t = self.timeouts
+        tick = min(1.0, max(0.05, min(t.client_header, t.idle, t.response_header) / 5))
+        while True:
+            await asyncio.sleep(tick)
+            now = self.loop.time()
+            for conn in list(self.connections):
+                conn.check_deadlines(now)
+
+    def install(self, routing: table.RoutingTable) -> None:
+        """Swap in a new routing table; requests already routed keep their version."""
+        assert self._pools is not None
+        self.runtime = compile_table(routing, self._pools, self.stats)
+
+    @property
+    def port(self) -> int:
+        assert self._server is not None
+        port: int = self._server.sockets[0].getsockname()[1]
+        return port
+
+    async def stop(self, drain: float | None = None) -> None:
+        """Stop accepting; let requests in flight finish for up to `drain` seconds; close all."""
+        if drain is None:
+            drain = self.timeouts.drain
+        if self._server is not None:
+            self._server.close()
+        self.draining = True
+        for conn in list(self.connections):
+            conn.drain()
+        deadline = self.loop.time() + drain
+        while self.connections and self.loop.time() < deadline:
+            await asyncio.sleep(0.02)
+        for conn in list(self.connections):
+            conn.abort()
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+        if self._pools is not None:
+            self._pools.close()
+        await asyncio.sleep(0)
+        log.info("proxy stopped")
+
+
+async def serve(config_path: Path) -> int:
+    """`splitproxy run`: serve until SIGTERM/SIGINT, then drain and return the exit code."""
+    config = load(config_path)
+    server = ProxyServer(config)
+    await server.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("shutting down: draining for up to %.1fs", config.timeouts.drain)
+    await server.stop()
+    return 0
+
+
+def run_loop(main: object) -> int:
+    """Run a coroutine on uvloop."""
+    import uvloop
+
+    result: int = uvloop.run(main)  # type: ignore[arg-type]
+    return result

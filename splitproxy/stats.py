@@ -1,0 +1,63 @@
+"""Hot-path counters per (route, version): plain integers, read by the control plane.
+
+The data plane only increments attributes here; exporting (Prometheus) and judging (analysis)
+happen elsewhere, at scrape or check time.
+"""
+
+from __future__ import annotations
+
+import bisect
+
+# Upper bounds in seconds, 1 ms to 10 s, as Prometheus `le` buckets (+Inf is implicit).
+LATENCY_BUCKETS: tuple[float, ...] = (
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+)
+
+# Upstream failure kinds, as in splitproxy_upstream_errors_total{kind}.
+ERROR_KINDS = ("connect", "timeout", "reset", "protocol")
+
+
+class VersionStats:
+    """Counters of one version of one route; lives as long as the process."""
+
+    __slots__ = (
+        "route", "version", "responses", "errors", "client_aborts", "in_flight",
+        "latency_counts", "latency_sum",
+    )
+
+    def __init__(self, route: str, version: str) -> None:
+        self.route = route
+        self.version = version
+        self.responses: dict[int, int] = {}  # status code -> count, upstream and proxy-made
+        self.errors: dict[str, int] = dict.fromkeys(ERROR_KINDS, 0)
+        self.client_aborts = 0
+        self.in_flight = 0
+        self.latency_counts = [0] * (len(LATENCY_BUCKETS) + 1)  # last slot: above 10 s
+        self.latency_sum = 0.0
+
+    def observe(self, status: int, seconds: float) -> None:
+        self.responses[status] = self.responses.get(status, 0) + 1
+        self.latency_counts[bisect.bisect_left(LATENCY_BUCKETS, seconds)] += 1
+        self.latency_sum += seconds
+
+    @property
+    def requests(self) -> int:
+        return sum(self.responses.values())
+
+
+class Stats:
+    """All counters, keyed by (route, version); entries are created on first use and kept."""
+
+    def __init__(self) -> None:
+        self._by_key: dict[tuple[str, str], VersionStats] = {}
+        self.bad_requests = 0  # 4xx answered before a route/version was chosen
+
+    def get(self, route: str, version: str) -> VersionStats:
+        key = (route, version)
+        stats = self._by_key.get(key)
+        if stats is None:
+            stats = self._by_key[key] = VersionStats(route, version)
+        return stats
+
+    def all(self) -> list[VersionStats]:
+        return list(self._by_key.values())

@@ -1,0 +1,83 @@
+"""Config (+ later: rollout state) -> an immutable routing table the data plane swaps in whole."""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+from urllib.parse import urlsplit
+
+from splitproxy.config import Config, Route
+from splitproxy.routing import RoutePlan, make_plan
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    host: str
+    port: int
+
+    @property
+    def key(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    @classmethod
+    def parse(cls, url: str) -> Endpoint:
+        parts = urlsplit(url)
+        return cls(parts.hostname or "127.0.0.1", parts.port or 80)
+
+
+@dataclass(frozen=True, slots=True)
+class RouteEntry:
+    name: str
+    host: str | None  # lower-case, no port
+    path_prefix: str
+    plan: RoutePlan
+    endpoints: dict[str, tuple[Endpoint, ...]]  # version -> endpoints
+    pin_header: bytes | None  # lower-case header names, as the parser hands them over
+    hash_header: bytes | None
+    cookie: str | None
+    # Feeds the weighted sequence; shared by every request of this route in this table.
+    counter: itertools.count[int] = field(default_factory=itertools.count)
+
+    def matches(self, host: str, path: str) -> bool:
+        if self.host is not None and host != self.host:
+            return False
+        return path.startswith(self.path_prefix)
+
+
+@dataclass(frozen=True, slots=True)
+class RoutingTable:
+    generation: int
+    routes: tuple[RouteEntry, ...]
+
+    def match(self, host: str, path: str) -> RouteEntry | None:
+        """First route whose host and path prefix match; `host` is lower-case without port."""
+        for route in self.routes:
+            if route.matches(host, path):
+                return route
+        return None
+
+
+def _lower(name: str | None) -> bytes | None:
+    return name.lower().encode("latin-1") if name else None
+
+
+def build_route(route: Route) -> RouteEntry:
+    versions = tuple(route.versions)
+    weights = {v: route.weights.get(v, 0) for v in versions}
+    return RouteEntry(
+        name=route.name,
+        host=route.match.host.lower() if route.match.host else None,
+        path_prefix=route.match.path_prefix,
+        plan=make_plan(route.name, versions, weights, baseline=versions[0]),
+        endpoints={
+            v: tuple(Endpoint.parse(url) for url in cfg.endpoints)
+            for v, cfg in route.versions.items()
+        },
+        pin_header=_lower(route.sticky.pin_header),
+        hash_header=_lower(route.sticky.hash_header),
+        cookie=route.sticky.cookie,
+    )
+
+
+def build(config: Config, generation: int = 1) -> RoutingTable:
+    return RoutingTable(generation, tuple(build_route(r) for r in config.routes))
