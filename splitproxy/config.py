@@ -168,6 +168,9 @@ class _Frozen(BaseModel):
 
 class AdminConfig(_Frozen):
     listen: _Listen = "127.0.0.1:9901"
+    # A file holding the bearer token; required when `listen` is not a loopback address
+    # (SPLITPROXY_ADMIN_TOKEN in the environment does as well).
+    token_file: str | None = None
 
 
 class Match(_Frozen):
@@ -224,12 +227,22 @@ class Limits(_Frozen):
     max_body: Size | None = None
 
 
+class Health(_Frozen):
+    """Passive health checking (outlier detection), as Envoy's: eject failing endpoints."""
+
+    consecutive_failures: Annotated[int, Strict(), Field(ge=1)] = 5
+    base_ejection: _Timeout = 10.0  # doubled on each repeat ejection ...
+    max_ejection: _Timeout = 300.0  # ... up to this
+    min_healthy: Annotated[int, Strict(), Field(ge=0)] = 1  # never eject below this many
+
+
 class Config(_Frozen):
     listen: _Listen = "127.0.0.1:8080"
     admin: AdminConfig = AdminConfig()
     routes: tuple[Route, ...] = Field(min_length=1)
     timeouts: Timeouts = Timeouts()
     limits: Limits = Limits()
+    health: Health = Health()
 
     @field_validator("routes")
     @classmethod

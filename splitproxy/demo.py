@@ -94,7 +94,7 @@ Try, in another terminal:
   curl -s -H 'X-User-Id: alice' {url}
 
   # sticky cookie: the first answer sets it, later requests keep that version
-  curl -s -c {jar} -b {jar} {url}; curl -s -c {jar} -b {jar} {url}
+  for i in 1 2 3; do curl -s -c {jar} -b {jar} {url}; done
 
 Ctrl-C stops the demo.
 """

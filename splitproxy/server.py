@@ -48,6 +48,7 @@ class ProxyServer:
         self._server = await self.loop.create_server(
             lambda: DownstreamProtocol(self), host, port, backlog=2048, reuse_address=True
         )
+        self.port: int = self._server.sockets[0].getsockname()[1]  # the real one when 0 asked
         self._sweeper = self.loop.create_task(self._sweep())
         log.info("proxy listening on %s:%d", host, self.port)
 
@@ -68,13 +69,8 @@ class ProxyServer:
     def install(self, routing: table.RoutingTable) -> None:
         """Swap in a new routing table; requests already routed keep their version."""
         assert self._pools is not None
-        self.runtime = compile_table(routing, self._pools, self.stats)
+        self.runtime = compile_table(routing, self._pools, self.stats, self.config.health)
 
-    @property
-    def port(self) -> int:
-        assert self._server is not None
-        port: int = self._server.sockets[0].getsockname()[1]
-        return port
 
     async def stop(self, drain: float | None = None) -> None:
         """Stop accepting; let requests in flight finish for up to `drain` seconds; close all."""

@@ -53,7 +53,7 @@ class _Reject(Exception):
 class DownstreamProtocol(asyncio.Protocol):
     __slots__ = (
         "server", "loop", "transport", "parser", "client_ip", "queue", "current", "receiving",
-        "_url", "_headers", "_in_head", "_head_bytes", "deadline", "_timer_kind",
+        "_url", "_headers", "_in_head", "_head_bytes", "_head_size", "deadline", "_timer_kind",
         "_read_paused_by", "_paused_upstream", "_tunnel", "_upgrading", "_broken", "_closed",
         "_body_bytes",
     )
@@ -70,7 +70,8 @@ class DownstreamProtocol(asyncio.Protocol):
         self._url = b""
         self._headers: list[tuple[bytes, bytes]] = []
         self._in_head = False
-        self._head_bytes = 0
+        self._head_bytes = 0  # raw bytes of a head still incomplete (a slow or huge one)
+        self._head_size = 0  # parsed header bytes of the current head
         self._body_bytes = 0
         # One deadline per connection, checked by the server's sweeper: no timer handle is
         # created or cancelled per request.
@@ -131,8 +132,9 @@ class DownstreamProtocol(asyncio.Protocol):
             self._reject(431, "request head too large")
 
     def eof_received(self) -> bool | None:
-        # A client that half-closes after its request still gets its answer.
-        if self.current is not None:
+        # A client that half-closes after a complete request still gets its answer; one that
+        # stops in the middle of a request is gone.
+        if self.current is not None and self.receiving is None:
             self.current.close_after = True
             return True
         return None
@@ -166,6 +168,7 @@ class DownstreamProtocol(asyncio.Protocol):
     def on_message_begin(self) -> None:
         self._url = b""
         self._headers = []
+        self._head_size = 0
         self._in_head = True
         if self._timer_kind == "idle":
             self._arm_timer("header")
@@ -175,8 +178,12 @@ class DownstreamProtocol(asyncio.Protocol):
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self._headers.append((name, value))
+        self._head_size += len(name) + len(value) + 4
 
     def on_headers_complete(self) -> None:
+        if self._head_size + len(self._url) > self.server.limits.max_header:
+            raise _Reject(431, "request head too large")
+        self._head_size = 0
         self._in_head = False
         self._head_bytes = 0
         self._body_bytes = 0

@@ -7,7 +7,6 @@ place where a request's fate (answered, failed, aborted) is decided and counted.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from typing import TYPE_CHECKING
 
@@ -39,7 +38,8 @@ class Exchange:
         "chunked_request", "request_done", "pending", "pending_size", "up", "started",
         "response_started", "response_status", "response_mode", "close_after", "start_time",
         "set_cookie", "local", "finished", "upgrade", "head_only_response", "retried",
-        "up_close", "unframed", "continue_100", "deadline", "out", "_has_body", "_informational",
+        "up_close", "unframed", "continue_100", "deadline", "out", "flushed", "pool", "_has_body",
+        "_informational",
     )
 
     def __init__(
@@ -70,6 +70,7 @@ class Exchange:
         self.pending: list[bytes] = []
         self.pending_size = 0
         self.up: UpstreamConnection | None = None
+        self.pool: Pool | None = None  # the endpoint chosen, blamed for connect failures
         self.started = False
         self.response_started = False
         self.response_status = 0
@@ -88,6 +89,7 @@ class Exchange:
         self.deadline = 0.0  # for the upstream's response head; checked by the sweeper
         # Response bytes gathered while one upstream packet is parsed, written in one call.
         self.out: list[bytes] = []
+        self.flushed = False  # some of the answer has been written to the client
         self._informational = False
         if version is not None:
             version.stats.in_flight += 1
@@ -109,6 +111,7 @@ class Exchange:
             self.fail(503, "connect", f"no healthy endpoint for version {version.name}",
                       count_error=False)
             return
+        self.pool = pool
         conn = pool.take_idle()
         if conn is not None:
             self._attach(conn)
@@ -116,17 +119,31 @@ class Exchange:
             self.down.loop.create_task(self._connect(pool))
 
     async def _connect(self, pool: Pool) -> None:
-        try:
-            conn = await pool.connect()
-        except (TimeoutError, OSError) as exc:
-            if self.finished:
-                return
-            if isinstance(exc, asyncio.TimeoutError):
-                self.fail(504, "connect", f"connect to {pool.endpoint.key} timed out")
-            else:
-                self.fail(502, "connect", f"cannot connect to {pool.endpoint.key}: "
-                          f"{exc.strerror or exc}")
-            return
+        """Open a connection; on failure try the version's other endpoints once each, as
+        nginx's proxy_next_upstream does: nothing of the request has left the proxy yet."""
+        version = self.version
+        assert version is not None
+        tries = 0
+        while True:
+            self.pool = pool
+            try:
+                conn = await pool.connect()
+                break
+            except (TimeoutError, OSError) as exc:
+                if self.finished:
+                    return
+                self._count_error("connect")
+                tries += 1
+                nxt = version.next_pool() if tries < len(version.pools) else None
+                if nxt is None or nxt is pool:
+                    if isinstance(exc, TimeoutError):
+                        self.fail(504, "connect", f"connect to {pool.endpoint.key} timed out",
+                                  count_error=False)
+                    else:
+                        self.fail(502, "connect", f"cannot connect to {pool.endpoint.key}: "
+                                  f"{exc.strerror or exc}", count_error=False)
+                    return
+                pool = nxt
         if self.finished:
             # The client went away while we connected: the fresh connection is clean.
             pool.release(conn)
@@ -207,6 +224,8 @@ class Exchange:
             return
         self.deadline = 0.0
         self.response_status = status
+        if self.pool is not None:
+            self.pool.failures = 0
         self.up_close = not up_keep_alive
         if self.upgrade and status != 101:
             # The client may already have sent bytes of the refused protocol.
@@ -267,6 +286,7 @@ class Exchange:
         out = self.out
         if out:
             self.out = []
+            self.flushed = True
             if len(out) == 1:
                 self.down.write(out[0])
             else:
@@ -276,6 +296,8 @@ class Exchange:
         if self._informational:
             self._informational = False
             return
+        if self.response_status == 101 and self.upgrade:
+            return  # the parser raises HttpParserUpgrade next: see upstream_upgraded
         if not self.head_only_response:
             self.response_complete()
 
@@ -315,6 +337,11 @@ class Exchange:
     def upstream_failed(self, kind: str, detail: str) -> None:
         if self.finished:
             return
+        if self.response_started and not self.flushed:
+            # Nothing of the answer reached the client yet: it can still get a clean 502.
+            self.out = []
+            self.response_started = False
+            self.set_cookie = None
         if self.response_started:
             self._count_error(kind)
             self._abort_client()
@@ -404,9 +431,11 @@ class Exchange:
         self.down.abort()
 
     def _count_error(self, kind: str) -> None:
-        if self.version is not None:
-            self.version.stats.errors[kind] += 1
-            self.version.record_failure(self.up, kind)
+        version = self.version
+        if version is not None:
+            version.stats.errors[kind] += 1
+            if self.pool is not None and (kind == "connect" or kind == "reset"):
+                version.record_failure(self.pool)
 
 
 def _strip(headers: list[tuple[bytes, bytes]]) -> list[bytes]:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
-from splitproxy.proxy.upstream import Pool, Pools, UpstreamConnection
+from splitproxy.config import Health
+from splitproxy.proxy.upstream import Pool, Pools
 from splitproxy.stats import Stats, VersionStats
 from splitproxy.table import RouteEntry, RoutingTable
 
@@ -12,23 +14,47 @@ from splitproxy.table import RouteEntry, RoutingTable
 class VersionRuntime:
     """One version of one route: its endpoints' pools, round-robin position and counters."""
 
-    __slots__ = ("name", "pools", "stats", "_rr")
+    __slots__ = ("route", "name", "pools", "stats", "health", "_rr")
 
-    def __init__(self, name: str, pools: tuple[Pool, ...], stats: VersionStats) -> None:
+    def __init__(
+        self, route: str, name: str, pools: tuple[Pool, ...], stats: VersionStats, health: Health
+    ) -> None:
+        self.route = route
         self.name = name
         self.pools = pools
         self.stats = stats
+        self.health = health
         self._rr = 0
 
     def next_pool(self) -> Pool | None:
+        """Round robin over the endpoints that are not ejected."""
         pools = self.pools
-        if not pools:
-            return None
-        self._rr += 1
-        return pools[self._rr % len(pools)]
+        n = len(pools)
+        for _ in range(n):
+            self._rr += 1
+            pool = pools[self._rr % n]
+            if not pool.ejected:
+                return pool
+        return None
 
-    def record_failure(self, conn: UpstreamConnection | None, kind: str) -> None:
-        """Hook for passive health checking; counting is done by the caller."""
+    def record_failure(self, pool: Pool) -> None:
+        """A connect failure or reset: enough in a row eject the endpoint, as Envoy's outlier
+        detection does, unless that would leave fewer than `min_healthy` endpoints."""
+        pool.failures += 1
+        health = self.health
+        if pool.ejected or pool.failures < health.consecutive_failures:
+            return
+        healthy = sum(1 for p in self.pools if not p.ejected)
+        if healthy - 1 < health.min_healthy:
+            return
+        period = pool.eject(health.base_ejection, health.max_ejection)
+        log.warning(
+            "ejected endpoint %s of %s/%s for %.0fs after %d consecutive failures",
+            pool.endpoint.key, self.route, self.name, period, health.consecutive_failures,
+        )
+
+
+log = logging.getLogger("splitproxy.health")
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,17 +77,21 @@ class Runtime:
         return None
 
 
-def compile_table(table: RoutingTable, pools: Pools, stats: Stats) -> Runtime:
+def compile_table(table: RoutingTable, pools: Pools, stats: Stats, health: Health) -> Runtime:
+    """Attach pools and counters; endpoints the table no longer names start draining."""
     routes = []
     for entry in table.routes:
         versions = {
             name: VersionRuntime(
+                entry.name,
                 name,
                 tuple(pools.get(ep) for ep in entry.endpoints.get(name, ())),
                 stats.get(entry.name, name),
+                health,
             )
             for name in entry.plan.versions
         }
         prefix = entry.cookie.encode("latin-1") + b"=" if entry.cookie else None
         routes.append(CompiledRoute(entry, versions, prefix))
+    pools.retain({ep for e in table.routes for eps in e.endpoints.values() for ep in eps})
     return Runtime(table, tuple(routes), all(r.host is None for r in table.routes))

@@ -144,16 +144,43 @@ class UpstreamConnection(asyncio.Protocol):
 
 
 class Pool:
-    """Idle keep-alive connections to one endpoint, newest first."""
+    """One endpoint: idle keep-alive connections (newest first) and its passive health."""
 
-    __slots__ = ("endpoint", "idle", "loop", "connect_timeout", "active")
+    __slots__ = (
+        "endpoint", "idle", "loop", "connect_timeout", "retired", "failures", "ejected",
+        "ejections", "ejected_at", "_uneject",
+    )
 
     def __init__(self, endpoint: Endpoint, connect_timeout: float) -> None:
         self.endpoint = endpoint
         self.idle: list[UpstreamConnection] = []
         self.loop = asyncio.get_running_loop()
         self.connect_timeout = connect_timeout
-        self.active = 0  # connections carrying an exchange
+        self.retired = False  # removed from the config: drain, take nothing new
+        self.failures = 0  # consecutive connect failures and resets
+        self.ejected = False
+        self.ejections = 0  # times ejected recently; each ejection lasts twice the previous
+        self.ejected_at = 0.0
+        self._uneject: asyncio.TimerHandle | None = None
+
+    def eject(self, base: float, cap: float) -> float:
+        """Take the endpoint out of rotation; returns for how long."""
+        now = self.loop.time()
+        if self.ejections and now - self.ejected_at > 2 * cap:
+            self.ejections = 0  # behaved for long enough: start from the base period again
+        period: float = min(cap, base * 2.0**self.ejections)
+        self.ejections += 1
+        self.ejected = True
+        self.ejected_at = now
+        self.failures = 0
+        self.close_idle()
+        self._uneject = self.loop.call_later(period, self._return)
+        return period
+
+    def _return(self) -> None:
+        self.ejected = False
+        self._uneject = None
+        log.info("endpoint %s returns to rotation", self.endpoint.key)
 
     def take_idle(self) -> UpstreamConnection | None:
         idle = self.idle
@@ -176,7 +203,7 @@ class Pool:
 
     def release(self, conn: UpstreamConnection) -> None:
         conn.exchange = None
-        if conn.closed or len(self.idle) >= MAX_IDLE_PER_ENDPOINT:
+        if conn.closed or self.retired or len(self.idle) >= MAX_IDLE_PER_ENDPOINT:
             conn.close()
             return
         conn.idle_since = self.loop.time()
@@ -203,6 +230,18 @@ class Pools:
         self.idle_timeout = idle_timeout
         self._pools: dict[Endpoint, Pool] = {}
         self._sweeper: asyncio.Task[None] | None = None
+
+    def retain(self, keep: set[Endpoint]) -> None:
+        """Drain endpoints no longer configured: requests in flight on them finish, idle
+        connections close, nothing new is sent (the new routing table does not name them)."""
+        for endpoint in list(self._pools):
+            if endpoint not in keep:
+                pool = self._pools.pop(endpoint)
+                pool.retired = True
+                pool.close_idle()
+                if pool._uneject is not None:
+                    pool._uneject.cancel()
+                log.info("endpoint %s removed: draining", endpoint.key)
 
     def get(self, endpoint: Endpoint) -> Pool:
         pool = self._pools.get(endpoint)

@@ -239,7 +239,7 @@ def _upstream_app(up: Upstream) -> web.Application:
         else:
             resp.content_length = size
         await resp.prepare(request)
-        sent = 0
+        sent = 0 if request.method != "HEAD" else size  # aiohttp would send a body for HEAD
         while sent < size:
             part = BLOCK[: size - sent]
             await resp.write(part)
@@ -332,6 +332,7 @@ class RawUpstream:
 
     port: int = 0
     connections: int = 0
+    errors: list[BaseException] = field(default_factory=list)  # raised by a handler
 
     @property
     def url(self) -> str:
@@ -340,7 +341,11 @@ class RawUpstream:
 
 @contextlib.asynccontextmanager
 async def run_raw_upstream(handler: RawHandler) -> AsyncIterator[RawUpstream]:
-    """Runs `handler(reader, writer)` per connection; the writer is closed after it returns."""
+    """Runs `handler(reader, writer)` per connection; the writer is closed after it returns.
+
+    A peer that goes away (ConnectionError, IncompleteReadError) ends a handler quietly; any
+    other exception (e.g. `read_request` rejecting what the proxy sent) fails the test on exit.
+    """
     up = RawUpstream()
     tasks: set[asyncio.Task[None]] = set()
     writers: set[asyncio.StreamWriter] = set()
@@ -355,6 +360,8 @@ async def run_raw_upstream(handler: RawHandler) -> AsyncIterator[RawUpstream]:
             await handler(reader, writer)
         except (ConnectionError, asyncio.IncompleteReadError):
             pass
+        except Exception as exc:
+            up.errors.append(exc)
         finally:
             writers.discard(writer)
             writer.close()
@@ -374,6 +381,7 @@ async def run_raw_upstream(handler: RawHandler) -> AsyncIterator[RawUpstream]:
         if tasks:
             await asyncio.wait(tasks, timeout=WAIT)
         await asyncio.wait_for(server.wait_closed(), WAIT)
+    assert not up.errors, f"raw upstream handler failed: {up.errors!r}"
 
 
 @dataclass
@@ -507,10 +515,10 @@ def parse_response_bytes(data: bytes) -> Response:
     """Head and whatever body bytes follow, from a complete capture (read until close)."""
     head, sep, body = data.partition(b"\r\n\r\n")
     if not sep:
-        raise AssertionError(f"no complete response head in {data[:200]!r}")
+        raise AssertionError(f"no complete response head in {data[:200]!r} ({len(data)} bytes)")
     lines = head.decode("latin-1").split("\r\n")
     version, status, *reason = lines[0].split(" ", 2)
-    assert version in ("HTTP/1.1", "HTTP/1.0"), lines[0]
+    assert version in ("HTTP/1.1", "HTTP/1.0"), lines[0][:200]
     headers = [(k, v.strip()) for k, _, v in (line.partition(":") for line in lines[1:])]
     return Response(int(status), reason[0] if reason else "", headers, body)
 
