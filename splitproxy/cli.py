@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
             sys.stderr.write("--workers > 1 is not available yet: run one process per core "
                              "behind a load balancer for now\n")
             return 2
-        from splitproxy.server import run_loop, serve
+        from splitproxy.service import run_loop, serve
 
         try:
             return run_loop(serve(args.config))

@@ -147,6 +147,13 @@ def _host(value: str | None) -> str | None:
     return value
 
 
+def _webhook_url(value: str) -> str:
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"expected an http(s) URL, got {value!r}")
+    return value
+
+
 def _path_prefix(value: str) -> str:
     if not value.startswith("/"):
         raise ValueError(f"must start with '/', got {value!r}")
@@ -188,16 +195,129 @@ class VersionConfig(_Frozen):
     endpoints: tuple[Annotated[str, AfterValidator(_endpoint)], ...] = Field(min_length=1)
 
 
+_DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+_HHMM = re.compile(r"([01]\d|2[0-3]):[0-5]\d")
+_Count = Annotated[int, Strict(), Field(ge=1)]
+_Rate = Annotated[float, Field(ge=0, le=1)]
+_Millis = Annotated[float, Field(gt=0)]
+
+
+def _pause(value: object) -> object:
+    # `pause: 30s` is shorthand for `pause: {duration: 30s}`; `pause: {}` waits for a promote.
+    if isinstance(value, str | int | float) and not isinstance(value, bool):
+        return {"duration": value}
+    return value
+
+
+def _time_zone(value: str) -> str:
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+    try:
+        ZoneInfo(value)
+    except (ZoneInfoNotFoundError, ValueError) as exc:
+        raise ValueError(f"unknown time zone {value!r}") from exc
+    return value
+
+
+def _hhmm(value: str) -> str:
+    if not _HHMM.fullmatch(value):
+        raise ValueError(f"expected a time like 09:30, got {value!r}")
+    return value
+
+
+def _day(value: str) -> str:
+    if value.lower() not in _DAYS:
+        raise ValueError(f"expected one of {', '.join(_DAYS)}, got {value!r}")
+    return value.lower()
+
+
+class CompareToBaseline(_Frozen):
+    error_rate_margin: _Rate = 0.005  # canary error rate may exceed the baseline's by this
+    latency_factor: Annotated[float, Field(ge=1)] = 1.5  # canary p99 <= baseline p99 x this
+
+
+class Analysis(_Frozen):
+    """Canary analysis: judge every `interval` over the last `window`; abort after
+    `failure_limit` failing checks in a row."""
+
+    baseline: _Name | None = None  # default: the first version listed
+    interval: _Timeout = 10.0
+    window: _Timeout = 60.0
+    min_requests: Annotated[int, Strict(), Field(ge=1)] = 50
+    failure_limit: _Count = 2
+    inconclusive_limit: _Count | None = None  # pause the rollout after this many in a row
+    max_error_rate: _Rate | None = 0.01
+    max_p50_ms: _Millis | None = None
+    max_p90_ms: _Millis | None = None
+    max_p99_ms: _Millis | None = None
+    compare_to_baseline: CompareToBaseline | None = None
+    synthetic_header: _Token = "X-Splitproxy-Synthetic"  # marks synthetic load
+    include_synthetic: bool = False  # judge synthetic requests too
+    history: Annotated[int, Strict(), Field(ge=1, le=1000)] = 20  # checks kept for /status
+
+
+class Pause(_Frozen):
+    duration: _Timeout | None = None  # None: until `splitproxy promote`
+
+
+class Step(_Frozen):
+    set_weight: Annotated[int, Strict(), Field(ge=0, le=100)] | None = None
+    pause: Annotated[Pause, BeforeValidator(_pause)] | None = None
+
+    @model_validator(mode="after")
+    def _one_action(self) -> Step:
+        if (self.set_weight is None) == (self.pause is None):
+            raise ValueError("a step is either `set_weight: N` or `pause: ...`")
+        return self
+
+
+class DeployWindow(_Frozen):
+    """When steps may advance (Spinnaker's restricted execution windows); abort is always
+    allowed."""
+
+    days: tuple[Annotated[str, AfterValidator(_day)], ...] = _DAYS
+    start: Annotated[str, AfterValidator(_hhmm)] = "00:00"
+    end: Annotated[str, AfterValidator(_hhmm)] = "23:59"
+    tz: Annotated[str, AfterValidator(_time_zone)] = "UTC"
+
+
+class Webhook(_Frozen):
+    on: Annotated[str, Field(pattern=r"^(pre-step|post-step|abort|promoted)$")]
+    url: Annotated[str, AfterValidator(_webhook_url)]
+    timeout: _Timeout = 5.0
+
+
+class Rollout(_Frozen):
+    revision: str | None = None  # changing it (or the steps or versions) starts a new rollout
+    canary: _Name | None = None  # the version the steps weigh; default: first non-baseline
+    steps: tuple[Step, ...] = Field(min_length=1)
+    window: DeployWindow | None = None
+    webhooks: tuple[Webhook, ...] = ()
+
+
 class Route(_Frozen):
     name: _Name
     match: Match = Match()
     versions: dict[_Name, VersionConfig] = Field(min_length=1)
-    weights: dict[str, _Weight]  # every key a version; each >= 0; total > 0
+    # Declared before `weights`: its validator needs to know the strategy.
+    strategy: Annotated[str, Field(pattern=r"^(canary|blue-green)$")] = "canary"
+    # Every key a version; each >= 0; total > 0. Required for canary, unused by blue-green.
+    weights: dict[str, _Weight] | None = Field(default=None, validate_default=True)
     sticky: Sticky = Sticky()
+    active: _Name | None = None  # blue-green: the color that takes traffic
+    preview_header: _Token = "X-Splitproxy-Preview"  # blue-green: reaches the other color
+    analysis: Analysis | None = None
+    rollout: Rollout | None = None
 
     @field_validator("weights")
     @classmethod
-    def _known_versions(cls, weights: dict[str, int], info: ValidationInfo) -> dict[str, int]:
+    def _known_versions(
+        cls, weights: dict[str, int] | None, info: ValidationInfo
+    ) -> dict[str, int] | None:
+        if weights is None:
+            if info.data.get("strategy", "canary") == "canary":
+                raise ValueError("required")
+            return weights
         versions = info.data.get("versions")
         if versions is None:  # already reported as its own error
             return weights
@@ -212,6 +332,58 @@ class Route(_Frozen):
         if problems:
             raise _Located(problems)
         return weights
+
+    @model_validator(mode="after")
+    def _strategy_fields(self) -> Route:
+        problems: list[_Problem] = []
+        names = ", ".join(self.versions)
+        if self.strategy == "blue-green":
+            if self.active is None:
+                problems.append((("active",), "required for strategy blue-green"))
+            elif self.active not in self.versions:
+                problems.append((("active",), f"unknown version {self.active!r} ({names})"))
+            if self.rollout is not None:
+                problems.append((("rollout",), "blue-green switches by `active`, not steps"))
+        elif self.active is not None:
+            problems.append((("active",), "only for strategy blue-green"))
+        if self.analysis is not None and self.analysis.baseline is not None \
+                and self.analysis.baseline not in self.versions:
+            problems.append((("analysis", "baseline"),
+                             f"unknown version {self.analysis.baseline!r} ({names})"))
+        if self.rollout is not None and self.rollout.canary is not None:
+            if self.rollout.canary not in self.versions:
+                problems.append((("rollout", "canary"),
+                                 f"unknown version {self.rollout.canary!r} ({names})"))
+            elif self.rollout.canary == self.baseline:
+                problems.append((("rollout", "canary"), "must not be the baseline version"))
+        if self.rollout is not None and len(self.versions) < 2:
+            problems.append((("rollout",), "needs at least two versions"))
+        if problems:
+            raise _Located(problems)
+        return self
+
+    @property
+    def configured_weights(self) -> dict[str, int]:
+        """Weights as configured: blue-green gives the active color everything."""
+        if self.weights is not None:
+            return {v: self.weights.get(v, 0) for v in self.versions}
+        return {v: 100 if v == self.active else 0 for v in self.versions}
+
+    @property
+    def baseline(self) -> str:
+        """Takes all traffic on abort: analysis.baseline, else the first version listed."""
+        if self.analysis is not None and self.analysis.baseline is not None:
+            return self.analysis.baseline
+        if self.strategy == "blue-green" and self.active is not None:
+            return self.active
+        return next(iter(self.versions))
+
+    @property
+    def canary(self) -> str | None:
+        """The version a rollout's steps weigh."""
+        if self.rollout is not None and self.rollout.canary is not None:
+            return self.rollout.canary
+        return next((v for v in self.versions if v != self.baseline), None)
 
 
 class Timeouts(_Frozen):
@@ -236,6 +408,12 @@ class Health(_Frozen):
     min_healthy: Annotated[int, Strict(), Field(ge=0)] = 1  # never eject below this many
 
 
+class State(_Frozen):
+    """Where rollout state (phase, step, abort) survives restarts."""
+
+    path: str | None = None  # default: <config name>.state.json beside the config
+
+
 class Config(_Frozen):
     listen: _Listen = "127.0.0.1:8080"
     admin: AdminConfig = AdminConfig()
@@ -243,6 +421,7 @@ class Config(_Frozen):
     timeouts: Timeouts = Timeouts()
     limits: Limits = Limits()
     health: Health = Health()
+    state: State = State()
 
     @field_validator("routes")
     @classmethod
@@ -389,11 +568,9 @@ def describe(config: Config) -> str:
     for route in config.routes:
         host = route.match.host or "any host"
         lines.append(f"route {route.name}: {host}, path prefix {route.match.path_prefix}")
-        total = sum(route.weights.values())
-        shares = {
-            v: f"{v} {route.weights.get(v, 0)} ({_percent(route.weights.get(v, 0), total)})"
-            for v in route.versions
-        }
+        weights = route.configured_weights
+        total = sum(weights.values())
+        shares = {v: f"{v} {w} ({_percent(w, total)})" for v, w in weights.items()}
         width = max(map(len, shares.values()))
         for version, cfg in route.versions.items():
             lines.append(f"  {shares[version]:<{width}}  {', '.join(cfg.endpoints)}")

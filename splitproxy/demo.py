@@ -127,7 +127,7 @@ def _install_stop_signals(stop: asyncio.Event) -> None:
 async def run_demo(config_path: str, stop: asyncio.Event | None = None) -> None:
     """Run the upstreams and the proxy until `stop` is set (by default: SIGINT or SIGTERM)."""
     # Imported here so the upstream half of this module works without the server wiring.
-    from splitproxy.server import ProxyServer
+    from splitproxy.service import Service
 
     config = load(config_path)
     if stop is None:
@@ -139,7 +139,7 @@ async def run_demo(config_path: str, stop: asyncio.Event | None = None) -> None:
         for name, port in UPSTREAMS.items():
             runners.append(await start_upstream(name, UPSTREAM_HOST, port))
             log.info("upstream %s listening on %s:%d", name, UPSTREAM_HOST, port)
-        server = ProxyServer(config)
+        server = Service(config_path)
         await server.start()
         try:
             cookie = next((r.sticky.cookie for r in config.routes if r.sticky.cookie), None)

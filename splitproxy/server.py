@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import signal
-from pathlib import Path
 
 from splitproxy import table
-from splitproxy.config import Config, load
+from splitproxy.config import Config
 from splitproxy.proxy.downstream import DownstreamProtocol
 from splitproxy.proxy.runtime import Runtime, compile_table
 from splitproxy.proxy.upstream import Pools
@@ -34,6 +32,7 @@ class ProxyServer:
         self.stats = Stats()
         self.connections: set[DownstreamProtocol] = set()
         self.draining = False
+        self.listening = False
         self.loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]  # set by start()
         self._server: asyncio.Server | None = None
         self._sweeper: asyncio.Task[None] | None = None
@@ -49,6 +48,7 @@ class ProxyServer:
             lambda: DownstreamProtocol(self), host, port, backlog=2048, reuse_address=True
         )
         self.port: int = self._server.sockets[0].getsockname()[1]  # the real one when 0 asked
+        self.listening = True
         self._sweeper = self.loop.create_task(self._sweep())
         log.info("proxy listening on %s:%d", host, self.port)
 
@@ -66,6 +66,13 @@ class ProxyServer:
             for conn in list(self.connections):
                 conn.check_deadlines(now)
 
+    def reconfigure(self, config: Config, routing: table.RoutingTable) -> None:
+        """A reloaded config: new timeouts, limits and health rules, then the new table."""
+        self.config = config
+        self.timeouts = config.timeouts
+        self.limits = config.limits
+        self.install(routing)
+
     def install(self, routing: table.RoutingTable) -> None:
         """Swap in a new routing table; requests already routed keep their version."""
         assert self._pools is not None
@@ -78,6 +85,7 @@ class ProxyServer:
             drain = self.timeouts.drain
         if self._server is not None:
             self._server.close()
+        self.listening = False
         self.draining = True
         for conn in list(self.connections):
             conn.drain()
@@ -92,26 +100,3 @@ class ProxyServer:
             self._pools.close()
         await asyncio.sleep(0)
         log.info("proxy stopped")
-
-
-async def serve(config_path: Path) -> int:
-    """`splitproxy run`: serve until SIGTERM/SIGINT, then drain and return the exit code."""
-    config = load(config_path)
-    server = ProxyServer(config)
-    await server.start()
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
-    log.info("shutting down: draining for up to %.1fs", config.timeouts.drain)
-    await server.stop()
-    return 0
-
-
-def run_loop(main: object) -> int:
-    """Run a coroutine on uvloop."""
-    import uvloop
-
-    result: int = uvloop.run(main)  # type: ignore[arg-type]
-    return result

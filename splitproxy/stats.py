@@ -21,13 +21,14 @@ class VersionStats:
     """Counters of one version of one route; lives as long as the process."""
 
     __slots__ = (
-        "route", "version", "responses", "errors", "client_aborts", "in_flight",
+        "route", "version", "synthetic", "responses", "errors", "client_aborts", "in_flight",
         "latency_counts", "latency_sum",
     )
 
-    def __init__(self, route: str, version: str) -> None:
+    def __init__(self, route: str, version: str, synthetic: bool = False) -> None:
         self.route = route
         self.version = version
+        self.synthetic = synthetic  # requests marked as synthetic load
         self.responses: dict[int, int] = {}  # status code -> count, upstream and proxy-made
         self.errors: dict[str, int] = dict.fromkeys(ERROR_KINDS, 0)
         self.client_aborts = 0
@@ -46,18 +47,23 @@ class VersionStats:
 
 
 class Stats:
-    """All counters, keyed by (route, version); entries are created on first use and kept."""
+    """All counters, keyed by (route, version, synthetic); created on first use and kept."""
 
     def __init__(self) -> None:
-        self._by_key: dict[tuple[str, str], VersionStats] = {}
+        self._by_key: dict[tuple[str, str, bool], VersionStats] = {}
         self.bad_requests = 0  # 4xx answered before a route/version was chosen
 
-    def get(self, route: str, version: str) -> VersionStats:
-        key = (route, version)
+    def get(self, route: str, version: str, synthetic: bool = False) -> VersionStats:
+        key = (route, version, synthetic)
         stats = self._by_key.get(key)
         if stats is None:
-            stats = self._by_key[key] = VersionStats(route, version)
+            stats = self._by_key[key] = VersionStats(route, version, synthetic)
         return stats
 
     def all(self) -> list[VersionStats]:
-        return list(self._by_key.values())
+        """Counters of real traffic."""
+        return [s for s in self._by_key.values() if not s.synthetic]
+
+    def synthetic(self) -> list[VersionStats]:
+        """Counters of requests marked as synthetic load."""
+        return [s for s in self._by_key.values() if s.synthetic]

@@ -35,6 +35,9 @@ class RouteEntry:
     pin_header: bytes | None  # lower-case header names, as the parser hands them over
     hash_header: bytes | None
     cookie: str | None
+    synthetic_header: bytes | None  # marks synthetic load (counted apart), with analysis only
+    preview_header: bytes | None  # blue-green: requests carrying it reach `preview_version`
+    preview_version: str | None
     # Feeds the weighted sequence; shared by every request of this route in this table.
     counter: itertools.count[int] = field(default_factory=itertools.count)
 
@@ -61,14 +64,19 @@ def _lower(name: str | None) -> bytes | None:
     return name.lower().encode("latin-1") if name else None
 
 
-def build_route(route: Route) -> RouteEntry:
+def build_route(route: Route, weights: dict[str, int] | None = None) -> RouteEntry:
+    """`weights`: the effective weights (a rollout's), when they differ from the config's."""
     versions = tuple(route.versions)
-    weights = {v: route.weights.get(v, 0) for v in versions}
+    if weights is None:
+        weights = route.configured_weights
+    preview = None
+    if route.strategy == "blue-green":
+        preview = next((v for v in versions if weights.get(v, 0) == 0), None)
     return RouteEntry(
         name=route.name,
         host=route.match.host.lower() if route.match.host else None,
         path_prefix=route.match.path_prefix,
-        plan=make_plan(route.name, versions, weights, baseline=versions[0]),
+        plan=make_plan(route.name, versions, weights, baseline=route.baseline),
         endpoints={
             v: tuple(Endpoint.parse(url) for url in cfg.endpoints)
             for v, cfg in route.versions.items()
@@ -76,8 +84,17 @@ def build_route(route: Route) -> RouteEntry:
         pin_header=_lower(route.sticky.pin_header),
         hash_header=_lower(route.sticky.hash_header),
         cookie=route.sticky.cookie,
+        synthetic_header=_lower(route.analysis.synthetic_header) if route.analysis else None,
+        preview_header=_lower(route.preview_header) if preview is not None else None,
+        preview_version=preview,
     )
 
 
-def build(config: Config, generation: int = 1) -> RoutingTable:
-    return RoutingTable(generation, tuple(build_route(r) for r in config.routes))
+def build(
+    config: Config, generation: int = 1, weights: dict[str, dict[str, int]] | None = None
+) -> RoutingTable:
+    """The table for a config; `weights` per route name overrides the configured weights."""
+    weights = weights or {}
+    return RoutingTable(
+        generation, tuple(build_route(r, weights.get(r.name)) for r in config.routes)
+    )

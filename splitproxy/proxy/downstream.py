@@ -288,6 +288,8 @@ class DownstreamProtocol(asyncio.Protocol):
         plan = entry.plan
         pin = seen.get(entry.pin_header) if entry.pin_header is not None else None
         pin_name = pin.decode("latin-1").strip() if pin is not None else None
+        if entry.preview_header is not None and entry.preview_header in seen:
+            pin_name = entry.preview_version  # blue-green preview: the color not serving
         cookie_name: str | None = None
         if route.cookie_prefix is not None:
             raw = seen.get(b"cookie")
@@ -341,6 +343,7 @@ class DownstreamProtocol(asyncio.Protocol):
             upgrade=upgrade,
             set_cookie=set_cookie,
             start_time=now,
+            synthetic=entry.synthetic_header is not None and entry.synthetic_header in seen,
         )
         ex.continue_100 = expect is not None and client_11
         return ex

@@ -38,7 +38,7 @@ class Exchange:
         "chunked_request", "request_done", "pending", "pending_size", "up", "started",
         "response_started", "response_status", "response_mode", "close_after", "start_time",
         "set_cookie", "local", "finished", "upgrade", "head_only_response", "retried",
-        "up_close", "unframed", "continue_100", "deadline", "out", "flushed", "pool", "_has_body",
+        "up_close", "unframed", "continue_100", "deadline", "out", "flushed", "pool", "stats", "_has_body",
         "_informational",
     )
 
@@ -56,6 +56,7 @@ class Exchange:
         upgrade: bool = False,
         set_cookie: bytes | None = None,
         local: bytes | None = None,
+        synthetic: bool = False,
         start_time: float = 0.0,
     ) -> None:
         self.down = down
@@ -91,8 +92,11 @@ class Exchange:
         self.out: list[bytes] = []
         self.flushed = False  # some of the answer has been written to the client
         self._informational = False
-        if version is not None:
-            version.stats.in_flight += 1
+        # Synthetic load is counted apart so analysis can leave it out.
+        self.stats = (None if version is None
+                      else version.synthetic_stats if synthetic else version.stats)
+        if self.stats is not None:
+            self.stats.in_flight += 1
 
     # -- request side (called by the downstream protocol) ------------------------------------
     def start(self) -> None:
@@ -402,9 +406,9 @@ class Exchange:
         if up is not None:
             up.close()
         self.finished = True
-        if self.version is not None:
-            self.version.stats.client_aborts += 1
-            self.version.stats.in_flight -= 1
+        if self.stats is not None:
+            self.stats.client_aborts += 1
+            self.stats.in_flight -= 1
 
     def _finish_local(self, response: bytes) -> None:
         if not self.request_done:
@@ -415,9 +419,8 @@ class Exchange:
 
     def _done(self, status: int) -> None:
         self.finished = True
-        version = self.version
-        if version is not None:
-            stats = version.stats
+        stats = self.stats
+        if stats is not None:
             stats.in_flight -= 1
             stats.observe(status, self.down.loop.time() - self.start_time)
         self.down.exchange_done(self)
@@ -425,15 +428,15 @@ class Exchange:
     def _abort_client(self) -> None:
         # Never a final chunk or a body that looks complete: the client must see the cut.
         self.finished = True
-        if self.version is not None:
-            self.version.stats.in_flight -= 1
-            self.version.stats.observe(502, self.down.loop.time() - self.start_time)
+        if self.stats is not None:
+            self.stats.in_flight -= 1
+            self.stats.observe(502, self.down.loop.time() - self.start_time)
         self.down.abort()
 
     def _count_error(self, kind: str) -> None:
         version = self.version
-        if version is not None:
-            version.stats.errors[kind] += 1
+        if version is not None and self.stats is not None:
+            self.stats.errors[kind] += 1
             if self.pool is not None and (kind == "connect" or kind == "reset"):
                 version.record_failure(self.pool)
 

@@ -14,15 +14,16 @@ from splitproxy.table import RouteEntry, RoutingTable
 class VersionRuntime:
     """One version of one route: its endpoints' pools, round-robin position and counters."""
 
-    __slots__ = ("route", "name", "pools", "stats", "health", "_rr")
+    __slots__ = ("route", "name", "pools", "stats", "synthetic_stats", "health", "_rr")
 
     def __init__(
-        self, route: str, name: str, pools: tuple[Pool, ...], stats: VersionStats, health: Health
+        self, route: str, name: str, pools: tuple[Pool, ...], stats: Stats, health: Health
     ) -> None:
         self.route = route
         self.name = name
         self.pools = pools
-        self.stats = stats
+        self.stats: VersionStats = stats.get(route, name)
+        self.synthetic_stats: VersionStats = stats.get(route, name, synthetic=True)
         self.health = health
         self._rr = 0
 
@@ -86,7 +87,7 @@ def compile_table(table: RoutingTable, pools: Pools, stats: Stats, health: Healt
                 entry.name,
                 name,
                 tuple(pools.get(ep) for ep in entry.endpoints.get(name, ())),
-                stats.get(entry.name, name),
+                stats,
                 health,
             )
             for name in entry.plan.versions

@@ -1,0 +1,219 @@
+"""The control plane of one process: serves a config, reloads it, samples counters, reports.
+
+It never touches proxied sockets: it hands routing tables to the data plane (`ProxyServer`)
+and reads the data plane's counters.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import signal
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from prometheus_client.core import Metric
+
+from splitproxy import table
+from splitproxy.config import Config, ConfigError, load
+from splitproxy.reload import ConfigWatcher
+from splitproxy.server import ProxyServer
+from splitproxy.stats import VersionStats
+from splitproxy.window import Sample, Window
+
+log = logging.getLogger("splitproxy.controller")
+
+SAMPLE_INTERVAL = 1.0
+REALIZED_WINDOW = 60.0  # the realized split in /status covers this many seconds
+
+
+class Controller:
+    def __init__(self, path: Path, config: Config, server: ProxyServer) -> None:
+        self.path = path
+        self.config = config
+        self.server = server
+        self._generation = 1
+        self._digest = _digest(path)
+        self.reloads = {"success": 0, "error": 0}
+        self.last_reload_time: float | None = None  # wall clock
+        self.last_result: str | None = None
+        self.last_error: str | None = None
+        self.window = Window(horizon=REALIZED_WINDOW)
+        self.watcher = ConfigWatcher(path, self._on_file_change, ignore=self._ignored)
+        self._sampler: asyncio.Task[None] | None = None
+
+    # -- life cycle -------------------------------------------------------------------------
+    async def start(self, watch: bool = True) -> None:
+        loop = asyncio.get_running_loop()
+        self._sampler = loop.create_task(self._sample_forever())
+        if watch:
+            self.watcher.start()
+        try:
+            loop.add_signal_handler(signal.SIGHUP, self._on_sighup)
+        except (NotImplementedError, RuntimeError, ValueError):
+            pass  # not the main thread (tests) or no signals on this platform
+
+    async def stop(self) -> None:
+        await self.watcher.stop()
+        if self._sampler is not None:
+            self._sampler.cancel()
+        try:
+            asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
+        except (NotImplementedError, RuntimeError, ValueError):
+            pass
+
+    @property
+    def ready(self) -> bool:
+        return self.server.listening and not self.server.draining
+
+    # -- reload -----------------------------------------------------------------------------
+    def _ignored(self, path: Path) -> bool:
+        # Our own state files live beside the config; writing them is not a config change.
+        return path.name.endswith((".state.json", ".tmp")) and path != self.path
+
+    def _on_file_change(self) -> None:
+        self.reload()
+
+    def _on_sighup(self) -> None:
+        log.info("SIGHUP: reloading %s", self.path)
+        self.reload(force=True)
+
+    def reload(self, force: bool = False) -> bool:
+        """Load the file again; apply it whole, or keep serving the old config and say why."""
+        digest = _digest(self.path)
+        if digest == self._digest and not force:
+            # An event in the directory that did not change our file (or a bad file that was
+            # already reported): nothing to do.
+            return self.last_result != "error"
+        self._digest = digest
+        try:
+            new = load(self.path)
+        except ConfigError as exc:
+            self.reloads["error"] += 1
+            self.last_reload_time = time.time()
+            self.last_result = "error"
+            self.last_error = str(exc)
+            for line in exc.errors:
+                log.error("config reload rejected, still serving generation %d: %s",
+                          self._generation, line)
+            return False
+        if new == self.config and not force:
+            self.last_result = "success"
+            self.last_error = None
+            return True
+        self.apply(new)
+        return True
+
+    def apply(self, new: Config) -> None:
+        old = self.config
+        if new.listen != old.listen:
+            log.warning("listen changed from %s to %s: needs a restart, not applied",
+                        old.listen, new.listen)
+        if new.admin.listen != old.admin.listen:
+            log.warning("admin.listen changed from %s to %s: needs a restart, not applied",
+                        old.admin.listen, new.admin.listen)
+        self._generation += 1
+        self.config = new
+        self.server.reconfigure(new, table.build(new, self._generation))
+        self.reloads["success"] += 1
+        self.last_reload_time = time.time()
+        self.last_result = "success"
+        self.last_error = None
+        log.info("config generation %d applied from %s", self._generation, self.path)
+
+    # -- sampling ---------------------------------------------------------------------------
+    async def _sample_forever(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            self.sample(loop.time())
+            await asyncio.sleep(SAMPLE_INTERVAL)
+
+    def sample(self, now: float) -> None:
+        self.window.record(
+            now, {(s.route, s.version): Sample.of(s) for s in self.server.stats.all()}
+        )
+
+    # -- reporting (also the metrics source) ------------------------------------------------
+    def generation(self) -> int:
+        return self._generation
+
+    def reload_counts(self) -> dict[str, int]:
+        return dict(self.reloads)
+
+    def version_stats(self) -> Iterable[VersionStats]:
+        return self.server.stats.all()
+
+    def weights(self) -> Iterable[tuple[str, str, int]]:
+        for route in self.server.runtime.table.routes:
+            for version, weight in zip(route.plan.versions, route.plan.weights, strict=True):
+                yield route.name, version, weight
+
+    def endpoints(self) -> Iterable[tuple[str, str, str, bool]]:
+        for route in self.server.runtime.routes:
+            for version in route.versions.values():
+                for pool in version.pools:
+                    yield route.entry.name, version.name, pool.endpoint.key, not pool.ejected
+
+    def rollout_metrics(self) -> Iterable[Metric]:
+        return ()
+
+    def status(self) -> dict[str, Any]:
+        now = asyncio.get_running_loop().time()
+        realized = self.window.delta(now, REALIZED_WINDOW)
+        span = self.window.span(now, REALIZED_WINDOW)
+        routes = []
+        for compiled in self.server.runtime.routes:
+            entry = compiled.entry
+            configured = next(r for r in self.config.routes if r.name == entry.name).configured_weights
+            total_weight = sum(entry.plan.weights) or 1
+            seen = {v: realized.get((entry.name, v), Sample()) for v in entry.plan.versions}
+            total_seen = sum(s.requests for s in seen.values())
+            versions = {}
+            for name, weight in zip(entry.plan.versions, entry.plan.weights, strict=True):
+                runtime = compiled.versions[name]
+                window = seen[name]
+                versions[name] = {
+                    "configured_weight": configured.get(name, 0),
+                    "effective_weight": weight,
+                    "configured_share": round(weight / total_weight, 4),
+                    "realized_share": round(window.requests / total_seen, 4)
+                    if total_seen else None,
+                    "requests_in_window": window.requests,
+                    "errors_in_window": window.errors,
+                    "in_flight": runtime.stats.in_flight,
+                    "endpoints": [
+                        {
+                            "url": f"http://{p.endpoint.key}",
+                            "up": not p.ejected,
+                            "consecutive_failures": p.failures,
+                            "ejections": p.ejections,
+                        }
+                        for p in runtime.pools
+                    ],
+                }
+            routes.append({"name": entry.name, "versions": versions})
+        return {
+            "config": {
+                "path": str(self.path),
+                "generation": self._generation,
+                "last_reload": {
+                    "time": self.last_reload_time,
+                    "result": self.last_result,
+                    "error": self.last_error,
+                },
+                "reloads": dict(self.reloads),
+            },
+            "ready": self.ready,
+            "realized_window_seconds": round(span, 1),
+            "routes": routes,
+        }
+
+
+def _digest(path: Path) -> bytes | None:
+    try:
+        return hashlib.sha256(path.read_bytes()).digest()
+    except OSError:
+        return None

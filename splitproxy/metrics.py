@@ -1,0 +1,126 @@
+"""Every Prometheus metric splitproxy exports: names, labels and buckets live here only.
+
+The data plane counts with plain integers (splitproxy.stats); this collector turns those
+counters into metric families when Prometheus scrapes, so counting costs nothing extra per
+request.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from typing import Protocol
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    InfoMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector
+
+from splitproxy import __version__
+from splitproxy.stats import LATENCY_BUCKETS, VersionStats
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+class MetricsSource(Protocol):
+    """What the collector reads; the controller provides it."""
+
+    def version_stats(self) -> Iterable[VersionStats]: ...
+    def weights(self) -> Iterable[tuple[str, str, int]]: ...  # route, version, effective
+    def endpoints(self) -> Iterable[tuple[str, str, str, bool]]: ...  # route, version, ep, up
+    def reload_counts(self) -> dict[str, int]: ...
+    def generation(self) -> int: ...
+    def rollout_metrics(self) -> Iterable[Metric]: ...
+
+
+class SplitproxyCollector(Collector):
+    def __init__(self, source: MetricsSource) -> None:
+        self.source = source
+
+    def collect(self) -> Iterator[Metric]:
+        src = self.source
+        stats = list(src.version_stats())
+        requests = CounterMetricFamily(
+            "splitproxy_requests", "Requests answered, by route, version and status code",
+            labels=["route", "version", "code"],
+        )
+        errors = CounterMetricFamily(
+            "splitproxy_upstream_errors", "Upstream failures by kind",
+            labels=["route", "version", "kind"],
+        )
+        aborts = CounterMetricFamily(
+            "splitproxy_client_aborts", "Clients that went away before their answer ended",
+            labels=["route", "version"],
+        )
+        in_flight = GaugeMetricFamily(
+            "splitproxy_requests_in_flight", "Requests being proxied now",
+            labels=["route", "version"],
+        )
+        duration = HistogramMetricFamily(
+            "splitproxy_request_duration_seconds",
+            "From request head received to response complete",
+            labels=["route", "version"],
+        )
+        for s in stats:
+            labels = [s.route, s.version]
+            for code, n in sorted(s.responses.items()):
+                requests.add_metric([*labels, str(code)], n)
+            for kind, n in s.errors.items():
+                errors.add_metric([*labels, kind], n)
+            aborts.add_metric(labels, s.client_aborts)
+            in_flight.add_metric(labels, s.in_flight)
+            buckets = []
+            cumulative = 0
+            for bound, n in zip((*LATENCY_BUCKETS, float("inf")), s.latency_counts, strict=True):
+                cumulative += n
+                buckets.append((_le(bound), cumulative))
+            duration.add_metric(labels, buckets, s.latency_sum)
+        yield from (requests, errors, aborts, in_flight, duration)
+
+        weight = GaugeMetricFamily(
+            "splitproxy_route_weight", "Effective weight of each version",
+            labels=["route", "version"],
+        )
+        for route, version, w in src.weights():
+            weight.add_metric([route, version], w)
+        yield weight
+        up = GaugeMetricFamily(
+            "splitproxy_endpoint_up", "1 while an endpoint takes traffic, 0 while ejected",
+            labels=["route", "version", "endpoint"],
+        )
+        for route, version, endpoint, is_up in src.endpoints():
+            up.add_metric([route, version, endpoint], 1 if is_up else 0)
+        yield up
+
+        reloads = CounterMetricFamily(
+            "splitproxy_config_reloads", "Config reloads by result", labels=["result"]
+        )
+        for result, n in src.reload_counts().items():
+            reloads.add_metric([result], n)
+        yield reloads
+        yield GaugeMetricFamily(
+            "splitproxy_config_generation", "Generation of the config being served",
+            value=src.generation(),
+        )
+        info = InfoMetricFamily("splitproxy_build", "splitproxy build information")
+        info.add_metric([], {"version": __version__})
+        yield info
+        yield from src.rollout_metrics()
+
+
+def _le(bound: float) -> str:
+    return "+Inf" if bound == float("inf") else repr(bound)
+
+
+def make_registry(source: MetricsSource) -> CollectorRegistry:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(SplitproxyCollector(source))
+    return registry
+
+
+def exposition(registry: CollectorRegistry) -> bytes:
+    return generate_latest(registry)
