@@ -14,6 +14,7 @@ from aiohttp import web
 from splitproxy.config import AdminConfig, ConfigError
 from splitproxy.controller import Controller
 from splitproxy.metrics import CONTENT_TYPE, exposition, make_registry
+from splitproxy.rollout import ActionError
 
 TOKEN_ENV = "SPLITPROXY_ADMIN_TOKEN"
 CONTROLLER: web.AppKey[Controller] = web.AppKey("controller", Controller)
@@ -86,6 +87,27 @@ async def status(request: web.Request) -> web.Response:
     return web.Response(text=body + "\n", content_type="application/json")
 
 
+ACTIONS = ("promote", "abort", "retry", "pause", "resume")
+
+
+async def action(request: web.Request) -> web.Response:
+    """POST /routes/{route}/{action}: promote (?full=1), abort (?reason=...), retry, pause,
+    resume. Never sets weights: the config is the desired state."""
+    controller = request.app[CONTROLLER]
+    name, verb = request.match_info["route"], request.match_info["action"]
+    if verb not in ACTIONS:
+        return web.json_response({"error": f"unknown action {verb!r}"}, status=404)
+    full = request.query.get("full", "") in ("1", "true", "yes")
+    try:
+        await controller.engine.act(name, verb, full=full, reason=request.query.get("reason"))
+    except KeyError:
+        return web.json_response({"error": f"no route named {name!r}"}, status=404)
+    except ActionError as exc:
+        return web.json_response({"error": str(exc)}, status=409)
+    return web.json_response({"route": name, "action": verb,
+                              "rollout": controller.engine.describe(name)})
+
+
 def make_app(controller: Controller, token: str | None) -> web.Application:
     app = web.Application(middlewares=[_auth_middleware(token)] if token else [])
     app[CONTROLLER] = controller
@@ -98,6 +120,7 @@ def make_app(controller: Controller, token: str | None) -> web.Application:
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/status", status)
+    app.router.add_post("/routes/{route}/{action}", action)
     return app
 
 

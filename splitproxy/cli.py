@@ -1,13 +1,16 @@
-"""Command line: `splitproxy run | check | demo`."""
+"""Command line: `splitproxy run | check | demo | status | promote | abort | retry | pause |
+resume`."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 from pathlib import Path
 
 from splitproxy import __version__
+from splitproxy.client import TOKEN_ENV, AdminClient, AdminError, watch
 from splitproxy.config import ConfigError, describe, load
 
 
@@ -26,7 +29,44 @@ def _parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="two built-in upstreams behind the proxy on :8080")
     demo.add_argument("-c", "--config", type=Path, default=None)
+
+    def admin_args(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--admin", default=None,
+                       help="admin API URL (default: from -c's admin.listen, else "
+                            "http://127.0.0.1:9901)")
+        p.add_argument("-c", "--config", type=Path, default=None,
+                       help="read the admin address from this config")
+        p.add_argument("--token", default=None, help=f"bearer token (default: ${TOKEN_ENV})")
+
+    status = sub.add_parser("status", help="routes, weights, rollout phase and verdicts")
+    admin_args(status)
+    status.add_argument("--watch", action="store_true", help="refresh until Ctrl-C")
+    status.add_argument("--interval", type=float, default=2.0)
+    status.add_argument("--json", action="store_true", help="print the raw /status JSON")
+    for verb, text in (
+        ("promote", "advance past a pause (--full: skip to the end)"),
+        ("abort", "take the canary out of traffic now"),
+        ("retry", "restart an aborted rollout at step 0"),
+        ("pause", "stop a progressing rollout where it is"),
+        ("resume", "continue a paused rollout"),
+    ):
+        p = sub.add_parser(verb, help=text)
+        p.add_argument("route")
+        admin_args(p)
+        if verb == "promote":
+            p.add_argument("--full", action="store_true")
+        if verb == "abort":
+            p.add_argument("--reason", default=None)
     return parser
+
+
+def _admin_client(args: argparse.Namespace) -> AdminClient:
+    url = args.admin
+    if url is None and args.config is not None:
+        host, _, port = load(args.config).admin.listen.rpartition(":")
+        host = "127.0.0.1" if host in ("0.0.0.0", "[::]") else host
+        url = f"http://{host}:{port}"
+    return AdminClient(url or "http://127.0.0.1:9901", args.token)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -57,6 +97,34 @@ def main(argv: list[str] | None = None) -> int:
             for line in exc.errors:
                 sys.stderr.write(line + "\n")
             return 1
+    if args.command in ("status", "promote", "abort", "retry", "pause", "resume"):
+        try:
+            client = _admin_client(args)
+        except ConfigError as exc:
+            sys.stderr.write("\n".join(exc.errors) + "\n")
+            return 1
+        if args.command == "status":
+            if args.json:
+                try:
+                    sys.stdout.write(json.dumps(client.status(), indent=2) + "\n")
+                except AdminError as exc:
+                    sys.stderr.write(f"error: {exc}\n")
+                    return 1
+                return 0
+            try:
+                return watch(client, args.interval, once=not args.watch)
+            except KeyboardInterrupt:
+                return 0
+        try:
+            result = client.act(args.route, args.command, full=getattr(args, "full", False),
+                                reason=getattr(args, "reason", None))
+        except AdminError as exc:
+            sys.stderr.write(f"error: {exc}\n")
+            return 1
+        ro = result["rollout"]
+        sys.stdout.write(f"{args.route}: {args.command} ok: phase {ro['phase']}, "
+                         f"step {ro['step']}/{ro['steps']}\n")
+        return 0
     if args.command == "demo":
         from splitproxy.demo import main as demo_main
 

@@ -19,9 +19,12 @@ from prometheus_client.core import Metric
 
 from splitproxy import table
 from splitproxy.config import Config, ConfigError, load
+from splitproxy.engine import RolloutEngine
+from splitproxy.metrics import rollout_families
 from splitproxy.reload import ConfigWatcher
 from splitproxy.server import ProxyServer
 from splitproxy.stats import VersionStats
+from splitproxy.store import FileStore, StateStore, state_path
 from splitproxy.window import Sample, Window
 
 log = logging.getLogger("splitproxy.controller")
@@ -31,7 +34,9 @@ REALIZED_WINDOW = 60.0  # the realized split in /status covers this many seconds
 
 
 class Controller:
-    def __init__(self, path: Path, config: Config, server: ProxyServer) -> None:
+    def __init__(
+        self, path: Path, config: Config, server: ProxyServer, store: StateStore | None = None
+    ) -> None:
         self.path = path
         self.config = config
         self.server = server
@@ -41,11 +46,23 @@ class Controller:
         self.last_reload_time: float | None = None  # wall clock
         self.last_result: str | None = None
         self.last_error: str | None = None
-        self.window = Window(horizon=REALIZED_WINDOW)
+        self.window = Window(horizon=_horizon(config))
         self.watcher = ConfigWatcher(path, self._on_file_change, ignore=self._ignored)
+        if store is None:
+            file_store = FileStore(state_path(config, path))
+            file_store.check_writable()
+            store = file_store
+        self.store = store
+        self.engine = RolloutEngine(store, self.window, self.sample, self.rebuild)
         self._sampler: asyncio.Task[None] | None = None
 
     # -- life cycle -------------------------------------------------------------------------
+    async def prepare(self) -> table.RoutingTable:
+        """Restore rollout state; the first routing table, before any client is accepted
+        (a canary aborted before a restart must not see one request after it)."""
+        await self.engine.start(self.config)
+        return self._table()
+
     async def start(self, watch: bool = True) -> None:
         loop = asyncio.get_running_loop()
         self._sampler = loop.create_task(self._sample_forever())
@@ -58,6 +75,7 @@ class Controller:
 
     async def stop(self) -> None:
         await self.watcher.stop()
+        await self.engine.stop()
         if self._sampler is not None:
             self._sampler.cancel()
         try:
@@ -117,12 +135,21 @@ class Controller:
                         old.admin.listen, new.admin.listen)
         self._generation += 1
         self.config = new
-        self.server.reconfigure(new, table.build(new, self._generation))
+        self.window.horizon = _horizon(new)
+        self.engine.reconfigure(new)
+        self.server.reconfigure(new, self._table())
         self.reloads["success"] += 1
         self.last_reload_time = time.time()
         self.last_result = "success"
         self.last_error = None
         log.info("config generation %d applied from %s", self._generation, self.path)
+
+    def _table(self) -> table.RoutingTable:
+        return table.build(self.config, self._generation, self.engine.weights())
+
+    def rebuild(self) -> None:
+        """Swap in a table with the rollout engine's current weights."""
+        self.server.install(self._table())
 
     # -- sampling ---------------------------------------------------------------------------
     async def _sample_forever(self) -> None:
@@ -132,8 +159,11 @@ class Controller:
             await asyncio.sleep(SAMPLE_INTERVAL)
 
     def sample(self, now: float) -> None:
+        stats = self.server.stats
         self.window.record(
-            now, {(s.route, s.version): Sample.of(s) for s in self.server.stats.all()}
+            now,
+            {(s.route, s.version, s.synthetic): Sample.of(s)
+             for s in (*stats.all(), *stats.synthetic())},
         )
 
     # -- reporting (also the metrics source) ------------------------------------------------
@@ -158,7 +188,14 @@ class Controller:
                     yield route.entry.name, version.name, pool.endpoint.key, not pool.ejected
 
     def rollout_metrics(self) -> Iterable[Metric]:
-        return ()
+        engine = self.engine
+        return rollout_families(
+            {name: state.phase for name, state in engine.states.items()},
+            {name: state.step for name, state in engine.states.items()},
+            engine.aborts,
+            engine.checks_total,
+            self.server.stats.synthetic(),
+        )
 
     def status(self) -> dict[str, Any]:
         now = asyncio.get_running_loop().time()
@@ -167,9 +204,11 @@ class Controller:
         routes = []
         for compiled in self.server.runtime.routes:
             entry = compiled.entry
-            configured = next(r for r in self.config.routes if r.name == entry.name).configured_weights
+            route_cfg = next(r for r in self.config.routes if r.name == entry.name)
+            configured = route_cfg.configured_weights
             total_weight = sum(entry.plan.weights) or 1
-            seen = {v: realized.get((entry.name, v), Sample()) for v in entry.plan.versions}
+            seen = {v: realized.get((entry.name, v, False), Sample())
+                    for v in entry.plan.versions}
             total_seen = sum(s.requests for s in seen.values())
             versions = {}
             for name, weight in zip(entry.plan.versions, entry.plan.weights, strict=True):
@@ -183,6 +222,9 @@ class Controller:
                     if total_seen else None,
                     "requests_in_window": window.requests,
                     "errors_in_window": window.errors,
+                    "error_rate_in_window": _round(window.error_rate),
+                    "p50_ms_in_window": _round(_ms(window.quantile(0.5))),
+                    "p99_ms_in_window": _round(_ms(window.quantile(0.99))),
                     "in_flight": runtime.stats.in_flight,
                     "endpoints": [
                         {
@@ -194,7 +236,8 @@ class Controller:
                         for p in runtime.pools
                     ],
                 }
-            routes.append({"name": entry.name, "versions": versions})
+            routes.append({"name": entry.name, "versions": versions,
+                           "rollout": self.engine.describe(entry.name)})
         return {
             "config": {
                 "path": str(self.path),
@@ -207,9 +250,23 @@ class Controller:
                 "reloads": dict(self.reloads),
             },
             "ready": self.ready,
+            "state_store": {"error": getattr(self.store, "last_error", None)},
             "realized_window_seconds": round(span, 1),
             "routes": routes,
         }
+
+
+def _ms(seconds: float | None) -> float | None:
+    return None if seconds is None else seconds * 1000
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 4)
+
+
+def _horizon(config: Config) -> float:
+    windows = [r.analysis.window for r in config.routes if r.analysis is not None]
+    return max([REALIZED_WINDOW, *windows]) + 2 * SAMPLE_INTERVAL
 
 
 def _digest(path: Path) -> bytes | None:

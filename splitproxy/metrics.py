@@ -124,3 +124,41 @@ def make_registry(source: MetricsSource) -> CollectorRegistry:
 
 def exposition(registry: CollectorRegistry) -> bytes:
     return generate_latest(registry)
+
+
+def rollout_families(
+    phases: dict[str, str],
+    steps: dict[str, int],
+    aborts: dict[str, int],
+    checks: dict[tuple[str, str], int],
+    synthetic: Iterable[VersionStats],
+) -> list[Metric]:
+    """Rollout engine metrics: phase (one series per phase, 1 for the current one), step,
+    aborts, analysis checks by result, and synthetic requests (kept out of analysis)."""
+    from splitproxy.rollout import PHASES
+
+    phase = GaugeMetricFamily(
+        "splitproxy_rollout_phase", "1 for the phase each route's rollout is in",
+        labels=["route", "phase"],
+    )
+    step = GaugeMetricFamily("splitproxy_rollout_step", "Index of the current rollout step",
+                             labels=["route"])
+    aborted = CounterMetricFamily("splitproxy_rollout_aborts", "Rollouts aborted",
+                                  labels=["route"])
+    judged = CounterMetricFamily("splitproxy_analysis_checks", "Analysis checks by result",
+                                 labels=["route", "result"])
+    for route, current in phases.items():
+        for name in PHASES:
+            phase.add_metric([route, name], 1 if name == current else 0)
+        step.add_metric([route], steps.get(route, 0))
+        aborted.add_metric([route], aborts.get(route, 0))
+    for (route, result), n in sorted(checks.items()):
+        judged.add_metric([route, result], n)
+    synth = CounterMetricFamily(
+        "splitproxy_synthetic_requests", "Requests marked as synthetic load",
+        labels=["route", "version", "code"],
+    )
+    for s in synthetic:
+        for code, n in sorted(s.responses.items()):
+            synth.add_metric([s.route, s.version, str(code)], n)
+    return [phase, step, aborted, judged, synth]

@@ -39,10 +39,11 @@ class ProxyServer:
         self._pools: Pools | None = None
         self.runtime: Runtime
 
-    async def start(self) -> None:
+    async def start(self, routing: table.RoutingTable | None = None) -> None:
+        """Listen; `routing` is the first table (default: the config's own weights)."""
         self.loop = asyncio.get_running_loop()
         self._pools = Pools(self.timeouts.connect, UPSTREAM_IDLE_TIMEOUT)
-        self.install(table.build(self.config))
+        self.install(routing or table.build(self.config))
         host, port = split_hostport(self.config.listen)
         self._server = await self.loop.create_server(
             lambda: DownstreamProtocol(self), host, port, backlog=2048, reuse_address=True
@@ -75,7 +76,8 @@ class ProxyServer:
 
     def install(self, routing: table.RoutingTable) -> None:
         """Swap in a new routing table; requests already routed keep their version."""
-        assert self._pools is not None
+        if self._pools is None:
+            return  # not started yet: start() installs the first table
         self.runtime = compile_table(routing, self._pools, self.stats, self.config.health)
 
 

@@ -38,7 +38,7 @@ class Service:
         return bound_port(self._admin)
 
     async def start(self) -> None:
-        await self.proxy.start()
+        await self.proxy.start(await self.controller.prepare())
         self._admin = await start_admin(self.controller, self.token)
         await self.controller.start(watch=self.watch)
         log.info("admin API on %s", self.controller.config.admin.listen)

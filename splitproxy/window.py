@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from splitproxy.stats import LATENCY_BUCKETS, VersionStats
 
-Key = tuple[str, str]  # (route, version)
+Key = tuple[str, str, bool]  # (route, version, synthetic)
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,6 +30,13 @@ class Sample:
             if code >= 500:
                 errors += n
         return cls(requests, errors, tuple(stats.latency_counts))
+
+    def __add__(self, other: Sample) -> Sample:
+        return Sample(
+            self.requests + other.requests,
+            self.errors + other.errors,
+            tuple(a + b for a, b in zip(self.latency, other.latency, strict=True)),
+        )
 
     def __sub__(self, older: Sample) -> Sample:
         return Sample(

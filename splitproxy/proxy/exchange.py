@@ -37,8 +37,8 @@ class Exchange:
         "down", "version", "head", "method_head", "client_11", "client_keep_alive",
         "chunked_request", "request_done", "pending", "pending_size", "up", "started",
         "response_started", "response_status", "response_mode", "close_after", "start_time",
-        "set_cookie", "local", "finished", "upgrade", "head_only_response", "retried",
-        "up_close", "unframed", "continue_100", "deadline", "out", "flushed", "pool", "stats", "_has_body",
+        "set_cookie", "local", "finished", "upgrade", "head_only_response", "retried", "up_close",
+        "unframed", "continue_100", "deadline", "out", "flushed", "pool", "stats", "_has_body",
         "_informational",
     )
 

@@ -1,0 +1,304 @@
+"""The rollout engine: the one place that both decides and acts on rollouts.
+
+Every tick it folds analysis checks and due steps into each route's `RouteState` (pure
+functions in `rollout` and `analysis`), then acts: persists the state, swaps in a routing
+table with the new weights, logs, counts and calls webhooks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from splitproxy import rollout
+from splitproxy.analysis import Check, judge
+from splitproxy.config import Config, Route
+from splitproxy.rollout import ABORTED, RouteState
+from splitproxy.store import StateStore
+from splitproxy.webhooks import Webhooks
+from splitproxy.window import Sample, Window
+
+log = logging.getLogger("splitproxy.rollout")
+
+TICK = 0.1  # seconds between looks at due checks and steps
+GATE_RETRY = 2.0  # a pre-step webhook that said no is asked again after this long
+
+
+class RolloutEngine:
+    def __init__(
+        self,
+        store: StateStore,
+        window: Window,
+        sample: Callable[[float], None],
+        rebuild: Callable[[], None],
+    ) -> None:
+        self.store = store
+        self.window = window
+        self.sample = sample  # records a window sample "now" (monotonic)
+        self.rebuild = rebuild  # swaps in a routing table made from `weights()`
+        self.config: Config | None = None
+        self.states: dict[str, RouteState] = {}
+        self.aborts: dict[str, int] = {}
+        self.checks_total: dict[tuple[str, str], int] = {}
+        self.webhooks = Webhooks()
+        self._epoch: dict[str, float] = {}  # monotonic start of what analysis may look at
+        self._next_check: dict[str, float] = {}
+        self._gates: dict[str, asyncio.Task[tuple[bool, str]]] = {}
+        self._gate_hold: dict[str, tuple[float, str]] = {}
+        self._task: asyncio.Task[None] | None = None
+        self._dirty = False
+
+    # -- life cycle -------------------------------------------------------------------------
+    async def start(self, config: Config) -> None:
+        stored = await self.store.load()
+        now, mono = time.time(), asyncio.get_running_loop().time()
+        self.config = config
+        for route in config.routes:
+            state = stored.get(route.name)
+            if state is None or state.revision != rollout.revision_of(route):
+                state = rollout.start(route, now)
+            elif state.phase == ABORTED:
+                log.warning("route %s stays aborted after restart: %s", route.name,
+                            state.abort_reason)
+            self.states[route.name] = state
+            self._epoch[route.name] = mono
+        await self.store.save(self.states)
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+        for gate in self._gates.values():
+            gate.cancel()
+        await self.webhooks.close()
+
+    def weights(self) -> dict[str, dict[str, int]]:
+        assert self.config is not None
+        return {r.name: rollout.weights(self.states[r.name], r) for r in self.config.routes}
+
+    def reconfigure(self, new: Config) -> None:
+        """A reloaded config: a route whose versions, weights, steps or revision changed starts
+        a new rollout (clearing an abort); other edits keep the current step."""
+        old_weights = self.weights() if self.config is not None else {}
+        now, mono = time.time(), asyncio.get_running_loop().time()
+        states: dict[str, RouteState] = {}
+        for route in new.routes:
+            state = self.states.get(route.name)
+            if state is None or state.revision != rollout.revision_of(route):
+                serving = _serving(old_weights.get(route.name, {}))
+                state = rollout.start(route, now, serving=serving)
+                self._epoch[route.name] = mono
+                self.sample(mono)
+                self._gates.pop(route.name, None)
+                self._gate_hold.pop(route.name, None)
+                log.info("rollout route=%s new revision %s: phase=%s", route.name,
+                         state.revision, state.phase)
+            states[route.name] = state
+        self.states = states
+        self.config = new
+        self._dirty = True
+
+    # -- the loop ---------------------------------------------------------------------------
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(TICK)
+            try:
+                await self.tick(loop.time(), time.time())
+            except Exception:  # a bug here must not stop the guard for good
+                log.exception("rollout tick failed")
+
+    async def tick(self, mono: float, now: float) -> None:
+        config = self.config
+        assert config is not None
+        before = self.weights()
+        for route in config.routes:
+            state = self.states[route.name]
+            new = state
+            if route.analysis is not None and mono >= self._next_check.get(route.name, 0.0):
+                self._next_check[route.name] = mono + route.analysis.interval
+                check = self.check(route, new, mono, now)
+                if check is not None:
+                    key = (route.name, check.result)
+                    self.checks_total[key] = self.checks_total.get(key, 0) + 1
+                    new, events = rollout.record_check(new, check, route.analysis, route, now)
+                    self._log(route, events)
+            if route.rollout is not None and new.phase != ABORTED:
+                if self._gate_open(route, new, mono):
+                    new, events = rollout.advance(new, route, now)
+                    self._log(route, events)
+            if new != state:
+                self._transition(route, state, new)
+        if self._dirty or self.weights() != before:
+            self._dirty = False
+            self.rebuild()
+            await self.store.save(self.states)
+
+    def check(self, route: Route, state: RouteState, mono: float, now: float) -> Check | None:
+        """One analysis check of the route's canary (blue-green: the active color)."""
+        analysis = route.analysis
+        assert analysis is not None
+        if state.phase == ABORTED:
+            return None
+        if route.strategy == "blue-green":
+            version = rollout.effective_active(state, route) or route.baseline
+            baseline = state.previous_active
+        else:
+            version = route.canary or route.baseline
+            baseline = route.baseline if version != route.baseline else None
+        self.sample(mono)
+        seconds = min(analysis.window, mono - self._epoch.get(route.name, 0.0))
+        delta = self.window.delta(mono, seconds)
+
+        def of(v: str) -> Sample:
+            sample = delta.get((route.name, v, False), Sample())
+            if analysis.include_synthetic:
+                sample = sample + delta.get((route.name, v, True), Sample())
+            return sample
+
+        return judge(analysis, version, of(version), of(baseline) if baseline else None, now)
+
+    def _gate_open(self, route: Route, state: RouteState, mono: float) -> bool:
+        """Pre-step webhooks: a step that changes weights waits for every hook's 2xx."""
+        assert route.rollout is not None
+        hooks = [h for h in route.rollout.webhooks if h.on == "pre-step"]
+        if not hooks or not rollout.next_step_is_weight(state, route):
+            return True
+        hold = self._gate_hold.get(route.name)
+        if hold is not None and mono < hold[0]:
+            return False
+        gate = self._gates.get(route.name)
+        if gate is None:
+            payload = self._payload(route, state, "pre-step")
+            self._gates[route.name] = asyncio.get_running_loop().create_task(
+                self._all_ok(hooks, payload))
+            return False
+        if not gate.done():
+            return False
+        del self._gates[route.name]
+        ok, detail = gate.result()
+        if ok:
+            self._gate_hold.pop(route.name, None)
+            return True
+        log.warning("rollout route=%s step %d held by pre-step webhook: %s", route.name,
+                    state.step + 1, detail)
+        self._gate_hold[route.name] = (mono + GATE_RETRY, detail)
+        return False
+
+    async def _all_ok(self, hooks: list[Any], payload: dict[str, Any]) -> tuple[bool, str]:
+        results = await asyncio.gather(*(self.webhooks.call(h, payload) for h in hooks))
+        bad = [detail for ok, detail in results if not ok]
+        return (not bad, "; ".join(bad) or "ok")
+
+    def _transition(self, route: Route, old: RouteState, new: RouteState) -> None:
+        self.states[route.name] = new
+        self._dirty = True
+        if new.phase == old.phase:
+            return
+        log.info("rollout route=%s phase=%s->%s step=%d weight=%s reason=%s", route.name,
+                 old.phase, new.phase, new.step, new.weight,
+                 new.abort_reason or new.pause_reason or "-")
+        if new.phase == ABORTED:
+            self.aborts[route.name] = self.aborts.get(route.name, 0) + 1
+            self._notify(route, new, "abort")
+        elif new.phase == rollout.PROMOTED:
+            self._notify(route, new, "promoted")
+
+    def _notify(self, route: Route, state: RouteState, event: str) -> None:
+        hooks = [h for h in (route.rollout.webhooks if route.rollout else ()) if h.on == event]
+        for hook in hooks:
+            payload = self._payload(route, state, event)
+            task = asyncio.get_running_loop().create_task(self.webhooks.call(hook, payload))
+            task.add_done_callback(_log_notification)
+
+    def _payload(self, route: Route, state: RouteState, event: str) -> dict[str, Any]:
+        return {
+            "event": event,
+            "route": route.name,
+            "phase": state.phase,
+            "step": state.step,
+            "weights": rollout.weights(state, route),
+            "reason": state.abort_reason or state.pause_reason,
+            "revision": route.rollout.revision if route.rollout else None,
+            "last_check": state.checks[-1] if state.checks else None,
+        }
+
+    def _log(self, route: Route, events: list[str]) -> None:
+        for event in events:
+            log.info("rollout route=%s %s", route.name, event)
+
+    # -- operator actions -------------------------------------------------------------------
+    async def act(self, name: str, action: str, full: bool = False,
+                  reason: str | None = None) -> RouteState:
+        """promote / abort / retry / pause / resume; raises KeyError or rollout.ActionError."""
+        config = self.config
+        assert config is not None
+        route = next((r for r in config.routes if r.name == name), None)
+        if route is None:
+            raise KeyError(name)
+        state = self.states[name]
+        now, mono = time.time(), asyncio.get_running_loop().time()
+        if action == "promote":
+            new = rollout.promote(state, route, now, full)
+        elif action == "abort":
+            if state.phase == ABORTED:
+                raise rollout.ActionError("already aborted")
+            new = rollout.abort(state, f"manual: {reason or 'operator abort'}", now)
+        elif action == "retry":
+            new = rollout.retry(state, route, now)
+            self._epoch[name] = mono  # judge only what the retried canary does from now
+            self.sample(mono)
+            self._next_check[name] = mono + (route.analysis.interval if route.analysis else 0)
+        elif action == "pause":
+            new = rollout.pause(state, route)
+        elif action == "resume":
+            new = rollout.resume(state, now)
+        else:
+            raise rollout.ActionError(f"unknown action {action!r}")
+        log.info("rollout route=%s action=%s by operator", name, action)
+        self._transition(route, state, new)
+        self._dirty = False
+        self.rebuild()
+        await self.store.save(self.states)
+        return new
+
+    def describe(self, name: str) -> dict[str, Any]:
+        state = self.states[name]
+        config = self.config
+        assert config is not None
+        route = next(r for r in config.routes if r.name == name)
+        hold = self._gate_hold.get(name)
+        return {
+            "strategy": route.strategy,
+            "phase": state.phase,
+            "revision": route.rollout.revision if route.rollout else None,
+            "state_revision": state.revision,
+            "step": state.step,
+            "steps": len(route.rollout.steps) if route.rollout else 0,
+            "canary": route.active if route.strategy == "blue-green" else route.canary,
+            "baseline": state.previous_active if route.strategy == "blue-green"
+            else route.baseline,
+            "pause_reason": state.pause_reason,
+            "abort_reason": state.abort_reason,
+            "aborted_at": state.aborted_at,
+            "consecutive_failures": state.failures,
+            "consecutive_inconclusive": state.inconclusive,
+            "gate": hold[1] if hold else None,
+            "checks": list(state.checks),
+        }
+
+
+def _serving(weights: dict[str, int]) -> str | None:
+    live = [v for v, w in weights.items() if w > 0]
+    return live[0] if len(live) == 1 else None
+
+
+def _log_notification(task: asyncio.Task[tuple[bool, str]]) -> None:
+    if task.cancelled() or task.exception() is not None:
+        return
+    ok, detail = task.result()
+    (log.info if ok else log.warning)("webhook: %s", detail)
+
