@@ -85,14 +85,13 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout.write(describe(config) + "\n")
         return 0
     if args.command == "run":
-        if args.workers != 1:
-            sys.stderr.write("--workers > 1 is not available yet: run one process per core "
-                             "behind a load balancer for now\n")
+        if args.workers < 1:
+            sys.stderr.write("--workers must be at least 1\n")
             return 2
         from splitproxy.service import run_loop, serve
 
         try:
-            return run_loop(serve(args.config))
+            return run_loop(serve(args.config, args.workers))
         except ConfigError as exc:
             for line in exc.errors:
                 sys.stderr.write(line + "\n")

@@ -22,7 +22,7 @@ from splitproxy.config import Config, ConfigError, load
 from splitproxy.engine import RolloutEngine
 from splitproxy.metrics import rollout_families
 from splitproxy.reload import ConfigWatcher
-from splitproxy.server import ProxyServer
+from splitproxy.server import DataPlane
 from splitproxy.stats import VersionStats
 from splitproxy.store import FileStore, StateStore, state_path
 from splitproxy.window import Sample, Window
@@ -35,11 +35,12 @@ REALIZED_WINDOW = 60.0  # the realized split in /status covers this many seconds
 
 class Controller:
     def __init__(
-        self, path: Path, config: Config, server: ProxyServer, store: StateStore | None = None
+        self, path: Path, config: Config, server: DataPlane, store: StateStore | None = None
     ) -> None:
         self.path = path
         self.config = config
         self.server = server
+        self.table = table.build(config)  # the last table handed to the data plane
         self._generation = 1
         self._digest = _digest(path)
         self.reloads = {"success": 0, "error": 0}
@@ -145,7 +146,8 @@ class Controller:
         log.info("config generation %d applied from %s", self._generation, self.path)
 
     def _table(self) -> table.RoutingTable:
-        return table.build(self.config, self._generation, self.engine.weights())
+        self.table = table.build(self.config, self._generation, self.engine.weights())
+        return self.table
 
     def rebuild(self) -> None:
         """Swap in a table with the rollout engine's current weights."""
@@ -177,15 +179,13 @@ class Controller:
         return self.server.stats.all()
 
     def weights(self) -> Iterable[tuple[str, str, int]]:
-        for route in self.server.runtime.table.routes:
+        for route in self.table.routes:
             for version, weight in zip(route.plan.versions, route.plan.weights, strict=True):
                 yield route.name, version, weight
 
     def endpoints(self) -> Iterable[tuple[str, str, str, bool]]:
-        for route in self.server.runtime.routes:
-            for version in route.versions.values():
-                for pool in version.pools:
-                    yield route.entry.name, version.name, pool.endpoint.key, not pool.ejected
+        for h in self.server.endpoint_health():
+            yield h.route, h.version, h.endpoint, h.up
 
     def rollout_metrics(self) -> Iterable[Metric]:
         engine = self.engine
@@ -202,8 +202,16 @@ class Controller:
         realized = self.window.delta(now, REALIZED_WINDOW)
         span = self.window.span(now, REALIZED_WINDOW)
         routes = []
-        for compiled in self.server.runtime.routes:
-            entry = compiled.entry
+        health: dict[tuple[str, str], list[dict[str, Any]]] = {}
+        for h in self.server.endpoint_health():
+            health.setdefault((h.route, h.version), []).append({
+                "url": f"http://{h.endpoint}",
+                "up": h.up,
+                "consecutive_failures": h.failures,
+                "ejections": h.ejections,
+            })
+        stats = self.server.stats
+        for entry in self.table.routes:
             route_cfg = next(r for r in self.config.routes if r.name == entry.name)
             configured = route_cfg.configured_weights
             total_weight = sum(entry.plan.weights) or 1
@@ -212,7 +220,6 @@ class Controller:
             total_seen = sum(s.requests for s in seen.values())
             versions = {}
             for name, weight in zip(entry.plan.versions, entry.plan.weights, strict=True):
-                runtime = compiled.versions[name]
                 window = seen[name]
                 versions[name] = {
                     "configured_weight": configured.get(name, 0),
@@ -225,16 +232,8 @@ class Controller:
                     "error_rate_in_window": _round(window.error_rate),
                     "p50_ms_in_window": _round(_ms(window.quantile(0.5))),
                     "p99_ms_in_window": _round(_ms(window.quantile(0.99))),
-                    "in_flight": runtime.stats.in_flight,
-                    "endpoints": [
-                        {
-                            "url": f"http://{p.endpoint.key}",
-                            "up": not p.ejected,
-                            "consecutive_failures": p.failures,
-                            "ejections": p.ejections,
-                        }
-                        for p in runtime.pools
-                    ],
+                    "in_flight": stats.get(entry.name, name).in_flight,
+                    "endpoints": health.get((entry.name, name), []),
                 }
             routes.append({"name": entry.name, "versions": versions,
                            "rollout": self.engine.describe(entry.name)})

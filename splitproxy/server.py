@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from dataclasses import dataclass
+from typing import Protocol
 
 from splitproxy import table
 from splitproxy.config import Config
@@ -22,14 +24,39 @@ def split_hostport(value: str) -> tuple[str, int]:
     return host.strip("[]") or "0.0.0.0", int(port)
 
 
+@dataclass(frozen=True, slots=True)
+class EndpointHealth:
+    route: str
+    version: str
+    endpoint: str  # host:port
+    up: bool
+    failures: int  # consecutive connect failures / resets
+    ejections: int
+
+
+class DataPlane(Protocol):
+    """What the control plane needs of the proxying side: one in-process `ProxyServer`, or
+    the worker processes of `splitproxy run --workers N`."""
+
+    listening: bool
+    draining: bool
+
+    @property
+    def stats(self) -> Stats: ...
+    def reconfigure(self, config: Config, routing: table.RoutingTable) -> None: ...
+    def install(self, routing: table.RoutingTable) -> None: ...
+    def endpoint_health(self) -> list[EndpointHealth]: ...
+
+
 class ProxyServer:
     """One data-plane process: accepts clients on `config.listen` and proxies them."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, reuse_port: bool = False) -> None:
         self.config = config
         self.timeouts = config.timeouts
         self.limits = config.limits
         self.stats = Stats()
+        self.reuse_port = reuse_port
         self.connections: set[DownstreamProtocol] = set()
         self.draining = False
         self.listening = False
@@ -46,7 +73,8 @@ class ProxyServer:
         self.install(routing or table.build(self.config))
         host, port = split_hostport(self.config.listen)
         self._server = await self.loop.create_server(
-            lambda: DownstreamProtocol(self), host, port, backlog=2048, reuse_address=True
+            lambda: DownstreamProtocol(self), host, port, backlog=2048, reuse_address=True,
+            reuse_port=self.reuse_port or None,
         )
         self.port: int = self._server.sockets[0].getsockname()[1]  # the real one when 0 asked
         self.listening = True
@@ -80,6 +108,15 @@ class ProxyServer:
             return  # not started yet: start() installs the first table
         self.runtime = compile_table(routing, self._pools, self.stats, self.config.health)
 
+
+    def endpoint_health(self) -> list[EndpointHealth]:
+        return [
+            EndpointHealth(route.entry.name, version.name, pool.endpoint.key, not pool.ejected,
+                           pool.failures, pool.ejections)
+            for route in self.runtime.routes
+            for version in route.versions.values()
+            for pool in version.pools
+        ]
 
     async def stop(self, drain: float | None = None) -> None:
         """Stop accepting; let requests in flight finish for up to `drain` seconds; close all."""

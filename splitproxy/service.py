@@ -14,17 +14,19 @@ from splitproxy.admin import bound_port, resolve_token, start_admin
 from splitproxy.config import load
 from splitproxy.controller import Controller
 from splitproxy.server import ProxyServer
+from splitproxy.workers import WorkerPool
 
 log = logging.getLogger("splitproxy.service")
 
 
 class Service:
-    def __init__(self, config_path: Path | str, *, watch: bool = True) -> None:
+    def __init__(self, config_path: Path | str, *, watch: bool = True, workers: int = 1) -> None:
         self.path = Path(config_path)
         self.watch = watch
         config = load(self.path)
         self.token = resolve_token(config.admin, self.path)  # refuses an open admin API
-        self.proxy = ProxyServer(config)
+        self.proxy: ProxyServer | WorkerPool = (
+            ProxyServer(config) if workers == 1 else WorkerPool(config, workers))
         self.controller = Controller(self.path, config, self.proxy)
         self._admin: web.AppRunner | None = None
 
@@ -51,16 +53,17 @@ class Service:
             await self._admin.cleanup()
 
 
-async def serve(config_path: Path) -> int:
+async def serve(config_path: Path, workers: int = 1) -> int:
     """Serve until SIGTERM/SIGINT, then drain and return the exit code."""
-    service = Service(config_path)
+    service = Service(config_path, workers=workers)
     await service.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
-    log.info("shutting down: draining for up to %.1fs", service.proxy.timeouts.drain)
+    log.info("shutting down: draining for up to %.1fs",
+             service.controller.config.timeouts.drain)
     await service.stop()
     return 0
 
