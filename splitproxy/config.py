@@ -251,6 +251,10 @@ class Analysis(_Frozen):
     max_p90_ms: _Millis | None = None
     max_p99_ms: _Millis | None = None
     compare_to_baseline: CompareToBaseline | None = None
+    # Where the numbers come from: this process's own counters, or PromQL over every
+    # replica's series (as Flagger does).
+    source: Annotated[str, Field(pattern=r"^(local|prometheus)$")] = "local"
+    prometheus_url: str = "http://127.0.0.1:9090"
     synthetic_header: _Token = "X-Splitproxy-Synthetic"  # marks synthetic load
     include_synthetic: bool = False  # judge synthetic requests too
     history: Annotated[int, Strict(), Field(ge=1, le=1000)] = 20  # checks kept for /status
@@ -409,9 +413,14 @@ class Health(_Frozen):
 
 
 class State(_Frozen):
-    """Where rollout state (phase, step, abort) survives restarts."""
+    """Where rollout state (phase, step, abort) survives restarts: a file beside the config,
+    or Redis, shared by every replica."""
 
-    path: str | None = None  # default: <config name>.state.json beside the config
+    backend: Annotated[str, Field(pattern=r"^(file|redis)$")] = "file"
+    path: str | None = None  # file: default <config name>.state.json beside the config
+    url: str = "redis://127.0.0.1:6379/0"  # redis
+    key_prefix: str = "splitproxy:"  # redis: every key starts with it
+    lease: _Timeout = 5.0  # redis: how long the replica running step timers holds the lease
 
 
 class Config(_Frozen):

@@ -119,7 +119,7 @@ class Controller:
                 log.error("config reload rejected, still serving generation %d: %s",
                           self._generation, line)
             return False
-        if new == self.config and not force:
+        if new == self.config:
             self.last_result = "success"
             self.last_error = None
             return True

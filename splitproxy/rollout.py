@@ -226,7 +226,8 @@ def retry(state: RouteState, route: Route, now: float) -> RouteState:
     if state.phase != ABORTED:
         raise ActionError(f"only an aborted rollout can be retried (it is {state.phase})")
     fresh = start(route, now)
-    return replace(fresh, previous_active=None, checks=state.checks)
+    # Blue/green: the retried switch is watched again, with the same color to fall back to.
+    return replace(fresh, previous_active=state.previous_active, checks=state.checks)
 
 
 def pause(state: RouteState, route: Route) -> RouteState:

@@ -353,7 +353,8 @@ class DownstreamProtocol(asyncio.Protocol):
         # With a body pending that nobody will read, the connection cannot be reused.
         close = has_body or not keep_alive
         return Exchange(self, None, b"", client_11=client_11, client_keep_alive=not close,
-                        local=error_response(status, detail, close), start_time=now)
+                        local=error_response(status, detail, close), start_time=now,
+                        has_body=has_body)
 
     def _reject(self, status: int, detail: str) -> None:
         """A fatal request error: answer in order, then close; nothing more is read."""

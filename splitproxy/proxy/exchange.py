@@ -352,7 +352,7 @@ class Exchange:
         else:
             self.fail(502, kind, detail)
 
-    def upstream_lost(self, got_bytes: bool) -> None:
+    def upstream_lost(self, got_bytes: bool, reused: bool) -> None:
         """The upstream connection closed while carrying this exchange."""
         self.up = None
         if self.finished:
@@ -364,14 +364,14 @@ class Exchange:
             self._count_error("reset")
             self._abort_client()
             return
-        if not got_bytes and not self.retried and not self._has_body and self.version is not None:
-            # A pooled connection the upstream closed as we reused it: one fresh try is safe,
-            # nothing of the request was consumed.
+        if reused and not got_bytes and not self.retried and not self._has_body \
+                and self.pool is not None:
+            # The keep-alive race: the upstream closed an idle pooled connection just as we
+            # reused it. Not the endpoint's fault, and nothing of the request was consumed:
+            # one try on a fresh connection to the same endpoint is safe.
             self.retried = True
-            pool = self.version.next_pool()
-            if pool is not None:
-                self.down.loop.create_task(self._connect(pool))
-                return
+            self.down.loop.create_task(self._connect(self.pool))
+            return
         self.fail(502, "reset", "upstream closed the connection before answering")
 
     # -- endings -----------------------------------------------------------------------------
@@ -411,8 +411,8 @@ class Exchange:
             self.stats.in_flight -= 1
 
     def _finish_local(self, response: bytes) -> None:
-        if not self.request_done:
-            self.close_after = True
+        if self._has_body and not self.request_done:
+            self.close_after = True  # a body nobody will read is still on its way
         self.response_started = True
         self.down.write(response)
         self._done(int(response[9:12]))

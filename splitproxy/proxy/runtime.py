@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
 
 from splitproxy.config import Health
@@ -24,6 +25,8 @@ class VersionRuntime:
         self.pools = pools
         self.stats: VersionStats = stats.get(route, name)
         self.synthetic_stats: VersionStats = stats.get(route, name, synthetic=True)
+        if _NO_STATS:
+            self.stats = self.synthetic_stats = _Uncounted(route, name)
         self.health = health
         self._rr = 0
 
@@ -56,6 +59,16 @@ class VersionRuntime:
 
 
 log = logging.getLogger("splitproxy.health")
+
+# For the benchmark only: what does counting cost? (`loadtests/bench.py` compares both.)
+_NO_STATS = os.environ.get("SPLITPROXY_BENCH_NO_STATS") == "1"
+
+
+class _Uncounted(VersionStats):
+    __slots__ = ()
+
+    def observe(self, status: int, seconds: float) -> None:
+        pass
 
 
 @dataclass(frozen=True, slots=True)

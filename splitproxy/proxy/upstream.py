@@ -83,7 +83,7 @@ class UpstreamConnection(asyncio.Protocol):
         exchange = self.exchange
         if exchange is not None:
             self.exchange = None
-            exchange.upstream_lost(self._got_bytes)
+            exchange.upstream_lost(self._got_bytes, self.reused)
 
     def pause_writing(self) -> None:
         down = self._tunnel_peer or (self.exchange.down if self.exchange is not None else None)

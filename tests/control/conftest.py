@@ -23,9 +23,6 @@ from typing import Any
 
 import aiohttp
 import yaml
-from prometheus_client.parser import text_string_to_metric_families
-from prometheus_client.samples import Sample
-
 from integration.conftest import (
     WAIT,
     RawClient,
@@ -38,6 +35,9 @@ from integration.conftest import (
     run_raw_upstream,
     run_upstream,
 )
+from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.samples import Sample
+
 from splitproxy.service import Service
 
 __all__ = [

@@ -142,6 +142,10 @@ async def test_sighup_reloads(tmp_path: Path, two: dict[str, Upstream]) -> None:
         write_config(path, split_config(two, 0, 100))
         await asyncio.sleep(0.3)
         assert generation(svc) == 1, "reloaded without a watcher or a signal"
+        # Without a handler SIGHUP would end the whole test run: check first.
+        assert signal.getsignal(signal.SIGHUP) not in (signal.SIG_DFL, signal.SIG_IGN, None), (
+            "Service.start() on the main thread installed no SIGHUP handler"
+        )
         os.kill(os.getpid(), signal.SIGHUP)
         await wait_until(lambda: generation(svc) == 2, 2.0, "reload on SIGHUP "
                          "(is the SIGHUP handler installed?)")
@@ -178,8 +182,9 @@ def error_line(text: str, marker: str) -> int:
 
 @pytest.mark.parametrize("kind", sorted(BAD_EDITS))
 async def test_bad_edit_keeps_old_config_and_is_reported(
-    tmp_path: Path, two: dict[str, Upstream], kind: str
+    tmp_path: Path, two: dict[str, Upstream], kind: str, caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level(logging.INFO, logger="splitproxy")
     good = split_config(two, 90, 10)
     async with running_service(tmp_path, good) as (svc, path), admin(svc) as session:
         text = path.read_text()
@@ -203,6 +208,8 @@ async def test_bad_edit_keeps_old_config_and_is_reported(
         if kind == "unknown_version":
             assert f"{path}:{error_line(bad, 'blue: 5')}:" in last["error"]
         assert body["config"]["generation"] == 1
+        logged = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+        assert any(last["error"].splitlines()[0] in m for m in logged), logged
 
         samples = await scrape(session)
         assert metric(samples, "splitproxy_config_reloads_total", result="error") == 1
@@ -230,12 +237,15 @@ async def test_bad_edit_keeps_old_config_and_is_reported(
 async def test_deleted_file_keeps_serving_and_recreated_file_applies(
     tmp_path: Path, two: dict[str, Upstream]
 ) -> None:
-    async with running_service(tmp_path, split_config(two, 90, 10)) as (svc, path):
+    cfg = split_config(two, 90, 10)
+    async with running_service(tmp_path, cfg) as (svc, path), admin(svc) as session:
         path.unlink()
         await wait_until(lambda: last_reload(svc)["result"] == "error", 2.0, "reload error")
-        error = last_reload(svc)["error"]
-        assert str(path) in error and "cannot read" in error, error
-        assert svc.controller.reloads == {"success": 0, "error": 1}
+        error = (await status(session))["config"]["last_reload"]["error"]
+        assert error.startswith(f"{path}:") and "cannot read" in error, error
+        samples = await scrape(session)
+        assert metric(samples, "splitproxy_config_reloads_total", result="error") == 1
+        assert metric(samples, "splitproxy_config_generation") == 1
         async with raw_client(svc.proxy_port) as c:
             assert await served_by(c, 100) == {"stable": 90, "canary": 10}
 

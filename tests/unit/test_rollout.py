@@ -1,0 +1,615 @@
+"""The rollout state machine: every phase transition as one pure call on plain floats.
+
+No clock, no sockets, no event loop: `now` is a number passed in, as the engine passes it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import replace
+from datetime import datetime
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import pytest
+
+from splitproxy import rollout
+from splitproxy.analysis import Check
+from splitproxy.config import Analysis, DeployWindow, Route
+from splitproxy.rollout import (
+    ABORTED,
+    AWAIT_PROMOTE,
+    IDLE,
+    INCONCLUSIVE,
+    MANUAL,
+    OUTSIDE_WINDOW,
+    PAUSED,
+    PROGRESSING,
+    PROMOTED,
+    ActionError,
+    RouteState,
+    abort,
+    advance,
+    in_window,
+    pause,
+    promote,
+    record_check,
+    resume,
+    retry,
+    revision_of,
+    start,
+    weights,
+)
+
+SEOUL = ZoneInfo("Asia/Seoul")
+T0 = datetime(2024, 6, 3, 12, 0, tzinfo=SEOUL).timestamp()  # a Monday, noon in Seoul
+SATURDAY = datetime(2024, 6, 8, 12, 0, tzinfo=SEOUL).timestamp()
+TUESDAY = datetime(2024, 6, 4, 12, 0, tzinfo=SEOUL).timestamp()
+
+STEPS: list[Any] = [
+    {"set_weight": 20},
+    {"pause": "30s"},
+    {"set_weight": 50},
+    {"pause": {}},
+    {"set_weight": 100},
+]
+WEEKDAYS = {"days": ["mon", "tue", "wed", "thu", "fri"], "start": "10:00", "end": "16:00",
+            "tz": "Asia/Seoul"}
+ANALYSIS = {"failure_limit": 2, "min_requests": 10}
+
+
+def make_route(**kw: Any) -> Route:
+    """Route "shop": stable + canary, weights 100/0, plus whatever `kw` sets."""
+    data: dict[str, Any] = {
+        "name": "shop",
+        "versions": {
+            "stable": {"endpoints": ["http://127.0.0.1:9001"]},
+            "canary": {"endpoints": ["http://127.0.0.1:9002"]},
+        },
+        "weights": {"stable": 100, "canary": 0},
+    }
+    data.update(kw)
+    return Route.model_validate(data)
+
+
+def rolling(steps: list[Any] = STEPS, window: dict[str, Any] | None = None,
+            **kw: Any) -> Route:
+    ro: dict[str, Any] = {"steps": steps}
+    if window is not None:
+        ro["window"] = window
+    return make_route(rollout=ro, analysis=kw.pop("analysis", ANALYSIS), **kw)
+
+
+def check(result: str, now: float = T0) -> Check:
+    return Check(now, "canary", result, 100, 100, ())  # type: ignore[arg-type]
+
+
+def fold(state: RouteState, route: Route, results: str, now: float = T0) -> RouteState:
+    """Record one check per word of `results` ("fail pass fail")."""
+    assert route.analysis is not None
+    for result in results.split():
+        state, _ = record_check(state, check(result, now), route.analysis, route, now)
+    return state
+
+
+def at(route: Route, *times: float) -> RouteState:
+    """A rollout started at T0 and advanced at each of `times`."""
+    state = start(route, T0)
+    for t in (T0, *times):
+        state, _ = advance(state, route, t)
+    return state
+
+
+def pos(state: RouteState) -> tuple[str, int, str | None]:
+    return state.phase, state.step, state.pause_reason
+
+
+ROUTE = rolling()
+STABLE_ONLY = {"stable": 100, "canary": 0}
+CANARY_ONLY = {"stable": 0, "canary": 100}
+
+
+# --------------------------------------------------------------------------- idle
+
+
+def test_a_route_without_steps_is_idle_and_serves_its_configured_weights() -> None:
+    route = make_route(weights={"stable": 90, "canary": 10})
+    state, events = advance(start(route, T0), route, T0 + 3600)
+    assert (state.phase, events) == (IDLE, [])
+    assert weights(state, route) == {"stable": 90, "canary": 10}
+
+
+# --------------------------------------------------------------------------- steps
+
+
+def test_a_new_rollout_starts_at_step_zero_with_the_configured_weights() -> None:
+    state = start(ROUTE, T0)
+    assert (pos(state), state.weight) == ((PROGRESSING, 0, None), None)
+    assert weights(state, ROUTE) == STABLE_ONLY
+
+
+def test_set_weight_applies_at_once_and_the_steps_own_the_weights() -> None:
+    state, events = advance(start(ROUTE, T0), ROUTE, T0)
+    assert pos(state) == (PROGRESSING, 1, None)
+    assert weights(state, ROUTE) == {"stable": 80, "canary": 20}
+    assert events == ["step 1: set_weight 20"]
+
+
+@pytest.mark.parametrize(
+    ("elapsed", "expected", "canary"),
+    [
+        (0.0, (PROGRESSING, 1, None), 20),
+        (29.9, (PROGRESSING, 1, None), 20),
+        # The pause is over: set_weight 50 runs in the same call, then `pause: {}` waits.
+        (30.0, (PAUSED, 3, AWAIT_PROMOTE), 50),
+        (31.0, (PAUSED, 3, AWAIT_PROMOTE), 50),
+    ],
+)
+def test_timed_pause_advances_only_after_its_duration(
+    elapsed: float, expected: tuple[str, int, str | None], canary: int
+) -> None:
+    state = at(ROUTE, T0 + elapsed)
+    assert pos(state) == expected
+    assert weights(state, ROUTE)["canary"] == canary
+
+
+def test_an_empty_pause_waits_for_promote_however_long_it_takes() -> None:
+    state = at(ROUTE, T0 + 30, T0 + 30 * 86400)
+    assert pos(state) == (PAUSED, 3, AWAIT_PROMOTE)
+
+
+def test_promote_passes_an_empty_pause_and_the_last_step_promotes() -> None:
+    waiting = at(ROUTE, T0 + 30)
+    promoted = promote(waiting, ROUTE, T0 + 40, full=False)
+    assert pos(promoted) == (PROGRESSING, 4, None)
+    state, events = advance(promoted, ROUTE, T0 + 40)
+    assert pos(state) == (PROMOTED, 5, None)
+    assert weights(state, ROUTE) == CANARY_ONLY
+    assert events == ["step 5: set_weight 100", "all steps done: promoted"]
+
+
+def test_promote_during_a_timed_pause_skips_the_rest_of_it() -> None:
+    state = promote(at(ROUTE), ROUTE, T0 + 1, full=False)
+    assert pos(advance(state, ROUTE, T0 + 1)[0]) == (PAUSED, 3, AWAIT_PROMOTE)
+
+
+@pytest.mark.parametrize("elapsed", [0.0, 30.0])
+def test_promote_full_skips_to_the_end(elapsed: float) -> None:
+    state = promote(at(ROUTE, T0 + elapsed), ROUTE, T0 + elapsed, full=True)
+    assert (pos(state), weights(state, ROUTE)) == ((PROMOTED, 5, None), CANARY_ONLY)
+
+
+def test_a_promoted_rollout_stays_promoted() -> None:
+    state = promote(at(ROUTE), ROUTE, T0, full=True)
+    assert advance(state, ROUTE, T0 + 86400) == (state, [])
+
+
+def test_a_last_step_below_100_promotes_with_the_canary_taking_everything() -> None:
+    route = rolling([{"set_weight": 30}])
+    state = at(route)
+    assert state.phase == PROMOTED
+    assert weights(state, route) == CANARY_ONLY
+
+
+# --------------------------------------------------------------------------- operator actions
+
+
+def test_abort_gives_the_baseline_everything_and_keeps_the_reason() -> None:
+    state = abort(at(ROUTE, T0 + 30), "manual: bad deploy", T0 + 31)
+    assert (state.phase, state.abort_reason, state.aborted_at) == (
+        ABORTED, "manual: bad deploy", T0 + 31)
+    assert weights(state, ROUTE) == STABLE_ONLY
+
+
+def test_an_aborted_rollout_does_not_advance() -> None:
+    state = abort(at(ROUTE), "x", T0)
+    assert advance(state, ROUTE, T0 + 3600) == (state, [])
+
+
+def test_abort_gives_everything_to_the_analysis_baseline_not_the_first_version() -> None:
+    route = rolling(analysis={**ANALYSIS, "baseline": "stable"},
+                    versions={"canary": {"endpoints": ["http://127.0.0.1:9002"]},
+                              "stable": {"endpoints": ["http://127.0.0.1:9001"]}})
+    assert weights(abort(at(route), "x", T0), route) == STABLE_ONLY
+
+
+def test_retry_starts_over_at_step_zero_and_clears_the_abort() -> None:
+    aborted = fold(at(ROUTE, T0 + 30), ROUTE, "fail fail")
+    state = retry(aborted, ROUTE, T0 + 60)
+    assert (pos(state), state.weight, state.abort_reason, state.failures) == (
+        (PROGRESSING, 0, None), None, None, 0)
+    assert state.checks == aborted.checks  # the history that led to the abort stays visible
+    assert weights(advance(state, ROUTE, T0 + 60)[0], ROUTE)["canary"] == 20
+
+
+def test_pause_holds_a_progressing_rollout_and_resume_continues_it() -> None:
+    paused = pause(at(ROUTE), ROUTE)
+    assert pos(paused) == (PAUSED, 1, MANUAL)
+    assert pos(advance(paused, ROUTE, T0 + 3600)[0]) == (PAUSED, 1, MANUAL)
+    resumed = resume(paused, T0 + 3600)
+    assert pos(resumed) == (PROGRESSING, 1, None)
+    # The timed pause counts again from the resume.
+    assert pos(advance(resumed, ROUTE, T0 + 3629)[0]) == (PROGRESSING, 1, None)
+    assert pos(advance(resumed, ROUTE, T0 + 3630)[0]) == (PAUSED, 3, AWAIT_PROMOTE)
+
+
+def test_promote_passes_a_manual_pause_too() -> None:
+    state = promote(pause(at(ROUTE), ROUTE), ROUTE, T0, full=True)
+    assert state.phase == PROMOTED
+
+
+def _idle() -> tuple[RouteState, Route]:
+    route = make_route(analysis=ANALYSIS)
+    return start(route, T0), route
+
+
+def _fresh() -> tuple[RouteState, Route]:
+    return start(ROUTE, T0), ROUTE
+
+
+def _waiting() -> tuple[RouteState, Route]:
+    return at(ROUTE, T0 + 30), ROUTE
+
+
+def _paused() -> tuple[RouteState, Route]:
+    return pause(at(ROUTE), ROUTE), ROUTE
+
+
+def _progressing() -> tuple[RouteState, Route]:
+    return at(ROUTE), ROUTE
+
+
+def _aborted() -> tuple[RouteState, Route]:
+    return abort(at(ROUTE), "x", T0), ROUTE
+
+
+def _promoted() -> tuple[RouteState, Route]:
+    return promote(at(ROUTE), ROUTE, T0, full=True), ROUTE
+
+
+def _outside() -> tuple[RouteState, Route]:
+    route = rolling(window=WEEKDAYS)
+    return advance(start(route, SATURDAY), route, SATURDAY)[0], route
+
+
+Action = Callable[[RouteState, Route], RouteState]
+PROMOTE: Action = lambda s, r: promote(s, r, T0, full=False)  # noqa: E731
+PROMOTE_FULL: Action = lambda s, r: promote(s, r, T0, full=True)  # noqa: E731
+RETRY: Action = lambda s, r: retry(s, r, T0)  # noqa: E731
+PAUSE: Action = pause
+RESUME: Action = lambda s, r: resume(s, T0)  # noqa: E731
+
+
+@pytest.mark.parametrize(
+    ("action", "given", "message"),
+    [
+        (PROMOTE, _idle, "no rollout steps"),
+        (PROMOTE_FULL, _idle, "no rollout steps"),
+        (PROMOTE, _fresh, "nothing to promote"),  # step 0 is a set_weight, not a pause
+        (PROMOTE, _aborted, "rollout is aborted"),
+        (PROMOTE_FULL, _aborted, "rollout is aborted"),
+        (PROMOTE, _promoted, "rollout is promoted"),
+        (PROMOTE, _outside, "outside deployment window"),
+        (RETRY, _progressing, "only an aborted rollout"),
+        (RETRY, _waiting, "only an aborted rollout"),
+        (RETRY, _promoted, "only an aborted rollout"),
+        (RETRY, _idle, "only an aborted rollout"),
+        (PAUSE, _idle, "only a progressing rollout"),
+        (PAUSE, _paused, "only a progressing rollout"),
+        (PAUSE, _waiting, "only a progressing rollout"),
+        (PAUSE, _aborted, "only a progressing rollout"),
+        (PAUSE, _promoted, "only a progressing rollout"),
+        (RESUME, _progressing, "only a manually paused"),
+        (RESUME, _waiting, "use promote"),  # `pause: {}` is passed by promote, not resume
+        (RESUME, _outside, "only a manually paused"),  # the window resumes by itself
+        (RESUME, _aborted, "only a manually paused"),
+        (RESUME, _promoted, "only a manually paused"),
+    ],
+)
+def test_actions_that_do_not_apply_raise_action_error(
+    action: Action, given: Callable[[], tuple[RouteState, Route]], message: str
+) -> None:
+    state, route = given()
+    with pytest.raises(ActionError, match=message):
+        action(state, route)
+
+
+# --------------------------------------------------------------------------- analysis
+
+
+@pytest.mark.parametrize(
+    ("limit", "results", "phase", "failures"),
+    [
+        (2, "fail", PROGRESSING, 1),
+        (2, "fail fail", ABORTED, 0),
+        (2, "fail pass fail", PROGRESSING, 1),  # a pass in between starts the count again
+        (2, "pass fail pass fail pass", PROGRESSING, 0),
+        (3, "fail fail", PROGRESSING, 2),
+        (3, "fail fail fail", ABORTED, 0),
+        (1, "fail", ABORTED, 0),
+        (2, "inconclusive inconclusive inconclusive", PROGRESSING, 0),  # low traffic never aborts
+    ],
+)
+def test_failure_limit_consecutive_fails_abort(
+    limit: int, results: str, phase: str, failures: int
+) -> None:
+    route = rolling(analysis={**ANALYSIS, "failure_limit": limit})
+    state = fold(at(route), route, results)
+    assert (state.phase, state.failures) == (phase, failures)
+
+
+def test_an_analysis_abort_gives_the_baseline_everything_with_reason_and_numbers() -> None:
+    state = fold(at(ROUTE, T0 + 30), ROUTE, "fail fail")
+    assert weights(state, ROUTE) == STABLE_ONLY
+    assert state.abort_reason is not None
+    assert state.abort_reason.startswith("2 failing checks in a row: fail: canary 100 req")
+    assert state.aborted_at == T0
+
+
+def test_record_check_reports_the_abort_as_an_event() -> None:
+    assert ROUTE.analysis is not None
+    state = fold(at(ROUTE), ROUTE, "fail")
+    _, events = record_check(state, check("fail"), ROUTE.analysis, ROUTE, T0)
+    assert len(events) == 1 and events[0].startswith("aborted: 2 failing checks in a row")
+
+
+@pytest.mark.parametrize(
+    "given", [_progressing, _paused, _waiting, _outside, _idle],
+    ids=["progressing", "paused", "waiting-for-promote", "outside-window", "idle"],
+)
+def test_analysis_aborts_in_every_phase(
+    given: Callable[[], tuple[RouteState, Route]],
+) -> None:
+    state, route = given()
+    aborted = fold(state, route, "fail fail")
+    assert aborted.phase == ABORTED
+    assert weights(aborted, route) == STABLE_ONLY
+
+
+def test_checks_after_an_abort_are_kept_but_change_nothing() -> None:
+    aborted = fold(at(ROUTE), ROUTE, "fail fail")
+    state = fold(aborted, ROUTE, "pass pass pass")
+    assert (state.phase, state.abort_reason) == (ABORTED, aborted.abort_reason)
+    assert [c["result"] for c in state.checks] == ["fail", "fail", "pass", "pass", "pass"]
+
+
+def test_check_history_is_bounded_newest_last() -> None:
+    route = rolling(analysis={**ANALYSIS, "history": 3})
+    state = at(route)
+    for i in range(5):
+        assert route.analysis is not None
+        state, _ = record_check(state, check("pass", T0 + i), route.analysis, route, T0 + i)
+    assert [c["time"] for c in state.checks] == [T0 + 2, T0 + 3, T0 + 4]
+
+
+@pytest.mark.parametrize(
+    ("limit", "results", "expected"),
+    [
+        (3, "inconclusive inconclusive", (PROGRESSING, 1, None)),
+        (3, "inconclusive inconclusive inconclusive", (PAUSED, 1, INCONCLUSIVE)),
+        (3, "inconclusive inconclusive pass inconclusive", (PROGRESSING, 1, None)),
+        (3, "inconclusive inconclusive fail inconclusive", (PROGRESSING, 1, None)),
+        (None, " ".join(["inconclusive"] * 50), (PROGRESSING, 1, None)),
+    ],
+)
+def test_inconclusive_limit_pauses_a_progressing_rollout(
+    limit: int | None, results: str, expected: tuple[str, int, str | None]
+) -> None:
+    route = rolling(analysis={**ANALYSIS, "inconclusive_limit": limit})
+    assert pos(fold(at(route), route, results)) == expected
+
+
+def test_an_inconclusive_pause_holds_the_steps_and_resume_clears_it() -> None:
+    route = rolling(analysis={**ANALYSIS, "inconclusive_limit": 2})
+    blind = fold(at(route), route, "inconclusive inconclusive")
+    assert pos(advance(blind, route, T0 + 3600)[0]) == (PAUSED, 1, INCONCLUSIVE)
+    resumed = resume(blind, T0 + 3600)
+    assert (pos(resumed), resumed.inconclusive) == ((PROGRESSING, 1, None), 0)
+
+
+def test_inconclusive_checks_do_not_change_a_wait_for_promote() -> None:
+    route = rolling(analysis={**ANALYSIS, "inconclusive_limit": 1})
+    state = fold(at(route, T0 + 30), route, "inconclusive inconclusive")
+    assert pos(state) == (PAUSED, 3, AWAIT_PROMOTE)
+
+
+# --------------------------------------------------------------------------- deployment window
+
+
+def seoul(day: int, hhmm: str) -> float:
+    h, m = map(int, hhmm.split(":"))
+    return datetime(2024, 6, day, h, m, tzinfo=SEOUL).timestamp()
+
+
+@pytest.mark.parametrize(
+    ("now", "inside"),
+    [
+        (seoul(3, "12:00"), True),  # Monday noon
+        (seoul(3, "10:00"), True),  # start is inclusive
+        (seoul(3, "09:59"), False),
+        (seoul(3, "15:59"), True),
+        (seoul(3, "16:00"), False),  # end is exclusive
+        (seoul(7, "12:00"), True),  # Friday
+        (seoul(8, "12:00"), False),  # Saturday
+        (seoul(9, "12:00"), False),  # Sunday
+        # Monday 02:00 UTC is Monday 11:00 in Seoul: the window's own time zone counts.
+        (datetime(2024, 6, 3, 2, 0, tzinfo=ZoneInfo("UTC")).timestamp(), True),
+        # Sunday 23:30 UTC is Monday 08:30 in Seoul: too early.
+        (datetime(2024, 6, 2, 23, 30, tzinfo=ZoneInfo("UTC")).timestamp(), False),
+    ],
+)
+def test_in_window_uses_days_hours_and_time_zone(now: float, inside: bool) -> None:
+    assert in_window(DeployWindow.model_validate(WEEKDAYS), now) is inside
+
+
+def test_no_window_is_always_open() -> None:
+    assert in_window(None, SATURDAY)
+
+
+WINDOWED = rolling(window=WEEKDAYS)
+
+
+def test_outside_the_window_a_new_rollout_pauses_before_its_first_step() -> None:
+    state, events = advance(start(WINDOWED, SATURDAY), WINDOWED, SATURDAY)
+    assert pos(state) == (PAUSED, 0, OUTSIDE_WINDOW)
+    assert weights(state, WINDOWED) == STABLE_ONLY
+    assert events == ["outside deployment window: paused"]
+
+
+def test_outside_the_window_a_finished_pause_does_not_advance() -> None:
+    # Set 20 % at 15:59 on Monday; the 30 s pause ends at 16:00:29, after the window closed.
+    state = at_times(WINDOWED, seoul(3, "15:59"), seoul(3, "15:59") + 90)
+    assert pos(state) == (PAUSED, 1, OUTSIDE_WINDOW)
+    assert weights(state, WINDOWED)["canary"] == 20
+
+
+def test_the_window_opening_again_resumes_progressing() -> None:
+    state = at_times(WINDOWED, SATURDAY, TUESDAY)
+    assert pos(state) == (PROGRESSING, 1, None)
+    assert weights(state, WINDOWED)["canary"] == 20
+
+
+def test_abort_is_allowed_outside_the_window() -> None:
+    state = at_times(WINDOWED, SATURDAY)
+    assert weights(abort(state, "manual", SATURDAY), WINDOWED) == STABLE_ONLY
+    assert weights(fold(state, WINDOWED, "fail fail", SATURDAY), WINDOWED) == STABLE_ONLY
+
+
+def test_a_manual_pause_is_not_resumed_by_the_window() -> None:
+    state = pause(at_times(WINDOWED, seoul(3, "12:00")), WINDOWED)
+    assert pos(advance(state, WINDOWED, TUESDAY)[0]) == (PAUSED, 1, MANUAL)
+
+
+def at_times(route: Route, first: float, *later: float) -> RouteState:
+    state = start(route, first)
+    for t in (first, *later):
+        state, _ = advance(state, route, t)
+    return state
+
+
+# --------------------------------------------------------------------------- revision
+
+
+def edit(**kw: Any) -> Route:
+    """ROUTE with one field replaced."""
+    data = ROUTE.model_dump(exclude_none=True)
+    for path, value in kw.items():
+        node = data
+        *parents, last = path.split("__")
+        for p in parents:
+            node = node[p]
+        node[last] = value
+    return Route.model_validate(data)
+
+
+@pytest.mark.parametrize(
+    ("change", "changes_revision"),
+    [
+        ({"rollout__steps": [{"set_weight": 10}, {"pause": {}}]}, True),
+        ({"rollout__revision": "v2.2"}, True),
+        ({"weights": {"stable": 90, "canary": 10}}, True),
+        ({"versions__canary": {"endpoints": ["http://127.0.0.1:9003"]}}, True),
+        ({"versions__canary": {"endpoints": ["http://127.0.0.1:9002", "http://127.0.0.1:9003"]}},
+         True),
+        ({"rollout__canary": "canary"}, False),  # the same canary, now named explicitly
+        ({"analysis__max_error_rate": 0.05}, False),
+        ({"analysis__max_p99_ms": 250.0}, False),
+        ({"analysis__failure_limit": 5}, False),
+        ({"analysis__interval": 1.0, "analysis__window": 5.0}, False),
+        ({"rollout__webhooks": [{"on": "abort", "url": "http://127.0.0.1:7000/n",
+                                 "timeout": 1.0}]}, False),
+        ({"rollout__window": WEEKDAYS}, False),
+        ({"sticky": {"cookie": "sp"}}, False),
+        ({"match": {"path_prefix": "/api"}}, False),
+    ],
+)
+def test_revision_changes_with_steps_versions_revision_and_weights_only(
+    change: dict[str, Any], changes_revision: bool
+) -> None:
+    assert (revision_of(edit(**change)) != revision_of(ROUTE)) is changes_revision
+
+
+def test_revision_is_stable_across_loads() -> None:
+    assert revision_of(rolling()) == revision_of(rolling())
+
+
+# --------------------------------------------------------------------------- blue/green
+
+
+def blue_green(active: str = "green") -> Route:
+    return Route.model_validate({
+        "name": "shop",
+        "strategy": "blue-green",
+        "versions": {"blue": {"endpoints": ["http://127.0.0.1:9001"]},
+                     "green": {"endpoints": ["http://127.0.0.1:9002"]}},
+        "active": active,
+        "analysis": ANALYSIS,
+    })
+
+
+def test_blue_green_gives_the_active_color_everything() -> None:
+    route = blue_green("blue")
+    assert weights(start(route, T0), route) == {"blue": 100, "green": 0}
+
+
+def test_blue_green_switch_is_watched_and_switches_back_on_abort() -> None:
+    route = blue_green("green")
+    state = start(route, T0, serving="blue")
+    assert (state.phase, state.previous_active) == (IDLE, "blue")
+    assert weights(state, route) == {"blue": 0, "green": 100}
+    assert weights(abort(state, "x", T0), route) == {"blue": 100, "green": 0}
+
+
+def test_blue_green_failing_checks_switch_back() -> None:
+    route = blue_green("green")
+    state = fold(start(route, T0, serving="blue"), route, "fail fail")
+    assert weights(state, route) == {"blue": 100, "green": 0}
+
+
+@pytest.mark.parametrize("serving", [None, "green"])
+def test_blue_green_without_a_previous_color_has_nothing_to_switch_back_to(
+    serving: str | None,
+) -> None:
+    route = blue_green("green")
+    state = abort(start(route, T0, serving=serving), "x", T0)
+    assert state.previous_active is None
+    assert weights(state, route) == {"blue": 0, "green": 100}
+
+
+def test_blue_green_retry_switches_to_the_active_color_again() -> None:
+    route = blue_green("green")
+    aborted = abort(start(route, T0, serving="blue"), "x", T0)
+    assert weights(retry(aborted, route, T0), route) == {"blue": 0, "green": 100}
+
+
+def test_blue_green_retry_keeps_the_color_to_switch_back_to() -> None:
+    # After a retry the switch is watched again: a second failure must still fall back to blue.
+    route = blue_green("green")
+    retried = retry(abort(start(route, T0, serving="blue"), "x", T0), route, T0)
+    assert weights(fold(retried, route, "fail fail"), route) == {"blue": 100, "green": 0}
+
+
+# --------------------------------------------------------------------------- persistence shape
+
+
+def test_state_round_trips_through_json() -> None:
+    import json
+
+    state = fold(at(ROUTE, T0 + 30), ROUTE, "fail fail")
+    text = json.dumps(state.to_json())
+    again = RouteState.from_json(json.loads(text))
+    assert json.dumps(again.to_json()) == text
+    assert replace(again, checks=()) == replace(state, checks=())
+
+
+def test_replace_keeps_states_comparable() -> None:
+    # The engine persists only when a state changed: equal states must compare equal.
+    state = at(ROUTE)
+    assert replace(state) == state
+    assert rollout.PHASES == (IDLE, PROGRESSING, PAUSED, PROMOTED, ABORTED)
+
+
+def test_analysis_defaults_match_the_issue() -> None:
+    a = Analysis()
+    assert (a.failure_limit, a.max_error_rate, a.min_requests, a.include_synthetic) == (
+        2, 0.01, 50, False)
