@@ -21,6 +21,7 @@ from splitproxy import table
 from splitproxy.config import Config, ConfigError, load
 from splitproxy.engine import RolloutEngine
 from splitproxy.metrics import rollout_families
+from splitproxy.redis_store import RedisStore
 from splitproxy.reload import ConfigWatcher
 from splitproxy.server import DataPlane
 from splitproxy.stats import VersionStats
@@ -49,7 +50,9 @@ class Controller:
         self.last_error: str | None = None
         self.window = Window(horizon=_horizon(config))
         self.watcher = ConfigWatcher(path, self._on_file_change, ignore=self._ignored)
-        if store is None:
+        if store is None and config.state.backend == "redis":
+            store = RedisStore(config.state.url, config.state.key_prefix, config.state.lease)
+        elif store is None:
             file_store = FileStore(state_path(config, path))
             file_store.check_writable()
             store = file_store
@@ -169,6 +172,16 @@ class Controller:
         )
 
     # -- reporting (also the metrics source) ------------------------------------------------
+    def store_status(self) -> dict[str, Any]:
+        store = self.store
+        if isinstance(store, RedisStore):
+            return {"backend": "redis", "url": store.url, "up": store.up,
+                    "error": store.last_error,
+                    "leader": store.is_leader(asyncio.get_running_loop().time())}
+        error = getattr(store, "last_error", None)
+        return {"backend": "file", "path": str(getattr(store, "path", "")),
+                "up": error is None, "error": error or getattr(store, "load_error", None)}
+
     def generation(self) -> int:
         return self._generation
 
@@ -195,6 +208,7 @@ class Controller:
             engine.aborts,
             engine.checks_total,
             self.server.stats.synthetic(),
+            bool(self.store_status()["up"]),
         )
 
     def status(self) -> dict[str, Any]:
@@ -249,7 +263,7 @@ class Controller:
                 "reloads": dict(self.reloads),
             },
             "ready": self.ready,
-            "state_store": {"error": getattr(self.store, "last_error", None)},
+            "state_store": self.store_status(),
             "realized_window_seconds": round(span, 1),
             "routes": routes,
         }

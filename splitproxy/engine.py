@@ -11,12 +11,14 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 from splitproxy import rollout
 from splitproxy.analysis import Check, judge
 from splitproxy.config import Config, Route
 from splitproxy.rollout import ABORTED, RouteState
+from splitproxy.redis_store import SYNC_INTERVAL, RedisStore
 from splitproxy.store import StateStore
 from splitproxy.webhooks import Webhooks
 from splitproxy.window import Sample, Window
@@ -50,27 +52,42 @@ class RolloutEngine:
         self._gate_hold: dict[str, tuple[float, str]] = {}
         self._task: asyncio.Task[None] | None = None
         self._dirty = False
+        # A shared store (Redis): decisions are compare-and-set writes, pulled by every replica.
+        self.shared: RedisStore | None = store if isinstance(store, RedisStore) else None
+        self._unpushed: dict[str, int] = {}  # route -> the stored seq our decision builds on
+        self._pull_at = 0.0
 
     # -- life cycle -------------------------------------------------------------------------
     async def start(self, config: Config) -> None:
-        stored = await self.store.load()
         now, mono = time.time(), asyncio.get_running_loop().time()
+        if self.shared is not None:
+            await self.shared.start(self._remote_changed)
+            revisions = {r.name: rollout.revision_of(r) for r in config.routes}
+            stored = await self.shared.get(revisions) or {}
+        else:
+            stored = await self.store.load()
         self.config = config
         for route in config.routes:
             state = stored.get(route.name)
             if state is None or state.revision != rollout.revision_of(route):
                 state = rollout.start(route, now)
+                self._unpushed[route.name] = -1  # publish it: nothing stored for this revision
             elif state.phase == ABORTED:
                 log.warning("route %s stays aborted after restart: %s", route.name,
                             state.abort_reason)
             self.states[route.name] = state
             self._epoch[route.name] = mono
-        await self.store.save(self.states)
+        if self.shared is not None:
+            await self._sync(mono, pull=False)
+        else:
+            await self.store.save(self.states)
         self._task = asyncio.get_running_loop().create_task(self._run())
 
     async def stop(self) -> None:
         if self._task is not None:
             self._task.cancel()
+        if self.shared is not None:
+            await self.shared.stop()
         for gate in self._gates.values():
             gate.cancel()
         await self.webhooks.close()
@@ -94,6 +111,8 @@ class RolloutEngine:
                 self.sample(mono)
                 self._gates.pop(route.name, None)
                 self._gate_hold.pop(route.name, None)
+                self._unpushed[route.name] = -1  # adopted instead if another replica was first
+                self._pull_at = 0.0
                 log.info("rollout route=%s new revision %s: phase=%s", route.name,
                          state.revision, state.phase)
             states[route.name] = state
@@ -126,16 +145,69 @@ class RolloutEngine:
                     self.checks_total[key] = self.checks_total.get(key, 0) + 1
                     new, events = rollout.record_check(new, check, route.analysis, route, now)
                     self._log(route, events)
-            if route.rollout is not None and new.phase != ABORTED:
-                if self._gate_open(route, new, mono):
-                    new, events = rollout.advance(new, route, now)
-                    self._log(route, events)
+            # With a shared store only the lease holder runs the step timers.
+            leads = self.shared is None or self.shared.is_leader(mono)
+            if route.rollout is not None and new.phase != ABORTED and leads:
+                allowed = self._weight_steps_allowed(route, new, mono)
+                new, events = rollout.advance(new, route, now, weight_steps=allowed)
+                self._log(route, events)
             if new != state:
                 self._transition(route, state, new)
+        if self.shared is not None:
+            await self._sync(mono, pull=mono >= self._pull_at)
         if self._dirty or self.weights() != before:
             self._dirty = False
             self.rebuild()
-            await self.store.save(self.states)
+            if self.shared is None:
+                await self.store.save(self.states)
+
+    # -- shared state -----------------------------------------------------------------------
+    def _remote_changed(self) -> None:
+        self._pull_at = 0.0  # a replica wrote: pull at the next tick
+
+    async def _sync(self, mono: float, pull: bool) -> None:
+        """Push our decisions (compare-and-set), then pull newer ones made elsewhere."""
+        store = self.shared
+        assert store is not None and self.config is not None
+        for name, expected in list(self._unpushed.items()):
+            state = self.states.get(name)
+            if state is None:
+                del self._unpushed[name]
+                continue
+            try:
+                winner = await store.put(name, state, expected)
+            except ConnectionError:
+                return  # unreachable: keep serving our state, push again after the backoff
+            del self._unpushed[name]
+            if winner is not None:
+                self._adopt(name, winner)
+        if not pull:
+            return
+        self._pull_at = mono + SYNC_INTERVAL
+        remote = await store.get({n: s.revision for n, s in self.states.items()})
+        for name, theirs in (remote or {}).items():
+            if theirs.seq > self.states[name].seq and name not in self._unpushed:
+                self._adopt(name, theirs)
+
+    def _adopt(self, name: str, theirs: RouteState) -> None:
+        """Take another replica's decision; our own check counters stay ours."""
+        mine = self.states[name]
+        if mine.phase == ABORTED and theirs.phase != ABORTED:
+            # Our abort lost a race with another write: an abort is never lost, re-apply it.
+            new = rollout.abort(theirs, mine.abort_reason or "aborted", mine.aborted_at or 0)
+            self.states[name] = replace(new, seq=theirs.seq + 1, checks=mine.checks)
+            self._unpushed[name] = theirs.seq
+            self._dirty = True
+            return
+        new = replace(theirs, failures=mine.failures, inconclusive=mine.inconclusive,
+                      checks=mine.checks)
+        if new.phase != mine.phase:
+            log.info("rollout route=%s phase=%s->%s (decided by another replica) reason=%s",
+                     name, mine.phase, new.phase, new.abort_reason or new.pause_reason or "-")
+            if new.phase == ABORTED:
+                self.aborts[name] = self.aborts.get(name, 0) + 1
+        self.states[name] = new
+        self._dirty = True
 
     def check(self, route: Route, state: RouteState, mono: float, now: float) -> Check | None:
         """One analysis check of the route's canary (blue-green: the active color)."""
@@ -161,32 +233,35 @@ class RolloutEngine:
 
         return judge(analysis, version, of(version), of(baseline) if baseline else None, now)
 
-    def _gate_open(self, route: Route, state: RouteState, mono: float) -> bool:
-        """Pre-step webhooks: a step that changes weights waits for every hook's 2xx."""
+    def _weight_steps_allowed(self, route: Route, state: RouteState, mono: float) -> int | None:
+        """Pre-step webhooks: every step that changes weights waits for all hooks' 2xx, so
+        `advance` may take at most one such step per gate (None: no hooks, no limit)."""
         assert route.rollout is not None
         hooks = [h for h in route.rollout.webhooks if h.on == "pre-step"]
-        if not hooks or not rollout.next_step_is_weight(state, route):
-            return True
+        if not hooks:
+            return None
+        if not rollout.next_step_is_weight(state, route):
+            return 0  # pauses may run out; the weight step after them asks next tick
         hold = self._gate_hold.get(route.name)
         if hold is not None and mono < hold[0]:
-            return False
+            return 0
         gate = self._gates.get(route.name)
         if gate is None:
             payload = self._payload(route, state, "pre-step")
             self._gates[route.name] = asyncio.get_running_loop().create_task(
                 self._all_ok(hooks, payload))
-            return False
+            return 0
         if not gate.done():
-            return False
+            return 0
         del self._gates[route.name]
         ok, detail = gate.result()
         if ok:
             self._gate_hold.pop(route.name, None)
-            return True
+            return 1
         log.warning("rollout route=%s step %d held by pre-step webhook: %s", route.name,
                     state.step + 1, detail)
         self._gate_hold[route.name] = (mono + GATE_RETRY, detail)
-        return False
+        return 0
 
     async def _all_ok(self, hooks: list[Any], payload: dict[str, Any]) -> tuple[bool, str]:
         results = await asyncio.gather(*(self.webhooks.call(h, payload) for h in hooks))
@@ -194,6 +269,9 @@ class RolloutEngine:
         return (not bad, "; ".join(bad) or "ok")
 
     def _transition(self, route: Route, old: RouteState, new: RouteState) -> None:
+        if self.shared is not None and rollout.decision(new) != rollout.decision(old):
+            new = replace(new, seq=old.seq + 1)
+            self._unpushed.setdefault(route.name, old.seq)
         self.states[route.name] = new
         self._dirty = True
         if new.phase == old.phase:
@@ -262,8 +340,11 @@ class RolloutEngine:
         self._transition(route, state, new)
         self._dirty = False
         self.rebuild()
-        await self.store.save(self.states)
-        return new
+        if self.shared is not None:
+            await self._sync(mono, pull=False)
+        else:
+            await self.store.save(self.states)
+        return self.states[name]
 
     def describe(self, name: str) -> dict[str, Any]:
         state = self.states[name]

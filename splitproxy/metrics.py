@@ -132,6 +132,7 @@ def rollout_families(
     aborts: dict[str, int],
     checks: dict[tuple[str, str], int],
     synthetic: Iterable[VersionStats],
+    store_up: bool,
 ) -> list[Metric]:
     """Rollout engine metrics: phase (one series per phase, 1 for the current one), step,
     aborts, analysis checks by result, and synthetic requests (kept out of analysis)."""
@@ -161,4 +162,7 @@ def rollout_families(
     for s in synthetic:
         for code, n in sorted(s.responses.items()):
             synth.add_metric([s.route, s.version, str(code)], n)
-    return [phase, step, aborted, judged, synth]
+    up = GaugeMetricFamily("splitproxy_state_store_up",
+                           "1 while the rollout state store (file or Redis) is reachable",
+                           value=1 if store_up else 0)
+    return [phase, step, aborted, judged, synth, up]

@@ -43,6 +43,7 @@ class RouteState:
     inconclusive: int = 0  # inconclusive checks in a row
     previous_active: str | None = None  # blue-green: the color to switch back to
     checks: tuple[dict[str, Any], ...] = field(default=())  # newest last, bounded
+    seq: int = 0  # counts decisions; a shared store accepts a write only on top of its own
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -52,6 +53,13 @@ class RouteState:
         data = dict(data)
         data["checks"] = tuple(data.get("checks", ()))
         return cls(**data)
+
+
+def decision(state: RouteState) -> tuple[Any, ...]:
+    """The part of a state every replica must agree on. Check counters and history stay
+    with the replica that judged them."""
+    return (state.revision, state.phase, state.step, state.step_started, state.weight,
+            state.pause_reason, state.abort_reason, state.previous_active)
 
 
 def revision_of(route: Route) -> str:
@@ -115,8 +123,11 @@ def in_window(window: DeployWindow | None, now: float) -> bool:
     return day in window.days and window.start <= hhmm < window.end
 
 
-def advance(state: RouteState, route: Route, now: float) -> tuple[RouteState, list[str]]:
-    """Carry out steps that are due. Returns the new state and what happened (log lines)."""
+def advance(
+    state: RouteState, route: Route, now: float, weight_steps: int | None = None
+) -> tuple[RouteState, list[str]]:
+    """Carry out steps that are due, at most `weight_steps` of them `set_weight` steps (a
+    pre-step webhook gates each one). Returns the new state and what happened."""
     rollout = route.rollout
     events: list[str] = []
     if rollout is None or state.phase in (ABORTED, PROMOTED, IDLE):
@@ -140,6 +151,10 @@ def advance(state: RouteState, route: Route, now: float) -> tuple[RouteState, li
             break
         step = steps[state.step]
         if step.set_weight is not None:
+            if weight_steps is not None:
+                if weight_steps <= 0:
+                    break
+                weight_steps -= 1
             state = replace(state, weight=step.set_weight, step=state.step + 1, step_started=now)
             events.append(f"step {state.step}: set_weight {step.set_weight}")
             continue

@@ -35,7 +35,8 @@ class FileStore:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self.last_error: str | None = None
+        self.last_error: str | None = None  # the last write's failure; cleared by a good write
+        self.load_error: str | None = None  # what was wrong with the file at start-up
 
     def check_writable(self) -> None:
         """Fail at start-up, not at the first abort, when the state cannot be written."""
@@ -58,14 +59,14 @@ class FileStore:
             return {}
         except OSError as exc:
             log.error("cannot read rollout state %s (%s): starting fresh", self.path, exc)
-            self.last_error = str(exc)
+            self.load_error = f"unreadable state file, started fresh: {exc}"
             return {}
         try:
             data = json.loads(raw)
             return {name: RouteState.from_json(s) for name, s in data["routes"].items()}
         except (ValueError, KeyError, TypeError) as exc:
             log.error("rollout state %s is corrupt (%s): starting fresh", self.path, exc)
-            self.last_error = f"corrupt state file: {exc}"
+            self.load_error = f"corrupt state file, started fresh: {exc}"
             return {}
 
     async def save(self, states: dict[str, RouteState]) -> None:
