@@ -8,14 +8,33 @@ false rollbacks).
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 from splitproxy.config import Analysis
-from splitproxy.window import Sample
 
 Result = Literal["pass", "fail", "inconclusive"]
 
 _QUANTILES = (("p50", 0.50, "max_p50_ms"), ("p90", 0.90, "max_p90_ms"), ("p99", 0.99, "max_p99_ms"))
+
+
+class Measured(Protocol):
+    """One version's numbers over one window: local counters or a Prometheus query."""
+
+    @property
+    def requests(self) -> int: ...
+    @property
+    def error_rate(self) -> float | None: ...
+    def quantile(self, q: float) -> float | None: ...
+
+
+QUANTILES = tuple(q for _, q, _ in _QUANTILES)
+
+
+def inconclusive(analysis: Analysis, version: str, now: float, reason: str) -> Check:
+    """A check that could not look (e.g. the metrics source failed)."""
+    metrics = tuple(MetricVerdict(name, "inconclusive", None, None, None, reason)
+                    for name in _metric_names(analysis))
+    return Check(now, version, "inconclusive", 0, None, metrics)
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,7 +65,7 @@ class Check:
 
 
 def judge(
-    analysis: Analysis, version: str, canary: Sample, baseline: Sample | None, now: float
+    analysis: Analysis, version: str, canary: Measured, baseline: Measured | None, now: float
 ) -> Check:
     """Judge `canary` over one window, against thresholds and, optionally, the baseline."""
     compare = analysis.compare_to_baseline

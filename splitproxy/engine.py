@@ -15,10 +15,11 @@ from dataclasses import replace
 from typing import Any
 
 from splitproxy import rollout
-from splitproxy.analysis import Check, judge
+from splitproxy.analysis import QUANTILES, Check, inconclusive, judge
 from splitproxy.config import Config, Route
-from splitproxy.rollout import ABORTED, RouteState
+from splitproxy.promsource import PrometheusSource, PromSample
 from splitproxy.redis_store import SYNC_INTERVAL, RedisStore
+from splitproxy.rollout import ABORTED, RouteState
 from splitproxy.store import StateStore
 from splitproxy.webhooks import Webhooks
 from splitproxy.window import Sample, Window
@@ -46,6 +47,8 @@ class RolloutEngine:
         self.aborts: dict[str, int] = {}
         self.checks_total: dict[tuple[str, str], int] = {}
         self.webhooks = Webhooks()
+        self.prometheus = PrometheusSource()
+        self.queries: dict[str, dict[str, Any]] = {}  # route -> last PromQL and its error
         self._epoch: dict[str, float] = {}  # monotonic start of what analysis may look at
         self._next_check: dict[str, float] = {}
         self._gates: dict[str, asyncio.Task[tuple[bool, str]]] = {}
@@ -91,6 +94,7 @@ class RolloutEngine:
         for gate in self._gates.values():
             gate.cancel()
         await self.webhooks.close()
+        await self.prometheus.close()
 
     def weights(self) -> dict[str, dict[str, int]]:
         assert self.config is not None
@@ -139,7 +143,7 @@ class RolloutEngine:
             new = state
             if route.analysis is not None and mono >= self._next_check.get(route.name, 0.0):
                 self._next_check[route.name] = mono + route.analysis.interval
-                check = self.check(route, new, mono, now)
+                check = await self.check(route, new, mono, now)
                 if check is not None:
                     key = (route.name, check.result)
                     self.checks_total[key] = self.checks_total.get(key, 0) + 1
@@ -209,7 +213,9 @@ class RolloutEngine:
         self.states[name] = new
         self._dirty = True
 
-    def check(self, route: Route, state: RouteState, mono: float, now: float) -> Check | None:
+    async def check(
+        self, route: Route, state: RouteState, mono: float, now: float
+    ) -> Check | None:
         """One analysis check of the route's canary (blue-green: the active color)."""
         analysis = route.analysis
         assert analysis is not None
@@ -221,8 +227,10 @@ class RolloutEngine:
         else:
             version = route.canary or route.baseline
             baseline = route.baseline if version != route.baseline else None
-        self.sample(mono)
         seconds = min(analysis.window, mono - self._epoch.get(route.name, 0.0))
+        if analysis.source == "prometheus":
+            return await self._check_prometheus(route, version, baseline, seconds, now)
+        self.sample(mono)
         delta = self.window.delta(mono, seconds)
 
         def of(v: str) -> Sample:
@@ -232,6 +240,30 @@ class RolloutEngine:
             return sample
 
         return judge(analysis, version, of(version), of(baseline) if baseline else None, now)
+
+    async def _check_prometheus(self, route: Route, version: str, baseline: str | None,
+                                seconds: float, now: float) -> Check:
+        analysis = route.analysis
+        assert analysis is not None
+        shown: dict[str, dict[str, str]] = {}
+        measured: list[PromSample | None] = []
+        for v in (version, baseline):
+            if v is None:
+                measured.append(None)
+                continue
+            sample, queries, error = await self.prometheus.measure(
+                analysis.prometheus_url, route.name, v, seconds, list(QUANTILES),
+                analysis.include_synthetic)
+            shown[v] = queries
+            if error is not None:
+                self.queries[route.name] = {"queries": shown, "error": error}
+                log.warning("rollout route=%s analysis inconclusive: %s", route.name, error)
+                return inconclusive(analysis, version, now, error)
+            measured.append(sample)
+        self.queries[route.name] = {"queries": shown, "error": None}
+        canary, base = measured
+        assert canary is not None
+        return judge(analysis, version, canary, base, now)
 
     def _weight_steps_allowed(self, route: Route, state: RouteState, mono: float) -> int | None:
         """Pre-step webhooks: every step that changes weights waits for all hooks' 2xx, so
@@ -368,6 +400,8 @@ class RolloutEngine:
             "consecutive_failures": state.failures,
             "consecutive_inconclusive": state.inconclusive,
             "gate": hold[1] if hold else None,
+            "analysis_source": route.analysis.source if route.analysis else None,
+            "prometheus": self.queries.get(name),
             "checks": list(state.checks),
         }
 
