@@ -14,11 +14,8 @@ from typing import TYPE_CHECKING, cast
 import httptools
 
 from splitproxy.proxy.exchange import Exchange
-from splitproxy.proxy.headers import (
-    connection_tokens,
-    cookie_value,
-    error_response,
-)
+from splitproxy.proxy.headers import cookie_value, error_response
+from splitproxy.proxy.request import Reject, host_key, read_head, upstream_head
 from splitproxy.routing import choose
 
 if TYPE_CHECKING:
@@ -29,25 +26,7 @@ log = logging.getLogger("splitproxy.downstream")
 
 WRITE_HIGH_WATER = 256 * 1024
 
-# Request headers the head loop treats specially; everything else is forwarded as it came.
-_SPECIAL = frozenset(
-    {
-        b"host", b"content-length", b"transfer-encoding", b"connection", b"keep-alive",
-        b"proxy-connection", b"te", b"trailer", b"upgrade", b"expect", b"x-forwarded-for",
-        b"x-forwarded-proto", b"x-forwarded-host",
-    }
-)
-_DROPPED = frozenset({b"keep-alive", b"proxy-connection", b"te", b"trailer"})
 _PIPELINE = "pipeline"
-
-
-class _Reject(Exception):
-    """Raised from a parser callback: answer `status` and close the connection."""
-
-    def __init__(self, status: int, detail: str) -> None:
-        super().__init__(detail)
-        self.status = status
-        self.detail = detail
 
 
 class DownstreamProtocol(asyncio.Protocol):
@@ -121,7 +100,7 @@ class DownstreamProtocol(asyncio.Protocol):
             return
         except httptools.HttpParserCallbackError as exc:
             reason = exc.__context__
-            if isinstance(reason, _Reject):
+            if isinstance(reason, Reject):
                 self._reject(reason.status, reason.detail)
                 return
             raise
@@ -182,7 +161,7 @@ class DownstreamProtocol(asyncio.Protocol):
 
     def on_headers_complete(self) -> None:
         if self._head_size + len(self._url) > self.server.limits.max_header:
-            raise _Reject(431, "request head too large")
+            raise Reject(431, "request head too large")
         self._head_size = 0
         self._in_head = False
         self._head_bytes = 0
@@ -208,7 +187,7 @@ class DownstreamProtocol(asyncio.Protocol):
         if max_body is not None:
             self._body_bytes += len(body)
             if self._body_bytes > max_body:
-                raise _Reject(413, f"request body larger than {max_body} bytes")
+                raise Reject(413, f"request body larger than {max_body} bytes")
         ex.request_body(body)
 
     def on_message_complete(self) -> None:
@@ -228,61 +207,18 @@ class DownstreamProtocol(asyncio.Protocol):
         client_11 = parser.get_http_version() == "1.1"
         keep_alive = parser.should_keep_alive()
         if method == b"CONNECT":
-            raise _Reject(405, "CONNECT is not supported by a reverse proxy")
-        host = te = cl = expect = xff = upgrade_value = None
-        has_xfp = has_xfh = False
-        named: set[bytes] = set()
-        lines: list[bytes] = []
-        seen: dict[bytes, bytes] = {}
-        for name, value in self._headers:
-            lname = name.lower()
-            seen[lname] = value
-            if lname not in _SPECIAL:
-                lines.append(name + b": " + value)
-            elif lname == b"host":
-                if host is not None:
-                    raise _Reject(400, "more than one Host header")
-                host = value
-                lines.append(name + b": " + value)
-            elif lname == b"content-length":
-                cl = value
-                lines.append(name + b": " + value)
-            elif lname == b"transfer-encoding":
-                if te is not None or value.strip().lower() != b"chunked":
-                    raise _Reject(400, "unsupported or repeated Transfer-Encoding")
-                te = value
-            elif lname == b"connection":
-                named |= connection_tokens(value)
-            elif lname == b"upgrade":
-                upgrade_value = value
-            elif lname == b"expect":
-                expect = value
-            elif lname == b"x-forwarded-for":
-                xff = value if xff is None else xff + b", " + value
-            elif lname == b"x-forwarded-proto":
-                has_xfp = True
-                lines.append(name + b": " + value)
-            elif lname == b"x-forwarded-host":
-                has_xfh = True
-                lines.append(name + b": " + value)
-            # else: hop-by-hop (_DROPPED), not forwarded
-        if host is None and client_11:
-            raise _Reject(400, "HTTP/1.1 request without Host header")
-        if named:
-            lines = [ln for ln in lines if ln.split(b":", 1)[0].lower() not in named]
-
+            raise Reject(405, "CONNECT is not supported by a reverse proxy")
+        head = read_head(self._headers, client_11)
+        seen = head.seen
         url = self._url
         runtime = server.runtime
-        if runtime.any_host:
-            host_key = ""
-        else:
-            host_key = _host_key(host)
         path = url.split(b"?", 1)[0].decode("latin-1")
-        route = runtime.match(host_key, path)
+        route = runtime.match("" if runtime.any_host else host_key(head.host), path)
+        has_body = head.has_body
         if route is None:
             server.stats.bad_requests += 1
             return self._local(404, "no route matches this request", client_11, keep_alive, now,
-                               te is not None or (cl is not None and cl != b"0"))
+                               has_body)
 
         entry = route.entry
         plan = entry.plan
@@ -298,7 +234,6 @@ class DownstreamProtocol(asyncio.Protocol):
                 cookie_name = sticky.decode("latin-1") if sticky is not None else None
         hash_key = seen.get(entry.hash_header) if entry.hash_header is not None else None
         chosen = choose(plan, next(entry.counter), pin_name, cookie_name, hash_key)
-        has_body = te is not None or (cl is not None and cl != b"0")
         if chosen is None:
             return self._local(503, f"route {entry.name} has no version with weight > 0",
                                client_11, keep_alive, now, has_body)
@@ -310,6 +245,7 @@ class DownstreamProtocol(asyncio.Protocol):
 
         local: bytes | None = None
         limits = server.limits
+        expect, cl = head.expect, head.content_length
         if expect is not None and expect.strip().lower() != b"100-continue":
             local = error_response(417, "only 'Expect: 100-continue' is supported", True)
         elif limits.max_body is not None and cl is not None and int(cl) > limits.max_body:
@@ -319,26 +255,13 @@ class DownstreamProtocol(asyncio.Protocol):
             return Exchange(self, version, b"", client_11=client_11, client_keep_alive=False,
                             local=local, start_time=now, has_body=has_body)
 
-        upgrade = parser.should_upgrade() and upgrade_value is not None
-        if upgrade:
-            assert upgrade_value is not None
-            lines.append(b"Connection: upgrade")
-            lines.append(b"Upgrade: " + upgrade_value)
-        ip = self.client_ip
-        lines.append(b"X-Forwarded-For: " + (xff + b", " + ip if xff is not None else ip))
-        if not has_xfp:
-            lines.append(b"X-Forwarded-Proto: http")
-        if not has_xfh and host is not None:
-            lines.append(b"X-Forwarded-Host: " + host)
-        if te is not None:
-            lines.append(b"Transfer-Encoding: chunked")
-        head = b"%s %s HTTP/1.1\r\n%s\r\n\r\n" % (method, _origin_form(url), b"\r\n".join(lines))
+        upgrade = parser.should_upgrade() and head.upgrade is not None
         ex = Exchange(
-            self, version, head,
+            self, version, upstream_head(method, url, head, self.client_ip, upgrade),
             method_head=method == b"HEAD",
             client_11=client_11,
             client_keep_alive=keep_alive,
-            chunked_request=te is not None,
+            chunked_request=head.chunked,
             has_body=has_body,
             upgrade=upgrade,
             set_cookie=set_cookie,
@@ -479,22 +402,3 @@ class DownstreamProtocol(asyncio.Protocol):
             self.write(error_response(408, "request head not received in time", True))
         self._close()
 
-
-def _host_key(host: bytes | None) -> str:
-    """Lower-case host without port, for route matching (`[::1]:80` -> `[::1]`)."""
-    if host is None:
-        return ""
-    if host.startswith(b"["):
-        return host.split(b"]", 1)[0].decode("latin-1").lower() + "]"
-    return host.split(b":", 1)[0].decode("latin-1").lower()
-
-
-def _origin_form(url: bytes) -> bytes:
-    """`http://host/path?q` (absolute form, sent to proxies) -> `/path?q`."""
-    if url.startswith(b"/") or url == b"*":
-        return url
-    scheme, sep, rest = url.partition(b"://")
-    if not sep:
-        return url
-    slash = rest.find(b"/")
-    return rest[slash:] if slash >= 0 else b"/"

@@ -273,37 +273,51 @@ def _outside() -> tuple[RouteState, Route]:
 
 
 Action = Callable[[RouteState, Route], RouteState]
-PROMOTE: Action = lambda s, r: promote(s, r, T0, full=False)  # noqa: E731
-PROMOTE_FULL: Action = lambda s, r: promote(s, r, T0, full=True)  # noqa: E731
-RETRY: Action = lambda s, r: retry(s, r, T0)  # noqa: E731
-PAUSE: Action = pause
-RESUME: Action = lambda s, r: resume(s, T0)  # noqa: E731
+
+
+def promote_one(s: RouteState, r: Route) -> RouteState:
+    return promote(s, r, T0, full=False)
+
+
+def promote_full(s: RouteState, r: Route) -> RouteState:
+    return promote(s, r, T0, full=True)
+
+
+def retry_now(s: RouteState, r: Route) -> RouteState:
+    return retry(s, r, T0)
+
+
+def resume_now(s: RouteState, r: Route) -> RouteState:
+    return resume(s, T0)
+
+
+pause_now: Action = pause
 
 
 @pytest.mark.parametrize(
     ("action", "given", "message"),
     [
-        (PROMOTE, _idle, "no rollout steps"),
-        (PROMOTE_FULL, _idle, "no rollout steps"),
-        (PROMOTE, _fresh, "nothing to promote"),  # step 0 is a set_weight, not a pause
-        (PROMOTE, _aborted, "rollout is aborted"),
-        (PROMOTE_FULL, _aborted, "rollout is aborted"),
-        (PROMOTE, _promoted, "rollout is promoted"),
-        (PROMOTE, _outside, "outside deployment window"),
-        (RETRY, _progressing, "only an aborted rollout"),
-        (RETRY, _waiting, "only an aborted rollout"),
-        (RETRY, _promoted, "only an aborted rollout"),
-        (RETRY, _idle, "only an aborted rollout"),
-        (PAUSE, _idle, "only a progressing rollout"),
-        (PAUSE, _paused, "only a progressing rollout"),
-        (PAUSE, _waiting, "only a progressing rollout"),
-        (PAUSE, _aborted, "only a progressing rollout"),
-        (PAUSE, _promoted, "only a progressing rollout"),
-        (RESUME, _progressing, "only a manually paused"),
-        (RESUME, _waiting, "use promote"),  # `pause: {}` is passed by promote, not resume
-        (RESUME, _outside, "only a manually paused"),  # the window resumes by itself
-        (RESUME, _aborted, "only a manually paused"),
-        (RESUME, _promoted, "only a manually paused"),
+        (promote_one, _idle, "no rollout steps"),
+        (promote_full, _idle, "no rollout steps"),
+        (promote_one, _fresh, "nothing to promote"),  # step 0 is a set_weight, not a pause
+        (promote_one, _aborted, "rollout is aborted"),
+        (promote_full, _aborted, "rollout is aborted"),
+        (promote_one, _promoted, "rollout is promoted"),
+        (promote_one, _outside, "outside deployment window"),
+        (retry_now, _progressing, "only an aborted rollout"),
+        (retry_now, _waiting, "only an aborted rollout"),
+        (retry_now, _promoted, "only an aborted rollout"),
+        (retry_now, _idle, "only an aborted rollout"),
+        (pause_now, _idle, "only a progressing rollout"),
+        (pause_now, _paused, "only a progressing rollout"),
+        (pause_now, _waiting, "only a progressing rollout"),
+        (pause_now, _aborted, "only a progressing rollout"),
+        (pause_now, _promoted, "only a progressing rollout"),
+        (resume_now, _progressing, "only a manually paused"),
+        (resume_now, _waiting, "use promote"),  # `pause: {}` is passed by promote, not resume
+        (resume_now, _outside, "only a manually paused"),  # the window resumes by itself
+        (resume_now, _aborted, "only a manually paused"),
+        (resume_now, _promoted, "only a manually paused"),
     ],
 )
 def test_actions_that_do_not_apply_raise_action_error(

@@ -1,0 +1,397 @@
+"""Helpers for the rollout engine tests.
+
+* `Backend` / `run_backends(...)` — aiohttp upstreams whose failure mode a test flips at run time
+  (`ok`, `fail`, `fail-synthetic`), counting every request they see.
+* `Hook` / `run_hook()` — a webhook receiver on 127.0.0.1 that answers a settable status and
+  keeps every JSON payload.
+* `Harness` / `harness` fixture — a `RolloutEngine` over an in-memory store and fake counters,
+  ticked by the test with a clock it chooses (`await h.tick(+1.0)`); no sleeping through
+  intervals. The engine's own background loop is parked.
+* `rollout_config(...)` — a full config dict for route "shop" with analysis / rollout sections.
+* `hit(port, n)` — n GETs, X-Served-By counted; `Load` — steady clients recording every answer
+  with its wall-clock send time (comparable with the engine's `aborted_at`).
+* `cli(...)` — `python -m splitproxy ...` as a subprocess, without blocking the event loop.
+
+Real services, admin sessions and /metrics parsing come from the control-plane conftest.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sys
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+from control.conftest import (
+    WAIT,
+    admin,
+    metric,
+    proxy_config,
+    route,
+    run_service,
+    running_service,
+    scrape,
+    status,
+    wait_until,
+    write_config,
+)
+
+from splitproxy import engine as engine_module
+from splitproxy.config import Config
+from splitproxy.engine import RolloutEngine
+from splitproxy.rollout import RouteState
+from splitproxy.stats import VersionStats
+from splitproxy.window import Key, Sample, Window
+
+__all__ = [
+    "WAIT",
+    "Backend",
+    "Harness",
+    "Hit",
+    "Hook",
+    "Load",
+    "MemoryStore",
+    "admin",
+    "cli",
+    "hit",
+    "metric",
+    "plain",
+    "proxy_config",
+    "rollout_config",
+    "route",
+    "run_backends",
+    "run_hook",
+    "run_service",
+    "running_service",
+    "scrape",
+    "status",
+    "wait_until",
+    "write_config",
+]
+
+SYNTHETIC = "X-Splitproxy-Synthetic"
+
+
+# --------------------------------------------------------------------------- upstreams
+
+
+@dataclass
+class Backend:
+    """An upstream whose answers a test switches: `mode` is ok, fail (500) or fail-synthetic
+    (500 only for requests carrying the synthetic header)."""
+
+    name: str
+    mode: str = "ok"
+    port: int = 0
+    requests: int = 0
+    errors: int = 0
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def app(self) -> web.Application:
+        async def handle(request: web.Request) -> web.Response:
+            self.requests += 1
+            failing = self.mode == "fail" or (
+                self.mode == "fail-synthetic" and SYNTHETIC in request.headers
+            )
+            if failing:
+                self.errors += 1
+            return web.Response(status=500 if failing else 200, text=self.name,
+                                headers={"X-Served-By": self.name})
+
+        app = web.Application()
+        app.router.add_route("*", "/{tail:.*}", handle)
+        return app
+
+
+@contextlib.asynccontextmanager
+async def _serve(app: web.Application) -> AsyncIterator[int]:
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        yield int(runner.addresses[0][1])
+    finally:
+        await asyncio.wait_for(runner.cleanup(), WAIT)
+
+
+@contextlib.asynccontextmanager
+async def run_backends(*names: str) -> AsyncIterator[dict[str, Backend]]:
+    async with contextlib.AsyncExitStack() as stack:
+        backends = {}
+        for name in names:
+            b = Backend(name)
+            b.port = await stack.enter_async_context(_serve(b.app()))
+            backends[name] = b
+        yield backends
+
+
+@dataclass
+class Hook:
+    """A webhook receiver: answers `answer` to every POST and keeps the JSON payloads."""
+
+    answer: int = 200
+    port: int = 0
+    payloads: list[dict[str, Any]] = field(default_factory=list)
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    def on(self, path: str) -> list[dict[str, Any]]:
+        return [p for p in self.payloads if p["_path"] == path]
+
+    def app(self) -> web.Application:
+        async def receive(request: web.Request) -> web.Response:
+            body = await request.json()
+            self.payloads.append({**body, "_path": request.path})
+            return web.Response(status=self.answer, text="ok")
+
+        app = web.Application()
+        app.router.add_post("/{tail:.*}", receive)
+        return app
+
+
+@contextlib.asynccontextmanager
+async def run_hook() -> AsyncIterator[Hook]:
+    hook = Hook()
+    async with _serve(hook.app()) as port:
+        hook.port = port
+        yield hook
+
+
+# --------------------------------------------------------------------------- configs
+
+
+def rollout_config(
+    backends: dict[str, Backend] | dict[str, str],
+    *,
+    weights: dict[str, int] | None = None,
+    analysis: dict[str, Any] | None = None,
+    rollout: dict[str, Any] | None = None,
+    sticky: dict[str, Any] | None = None,
+    **route_fields: Any,
+) -> dict[str, Any]:
+    """Route "shop" over `backends` (or plain URLs; the first listed is the baseline), as a
+    full config dict."""
+    urls = {n: b.url if isinstance(b, Backend) else b for n, b in backends.items()}
+    r = route(urls, weights,
+              sticky=sticky or {"pin_header": "X-Splitproxy-Version"})
+    if route_fields.get("strategy") == "blue-green":
+        del r["weights"]
+    if analysis is not None:
+        r["analysis"] = analysis
+    if rollout is not None:
+        r["rollout"] = rollout
+    r.update(route_fields)
+    return proxy_config([r])
+
+
+# --------------------------------------------------------------------------- engine harness
+
+
+class MemoryStore:
+    """A StateStore in a dict; counts saves."""
+
+    def __init__(self, states: dict[str, RouteState] | None = None) -> None:
+        self.states = dict(states or {})
+        self.saves = 0
+
+    async def load(self) -> dict[str, RouteState]:
+        return dict(self.states)
+
+    async def save(self, states: dict[str, RouteState]) -> None:
+        self.states = dict(states)
+        self.saves += 1
+
+
+class Traffic:
+    """Cumulative per-version counters, as the data plane keeps them."""
+
+    def __init__(self) -> None:
+        self._stats: dict[Key, VersionStats] = {}
+
+    def serve(self, version: str, requests: int, *, errors: int = 0, seconds: float = 0.005,
+              synthetic: bool = False, route: str = "shop") -> None:
+        key = (route, version, synthetic)
+        stats = self._stats.setdefault(key, VersionStats(route, version, synthetic))
+        for i in range(requests):
+            stats.observe(500 if i < errors else 200, seconds)
+
+    def samples(self) -> dict[Key, Sample]:
+        return {k: Sample.of(s) for k, s in self._stats.items()}
+
+
+class Harness:
+    """A RolloutEngine whose clock the test moves: `tick(dt)` advances both clocks by `dt` and
+    runs one engine tick. Weights it would install are `installed[-1]`."""
+
+    def __init__(self, store: MemoryStore | None = None) -> None:
+        self.store = store or MemoryStore()
+        self.traffic = Traffic()
+        self.window = Window(horizon=120)
+        self.installed: list[dict[str, dict[str, int]]] = []
+        self.engine = RolloutEngine(self.store, self.window, self._sample, self._rebuild)
+        self.mono = 0.0
+        self.wall = 0.0
+        self._last_sample = float("-inf")
+
+    def _sample(self, mono: float) -> None:
+        # reconfigure() and act() sample at the loop's real time, which may lag our clock.
+        self._last_sample = max(self._last_sample, mono)
+        self.window.record(self._last_sample, self.traffic.samples())
+
+    def _rebuild(self) -> None:
+        self.installed.append(self.engine.weights())
+
+    async def start(self, config: Config) -> None:
+        await self.engine.start(config)
+        self.mono = asyncio.get_running_loop().time()
+        self.wall = time.time()
+
+    async def tick(self, dt: float = 0.0) -> None:
+        self.mono += dt
+        self.wall += dt
+        await self.engine.tick(self.mono, self.wall)
+
+    async def tick_until(self, predicate: Callable[[], bool], what: str) -> None:
+        """Ticks at the *same* moment until `predicate` holds: waits for webhook answers
+        (real I/O) without moving the engine's clock."""
+
+        async def ticked() -> bool:
+            await self.tick()
+            return predicate()
+
+        await wait_until(ticked, what=what)
+
+    def weights(self, name: str = "shop") -> dict[str, int]:
+        return self.engine.weights()[name]
+
+    def state(self, name: str = "shop") -> RouteState:
+        return self.engine.states[name]
+
+
+@pytest.fixture
+def parked_loop(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The engine's own loop sleeps for an hour between ticks: only the test ticks it."""
+    monkeypatch.setattr(engine_module, "TICK", 3600.0)
+
+
+@pytest.fixture
+async def harness(parked_loop: None) -> AsyncIterator[Harness]:
+    h = Harness()
+    try:
+        yield h
+    finally:
+        await h.engine.stop()
+
+
+# --------------------------------------------------------------------------- clients
+
+
+async def hit(port: int, n: int = 1, headers: dict[str, str] | None = None) -> Counter[str]:
+    """`n` sequential GETs through the proxy on one keep-alive connection, without a cookie
+    jar; counts X-Served-By (with the status when it is not 200: "canary 500")."""
+    seen: Counter[str] = Counter()
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar(),
+                                     timeout=aiohttp.ClientTimeout(total=WAIT)) as session:
+        for _ in range(n):
+            async with session.get(f"http://127.0.0.1:{port}/", headers=headers) as resp:
+                await resp.read()
+                by = resp.headers.get("X-Served-By", "?")
+                seen[by if resp.status == 200 else f"{by} {resp.status}"] += 1
+    return seen
+
+
+@dataclass(frozen=True)
+class Hit:
+    kind: str  # which client loop sent it
+    key: str  # the user id, cookie or pin it carried ("" for none)
+    sent: float  # wall clock, as the engine's `aborted_at`
+    done: float
+    status: int
+    served_by: str
+
+
+Headers = Callable[[int], tuple[str, dict[str, str]]]  # iteration -> (key, headers)
+
+
+class Load:
+    """Steady clients through the proxy: one task per `kinds` entry, each looping GETs on its
+    own keep-alive connection (no cookie jar: a test sends the cookies it means)."""
+
+    def __init__(self, port: int, kinds: Mapping[str, Headers], gap: float = 0.004) -> None:
+        self.url = f"http://127.0.0.1:{port}/"
+        self.kinds = kinds
+        self.gap = gap
+        self.hits: list[Hit] = []
+        self.failures: list[str] = []
+        self._stop = asyncio.Event()
+
+    async def _loop(self, kind: str, headers: Headers) -> None:
+        async with aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar(),
+                                         timeout=aiohttp.ClientTimeout(total=WAIT)) as session:
+            i = 0
+            while not self._stop.is_set():
+                key, hdrs = headers(i)
+                i += 1
+                sent = time.time()
+                try:
+                    async with session.get(self.url, headers=hdrs) as resp:
+                        await resp.read()
+                        self.hits.append(Hit(kind, key, sent, time.time(), resp.status,
+                                             resp.headers.get("X-Served-By", "?")))
+                except (aiohttp.ClientError, TimeoutError) as exc:
+                    self.failures.append(f"{kind}: {exc!r}")
+                await asyncio.sleep(self.gap)
+
+    @contextlib.asynccontextmanager
+    async def running(self) -> AsyncIterator[Load]:
+        tasks = [asyncio.create_task(self._loop(k, h)) for k, h in self.kinds.items()]
+        try:
+            yield self
+        finally:
+            self._stop.set()
+            await asyncio.wait_for(asyncio.gather(*tasks), WAIT)
+
+    def since(self, wall: float) -> list[Hit]:
+        return [h for h in self.hits if h.sent > wall]
+
+
+def plain(i: int) -> tuple[str, dict[str, str]]:
+    return "", {}
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+@dataclass
+class Run:
+    code: int
+    out: str
+    err: str
+
+
+async def cli(*args: str, timeout: float = 20.0) -> Run:
+    """`python -m splitproxy ARGS` in a subprocess; the event loop keeps serving meanwhile."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "splitproxy", *args,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        out, err = await asyncio.wait_for(proc.communicate(), timeout)
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
+        raise
+    assert proc.returncode is not None
+    return Run(proc.returncode, out.decode(), err.decode())

@@ -1,0 +1,102 @@
+"""Blue/green through a real proxy: the active color takes everything, the preview header reaches
+the other one, switching is one config edit, and a watched switch that fails switches back and
+stays back (across a restart) until the config changes again."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from typing import Any
+
+from .conftest import (
+    Backend,
+    Load,
+    hit,
+    plain,
+    rollout_config,
+    run_backends,
+    run_service,
+    wait_until,
+    write_config,
+)
+
+PREVIEW = {"X-Splitproxy-Preview": "1"}
+
+
+def blue_green(b: dict[str, Backend], active: str, **kw: Any) -> dict[str, Any]:
+    return rollout_config({"blue": b["blue"], "green": b["green"]}, strategy="blue-green",
+                          active=active, **kw)
+
+
+def switch(path: Path, cfg: dict[str, Any], svc: Any, **route: Any) -> dict[str, Any]:
+    """Rewrite the config with `route` fields changed and reload it; returns the new dict."""
+    new = copy.deepcopy(cfg)
+    new["routes"][0].update(route)
+    write_config(path, new)
+    assert svc.controller.reload() is True
+    return new
+
+
+async def test_active_color_takes_all_traffic_preview_reaches_the_other(tmp_path: Path) -> None:
+    async with run_backends("blue", "green") as b:
+        path = tmp_path / "shop.yaml"
+        cfg = blue_green(b, "blue")
+        write_config(path, cfg)
+        async with run_service(path, watch=False) as svc:
+            assert await hit(svc.proxy_port, 30) == {"blue": 30}
+            assert await hit(svc.proxy_port, 5, PREVIEW) == {"green": 5}
+
+            switch(path, cfg, svc, active="green")
+            # reload() is synchronous: by the time it returns the one new table is in place.
+            assert dict(((r, v), w) for r, v, w in svc.controller.weights()) == {
+                ("shop", "blue"): 0, ("shop", "green"): 100}
+            assert await hit(svc.proxy_port, 30) == {"green": 30}
+            assert await hit(svc.proxy_port, 5, PREVIEW) == {"blue": 5}
+
+
+async def test_a_failing_switch_switches_back_and_stays_until_the_config_changes(
+    tmp_path: Path,
+) -> None:
+    analysis = {"interval": "0.5s", "window": "5s", "min_requests": 10, "failure_limit": 2,
+                "max_error_rate": 0.01}
+    async with run_backends("blue", "green", "green2") as b:
+        b["green"].mode = "fail"
+        path = tmp_path / "shop.yaml"
+        cfg = blue_green(b, "blue", analysis=analysis)
+        write_config(path, cfg)
+        async with run_service(path, watch=False) as svc:
+            engine = svc.controller.engine
+            async with Load(svc.proxy_port, {"a": plain, "b": plain}).running() as load:
+                await wait_until(lambda: len(load.hits) >= 20, what="traffic on blue")
+                cfg = switch(path, cfg, svc, active="green")
+                await wait_until(lambda: engine.states["shop"].phase == "aborted",
+                                 what="the switch back")
+                aborted_at = engine.states["shop"].aborted_at
+                assert aborted_at is not None
+                # Three more intervals: blue stays, analysis does not flap back to green.
+                await wait_until(lambda: len(load.since(aborted_at + 1.5)) >= 20,
+                                 what="traffic after the switch back")
+            after = {h.served_by for h in load.since(aborted_at)}
+            assert after == {"blue"}
+            assert {h.served_by for h in load.hits} == {"blue", "green"}
+            state = engine.states["shop"]
+            assert (state.phase, state.previous_active) == ("aborted", "blue")
+            assert "2 failing checks in a row: fail: green" in (state.abort_reason or "")
+            assert await hit(svc.proxy_port, 5, PREVIEW) == {"green 500": 5}  # still previewable
+            await svc.stop(drain=1.0)
+
+        saved = json.loads((tmp_path / "shop.state.json").read_text())["routes"]["shop"]
+        assert (saved["phase"], saved["previous_active"]) == ("aborted", "blue")
+
+        green_before = b["green"].requests
+        async with run_service(path, watch=False) as svc:
+            assert await hit(svc.proxy_port, 20) == {"blue": 20}  # across a restart too
+            assert b["green"].requests == green_before
+
+            # A new green (another endpoint) is a config change: switch to it again, watched.
+            cfg["routes"][0]["versions"]["green"]["endpoints"] = [b["green2"].url]
+            switch(path, cfg, svc)
+            state = svc.controller.engine.states["shop"]
+            assert (state.phase, state.previous_active) == ("idle", "blue")
+            assert await hit(svc.proxy_port, 20) == {"green2": 20}

@@ -1,0 +1,283 @@
+"""The rollout engine driven with a clock the test moves: `await h.tick(+1.0)` is one second.
+
+Counters are fake (what the data plane would have counted); webhooks go to a real aiohttp
+server on 127.0.0.1. No test here sleeps through an interval.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from splitproxy import rollout
+from splitproxy.config import Config
+
+from .conftest import Harness, MemoryStore, rollout_config, run_hook, wait_until
+
+URLS = {"stable": "http://127.0.0.1:9001", "canary": "http://127.0.0.1:9002"}
+FAST = {"interval": "1s", "window": "5s", "min_requests": 20, "failure_limit": 2,
+        "max_error_rate": 0.01}
+STABLE_ONLY = {"stable": 100, "canary": 0}
+
+
+def config(**kw: Any) -> Config:
+    kw.setdefault("weights", {"stable": 50, "canary": 50})
+    return Config.model_validate(rollout_config(URLS, **kw))
+
+
+def healthy(h: Harness, n: int = 30) -> None:
+    h.traffic.serve("stable", n)
+    h.traffic.serve("canary", n)
+
+
+def failing(h: Harness, n: int = 30) -> None:
+    h.traffic.serve("stable", n)
+    h.traffic.serve("canary", n, errors=n)
+
+
+# --------------------------------------------------------------------------- the guard
+
+
+async def test_abort_comes_one_interval_after_the_first_failing_check_in_one_swap(
+    harness: Harness,
+) -> None:
+    h = harness
+    await h.start(config(analysis=FAST))
+    await h.tick()  # the first check: nothing served yet
+    for _ in range(3):
+        healthy(h)
+        await h.tick(1.0)
+    assert [c["result"] for c in h.state().checks] == ["inconclusive", "pass", "pass", "pass"]
+
+    failing(h)
+    await h.tick(1.0)
+    assert (h.state().phase, h.state().checks[-1]["result"]) == ("idle", "fail")
+    assert h.weights() == {"stable": 50, "canary": 50}
+
+    failing(h)
+    swaps = len(h.installed)
+    await h.tick(1.0)
+    assert h.state().phase == rollout.ABORTED
+    assert h.installed[swaps:] == [{"shop": STABLE_ONLY}]  # exactly one table, baseline 100
+    assert h.store.states["shop"].phase == rollout.ABORTED  # persisted in the same tick
+    assert h.engine.aborts == {"shop": 1}
+
+
+async def test_between_intervals_nothing_is_judged(harness: Harness) -> None:
+    h = harness
+    await h.start(config(analysis=FAST))
+    await h.tick()
+    failing(h)
+    for _ in range(9):
+        await h.tick(0.1)
+    assert len(h.state().checks) == 1  # only the first, at t=0
+    await h.tick(0.2)  # past t=1
+    assert [c["result"] for c in h.state().checks] == ["inconclusive", "fail"]
+
+
+async def test_low_traffic_never_aborts(harness: Harness) -> None:
+    h = harness
+    await h.start(config(analysis=FAST))
+    for _ in range(10):
+        h.traffic.serve("canary", 3, errors=3)  # all failing, but 15 in a 5 s window < 20
+        h.traffic.serve("stable", 3)
+        await h.tick(1.0)
+    assert h.state().phase == "idle"
+    assert {c["result"] for c in h.state().checks} == {"inconclusive"}
+    assert h.engine.checks_total == {("shop", "inconclusive"): 10}
+
+
+@pytest.mark.parametrize(("include", "phase"), [(False, "idle"), (True, "aborted")])
+async def test_synthetic_load_is_judged_only_when_the_route_says_so(
+    harness: Harness, include: bool, phase: str
+) -> None:
+    h = harness
+    await h.start(config(analysis={**FAST, "include_synthetic": include}))
+    for _ in range(4):
+        healthy(h)
+        h.traffic.serve("canary", 30, errors=30, synthetic=True)
+        await h.tick(1.0)
+    assert h.state().phase == phase
+
+
+async def test_compare_to_baseline_keeps_a_canary_in_a_shared_outage(harness: Harness) -> None:
+    h = harness
+    await h.start(config(analysis={**FAST, "max_error_rate": None,
+                                   "compare_to_baseline": {"error_rate_margin": 0.05}}))
+    for _ in range(5):
+        h.traffic.serve("stable", 30, errors=15)
+        h.traffic.serve("canary", 30, errors=15)
+        await h.tick(1.0)
+    assert h.state().phase == "idle"
+    assert h.state().checks[-1]["result"] == "pass"
+    for _ in range(2):
+        h.traffic.serve("stable", 30, errors=0)
+        h.traffic.serve("canary", 30, errors=30)
+        await h.tick(1.0)
+    assert h.state().phase == "aborted"
+
+
+# --------------------------------------------------------------------------- steps and clock
+
+
+async def test_timed_pause_runs_on_the_injected_wall_clock(harness: Harness) -> None:
+    h = harness
+    steps = [{"set_weight": 20}, {"pause": "30s"}, {"set_weight": 60}, {"pause": {}}]
+    await h.start(config(weights=STABLE_ONLY, rollout={"steps": steps}))
+    assert h.weights() == STABLE_ONLY  # before the first tick: the configured weights
+    await h.tick()
+    assert h.weights() == {"stable": 80, "canary": 20}
+    await h.tick(29.9)
+    assert h.weights()["canary"] == 20
+    await h.tick(0.1)
+    assert h.weights()["canary"] == 60
+    assert (h.state().phase, h.state().pause_reason) == ("paused", rollout.AWAIT_PROMOTE)
+    await h.tick(86400)
+    assert h.weights()["canary"] == 60
+
+
+@pytest.mark.parametrize("hold", ["waiting for promote", "manual"])
+async def test_analysis_still_aborts_a_paused_rollout(harness: Harness, hold: str) -> None:
+    h = harness
+    wait: dict[str, Any] = {"pause": {}} if hold != "manual" else {"pause": "1h"}
+    steps = [{"set_weight": 50}, wait]
+    await h.start(config(weights=STABLE_ONLY, analysis=FAST, rollout={"steps": steps}))
+    await h.tick()
+    if hold == "manual":
+        await h.engine.act("shop", "pause")
+    assert (h.state().phase, h.state().pause_reason) == ("paused", hold)
+    for _ in range(2):
+        failing(h)
+        await h.tick(1.0)
+    assert h.state().phase == "aborted"
+    assert h.installed[-1]["shop"] == STABLE_ONLY
+
+
+async def test_inconclusive_limit_pauses_then_resume_continues(harness: Harness) -> None:
+    h = harness
+    steps = [{"set_weight": 10}, {"pause": "2s"}, {"set_weight": 50}, {"pause": {}}]
+    await h.start(config(weights=STABLE_ONLY, rollout={"steps": steps},
+                         analysis={**FAST, "inconclusive_limit": 2}))
+    await h.tick()  # set_weight 10; the first check is inconclusive (no traffic)
+    await h.tick(1.0)  # a second inconclusive check: blind, so paused
+    assert (h.state().phase, h.state().pause_reason) == ("paused", rollout.INCONCLUSIVE)
+    await h.tick(5.0)
+    assert h.weights()["canary"] == 10
+    await h.engine.act("shop", "resume")
+    healthy(h)
+    await h.tick(2.0)
+    assert h.weights()["canary"] == 50
+
+
+# --------------------------------------------------------------------------- restarts
+
+
+async def test_an_aborted_state_is_restored_before_the_first_table(parked_loop: None) -> None:
+    cfg = config(analysis=FAST)
+    route = cfg.routes[0]
+    aborted = rollout.abort(rollout.start(route, 0.0), "2 failing checks in a row", 1.0)
+    h = Harness(MemoryStore({"shop": aborted}))
+    await h.start(cfg)
+    try:
+        assert h.weights() == STABLE_ONLY  # what Controller.prepare() installs first
+        assert h.state().abort_reason == "2 failing checks in a row"
+    finally:
+        await h.engine.stop()
+
+
+async def test_a_stored_state_of_another_revision_starts_fresh(parked_loop: None) -> None:
+    old = config(analysis=FAST, weights={"stable": 90, "canary": 10})
+    aborted = rollout.abort(rollout.start(old.routes[0], 0.0), "old news", 1.0)
+    h = Harness(MemoryStore({"shop": aborted}))
+    await h.start(config(analysis=FAST))
+    try:
+        assert (h.state().phase, h.state().abort_reason) == ("idle", None)
+        assert h.weights() == {"stable": 50, "canary": 50}
+    finally:
+        await h.engine.stop()
+
+
+# --------------------------------------------------------------------------- webhooks
+
+
+def hooked(gate: str, notify: str, steps: list[Any], **kw: Any) -> Config:
+    webhooks = [{"on": "pre-step", "url": gate, "timeout": "2s"},
+                {"on": "abort", "url": notify, "timeout": "2s"}]
+    return config(weights=STABLE_ONLY, rollout={"steps": steps, "webhooks": webhooks}, **kw)
+
+
+async def test_a_pre_step_webhook_answering_503_holds_the_step_until_it_answers_200(
+    harness: Harness,
+) -> None:
+    h = harness
+    async with run_hook() as hook:
+        hook.answer = 503
+        await h.start(hooked(hook.url("/gate"), hook.url("/notify"),
+                             [{"set_weight": 20}, {"pause": {}}]))
+        await h.tick_until(lambda: h.engine.describe("shop")["gate"] is not None,
+                           "the gate's answer")
+        assert "answered 503" in h.engine.describe("shop")["gate"]
+        assert (h.weights(), h.state().step) == (STABLE_ONLY, 0)
+        [asked] = hook.on("/gate")
+        assert (asked["event"], asked["route"], asked["step"]) == ("pre-step", "shop", 0)
+
+        await h.tick(1.0)  # held: not asked again before the retry delay
+        await asyncio.sleep(0.05)
+        assert len(hook.on("/gate")) == 1 and h.weights() == STABLE_ONLY
+
+        hook.answer = 200
+        await h.tick(1.5)
+        await h.tick_until(lambda: h.weights()["canary"] == 20, "the step after a 200")
+        assert len(hook.on("/gate")) == 2
+        assert h.engine.describe("shop")["gate"] is None
+
+
+async def test_a_pre_step_webhook_also_holds_a_step_that_follows_a_timed_pause(
+    harness: Harness,
+) -> None:
+    h = harness
+    async with run_hook() as hook:
+        await h.start(hooked(hook.url("/gate"), hook.url("/notify"),
+                             [{"set_weight": 20}, {"pause": "10s"}, {"set_weight": 50},
+                              {"pause": {}}]))
+        await h.tick_until(lambda: h.weights()["canary"] == 20, "the first step")
+        hook.answer = 503
+        await h.tick(10.0)  # the pause is over; set_weight 50 must ask the gate first
+        for _ in range(20):
+            await h.tick()
+            await asyncio.sleep(0.01)
+        assert h.weights()["canary"] == 20, (
+            f"set_weight 50 ran without the gate's 2xx; gate asked {len(hook.on('/gate'))}x")
+
+
+async def test_an_abort_webhook_gets_route_event_and_reason_as_json(harness: Harness) -> None:
+    h = harness
+    async with run_hook() as hook:
+        await h.start(hooked(hook.url("/gate"), hook.url("/notify"), [{"pause": {}}],
+                             analysis=FAST))
+        for _ in range(3):
+            failing(h)
+            await h.tick(1.0)
+        assert h.state().phase == "aborted"
+        await wait_until(lambda: bool(hook.on("/notify")), what="the abort webhook")
+        [sent] = hook.on("/notify")
+        assert (sent["event"], sent["route"], sent["phase"]) == ("abort", "shop", "aborted")
+        assert sent["reason"].startswith("2 failing checks in a row: fail: canary 60 req")
+        assert "error_rate=1(fail)" in sent["reason"]
+        assert sent["weights"] == STABLE_ONLY
+        assert sent["last_check"]["result"] == "fail"
+        await asyncio.sleep(0.05)  # let the notifying task read its answer before stop
+
+
+async def test_a_manual_abort_notifies_with_the_operator_s_reason(harness: Harness) -> None:
+    h = harness
+    async with run_hook() as hook:
+        await h.start(hooked(hook.url("/gate"), hook.url("/notify"), [{"pause": {}}]))
+        await h.engine.act("shop", "abort", reason="bad build 1234")
+        await wait_until(lambda: bool(hook.on("/notify")), what="the abort webhook")
+        [sent] = hook.on("/notify")
+        assert (sent["event"], sent["route"], sent["reason"]) == (
+            "abort", "shop", "manual: bad build 1234")
+        await asyncio.sleep(0.05)

@@ -1,0 +1,78 @@
+"""Synthetic load (X-Splitproxy-Synthetic: 1) is counted apart and left out of verdicts, unless
+the route says `include_synthetic: true`. Real proxy, real upstreams, real analysis loop."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from .conftest import (
+    Load,
+    admin,
+    metric,
+    plain,
+    rollout_config,
+    run_backends,
+    run_service,
+    scrape,
+    wait_until,
+    write_config,
+)
+
+# Pinned, so the real and the synthetic clients both reach the canary whatever their rhythm.
+PIN = {"X-Splitproxy-Version": "canary"}
+SYNTHETIC = {**PIN, "X-Splitproxy-Synthetic": "1"}
+ANALYSIS = {"interval": "0.3s", "window": "5s", "min_requests": 20, "failure_limit": 2,
+            "max_error_rate": 0.01}
+
+
+def synthetic(i: int) -> tuple[str, dict[str, str]]:
+    return "synthetic", SYNTHETIC
+
+
+def pinned(i: int) -> tuple[str, dict[str, str]]:
+    return "canary", PIN
+
+
+@pytest.mark.parametrize("include", [False, True])
+async def test_a_canary_failing_only_for_synthetic_requests(
+    tmp_path: Path, include: bool
+) -> None:
+    async with run_backends("stable", "canary") as b:
+        b["canary"].mode = "fail-synthetic"
+        path = tmp_path / "shop.yaml"
+        write_config(path, rollout_config(
+            b, weights={"stable": 50, "canary": 50},
+            analysis={**ANALYSIS, "include_synthetic": include}))
+        async with run_service(path, watch=False) as svc:
+            engine = svc.controller.engine
+
+            def judged_passes() -> int:
+                return sum(1 for c in engine.states["shop"].checks
+                           if c["result"] == "pass" and c["requests"] >= 20)
+
+            async with Load(svc.proxy_port,
+                            {"real": plain, "pinned": pinned, "synthetic": synthetic}).running():
+                if include:
+                    await wait_until(lambda: engine.states["shop"].phase == "aborted",
+                                     what="the abort")
+                else:
+                    # Three full verdicts while the canary answers synthetic load with 500s.
+                    await wait_until(lambda: judged_passes() >= 3 and b["canary"].errors >= 20,
+                                     what="three passing checks")
+            state = engine.states["shop"]
+            async with admin(svc) as session:
+                samples = await scrape(session)
+
+        synthetic_500 = metric(samples, "splitproxy_synthetic_requests_total",
+                               route="shop", version="canary", code="500")
+        assert synthetic_500 is not None and synthetic_500 >= 20
+        # Real traffic never failed: the data plane put the 500s in the synthetic counters.
+        assert metric(samples, "splitproxy_requests_total",
+                      route="shop", version="canary", code="500") is None
+        if include:
+            assert state.abort_reason is not None and "error_rate=" in state.abort_reason
+        else:
+            assert state.phase == "idle"
+            assert "fail" not in {c["result"] for c in state.checks}
