@@ -137,6 +137,12 @@ class DownstreamProtocol(asyncio.Protocol):
             up.transport.pause_reading()
             self._paused_upstream = up.transport
 
+    def release_upstream_pause(self, up: UpstreamConnection) -> None:
+        if self._paused_upstream is not None and self._paused_upstream is up.transport:
+            if not self._paused_upstream.is_closing():
+                self._paused_upstream.resume_reading()
+            self._paused_upstream = None
+
     def resume_writing(self) -> None:
         if self._paused_upstream is not None:
             if not self._paused_upstream.is_closing():

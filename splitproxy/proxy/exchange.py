@@ -316,6 +316,9 @@ class Exchange:
         if up is not None:
             if self.head_only_response:
                 up.reset_parser()
+            # A slow client may have paused this connection's reading in the very packet
+            # that ended the answer: never pool a paused connection.
+            self.down.release_upstream_pause(up)
             if self.request_done and not self.up_close:
                 up.pool.release(up)
             else:
