@@ -184,19 +184,22 @@ class RolloutEngine:
                 return  # unreachable: keep serving our state, push again after the backoff
             del self._unpushed[name]
             if winner is not None:
-                self._adopt(name, winner)
+                self._adopt(name, winner, lost_race=True)
         if not pull:
             return
         self._pull_at = mono + SYNC_INTERVAL
         remote = await store.get({n: s.revision for n, s in self.states.items()})
         for name, theirs in (remote or {}).items():
             if theirs.seq > self.states[name].seq and name not in self._unpushed:
-                self._adopt(name, theirs)
+                self._adopt(name, theirs, lost_race=False)
 
-    def _adopt(self, name: str, theirs: RouteState) -> None:
-        """Take another replica's decision; our own check counters stay ours."""
+    def _adopt(self, name: str, theirs: RouteState, lost_race: bool) -> None:
+        """Take another replica's decision; our own check counters stay ours.
+
+        `lost_race`: our own write lost the compare-and-set to `theirs`. Otherwise `theirs`
+        was written on top of what we stored (a later decision, such as a retry)."""
         mine = self.states[name]
-        if mine.phase == ABORTED and theirs.phase != ABORTED:
+        if lost_race and mine.phase == ABORTED and theirs.phase != ABORTED:
             # Our abort lost a race with another write: an abort is never lost, re-apply it.
             new = rollout.abort(theirs, mine.abort_reason or "aborted", mine.aborted_at or 0)
             self.states[name] = replace(new, seq=theirs.seq + 1, checks=mine.checks)

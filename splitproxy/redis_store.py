@@ -129,6 +129,8 @@ class RedisStore:
     async def put(self, name: str, state: RouteState, expected_seq: int) -> RouteState | None:
         """Compare-and-set. None: written. A state: someone else's newer state won.
         Raises ConnectionError when Redis cannot be reached (the caller retries later)."""
+        if not self.available(asyncio.get_running_loop().time()):
+            raise ConnectionError(f"backing off after: {self.last_error}")
         body = json.dumps(state.to_json())
         try:
             winner = await self._put(
@@ -174,6 +176,10 @@ class RedisStore:
             try:
                 pubsub = self._redis.pubsub()
                 await pubsub.subscribe(self.channel)
+                # Subscribed again after an outage: Redis is back, stop backing off now.
+                self._retry_at = 0.0
+                self._backoff = 0.25
+                self._on_change()
                 async for message in pubsub.listen():
                     if message.get("type") == "message":
                         self._on_change()
