@@ -6,14 +6,14 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck bench clean
+.PHONY: demo test lint typecheck bench loadtest clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
 $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test]'
+	$(BIN)/python -m pip install --quiet -e '.[test,load]'
 	touch $@
 
 demo: $(STAMP)
@@ -23,7 +23,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check splitproxy tests loadtests
 
 typecheck: $(STAMP)
-	$(BIN)/mypy splitproxy
+	$(BIN)/mypy splitproxy loadtests
 
 test: lint typecheck
 	$(BIN)/pytest -q
@@ -31,6 +31,12 @@ test: lint typecheck
 # A benchmark, not a test: needs wrk and nginx (apt-get install wrk nginx-light).
 bench: $(STAMP)
 	$(BIN)/python loadtests/bench.py $(BENCH_ARGS)
+
+# Load-test scenarios end to end (all six: about 3.5 minutes); JSON + PNG in loadtests/reports/.
+# One scenario: make loadtest LOADTEST=bad-canary; the CI lengths: make loadtest LOADTEST_ARGS=--short
+LOADTEST ?= all
+loadtest: $(STAMP)
+	$(BIN)/python -m loadtests.scenarios $(LOADTEST) $(LOADTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache .hypothesis

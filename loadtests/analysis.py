@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -327,23 +327,40 @@ def revert_timing(samples: Sequence[Sample], canary: str, abort_time: float | No
     }
 
 
-def timeseries(samples: Iterable[Sample], t0: float, t1: float,
-               bin_s: float = 1.0) -> dict[str, dict[str, list[float]]]:
-    """Per version: requests/s and error rate in bins of `bin_s` seconds from t0 to t1."""
-    bins = max(1, math.ceil((t1 - t0) / bin_s))
-    counts: dict[str, list[int]] = defaultdict(lambda: [0] * bins)
+def series_key(s: Sample) -> str:
+    """The version, with pinned traffic apart: it is not part of the split."""
+    v = s.version or NO_VERSION
+    return f"{v} (pinned)" if s.kind == PINNED else v
+
+
+def timeseries(samples: Iterable[Sample], t0: float, t1: float, bin_s: float = 1.0,
+               key: Callable[[Sample], str] = series_key) -> dict[str, dict[str, list[float]]]:
+    """Per `key` (version): requests/s, error rate and p99 latency (ms) in bins of `bin_s`
+    seconds from t0; NaN where a bin has no request."""
+    bins = max(1, math.floor((t1 - t0) / bin_s))  # whole bins only: a partial one reads low
+    latencies: dict[str, list[list[float]]] = defaultdict(lambda: [[] for _ in range(bins)])
     errors: dict[str, list[int]] = defaultdict(lambda: [0] * bins)
     for s in samples:
         i = int((s.t - t0) // bin_s)
         if 0 <= i < bins:
-            v = s.version or NO_VERSION
-            counts[v][i] += 1
+            v = key(s)
+            latencies[v][i].append(s.latency_ms)
             errors[v][i] += s.error
-    return {
-        v: {
-            "rps": [c / bin_s for c in counts[v]],
-            "error_rate": [e / c if c else math.nan for e, c in zip(errors[v], counts[v],
-                                                                    strict=True)],
+    out: dict[str, dict[str, list[float]]] = {}
+    for v in sorted(latencies):
+        counts = [len(b) for b in latencies[v]]
+        out[v] = {
+            "rps": [c / bin_s for c in counts],
+            "error_rate": [e / c if c else math.nan
+                           for e, c in zip(errors[v], counts, strict=True)],
+            "p99_ms": [quantile(b, 0.99) for b in latencies[v]],
         }
-        for v in sorted(counts)
-    }
+    return out
+
+
+def quantile(values: Sequence[float], q: float) -> float:
+    """The nearest-rank quantile; NaN for no values."""
+    if not values:
+        return math.nan
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))]

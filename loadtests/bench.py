@@ -8,9 +8,17 @@ A benchmark, not a test. It starts, all on 127.0.0.1 and on free ports:
 
 then runs ``wrk --latency`` against each of the three, interleaved over ``--rounds`` rounds (the
 order rotates every round) so that machine noise hits all of them alike, and prints the median
-req/s, p50 and p99 of each as a markdown table, with ratios to nginx-as-a-proxy.
+req/s, p50 and p99 of each as a markdown table, with ratios to nginx-as-a-proxy, for each of
+``--connections`` (1, 64 and 512 by default).
 
-    python loadtests/bench.py [--duration 10] [--rounds 3] [--connections 64 256] [--json FILE]
+Before that, while both proxies are fresh, it measures memory: each proxy's resident set size
+(RSS, its process tree, from /proc) before and while a helper process (``idle_clients.py``)
+holds ``--idle-connections`` (10,000) idle keep-alive client connections open to it, and the
+peak (VmHWM). The target for splitproxy is < 150 MB. RLIMIT_NOFILE is raised here, so the
+proxies inherit it, and in the helper.
+
+    python loadtests/bench.py [--duration 10] [--rounds 3] [--connections 1 64 512]
+                              [--idle-connections 10000] [--json FILE]
 
 Needs ``wrk`` and ``nginx`` (Debian: ``apt-get install wrk nginx-light``); exits 2 without them.
 Every child process is stopped when it ends, however it ends.
@@ -38,11 +46,26 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+try:
+    from loadtests.idle_clients import measure_idle, memory_markdown, raise_nofile
+except ImportError:  # run as `python loadtests/bench.py`: loadtests/ itself is on sys.path
+    from idle_clients import (  # type: ignore[no-redef,import-not-found]
+        measure_idle,
+        memory_markdown,
+        raise_nofile,
+    )
+
 REPO = Path(__file__).resolve().parent.parent
 HOST = "127.0.0.1"
 NGINX_PROXY = "nginx-proxy"
 # The order of the table's rows; ratios are taken against NGINX_PROXY.
 TARGETS = ("upstream", "splitproxy", NGINX_PROXY)
+# Optional splitproxy variants (--variants): two workers on one port (SO_REUSEPORT), and one
+# worker that does not count (what the per-version counters behind /metrics cost).
+VARIANTS = {
+    "splitproxy-2w": (2, {}),
+    "splitproxy-nostats": (1, {"SPLITPROXY_BENCH_NO_STATS": "1"}),
+}
 START_TIMEOUT = 15.0
 INSTALL_HINT = "apt-get install wrk nginx-light"
 
@@ -119,11 +142,13 @@ class Children:
         self.logdir = logdir
         self.procs: list[tuple[str, subprocess.Popen[bytes]]] = []
 
-    def start(self, name: str, argv: list[str]) -> subprocess.Popen[bytes]:
+    def start(self, name: str, argv: list[str],
+              env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
         # The child keeps its own copy of the descriptor; ours can close at once.
         with open(self.logdir / f"{name}.log", "wb") as log:
             proc = subprocess.Popen(
                 argv,
+                env={**os.environ, **env} if env else None,
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -188,7 +213,7 @@ def wait_ready(children: Children, name: str, proc: subprocess.Popen[bytes], por
 # --- the three servers -------------------------------------------------------------------------
 
 
-def _nginx_conf(tmp: Path, name: str, http_block: str) -> Path:
+def _nginx_conf(tmp: Path, name: str, http_block: str, connections: int = 4096) -> Path:
     temp = tmp / f"{name}-temp"
     temp.mkdir()
     conf = tmp / f"{name}.conf"
@@ -198,9 +223,10 @@ def _nginx_conf(tmp: Path, name: str, http_block: str) -> Path:
     )
     conf.write_text(
         f"worker_processes 1;\n"
+        f"worker_rlimit_nofile {2 * connections};\n"
         f"pid {tmp / name}.pid;\n"
         f"error_log {tmp / name}-error.log warn;\n"
-        f"events {{ worker_connections 4096; }}\n"
+        f"events {{ worker_connections {connections}; }}\n"
         f"http {{\n"
         f"    access_log off;\n"
         # wrk keeps its connections for the whole run: nginx's default of 1000 requests per
@@ -213,9 +239,11 @@ def _nginx_conf(tmp: Path, name: str, http_block: str) -> Path:
     return conf
 
 
-def start_nginx(children: Children, nginx: str, tmp: Path, name: str, http_block: str) -> int:
+def start_nginx(
+    children: Children, nginx: str, tmp: Path, name: str, http_block: str, connections: int = 4096
+) -> int:
     port = free_port()
-    conf = _nginx_conf(tmp, name, http_block.replace("{port}", str(port)))
+    conf = _nginx_conf(tmp, name, http_block.replace("{port}", str(port)), connections)
     argv = [nginx, "-e", str(tmp / f"{name}-error.log"), "-p", str(tmp), "-c", str(conf)]
     argv += ["-g", "daemon off;"]
     proc = children.start(name, argv)
@@ -245,7 +273,9 @@ def start_aiohttp_upstream(children: Children) -> int:
     return port
 
 
-def start_nginx_proxy(children: Children, nginx: str, tmp: Path, upstream: int) -> int:
+def start_nginx_proxy(
+    children: Children, nginx: str, tmp: Path, upstream: int, connections: int = 4096
+) -> int:
     # The same header work splitproxy does: Host passed through, X-Forwarded-* added.
     block = f"""
         upstream backend {{
@@ -266,12 +296,13 @@ def start_nginx_proxy(children: Children, nginx: str, tmp: Path, upstream: int) 
             }}
         }}
     """
-    return start_nginx(children, nginx, tmp, NGINX_PROXY, block)
+    return start_nginx(children, nginx, tmp, NGINX_PROXY, block, connections)
 
 
-def start_splitproxy(children: Children, tmp: Path, upstream: int) -> int:
+def start_splitproxy(children: Children, tmp: Path, upstream: int, name: str = "splitproxy",
+                     workers: int = 1, env: dict[str, str] | None = None) -> int:
     port, admin = free_port(), free_port()
-    config = tmp / "splitproxy.yaml"
+    config = tmp / f"{name}.yaml"
     config.write_text(
         textwrap.dedent(
             f"""\
@@ -286,9 +317,10 @@ def start_splitproxy(children: Children, tmp: Path, upstream: int) -> int:
             """
         )
     )
-    argv = [sys.executable, "-m", "splitproxy", "run", "-c", str(config), "--workers", "1"]
-    proc = children.start("splitproxy", argv)
-    wait_ready(children, "splitproxy", proc, port)
+    argv = [sys.executable, "-m", "splitproxy", "run", "-c", str(config),
+            "--workers", str(workers)]
+    proc = children.start(name, argv, env)
+    wait_ready(children, name, proc, port)
     return port
 
 
@@ -296,6 +328,8 @@ def start_splitproxy(children: Children, tmp: Path, upstream: int) -> int:
 
 
 def run_wrk(wrk: str, port: int, threads: int, connections: int, duration: float) -> str:
+    # wrk wants at least one connection per thread.
+    threads = min(threads, connections)
     argv = [wrk, f"-t{threads}", f"-c{connections}", f"-d{duration:g}s", "--latency"]
     argv.append(f"http://{HOST}:{port}/")
     done = subprocess.run(argv, capture_output=True, text=True, timeout=duration + 30, check=False)
@@ -314,15 +348,16 @@ def median_of(samples: list[Sample]) -> dict[str, Any]:
     }
 
 
-def summarize(samples: list[Sample], connections: list[int]) -> list[dict[str, Any]]:
+def summarize(samples: list[Sample], connections: list[int],
+              targets: tuple[str, ...] = TARGETS) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     for conns in connections:
         medians = {
             t: median_of([s for s in samples if s.target == t and s.connections == conns])
-            for t in TARGETS
+            for t in targets
         }
         ref = medians[NGINX_PROXY]
-        for target in TARGETS:
+        for target in targets:
             m = medians[target]
             rows.append(
                 {
@@ -369,7 +404,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     p.add_argument("--duration", type=float, default=10.0, help="seconds per wrk run (10)")
     p.add_argument("--rounds", type=int, default=3, help="interleaved rounds per target (3)")
-    p.add_argument("--connections", type=int, nargs="+", default=[64], help="wrk -c values (64)")
+    p.add_argument("--connections", type=int, nargs="+", default=[1, 64, 512],
+                   help="wrk -c values (1 64 512)")
     p.add_argument("--threads", type=int, default=2, help="wrk -t (2)")
     p.add_argument("--warmup", type=float, default=2.0, help="seconds of warm-up per target (2)")
     p.add_argument(
@@ -378,12 +414,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default="nginx",
         help="the tiny upstream: nginx (default) or the aiohttp demo upstream",
     )
+    p.add_argument("--idle-connections", type=int, default=10_000,
+                   help="idle keep-alive connections for the memory measurement (10000; 0: skip)")
+    p.add_argument("--variants", nargs="*", choices=sorted(VARIANTS), default=sorted(VARIANTS),
+                   help="extra splitproxy targets (default: all; none: --variants)")
     p.add_argument("--json", metavar="FILE", help="also write every sample and the medians")
     args = p.parse_args(argv)
     if args.duration <= 0 or args.rounds < 1 or args.threads < 1 or args.warmup < 0:
         p.error("--duration, --rounds and --threads must be positive, --warmup >= 0")
-    if any(c < args.threads for c in args.connections):
-        p.error("each --connections value must be >= --threads")
+    if any(c < 1 for c in args.connections) or args.idle_connections < 0:
+        p.error("--connections values must be >= 1, --idle-connections >= 0")
     return args
 
 
@@ -413,14 +453,19 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     wrk, nginx = tools
     signal.signal(signal.SIGTERM, _raise_on_sigterm)
+    # The proxies inherit this: each must hold the idle connections plus its upstream ones.
+    nofile = raise_nofile(args.idle_connections + 4096)
+    nginx_conns = max(4096, args.idle_connections + 1024)
 
-    runs = args.rounds * len(args.connections) * len(TARGETS)
-    estimate = runs * args.duration + len(TARGETS) * args.warmup
+    targets = (*TARGETS[:2], *args.variants, NGINX_PROXY)
+    runs = args.rounds * len(args.connections) * len(targets)
+    estimate = runs * args.duration + len(targets) * args.warmup
     sys.stderr.write(
         f"bench: {runs} wrk runs of {args.duration:g}s (+ warm-up), about {estimate:.0f}s\n"
     )
 
     samples: list[Sample] = []
+    memory: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="splitproxy-bench-") as tmpdir:
         tmp = Path(tmpdir)
         children = Children(tmp)
@@ -432,17 +477,35 @@ def main(argv: list[str] | None = None) -> int:
             ports = {
                 "upstream": upstream,
                 "splitproxy": start_splitproxy(children, tmp, upstream),
-                NGINX_PROXY: start_nginx_proxy(children, nginx, tmp, upstream),
+                NGINX_PROXY: start_nginx_proxy(children, nginx, tmp, upstream, nginx_conns),
             }
+            for variant in args.variants:
+                workers, env = VARIANTS[variant]
+                ports[variant] = start_splitproxy(children, tmp, upstream, variant, workers, env)
+            if args.idle_connections:
+                if nofile < args.idle_connections + 256:
+                    raise RuntimeError(f"RLIMIT_NOFILE is {nofile}: too low to hold "
+                                       f"{args.idle_connections} connections (raise it, or "
+                                       "pass a smaller --idle-connections)")
+                pids = {name: proc.pid for name, proc in children.procs}
+                for target in ("splitproxy", NGINX_PROXY):
+                    sys.stderr.write(f"bench: {args.idle_connections} idle connections to "
+                                     f"{target}\n")
+                    row = measure_idle(children, target, pids[target], ports[target],
+                                       args.idle_connections)
+                    memory.append(row)
+                    sys.stderr.write(f"bench: {target}: RSS {row['rss_mb']:.1f} MB with "
+                                     f"{row['opened']} connections, peak {row['peak_rss_mb']:.1f} "
+                                     "MB\n")
             if args.warmup > 0:
-                for target in TARGETS:
+                for target in targets:
                     sys.stderr.write(f"bench: warm-up {target}\n")
                     run_wrk(wrk, ports[target], args.threads, args.connections[0], args.warmup)
             for conns in args.connections:
                 for rnd in range(args.rounds):
                     # Rotate the order so no target always runs first (or last).
-                    k = rnd % len(TARGETS)
-                    for target in TARGETS[k:] + TARGETS[:k]:
+                    k = rnd % len(targets)
+                    for target in targets[k:] + targets[:k]:
                         out = run_wrk(wrk, ports[target], args.threads, conns, args.duration)
                         sample = parse_wrk(out, target, conns, rnd + 1)
                         samples.append(sample)
@@ -457,12 +520,18 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             children.stop_all()
 
-    rows = summarize(samples, args.connections)
+    rows = summarize(samples, args.connections, targets)
     sys.stdout.write(
         f"splitproxy benchmark: wrk -t{args.threads} -d{args.duration:g}s --latency, "
         f"median of {args.rounds} interleaved round(s); upstream: {args.upstream}; "
         f"{os.cpu_count()} CPUs\n\n{markdown(rows)}\n"
     )
+    if memory:
+        sys.stdout.write(
+            f"\nmemory: RSS of each proxy's process tree, {args.idle_connections:,} idle "
+            f"keep-alive client connections (MB = 10^6 bytes)\n\n"
+            f"{memory_markdown(memory)}\n"
+        )
     if args.json:
         report = {
             "meta": {
@@ -471,6 +540,7 @@ def main(argv: list[str] | None = None) -> int:
                 "rounds": args.rounds,
                 "threads": args.threads,
                 "connections": args.connections,
+                "idle_connections": args.idle_connections,
                 "warmup_s": args.warmup,
                 "upstream": args.upstream,
                 "cpus": os.cpu_count(),
@@ -479,6 +549,7 @@ def main(argv: list[str] | None = None) -> int:
                 "nginx": _tool_version([nginx, "-v"]),
             },
             "results": rows,
+            "memory": memory,
             "samples": [asdict(s) for s in samples],
         }
         Path(args.json).write_text(json.dumps(report, indent=2) + "\n")

@@ -188,7 +188,7 @@ class SplitUser(HttpUser):
                 instance=resp.headers.get(s.instance_header) if status else None,
             ))
             # One statistics row per version: the live split in locust's own table.
-            meta["name"] = f"{s.path} [{version or analysis.NO_VERSION}]"  # type: ignore[index]
+            meta["name"] = f"{s.path} [{version or analysis.NO_VERSION}]"
             if 200 <= status < 400:
                 resp.success()
             else:
@@ -252,10 +252,9 @@ def summary(recorder: Recorder, weights: dict[str, int]) -> str:
     return "\n".join(lines)
 
 
-@events.init.add_listener
 def _on_init(environment: Environment, **_: Any) -> None:
     web_ui = environment.web_ui
-    if web_ui is None:
+    if web_ui is None or web_ui.app is None:
         return
     from flask import Response, request
 
@@ -267,7 +266,6 @@ def _on_init(environment: Environment, **_: Any) -> None:
         {"key": "versions", "structure": [{"key": k, "title": t} for k, t in columns]}
     ]
 
-    @web_ui.app.after_request
     def _versions(response: Response) -> Response:
         if request.path != "/stats/requests" or not response.is_json:
             return response
@@ -278,8 +276,9 @@ def _on_init(environment: Environment, **_: Any) -> None:
         response.set_data(json.dumps(data))
         return response
 
+    web_ui.app.after_request(_versions)
 
-@events.quitting.add_listener
+
 def _on_quitting(environment: Environment, **_: Any) -> None:
     if SETTINGS.samples_file:
         rows = [s.to_row() for s in RECORDER.samples]
@@ -287,3 +286,7 @@ def _on_quitting(environment: Environment, **_: Any) -> None:
     if environment.parsed_options is not None and RECORDER.samples:  # the locust CLI
         sys.stderr.write("\nsplitproxy versions:\n" + summary(RECORDER, configured_weights())
                          + "\n")
+
+
+events.init.add_listener(_on_init)  # type: ignore[no-untyped-call]
+events.quitting.add_listener(_on_quitting)  # type: ignore[no-untyped-call]

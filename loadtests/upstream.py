@@ -51,7 +51,8 @@ class Faults:
         if unknown:
             raise ValueError(f"unknown fault fields {sorted(unknown)}")
         new = replace(self, **{k: type(getattr(self, k))(v) for k, v in changes.items()})
-        if not 0.0 <= new.error_rate <= 1.0 or new.delay_ms < 0 or not 100 <= new.error_status < 600:
+        ok = 0.0 <= new.error_rate <= 1.0 and new.delay_ms >= 0 and 100 <= new.error_status < 600
+        if not ok:
             raise ValueError(f"invalid faults {asdict(new)}")
         return new
 

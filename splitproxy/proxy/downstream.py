@@ -218,8 +218,10 @@ class DownstreamProtocol(asyncio.Protocol):
         seen = head.seen
         url = self._url
         runtime = server.runtime
-        path = url.split(b"?", 1)[0].decode("latin-1")
-        route = runtime.match("" if runtime.any_host else host_key(head.host), path)
+        route = runtime.catch_all
+        if route is None:
+            path = url.split(b"?", 1)[0].decode("latin-1")
+            route = runtime.match("" if runtime.any_host else host_key(head.host), path)
         has_body = head.has_body
         if route is None:
             server.stats.bad_requests += 1

@@ -224,7 +224,7 @@ class Exchange:
             # Interim answers (103 Early Hints, a stray 100) go to HTTP/1.1 clients as they are.
             self._informational = True
             if self.client_11 and status != 100:
-                self.down.write(_head(status, reason, _strip(headers), ()))
+                self.down.write(_head(status, reason, _read_response(headers)[0], ()))
             return
         self.deadline = 0.0
         self.response_status = status
@@ -234,7 +234,7 @@ class Exchange:
         if self.upgrade and status != 101:
             # The client may already have sent bytes of the refused protocol.
             self.up_close = self.close_after = True
-        kept = _strip(headers)
+        kept, chunked, content_length = _read_response(headers)
         extra: list[bytes] = []
         body_allowed = not (self.method_head or status in (204, 304))
         if status == 101 and self.upgrade:
@@ -244,7 +244,6 @@ class Exchange:
                 if name.lower() in (b"upgrade", b"connection")
             )
         elif body_allowed:
-            chunked, content_length = _framing(headers)
             if chunked is None:
                 self.fail(502, "protocol", "upstream used a transfer coding other than chunked")
                 return
@@ -259,7 +258,6 @@ class Exchange:
                 # An HTTP/1.0 client learns where an unframed body ends from the close.
                 self.close_after = True
         else:
-            _, content_length = _framing(headers)
             if content_length is not None and self.method_head:
                 extra.append(b"Content-Length: " + content_length)
             if self.method_head:
@@ -293,6 +291,9 @@ class Exchange:
             self.flushed = True
             if len(out) == 1:
                 self.down.write(out[0])
+            elif len(out) < 8 and len(out[-1]) < 16384:
+                # A head and a small body: one copy is cheaper than a vectored write.
+                self.down.write(b"".join(out))
             else:
                 self.down.writelines(out)
 
@@ -444,32 +445,35 @@ class Exchange:
                 version.record_failure(self.pool)
 
 
-def _strip(headers: list[tuple[bytes, bytes]]) -> list[bytes]:
-    """Header lines minus hop-by-hop ones and those the Connection header names."""
-    named: set[bytes] = set()
-    for name, value in headers:
-        if name.lower() == b"connection":
-            named |= connection_tokens(value)
+def _read_response(
+    headers: list[tuple[bytes, bytes]],
+) -> tuple[list[bytes], bool | None, bytes | None]:
+    """One pass over a response's headers: the lines to pass on (hop-by-hop ones and those
+    the Connection header names removed), chunked (None: a coding we cannot pass on) and
+    Content-Length."""
     out = []
-    for name, value in headers:
-        lname = name.lower()
-        if lname in HOP_BY_HOP or lname == b"content-length" or lname in named:
-            continue
-        out.append(name + b": " + value)
-    return out
-
-
-def _framing(headers: list[tuple[bytes, bytes]]) -> tuple[bool | None, bytes | None]:
-    """(chunked, Content-Length); chunked is None for a coding we cannot pass on."""
+    named: set[bytes] | None = None
     chunked: bool | None = False
     length: bytes | None = None
     for name, value in headers:
         lname = name.lower()
-        if lname == b"transfer-encoding":
-            chunked = True if value.strip().lower() == b"chunked" else None
-        elif lname == b"content-length":
+        if lname in HOP_BY_HOP:
+            if lname == b"transfer-encoding":
+                chunked = True if value.strip().lower() == b"chunked" else None
+            elif lname == b"connection" and value.lower() not in _PLAIN_CONNECTION:
+                named = (named or set()) | connection_tokens(value)
+            continue
+        if lname == b"content-length":
             length = value.strip()
-    return chunked, length
+            continue
+        out.append(name + b": " + value)
+    if named:
+        out = [line for line in out if line.split(b":", 1)[0].lower() not in named]
+    return out, chunked, length
+
+
+# The usual Connection values, which name no header to remove: skip parsing them.
+_PLAIN_CONNECTION = frozenset({b"keep-alive", b"close", b"upgrade"})
 
 
 def _head(status: int, reason: bytes, lines: list[bytes], extra: object) -> bytes:

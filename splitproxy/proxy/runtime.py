@@ -83,6 +83,7 @@ class Runtime:
     table: RoutingTable
     routes: tuple[CompiledRoute, ...]
     any_host: bool  # no route matches on host: skip host normalisation per request
+    catch_all: CompiledRoute | None  # the first route matches every request: skip matching
 
     def match(self, host: str, path: str) -> CompiledRoute | None:
         for route in self.routes:
@@ -108,4 +109,7 @@ def compile_table(table: RoutingTable, pools: Pools, stats: Stats, health: Healt
         prefix = entry.cookie.encode("latin-1") + b"=" if entry.cookie else None
         routes.append(CompiledRoute(entry, versions, prefix))
     pools.retain({ep for e in table.routes for eps in e.endpoints.values() for ep in eps})
-    return Runtime(table, tuple(routes), all(r.host is None for r in table.routes))
+    first = routes[0] if routes else None
+    catch_all = first if first and first.entry.host is None and \
+        first.entry.path_prefix == "/" else None
+    return Runtime(table, tuple(routes), all(r.host is None for r in table.routes), catch_all)

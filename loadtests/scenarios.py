@@ -1,0 +1,394 @@
+"""Load-test scenarios, end to end on one machine: `python -m loadtests.scenarios NAME`.
+
+    python -m loadtests.scenarios steady-split            # one scenario, full length
+    python -m loadtests.scenarios bad-canary --short      # the CI version (< 40 s)
+    python -m loadtests.scenarios all                     # all six, one after another
+    python -m loadtests.scenarios --list
+
+Each run starts fault-injectable upstreams (`loadtests.upstream`) and splitproxy as
+subprocesses on free 127.0.0.1 ports, runs locust users in this process for a bounded time,
+edits the proxy's config mid-run where the scenario says (write + rename, as an editor does),
+polls the admin API's /status, and exits 0 only when every expectation holds. A JSON report
+and a PNG plot go to loadtests/reports/<scenario>.{json,png}.
+
+Shares are judged by a chi-square test at --alpha (default 0.001) over independent routing
+decisions (see loadtests/analysis.py); the reports also give each version's 95% interval.
+"""
+
+from __future__ import annotations
+
+import locust  # noqa: F401 -- first: gevent monkey-patches the standard library on import
+
+# isort: split
+
+import argparse
+import shutil
+import signal
+import sys
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from loadtests import analysis, report, runner
+from loadtests.analysis import ANON, COOKIE, PINNED, USER
+from loadtests.runner import Run, say
+
+REPORTS = Path(__file__).resolve().parent / "reports"
+STICKY = {"hash_header": "X-User-Id", "cookie": "splitproxy"}
+GUARD = {"interval": "1s", "window": "5s", "min_requests": 20, "failure_limit": 2}
+GUARD_INTERVAL, GUARD_FAILURE_LIMIT = 1.0, 2
+SLOW_MS, P99_LIMIT_MS = 800, 400
+
+
+def route(run: Run, versions: dict[str, list[str]], **fields: Any) -> dict[str, Any]:
+    """A route named `run.route` whose versions point at the named upstream instances."""
+    eps = {v: {"endpoints": [run.url(i) for i in names]} for v, names in versions.items()}
+    return {"name": run.route, "versions": eps, **fields}
+
+
+def finish(run: Run) -> None:
+    run.at(run.duration)
+    run.stop_load()
+
+
+# --- 1. steady-split ----------------------------------------------------------------------------
+
+
+def steady_split(run: Run) -> None:
+    """90/10 for the whole run: shares match, users stick, nothing fails."""
+    run.start_upstreams({"stable-1": "stable", "canary-1": "canary"})
+    run.start_proxy([route(run, {"stable": ["stable-1"], "canary": ["canary-1"]},
+                           weights={"stable": 90, "canary": 10}, sticky=STICKY)])
+    run.start_load()
+    finish(run)
+    run.check_shares(cookie_sticky=True)
+    run.check_sticky((USER, COOKIE))
+    run.check_no_failures("0 errors")
+
+
+# --- 2. weight-shift ----------------------------------------------------------------------------
+
+
+def weight_shift(run: Run) -> None:
+    """90/10 -> 70/30 -> 50/50 by config edits. Hash key only (no cookie), so identified users
+    do move as the canary grows -- and must only ever move stable -> canary."""
+    phases = [(90, 10), (70, 30), (50, 50)]
+    run.start_upstreams({"stable-1": "stable", "canary-1": "canary"})
+
+    def routes(s: int, c: int) -> list[dict[str, Any]]:
+        return [route(run, {"stable": ["stable-1"], "canary": ["canary-1"]},
+                      weights={"stable": s, "canary": c}, sticky={"hash_header": "X-User-Id"})]
+
+    run.start_proxy(routes(*phases[0]))
+    # Long sessions, so many identified users live through a weight change.
+    run.start_load(mix={USER: 8, ANON: 2}, session_requests=80)
+    for i, (s, c) in enumerate(phases[1:], start=1):
+        run.at(run.duration * i / len(phases))
+        run.edit(routes(s, c), f"weights {s}/{c}")
+    finish(run)
+    epochs = run.epochs()
+    run.expect("every phase served", len(epochs) == len(phases),
+               f"{len(epochs)} stretches of constant weights seen: "
+               + "; ".join(e.label for e in epochs))
+    run.check_shares(cookie_sticky=False)
+    run.check_sticky((USER,))
+    backward, forward = analysis.backward_moves(run.samples, ("stable", "canary"))
+    run.facts["moves"] = {"stable_to_canary": forward, "canary_to_stable": backward[:20]}
+    run.expect("hash users move one way", not backward,
+               f"{len(backward)} users moved canary -> stable; {forward} moved stable -> canary "
+               "as the canary grew")
+    run.check_no_failures("0 errors")
+
+
+# --- 3. bad-canary and 4. slow-canary: the guard -------------------------------------------------
+
+
+def _guarded(run: Run, limits: dict[str, Any], fault: dict[str, Any], label: str) -> float:
+    """Start a 90/10 route under analysis, break the canary half-way; returns the fault time."""
+    run.start_upstreams({"stable-1": "stable", "canary-1": "canary"})
+    run.start_proxy([route(run, {"stable": ["stable-1"], "canary": ["canary-1"]},
+                           weights={"stable": 90, "canary": 10}, sticky=STICKY,
+                           analysis={**GUARD, **limits})])
+    # Testers who pin the canary: they must still reach it after an abort (and are left out).
+    run.start_load(mix={USER: 7, COOKIE: 2, ANON: 1, PINNED: 1}, pin_version="canary")
+    run.at(run.duration / 2)
+    assert run.upstreams is not None
+    run.upstreams.control("canary-1", **fault)
+    fault_t = run.mark(label, "fault")
+    finish(run)
+    return fault_t
+
+
+def _check_revert(run: Run, fault_t: float, limit_s: float, slow_ms: float | None,
+                  reason_has: str) -> None:
+    assert run.status is not None
+    first = run.status.first_aborted()
+    last = run.status.last
+    if first is None:
+        run.expect("guard aborted the canary", False,
+                   f"no abort in /status by the end (phase={last.get('phase')!r}, "
+                   f"weights={last.get('weights')}); is the rollout guard running?")
+        run.facts["revert"] = analysis.revert_timing(run.samples, "canary", None, slow_ms)
+        return
+    aborted_at = first.get("aborted_at")
+    source = "the proxy's aborted_at"
+    if not isinstance(aborted_at, int | float):
+        aborted_at, source = first["t"], "the first /status poll that showed it"
+    run.mark("abort", "abort", aborted_at)
+    reason = str(first.get("abort_reason") or "")
+    run.expect("guard aborted the canary", reason_has in reason.lower(),
+               f"{aborted_at - fault_t:.2f}s after the fault ({source}); reason: {reason!r}")
+    run.expect("no abort before the fault", aborted_at >= fault_t,
+               f"aborted {aborted_at - fault_t:+.2f}s relative to the fault")
+    timing = analysis.revert_timing(run.samples, "canary", aborted_at, slow_ms)
+    run.facts["revert"] = timing
+    ttr = timing["time_to_revert_s"]
+    run.expect("time to revert", ttr is not None and ttr <= limit_s,
+               f"{ttr:.2f}s from the first canary error a user saw to the last canary answer "
+               f"(limit {limit_s:g}s); {timing['canary_errors_seen']} canary errors reached "
+               f"{timing['users_who_saw_canary_errors']} users" if ttr is not None
+               else "no canary error was seen at all")
+    run.expect("0 canary responses after the abort", timing["canary_responses_after_abort"] == 0,
+               f"{timing['canary_responses_after_abort']} unpinned requests sent after the "
+               "abort were answered by the canary")
+    final = last.get("weights", {})
+    run.expect("all weight back on stable", final.get("canary") == 0 and final.get("stable", 0) > 0,
+               f"effective weights at the end: {final}")
+    pinned_after = [s for s in run.samples
+                    if s.kind == PINNED and s.t > aborted_at and s.version == "canary"]
+    run.facts["pinned_canary_after_abort"] = len(pinned_after)
+    stable = analysis.errors_by_version(run.samples).get("stable", {})
+    run.expect("stable unaffected", stable.get("errors", 1) == 0,
+               f"{stable.get('errors')} errors in {stable.get('requests')} stable answers")
+    run.facts["checks"] = last.get("checks", [])[-12:]
+
+
+def bad_canary(run: Run) -> None:
+    """The canary answers 500 from half-way; the guard must abort within
+    interval * failure_limit + 1 s, and no user may reach the canary after."""
+    fault_t = _guarded(run, {"max_error_rate": 0.05}, {"error_rate": 1.0},
+                       "canary returns 500s")
+    _check_revert(run, fault_t, GUARD_INTERVAL * GUARD_FAILURE_LIMIT + 1, None, "")
+
+
+def slow_canary(run: Run) -> None:
+    """The canary's latency jumps to 800 ms half-way; the p99 threshold (400 ms) must abort it.
+    The limit adds the 800 ms the last canary answer takes to arrive."""
+    fault_t = _guarded(run, {"max_error_rate": 0.05, "max_p99_ms": P99_LIMIT_MS},
+                       {"delay_ms": SLOW_MS}, f"canary slows to {SLOW_MS} ms")
+    limit = GUARD_INTERVAL * GUARD_FAILURE_LIMIT + 1 + SLOW_MS / 1000
+    _check_revert(run, fault_t, limit, P99_LIMIT_MS, "p99")
+
+
+# --- 5. blue-green-switch -----------------------------------------------------------------------
+
+
+def blue_green_switch(run: Run) -> None:
+    """`active: blue` -> `active: green` under load: nothing fails, and each color serves alone
+    on its side of the switch. Testers send the preview header throughout."""
+    run.start_upstreams({"blue-1": "blue", "green-1": "green"})
+
+    def routes(active: str) -> list[dict[str, Any]]:
+        return [route(run, {"blue": ["blue-1"], "green": ["green-1"]}, strategy="blue-green",
+                      active=active, sticky=STICKY)]
+
+    run.start_proxy(routes("blue"))
+    run.start_load(mix={USER: 7, COOKIE: 2, ANON: 1, PINNED: 1},
+                   pin_header="X-Splitproxy-Preview", pin_version="1")
+    run.at(run.duration / 2)
+    edit = run.edit(routes("green"), "active: green")
+    finish(run)
+    run.check_no_failures("0 failed requests across the switch")
+    for epoch in run.epochs():
+        active = [v for v, w in epoch.weights.items() if w > 0]
+        seen: dict[str, int] = {}
+        for s in analysis.routed(run.samples):
+            if s.t in epoch:
+                seen[s.version or ""] = seen.get(s.version or "", 0) + 1
+        others = {v: n for v, n in seen.items() if v not in active}
+        run.expect(f"only {'/'.join(active)} answered ({epoch.label})", not others,
+                   f"{seen} between {epoch.start - run.t0:.1f}s and {epoch.end - run.t0:.1f}s")
+    preview = {"before": {}, "after": {}}  # type: dict[str, dict[str, int]]
+    for s in run.samples:
+        if s.kind == PINNED and s.version:
+            side = preview["before" if s.t < edit["time"] else "after"]
+            side[s.version] = side.get(s.version, 0) + 1
+    run.facts["preview"] = preview
+    run.facts["switch_applied_ms"] = 1000 * (edit["applied"] - edit["time"])
+
+
+# --- 6. rolling-endpoints -----------------------------------------------------------------------
+
+
+def rolling_endpoints(run: Run) -> None:
+    """Replace both stable endpoints one at a time: edit the config, let the proxy drain the old
+    one for a second, then shut that instance down. Nothing may fail."""
+    run.start_upstreams({f"stable-{i}": "stable" for i in range(1, 5)} | {"canary-1": "canary"})
+    plan = [(["stable-3", "stable-2"], "stable-1"), (["stable-3", "stable-4"], "stable-2")]
+
+    def routes(stable: list[str]) -> list[dict[str, Any]]:
+        return [route(run, {"stable": stable, "canary": ["canary-1"]},
+                      weights={"stable": 90, "canary": 10}, sticky=STICKY)]
+
+    run.start_proxy(routes(["stable-1", "stable-2"]))
+    run.start_load()
+    removed: dict[str, float] = {}
+    for i, (stable, old) in enumerate(plan, start=1):
+        run.at(run.duration * i / (len(plan) + 1))
+        edit = run.edit(routes(stable), f"stable: {old} -> {stable[0] if i == 1 else stable[1]}")
+        removed[old] = edit["applied"]
+        time.sleep(1.0)
+        assert run.upstreams is not None
+        run.upstreams.control(old, shutdown=True)
+        run.mark(f"{old} shut down", "event")
+    finish(run)
+    run.check_no_failures("0 failed requests")
+    by_instance: dict[str, int] = {}
+    for s in run.samples:
+        by_instance[s.instance or "-"] = by_instance.get(s.instance or "-", 0) + 1
+    run.facts["by_instance"] = by_instance
+    late = {old: sum(1 for s in run.samples if s.instance == old and s.t > t + 0.1)
+            for old, t in removed.items()}
+    run.expect("removed endpoints get no new requests", not any(late.values()),
+               f"requests sent after the removal applied, per removed instance: {late}")
+    fresh = {n: by_instance.get(n, 0) for n in ("stable-3", "stable-4")}
+    run.expect("new endpoints take traffic", all(fresh.values()), f"answers: {fresh}")
+    run.check_shares(cookie_sticky=True)
+    run.check_sticky((USER, COOKIE))
+
+
+# --- running ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Scenario:
+    name: str
+    fn: Callable[[Run], None]
+    full_s: float
+    short_s: float | None  # None: no CI version
+
+    @property
+    def summary(self) -> str:
+        doc = (self.fn.__doc__ or "").strip()
+        return " ".join(doc.split())
+
+
+SCENARIOS = {s.name: s for s in (
+    Scenario("steady-split", steady_split, 30, 12),
+    Scenario("weight-shift", weight_shift, 45, 24),
+    Scenario("bad-canary", bad_canary, 30, 16),
+    Scenario("slow-canary", slow_canary, 30, 16),
+    Scenario("blue-green-switch", blue_green_switch, 30, 14),
+    Scenario("rolling-endpoints", rolling_endpoints, 30, 18),
+)}
+
+
+def run_one(scenario: Scenario, args: argparse.Namespace) -> bool:
+    duration = args.duration or (scenario.short_s if args.short and scenario.short_s
+                                 else scenario.full_s)
+    run = Run(scenario.name, duration, args.short, args.users, args.alpha, args.report_dir)
+    say(f"== {scenario.name}: {duration:g}s, {args.users} users"
+        f"{' (short)' if args.short else ''}")
+    try:
+        with run:
+            scenario.fn(run)
+    except Exception as exc:  # a broken run is a failed run, with its report
+        run.expect("run completed", False, f"{type(exc).__name__}: {exc}")
+        traceback.print_exc()
+        if run.children is not None:
+            for name in ("splitproxy", "upstreams"):
+                tail = run.children.log_tail(name, 15)
+                if tail:
+                    say(f"--- {name} log (last lines) ---\n{tail}")
+    write_report(run)
+    say(f"== {scenario.name}: {'PASS' if run.passed else 'FAIL'}")
+    for e in run.expects:
+        say(e.line())
+    if run.passed:
+        shutil.rmtree(run.workdir, ignore_errors=True)
+    else:
+        say(f"   config and process logs kept in {run.workdir}")
+    return run.passed
+
+
+def write_report(run: Run) -> None:
+    run.report_dir.mkdir(parents=True, exist_ok=True)
+    t0 = run.t0 or time.time()
+    t1 = run.t_end or time.time()
+    steps = run.status.weight_steps() if run.status else []
+    edits = run.proxy.edits if run.proxy else []
+    data = {
+        "scenario": run.name,
+        "passed": run.passed,
+        "short": run.short,
+        "duration_s": run.duration,
+        "users": run.users,
+        "alpha": run.alpha,
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(t0)),
+        "expectations": [{"name": e.name, "ok": e.ok, "detail": e.detail} for e in run.expects],
+        "summary": run.summary() if run.samples else {},
+        "facts": _relative(run.facts, t0),
+        "events": [{**e, "t": round(e["t"] - t0, 3)} for e in run.events],
+        "edits": [{k: round(v - t0, 3) if k in ("time", "applied") else v for k, v in e.items()}
+                  for e in edits],
+        "weights": [{"t": round(t - t0, 3), "weights": w} for t, w in steps],
+    }
+    json_path = run.report_dir / f"{run.name}.json"
+    report.write_json(json_path, data)
+    png = run.report_dir / f"{run.name}.png"
+    if run.samples:
+        title = f"{run.name}: {'PASS' if run.passed else 'FAIL'} ({len(run.samples)} requests)"
+        report.plot(png, title, run.samples, t0, t1, steps, run.events)
+    say(f"   report: {json_path}" + (f", {png}" if run.samples else ""))
+
+
+def _relative(facts: dict[str, Any], t0: float) -> dict[str, Any]:
+    """Wall-clock times in the facts as seconds since the load started."""
+    out = dict(facts)
+    if isinstance(out.get("revert"), dict):
+        out["revert"] = {k: (round(v - t0, 3) if k in ("first_canary_error",
+                                                       "last_canary_response", "abort_time")
+                             and isinstance(v, float) else v)
+                         for k, v in out["revert"].items()}
+    return out
+
+
+def _on_sigterm(signum: int, frame: object) -> None:
+    runner.STOP_REQUESTED = 128 + signum  # Run.at() raises SystemExit; Run.__exit__ cleans up
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m loadtests.scenarios",
+                                description=__doc__.split("\n\n")[0] if __doc__ else None)
+    p.add_argument("name", nargs="?", help=f"one of {', '.join(SCENARIOS)}, or all")
+    p.add_argument("--short", action="store_true", help="the CI length (not every scenario)")
+    p.add_argument("--duration", type=float, help="seconds of load (default: per scenario)")
+    p.add_argument("--users", type=int, default=50, help="locust users (50)")
+    p.add_argument("--alpha", type=float, default=0.001,
+                   help="significance level of the share tests (0.001; 0.05 = the 95%% level)")
+    p.add_argument("--report-dir", type=Path, default=REPORTS, help=f"(default {REPORTS})")
+    p.add_argument("--list", action="store_true", help="list the scenarios and exit")
+    args = p.parse_args(argv)
+    if args.list or not args.name:
+        for s in SCENARIOS.values():
+            short = f", --short {s.short_s:g}s" if s.short_s else ""
+            sys.stdout.write(f"{s.name:<18} {s.full_s:g}s{short}: {s.summary}\n")
+        return 0 if args.list else 2
+    if args.name != "all" and args.name not in SCENARIOS:
+        p.error(f"unknown scenario {args.name!r}; one of {', '.join(SCENARIOS)}, or all")
+    if args.duration is not None and args.duration < 6:
+        p.error("--duration must be at least 6 seconds")
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    chosen = list(SCENARIOS.values()) if args.name == "all" else [SCENARIOS[args.name]]
+    results = {s.name: run_one(s, args) for s in chosen}
+    if len(results) > 1:
+        say("== summary: " + ", ".join(f"{n} {'PASS' if ok else 'FAIL'}"
+                                       for n, ok in results.items()))
+    return 0 if all(results.values()) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
