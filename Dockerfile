@@ -1,18 +1,54 @@
-# Minimal image for now; a later issue finishes it (health check, config volume, tuning).
-FROM python:3.11-slim AS build
+# syntax=docker/dockerfile:1
+# splitproxy container image (BuildKit, the default builder since Docker 23):
+#
+#   docker build -t splitproxy:0.1.0 .
+#   docker run -p 8080:8080 -p 9901:9901 -v "$PWD/conf:/etc/splitproxy:ro" \
+#     -v splitproxy-state:/var/lib/splitproxy splitproxy:0.1.0
+#
+# where conf/ holds config.yaml and admin-token (the default config, config/docker.yaml,
+# reads the admin token from /etc/splitproxy/admin-token and will not start without it).
+#
+# Two stages. The builder turns splitproxy and its runtime dependencies into wheels (every
+# dependency publishes manylinux wheels, so nothing is compiled); the final image installs
+# only those wheels into a venv: no compiler, no pip, no test or load-test extras.
+# tests/packaging/test_dockerfile.py lints this file with hadolint and runs these install and
+# start commands outside Docker.
+
+FROM python:3.11-slim AS builder
+ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_ROOT_USER_ACTION=ignore
 WORKDIR /src
-ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 COPY pyproject.toml README.md ./
 COPY splitproxy ./splitproxy
-RUN python -m venv /opt/splitproxy \
- && /opt/splitproxy/bin/pip install .
+# `.` without extras: the [test] and [load] extras are never built, let alone installed.
+RUN pip wheel --wheel-dir /wheels .
 
 FROM python:3.11-slim
-RUN useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin splitproxy \
- && mkdir -p /etc/splitproxy
-COPY --from=build /opt/splitproxy /opt/splitproxy
-COPY config/ /etc/splitproxy/examples/
-ENV PATH=/opt/splitproxy/bin:$PATH PYTHONUNBUFFERED=1
-USER splitproxy
+ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_ROOT_USER_ACTION=ignore \
+    PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1
+# The wheels are bind-mounted from the builder, never copied: they stay out of every layer.
+# The base image's pip installs into a venv that has no pip of its own (`python` is still
+# the base image's here: the venv goes on PATH only below).
+RUN --mount=type=bind,from=builder,source=/wheels,target=/wheels \
+    python -m venv --without-pip /opt/splitproxy \
+ && python -m pip --python /opt/splitproxy/bin/python install --no-index --find-links=/wheels splitproxy \
+ && groupadd --system --gid 10001 splitproxy \
+ && useradd --system --uid 10001 --gid 10001 --home-dir /nonexistent --no-create-home \
+      --shell /usr/sbin/nologin splitproxy \
+ && mkdir -p /etc/splitproxy /var/lib/splitproxy \
+ && chown 10001:10001 /var/lib/splitproxy
+ENV PATH=/opt/splitproxy/bin:$PATH
+COPY config/docker.yaml /etc/splitproxy/config.yaml
+# Rollout state (state.path in the config). Ownership is set above, before the VOLUME: a new
+# named volume starts as a copy of this directory, so uid 10001 can write to it.
+VOLUME ["/var/lib/splitproxy"]
+# Numeric, so Kubernetes' runAsNonRoot can verify it without reading /etc/passwd.
+USER 10001:10001
 EXPOSE 8080 9901
-CMD ["splitproxy", "run", "-c", "/etc/splitproxy/config.yaml"]
+# Every admin endpoint wants the bearer token once one is set, /healthz too: send the one
+# the server uses (admin.token_file, else $SPLITPROXY_ADMIN_TOKEN). slim has no curl;
+# ProxyHandler({}) keeps an HTTP_PROXY in the environment from catching 127.0.0.1.
+HEALTHCHECK --interval=15s --timeout=5s --start-period=10s --retries=3 \
+  CMD ["python", "-c", "import os,sys,urllib.request as u;f='/etc/splitproxy/admin-token';t=open(f).read().strip() if os.path.exists(f) else os.environ.get('SPLITPROXY_ADMIN_TOKEN','');u.build_opener(u.ProxyHandler({})).open(u.Request('http://127.0.0.1:9901'+sys.argv[1],headers={'Authorization':'Bearer '+t} if t else {}),timeout=3)", "/healthz"]
+STOPSIGNAL SIGTERM
+ENTRYPOINT ["splitproxy"]
+CMD ["run", "-c", "/etc/splitproxy/config.yaml"]

@@ -1,0 +1,151 @@
+"""config/grafana/splitproxy.json: the dashboard loads, asks only for series splitproxy exports
+(names read from splitproxy/metrics.py), defines the variables its queries use, and every
+query parses as PromQL (promtool, where installed).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).parents[2]
+DASHBOARD = ROOT / "config" / "grafana" / "splitproxy.json"
+REQUIRED = os.environ.get("SPLITPROXY_REQUIRE_SERVICES") == "1"
+
+# Samples prometheus_client derives from a family's name: counters, histograms, info.
+SUFFIXES = ("", "_total", "_bucket", "_sum", "_count", "_info")
+# Grafana's own variables.
+BUILTINS = {"__rate_interval", "__interval", "__range", "__interval_ms", "__range_s", "__all"}
+
+
+def _exported() -> set[str]:
+    source = (ROOT / "splitproxy" / "metrics.py").read_text()
+    families = set(re.findall(r'"(splitproxy_[a-z0-9_]+)"', source))
+    assert families, "no metric names found in splitproxy/metrics.py"
+    return {family + suffix for family in families for suffix in SUFFIXES}
+
+
+@pytest.fixture(scope="module")
+def dashboard() -> dict[str, Any]:
+    data = json.loads(DASHBOARD.read_text())
+    assert isinstance(data, dict)
+    return data
+
+
+def _panels(panels: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+    for panel in panels:
+        yield panel
+        yield from _panels(panel.get("panels", []))  # rows, collapsed or not
+
+
+def _queries(dashboard: dict[str, Any]) -> list[tuple[str, str]]:
+    """(where, PromQL) for every panel target and every annotation query."""
+    out = []
+    for panel in _panels(dashboard["panels"]):
+        for target in panel.get("targets", []):
+            out.append((f"panel {panel['title']!r} {target['refId']}", target["expr"]))
+    for annotation in dashboard["annotations"]["list"]:
+        if "expr" in annotation:
+            out.append((f"annotation {annotation['name']!r}", annotation["expr"]))
+    return out
+
+
+def test_dashboard_shape(dashboard: dict[str, Any]) -> None:
+    assert dashboard["schemaVersion"] >= 36
+    assert dashboard["uid"] == "splitproxy"
+    panels = list(_panels(dashboard["panels"]))
+    ids = [p["id"] for p in panels]
+    assert len(ids) == len(set(ids)), "duplicate panel ids"
+    for panel in panels:
+        assert {"h", "w", "x", "y"} <= set(panel["gridPos"]), panel["title"]
+        assert panel["gridPos"]["x"] + panel["gridPos"]["w"] <= 24, panel["title"]
+        if panel["type"] != "row":
+            assert panel["datasource"] == {"type": "prometheus", "uid": "${datasource}"}
+            assert panel["targets"], panel["title"]
+
+
+def test_the_panels_the_issue_asks_for(dashboard: dict[str, Any]) -> None:
+    exprs = {title: " ".join(t["expr"] for t in p.get("targets", []))
+             for p in _panels(dashboard["panels"]) for title in [p["title"]]}
+    want = {
+        "Request rate by version": "splitproxy_requests_total",
+        "Error rate (5xx ratio)": 'code=~"5.."',
+        "Latency p50": "histogram_quantile(0.5,",
+        "Latency p99": "histogram_quantile(0.99,",
+        "Effective weights": "splitproxy_route_weight",
+        "Realized share": "splitproxy_requests_total",
+        "Rollout phase": "splitproxy_rollout_phase",
+    }
+    for title, needle in want.items():
+        assert needle in exprs.get(title, ""), title
+    for title in ("Request rate by version", "Error rate (5xx ratio)", "Latency p99"):
+        assert "by (route, version" in exprs[title], f"{title}: per version"
+    (aborts,) = [a for a in dashboard["annotations"]["list"] if a["name"] == "Rollout aborts"]
+    assert "changes(splitproxy_rollout_aborts_total" in aborts["expr"]
+    assert aborts["expr"].replace(" ", "").endswith("[1m]))>0")
+    assert aborts["enable"] is True
+
+
+def test_queries_use_only_metrics_splitproxy_exports(dashboard: dict[str, Any]) -> None:
+    exported = _exported()
+    queries = _queries(dashboard)
+    assert len(queries) >= 10
+    for where, expr in queries:
+        names = set(re.findall(r"\bsplitproxy_[a-z0-9_]+", expr))
+        assert names, f"{where}: no splitproxy metric in {expr!r}"
+        assert names <= exported, f"{where}: not exported: {sorted(names - exported)}"
+
+
+def test_variables_exist_and_cover_every_reference(dashboard: dict[str, Any]) -> None:
+    variables = {v["name"]: v for v in dashboard["templating"]["list"]}
+    assert variables["datasource"]["type"] == "datasource"
+    assert variables["datasource"]["query"] == "prometheus"
+    exported = _exported()
+    for name in ("route", "version"):
+        var = variables[name]
+        assert var["type"] == "query"
+        assert var["datasource"]["uid"] == "${datasource}"
+        m = re.fullmatch(r"label_values\((splitproxy_[a-z0-9_]+)(\{.*\})?, *(\w+)\)",
+                         var["query"]["query"])
+        assert m and m[1] in exported and m[3] == name, var["query"]
+        assert var["includeAll"] and var["allValue"] == ".*"  # `=~"$route"` matches all
+    text = DASHBOARD.read_text()
+    used = set(re.findall(r"\$\{?(\w+)", text))
+    assert used - BUILTINS <= set(variables), sorted(used - BUILTINS - set(variables))
+
+
+def _promtool() -> str:
+    found = shutil.which("promtool")
+    if found is None:
+        reason = "promtool is not installed (apt-get install prometheus)"
+        if REQUIRED:
+            pytest.fail(f"SPLITPROXY_REQUIRE_SERVICES=1 but {reason}", pytrace=False)
+        pytest.skip(reason)
+    return found
+
+
+def test_queries_parse_as_promql(dashboard: dict[str, Any], tmp_path: Path) -> None:
+    """Every query as a recording rule (Grafana's variables filled in) for `promtool check
+    rules`, which parses each expression."""
+    values = {"__rate_interval": "1m", "__interval": "30s", "__range": "3h",
+              "route": ".*", "version": ".*"}
+    queries = _queries(dashboard)
+    rules = []
+    for i, (_, expr) in enumerate(queries):
+        filled = re.sub(r"\$\{?(\w+)\}?", lambda m: values[m[1]], expr)
+        rules.append({"record": f"dashboard:query_{i}", "expr": filled})
+    path = tmp_path / "rules.yml"
+    path.write_text(yaml.safe_dump({"groups": [{"name": "dashboard", "rules": rules}]}))
+    result = subprocess.run([_promtool(), "check", "rules", str(path)],
+                            capture_output=True, text=True, timeout=30)
+    index = "\n".join(f"rule {i + 1}: {where}" for i, (where, _) in enumerate(queries))
+    assert result.returncode == 0, f"{result.stdout}{result.stderr}\n{index}"
