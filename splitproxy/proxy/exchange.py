@@ -131,7 +131,9 @@ class Exchange:
         while True:
             self.pool = pool
             try:
-                conn = await pool.connect()
+                conn = await pool.acquire()
+                if conn.closed:  # a handed-over connection the upstream closed meanwhile
+                    continue
                 break
             except (TimeoutError, OSError) as exc:
                 if self.finished:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import deque
 from typing import TYPE_CHECKING, cast
 
 import httptools
@@ -20,6 +21,11 @@ log = logging.getLogger("splitproxy.upstream")
 # makes the pool close and reopen connections under load (measured: p99 1.2 s instead of
 # 47 ms at 512 client connections with a cap of 256); idle ones close after 30 s anyway.
 MAX_IDLE_PER_ENDPOINT = 4096
+# Connection attempts in progress per endpoint. A burst of new clients must not open hundreds
+# of upstream connections at once: that overflows the upstream's accept queue (nginx's default
+# backlog is 511) and costs a SYN retransmit, a 1 s stall. Requests beyond it wait for a
+# connection to be released or for an attempt to finish, as in Envoy's connection pools.
+MAX_CONNECTING = 64
 WRITE_HIGH_WATER = 256 * 1024
 
 
@@ -151,7 +157,7 @@ class Pool:
 
     __slots__ = (
         "endpoint", "idle", "loop", "connect_timeout", "retired", "failures", "ejected",
-        "ejections", "ejected_at", "_uneject",
+        "ejections", "ejected_at", "_uneject", "connecting", "waiters",
     )
 
     def __init__(self, endpoint: Endpoint, connect_timeout: float) -> None:
@@ -165,6 +171,10 @@ class Pool:
         self.ejections = 0  # times ejected recently; each ejection lasts twice the previous
         self.ejected_at = 0.0
         self._uneject: asyncio.TimerHandle | None = None
+        self.connecting = 0
+        # Requests waiting for a connection: resolved with a released one, or with None
+        # meaning "an attempt slot is free: connect yourself".
+        self.waiters: deque[asyncio.Future[UpstreamConnection | None]] = deque()
 
     def eject(self, base: float, cap: float) -> float:
         """Take the endpoint out of rotation; returns for how long."""
@@ -194,6 +204,30 @@ class Pool:
                 return conn
         return None
 
+    async def acquire(self) -> UpstreamConnection:
+        """A released connection or a new one; raises OSError or TimeoutError."""
+        if self.connecting >= MAX_CONNECTING:
+            waiter: asyncio.Future[UpstreamConnection | None] = self.loop.create_future()
+            self.waiters.append(waiter)
+            conn = await waiter
+            if conn is not None:
+                return conn
+        self.connecting += 1
+        try:
+            return await self.connect()
+        finally:
+            self.connecting -= 1
+            self._wake(None)
+
+    def _wake(self, conn: UpstreamConnection | None) -> bool:
+        """Hand `conn` (or a free attempt slot) to the oldest live waiter."""
+        while self.waiters:
+            waiter = self.waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(conn)
+                return True
+        return False
+
     async def connect(self) -> UpstreamConnection:
         """A new connection; raises OSError or asyncio.TimeoutError."""
         _, proto = await asyncio.wait_for(
@@ -208,6 +242,9 @@ class Pool:
         conn.exchange = None
         if conn.closed or self.retired or len(self.idle) >= MAX_IDLE_PER_ENDPOINT:
             conn.close()
+            return
+        if self.waiters and self._wake(conn):
+            conn.reused = True
             return
         conn.idle_since = self.loop.time()
         self.idle.append(conn)

@@ -1,0 +1,154 @@
+"""YAML text -> a validated, frozen pydantic model, or errors that name file, line and field.
+
+Kept apart from the models: this module knows YAML nodes and pydantic's error shapes, the
+models know what a valid config is.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TypeVar
+
+import yaml
+from pydantic import BaseModel, ValidationError
+from pydantic_core import ErrorDetails
+
+M = TypeVar("M", bound=BaseModel)
+
+
+class ConfigError(Exception):
+    """A config file that cannot be used; `errors` holds one line per problem."""
+
+    def __init__(self, errors: list[str]) -> None:
+        super().__init__("\n".join(errors))
+        self.errors = errors
+
+
+Problem = tuple[tuple[str | int, ...], str]  # (location below the validated field, message)
+
+
+class Located(ValueError):
+    """Cross-field problems that belong to fields *below* the validated one.
+
+    Pydantic puts a validator's error on the field it validates; `load()` appends each
+    `where` to that location so the message points at e.g. `weights.canary`, not `weights`.
+    """
+
+    def __init__(self, problems: list[Problem]) -> None:
+        super().__init__("; ".join(f"{'.'.join(map(str, w))}: {m}" for w, m in problems))
+        self.problems = problems
+
+
+# Pydantic's wording is written for programmers; these read better in an operator's terminal.
+_MESSAGES = {
+    "missing": "required",
+    "too_short": "must not be empty",
+    "extra_forbidden": "unknown key",
+    "string_type": "expected a string",
+    "int_type": "expected an integer",
+    "int_parsing": "expected an integer",
+    "int_from_float": "expected an integer",
+    "float_type": "expected a number",
+    "dict_type": "expected a mapping",
+    "model_type": "expected a mapping",
+    "model_attributes_type": "expected a mapping",
+    "tuple_type": "expected a list",
+}
+
+
+def _message(error: ErrorDetails) -> str:
+    if error["type"] in _MESSAGES:
+        return _MESSAGES[error["type"]]
+    ctx = error.get("ctx", {})
+    if error["type"] in ("greater_than", "greater_than_equal"):
+        return f"must be > {ctx['gt']}" if "gt" in ctx else f"must be >= {ctx['ge']}"
+    return str(error["msg"]).removeprefix("Value error, ")
+
+
+def _locate(root: yaml.Node, loc: tuple[str | int, ...]) -> tuple[int, str]:
+    """Follow `loc` through the YAML node tree: (1-based line, `routes[0].weights` path)."""
+    node: yaml.Node | None = root
+    line = root.start_mark.line
+    path = ""
+    for part in loc:
+        if part == "[key]":  # pydantic's "the key itself failed": the key node is already found
+            continue
+        in_list = isinstance(node, yaml.SequenceNode) or (node is None and isinstance(part, int))
+        path += f"[{part}]" if in_list else f".{part}"
+        if isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):
+            node = node.value[part]
+            line = node.start_mark.line
+        elif isinstance(node, yaml.MappingNode):
+            found = next(((k, v) for k, v in node.value if k.value == str(part)), None)
+            node = found[1] if found else None
+            line = found[0].start_mark.line if found else line  # a missing key: its parent
+        else:
+            node = None
+    return line + 1, path.removeprefix(".")
+
+
+def _duplicate_keys(node: yaml.Node) -> Iterator[tuple[int, str]]:
+    # PyYAML keeps the last of two equal keys without a word; that hides a real typo.
+    if isinstance(node, yaml.MappingNode):
+        seen: set[str] = set()
+        for key, value in node.value:
+            if isinstance(key, yaml.ScalarNode) and key.value in seen:
+                yield key.start_mark.line + 1, f"duplicate key {key.value!r}"
+            seen.add(str(key.value))
+            yield from _duplicate_keys(value)
+    elif isinstance(node, yaml.SequenceNode):
+        for item in node.value:
+            yield from _duplicate_keys(item)
+
+
+def _compose(name: str, text: str) -> tuple[yaml.Node, object]:
+    try:
+        loader = yaml.SafeLoader(text)
+        try:
+            node = loader.get_single_node()
+            data = loader.construct_document(node) if node is not None else None
+        finally:
+            loader.dispose()
+    except yaml.MarkedYAMLError as exc:
+        line = exc.problem_mark.line + 1 if exc.problem_mark else 1
+        problem = exc.problem or str(exc)
+        if exc.context and problem.startswith("but "):  # "but found another document" needs it
+            problem = f"{exc.context}, {problem}"
+        raise ConfigError([f"{name}:{line}: yaml error: {problem}"]) from None
+    except yaml.YAMLError as exc:  # e.g. a control character; no line to point at
+        raise ConfigError([f"{name}:1: yaml error: {str(exc).splitlines()[0]}"]) from None
+    if node is None:  # nothing, or only comments
+        raise ConfigError([f"{name}:1: config file is empty"])
+    return node, data
+
+
+def load_model(path: str | Path, model: type[M]) -> M:
+    """Read, parse and validate one file; every problem is one `file:line: field: ...` line."""
+    name = str(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise ConfigError([f"{name}: cannot read config: {reason}"]) from None
+    root, data = _compose(name, text)
+    if dup := list(_duplicate_keys(root)):
+        raise ConfigError([f"{name}:{line}: {msg}" for line, msg in dup])
+    if not isinstance(data, dict):
+        kind = "a list" if isinstance(data, list) else f"{type(data).__name__} {data!r}"
+        line = root.start_mark.line + 1
+        raise ConfigError([f"{name}:{line}: the top level must be a mapping, not {kind}"])
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        found: list[tuple[int, str, str]] = []
+        for error in exc.errors():
+            cause = error.get("ctx", {}).get("error")
+            if isinstance(cause, Located):
+                found += [(*_locate(root, (*error["loc"], *w)), m) for w, m in cause.problems]
+            elif not (error["type"] == "too_short" and error["input"]):
+                # A list that is too short only because its items failed is no news.
+                found.append((*_locate(root, error["loc"]), _message(error)))
+        found.sort(key=lambda e: e[0])  # stable: same line keeps pydantic's field order
+        errors = [f"{name}:{line}: {field}: {msg}" for line, field, msg in found]
+        raise ConfigError(errors) from None
