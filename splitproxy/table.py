@@ -50,14 +50,7 @@ class RouteEntry:
 @dataclass(frozen=True, slots=True)
 class RoutingTable:
     generation: int
-    routes: tuple[RouteEntry, ...]
-
-    def match(self, host: str, path: str) -> RouteEntry | None:
-        """First route whose host and path prefix match; `host` is lower-case without port."""
-        for route in self.routes:
-            if route.matches(host, path):
-                return route
-        return None
+    routes: tuple[RouteEntry, ...]  # in config order: the first that matches answers
 
 
 def _lower(name: str | None) -> bytes | None:

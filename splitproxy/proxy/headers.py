@@ -29,14 +29,6 @@ def connection_tokens(value: bytes) -> set[bytes]:
     return {t for t in (p.strip().lower() for p in value.split(b",")) if t} - _CONNECTION_OPTIONS
 
 
-def is_token(value: bytes) -> bool:
-    """An RFC 9110 token (header names, methods)."""
-    return bool(value) and not value.translate(None, _TCHAR)
-
-
-_TCHAR = b"!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
-
-
 def error_response(status: int, detail: str, close: bool) -> bytes:
     """A complete short text/plain response made by the proxy itself."""
     phrase = HTTPStatus(status).phrase
