@@ -96,6 +96,11 @@ Try, in another terminal:
   # sticky cookie: the first answer sets it, later requests keep that version
   for i in 1 2 3; do curl -s -c {jar} -b {jar} {url}; done
 
+  # the admin API (127.0.0.1:9901): weights, realized split, health, metrics
+  .venv/bin/splitproxy status --admin http://127.0.0.1:9901
+  curl -s localhost:9901/metrics | grep splitproxy_requests_total
+  # edit config/demo.yaml (say, canary: 50) and the split follows within a second
+
 Ctrl-C stops the demo.
 """
 
