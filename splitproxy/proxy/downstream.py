@@ -33,7 +33,7 @@ class DownstreamProtocol(asyncio.Protocol):
     __slots__ = (
         "server", "loop", "transport", "parser", "client_ip", "queue", "current", "receiving",
         "_url", "_headers", "_in_head", "_head_bytes", "_head_size", "deadline", "_timer_kind",
-        "_read_paused_by", "_paused_upstream", "_tunnel", "_upgrading", "_broken", "_closed",
+        "_read_paused_by", "_paused_upstream", "_tunnel", "_upgrading", "_broken",
         "_body_bytes",
     )
 
@@ -61,7 +61,6 @@ class DownstreamProtocol(asyncio.Protocol):
         self._tunnel: UpstreamConnection | None = None
         self._upgrading: Exchange | None = None
         self._broken = False  # a fatal parse error: read nothing more
-        self._closed = False
 
     @property
     def draining(self) -> bool:
@@ -119,7 +118,6 @@ class DownstreamProtocol(asyncio.Protocol):
         return None
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._closed = True
         self._cancel_timer()
         self.server.connections.discard(self)
         if self._tunnel is not None:
@@ -235,10 +233,10 @@ class DownstreamProtocol(asyncio.Protocol):
         if entry.preview_header is not None and entry.preview_header in seen:
             pin_name = entry.preview_version  # blue-green preview: the color not serving
         cookie_name: str | None = None
-        if route.cookie_prefix is not None:
+        if route.cookie is not None:
             raw = seen.get(b"cookie")
             if raw is not None:
-                sticky = cookie_value(raw, route.cookie_prefix[:-1])
+                sticky = cookie_value(raw, route.cookie)
                 cookie_name = sticky.decode("latin-1") if sticky is not None else None
         hash_key = seen.get(entry.hash_header) if entry.hash_header is not None else None
         chosen = choose(plan, next(entry.counter), pin_name, cookie_name, hash_key)
@@ -247,9 +245,8 @@ class DownstreamProtocol(asyncio.Protocol):
                                client_11, keep_alive, now, has_body)
         version = route.versions[chosen]
         set_cookie = None
-        if route.cookie_prefix is not None and cookie_name != chosen and pin_name != chosen:
-            set_cookie = (b"Set-Cookie: " + route.cookie_prefix + chosen.encode("latin-1")
-                          + b"; Path=/; HttpOnly; SameSite=Lax")
+        if route.cookie is not None and cookie_name != chosen and pin_name != chosen:
+            set_cookie = route.set_cookie[chosen]
 
         local: bytes | None = None
         limits = server.limits

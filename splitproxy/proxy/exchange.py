@@ -34,7 +34,7 @@ class Exchange:
     """State of one proxied request; created by the downstream protocol per request head."""
 
     __slots__ = (
-        "down", "version", "head", "method_head", "client_11", "client_keep_alive",
+        "down", "version", "head", "method_head", "client_11",
         "chunked_request", "request_done", "pending", "pending_size", "up", "started",
         "response_started", "response_status", "response_mode", "close_after", "start_time",
         "set_cookie", "local", "finished", "upgrade", "head_only_response", "retried", "up_close",
@@ -64,7 +64,6 @@ class Exchange:
         self.head = head
         self.method_head = method_head
         self.client_11 = client_11
-        self.client_keep_alive = client_keep_alive
         self.chunked_request = chunked_request
         self._has_body = has_body
         self.request_done = False

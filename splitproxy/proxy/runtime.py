@@ -75,7 +75,8 @@ class _Uncounted(VersionStats):
 class CompiledRoute:
     entry: RouteEntry
     versions: dict[str, VersionRuntime]
-    cookie_prefix: bytes | None  # b"name=" of the sticky cookie, for Set-Cookie
+    cookie: bytes | None  # the sticky cookie's name
+    set_cookie: dict[str, bytes]  # version -> its Set-Cookie header line, made once per table
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,8 +107,12 @@ def compile_table(table: RoutingTable, pools: Pools, stats: Stats, health: Healt
             )
             for name in entry.plan.versions
         }
-        prefix = entry.cookie.encode("latin-1") + b"=" if entry.cookie else None
-        routes.append(CompiledRoute(entry, versions, prefix))
+        cookie = entry.cookie.encode("latin-1") if entry.cookie else None
+        set_cookie = {
+            v: b"Set-Cookie: %s=%s; Path=/; HttpOnly; SameSite=Lax" % (cookie, v.encode("latin-1"))
+            for v in versions
+        } if cookie else {}
+        routes.append(CompiledRoute(entry, versions, cookie, set_cookie))
     pools.retain({ep for e in table.routes for eps in e.endpoints.values() for ep in eps})
     first = routes[0] if routes else None
     catch_all = first if first and first.entry.host is None and \

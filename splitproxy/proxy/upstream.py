@@ -34,7 +34,7 @@ class UpstreamConnection(asyncio.Protocol):
 
     __slots__ = (
         "pool", "transport", "parser", "exchange", "closed", "reused", "idle_since",
-        "_status_reason", "_headers", "_got_bytes", "_upgraded", "_tunnel_peer",
+        "_status_reason", "_headers", "_got_bytes", "_tunnel_peer",
     )
 
     def __init__(self, pool: Pool) -> None:
@@ -48,7 +48,6 @@ class UpstreamConnection(asyncio.Protocol):
         self._status_reason = b""
         self._headers: list[tuple[bytes, bytes]] = []
         self._got_bytes = False  # any response byte for the current exchange
-        self._upgraded = False
         self._tunnel_peer: DownstreamProtocol | None = None
 
     # -- asyncio.Protocol -------------------------------------------------------------------
