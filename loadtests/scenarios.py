@@ -193,7 +193,7 @@ def blue_green_switch(run: Run) -> None:
 
     def routes(active: str) -> list[dict[str, Any]]:
         return [route(run, {"blue": ["blue-1"], "green": ["green-1"]}, strategy="blue-green",
-                      active=active, sticky=STICKY)]
+                      active=active, sticky=STICKY, preview_header="X-Splitproxy-Preview")]
 
     run.start_proxy(routes("blue"))
     run.start_load(mix={USER: 7, COOKIE: 2, ANON: 1, PINNED: 1},

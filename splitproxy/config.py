@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import re
+from enum import StrEnum
 from fractions import Fraction
 from pathlib import Path
 from typing import Annotated
@@ -161,10 +162,26 @@ class Match(_Frozen):
     path_prefix: Annotated[str, AfterValidator(_path_prefix)] = "/"
 
 
+def _pin_token(value: str | None) -> str | None:
+    if value is not None and not _TOKEN.fullmatch(value):
+        raise ValueError("use only letters, digits and !#$%&'*+.^_`|~- (no spaces or ':')")
+    if value is not None and len(value) < 16:
+        raise ValueError("must be at least 16 characters (e.g. `openssl rand -hex 16`)")
+    return value
+
+
 class Sticky(_Frozen):
-    pin_header: _Token = "X-Splitproxy-Version"
+    """How a request may choose or keep its version (the order is in `routing`)."""
+
+    # Off unless set: at the edge anyone can send a header.
+    pin_header: _Token = None
+    # When set, a pin (and blue-green's preview header) is honoured only with this secret:
+    # `<pin_header>: <version>:<pin_token>`, `<preview_header>: <pin_token>`.
+    pin_token: Annotated[str | None, AfterValidator(_pin_token)] = None
     hash_header: _Token = None
     cookie: _Token = None
+    # The cookie names the version and the rollout run; it also expires after this long.
+    cookie_max_age: Annotated[Duration, Field(gt=0)] = 86400.0
 
 
 class VersionConfig(_Frozen):
@@ -253,7 +270,8 @@ class Step(_Frozen):
 
 class DeployWindow(_Frozen):
     """When steps may advance (Spinnaker's restricted execution windows); abort is always
-    allowed."""
+    allowed. Both ends are inclusive to the minute (`end: 23:59` includes 23:59); an `end`
+    before `start` runs across midnight, belonging to the day it starts on."""
 
     days: tuple[Annotated[str, AfterValidator(_day)], ...] = _DAYS
     start: Annotated[str, AfterValidator(_hhmm)] = "00:00"
@@ -261,16 +279,29 @@ class DeployWindow(_Frozen):
     tz: Annotated[str, AfterValidator(_time_zone)] = "UTC"
 
 
+class WebhookEvent(StrEnum):
+    """What a rollout tells the outside world: the one list of event names, for webhooks now
+    and for notifications later."""
+
+    PRE_STEP = "pre-step"  # before a step that changes weights; non-2xx holds it
+    POST_STEP = "post-step"  # after every step the rollout passed
+    ABORT = "abort"
+    PROMOTED = "promoted"
+
+
 class Webhook(_Frozen):
-    on: Annotated[str, Field(pattern=r"^(pre-step|post-step|abort|promoted)$")]
+    on: WebhookEvent
     url: Annotated[str, AfterValidator(_webhook_url)]
     timeout: _Timeout = 5.0
 
 
 class Rollout(_Frozen):
-    revision: str | None = None  # changing it (or the steps or versions) starts a new rollout
+    # Changing it starts a new rollout: a new build behind the same endpoints is announced
+    # here (CI sets it to the image tag). Endpoints and thresholds are not part of a rollout.
+    revision: str | None = None
     canary: _Name | None = None  # the version the steps weigh; default: first non-baseline
-    steps: tuple[Step, ...] = Field(min_length=1)
+    # None: the config's weights serve, and `revision` alone names the rollout.
+    steps: tuple[Step, ...] = ()
     window: DeployWindow | None = None
     webhooks: tuple[Webhook, ...] = ()
 
@@ -285,7 +316,8 @@ class Route(_Frozen):
     weights: dict[str, _Weight] | None = Field(default=None, validate_default=True)
     sticky: Sticky = Sticky()
     active: _Name | None = None  # blue-green: the color that takes traffic
-    preview_header: _Token = "X-Splitproxy-Preview"  # blue-green: reaches the other color
+    # Blue-green: a request carrying it reaches the other color. Off unless set, as the pin.
+    preview_header: _Token = None
     analysis: Analysis | None = None
     rollout: Rollout | None = None
 
@@ -322,8 +354,10 @@ class Route(_Frozen):
                 problems.append((("active",), "required for strategy blue-green"))
             elif self.active not in self.versions:
                 problems.append((("active",), f"unknown version {self.active!r} ({names})"))
-            if self.rollout is not None:
-                problems.append((("rollout",), "blue-green switches by `active`, not steps"))
+            if self.rollout is not None and (self.rollout.steps or self.rollout.window
+                                             or self.rollout.canary):
+                problems.append((("rollout",), "blue-green switches by `active`, not steps "
+                                 "(only `revision` and `webhooks` apply)"))
         elif self.active is not None:
             problems.append((("active",), "only for strategy blue-green"))
         if self.analysis is not None and self.analysis.baseline is not None \

@@ -18,14 +18,14 @@ from typing import Any
 from prometheus_client.core import Metric
 
 from splitproxy import table
+from splitproxy.clock import SYSTEM, Clock
 from splitproxy.config import Config, ConfigError, load
 from splitproxy.engine import RolloutEngine
 from splitproxy.metrics import rollout_families
-from splitproxy.redis_store import RedisStore
 from splitproxy.reload import ConfigWatcher
 from splitproxy.server import DataPlane
 from splitproxy.stats import VersionStats
-from splitproxy.store import FileStore, StateStore, state_path
+from splitproxy.store import StateStore, make_store
 from splitproxy.window import Sample, Window
 
 log = logging.getLogger("splitproxy.controller")
@@ -36,9 +36,11 @@ REALIZED_WINDOW = 60.0  # the realized split in /status covers this many seconds
 
 class Controller:
     def __init__(
-        self, path: Path, config: Config, server: DataPlane, store: StateStore | None = None
+        self, path: Path, config: Config, server: DataPlane, store: StateStore | None = None,
+        clock: Clock = SYSTEM,
     ) -> None:
         self.path = path
+        self.clock = clock
         self.config = config
         self.server = server
         self.table = table.build(config)  # the last table handed to the data plane
@@ -50,14 +52,8 @@ class Controller:
         self.last_error: str | None = None
         self.window = Window(horizon=_horizon(config))
         self.watcher = ConfigWatcher(path, self._on_file_change, ignore=self._ignored)
-        if store is None and config.state.backend == "redis":
-            store = RedisStore(config.state.url, config.state.key_prefix, config.state.lease)
-        elif store is None:
-            file_store = FileStore(state_path(config, path))
-            file_store.check_writable()
-            store = file_store
-        self.store = store
-        self.engine = RolloutEngine(store, self.window, self.sample, self.rebuild)
+        self.store = store if store is not None else make_store(config, path)
+        self.engine = RolloutEngine(self.store, self.window, self.sample, self.rebuild, clock)
         self._sampler: asyncio.Task[None] | None = None
 
     # -- life cycle -------------------------------------------------------------------------
@@ -149,7 +145,8 @@ class Controller:
         log.info("config generation %d applied from %s", self._generation, self.path)
 
     def _table(self) -> table.RoutingTable:
-        self.table = table.build(self.config, self._generation, self.engine.weights())
+        self.table = table.build(self.config, self._generation, self.engine.weights(),
+                                 self.engine.runs())
         return self.table
 
     def rebuild(self) -> None:
@@ -158,10 +155,9 @@ class Controller:
 
     # -- sampling ---------------------------------------------------------------------------
     async def _sample_forever(self) -> None:
-        loop = asyncio.get_running_loop()
         while True:
-            self.sample(loop.time())
-            await asyncio.sleep(SAMPLE_INTERVAL)
+            self.sample(self.clock.monotonic())
+            await self.clock.sleep(SAMPLE_INTERVAL)
 
     def sample(self, now: float) -> None:
         stats = self.server.stats
@@ -173,14 +169,7 @@ class Controller:
 
     # -- reporting (also the metrics source) ------------------------------------------------
     def store_status(self) -> dict[str, Any]:
-        store = self.store
-        if isinstance(store, RedisStore):
-            return {"backend": "redis", "url": store.url, "up": store.up,
-                    "error": store.last_error,
-                    "leader": store.is_leader(asyncio.get_running_loop().time())}
-        error = getattr(store, "last_error", None)
-        return {"backend": "file", "path": str(getattr(store, "path", "")),
-                "up": error is None, "error": error or getattr(store, "load_error", None)}
+        return {**self.store.describe(), "pending": self.engine.pending_writes()}
 
     def generation(self) -> int:
         return self._generation
@@ -212,7 +201,7 @@ class Controller:
         )
 
     def status(self) -> dict[str, Any]:
-        now = asyncio.get_running_loop().time()
+        now = self.clock.monotonic()
         realized = self.window.delta(now, REALIZED_WINDOW)
         span = self.window.span(now, REALIZED_WINDOW)
         routes = []

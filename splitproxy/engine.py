@@ -1,33 +1,68 @@
-"""The rollout engine: the one place that both decides and acts on rollouts.
+"""The rollout owner: the one place that applies rollout events and acts on their effects.
 
-Every tick it folds analysis checks and due steps into each route's `RouteState` (pure
-functions in `rollout` and `analysis`), then acts: persists the state, swaps in a routing
-table with the new weights, logs, counts and calls webhooks.
+Operator actions, reloads, measurements, timer ticks, gate answers and other replicas' states
+are events in one ordered queue, consumed by one task. Applying an event is the pure
+`rollout.fold.apply`; its effects (persist, swap the routing table, log, count, call
+webhooks, ask gates, restart analysis) are carried out right after, and nothing is awaited in
+between: a state is never written back from a decision made before an await. Whatever takes
+time (a measurement, a webhook, a store write) runs as a task of its own and reports back as
+an event.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-import time
-from collections.abc import Callable
-from dataclasses import replace
+import math
+import secrets
+from collections.abc import Callable, Iterator
 from typing import Any
 
-from splitproxy import rollout
-from splitproxy.analysis import QUANTILES, Check, inconclusive, judge
+from splitproxy.clock import SYSTEM, Clock
 from splitproxy.config import Config, Route
-from splitproxy.promsource import PrometheusSource, PromSample
-from splitproxy.redis_store import SYNC_INTERVAL, RedisStore
-from splitproxy.rollout import ABORTED, RouteState
-from splitproxy.store import StateStore
+from splitproxy.measure import LocalSource, MeasureError, MetricSource, PromSource
+from splitproxy.rollout import ActionError, RouteState, fold, guard, identity, machine
+from splitproxy.rollout.events import (
+    Act,
+    Action,
+    AskGate,
+    Checked,
+    Effect,
+    Event,
+    GateAnswer,
+    Log,
+    Measurement,
+    NewRun,
+    Notify,
+    Persist,
+    PhaseChanged,
+    Rebuild,
+    Reconfigure,
+    Restore,
+    Retire,
+    Stored,
+    Tick,
+)
+from splitproxy.rollout.identity import legacy_candidates
+from splitproxy.rollout.state import Phase
+from splitproxy.store import StateStore, Wanted
+from splitproxy.sync import StateSync
 from splitproxy.webhooks import Webhooks
-from splitproxy.window import Sample, Window
+from splitproxy.window import Window
 
 log = logging.getLogger("splitproxy.rollout")
 
-TICK = 0.1  # seconds between looks at due checks and steps
-GATE_RETRY = 2.0  # a pre-step webhook that said no is asked again after this long
+TICK = 0.1  # seconds between timer ticks (due steps, windows, gates, measurements)
+MEASURE_TIMEOUT = 10.0  # a reading that takes longer is inconclusive
+ACT_WRITE_WAIT = 0.5  # an action's answer waits this long (real time) for its write to land
+START_WRITE_WAIT = 2.0
+
+Queued = tuple[str | None, Event, "asyncio.Future[RouteState] | None"]
+
+
+def new_run() -> str:
+    return secrets.token_hex(4)
 
 
 class RolloutEngine:
@@ -37,386 +72,311 @@ class RolloutEngine:
         window: Window,
         sample: Callable[[float], None],
         rebuild: Callable[[], None],
+        clock: Clock = SYSTEM,
+        sources: dict[str, MetricSource] | None = None,
     ) -> None:
         self.store = store
-        self.window = window
-        self.sample = sample  # records a window sample "now" (monotonic)
-        self.rebuild = rebuild  # swaps in a routing table made from `weights()`
+        self.clock = clock
+        self.sample = sample  # records a window sample at the given monotonic time
+        self._rebuild = rebuild  # swaps in a routing table made from `weights()` and `runs()`
+        self.sources: dict[str, MetricSource] = sources or {
+            "local": LocalSource(window, sample, clock), "prometheus": PromSource()}
         self.config: Config | None = None
+        self.routes: dict[str, Route] = {}
         self.states: dict[str, RouteState] = {}
         self.aborts: dict[str, int] = {}
         self.checks_total: dict[tuple[str, str], int] = {}
-        self.webhooks = Webhooks()
-        self.prometheus = PrometheusSource()
         self.queries: dict[str, dict[str, Any]] = {}  # route -> last PromQL and its error
+        self.webhooks = Webhooks()
+        self.sync = StateSync(store, clock, self._post, lambda: self.states)
+        self._queue: asyncio.Queue[Queued] = asyncio.Queue()
+        self._tasks: list[asyncio.Task[None]] = []
         self._epoch: dict[str, float] = {}  # monotonic start of what analysis may look at
-        self._next_check: dict[str, float] = {}
-        self._gates: dict[str, asyncio.Task[tuple[bool, str]]] = {}
-        self._gate_hold: dict[str, tuple[float, str]] = {}
-        self._task: asyncio.Task[None] | None = None
-        self._dirty = False
-        # A shared store (Redis): decisions are compare-and-set writes, pulled by every replica.
-        self.shared: RedisStore | None = store if isinstance(store, RedisStore) else None
-        self._unpushed: dict[str, int] = {}  # route -> the stored seq our decision builds on
-        self._pull_at = 0.0
+        self._next_reading: dict[str, float] = {}
+        self._reading: dict[str, asyncio.Task[None]] = {}
+        self._written: dict[str, asyncio.Future[bool]] = {}
+        self._quiet = True  # no table swaps: before the first table, and inside a reload
+        self._wanted_swap = False
 
     # -- life cycle -------------------------------------------------------------------------
     async def start(self, config: Config) -> None:
-        now, mono = time.time(), asyncio.get_running_loop().time()
-        if self.shared is not None:
-            await self.shared.start(self._remote_changed)
-            revisions = {r.name: rollout.revision_of(r) for r in config.routes}
-            stored = await self.shared.get(revisions) or {}
-        else:
-            stored = await self.store.load()
-        self.config = config
+        self._set_config(config)
+        await self.store.open(self.sync.changed)
+        wanted = {r.name: Wanted(identity(r), tuple(legacy_candidates(r)))
+                  for r in config.routes}
+        loaded = await self.store.load(wanted) or {}
+        mono = self.clock.monotonic()
         for route in config.routes:
-            state = stored.get(route.name)
-            if state is None or state.revision != rollout.revision_of(route):
-                state = rollout.start(route, now)
-                self._unpushed[route.name] = -1  # publish it: nothing stored for this revision
-            elif state.phase == ABORTED:
-                log.warning("route %s stays aborted after restart: %s", route.name,
-                            state.abort_reason)
-            self.states[route.name] = state
+            got = loaded.get(route.name)
+            self._apply(route.name, Restore(got.state if got else None,
+                                            got.previous if got else None))
             self._epoch[route.name] = mono
-        if self.shared is not None:
-            await self._sync(mono, pull=False)
-        else:
-            await self.store.save(self.states)
-        self._task = asyncio.get_running_loop().create_task(self._run())
+            self._next_reading[route.name] = mono
+        self.sync.start()
+        await self.sync.flush(START_WRITE_WAIT)
+        loop = asyncio.get_running_loop()
+        self._tasks = [loop.create_task(self._consume()), loop.create_task(self._tick())]
+        self._quiet = False
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-        if self.shared is not None:
-            await self.shared.stop()
-        for gate in self._gates.values():
-            gate.cancel()
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._quiet = True
+        self._drain()  # decisions already asked for (an abort) still count
+        for task in self._reading.values():
+            task.cancel()
+        await self.sync.stop()
+        await self.store.close()
         await self.webhooks.close()
-        await self.prometheus.close()
+        for source in self.sources.values():
+            await source.close()
 
+    def _set_config(self, config: Config) -> None:
+        self.config = config
+        self.routes = {r.name: r for r in config.routes}
+
+    # -- what the data plane gets -----------------------------------------------------------
     def weights(self) -> dict[str, dict[str, int]]:
-        assert self.config is not None
-        return {r.name: rollout.weights(self.states[r.name], r) for r in self.config.routes}
+        return {n: machine.weights(self.states[n], r) for n, r in self.routes.items()}
 
-    def reconfigure(self, new: Config) -> None:
-        """A reloaded config: a route whose versions, weights, steps or revision changed starts
-        a new rollout (clearing an abort); other edits keep the current step."""
-        old_weights = self.weights() if self.config is not None else {}
-        now, mono = time.time(), asyncio.get_running_loop().time()
-        states: dict[str, RouteState] = {}
-        for route in new.routes:
-            state = self.states.get(route.name)
-            if state is None or state.revision != rollout.revision_of(route):
-                serving = _serving(old_weights.get(route.name, {}))
-                state = rollout.start(route, now, serving=serving)
-                self._epoch[route.name] = mono
-                self.sample(mono)
-                self._gates.pop(route.name, None)
-                self._gate_hold.pop(route.name, None)
-                self._unpushed[route.name] = -1  # adopted instead if another replica was first
-                self._pull_at = 0.0
-                log.info("rollout route=%s new revision %s: phase=%s", route.name,
-                         state.revision, state.phase)
-            states[route.name] = state
-        self.states = states
-        self.config = new
-        self._dirty = True
+    def runs(self) -> dict[str, str]:
+        """The run each route's sticky cookies belong to."""
+        return {n: self.states[n].run for n in self.routes}
 
-    # -- the loop ---------------------------------------------------------------------------
-    async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
+    # -- events -----------------------------------------------------------------------------
+    def _post(self, route: str | None, event: Event) -> None:
+        self._queue.put_nowait((route, event, None))
+
+    async def _consume(self) -> None:
         while True:
-            await asyncio.sleep(TICK)
-            try:
-                await self.tick(loop.time(), time.time())
-            except Exception:  # a bug here must not stop the guard for good
-                log.exception("rollout tick failed")
+            item = await self._queue.get()
+            self._handle(item)
 
-    async def tick(self, mono: float, now: float) -> None:
-        config = self.config
-        assert config is not None
-        before = self.weights()
-        for route in config.routes:
-            state = self.states[route.name]
-            new = state
-            if route.analysis is not None and mono >= self._next_check.get(route.name, 0.0):
-                self._next_check[route.name] = mono + route.analysis.interval
-                check = await self.check(route, new, mono, now)
-                if check is not None:
-                    key = (route.name, check.result)
-                    self.checks_total[key] = self.checks_total.get(key, 0) + 1
-                    new, events = rollout.record_check(new, check, route.analysis, route, now)
-                    self._log(route, events)
-            # With a shared store only the lease holder runs the step timers.
-            leads = self.shared is None or self.shared.is_leader(mono)
-            if route.rollout is not None and new.phase != ABORTED and leads:
-                allowed = self._weight_steps_allowed(route, new, mono)
-                new, events = rollout.advance(new, route, now, weight_steps=allowed)
-                self._log(route, events)
-            if new != state:
-                self._transition(route, state, new)
-        if self.shared is not None:
-            await self._sync(mono, pull=mono >= self._pull_at)
-        if self._dirty or self.weights() != before:
-            self._dirty = False
-            self.rebuild()
-            if self.shared is None:
-                await self.store.save(self.states)
+    def _drain(self) -> None:
+        while not self._queue.empty():
+            self._handle(self._queue.get_nowait())
 
-    # -- shared state -----------------------------------------------------------------------
-    def _remote_changed(self) -> None:
-        self._pull_at = 0.0  # a replica wrote: pull at the next tick
-
-    async def _sync(self, mono: float, pull: bool) -> None:
-        """Push our decisions (compare-and-set), then pull newer ones made elsewhere."""
-        store = self.shared
-        assert store is not None and self.config is not None
-        for name, expected in list(self._unpushed.items()):
-            state = self.states.get(name)
-            if state is None:
-                del self._unpushed[name]
-                continue
-            try:
-                winner = await store.put(name, state, expected)
-            except ConnectionError:
-                return  # unreachable: keep serving our state, push again after the backoff
-            del self._unpushed[name]
-            if winner is not None:
-                self._adopt(name, winner, lost_race=True)
-        if not pull:
+    def _handle(self, item: Queued) -> None:
+        name, event, reply = item
+        try:
+            if name is None:  # a tick: for every route, one table swap at most
+                with self._one_rebuild():
+                    for route in list(self.routes):
+                        self._apply(route, event)
+                return
+            state = self._apply(name, event)
+        except Exception as exc:
+            if reply is not None and not reply.done():
+                reply.set_exception(exc)
+            elif not isinstance(exc, (ActionError, KeyError)):
+                log.exception("rollout event %s failed", type(event).__name__)
             return
-        self._pull_at = mono + SYNC_INTERVAL
-        remote = await store.get({n: s.revision for n, s in self.states.items()})
-        for name, theirs in (remote or {}).items():
-            if theirs.seq > self.states[name].seq and name not in self._unpushed:
-                self._adopt(name, theirs, lost_race=False)
+        if reply is not None and not reply.done():
+            reply.set_result(state)
 
-    def _adopt(self, name: str, theirs: RouteState, lost_race: bool) -> None:
-        """Take another replica's decision; our own check counters stay ours.
-
-        `lost_race`: our own write lost the compare-and-set to `theirs`. Otherwise `theirs`
-        was written on top of what we stored (a later decision, such as a retry)."""
-        mine = self.states[name]
-        if lost_race and mine.phase == ABORTED and theirs.phase != ABORTED:
-            # Our abort lost a race with another write: an abort is never lost, re-apply it.
-            new = rollout.abort(theirs, mine.abort_reason or "aborted", mine.aborted_at or 0)
-            self.states[name] = replace(new, seq=theirs.seq + 1, checks=mine.checks)
-            self._unpushed[name] = theirs.seq
-            self._dirty = True
-            return
-        new = replace(theirs, failures=mine.failures, inconclusive=mine.inconclusive,
-                      checks=mine.checks)
-        if new.phase != mine.phase:
-            log.info("rollout route=%s phase=%s->%s (decided by another replica) reason=%s",
-                     name, mine.phase, new.phase, new.abort_reason or new.pause_reason or "-")
-            if new.phase == ABORTED:
-                self.aborts[name] = self.aborts.get(name, 0) + 1
+    def _apply(self, name: str, event: Event) -> RouteState:
+        route = self.routes.get(name)
+        if route is None:
+            raise KeyError(name)  # a route a reload removed: its news is void
+        old = self.states.get(name)
+        new, effects = fold.apply(old, event, route, self.clock.time(), new_run())
         self.states[name] = new
-        self._dirty = True
+        self._carry_out(name, route, effects)
+        return new
 
-    async def check(
-        self, route: Route, state: RouteState, mono: float, now: float
-    ) -> Check | None:
-        """One analysis check of the route's canary (blue-green: the active color)."""
-        analysis = route.analysis
-        assert analysis is not None
-        if state.phase == ABORTED:
-            return None
-        if route.strategy == "blue-green":
-            version = rollout.effective_active(state, route) or route.baseline
-            baseline = state.previous_active
+    def _carry_out(self, name: str, route: Route, effects: list[Effect]) -> None:
+        rebuild = False
+        for effect in effects:
+            if isinstance(effect, Persist):
+                self._written[name] = self.sync.submit(name, effect.state)
+            elif isinstance(effect, Stored):
+                self.sync.note_stored(name, effect.identity, effect.seq)
+            elif isinstance(effect, Retire):
+                self.sync.retire(name, effect.identity)
+            elif isinstance(effect, Rebuild):
+                rebuild = True
+            elif isinstance(effect, Log):
+                level = logging.WARNING if effect.level == "warning" else logging.INFO
+                log.log(level, "rollout route=%s %s", name, effect.message)
+            elif isinstance(effect, PhaseChanged):
+                if effect.new == Phase.ABORTED:
+                    self.aborts[name] = self.aborts.get(name, 0) + 1
+            elif isinstance(effect, Checked):
+                key = (name, effect.result)
+                self.checks_total[key] = self.checks_total.get(key, 0) + 1
+            elif isinstance(effect, NewRun):
+                self._new_epoch(name, route)
+            elif isinstance(effect, Notify):
+                self.webhooks.notify(effect.hooks, effect.payload)
+            elif isinstance(effect, AskGate):
+                self._ask_gate(name, effect)
+        if rebuild:
+            self._swap_table()
+
+    @contextlib.contextmanager
+    def _one_rebuild(self) -> Iterator[None]:
+        quiet, self._quiet = self._quiet, True
+        self._wanted_swap = False
+        try:
+            yield
+        finally:
+            self._quiet = quiet
+            if self._wanted_swap and not quiet:
+                self._rebuild()
+
+    def _swap_table(self) -> None:
+        if self._quiet:
+            self._wanted_swap = True
         else:
-            version = route.canary or route.baseline
-            baseline = route.baseline if version != route.baseline else None
-        seconds = min(analysis.window, mono - self._epoch.get(route.name, 0.0))
-        if analysis.source == "prometheus":
-            return await self._check_prometheus(route, version, baseline, seconds, now)
+            self._rebuild()
+
+    # -- reloads ----------------------------------------------------------------------------
+    def reconfigure(self, new: Config) -> None:
+        """A reloaded config, applied before this returns (the caller builds the table next):
+        events already queued first, in order, then the reload, one route at a time. A route
+        whose identity is unchanged keeps its state, an abort included."""
+        quiet, self._quiet = self._quiet, True
+        try:
+            self._drain()
+            old = self.routes
+            self._set_config(new)
+            for name in old.keys() - self.routes.keys():
+                state = self.states.pop(name)
+                self.sync.retire(name, state.identity)
+                self._stop_reading(name)
+            for route in new.routes:
+                event = Reconfigure() if route.name in self.states else Restore()
+                self._apply(route.name, event)
+        finally:
+            self._quiet = quiet
+
+    # -- timers -----------------------------------------------------------------------------
+    async def _tick(self) -> None:
+        start = self.clock.monotonic()
+        k = 0
+        while True:
+            self._start_readings(self.clock.monotonic())
+            self._post(None, Tick(leader=self.store.is_leader()))
+            # Ticks on a fixed grid: a late one does not push the others back.
+            k = max(k + 1, math.floor((self.clock.monotonic() - start) / TICK) + 1)
+            await self.clock.sleep(max(0.0, start + k * TICK - self.clock.monotonic()))
+
+    # -- measurements -----------------------------------------------------------------------
+    def _new_epoch(self, name: str, route: Route) -> None:
+        """A new run: judge only what happens from now on, from one interval on."""
+        mono = self.clock.monotonic()
+        self._epoch[name] = mono
         self.sample(mono)
-        delta = self.window.delta(mono, seconds)
+        interval = route.analysis.interval if route.analysis else 0.0
+        self._next_reading[name] = mono + interval
 
-        def of(v: str) -> Sample:
-            sample = delta.get((route.name, v, False), Sample())
-            if analysis.include_synthetic:
-                sample = sample + delta.get((route.name, v, True), Sample())
-            return sample
-
-        return judge(analysis, version, of(version), of(baseline) if baseline else None, now)
-
-    async def _check_prometheus(self, route: Route, version: str, baseline: str | None,
-                                seconds: float, now: float) -> Check:
-        analysis = route.analysis
-        assert analysis is not None
-        shown: dict[str, dict[str, str]] = {}
-        measured: list[PromSample | None] = []
-        for v in (version, baseline):
-            if v is None:
-                measured.append(None)
+    def _start_readings(self, mono: float) -> None:
+        for name, route in self.routes.items():
+            analysis = route.analysis
+            state = self.states.get(name)
+            if analysis is None or state is None or state.phase == Phase.ABORTED:
                 continue
-            sample, queries, error = await self.prometheus.measure(
-                analysis.prometheus_url, route.name, v, seconds, list(QUANTILES),
-                analysis.include_synthetic)
-            shown[v] = queries
-            if error is not None:
-                self.queries[route.name] = {"queries": shown, "error": error}
-                log.warning("rollout route=%s analysis inconclusive: %s", route.name, error)
-                return inconclusive(analysis, version, now, error)
-            measured.append(sample)
-        self.queries[route.name] = {"queries": shown, "error": None}
-        canary, base = measured
-        assert canary is not None
-        return judge(analysis, version, canary, base, now)
+            if name in self._reading or mono + 1e-6 < self._next_reading.get(name, 0.0):
+                continue
+            self._next_reading[name] = mono + analysis.interval
+            seconds = min(analysis.window, mono - self._epoch.get(name, mono))
+            target, baseline = guard.targets(state, route)
+            task = asyncio.get_running_loop().create_task(
+                self._read(name, route, state.run, state.step, target, baseline, seconds))
+            self._reading[name] = task
 
-    def _weight_steps_allowed(self, route: Route, state: RouteState, mono: float) -> int | None:
-        """Pre-step webhooks: every step that changes weights waits for all hooks' 2xx, so
-        `advance` may take at most one such step per gate (None: no hooks, no limit)."""
-        assert route.rollout is not None
-        hooks = [h for h in route.rollout.webhooks if h.on == "pre-step"]
-        if not hooks:
-            return None
-        if not rollout.next_step_is_weight(state, route):
-            return 0  # pauses may run out; the weight step after them asks next tick
-        hold = self._gate_hold.get(route.name)
-        if hold is not None and mono < hold[0]:
-            return 0
-        gate = self._gates.get(route.name)
-        if gate is None:
-            payload = self._payload(route, state, "pre-step")
-            self._gates[route.name] = asyncio.get_running_loop().create_task(
-                self._all_ok(hooks, payload))
-            return 0
-        if not gate.done():
-            return 0
-        del self._gates[route.name]
-        ok, detail = gate.result()
-        if ok:
-            self._gate_hold.pop(route.name, None)
-            return 1
-        log.warning("rollout route=%s step %d held by pre-step webhook: %s", route.name,
-                    state.step + 1, detail)
-        self._gate_hold[route.name] = (mono + GATE_RETRY, detail)
-        return 0
+    async def _read(self, name: str, route: Route, run: str, step: int, target: str,
+                    baseline: str | None, seconds: float) -> None:
+        assert route.analysis is not None
+        source = self.sources[route.analysis.source]
+        versions = [target] if baseline is None else [target, baseline]
+        samples = queries = error = None
+        try:
+            reading = await asyncio.wait_for(source.read(route, versions, seconds),
+                                             MEASURE_TIMEOUT)
+            samples, queries = reading.samples, reading.queries
+        except MeasureError as exc:
+            error, queries = str(exc), exc.queries
+        except TimeoutError:
+            error = f"no reading within {MEASURE_TIMEOUT:g}s"
+        finally:
+            if self._reading.get(name) is asyncio.current_task():
+                del self._reading[name]
+        if queries is not None or route.analysis.source != "local":
+            self.queries[name] = {"queries": queries or {}, "error": error}
+        if error is not None:
+            log.warning("rollout route=%s analysis inconclusive: %s", name, error)
+        self._post(name, Measurement(run, step, target, baseline, seconds, samples, error))
 
-    async def _all_ok(self, hooks: list[Any], payload: dict[str, Any]) -> tuple[bool, str]:
-        results = await asyncio.gather(*(self.webhooks.call(h, payload) for h in hooks))
-        bad = [detail for ok, detail in results if not ok]
-        return (not bad, "; ".join(bad) or "ok")
+    def _stop_reading(self, name: str) -> None:
+        task = self._reading.pop(name, None)
+        if task is not None:
+            task.cancel()
 
-    def _transition(self, route: Route, old: RouteState, new: RouteState) -> None:
-        if self.shared is not None and rollout.decision(new) != rollout.decision(old):
-            new = replace(new, seq=old.seq + 1)
-            self._unpushed.setdefault(route.name, old.seq)
-        self.states[route.name] = new
-        self._dirty = True
-        if new.phase == old.phase:
-            return
-        log.info("rollout route=%s phase=%s->%s step=%d weight=%s reason=%s", route.name,
-                 old.phase, new.phase, new.step, new.weight,
-                 new.abort_reason or new.pause_reason or "-")
-        if new.phase == ABORTED:
-            self.aborts[route.name] = self.aborts.get(route.name, 0) + 1
-            self._notify(route, new, "abort")
-        elif new.phase == rollout.PROMOTED:
-            self._notify(route, new, "promoted")
+    # -- gates ------------------------------------------------------------------------------
+    def _ask_gate(self, name: str, ask: AskGate) -> None:
+        def answer(ok: bool, detail: str) -> None:
+            self._post(name, GateAnswer(ask.run, ask.step, ok, detail,
+                                        leader=self.store.is_leader()))
 
-    def _notify(self, route: Route, state: RouteState, event: str) -> None:
-        hooks = [h for h in (route.rollout.webhooks if route.rollout else ()) if h.on == event]
-        for hook in hooks:
-            payload = self._payload(route, state, event)
-            task = asyncio.get_running_loop().create_task(self.webhooks.call(hook, payload))
-            task.add_done_callback(_log_notification)
-
-    def _payload(self, route: Route, state: RouteState, event: str) -> dict[str, Any]:
-        return {
-            "event": event,
-            "route": route.name,
-            "phase": state.phase,
-            "step": state.step,
-            "weights": rollout.weights(state, route),
-            "reason": state.abort_reason or state.pause_reason,
-            "revision": route.rollout.revision if route.rollout else None,
-            "last_check": state.checks[-1] if state.checks else None,
-        }
-
-    def _log(self, route: Route, events: list[str]) -> None:
-        for event in events:
-            log.info("rollout route=%s %s", route.name, event)
+        self.webhooks.ask(ask.hooks, ask.payload, answer)
 
     # -- operator actions -------------------------------------------------------------------
     async def act(self, name: str, action: str, full: bool = False,
                   reason: str | None = None) -> RouteState:
-        """promote / abort / retry / pause / resume; raises KeyError or rollout.ActionError."""
-        config = self.config
-        assert config is not None
-        route = next((r for r in config.routes if r.name == name), None)
-        if route is None:
+        """promote / abort / retry / pause / resume, applied in order with everything else;
+        raises KeyError or rollout.ActionError. Answers once the decision is made and its
+        write landed or had a moment to (/status shows a write still pending)."""
+        if name not in self.routes:
             raise KeyError(name)
-        state = self.states[name]
-        now, mono = time.time(), asyncio.get_running_loop().time()
-        if action == "promote":
-            new = rollout.promote(state, route, now, full)
-        elif action == "abort":
-            if state.phase == ABORTED:
-                raise rollout.ActionError("already aborted")
-            new = rollout.abort(state, f"manual: {reason or 'operator abort'}", now)
-        elif action == "retry":
-            new = rollout.retry(state, route, now)
-            self._epoch[name] = mono  # judge only what the retried canary does from now
-            self.sample(mono)
-            self._next_check[name] = mono + (route.analysis.interval if route.analysis else 0)
-        elif action == "pause":
-            new = rollout.pause(state, route)
-        elif action == "resume":
-            new = rollout.resume(state, now)
-        else:
-            raise rollout.ActionError(f"unknown action {action!r}")
-        log.info("rollout route=%s action=%s by operator", name, action)
-        self._transition(route, state, new)
-        self._dirty = False
-        self.rebuild()
-        if self.shared is not None:
-            await self._sync(mono, pull=False)
-        else:
-            await self.store.save(self.states)
-        return self.states[name]
+        try:
+            kind = Action(action)
+        except ValueError:
+            raise ActionError(f"unknown action {action!r}") from None
+        reply: asyncio.Future[RouteState] = asyncio.get_running_loop().create_future()
+        log.info("rollout route=%s action=%s by operator", name, kind)
+        self._queue.put_nowait((name, Act(kind, full, reason), reply))
+        state = await reply
+        written = self._written.get(name)
+        if written is not None and not written.done():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(written), ACT_WRITE_WAIT)
+        return state
+
+    # -- reporting --------------------------------------------------------------------------
+    def pending_writes(self) -> dict[str, dict[str, Any]]:
+        return self.sync.pending()
 
     def describe(self, name: str) -> dict[str, Any]:
         state = self.states[name]
-        config = self.config
-        assert config is not None
-        route = next(r for r in config.routes if r.name == name)
-        hold = self._gate_hold.get(name)
+        route = self.routes[name]
+        gate = state.gate
+        pending = self.sync.pending().get(name)
         return {
             "strategy": route.strategy,
-            "phase": state.phase,
+            "phase": str(state.phase),
             "revision": route.rollout.revision if route.rollout else None,
-            "state_revision": state.revision,
+            "identity": state.identity,
+            "run": state.run,
+            "run_started": state.run_started,
             "step": state.step,
             "steps": len(route.rollout.steps) if route.rollout else 0,
             "canary": route.active if route.strategy == "blue-green" else route.canary,
             "baseline": state.previous_active if route.strategy == "blue-green"
             else route.baseline,
-            "pause_reason": state.pause_reason,
+            "pause_reason": str(state.pause_reason) if state.pause_reason else None,
             "abort_reason": state.abort_reason,
             "aborted_at": state.aborted_at,
+            "aborted_by": str(state.aborted_by) if state.aborted_by else None,
             "consecutive_failures": state.failures,
             "consecutive_inconclusive": state.inconclusive,
-            "gate": hold[1] if hold else None,
+            "gate": gate.detail if gate is not None and gate.run == state.run
+            and gate.step == state.step else None,
+            "write_pending": pending,
             "analysis_source": route.analysis.source if route.analysis else None,
             "prometheus": self.queries.get(name),
             "checks": list(state.checks),
         }
-
-
-def _serving(weights: dict[str, int]) -> str | None:
-    live = [v for v, w in weights.items() if w > 0]
-    return live[0] if len(live) == 1 else None
-
-
-def _log_notification(task: asyncio.Task[tuple[bool, str]]) -> None:
-    if task.cancelled() or task.exception() is not None:
-        return
-    ok, detail = task.result()
-    (log.info if ok else log.warning)("webhook: %s", detail)
-

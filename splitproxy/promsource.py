@@ -4,6 +4,7 @@ check inconclusive, never a failure."""
 
 from __future__ import annotations
 
+import asyncio
 import math
 from dataclasses import dataclass, field
 
@@ -73,10 +74,9 @@ class PrometheusSource:
     ) -> tuple[PromSample | None, dict[str, str], str | None]:
         """(numbers or None, the queries, the error if a query failed)."""
         qs = queries(route, version, seconds, quantiles, include_synthetic)
-        values: dict[str, float | None] = {}
         try:
-            for name, promql in qs.items():
-                values[name] = await self._query(url, promql)
+            answers = await asyncio.gather(*(self._query(url, q) for q in qs.values()))
+            values = dict(zip(qs, answers, strict=True))
         except (aiohttp.ClientError, TimeoutError, RuntimeError, ValueError, KeyError) as exc:
             return None, qs, f"prometheus query failed: {type(exc).__name__}: {exc}"
         sample = PromSample(

@@ -1,14 +1,18 @@
 """Rollout state shared by every replica, in Redis (redis-py's asyncio client).
 
-- One key per route *and revision* (`<prefix>route:<name>:<revision>`): replicas still on an
-  old config and replicas on a new one never overwrite each other's rollout.
+- One key per route *and identity* (`<prefix>v2:route:<name>:<identity>`): replicas still on
+  an old config and replicas on a new one never overwrite each other's rollout. A second key
+  per route (`<prefix>v2:latest:<name>`) names the identity written last, so a new rollout
+  knows what ran before it (blue-green's color that served).
 - Writes are compare-and-set on the state's `seq` (a Lua script), then a pub/sub notice;
-  every replica also re-reads twice a second, so a transition made anywhere is applied
-  everywhere within a second even if a notice is lost.
+  every replica also re-reads twice a second.
+- A route's current key has no expiry; every replica on it refreshes that (PERSIST) once a
+  minute. A key its route left (another identity, or the route gone) expires after two weeks.
+- Keys of format 1 (`<prefix>route:<name>:<revision hash>`) are read once, to migrate.
 - A lease (`<prefix>lease`) lets one replica at a time run the step timers; another takes
   over when its holder stops renewing it.
-- Redis down: nothing fails. The engine keeps the last known state, writes are retried with
-  backoff, `/status` and `splitproxy_state_store_up` say the store is unreachable.
+- Redis down: nothing fails. The engine keeps the last known state and retries its writes
+  with backoff; `/status` and `splitproxy_state_store_up` say the store is unreachable.
 """
 
 from __future__ import annotations
@@ -18,30 +22,35 @@ import json
 import logging
 import os
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from splitproxy.rollout import RouteState
+from splitproxy.store import Loaded, StoreUnavailable, Wanted
 
 log = logging.getLogger("splitproxy.store")
 
 SYNC_INTERVAL = 0.5
-STATE_TTL_MS = 14 * 24 * 3600 * 1000  # old revisions fade away after two weeks
+RETIRED_TTL_MS = 14 * 24 * 3600 * 1000  # a key its route left fades away after two weeks
+REFRESH_EVERY = 60.0  # seconds between PERSISTs of the keys in use
 MAX_BACKOFF = 5.0
 
 # Compare-and-set: write ARGV[2] only if the stored seq equals ARGV[1] (-1: nothing stored
-# yet). Returns nil when written, else the stored state that won.
+# yet). Returns nil when written, else the stored state that won. No expiry: the key lives
+# while its route has this identity.
 _PUT = """
 local cur = redis.call('GET', KEYS[1])
 if cur then
   local seq = cjson.decode(cur)['seq'] or 0
   if seq ~= tonumber(ARGV[1]) then return cur end
-elseif tonumber(ARGV[1]) ~= -1 then
-  -- expired or deleted meanwhile: the write is still the newest thing we know
 end
-redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+-- (nothing stored although we expected a seq: an empty Redis after a restart; ours is the
+-- newest state we know)
+redis.call('SET', KEYS[1], ARGV[2])
+redis.call('SET', KEYS[2], ARGV[3])
 redis.call('PUBLISH', ARGV[4], ARGV[5])
 return false
 """
@@ -58,7 +67,7 @@ return 0
 
 
 class RedisStore:
-    shared = True
+    refresh_interval: float | None = SYNC_INTERVAL
 
     def __init__(self, url: str, prefix: str, lease: float) -> None:
         self.url = url
@@ -75,15 +84,25 @@ class RedisStore:
         self._leader_until = 0.0
         self._retry_at = 0.0
         self._backoff = 0.25
+        self._refreshed_at = float("-inf")
         self._tasks: list[asyncio.Task[None]] = []
         self._on_change: Callable[[], None] = lambda: None
 
-    def key(self, route: str, revision: str) -> str:
+    def key(self, route: str, identity: str) -> str:
+        return f"{self.prefix}v2:route:{route}:{identity}"
+
+    def latest_key(self, route: str) -> str:
+        return f"{self.prefix}v2:latest:{route}"
+
+    def legacy_key(self, route: str, revision: str) -> str:
         return f"{self.prefix}route:{route}:{revision}"
 
     # -- connection health ------------------------------------------------------------------
+    def _now(self) -> float:
+        return asyncio.get_running_loop().time()
+
     def available(self, now: float) -> bool:
-        """False during the backoff after a failure: callers skip the store meanwhile."""
+        """False during the backoff after a failure: reads skip the store meanwhile."""
         return now >= self._retry_at
 
     def _ok(self) -> None:
@@ -94,60 +113,110 @@ class RedisStore:
         self._backoff = 0.25
 
     def _failed(self, exc: Exception) -> None:
-        loop = asyncio.get_running_loop()
         if self.up or self.last_error is None or "not connected" in self.last_error:
             log.error("state store %s unreachable (%s): serving the last known state",
                       self.url, exc)
         self.up = False
         self.last_error = f"{type(exc).__name__}: {exc}"
-        self._retry_at = loop.time() + self._backoff
+        self._retry_at = self._now() + self._backoff
         self._backoff = min(MAX_BACKOFF, self._backoff * 2)
         self._leader_until = 0.0
 
     # -- state ------------------------------------------------------------------------------
-    async def get(self, keys: dict[str, str]) -> dict[str, RouteState] | None:
-        """{route: state} for the given {route: revision}; None when unreachable."""
-        if not keys or not self.available(asyncio.get_running_loop().time()):
-            return None if keys else {}
-        names = list(keys)
+    def _parse(self, name: str, raw: bytes | str | None) -> RouteState | None:
+        if raw is None:
+            return None
         try:
-            values = await self._redis.mget([self.key(n, keys[n]) for n in names])
+            return RouteState.from_json(json.loads(raw))
+        except (ValueError, TypeError, KeyError) as exc:
+            log.error("ignoring corrupt state for route %s in redis: %s", name, exc)
+            return None
+
+    async def load(self, wanted: Mapping[str, Wanted]) -> dict[str, Loaded] | None:
+        names = list(wanted)
+        if not names:
+            return {}
+        try:
+            values = await self._redis.mget([self.key(n, wanted[n].identity) for n in names])
+            out: dict[str, Loaded] = {}
+            for name, raw in zip(names, values, strict=True):
+                state = self._parse(name, raw)
+                if state is not None:
+                    out[name] = Loaded(state, None)
+                    continue
+                out[name] = Loaded(None, await self._previous(name, wanted[name]))
+        except (RedisError, OSError) as exc:
+            self._failed(exc)
+            return None
+        self._ok()
+        return out
+
+    async def _previous(self, name: str, want: Wanted) -> RouteState | None:
+        """What ran before: format 1's key for this config, else the latest identity's."""
+        for revision in want.legacy:
+            state = self._parse(name, await self._redis.get(self.legacy_key(name, revision)))
+            if state is not None:
+                return state
+        latest = await self._redis.get(self.latest_key(name))
+        if latest is None:
+            return None
+        identity = latest.decode() if isinstance(latest, bytes) else latest
+        return self._parse(name, await self._redis.get(self.key(name, identity)))
+
+    async def fetch(self, identities: Mapping[str, str]) -> dict[str, RouteState] | None:
+        if not identities:
+            return {}
+        now = self._now()
+        if not self.available(now):
+            return None
+        names = list(identities)
+        keys = [self.key(n, identities[n]) for n in names]
+        try:
+            values = await self._redis.mget(keys)
+            if now - self._refreshed_at >= REFRESH_EVERY:
+                # Keys in use never expire, even if a replica that moved on set a TTL.
+                async with self._redis.pipeline(transaction=False) as pipe:
+                    for key in keys:
+                        pipe.persist(key)
+                    await pipe.execute()
+                self._refreshed_at = now
         except (RedisError, OSError) as exc:
             self._failed(exc)
             return None
         self._ok()
         out = {}
         for name, raw in zip(names, values, strict=True):
-            if raw is None:
-                continue
-            try:
-                out[name] = RouteState.from_json(json.loads(raw))
-            except (ValueError, TypeError, KeyError) as exc:
-                log.error("ignoring corrupt state for route %s in redis: %s", name, exc)
+            state = self._parse(name, raw)
+            if state is not None:
+                out[name] = state
         return out
 
-    async def put(self, name: str, state: RouteState, expected_seq: int) -> RouteState | None:
-        """Compare-and-set. None: written. A state: someone else's newer state won.
-        Raises ConnectionError when Redis cannot be reached (the caller retries later)."""
-        if not self.available(asyncio.get_running_loop().time()):
-            raise ConnectionError(f"backing off after: {self.last_error}")
+    async def put(self, route: str, state: RouteState, expected: int) -> RouteState | None:
         body = json.dumps(state.to_json())
         try:
             winner = await self._put(
-                keys=[self.key(name, state.revision)],
-                args=[expected_seq, body, STATE_TTL_MS, self.channel, name],
+                keys=[self.key(route, state.identity), self.latest_key(route)],
+                args=[expected, body, state.identity, self.channel, route],
             )
         except (RedisError, OSError) as exc:
             self._failed(exc)
-            raise ConnectionError(str(exc)) from exc
+            raise StoreUnavailable(self.last_error) from exc
         self._ok()
         if winner is None:
             return None
         return RouteState.from_json(json.loads(winner))
 
+    async def retire(self, route: str, identity: str) -> None:
+        try:
+            await self._redis.pexpire(self.key(route, identity), RETIRED_TTL_MS)
+        except (RedisError, OSError) as exc:
+            self._failed(exc)
+            raise StoreUnavailable(self.last_error) from exc
+
     # -- lease ------------------------------------------------------------------------------
-    def is_leader(self, now: float) -> bool:
-        return now < self._leader_until
+    def is_leader(self) -> bool:
+        """On real time, as Redis expires the lease: not on the engine's (injectable) clock."""
+        return self._now() < self._leader_until
 
     async def _renew_lease(self) -> None:
         loop = asyncio.get_running_loop()
@@ -160,7 +229,7 @@ class RedisStore:
                         args=[self.identity, int(self.lease * 1000)],
                     )
                     self._ok()
-                    was = self.is_leader(now)
+                    was = now < self._leader_until
                     # Keep a margin: stop acting before the lease can have passed to another.
                     self._leader_until = now + self.lease * 0.8 if got else 0.0
                     if bool(got) != was:
@@ -186,7 +255,7 @@ class RedisStore:
             except (RedisError, OSError):
                 await asyncio.sleep(1.0)  # the periodic re-read covers the gap
 
-    async def start(self, on_change: Callable[[], None]) -> None:
+    async def open(self, on_change: Callable[[], None]) -> None:
         self._on_change = on_change
         loop = asyncio.get_running_loop()
         try:
@@ -196,7 +265,7 @@ class RedisStore:
             self._failed(exc)
         self._tasks = [loop.create_task(self._renew_lease()), loop.create_task(self._listen())]
 
-    async def stop(self) -> None:
+    async def close(self) -> None:
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -204,7 +273,7 @@ class RedisStore:
                 await task
             except (asyncio.CancelledError, RedisError, OSError):
                 pass
-        if self.is_leader(asyncio.get_running_loop().time()):
+        if self.is_leader():
             try:  # hand the lease over at once instead of after it times out
                 if await self._redis.get(f"{self.prefix}lease") == self.identity.encode():
                     await self._redis.delete(f"{self.prefix}lease")
@@ -212,9 +281,6 @@ class RedisStore:
                 pass
         await self._redis.aclose()
 
-    # -- the file-store interface (unused for a shared store) -------------------------------
-    async def load(self) -> dict[str, RouteState]:
-        return {}
-
-    async def save(self, states: dict[str, RouteState]) -> None:
-        return None
+    def describe(self) -> dict[str, Any]:
+        return {"backend": "redis", "url": self.url, "up": self.up, "error": self.last_error,
+                "leader": self.is_leader()}

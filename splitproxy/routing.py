@@ -1,7 +1,18 @@
 """Which version answers a request: a pure function of a route's plan and the request's facts.
 
-Order: pin header -> sticky cookie (while its version has weight > 0) -> hash key bucket ->
-weighted sequence. Nothing here does I/O, reads a clock or imports asyncio.
+The routing order, per route (README "Routing order" says the same):
+
+1. Pin header (only when `sticky.pin_header` is configured; with `sticky.pin_token` only as
+   `<version>:<token>`): that version, even at weight 0. Blue-green's preview header works
+   the same way and reaches the color not serving.
+2. Header/cookie routes of the current step (a later issue; none yet).
+3. Sticky cookie `<version>.<run>`: that version while the cookie's run is the rollout's
+   current run and the version has weight > 0. A cookie of another run (an older revision, a
+   retry, a blue-green switch) or of a version out of traffic is ignored.
+4. Hash key: the bucket of (route, key); canaries own the lowest buckets.
+5. Otherwise the low-variance weighted sequence.
+
+Nothing here does I/O, reads a clock or imports asyncio.
 """
 
 from __future__ import annotations
@@ -126,10 +137,26 @@ def bucket(route: str, key: bytes) -> int:
     return int.from_bytes(digest, "big") % BUCKETS
 
 
+def sticky_value(version: str, run: str) -> str:
+    """The sticky cookie's value: the version and the run it was earned in."""
+    return f"{version}.{run}"
+
+
+def pin_values(versions: tuple[str, ...], token: str | None) -> dict[bytes, str]:
+    """The pin header values honoured, each to its version: the version name, or
+    `<version>:<token>` when a token is configured. A lookup in this dict compares a value
+    with the secret only after its (randomised) hash matched, so it gives away nothing by
+    timing."""
+    return {(v if token is None else f"{v}:{token}").encode("latin-1"): v for v in versions}
+
+
 def choose(
     plan: RoutePlan, seq: int, pin: str | None, cookie: str | None, hash_key: bytes | None
 ) -> str | None:
-    """The version for one request, or None when no version may take it (all weights 0)."""
+    """The version for one request, or None when no version may take it (all weights 0).
+
+    `pin` and `cookie` are versions already resolved from the request (a pin honoured, a
+    cookie of the current run), or None."""
     # Pins reach weight-0 versions on purpose: that is how a blue/green preview is tested.
     if pin is not None and pin in plan.versions:
         return pin

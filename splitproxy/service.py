@@ -11,6 +11,7 @@ from pathlib import Path
 from aiohttp import web
 
 from splitproxy.admin import bound_port, resolve_token, start_admin
+from splitproxy.clock import SYSTEM, Clock
 from splitproxy.config import load
 from splitproxy.controller import Controller
 from splitproxy.server import ProxyServer
@@ -20,14 +21,15 @@ log = logging.getLogger("splitproxy.service")
 
 
 class Service:
-    def __init__(self, config_path: Path | str, *, watch: bool = True, workers: int = 1) -> None:
+    def __init__(self, config_path: Path | str, *, watch: bool = True, workers: int = 1,
+                 clock: Clock = SYSTEM) -> None:
         self.path = Path(config_path)
         self.watch = watch
         config = load(self.path)
         self.token = resolve_token(config.admin, self.path)  # refuses an open admin API
         self.proxy: ProxyServer | WorkerPool = (
             ProxyServer(config) if workers == 1 else WorkerPool(config, workers))
-        self.controller = Controller(self.path, config, self.proxy)
+        self.controller = Controller(self.path, config, self.proxy, clock=clock)
         self._admin: web.AppRunner | None = None
 
     @property

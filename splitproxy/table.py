@@ -1,13 +1,16 @@
-"""Config (+ later: rollout state) -> an immutable routing table the data plane swaps in whole."""
+"""Config + rollout state -> an immutable routing table the data plane swaps in whole."""
 
 from __future__ import annotations
 
 import itertools
+import math
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 from splitproxy.config import Config, Route
-from splitproxy.routing import RoutePlan, make_plan
+from splitproxy.routing import RoutePlan, make_plan, pin_values, sticky_value
+
+NO_RUN = "0"  # the run of a table built without rollout state (no engine: tests, tools)
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,10 +36,15 @@ class RouteEntry:
     plan: RoutePlan
     endpoints: dict[str, tuple[Endpoint, ...]]  # version -> endpoints
     pin_header: bytes | None  # lower-case header names, as the parser hands them over
+    pins: dict[bytes, str]  # the pin header values honoured -> version
     hash_header: bytes | None
     cookie: str | None
+    run: str  # the rollout run; a sticky cookie of another run is ignored
+    cookie_values: dict[bytes, str]  # sticky cookie value of this run -> version
+    cookie_max_age: int  # seconds
     synthetic_header: bytes | None  # marks synthetic load (counted apart), with analysis only
     preview_header: bytes | None  # blue-green: requests carrying it reach `preview_version`
+    preview_token: bytes | None  # ... only when its value is this (sticky.pin_token)
     preview_version: str | None
     # Feeds the weighted sequence; shared by every request of this route in this table.
     counter: itertools.count[int] = field(default_factory=itertools.count)
@@ -57,9 +65,14 @@ def _lower(name: str | None) -> bytes | None:
     return name.lower().encode("latin-1") if name else None
 
 
-def build_route(route: Route, weights: dict[str, int] | None = None) -> RouteEntry:
-    """`weights`: the effective weights (a rollout's), when they differ from the config's."""
+def build_route(
+    route: Route, weights: dict[str, int] | None = None, run: str = NO_RUN
+) -> RouteEntry:
+    """`weights`: the effective weights (a rollout's), when they differ from the config's;
+    `run`: the rollout run sticky cookies must name."""
     versions = tuple(route.versions)
+    sticky = route.sticky
+    token = sticky.pin_token
     if weights is None:
         weights = route.configured_weights
     preview = None
@@ -74,20 +87,27 @@ def build_route(route: Route, weights: dict[str, int] | None = None) -> RouteEnt
             v: tuple(Endpoint.parse(url) for url in cfg.endpoints)
             for v, cfg in route.versions.items()
         },
-        pin_header=_lower(route.sticky.pin_header),
-        hash_header=_lower(route.sticky.hash_header),
-        cookie=route.sticky.cookie,
+        pin_header=_lower(sticky.pin_header),
+        pins=pin_values(versions, token) if sticky.pin_header else {},
+        hash_header=_lower(sticky.hash_header),
+        cookie=sticky.cookie,
+        run=run,
+        cookie_values={sticky_value(v, run).encode("latin-1"): v for v in versions},
+        cookie_max_age=max(1, math.ceil(sticky.cookie_max_age)),
         synthetic_header=_lower(route.analysis.synthetic_header) if route.analysis else None,
         preview_header=_lower(route.preview_header) if preview is not None else None,
+        preview_token=token.encode("latin-1") if token else None,
         preview_version=preview,
     )
 
 
 def build(
-    config: Config, generation: int = 1, weights: dict[str, dict[str, int]] | None = None
+    config: Config, generation: int = 1, weights: dict[str, dict[str, int]] | None = None,
+    runs: dict[str, str] | None = None,
 ) -> RoutingTable:
-    """The table for a config; `weights` per route name overrides the configured weights."""
+    """The table for a config; `weights` per route name overrides the configured weights,
+    `runs` names each route's rollout run."""
     weights = weights or {}
-    return RoutingTable(
-        generation, tuple(build_route(r, weights.get(r.name)) for r in config.routes)
-    )
+    runs = runs or {}
+    return RoutingTable(generation, tuple(
+        build_route(r, weights.get(r.name), runs.get(r.name, NO_RUN)) for r in config.routes))

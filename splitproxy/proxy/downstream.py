@@ -7,6 +7,7 @@ Requests are parsed here, checked for ambiguous framing, routed to a version and
 from __future__ import annotations
 
 import asyncio
+import hmac
 import logging
 from collections import deque
 from typing import TYPE_CHECKING, cast
@@ -229,15 +230,18 @@ class DownstreamProtocol(asyncio.Protocol):
         entry = route.entry
         plan = entry.plan
         pin = seen.get(entry.pin_header) if entry.pin_header is not None else None
-        pin_name = pin.decode("latin-1").strip() if pin is not None else None
-        if entry.preview_header is not None and entry.preview_header in seen:
-            pin_name = entry.preview_version  # blue-green preview: the color not serving
+        pin_name = entry.pins.get(pin.strip()) if pin is not None else None
+        if entry.preview_header is not None:
+            preview = seen.get(entry.preview_header)
+            if preview is not None and (entry.preview_token is None or hmac.compare_digest(
+                    preview.strip(), entry.preview_token)):
+                pin_name = entry.preview_version  # blue-green preview: the color not serving
         cookie_name: str | None = None
         if route.cookie is not None:
             raw = seen.get(b"cookie")
             if raw is not None:
-                sticky = cookie_value(raw, route.cookie)
-                cookie_name = sticky.decode("latin-1") if sticky is not None else None
+                sticky = cookie_value(raw, route.cookie)  # of the current run only
+                cookie_name = route.sticky.get(sticky) if sticky is not None else None
         hash_key = seen.get(entry.hash_header) if entry.hash_header is not None else None
         chosen = choose(plan, next(entry.counter), pin_name, cookie_name, hash_key)
         if chosen is None:

@@ -77,6 +77,7 @@ class CompiledRoute:
     versions: dict[str, VersionRuntime]
     cookie: bytes | None  # the sticky cookie's name
     set_cookie: dict[str, bytes]  # version -> its Set-Cookie header line, made once per table
+    sticky: dict[bytes, str]  # cookie value of the current run -> version
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,10 +110,11 @@ def compile_table(table: RoutingTable, pools: Pools, stats: Stats, health: Healt
         }
         cookie = entry.cookie.encode("latin-1") if entry.cookie else None
         set_cookie = {
-            v: b"Set-Cookie: %s=%s; Path=/; HttpOnly; SameSite=Lax" % (cookie, v.encode("latin-1"))
-            for v in versions
+            version: b"Set-Cookie: %s=%s; Path=/; Max-Age=%d; HttpOnly; SameSite=Lax"
+            % (cookie, value, entry.cookie_max_age)
+            for value, version in entry.cookie_values.items()
         } if cookie else {}
-        routes.append(CompiledRoute(entry, versions, cookie, set_cookie))
+        routes.append(CompiledRoute(entry, versions, cookie, set_cookie, entry.cookie_values))
     pools.retain({ep for e in table.routes for eps in e.endpoints.values() for ep in eps})
     first = routes[0] if routes else None
     catch_all = first if first and first.entry.host is None and \

@@ -23,6 +23,8 @@ from .conftest import (
     version_errors,
 )
 
+PIN = {"pin_header": "X-Splitproxy-Version"}  # off unless configured
+
 
 async def test_malformed_request_line_is_400_and_closes() -> None:
     async with proxied() as (up, srv):
@@ -97,7 +99,7 @@ async def test_upstream_never_answering_is_504_after_response_header_timeout() -
 
 async def test_all_weights_zero_is_503() -> None:
     async with run_upstream("stable") as up:
-        base = Config.model_validate(proxy_config([route({"stable": up.url})]))
+        base = Config.model_validate(proxy_config([route({"stable": up.url}, sticky=PIN)]))
         # The config file rejects an all-zero route, but a rollout can take every version out
         # of traffic at run time; model_copy builds that state without validation.
         zero = base.routes[0].model_copy(update={"weights": {"stable": 0}})
@@ -169,7 +171,7 @@ async def test_errors_do_not_poison_the_next_request_on_the_connection() -> None
     refused = f"http://127.0.0.1:{closed_port()}"
     async with run_upstream("stable") as up:
         cfg = proxy_config(
-            [route({"stable": up.url, "broken": refused}, {"stable": 1, "broken": 0})]
+            [route({"stable": up.url, "broken": refused}, {"stable": 1, "broken": 0}, sticky=PIN)]
         )
         async with run_proxy(cfg) as srv, raw_client(srv.port) as c:
             bad = await c.request("GET", "/", {"X-Splitproxy-Version": "broken"})

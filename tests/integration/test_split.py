@@ -175,18 +175,22 @@ async def test_sticky_cookie_is_set_and_keeps_the_version() -> None:
                 resp = await get(srv.port, "/")
                 cookies = [v for v in resp.header_all("set-cookie") if "splitproxy-shop=" in v]
                 assert len(cookies) == 1, resp.headers
-                version, path = cookie_value(cookies[0], "splitproxy-shop")
+                value, path = cookie_value(cookies[0], "splitproxy-shop")
+                version, _, run = value.rpartition(".")  # the version and the rollout run
                 assert version == resp.header("x-served-by")
+                assert run == "0"  # no rollout state behind this proxy: run "0"
                 assert path == "/"
+                assert "Max-Age=86400" in cookies[0]
                 given[version] += 1
             assert set(given) == {"stable", "canary"}, given
 
             async with raw_client(srv.port) as c:
                 for version in ("canary", "stable"):
-                    seen = await served_by(c, 20, headers={"Cookie": f"splitproxy-shop={version}"})
+                    seen = await served_by(c, 20,
+                                           headers={"Cookie": f"splitproxy-shop={version}.0"})
                     assert seen == Counter({version: 20})
                 # other cookies around it do not confuse the lookup
-                cookie = "a=1; splitproxy-shop=canary; b=2"
+                cookie = "a=1; splitproxy-shop=canary.0; b=2"
                 seen = await served_by(c, 10, headers={"Cookie": cookie})
                 assert seen == Counter(canary=10)
 
@@ -198,7 +202,7 @@ async def test_sticky_cookie_for_a_weight_zero_version_is_ignored() -> None:
             [route({n: u.url for n, u in ups.items()}, {"stable": 100, "canary": 0}, sticky=sticky)]
         )
         async with run_proxy(cfg) as srv, raw_client(srv.port) as c:
-            seen = await served_by(c, 20, headers={"Cookie": "splitproxy-shop=canary"})
+            seen = await served_by(c, 20, headers={"Cookie": "splitproxy-shop=canary.0"})
         assert seen == Counter(stable=20)
         assert ups["canary"].requests == 0
 

@@ -23,7 +23,7 @@ from .conftest import (
 )
 
 STEPS = [{"set_weight": 20}, {"pause": {}}, {"set_weight": 50}, {"pause": {}}]
-SHARED = ("phase", "step", "state_revision", "pause_reason", "abort_reason", "aborted_at")
+SHARED = ("phase", "step", "identity", "run", "pause_reason", "abort_reason", "aborted_at")
 ROUNDS = 4
 
 
@@ -31,8 +31,8 @@ def seq(r: Replica) -> int:
     return r.svc.controller.engine.states["shop"].seq
 
 
-async def stored(client: aioredis.Redis, prefix: str, revision: str) -> RouteState | None:
-    raw = await client.get(f"{prefix}route:shop:{revision}")
+async def stored(client: aioredis.Redis, prefix: str, identity: str) -> RouteState | None:
+    raw = await client.get(f"{prefix}v2:route:shop:{identity}")
     return None if raw is None else RouteState.from_json(json.loads(raw))
 
 
@@ -45,7 +45,7 @@ async def settle(
     deadline = loop.time() + timeout
     while True:
         ra, rb = await asyncio.gather(a.rollout(), b.rollout())
-        st = await stored(client, prefix, ra["state_revision"])
+        st = await stored(client, prefix, ra["identity"])
         same = {k: ra[k] for k in SHARED} == {k: rb[k] for k in SHARED}
         if (same and ra["phase"] == phase and st is not None and st.phase == phase
                 and seq(a) == seq(b) == st.seq):

@@ -41,7 +41,7 @@ class Seen:
 async def crash(svc: Service) -> None:
     """As a killed process: stops at once, and the lease is not handed over (it runs out)."""
     store = svc.controller.store
-    store.is_leader = lambda now: False  # type: ignore[method-assign]
+    store.is_leader = lambda: False  # type: ignore[method-assign]
     await svc.stop(drain=0)
 
 

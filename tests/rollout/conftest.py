@@ -4,9 +4,10 @@
   (`ok`, `fail`, `fail-synthetic`), counting every request they see.
 * `Hook` / `run_hook()` — a webhook receiver on 127.0.0.1 that answers a settable status and
   keeps every JSON payload.
-* `Harness` / `harness` fixture — a `RolloutEngine` over an in-memory store and fake counters,
-  ticked by the test with a clock it chooses (`await h.tick(+1.0)`); no sleeping through
-  intervals. The engine's own background loop is parked.
+* `ManualClock` — a `Clock` the test moves (`await clock.advance(5)`), for the engine alone
+  or a whole `Service`.
+* `Harness` / `harness` fixture — a `RolloutEngine` over an in-memory store and fake counters
+  on a `ManualClock` (`await h.tick(+1.0)` is one second); no sleeping through intervals.
 * `rollout_config(...)` — a full config dict for route "shop" with analysis / rollout sections.
 * `hit(port, n)` — n GETs, X-Served-By counted; `Load` — steady clients recording every answer
   with its wall-clock send time (comparable with the engine's `aborted_at`).
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import heapq
 import sys
 import time
 from collections import Counter
@@ -43,11 +45,12 @@ from control.conftest import (
     write_config,
 )
 
-from splitproxy import engine as engine_module
 from splitproxy.config import Config
 from splitproxy.engine import RolloutEngine
+from splitproxy.measure import MetricSource
 from splitproxy.rollout import RouteState
 from splitproxy.stats import VersionStats
+from splitproxy.store import Loaded, StoreUnavailable, Wanted
 from splitproxy.window import Key, Sample, Window
 
 __all__ = [
@@ -57,6 +60,7 @@ __all__ = [
     "Hit",
     "Hook",
     "Load",
+    "ManualClock",
     "MemoryStore",
     "admin",
     "cli",
@@ -199,19 +203,108 @@ def rollout_config(
 # --------------------------------------------------------------------------- engine harness
 
 
+class ManualClock:
+    """A `Clock` the test moves. `advance(dt)` wakes every sleeper in due order, letting the
+    event loop run after each; `jump(dt)` moves time at once and wakes what is due once (a
+    machine that was suspended)."""
+
+    def __init__(self, wall: float = 1_717_380_000.0) -> None:  # a Monday, 2024-06-03
+        self.wall0 = wall
+        self.mono = 0.0
+        self._sleepers: list[tuple[float, int, asyncio.Future[None]]] = []
+        self._n = 0
+
+    def time(self) -> float:
+        return self.wall0 + self.mono
+
+    def monotonic(self) -> float:
+        return self.mono
+
+    async def sleep(self, seconds: float) -> None:
+        if seconds <= 0:
+            await asyncio.sleep(0)
+            return
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._n += 1
+        heapq.heappush(self._sleepers, (self.mono + seconds, self._n, fut))
+        await fut
+
+    async def advance(self, seconds: float) -> None:
+        target = self.mono + seconds
+        while self._sleepers and self._sleepers[0][0] <= target + 1e-9:
+            due, _, fut = heapq.heappop(self._sleepers)
+            if fut.done():
+                continue  # a cancelled sleep
+            self.mono = max(self.mono, due)
+            fut.set_result(None)
+            await settle()
+        self.mono = max(self.mono, target)
+        await settle()
+
+    async def jump(self, seconds: float) -> None:
+        self.mono += seconds
+        due = [f for t, _, f in self._sleepers if t <= self.mono + 1e-9]
+        self._sleepers = [s for s in self._sleepers if s[0] > self.mono + 1e-9]
+        heapq.heapify(self._sleepers)
+        for fut in due:
+            if not fut.done():
+                fut.set_result(None)
+        await settle()
+
+
+async def settle(rounds: int = 12) -> None:
+    """Lets tasks that are ready run (a few event-loop rounds, no time passes)."""
+    for _ in range(rounds):
+        await asyncio.sleep(0)
+
+
 class MemoryStore:
-    """A StateStore in a dict; counts saves."""
+    """A StateStore in a dict, with the same compare-and-set as the real ones; counts writes
+    and fails them while `fail` is set."""
+
+    refresh_interval: float | None = None
 
     def __init__(self, states: dict[str, RouteState] | None = None) -> None:
         self.states = dict(states or {})
         self.saves = 0
+        self.fail = False
 
-    async def load(self) -> dict[str, RouteState]:
-        return dict(self.states)
+    async def open(self, on_change: Callable[[], None]) -> None:
+        return None
 
-    async def save(self, states: dict[str, RouteState]) -> None:
-        self.states = dict(states)
+    async def close(self) -> None:
+        return None
+
+    async def load(self, wanted: Mapping[str, Wanted]) -> dict[str, Loaded]:
+        out = {}
+        for name, want in wanted.items():
+            stored = self.states.get(name)
+            ok = stored is not None and stored.identity == want.identity
+            out[name] = Loaded(stored, None) if ok else Loaded(None, stored)
+        return out
+
+    async def fetch(self, identities: Mapping[str, str]) -> dict[str, RouteState]:
+        return {n: s for n, s in self.states.items() if identities.get(n) == s.identity}
+
+    async def put(self, route: str, state: RouteState, expected: int) -> RouteState | None:
+        if self.fail:
+            raise StoreUnavailable("memory store told to fail")
+        current = self.states.get(route)
+        if current is not None and current.identity == state.identity \
+                and current.seq != expected:
+            return current
+        self.states[route] = state
         self.saves += 1
+        return None
+
+    async def retire(self, route: str, identity: str) -> None:
+        return None
+
+    def is_leader(self) -> bool:
+        return True
+
+    def describe(self) -> dict[str, Any]:
+        return {"backend": "memory", "up": not self.fail, "error": None}
 
 
 class Traffic:
@@ -232,43 +325,57 @@ class Traffic:
 
 
 class Harness:
-    """A RolloutEngine whose clock the test moves: `tick(dt)` advances both clocks by `dt` and
-    runs one engine tick. Weights it would install are `installed[-1]`."""
+    """A RolloutEngine on a `ManualClock`: `await h.tick(dt)` moves time by `dt` (every timer
+    tick, measurement and event in between runs). Weights it would install are
+    `installed[-1]`."""
 
-    def __init__(self, store: MemoryStore | None = None) -> None:
+    def __init__(self, store: MemoryStore | None = None,
+                 sources: dict[str, MetricSource] | None = None) -> None:
         self.store = store or MemoryStore()
+        self.clock = ManualClock()
         self.traffic = Traffic()
         self.window = Window(horizon=120)
         self.installed: list[dict[str, dict[str, int]]] = []
-        self.engine = RolloutEngine(self.store, self.window, self._sample, self._rebuild)
-        self.mono = 0.0
-        self.wall = 0.0
-        self._last_sample = float("-inf")
+        self.engine = RolloutEngine(self.store, self.window, self._sample, self._rebuild,
+                                    self.clock, sources)
 
     def _sample(self, mono: float) -> None:
-        # reconfigure() and act() sample at the loop's real time, which may lag our clock.
-        self._last_sample = max(self._last_sample, mono)
-        self.window.record(self._last_sample, self.traffic.samples())
+        self.window.record(mono, self.traffic.samples())
 
     def _rebuild(self) -> None:
         self.installed.append(self.engine.weights())
 
+    @property
+    def wall(self) -> float:
+        return self.clock.time()
+
     async def start(self, config: Config) -> None:
         await self.engine.start(config)
-        self.mono = asyncio.get_running_loop().time()
-        self.wall = time.time()
+        await self.settled()
+
+    async def settled(self) -> None:
+        """Until the engine has nothing left to do at this moment."""
+        for _ in range(200):
+            await settle(4)
+            if self.engine._queue.empty() and not self.engine._reading:
+                return
+        raise AssertionError("the engine did not settle")
 
     async def tick(self, dt: float = 0.0) -> None:
-        self.mono += dt
-        self.wall += dt
-        await self.engine.tick(self.mono, self.wall)
+        await self.clock.advance(dt)
+        await self.settled()
+
+    async def act(self, action: str, **kw: Any) -> RouteState:
+        state = await self.engine.act("shop", action, **kw)
+        await self.settled()
+        return state
 
     async def tick_until(self, predicate: Callable[[], bool], what: str) -> None:
-        """Ticks at the *same* moment until `predicate` holds: waits for webhook answers
-        (real I/O) without moving the engine's clock."""
+        """Real time passes, the engine's clock does not: waits for webhook answers (real
+        I/O) and what the engine does with them."""
 
         async def ticked() -> bool:
-            await self.tick()
+            await self.settled()
             return predicate()
 
         await wait_until(ticked, what=what)
@@ -281,13 +388,7 @@ class Harness:
 
 
 @pytest.fixture
-def parked_loop(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The engine's own loop sleeps for an hour between ticks: only the test ticks it."""
-    monkeypatch.setattr(engine_module, "TICK", 3600.0)
-
-
-@pytest.fixture
-async def harness(parked_loop: None) -> AsyncIterator[Harness]:
+async def harness() -> AsyncIterator[Harness]:
     h = Harness()
     try:
         yield h

@@ -28,10 +28,6 @@ ANALYSIS = {"interval": f"{INTERVAL}s", "window": "5s", "min_requests": 20,
 STICKY = {"pin_header": "X-Splitproxy-Version", "cookie": "sp", "hash_header": "X-User-Id"}
 
 
-def cookie(i: int) -> tuple[str, dict[str, str]]:
-    return "sp=canary", {"Cookie": "sp=canary"}  # a client the canary's Set-Cookie made sticky
-
-
 def user(i: int) -> tuple[str, dict[str, str]]:
     uid = f"user-{i % 40}"
     return uid, {"X-User-Id": uid}
@@ -55,6 +51,12 @@ async def test_a_failing_canary_is_out_of_traffic_within_interval_times_failure_
             def passes() -> int:
                 return sum(1 for c in engine.states["shop"].checks
                            if c["result"] == "pass" and c["requests"] >= 20)
+
+            run = engine.states["shop"].run
+
+            def cookie(i: int) -> tuple[str, dict[str, str]]:
+                # A client the canary's Set-Cookie made sticky in this run.
+                return "sp=canary", {"Cookie": f"sp=canary.{run}"}
 
             kinds = {"plain-a": plain, "plain-b": plain, "cookie": cookie, "user": user,
                      "pinned": pinned}

@@ -1,6 +1,6 @@
 """Blue/green through a real proxy: the active color takes everything, the preview header reaches
 the other one, switching is one config edit, and a watched switch that fails switches back and
-stays back (across a restart) until the config changes again."""
+stays back (across a restart) until a new rollout (a new `rollout.revision`)."""
 
 from __future__ import annotations
 
@@ -25,8 +25,9 @@ PREVIEW = {"X-Splitproxy-Preview": "1"}
 
 
 def blue_green(b: dict[str, Backend], active: str, **kw: Any) -> dict[str, Any]:
+    # The preview header is off unless configured, as the pin header.
     return rollout_config({"blue": b["blue"], "green": b["green"]}, strategy="blue-green",
-                          active=active, **kw)
+                          active=active, preview_header="X-Splitproxy-Preview", **kw)
 
 
 def switch(path: Path, cfg: dict[str, Any], svc: Any, **route: Any) -> dict[str, Any]:
@@ -94,9 +95,13 @@ async def test_a_failing_switch_switches_back_and_stays_until_the_config_changes
             assert await hit(svc.proxy_port, 20) == {"blue": 20}  # across a restart too
             assert b["green"].requests == green_before
 
-            # A new green (another endpoint) is a config change: switch to it again, watched.
+            # Another endpoint for green is not a new rollout: still switched back to blue.
             cfg["routes"][0]["versions"]["green"]["endpoints"] = [b["green2"].url]
             switch(path, cfg, svc)
+            assert svc.controller.engine.states["shop"].phase == "aborted"
+            assert await hit(svc.proxy_port, 20) == {"blue": 20}
+            # A new build of green is announced by its revision: switch to it again, watched.
+            cfg = switch(path, cfg, svc, rollout={"revision": "green-2"})
             state = svc.controller.engine.states["shop"]
             assert (state.phase, state.previous_active) == ("idle", "blue")
             assert await hit(svc.proxy_port, 20) == {"green2": 20}

@@ -13,6 +13,7 @@ import pytest
 
 from splitproxy import rollout
 from splitproxy.config import Config
+from splitproxy.rollout import Actor, PauseReason, Phase
 
 from .conftest import Harness, MemoryStore, rollout_config, run_hook, wait_until
 
@@ -59,9 +60,9 @@ async def test_abort_comes_one_interval_after_the_first_failing_check_in_one_swa
     failing(h)
     swaps = len(h.installed)
     await h.tick(1.0)
-    assert h.state().phase == rollout.ABORTED
+    assert h.state().phase == Phase.ABORTED
     assert h.installed[swaps:] == [{"shop": STABLE_ONLY}]  # exactly one table, baseline 100
-    assert h.store.states["shop"].phase == rollout.ABORTED  # persisted in the same tick
+    assert h.store.states["shop"].phase == Phase.ABORTED  # persisted in the same tick
     assert h.engine.aborts == {"shop": 1}
 
 
@@ -86,7 +87,8 @@ async def test_low_traffic_never_aborts(harness: Harness) -> None:
         await h.tick(1.0)
     assert h.state().phase == "idle"
     assert {c["result"] for c in h.state().checks} == {"inconclusive"}
-    assert h.engine.checks_total == {("shop", "inconclusive"): 10}
+    # One check at the start, then one a second.
+    assert h.engine.checks_total == {("shop", "inconclusive"): 11}
 
 
 @pytest.mark.parametrize(("include", "phase"), [(False, "idle"), (True, "aborted")])
@@ -125,16 +127,16 @@ async def test_compare_to_baseline_keeps_a_canary_in_a_shared_outage(harness: Ha
 async def test_timed_pause_runs_on_the_injected_wall_clock(harness: Harness) -> None:
     h = harness
     steps = [{"set_weight": 20}, {"pause": "30s"}, {"set_weight": 60}, {"pause": {}}]
-    await h.start(config(weights=STABLE_ONLY, rollout={"steps": steps}))
-    assert h.weights() == STABLE_ONLY  # before the first tick: the configured weights
+    await h.start(config(weights=STABLE_ONLY, rollout={"steps": steps}))  # the first tick
     await h.tick()
     assert h.weights() == {"stable": 80, "canary": 20}
     await h.tick(29.9)
     assert h.weights()["canary"] == 20
     await h.tick(0.1)
     assert h.weights()["canary"] == 60
-    assert (h.state().phase, h.state().pause_reason) == ("paused", rollout.AWAIT_PROMOTE)
-    await h.tick(86400)
+    assert (h.state().phase, h.state().pause_reason) == ("paused", PauseReason.AWAIT_PROMOTE)
+    await h.clock.jump(86400)
+    await h.tick()
     assert h.weights()["canary"] == 60
 
 
@@ -146,7 +148,7 @@ async def test_analysis_still_aborts_a_paused_rollout(harness: Harness, hold: st
     await h.start(config(weights=STABLE_ONLY, analysis=FAST, rollout={"steps": steps}))
     await h.tick()
     if hold == "manual":
-        await h.engine.act("shop", "pause")
+        await h.act("pause")
     assert (h.state().phase, h.state().pause_reason) == ("paused", hold)
     for _ in range(2):
         failing(h)
@@ -162,10 +164,10 @@ async def test_inconclusive_limit_pauses_then_resume_continues(harness: Harness)
                          analysis={**FAST, "inconclusive_limit": 2}))
     await h.tick()  # set_weight 10; the first check is inconclusive (no traffic)
     await h.tick(1.0)  # a second inconclusive check: blind, so paused
-    assert (h.state().phase, h.state().pause_reason) == ("paused", rollout.INCONCLUSIVE)
+    assert (h.state().phase, h.state().pause_reason) == ("paused", PauseReason.INCONCLUSIVE)
     await h.tick(5.0)
     assert h.weights()["canary"] == 10
-    await h.engine.act("shop", "resume")
+    await h.act("resume")
     healthy(h)
     await h.tick(2.0)
     assert h.weights()["canary"] == 50
@@ -174,10 +176,11 @@ async def test_inconclusive_limit_pauses_then_resume_continues(harness: Harness)
 # --------------------------------------------------------------------------- restarts
 
 
-async def test_an_aborted_state_is_restored_before_the_first_table(parked_loop: None) -> None:
+async def test_an_aborted_state_is_restored_before_the_first_table() -> None:
     cfg = config(analysis=FAST)
     route = cfg.routes[0]
-    aborted = rollout.abort(rollout.start(route, 0.0), "2 failing checks in a row", 1.0)
+    aborted = rollout.abort(rollout.start(route, 0.0, "r1"), "2 failing checks in a row", 1.0,
+                            Actor.GUARD)
     h = Harness(MemoryStore({"shop": aborted}))
     await h.start(cfg)
     try:
@@ -187,13 +190,16 @@ async def test_an_aborted_state_is_restored_before_the_first_table(parked_loop: 
         await h.engine.stop()
 
 
-async def test_a_stored_state_of_another_revision_starts_fresh(parked_loop: None) -> None:
-    old = config(analysis=FAST, weights={"stable": 90, "canary": 10})
-    aborted = rollout.abort(rollout.start(old.routes[0], 0.0), "old news", 1.0)
+async def test_a_stored_state_of_another_revision_starts_fresh() -> None:
+    old = config(analysis=FAST, weights={"stable": 90, "canary": 10},
+                 rollout={"revision": "v1"})
+    aborted = rollout.abort(rollout.start(old.routes[0], 0.0, "r1"), "old news", 1.0,
+                            Actor.OPERATOR)
     h = Harness(MemoryStore({"shop": aborted}))
-    await h.start(config(analysis=FAST))
+    await h.start(config(analysis=FAST, rollout={"revision": "v2"}))
     try:
         assert (h.state().phase, h.state().abort_reason) == ("idle", None)
+        assert h.state().run != "r1"
         assert h.weights() == {"stable": 50, "canary": 50}
     finally:
         await h.engine.stop()
@@ -275,7 +281,7 @@ async def test_a_manual_abort_notifies_with_the_operator_s_reason(harness: Harne
     h = harness
     async with run_hook() as hook:
         await h.start(hooked(hook.url("/gate"), hook.url("/notify"), [{"pause": {}}]))
-        await h.engine.act("shop", "abort", reason="bad build 1234")
+        await h.act("abort", reason="bad build 1234")
         await wait_until(lambda: bool(hook.on("/notify")), what="the abort webhook")
         [sent] = hook.on("/notify")
         assert (sent["event"], sent["route"], sent["reason"]) == (

@@ -1,6 +1,7 @@
-"""Hot reload during a rollout: an edit that does not touch the route's versions, weights, steps
-or revision keeps the current state (an abort stays); an edit to them starts a new rollout at
-step 0 and clears the abort.
+"""Hot reload during a rollout: an edit that does not touch the rollout's identity (version
+names, steps, `rollout.revision`) keeps the current state, an abort included: thresholds,
+timeouts, weights and endpoints (scaling, replacing pods). An edit to the identity starts a new
+rollout at step 0 and clears the abort.
 
 The config file is really rewritten; `controller.reload()` is called directly instead of
 waiting for the watcher (the watcher itself is tested in tests/control)."""
@@ -60,8 +61,16 @@ def weights(cfg: dict[str, Any], b: dict[str, Backend]) -> None:
     shop(cfg)["weights"] = {"stable": 90, "canary": 10}
 
 
-def versions(cfg: dict[str, Any], b: dict[str, Backend]) -> None:
+def endpoints(cfg: dict[str, Any], b: dict[str, Backend]) -> None:
     shop(cfg)["versions"]["canary"]["endpoints"] = [b["canary"].url, b["canary2"].url]
+
+
+def stable_endpoint(cfg: dict[str, Any], b: dict[str, Backend]) -> None:
+    shop(cfg)["versions"]["stable"]["endpoints"] = [b["stable"].url, b["stable2"].url]
+
+
+def version_added(cfg: dict[str, Any], b: dict[str, Backend]) -> None:
+    shop(cfg)["versions"]["canary2"] = {"endpoints": [b["canary2"].url]}
 
 
 def base_config(b: dict[str, Backend]) -> dict[str, Any]:
@@ -77,7 +86,7 @@ def base_config(b: dict[str, Backend]) -> dict[str, Any]:
 async def aborted_service_then(
     tmp_path: Path, edit: Edit, check: Callable[[Any, dict[str, Backend]], Any]
 ) -> None:
-    async with run_backends("stable", "canary", "canary2") as b:
+    async with run_backends("stable", "canary", "canary2", "stable2") as b:
         path = tmp_path / "shop.yaml"
         cfg = base_config(b)
         write_config(path, cfg)
@@ -97,16 +106,18 @@ async def aborted_service_then(
             await check(svc, b)
 
 
-@pytest.mark.parametrize("edit", [threshold, timeout, interval])
-async def test_an_abort_survives_a_reload_that_changes_only_thresholds_or_timeouts(
+@pytest.mark.parametrize("edit", [threshold, timeout, interval, weights, endpoints,
+                                  stable_endpoint])
+async def test_an_abort_survives_a_reload_that_does_not_change_the_rollout_s_identity(
     tmp_path: Path, edit: Edit
 ) -> None:
     async def still_aborted(svc: Any, b: dict[str, Backend]) -> None:
         state = svc.controller.engine.states["shop"]
         assert (state.phase, state.abort_reason) == ("aborted", "manual: canary broken")
-        canary_before = b["canary"].requests
-        assert await hit(svc.proxy_port, 50) == {"stable": 50}
-        assert b["canary"].requests == canary_before
+        canary_before = b["canary"].requests + b["canary2"].requests
+        served = await hit(svc.proxy_port, 50)
+        assert served["stable"] + served["stable2"] == 50, served
+        assert b["canary"].requests + b["canary2"].requests == canary_before
         saved = json.loads((tmp_path / "shop.state.json").read_text())["routes"]["shop"]
         assert saved["phase"] == "aborted"
 
@@ -115,7 +126,7 @@ async def test_an_abort_survives_a_reload_that_changes_only_thresholds_or_timeou
 
 @pytest.mark.parametrize(
     ("edit", "canary_weight"),
-    [(steps, 40), (revision, 30), (weights, 30), (versions, 30)],
+    [(steps, 40), (revision, 30), (version_added, 30)],
 )
 async def test_a_reload_that_changes_the_rollout_starts_over_at_step_zero_and_clears_the_abort(
     tmp_path: Path, edit: Edit, canary_weight: int

@@ -122,7 +122,7 @@ async def test_promote_full_and_pause_resume_through_the_cli(tmp_path: Path) -> 
             assert engine.states["shop"].pause_reason == "manual"
             twice = await cli("pause", "shop", "--admin", admin_url)
             assert (twice.code, twice.err.strip()) == (
-                1, "error: 409: only a progressing rollout can be paused (it is paused)")
+                1, "error: 409: only a progressing rollout can be paused (it is paused: manual)")
             resumed = await cli("resume", "shop", "--admin", admin_url)
             assert resumed.code == 0, resumed
             assert engine.states["shop"].phase == "progressing"

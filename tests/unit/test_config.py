@@ -80,7 +80,10 @@ def test_minimal_config_gets_defaults() -> None:
     assert config.admin.listen == "127.0.0.1:9901"
     assert config.routes[0].match.host is None
     assert config.routes[0].match.path_prefix == "/"
-    assert config.routes[0].sticky.pin_header == "X-Splitproxy-Version"
+    assert config.routes[0].sticky.pin_header is None  # off unless configured
+    assert config.routes[0].sticky.pin_token is None
+    assert config.routes[0].sticky.cookie_max_age == 86400
+    assert config.routes[0].preview_header is None
     assert config.routes[0].sticky.hash_header is None
     assert config.timeouts.response_header == 30.0
     assert config.limits.max_body is None

@@ -17,29 +17,38 @@ from splitproxy import rollout
 from splitproxy.analysis import Check
 from splitproxy.config import Analysis, DeployWindow, Route
 from splitproxy.rollout import (
-    ABORTED,
-    AWAIT_PROMOTE,
-    IDLE,
-    INCONCLUSIVE,
-    MANUAL,
-    OUTSIDE_WINDOW,
-    PAUSED,
-    PROGRESSING,
-    PROMOTED,
     ActionError,
+    Actor,
+    PauseReason,
+    Phase,
     RouteState,
-    abort,
     advance,
+    identity,
     in_window,
     pause,
     promote,
     record_check,
     resume,
-    retry,
-    revision_of,
     start,
     weights,
 )
+from splitproxy.rollout import abort as _abort
+from splitproxy.rollout import retry as _retry
+
+ABORTED, IDLE, PAUSED, PROGRESSING, PROMOTED = (
+    Phase.ABORTED, Phase.IDLE, Phase.PAUSED, Phase.PROGRESSING, Phase.PROMOTED)
+AWAIT_PROMOTE, INCONCLUSIVE, MANUAL, OUTSIDE_WINDOW = (
+    PauseReason.AWAIT_PROMOTE, PauseReason.INCONCLUSIVE, PauseReason.MANUAL,
+    PauseReason.OUTSIDE_WINDOW)
+RUN = "r1"
+
+
+def abort(state: RouteState, reason: str, now: float) -> RouteState:
+    return _abort(state, reason, now, Actor.OPERATOR)
+
+
+def retry(state: RouteState, route: Route, now: float) -> RouteState:
+    return _retry(state, route, now, "r2")
 
 SEOUL = ZoneInfo("Asia/Seoul")
 T0 = datetime(2024, 6, 3, 12, 0, tzinfo=SEOUL).timestamp()  # a Monday, noon in Seoul
@@ -94,7 +103,7 @@ def fold(state: RouteState, route: Route, results: str, now: float = T0) -> Rout
 
 def at(route: Route, *times: float) -> RouteState:
     """A rollout started at T0 and advanced at each of `times`."""
-    state = start(route, T0)
+    state = start(route, T0, RUN)
     for t in (T0, *times):
         state, _ = advance(state, route, t)
     return state
@@ -114,7 +123,7 @@ CANARY_ONLY = {"stable": 0, "canary": 100}
 
 def test_a_route_without_steps_is_idle_and_serves_its_configured_weights() -> None:
     route = make_route(weights={"stable": 90, "canary": 10})
-    state, events = advance(start(route, T0), route, T0 + 3600)
+    state, events = advance(start(route, T0, RUN), route, T0 + 3600)
     assert (state.phase, events) == (IDLE, [])
     assert weights(state, route) == {"stable": 90, "canary": 10}
 
@@ -123,13 +132,13 @@ def test_a_route_without_steps_is_idle_and_serves_its_configured_weights() -> No
 
 
 def test_a_new_rollout_starts_at_step_zero_with_the_configured_weights() -> None:
-    state = start(ROUTE, T0)
+    state = start(ROUTE, T0, RUN)
     assert (pos(state), state.weight) == ((PROGRESSING, 0, None), None)
     assert weights(state, ROUTE) == STABLE_ONLY
 
 
 def test_set_weight_applies_at_once_and_the_steps_own_the_weights() -> None:
-    state, events = advance(start(ROUTE, T0), ROUTE, T0)
+    state, events = advance(start(ROUTE, T0, RUN), ROUTE, T0)
     assert pos(state) == (PROGRESSING, 1, None)
     assert weights(state, ROUTE) == {"stable": 80, "canary": 20}
     assert events == ["step 1: set_weight 20"]
@@ -240,11 +249,11 @@ def test_promote_passes_a_manual_pause_too() -> None:
 
 def _idle() -> tuple[RouteState, Route]:
     route = make_route(analysis=ANALYSIS)
-    return start(route, T0), route
+    return start(route, T0, RUN), route
 
 
 def _fresh() -> tuple[RouteState, Route]:
-    return start(ROUTE, T0), ROUTE
+    return start(ROUTE, T0, RUN), ROUTE
 
 
 def _waiting() -> tuple[RouteState, Route]:
@@ -269,7 +278,7 @@ def _promoted() -> tuple[RouteState, Route]:
 
 def _outside() -> tuple[RouteState, Route]:
     route = rolling(window=WEEKDAYS)
-    return advance(start(route, SATURDAY), route, SATURDAY)[0], route
+    return advance(start(route, SATURDAY, RUN), route, SATURDAY)[0], route
 
 
 Action = Callable[[RouteState, Route], RouteState]
@@ -309,7 +318,8 @@ pause_now: Action = pause
         (retry_now, _promoted, "only an aborted rollout"),
         (retry_now, _idle, "only an aborted rollout"),
         (pause_now, _idle, "only a progressing rollout"),
-        (pause_now, _paused, "only a progressing rollout"),
+        (pause_now, _paused, r"only a progressing rollout can be paused \(it is paused: "
+                             r"manual\)"),
         (pause_now, _waiting, "only a progressing rollout"),
         (pause_now, _aborted, "only a progressing rollout"),
         (pause_now, _promoted, "only a progressing rollout"),
@@ -442,7 +452,8 @@ def seoul(day: int, hhmm: str) -> float:
         (seoul(3, "10:00"), True),  # start is inclusive
         (seoul(3, "09:59"), False),
         (seoul(3, "15:59"), True),
-        (seoul(3, "16:00"), False),  # end is exclusive
+        (seoul(3, "16:00"), True),  # end is inclusive, to the minute
+        (seoul(3, "16:01"), False),
         (seoul(7, "12:00"), True),  # Friday
         (seoul(8, "12:00"), False),  # Saturday
         (seoul(9, "12:00"), False),  # Sunday
@@ -464,15 +475,16 @@ WINDOWED = rolling(window=WEEKDAYS)
 
 
 def test_outside_the_window_a_new_rollout_pauses_before_its_first_step() -> None:
-    state, events = advance(start(WINDOWED, SATURDAY), WINDOWED, SATURDAY)
+    state, events = advance(start(WINDOWED, SATURDAY, RUN), WINDOWED, SATURDAY)
     assert pos(state) == (PAUSED, 0, OUTSIDE_WINDOW)
     assert weights(state, WINDOWED) == STABLE_ONLY
     assert events == ["outside deployment window: paused"]
 
 
 def test_outside_the_window_a_finished_pause_does_not_advance() -> None:
-    # Set 20 % at 15:59 on Monday; the 30 s pause ends at 16:00:29, after the window closed.
-    state = at_times(WINDOWED, seoul(3, "15:59"), seoul(3, "15:59") + 90)
+    # Set 20 % at 16:00:45 on Monday (the window's last minute); the 30 s pause ends at
+    # 16:01:15, after the window closed.
+    state = at_times(WINDOWED, seoul(3, "16:00") + 45, seoul(3, "16:00") + 90)
     assert pos(state) == (PAUSED, 1, OUTSIDE_WINDOW)
     assert weights(state, WINDOWED)["canary"] == 20
 
@@ -489,13 +501,56 @@ def test_abort_is_allowed_outside_the_window() -> None:
     assert weights(fold(state, WINDOWED, "fail fail", SATURDAY), WINDOWED) == STABLE_ONLY
 
 
+NIGHTS = {"days": ["fri"], "start": "22:00", "end": "02:00", "tz": "Asia/Seoul"}
+
+
+@pytest.mark.parametrize(
+    ("now", "inside"),
+    [
+        (seoul(7, "21:59"), False),  # Friday evening, before
+        (seoul(7, "22:00"), True),
+        (seoul(7, "23:59"), True),
+        (seoul(8, "00:00"), True),  # Saturday morning: Friday's window, across midnight
+        (seoul(8, "02:00"), True),  # the end is inclusive
+        (seoul(8, "02:01"), False),
+        (seoul(8, "22:30"), False),  # Saturday night is not listed
+        (seoul(7, "01:00"), False),  # Friday 01:00 belongs to Thursday's night
+    ],
+)
+def test_a_window_across_midnight_belongs_to_the_day_it_starts(now: float,
+                                                                 inside: bool) -> None:
+    assert in_window(DeployWindow.model_validate(NIGHTS), now) is inside
+
+
+@pytest.mark.parametrize(("hhmm", "inside"), [("00:00", True), ("23:59", True)])
+def test_the_default_window_is_the_whole_day_last_minute_included(hhmm: str,
+                                                                   inside: bool) -> None:
+    assert in_window(DeployWindow(), seoul(3, hhmm) + 59) is inside
+
+
+def test_a_one_minute_window_is_open_for_that_minute() -> None:
+    window = DeployWindow(start="12:00", end="12:00", tz="Asia/Seoul")
+    assert [in_window(window, seoul(3, t)) for t in ("11:59", "12:00", "12:01")] == [
+        False, True, False]
+
+
+def test_a_rollout_waiting_for_its_window_can_be_paused_and_then_stays_paused() -> None:
+    route = rolling(window=WEEKDAYS)
+    waiting = advance(start(route, SATURDAY, RUN), route, SATURDAY)[0]
+    assert pos(waiting) == (PAUSED, 0, OUTSIDE_WINDOW)
+    held = pause(waiting, route)
+    assert pos(held) == (PAUSED, 0, MANUAL)
+    assert pos(advance(held, route, TUESDAY)[0]) == (PAUSED, 0, MANUAL)  # window open: still
+    assert pos(advance(resume(held, TUESDAY), route, TUESDAY)[0]) == (PROGRESSING, 1, None)
+
+
 def test_a_manual_pause_is_not_resumed_by_the_window() -> None:
     state = pause(at_times(WINDOWED, seoul(3, "12:00")), WINDOWED)
     assert pos(advance(state, WINDOWED, TUESDAY)[0]) == (PAUSED, 1, MANUAL)
 
 
 def at_times(route: Route, first: float, *later: float) -> RouteState:
-    state = start(route, first)
+    state = start(route, first, RUN)
     for t in (first, *later):
         state, _ = advance(state, route, t)
     return state
@@ -517,14 +572,19 @@ def edit(**kw: Any) -> Route:
 
 
 @pytest.mark.parametrize(
-    ("change", "changes_revision"),
+    ("change", "changes_identity"),
     [
         ({"rollout__steps": [{"set_weight": 10}, {"pause": {}}]}, True),
         ({"rollout__revision": "v2.2"}, True),
-        ({"weights": {"stable": 90, "canary": 10}}, True),
-        ({"versions__canary": {"endpoints": ["http://127.0.0.1:9003"]}}, True),
+        ({"versions__next": {"endpoints": ["http://127.0.0.1:9004"]}}, True),  # a version more
+        ({"analysis__baseline": "canary", "rollout__canary": "stable"}, True),  # roles swapped
+        # Endpoints are not the rollout: scaling or replacing pods never restarts it.
+        ({"versions__canary": {"endpoints": ["http://127.0.0.1:9003"]}}, False),
         ({"versions__canary": {"endpoints": ["http://127.0.0.1:9002", "http://127.0.0.1:9003"]}},
-         True),
+         False),
+        ({"versions__stable": {"endpoints": ["http://10.0.0.1:80"]}}, False),
+        # With steps, weights are only the starting point (and without, see below).
+        ({"weights": {"stable": 90, "canary": 10}}, False),
         ({"rollout__canary": "canary"}, False),  # the same canary, now named explicitly
         ({"analysis__max_error_rate": 0.05}, False),
         ({"analysis__max_p99_ms": 250.0}, False),
@@ -537,14 +597,29 @@ def edit(**kw: Any) -> Route:
         ({"match": {"path_prefix": "/api"}}, False),
     ],
 )
-def test_revision_changes_with_steps_versions_revision_and_weights_only(
-    change: dict[str, Any], changes_revision: bool
+def test_identity_is_versions_revision_steps_canary_and_active_only(
+    change: dict[str, Any], changes_identity: bool
 ) -> None:
-    assert (revision_of(edit(**change)) != revision_of(ROUTE)) is changes_revision
+    assert (identity(edit(**change)) != identity(ROUTE)) is changes_identity
 
 
-def test_revision_is_stable_across_loads() -> None:
-    assert revision_of(rolling()) == revision_of(rolling())
+def test_without_steps_weights_are_not_part_of_the_identity_either() -> None:
+    # Editing the weights of a step-less route moves traffic within the same rollout (and
+    # keeps an abort); a new build is announced by `rollout.revision`.
+    plain = make_route(weights={"stable": 90, "canary": 10}, analysis=ANALYSIS)
+    assert identity(plain) == identity(make_route(weights={"stable": 50, "canary": 50},
+                                                  analysis=ANALYSIS))
+    assert identity(plain) != identity(make_route(weights={"stable": 90, "canary": 10},
+                                                  analysis=ANALYSIS,
+                                                  rollout={"revision": "v2"}))
+
+
+def test_blue_green_active_is_part_of_the_identity() -> None:
+    assert identity(blue_green("blue")) != identity(blue_green("green"))
+
+
+def test_identity_is_stable_across_loads() -> None:
+    assert identity(rolling()) == identity(rolling())
 
 
 # --------------------------------------------------------------------------- blue/green
@@ -561,14 +636,19 @@ def blue_green(active: str = "green") -> Route:
     })
 
 
+def served(color: str | None) -> RouteState | None:
+    """The state of the run before: `color` was active and served."""
+    return None if color is None else start(blue_green(color), T0 - 60, "r0")
+
+
 def test_blue_green_gives_the_active_color_everything() -> None:
     route = blue_green("blue")
-    assert weights(start(route, T0), route) == {"blue": 100, "green": 0}
+    assert weights(start(route, T0, RUN), route) == {"blue": 100, "green": 0}
 
 
 def test_blue_green_switch_is_watched_and_switches_back_on_abort() -> None:
     route = blue_green("green")
-    state = start(route, T0, serving="blue")
+    state = start(route, T0, RUN, previous=served("blue"))
     assert (state.phase, state.previous_active) == (IDLE, "blue")
     assert weights(state, route) == {"blue": 0, "green": 100}
     assert weights(abort(state, "x", T0), route) == {"blue": 100, "green": 0}
@@ -576,7 +656,7 @@ def test_blue_green_switch_is_watched_and_switches_back_on_abort() -> None:
 
 def test_blue_green_failing_checks_switch_back() -> None:
     route = blue_green("green")
-    state = fold(start(route, T0, serving="blue"), route, "fail fail")
+    state = fold(start(route, T0, RUN, previous=served("blue")), route, "fail fail")
     assert weights(state, route) == {"blue": 100, "green": 0}
 
 
@@ -585,21 +665,21 @@ def test_blue_green_without_a_previous_color_has_nothing_to_switch_back_to(
     serving: str | None,
 ) -> None:
     route = blue_green("green")
-    state = abort(start(route, T0, serving=serving), "x", T0)
+    state = abort(start(route, T0, RUN, previous=served(serving)), "x", T0)
     assert state.previous_active is None
     assert weights(state, route) == {"blue": 0, "green": 100}
 
 
 def test_blue_green_retry_switches_to_the_active_color_again() -> None:
     route = blue_green("green")
-    aborted = abort(start(route, T0, serving="blue"), "x", T0)
+    aborted = abort(start(route, T0, RUN, previous=served("blue")), "x", T0)
     assert weights(retry(aborted, route, T0), route) == {"blue": 0, "green": 100}
 
 
 def test_blue_green_retry_keeps_the_color_to_switch_back_to() -> None:
     # After a retry the switch is watched again: a second failure must still fall back to blue.
     route = blue_green("green")
-    retried = retry(abort(start(route, T0, serving="blue"), "x", T0), route, T0)
+    retried = retry(abort(start(route, T0, RUN, previous=served("blue")), "x", T0), route, T0)
     assert weights(fold(retried, route, "fail fail"), route) == {"blue": 100, "green": 0}
 
 

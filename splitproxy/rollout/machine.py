@@ -1,92 +1,55 @@
 """The rollout state machine of one route: pure transitions, no clock, no I/O.
 
-Phases: `idle` (no steps; the config's weights serve), `progressing` (step i), `paused`
-(manually, waiting for a promote, outside the deployment window, or blind after too many
-inconclusive checks), `promoted` and `aborted`. Every function takes the current state and
-returns a new one; the controller persists it and turns it into weights.
+`idle` (no steps: the config's weights serve), `progressing` (step i), `paused` (manually,
+waiting for a promote, outside the deployment window, or blind after too many inconclusive
+checks), `promoted` (final for its run) and `aborted` (all weight on the baseline until a
+retry or a new rollout). Every function takes a state and returns its successor.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-from dataclasses import asdict, dataclass, field, replace
-from datetime import datetime
+from dataclasses import replace
 from typing import Any
-from zoneinfo import ZoneInfo
 
 from splitproxy.analysis import Check
-from splitproxy.config import Analysis, DeployWindow, Route
+from splitproxy.config import Analysis, Route
+from splitproxy.rollout.identity import endpoints, identity
+from splitproxy.rollout.schedule import in_window
+from splitproxy.rollout.state import Actor, PauseReason, Phase, RouteState
 
-IDLE, PROGRESSING, PAUSED, PROMOTED, ABORTED = (
-    "idle", "progressing", "paused", "promoted", "aborted",
-)
-PHASES = (IDLE, PROGRESSING, PAUSED, PROMOTED, ABORTED)
-
-# Why a rollout is paused; only some may resume by themselves.
-MANUAL, AWAIT_PROMOTE, OUTSIDE_WINDOW, INCONCLUSIVE = (
-    "manual", "waiting for promote", "outside deployment window", "inconclusive checks",
-)
+ABORTED, IDLE, PAUSED, PROGRESSING, PROMOTED = (
+    Phase.ABORTED, Phase.IDLE, Phase.PAUSED, Phase.PROGRESSING, Phase.PROMOTED)
 
 
-@dataclass(frozen=True, slots=True)
-class RouteState:
-    revision: str  # identity of what is being rolled out; a new one starts over
-    phase: str = IDLE
-    step: int = 0  # index of the step being carried out (== len(steps) when done)
-    step_started: float = 0.0  # wall clock, so a pause survives a restart
-    weight: int | None = None  # canary weight set by the last set_weight step
-    pause_reason: str | None = None
-    abort_reason: str | None = None
-    aborted_at: float | None = None
-    failures: int = 0  # failing checks in a row
-    inconclusive: int = 0  # inconclusive checks in a row
-    previous_active: str | None = None  # blue-green: the color to switch back to
-    checks: tuple[dict[str, Any], ...] = field(default=())  # newest last, bounded
-    seq: int = 0  # counts decisions; a shared store accepts a write only on top of its own
-
-    def to_json(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> RouteState:
-        data = dict(data)
-        data["checks"] = tuple(data.get("checks", ()))
-        return cls(**data)
+class ActionError(Exception):
+    """An action that does not apply in the current phase (HTTP 409)."""
 
 
-def decision(state: RouteState) -> tuple[Any, ...]:
-    """The part of a state every replica must agree on. Check counters and history stay
-    with the replica that judged them."""
-    return (state.revision, state.phase, state.step, state.step_started, state.weight,
-            state.pause_reason, state.abort_reason, state.previous_active)
+def has_steps(route: Route) -> bool:
+    return route.rollout is not None and bool(route.rollout.steps)
 
 
-def revision_of(route: Route) -> str:
-    """What identifies a rollout: versions, weights, steps and revision; thresholds, timeouts
-    and webhooks may change without restarting it."""
-    rollout = route.rollout
-    ident = {
-        "versions": {k: list(v.endpoints) for k, v in route.versions.items()},
-        "weights": route.weights,
-        "active": route.active,
-        "steps": [s.model_dump() for s in rollout.steps] if rollout else None,
-        "revision": rollout.revision if rollout else None,
-        "canary": route.canary,
-    }
-    return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
+def serving(state: RouteState) -> str | None:
+    """Blue-green: the color that took the traffic under this state (None: unknown)."""
+    if state.phase == ABORTED and state.previous_active is not None:
+        return state.previous_active
+    return state.active
 
 
-def start(route: Route, now: float, serving: str | None = None) -> RouteState:
-    """A fresh state for the route's current revision (a new rollout starts at step 0).
+def start(route: Route, now: float, run: str, previous: RouteState | None = None) -> RouteState:
+    """A new run of the route's rollout, at step 0.
 
-    `serving`: for blue-green, the color that served until now: switched back to if the new
-    active color fails its analysis.
+    `previous`: the state of the rollout that ran before (whatever its identity): for
+    blue-green, the color it served is switched back to if the new active color fails.
     """
-    prev_active = serving if route.strategy == "blue-green" and serving != route.active else None
-    phase = PROGRESSING if route.rollout is not None else IDLE
-    return RouteState(revision_of(route), phase=phase, step_started=now,
-                      previous_active=prev_active)
+    prev_active = None
+    if route.strategy == "blue-green" and previous is not None:
+        before = serving(previous)
+        prev_active = before if before != route.active and before in route.versions else None
+    return RouteState(identity(route), run, phase=PROGRESSING if has_steps(route) else IDLE,
+                      step_started=now, run_started=now, active=route.active,
+                      previous_active=prev_active, endpoints=endpoints(route),
+                      checks=previous.checks if previous is not None else ())
 
 
 def effective_active(state: RouteState, route: Route) -> str | None:
@@ -97,7 +60,6 @@ def effective_active(state: RouteState, route: Route) -> str | None:
 
 def weights(state: RouteState, route: Route) -> dict[str, int]:
     """The weights traffic gets now."""
-    configured = route.configured_weights
     if route.strategy == "blue-green":
         active = effective_active(state, route) or route.active
         return {v: 100 if v == active else 0 for v in route.versions}
@@ -107,20 +69,11 @@ def weights(state: RouteState, route: Route) -> dict[str, int]:
     if state.phase == PROMOTED and canary is not None:
         return {v: 100 if v == canary else 0 for v in route.versions}
     if state.weight is None or canary is None:
-        return configured
+        return route.configured_weights
     out = dict.fromkeys(route.versions, 0)
     out[canary] = state.weight
     out[route.baseline] = 100 - state.weight
     return out
-
-
-def in_window(window: DeployWindow | None, now: float) -> bool:
-    if window is None:
-        return True
-    local = datetime.fromtimestamp(now, ZoneInfo(window.tz))
-    day = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")[local.weekday()]
-    hhmm = local.strftime("%H:%M")
-    return day in window.days and window.start <= hhmm < window.end
 
 
 def advance(
@@ -134,7 +87,7 @@ def advance(
         return state, events
     open_now = in_window(rollout.window, now)
     if state.phase == PAUSED:
-        if state.pause_reason == OUTSIDE_WINDOW and open_now:
+        if state.pause_reason == PauseReason.OUTSIDE_WINDOW and open_now:
             state = replace(state, phase=PROGRESSING, pause_reason=None, step_started=now)
             events.append("deployment window open: progressing")
         else:
@@ -146,7 +99,7 @@ def advance(
             events.append("all steps done: promoted")
             break
         if not open_now:
-            state = replace(state, phase=PAUSED, pause_reason=OUTSIDE_WINDOW)
+            state = replace(state, phase=PAUSED, pause_reason=PauseReason.OUTSIDE_WINDOW)
             events.append("outside deployment window: paused")
             break
         step = steps[state.step]
@@ -161,7 +114,7 @@ def advance(
         assert step.pause is not None
         duration = step.pause.duration
         if duration is None:
-            state = replace(state, phase=PAUSED, pause_reason=AWAIT_PROMOTE)
+            state = replace(state, phase=PAUSED, pause_reason=PauseReason.AWAIT_PROMOTE)
             events.append(f"step {state.step + 1}: paused until promoted")
             break
         if now - state.step_started >= duration:
@@ -181,19 +134,22 @@ def next_step_is_weight(state: RouteState, route: Route) -> bool:
 
 
 def record_check(
-    state: RouteState, check: Check, analysis: Analysis, route: Route, now: float
+    state: RouteState, check: Check, analysis: Analysis, route: Route, now: float,
+    tags: dict[str, Any] | None = None,
 ) -> tuple[RouteState, list[str]]:
-    """Fold one analysis check into the state; may abort or pause."""
-    checks = (*state.checks, check.to_dict())[-analysis.history:]
+    """Fold one analysis check into the state; may abort or pause. A promoted run only
+    reports: promoted is final, as Argo Rollouts ends analysis when a rollout completes.
+    `tags` are kept with the check in the history (the run and step it measured)."""
+    checks = (*state.checks, {**check.to_dict(), **(tags or {})})[-analysis.history:]
     events: list[str] = []
     if state.phase == ABORTED:
         return replace(state, checks=checks), events
     if check.result == "fail":
         failures = state.failures + 1
         state = replace(state, failures=failures, inconclusive=0, checks=checks)
-        if failures >= analysis.failure_limit:
+        if failures >= analysis.failure_limit and state.phase != PROMOTED:
             reason = f"{failures} failing checks in a row: {check.summary()}"
-            state = abort(state, reason, now)
+            state = abort(state, reason, now, Actor.GUARD)
             events.append(f"aborted: {reason}")
         return state, events
     if check.result == "pass":
@@ -202,31 +158,28 @@ def record_check(
     state = replace(state, inconclusive=inconclusive, checks=checks)
     limit = analysis.inconclusive_limit
     if limit is not None and inconclusive >= limit and state.phase == PROGRESSING \
-            and route.rollout is not None:
-        state = replace(state, phase=PAUSED, pause_reason=INCONCLUSIVE)
+            and has_steps(route):
+        state = replace(state, phase=PAUSED, pause_reason=PauseReason.INCONCLUSIVE)
         events.append(f"paused: {inconclusive} inconclusive checks in a row")
     return state, events
 
 
 # -- operator actions -------------------------------------------------------------------------
-class ActionError(Exception):
-    """An action that does not apply in the current phase (HTTP 409)."""
-
-
-def abort(state: RouteState, reason: str, now: float) -> RouteState:
-    return replace(state, phase=ABORTED, abort_reason=reason, aborted_at=now, failures=0)
+def abort(state: RouteState, reason: str, now: float, by: Actor) -> RouteState:
+    return replace(state, phase=ABORTED, abort_reason=reason, aborted_at=now, aborted_by=by,
+                   failures=0)
 
 
 def promote(state: RouteState, route: Route, now: float, full: bool) -> RouteState:
     rollout = route.rollout
-    if rollout is None:
+    if rollout is None or not rollout.steps:
         raise ActionError("this route has no rollout steps to promote")
     if state.phase in (ABORTED, PROMOTED):
         raise ActionError(f"rollout is {state.phase}")
     if full:
         return replace(state, phase=PROMOTED, step=len(rollout.steps), pause_reason=None,
                        step_started=now)
-    if state.phase == PAUSED and state.pause_reason == AWAIT_PROMOTE:
+    if state.phase == PAUSED and state.pause_reason == PauseReason.AWAIT_PROMOTE:
         return replace(state, phase=PROGRESSING, step=state.step + 1, pause_reason=None,
                        step_started=now)
     if state.phase == PROGRESSING and state.step < len(rollout.steps) \
@@ -237,22 +190,30 @@ def promote(state: RouteState, route: Route, now: float, full: bool) -> RouteSta
                       + (f" ({state.pause_reason})" if state.pause_reason else ""))
 
 
-def retry(state: RouteState, route: Route, now: float) -> RouteState:
+def retry(state: RouteState, route: Route, now: float, run: str) -> RouteState:
+    """A new run of the same rollout from step 0; approvals and analysis of the aborted run
+    do not carry over."""
     if state.phase != ABORTED:
         raise ActionError(f"only an aborted rollout can be retried (it is {state.phase})")
-    fresh = start(route, now)
+    fresh = start(route, now, run)
     # Blue/green: the retried switch is watched again, with the same color to fall back to.
     return replace(fresh, previous_active=state.previous_active, checks=state.checks)
 
 
 def pause(state: RouteState, route: Route) -> RouteState:
-    if route.rollout is None or state.phase != PROGRESSING:
-        raise ActionError(f"only a progressing rollout can be paused (it is {state.phase})")
-    return replace(state, phase=PAUSED, pause_reason=MANUAL)
+    """Hold where it is. A rollout held by the deployment window or by blind checks may be
+    paused too: it then stays paused when the window opens, until `resume`."""
+    held = (PauseReason.OUTSIDE_WINDOW, PauseReason.INCONCLUSIVE)
+    if has_steps(route) and (state.phase == PROGRESSING
+                             or (state.phase == PAUSED and state.pause_reason in held)):
+        return replace(state, phase=PAUSED, pause_reason=PauseReason.MANUAL)
+    what = f"{state.phase}: {state.pause_reason}" if state.pause_reason else state.phase
+    raise ActionError(f"only a progressing rollout can be paused (it is {what})")
 
 
 def resume(state: RouteState, now: float) -> RouteState:
-    if state.phase != PAUSED or state.pause_reason not in (MANUAL, INCONCLUSIVE):
+    if state.phase != PAUSED or state.pause_reason not in (PauseReason.MANUAL,
+                                                           PauseReason.INCONCLUSIVE):
         raise ActionError("only a manually paused or inconclusive rollout resumes; "
                           "use promote to pass a `pause: {}` step")
     return replace(state, phase=PROGRESSING, pause_reason=None, inconclusive=0,

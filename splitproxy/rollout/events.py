@@ -1,0 +1,170 @@
+"""What may happen to a route's rollout (events) and what the owner must do after (effects).
+
+The owner (`splitproxy.engine`) applies events one at a time, in order, with `fold.apply`, then
+carries out the effects; nothing is awaited between reading a state and writing its successor.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+from splitproxy.analysis import Measured
+from splitproxy.config import Webhook, WebhookEvent
+from splitproxy.rollout.state import Phase, RouteState
+
+__all__ = ["WebhookEvent"]
+
+
+class Action(StrEnum):
+    """What an operator may do; the admin API never sets weights."""
+
+    PROMOTE = "promote"
+    ABORT = "abort"
+    RETRY = "retry"
+    PAUSE = "pause"
+    RESUME = "resume"
+
+
+# -- events -----------------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class Restore:
+    """Start-up (or a route added by a reload): what the store holds for the route.
+
+    `stored`: the state kept for the route's identity; `previous`: the latest other state of
+    the route (another identity, or format 1), for blue-green's color and for migration."""
+
+    stored: RouteState | None = None
+    previous: RouteState | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Reconfigure:
+    """A reload: `fold.apply` gets the route as newly configured."""
+
+
+@dataclass(frozen=True, slots=True)
+class Act:
+    action: Action
+    full: bool = False  # promote: to the end
+    reason: str | None = None  # abort
+
+
+@dataclass(frozen=True, slots=True)
+class Tick:
+    """The timer: due steps, window changes, gates. `leader`: this replica keeps the time."""
+
+    leader: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Measurement:
+    """One reading of a route's versions, tagged with the run and step it measured.
+
+    `samples` per version (None when the reading failed: `error` says why). A reading of an
+    earlier run is recorded but decides nothing."""
+
+    run: str
+    step: int
+    target: str  # the version judged
+    baseline: str | None
+    seconds: float  # the span measured
+    samples: Mapping[str, Measured] | None = None
+    error: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class GateAnswer:
+    """The pre-step webhooks answered for `step` of `run` (for that step of that run only).
+    `leader` as in `Tick`: an approval lets the step go at once."""
+
+    run: str
+    step: int
+    ok: bool
+    detail: str
+    leader: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class PeerUpdate:
+    """Another replica's state for the route, from the shared store. `lost_race`: it won a
+    compare-and-set against our own write."""
+
+    state: RouteState
+    lost_race: bool = False
+
+
+Event = Restore | Reconfigure | Act | Tick | Measurement | GateAnswer | PeerUpdate
+
+
+# -- effects ----------------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class Persist:
+    """Write the state (compare-and-set on what the store holds; retried until it lands)."""
+
+    state: RouteState
+
+
+@dataclass(frozen=True, slots=True)
+class Stored:
+    """The store holds `seq` for `identity` (a restored or adopted state)."""
+
+    identity: str
+    seq: int
+
+
+@dataclass(frozen=True, slots=True)
+class Retire:
+    """The route left `identity`: its stored state may expire."""
+
+    identity: str
+
+
+@dataclass(frozen=True, slots=True)
+class Rebuild:
+    """The weights or the run changed: swap in a new routing table."""
+
+
+@dataclass(frozen=True, slots=True)
+class Log:
+    level: str  # "info" or "warning"
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class PhaseChanged:
+    old: Phase
+    new: Phase
+
+
+@dataclass(frozen=True, slots=True)
+class Checked:
+    result: str
+
+
+@dataclass(frozen=True, slots=True)
+class NewRun:
+    """A run started here or elsewhere: analysis looks at traffic from now on only."""
+
+    run: str
+
+
+@dataclass(frozen=True, slots=True)
+class Notify:
+    event: WebhookEvent
+    hooks: tuple[Webhook, ...]
+    payload: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class AskGate:
+    run: str
+    step: int
+    hooks: tuple[Webhook, ...]
+    payload: dict[str, Any] = field(default_factory=dict)
+
+
+Effect = (Persist | Stored | Retire | Rebuild | Log | PhaseChanged | Checked | NewRun | Notify
+          | AskGate)

@@ -1,0 +1,137 @@
+"""A route's rollout state: the decision every replica agrees on, and this replica's guard.
+
+`RouteState` is immutable; the fold (`rollout.fold`) makes each successor. The shared part
+(`decision`) is what the state stores hold and replicas compare-and-set; the guard's counters,
+check history and evidence are this replica's own.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields, replace
+from enum import StrEnum
+from typing import Any
+
+FORMAT = 2  # of a stored state; format 1 (splitproxy 0.1) is read and migrated
+
+
+class Phase(StrEnum):
+    IDLE = "idle"  # no steps: the config's weights serve
+    PROGRESSING = "progressing"
+    PAUSED = "paused"
+    PROMOTED = "promoted"  # final for its run: the guard reports but no longer reverts
+    ABORTED = "aborted"
+
+
+class PauseReason(StrEnum):
+    """Why a rollout is paused; only some resume by themselves."""
+
+    MANUAL = "manual"
+    AWAIT_PROMOTE = "waiting for promote"
+    OUTSIDE_WINDOW = "outside deployment window"
+    INCONCLUSIVE = "inconclusive checks"
+
+
+class Actor(StrEnum):
+    """Who aborted: an operator's abort survives even a race with a promotion."""
+
+    OPERATOR = "operator"
+    GUARD = "guard"
+
+
+@dataclass(frozen=True, slots=True)
+class Gate:
+    """This replica's pre-step gate for one step of one run; never stored or shared, so an
+    approval cannot outlive its run (a retry asks again)."""
+
+    run: str
+    step: int
+    asking: bool = True
+    approved: bool = False
+    retry_at: float = 0.0  # wall clock: after a refusal, ask again from then
+    detail: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RouteState:
+    identity: str  # what is being rolled out (`rollout.identity`); another one starts over
+    run: str  # this attempt at it: a start, a retry and a blue-green switch each get one
+    phase: Phase = Phase.IDLE
+    step: int = 0  # index of the step being carried out (== len(steps) when done)
+    step_started: float = 0.0  # wall clock, so a pause survives a restart
+    weight: int | None = None  # canary weight set by the last set_weight step
+    pause_reason: PauseReason | None = None
+    abort_reason: str | None = None
+    aborted_at: float | None = None
+    aborted_by: Actor | None = None
+    active: str | None = None  # blue-green: the color this run switched to
+    previous_active: str | None = None  # blue-green: the color that served before this run
+    run_started: float = 0.0
+    # The endpoints at the last decision: told apart from the config's by `splitproxy check`.
+    endpoints: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    seq: int = 0  # counts decisions; a store accepts a write only on top of the one it holds
+    # -- this replica's guard (not part of the decision) -----------------------------------
+    failures: int = 0  # failing checks in a row
+    inconclusive: int = 0  # inconclusive checks in a row
+    checks: tuple[dict[str, Any], ...] = ()  # newest last, bounded
+    # Per version, per metric: the guard's evidence for this run and step (a few floats;
+    # restarted when either changes). The window-based judge keeps none.
+    evidence: dict[str, dict[str, float]] = field(default_factory=dict)
+    gate: Gate | None = None  # never stored
+    legacy_revision: str | None = None  # read from format 1: the revision hash it had
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        del data["gate"], data["legacy_revision"]
+        data["endpoints"] = {v: list(eps) for v, eps in self.endpoints.items()}
+        data["format"] = FORMAT
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> RouteState:
+        """A stored state of either format; raises KeyError, TypeError or ValueError when it
+        is not one."""
+        if not isinstance(data, dict):
+            raise TypeError(f"expected an object, got {type(data).__name__}")
+        data = dict(data)
+        if data.pop("format", 1) == 1:
+            # Format 1 named its identity `revision`, a hash that counted endpoints and weights;
+            # `rollout.migrate` matches it against the config's with the old hash function.
+            data["legacy_revision"] = str(data.pop("revision"))
+            data.setdefault("identity", "")
+            data.setdefault("run", "")
+        known = {f.name for f in fields(cls)} - {"gate"}
+        unknown = set(data) - known
+        if unknown:
+            raise KeyError(f"unknown fields {sorted(unknown)}")
+        data["phase"] = Phase(data.get("phase", Phase.IDLE))
+        if data.get("pause_reason") is not None:
+            data["pause_reason"] = PauseReason(data["pause_reason"])
+        if data.get("aborted_by") is not None:
+            data["aborted_by"] = Actor(data["aborted_by"])
+        data["checks"] = tuple(data.get("checks", ()))
+        data["endpoints"] = {str(v): tuple(eps) for v, eps in data.get("endpoints", {}).items()}
+        for name in ("step", "seq", "failures", "inconclusive"):
+            if not isinstance(data.get(name, 0), int):
+                raise TypeError(f"{name} must be an integer")
+        return cls(**data)
+
+
+def decision(state: RouteState) -> tuple[Any, ...]:
+    """The part every replica must agree on (a change is a decision: persisted, seq + 1).
+    Check counters, history and evidence stay with the replica that judged them."""
+    return (state.identity, state.run, state.phase, state.step, state.step_started,
+            state.weight, state.pause_reason, state.abort_reason, state.aborted_at,
+            state.aborted_by, state.active, state.previous_active)
+
+
+def with_guard_of(theirs: RouteState, mine: RouteState) -> RouteState:
+    """`theirs` decision with this replica's guard: kept within the same run, fresh in a new
+    one (a retry decided elsewhere is judged on traffic from its own start only)."""
+    if theirs.run == mine.run and theirs.step == mine.step:
+        return replace(theirs, failures=mine.failures, inconclusive=mine.inconclusive,
+                       checks=mine.checks, evidence=mine.evidence, gate=mine.gate)
+    if theirs.run == mine.run:
+        return replace(theirs, failures=mine.failures, inconclusive=mine.inconclusive,
+                       checks=mine.checks, evidence={}, gate=None)
+    return replace(theirs, failures=0, inconclusive=0, checks=mine.checks, evidence={},
+                   gate=None)
