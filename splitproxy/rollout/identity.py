@@ -43,11 +43,13 @@ def legacy_revision(route: Route, active: str | None = None) -> str:
     """The revision hash format 1 stored states under: it also counted the endpoints and the
     weights. `active` replaces the route's (to recognise a blue-green switch made while the
     proxy was down during the upgrade)."""
+    if active is not None:
+        route = route.model_copy(update={"active": active})  # its canary follows
     rollout = route.rollout
     ident = {
         "versions": {k: list(v.endpoints) for k, v in route.versions.items()},
         "weights": route.weights,
-        "active": route.active if active is None else active,
+        "active": route.active,
         "steps": [s.model_dump() for s in rollout.steps] if rollout else None,
         "revision": rollout.revision if rollout else None,
         "canary": route.canary,

@@ -38,6 +38,7 @@ from integration.conftest import (
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
+from splitproxy.clock import SYSTEM, Clock
 from splitproxy.service import Service
 
 __all__ = [
@@ -95,10 +96,12 @@ async def wait_until(
 
 
 @contextlib.asynccontextmanager
-async def run_service(path: Path, *, watch: bool = True) -> AsyncIterator[Service]:
-    """A started `Service` for the config file at `path`; stopped (drain 1 s) on exit, unless
-    the test already stopped it."""
-    svc = Service(path, watch=watch)
+async def run_service(
+    path: Path, *, watch: bool = True, clock: Clock = SYSTEM
+) -> AsyncIterator[Service]:
+    """A started `Service` for the config file at `path` (rollouts on `clock`); stopped
+    (drain 1 s) on exit, unless the test already stopped it."""
+    svc = Service(path, watch=watch, clock=clock)
     await asyncio.wait_for(svc.start(), WAIT)
     if watch:
         await asyncio.sleep(WATCH_SETTLE)

@@ -2,6 +2,8 @@
 
 * `Backend` / `run_backends(...)` — aiohttp upstreams whose failure mode a test flips at run time
   (`ok`, `fail`, `fail-synthetic`), counting every request they see.
+* `FakePrometheus` / `run_fake_prometheus(delay)` — Prometheus' query API answering healthy
+  numbers after `delay` seconds, counting queries in flight.
 * `Hook` / `run_hook()` — a webhook receiver on 127.0.0.1 that answers a settable status and
   keeps every JSON payload.
 * `ManualClock` — a `Clock` the test moves (`await clock.advance(5)`), for the engine alone
@@ -58,6 +60,7 @@ __all__ = [
     "Backend",
     "Harness",
     "Hit",
+    "FakePrometheus",
     "Hook",
     "Load",
     "ManualClock",
@@ -71,6 +74,7 @@ __all__ = [
     "rollout_config",
     "route",
     "run_backends",
+    "run_fake_prometheus",
     "run_hook",
     "run_service",
     "running_service",
@@ -171,6 +175,56 @@ async def run_hook() -> AsyncIterator[Hook]:
     async with _serve(hook.app()) as port:
         hook.port = port
         yield hook
+
+
+@dataclass
+class FakePrometheus:
+    """Prometheus' query API on 127.0.0.1, answering healthy numbers for every version after
+    `delay` seconds (real time): 1000 requests, 0 errors, 10 ms quantiles. Counts queries in
+    flight and answered."""
+
+    delay: float = 1.0
+    port: int = 0
+    in_flight: int = 0
+    answered: int = 0
+    held: asyncio.Event | None = None  # when set: no answer until `held` is set
+
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def app(self) -> web.Application:
+        async def query(request: web.Request) -> web.Response:
+            promql = request.query.get("query", "")
+            self.in_flight += 1
+            try:
+                if self.held is not None:
+                    await self.held.wait()
+                await asyncio.sleep(self.delay)
+            finally:
+                self.in_flight -= 1
+            if "histogram_quantile" in promql:
+                value = "0.01"
+            elif 'code=~"5.."' in promql:
+                value = "0"
+            else:
+                value = "1000"
+            self.answered += 1
+            return web.json_response({"status": "success", "data": {
+                "resultType": "vector", "result": [{"metric": {}, "value": [0, value]}]}})
+
+        app = web.Application()
+        app.router.add_get("/api/v1/query", query)
+        return app
+
+
+@contextlib.asynccontextmanager
+async def run_fake_prometheus(delay: float = 1.0) -> AsyncIterator[FakePrometheus]:
+    fake = FakePrometheus(delay)
+    async with _serve(fake.app()) as port:
+        fake.port = port
+        yield fake
 
 
 # --------------------------------------------------------------------------- configs

@@ -105,3 +105,35 @@ async def test_a_failing_switch_switches_back_and_stays_until_the_config_changes
             state = svc.controller.engine.states["shop"]
             assert (state.phase, state.previous_active) == ("idle", "blue")
             assert await hit(svc.proxy_port, 20) == {"green2": 20}
+
+
+async def test_a_switch_made_while_the_proxy_was_down_then_failing_switches_back(
+    tmp_path: Path,
+) -> None:
+    analysis = {"interval": "0.5s", "window": "5s", "min_requests": 10, "failure_limit": 2,
+                "max_error_rate": 0.01}
+    async with run_backends("blue", "green") as b:
+        b["green"].mode = "fail"
+        path = tmp_path / "shop.yaml"
+        cfg = blue_green(b, "blue", analysis=analysis)
+        write_config(path, cfg)
+        async with run_service(path, watch=False) as svc:
+            assert await hit(svc.proxy_port, 10) == {"blue": 10}
+
+        # The switch is made in the file while no proxy runs.
+        cfg["routes"][0]["active"] = "green"
+        write_config(path, cfg)
+        async with run_service(path, watch=False) as svc:
+            engine = svc.controller.engine
+            state = engine.states["shop"]
+            # A new run, watched, that knows blue served before it.
+            assert (state.phase, state.active, state.previous_active) == ("idle", "green", "blue")
+            async with Load(svc.proxy_port, {"a": plain, "b": plain}).running() as load:
+                await wait_until(lambda: engine.states["shop"].phase == "aborted",
+                                 what="the switch back")
+                aborted_at = engine.states["shop"].aborted_at
+                assert aborted_at is not None
+                await wait_until(lambda: len(load.since(aborted_at + 0.5)) >= 20,
+                                 what="traffic after the switch back")
+            assert {h.served_by for h in load.since(aborted_at)} == {"blue"}
+            assert "green" in {h.served_by for h in load.hits}

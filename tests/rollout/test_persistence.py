@@ -3,8 +3,13 @@ same config file; the state file beside it decides the first routing table."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import os
+import shutil
+import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +26,7 @@ from .conftest import (
     run_backends,
     run_service,
     status,
+    wait_until,
     write_config,
 )
 
@@ -142,3 +148,67 @@ async def test_an_unwritable_state_path_fails_at_start_up_with_a_clear_message(
     message = str(caught.value)
     assert message.startswith("state.path: cannot write rollout state to /proc/forbidden/x.json")
     assert "No such file or directory" in message
+
+
+@contextlib.contextmanager
+def read_only(directory: Path) -> Iterator[None]:
+    """`directory` cannot be written while inside: mode 0555, and for root (whom modes do not
+    stop) the immutable attribute as well."""
+    mode = directory.stat().st_mode
+    directory.chmod(0o555)
+    immutable = False
+    try:
+        if os.geteuid() == 0:
+            chattr = shutil.which("chattr")
+            if chattr is None or subprocess.run([chattr, "+i", str(directory)],
+                                                 capture_output=True).returncode != 0:
+                pytest.skip("running as root without `chattr +i`: cannot make a folder "
+                            "read-only")
+            immutable = True
+        probe = directory / "probe"
+        with pytest.raises(OSError):
+            probe.write_text("x")
+        yield
+    finally:
+        if immutable:
+            subprocess.run(["chattr", "-i", str(directory)], check=True)
+        directory.chmod(mode)
+
+
+async def test_a_failed_state_write_is_retried_until_it_lands_and_the_abort_survives_a_restart(
+    tmp_path: Path,
+) -> None:
+    state_dir = tmp_path / "state"
+    state_dir.mkdir()
+    async with run_backends("stable", "canary") as b:
+        path = tmp_path / "shop.yaml"
+        write_config(path, shop_config(b, state={"path": "state/shop.json"}))
+        async with run_service(path, watch=False) as svc:
+            await wait_until(lambda: svc.controller.engine.weights()["shop"]["canary"] == 90,
+                             what="step 1")
+            async with admin(svc) as session:
+                with read_only(state_dir):
+                    async with session.post("/routes/shop/abort",
+                                            params={"reason": "bad build"}) as resp:
+                        assert resp.status == 200, await resp.text()
+                        body = await resp.json()
+                    assert body["rollout"]["phase"] == "aborted"
+                    assert body["rollout"]["write_pending"]["error"].startswith("cannot write")
+                    report = (await status(session))["state_store"]
+                    assert report["up"] is False
+                    assert report["pending"]["shop"]["phase"] == "aborted"
+                    assert await hit(svc.proxy_port, 20) == {"stable": 20}  # in effect now
+                # Writable again: the pending write lands (retried with backoff, <= 5 s apart).
+                async def landed() -> bool:
+                    return not (await status(session))["state_store"]["pending"]
+
+                await wait_until(landed, timeout=10, what="the pending write to land")
+                assert (await status(session))["state_store"]["up"] is True
+            saved = json.loads((state_dir / "shop.json").read_text())["routes"]["shop"]
+            assert (saved["phase"], saved["abort_reason"]) == ("aborted", "manual: bad build")
+
+        canary_before = b["canary"].requests
+        async with run_service(path, watch=False) as svc:
+            assert await hit(svc.proxy_port, 50) == {"stable": 50}
+            assert svc.controller.engine.states["shop"].phase == "aborted"
+        assert b["canary"].requests == canary_before

@@ -1,0 +1,77 @@
+"""A retry belongs to its own run on every replica. The canary broke behind replica A only: A's
+guard aborted, B took the abort. The canary is fixed and an operator retries through B: A takes
+the retried run and judges it on traffic from the retry on, not on the errors that caused the
+abort (which are still inside its analysis window)."""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+
+from .conftest import (
+    Load,
+    RedisServer,
+    plain,
+    replica_config,
+    run_replicas,
+    run_switch_upstreams,
+    wait_until,
+)
+
+WINDOW = 10.0
+ANALYSIS = {"interval": "0.5s", "window": f"{WINDOW:g}s", "min_requests": 10,
+            "failure_limit": 2, "max_error_rate": 0.05}
+
+
+async def test_a_retry_on_one_replica_after_an_abort_on_another_is_judged_afresh(
+    tmp_path: Path, redis_server: RedisServer, key_prefix: str,
+) -> None:
+    async with run_switch_upstreams("stable", "canary") as ups:
+        cfg = replica_config(ups, redis=redis_server, prefix=key_prefix, analysis=ANALYSIS)
+        async with run_replicas(tmp_path, [cfg] * 2) as (a, b):
+            loads = [Load(r.proxy_port, {"plain": plain}, gap=0.005) for r in (a, b)]
+            async with contextlib.AsyncExitStack() as stack:
+                for load in loads:
+                    await stack.enter_async_context(load.running())
+
+                async def has_pass(r: object, run: str | None = None) -> bool:
+                    ro = await r.rollout()  # type: ignore[attr-defined]
+                    return any(c["result"] == "pass" and (run is None or c["run"] == run)
+                               for c in ro["checks"])
+
+                for r in (a, b):
+                    await wait_until(lambda r=r: has_pass(r), timeout=10, interval=0.05,
+                                     what=f"a passing check on {r.name}")
+
+                ups["canary"].fail_behind = {a.proxy_port}
+
+                async def aborted_on_both() -> bool:
+                    return all([(await r.rollout())["phase"] == "aborted" for r in (a, b)])
+
+                await wait_until(aborted_on_both, timeout=10, interval=0.05,
+                                 what="A's abort, on both replicas")
+                aborted = await a.rollout()
+                assert "failing checks in a row" in aborted["abort_reason"]
+                assert aborted["aborted_by"] == "guard"
+
+                ups["canary"].fail_behind = set()  # fixed
+                code, body = await b.act("retry")
+                assert code == 200, body
+                retried_run = body["rollout"]["run"]
+                assert retried_run != aborted["run"]
+
+                async def a_took_the_retry() -> bool:
+                    return bool((await a.rollout())["run"] == retried_run)
+
+                await wait_until(a_took_the_retry, timeout=5, interval=0.02,
+                                 what="A to take the retried run")
+                # A judges the new run on its own traffic: a pass, not a second abort from the
+                # failures still in its window.
+                await wait_until(lambda: has_pass(a, retried_run), timeout=10, interval=0.05,
+                                 what="a passing check of the retried run on A")
+                ro = await a.rollout()
+                assert ro["phase"] == "idle", ro["abort_reason"]
+                assert not [c for c in ro["checks"]
+                            if c.get("run") == retried_run and c["result"] == "fail"]
+                assert await a.canary_weight() == 50
+                assert await a.metric("splitproxy_rollout_aborts_total", route="shop") == 1

@@ -1,0 +1,94 @@
+"""A slow metrics backend delays nothing and undoes nothing.
+
+A real Service judges its canary on a fake Prometheus (a real HTTP server on 127.0.0.1) that
+answers healthy numbers only after 1 s per query. The rollout's clock is a `ManualClock` the
+test moves; the data plane, the admin API and Prometheus' answers run in real time."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+from .conftest import (
+    Backend,
+    FakePrometheus,
+    ManualClock,
+    admin,
+    hit,
+    rollout_config,
+    run_backends,
+    run_fake_prometheus,
+    run_service,
+    status,
+    wait_until,
+    write_config,
+)
+
+
+def guarded(b: dict[str, Backend], prometheus: FakePrometheus, **kw: Any) -> dict[str, Any]:
+    return rollout_config(
+        b, weights={"stable": 100, "canary": 0},
+        analysis={"source": "prometheus", "prometheus_url": prometheus.url, "interval": "1s",
+                  "window": "10s", "min_requests": 10, "failure_limit": 2},
+        rollout={"steps": [{"set_weight": 20}, {"pause": {}}]}, **kw)
+
+
+async def test_an_abort_posted_while_prometheus_answers_slowly_stays_aborted(
+    tmp_path: Path,
+) -> None:
+    clock = ManualClock()
+    async with run_backends("stable", "canary") as b, run_fake_prometheus(1.0) as prom:
+        path = tmp_path / "shop.yaml"
+        write_config(path, guarded(b, prom))
+        async with run_service(path, watch=False, clock=clock) as svc:
+            engine = svc.controller.engine
+            # The first step does not wait for the first reading, which takes a second.
+            await wait_until(lambda: engine.weights()["shop"]["canary"] == 20, what="step 1")
+            assert prom.answered == 0
+            await wait_until(lambda: prom.in_flight > 0, what="a query in flight")
+            checks_before = len(engine.states["shop"].checks)
+
+            async with admin(svc) as session:
+                async with session.post("/routes/shop/abort", params={"reason": "bad"}) as r:
+                    assert r.status == 200, await r.text()
+                    assert (await r.json())["rollout"]["phase"] == "aborted"
+                assert prom.answered == 0  # the reading is still in flight
+
+                # The healthy reading lands after the abort: recorded, but it undoes nothing.
+                await wait_until(lambda: len(engine.states["shop"].checks) > checks_before,
+                                 what="the slow reading", timeout=10)
+                late = engine.states["shop"].checks[-1]
+                assert late["result"] == "pass" and late["requests"] == 1000
+                assert engine.states["shop"].phase == "aborted"
+
+                await clock.advance(20.0)  # 20 s of rollout time: timers, ticks, readings
+                shop = (await status(session))["routes"][0]
+            assert shop["rollout"]["phase"] == "aborted"
+            assert shop["rollout"]["abort_reason"] == "manual: bad"
+            assert shop["versions"]["canary"]["effective_weight"] == 0
+            assert await hit(svc.proxy_port, 30) == {"stable": 30}
+
+
+async def test_a_slow_prometheus_for_one_route_never_holds_another_route_s_steps(
+    tmp_path: Path,
+) -> None:
+    clock = ManualClock()
+    async with run_backends("stable", "canary") as b, run_fake_prometheus(1.0) as prom:
+        prom.held = asyncio.Event()  # no answer at all until the end
+        cfg = guarded(b, prom)
+        other = dict(cfg["routes"][0], name="other", match={"path_prefix": "/other"})
+        other.pop("analysis")
+        other["rollout"] = {"steps": [{"set_weight": 10}, {"pause": "5s"}, {"set_weight": 50},
+                                      {"pause": {}}]}
+        cfg["routes"].insert(0, other)
+        path = tmp_path / "shop.yaml"
+        write_config(path, cfg)
+        async with run_service(path, watch=False, clock=clock) as svc:
+            engine = svc.controller.engine
+            await wait_until(lambda: prom.in_flight > 0, what="shop's first reading")
+            await wait_until(lambda: engine.weights()["other"]["canary"] == 10, what="step 1")
+            await clock.advance(5.0)
+            assert engine.weights()["other"]["canary"] == 50
+            assert (prom.in_flight, prom.answered) == (10, 0)  # shop's first reading, waiting
+            prom.held.set()
