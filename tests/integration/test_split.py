@@ -7,6 +7,8 @@ from collections import Counter
 from collections.abc import AsyncIterator
 from http.cookies import SimpleCookie
 
+import pytest
+
 from .conftest import (
     RawClient,
     Upstream,
@@ -243,3 +245,51 @@ async def test_routes_match_by_host_and_path_prefix_first_match_wins() -> None:
         assert (resp.header("content-type") or "").startswith("text/plain")
         assert resp.body
         assert srv.stats.get("shadowed", "v").requests == 0
+
+
+TOKEN = "0123456789abcdef0123"
+
+
+@pytest.mark.parametrize(
+    ("sticky", "pin", "expected"),
+    [
+        ({}, "canary", "stable"),  # off unless configured: the header is just a header
+        ({"pin_header": "X-Pin"}, "canary", "canary"),
+        ({"pin_header": "X-Pin", "pin_token": TOKEN}, "canary", "stable"),  # token required
+        ({"pin_header": "X-Pin", "pin_token": TOKEN}, f"canary:{TOKEN}", "canary"),
+        ({"pin_header": "X-Pin", "pin_token": TOKEN}, f"canary:{TOKEN[:-1]}x", "stable"),
+        ({"pin_header": "X-Pin", "pin_token": TOKEN}, f"canary:{TOKEN}x", "stable"),
+        ({"pin_header": "X-Pin", "pin_token": TOKEN}, f"nope:{TOKEN}", "stable"),
+    ],
+)
+async def test_the_pin_header_is_opt_in_and_may_require_a_token(
+    sticky: dict[str, str], pin: str, expected: str
+) -> None:
+    async with upstreams("stable", "canary") as ups:
+        cfg = proxy_config([route({n: u.url for n, u in ups.items()},
+                                  {"stable": 100, "canary": 0}, sticky=sticky)])
+        async with run_proxy(cfg) as srv, raw_client(srv.port) as c:
+            headers = {"X-Pin": pin, "X-Splitproxy-Version": pin}
+            assert await served_by(c, 5, headers=headers) == Counter({expected: 5})
+
+
+@pytest.mark.parametrize(
+    ("token", "value", "expected"),
+    [(None, "1", "green"), (TOKEN, "1", "blue"), (TOKEN, TOKEN, "green")],
+)
+async def test_the_preview_header_is_opt_in_and_honours_the_pin_token(
+    token: str | None, value: str, expected: str
+) -> None:
+    async with upstreams("blue", "green") as ups:
+        r = route({n: u.url for n, u in ups.items()},
+                  sticky={"pin_token": token} if token else {})
+        del r["weights"]
+        r.update(strategy="blue-green", active="blue")
+        plain = proxy_config([r])
+        r = dict(r, preview_header="X-Preview")
+        async with run_proxy(plain) as srv, raw_client(srv.port) as c:
+            assert await served_by(c, 3, headers={"X-Splitproxy-Preview": "1"}) == Counter(
+                blue=3)
+        async with run_proxy(proxy_config([r])) as srv, raw_client(srv.port) as c:
+            assert await served_by(c, 3, headers={"X-Preview": value}) == Counter(
+                {expected: 3})

@@ -287,3 +287,51 @@ async def test_a_manual_abort_notifies_with_the_operator_s_reason(harness: Harne
         assert (sent["event"], sent["route"], sent["reason"]) == (
             "abort", "shop", "manual: bad build 1234")
         await asyncio.sleep(0.05)
+
+
+async def test_post_step_webhooks_are_sent_for_every_step(harness: Harness) -> None:
+    h = harness
+    async with run_hook() as hook:
+        steps = [{"set_weight": 20}, {"pause": "10s"}, {"set_weight": 50}, {"pause": {}}]
+        webhooks = [{"on": "post-step", "url": hook.url("/post"), "timeout": "2s"}]
+        await h.start(config(weights=STABLE_ONLY,
+                             rollout={"steps": steps, "webhooks": webhooks}))
+        await wait_until(lambda: len(hook.on("/post")) == 1, what="step 1's post-step")
+        await h.tick(10.0)
+        await wait_until(lambda: len(hook.on("/post")) == 3, what="steps 2 and 3")
+        sent = sorted(hook.on("/post"), key=lambda p: p["step"])
+        assert [(p["event"], p["step"], p["weights"]["canary"]) for p in sent] == [
+            ("post-step", 1, 20), ("post-step", 2, 50), ("post-step", 3, 50)]
+        assert {p["run"] for p in sent} == {h.state().run}
+        await asyncio.sleep(0.05)
+
+
+# --------------------------------------------------------------------------- state writes
+
+
+async def test_a_failed_write_stays_pending_and_is_retried_with_backoff_until_it_lands(
+    harness: Harness,
+) -> None:
+    h = harness
+    await h.start(config(weights=STABLE_ONLY, rollout={"steps": [{"set_weight": 20},
+                                                                 {"pause": {}}]}))
+    h.store.fail = True
+    state = await h.act("abort", reason="bad")
+    assert state.phase == "aborted"
+    assert h.weights() == STABLE_ONLY  # in effect at once, written or not
+    pending = h.engine.pending_writes()["shop"]
+    assert (pending["phase"], pending["attempts"]) == ("aborted", 1)
+    assert "told to fail" in pending["error"]
+    assert h.engine.describe("shop")["write_pending"] == pending
+
+    await h.tick(0.25)  # the first retry, after 0.25 s
+    assert h.engine.pending_writes()["shop"]["attempts"] == 2
+    await h.tick(0.25)  # the next one waits 0.5 s
+    assert h.engine.pending_writes()["shop"]["attempts"] == 2
+    await h.tick(0.25)
+    assert h.engine.pending_writes()["shop"]["attempts"] == 3
+
+    h.store.fail = False
+    await h.tick(5.0)  # the backoff never grows past 5 s
+    assert h.engine.pending_writes() == {}
+    assert (h.store.states["shop"].phase, h.store.states["shop"].seq) == ("aborted", state.seq)

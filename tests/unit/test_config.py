@@ -290,6 +290,26 @@ ERROR_CASES = [
         ["9: routes[0].sticky.pin_header: 'X Version' is not a valid HTTP header or cookie name"],
     ),
     (
+        "pin token too short",
+        "pin_header: X-Splitproxy-Version",
+        "pin_header: X-Splitproxy-Version, pin_token: abc",
+        ["9: routes[0].sticky.pin_token: must be at least 16 characters "
+         "(e.g. `openssl rand -hex 16`)"],
+    ),
+    (
+        "pin token with a colon",
+        "pin_header: X-Splitproxy-Version",
+        "pin_header: X-Splitproxy-Version, pin_token: 'abc:0123456789abcdef'",
+        ["9: routes[0].sticky.pin_token: use only letters, digits and !#$%&'*+.^_`|~- "
+         "(no spaces or ':')"],
+    ),
+    (
+        "cookie max age",
+        "cookie: splitproxy-shop",
+        "cookie: splitproxy-shop, cookie_max_age: 0s",
+        ["9: routes[0].sticky.cookie_max_age: must be > 0"],
+    ),
+    (
         "cookie not a token",
         "cookie: splitproxy-shop",
         "cookie: 'a;b'",

@@ -10,7 +10,16 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from splitproxy.routing import BUCKETS, MAX_PERIOD, RoutePlan, bucket, choose, make_plan
+from splitproxy.routing import (
+    BUCKETS,
+    MAX_PERIOD,
+    RoutePlan,
+    bucket,
+    choose,
+    make_plan,
+    pin_values,
+    sticky_value,
+)
 
 PROPS = settings(max_examples=200, deadline=None)
 
@@ -290,3 +299,20 @@ def test_property_n_way_split_picks_the_live_version_owning_the_bucket(
         lower = upper
     for version, weight in zip(plan.versions, weights, strict=True):
         assert abs(sizes[version] - weight * BUCKETS / sum(weights)) <= 1
+
+
+def test_a_sticky_cookie_names_the_version_and_the_run() -> None:
+    assert sticky_value("canary", "3f9a1c2b") == "canary.3f9a1c2b"
+    # Version names may hold dots: the run is what follows the last one.
+    assert sticky_value("v1.2", "r").rpartition(".") == ("v1.2", ".", "r")
+
+
+def test_pin_values_without_a_token_are_the_version_names() -> None:
+    assert pin_values(("stable", "canary"), None) == {b"stable": "stable", b"canary": "canary"}
+
+
+def test_pin_values_with_a_token_need_it_after_a_colon() -> None:
+    pins = pin_values(("stable", "canary"), "s3cret-s3cret-s3cret")
+    assert pins == {b"stable:s3cret-s3cret-s3cret": "stable",
+                    b"canary:s3cret-s3cret-s3cret": "canary"}
+    assert pins.get(b"canary") is None
