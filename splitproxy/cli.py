@@ -83,6 +83,12 @@ def main(argv: list[str] | None = None) -> int:
                 sys.stderr.write(line + "\n")
             return 1
         sys.stdout.write(describe(config) + "\n")
+        import asyncio
+
+        from splitproxy.checkstate import promoted_endpoint_warnings
+
+        for line in asyncio.run(promoted_endpoint_warnings(config, args.config)):
+            sys.stdout.write(line + "\n")
         return 0
     if args.command == "run":
         if args.workers < 1:

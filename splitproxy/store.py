@@ -108,6 +108,7 @@ class FileStore:
         self.path = path
         self.last_error: str | None = None  # the last write's failure; cleared by a good write
         self.load_error: str | None = None  # what was wrong with the file at start-up
+        self.unreadable: str | None = None  # the same, without what the proxy did about it
         self._routes: dict[str, RouteState] | None = None  # the file as last read or written
         self._lock = asyncio.Lock()  # one read-modify-write of the file at a time
 
@@ -141,6 +142,7 @@ class FileStore:
             return self._routes
         except OSError as exc:
             log.error("cannot read rollout state %s (%s): starting fresh", self.path, exc)
+            self.unreadable = f"unreadable state file: {exc}"
             self.load_error = f"unreadable state file, started fresh: {exc}"
             return self._routes
         try:
@@ -148,6 +150,7 @@ class FileStore:
             self._routes = {str(n): RouteState.from_json(s) for n, s in data["routes"].items()}
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             log.error("rollout state %s is corrupt (%s): starting fresh", self.path, exc)
+            self.unreadable = f"corrupt state file: {exc}"
             self.load_error = f"corrupt state file, started fresh: {exc}"
         return self._routes
 
