@@ -99,13 +99,14 @@ async def action(request: web.Request) -> web.Response:
         return web.json_response({"error": f"unknown action {verb!r}"}, status=404)
     full = request.query.get("full", "") in ("1", "true", "yes")
     try:
-        await controller.engine.act(name, verb, full=full, reason=request.query.get("reason"))
+        state = await controller.engine.act(name, verb, full=full,
+                                            reason=request.query.get("reason"))
     except KeyError:
         return web.json_response({"error": f"no route named {name!r}"}, status=404)
     except ActionError as exc:
         return web.json_response({"error": str(exc)}, status=409)
     return web.json_response({"route": name, "action": verb,
-                              "rollout": controller.engine.describe(name)})
+                              "rollout": controller.engine.describe(name, state)})
 
 
 def make_app(controller: Controller, token: str | None) -> web.Application:

@@ -58,7 +58,9 @@ MEASURE_TIMEOUT = 10.0  # a reading that takes longer is inconclusive
 ACT_WRITE_WAIT = 0.5  # an action's answer waits this long (real time) for its write to land
 START_WRITE_WAIT = 2.0
 
-Queued = tuple[str | None, Event, "asyncio.Future[RouteState] | None"]
+# What an action's caller gets: the state it made, and its write (None if nothing to write).
+Reply = tuple[RouteState, "asyncio.Future[bool] | None"]
+Queued = tuple[str | None, Event, "asyncio.Future[Reply] | None"]
 
 
 def new_run() -> str:
@@ -94,7 +96,6 @@ class RolloutEngine:
         self._epoch: dict[str, float] = {}  # monotonic start of what analysis may look at
         self._next_reading: dict[str, float] = {}
         self._reading: dict[str, asyncio.Task[None]] = {}
-        self._written: dict[str, asyncio.Future[bool]] = {}
         self._quiet = True  # no table swaps: before the first table, and inside a reload
         self._wanted_swap = False
 
@@ -167,7 +168,7 @@ class RolloutEngine:
                     for route in list(self.routes):
                         self._apply(route, event)
                 return
-            state = self._apply(name, event)
+            state, written = self._apply(name, event)
         except Exception as exc:
             if reply is not None and not reply.done():
                 reply.set_exception(exc)
@@ -175,23 +176,24 @@ class RolloutEngine:
                 log.exception("rollout event %s failed", type(event).__name__)
             return
         if reply is not None and not reply.done():
-            reply.set_result(state)
+            reply.set_result((state, written))
 
-    def _apply(self, name: str, event: Event) -> RouteState:
+    def _apply(self, name: str, event: Event) -> Reply:
         route = self.routes.get(name)
         if route is None:
             raise KeyError(name)  # a route a reload removed: its news is void
         old = self.states.get(name)
         new, effects = fold.apply(old, event, route, self.clock.time(), new_run())
         self.states[name] = new
-        self._carry_out(name, route, effects)
-        return new
+        return new, self._carry_out(name, route, effects)
 
-    def _carry_out(self, name: str, route: Route, effects: list[Effect]) -> None:
+    def _carry_out(self, name: str, route: Route,
+                   effects: list[Effect]) -> asyncio.Future[bool] | None:
         rebuild = False
+        written = None
         for effect in effects:
             if isinstance(effect, Persist):
-                self._written[name] = self.sync.submit(name, effect.state)
+                written = self.sync.submit(name, effect.state)
             elif isinstance(effect, Stored):
                 self.sync.note_stored(name, effect.identity, effect.seq)
             elif isinstance(effect, Retire):
@@ -215,6 +217,7 @@ class RolloutEngine:
                 self._ask_gate(name, effect)
         if rebuild:
             self._swap_table()
+        return written
 
     @contextlib.contextmanager
     def _one_rebuild(self) -> Iterator[None]:
@@ -336,11 +339,10 @@ class RolloutEngine:
             kind = Action(action)
         except ValueError:
             raise ActionError(f"unknown action {action!r}") from None
-        reply: asyncio.Future[RouteState] = asyncio.get_running_loop().create_future()
+        reply: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
         log.info("rollout route=%s action=%s by operator", name, kind)
         self._queue.put_nowait((name, Act(kind, full, reason), reply))
-        state = await reply
-        written = self._written.get(name)
+        state, written = await reply
         if written is not None and not written.done():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(asyncio.shield(written), ACT_WRITE_WAIT)
@@ -350,8 +352,9 @@ class RolloutEngine:
     def pending_writes(self) -> dict[str, dict[str, Any]]:
         return self.sync.pending()
 
-    def describe(self, name: str) -> dict[str, Any]:
-        state = self.states[name]
+    def describe(self, name: str, state: RouteState | None = None) -> dict[str, Any]:
+        """A route's rollout for /status (`state`: one it had, such as an action's result)."""
+        state = state or self.states[name]
         route = self.routes[name]
         gate = state.gate
         pending = self.sync.pending().get(name)
