@@ -2,7 +2,7 @@
 control-plane process.
 
 The control plane (reload, rollout engine, admin API, metrics) stays in the parent; it pushes
-each new routing table (as config + generation + weights) to every worker, and every worker
+each new routing table (as config + generation + weights + runs) to every worker, and every worker
 reports its counters back four times a second, so analysis and metrics see all traffic, not
 one worker's share.
 """
@@ -37,6 +37,11 @@ Row = tuple[str, str, bool, dict[int, int], dict[str, int], int, int, list[int],
 def _weights_of(routing: table.RoutingTable) -> Weights:
     return {r.name: dict(zip(r.plan.versions, r.plan.weights, strict=True))
             for r in routing.routes}
+
+
+def _runs_of(routing: table.RoutingTable) -> dict[str, str]:
+    """Each route's rollout run: sticky cookies must name it in every worker."""
+    return {r.name: r.run for r in routing.routes}
 
 
 def _rows(stats: Stats) -> list[Row]:
@@ -107,7 +112,8 @@ class WorkerPool:
 
     def install(self, routing: table.RoutingTable) -> None:
         self._routing = routing
-        message = ("table", self.config, routing.generation, _weights_of(routing))
+        message = ("table", self.config, routing.generation, _weights_of(routing),
+                   _runs_of(routing))
         for worker in self._workers.values():
             self._send(worker, message)
 
@@ -141,6 +147,7 @@ class WorkerPool:
         process = self._ctx.Process(
             target=worker_main,
             args=(child, self.config, self._routing.generation, _weights_of(self._routing),
+                  _runs_of(self._routing),
                   index, logging.getLogger().level),
             name=f"splitproxy-worker-{index}",
         )
@@ -208,6 +215,7 @@ class WorkerPool:
 
 # -- inside a worker process --------------------------------------------------------------------
 def worker_main(conn: Connection, config: Config, generation: int, weights: Weights,
+                runs: dict[str, str],
                 index: int, log_level: int) -> None:
     import uvloop
 
@@ -215,13 +223,14 @@ def worker_main(conn: Connection, config: Config, generation: int, weights: Weig
                         format=f"%(asctime)s %(levelname)s %(name)s[w{index}]: %(message)s")
     # Ctrl-C in a terminal reaches the whole process group: the parent decides when we stop.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    uvloop.run(_serve(conn, config, generation, weights))
+    uvloop.run(_serve(conn, config, generation, weights, runs))
 
 
-async def _serve(conn: Connection, config: Config, generation: int, weights: Weights) -> None:
+async def _serve(conn: Connection, config: Config, generation: int, weights: Weights,
+                 runs: dict[str, str]) -> None:
     loop = asyncio.get_running_loop()
     server = ProxyServer(config, reuse_port=True)
-    await server.start(table.build(config, generation, weights))
+    await server.start(table.build(config, generation, weights, runs))
     stop: asyncio.Future[float] = loop.create_future()
 
     def on_message() -> None:
@@ -229,8 +238,9 @@ async def _serve(conn: Connection, config: Config, generation: int, weights: Wei
             while conn.poll():
                 kind, *args = conn.recv()
                 if kind == "table":
-                    new_config, gen, new_weights = args
-                    server.reconfigure(new_config, table.build(new_config, gen, new_weights))
+                    new_config, gen, new_weights, new_runs = args
+                    server.reconfigure(new_config,
+                                       table.build(new_config, gen, new_weights, new_runs))
                 elif kind == "stop" and not stop.done():
                     stop.set_result(float(args[0]))
         except (EOFError, OSError):

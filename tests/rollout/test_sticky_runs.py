@@ -3,13 +3,16 @@ in; the next rollout ignores it and places the client again (by hash key, then w
 
 from __future__ import annotations
 
+import asyncio
 from http.cookies import SimpleCookie
 from pathlib import Path
 from typing import Any
 
 import aiohttp
+from integration.conftest import free_port
 
 from splitproxy.routing import choose
+from splitproxy.service import Service
 
 from .conftest import (
     WAIT,
@@ -86,3 +89,34 @@ async def test_a_cookie_of_revision_v1_is_ignored_at_v2_s_first_step(tmp_path: P
             again = await get(svc.proxy_port, {"X-User-Id": stable_user,
                                                "Cookie": f"sp=stable.{v2_run}"})
             assert again == ("stable", None)
+
+
+async def test_every_worker_process_names_the_current_run_in_its_cookies(
+    tmp_path: Path,
+) -> None:
+    async with run_backends("stable", "canary") as b:
+        path = tmp_path / "shop.yaml"
+        cfg = rollout_config(b, weights={"stable": 50, "canary": 50}, sticky={"cookie": "sp"})
+        cfg["listen"] = f"127.0.0.1:{free_port()}"  # workers share one port (SO_REUSEPORT)
+        write_config(path, cfg)
+        svc = Service(path, watch=False, workers=2)
+        await asyncio.wait_for(svc.start(), WAIT * 2)
+        try:
+            engine = svc.controller.engine
+            first = engine.states["shop"].run
+            cookies = {(await get(svc.proxy_port, {}))[1] for _ in range(20)}
+            assert cookies == {f"stable.{first}", f"canary.{first}"}
+            async with admin(svc) as session:
+                for action in ("abort", "retry"):
+                    async with session.post(f"/routes/shop/{action}") as r:
+                        assert r.status == 200, await r.text()
+            second = engine.states["shop"].run
+            assert second != first
+
+            async def renewed() -> bool:
+                seen = {(await get(svc.proxy_port, {}))[1] for _ in range(20)}
+                return seen == {f"stable.{second}", f"canary.{second}"}
+
+            await wait_until(renewed, what="both workers on the new run")
+        finally:
+            await asyncio.wait_for(svc.stop(drain=1.0), WAIT * 2)
