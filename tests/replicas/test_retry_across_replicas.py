@@ -11,6 +11,7 @@ from pathlib import Path
 from .conftest import (
     Load,
     RedisServer,
+    Replica,
     plain,
     replica_config,
     run_replicas,
@@ -34,8 +35,8 @@ async def test_a_retry_on_one_replica_after_an_abort_on_another_is_judged_afresh
                 for load in loads:
                     await stack.enter_async_context(load.running())
 
-                async def has_pass(r: object, run: str | None = None) -> bool:
-                    ro = await r.rollout()  # type: ignore[attr-defined]
+                async def has_pass(r: Replica, run: str | None = None) -> bool:
+                    ro = await r.rollout()
                     return any(c["result"] == "pass" and (run is None or c["run"] == run)
                                for c in ro["checks"])
 

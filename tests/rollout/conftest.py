@@ -384,9 +384,10 @@ class Harness:
     `installed[-1]`."""
 
     def __init__(self, store: MemoryStore | None = None,
-                 sources: dict[str, MetricSource] | None = None) -> None:
+                 sources: dict[str, MetricSource] | None = None,
+                 clock: ManualClock | None = None) -> None:
         self.store = store or MemoryStore()
-        self.clock = ManualClock()
+        self.clock = clock or ManualClock()
         self.traffic = Traffic()
         self.window = Window(horizon=120)
         self.installed: list[dict[str, dict[str, int]]] = []

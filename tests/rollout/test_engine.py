@@ -7,7 +7,9 @@ server on 127.0.0.1. No test here sleeps through an interval.
 from __future__ import annotations
 
 import asyncio
+from datetime import datetime
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import pytest
 
@@ -15,7 +17,7 @@ from splitproxy import rollout
 from splitproxy.config import Config
 from splitproxy.rollout import Actor, PauseReason, Phase
 
-from .conftest import Harness, MemoryStore, rollout_config, run_hook, wait_until
+from .conftest import Harness, ManualClock, MemoryStore, rollout_config, run_hook, wait_until
 
 URLS = {"stable": "http://127.0.0.1:9001", "canary": "http://127.0.0.1:9002"}
 FAST = {"interval": "1s", "window": "5s", "min_requests": 20, "failure_limit": 2,
@@ -335,3 +337,55 @@ async def test_a_failed_write_stays_pending_and_is_retried_with_backoff_until_it
     await h.tick(5.0)  # the backoff never grows past 5 s
     assert h.engine.pending_writes() == {}
     assert (h.store.states["shop"].phase, h.store.states["shop"].seq) == ("aborted", state.seq)
+
+
+# --------------------------------------------------------------------------- deployment windows
+
+
+def friday(hhmm: str) -> float:
+    h, m = map(int, hhmm.split(":"))
+    return datetime(2024, 6, 7, h, m, tzinfo=ZoneInfo("Europe/Berlin")).timestamp()
+
+
+NIGHT = {"days": ["fri"], "start": "22:00", "end": "02:00", "tz": "Europe/Berlin"}
+NIGHT_STEPS = [{"set_weight": 10}, {"pause": "1h"}, {"set_weight": 50}, {"pause": "3h"},
+               {"set_weight": 100}]
+
+
+async def test_a_window_across_midnight_lets_steps_advance_until_its_inclusive_end() -> None:
+    h = Harness(clock=ManualClock(wall=friday("23:00")))
+    try:
+        await h.start(config(weights=STABLE_ONLY,
+                             rollout={"steps": NIGHT_STEPS, "window": NIGHT}))
+        assert h.weights()["canary"] == 10  # Friday 23:00: open
+        await h.clock.jump(3600)  # Saturday 00:00: still Friday's window
+        await h.tick()
+        assert h.weights()["canary"] == 50
+        await h.clock.jump(2 * 3600 + 59)  # Saturday 02:00:59: the end minute is included
+        await h.tick()
+        assert (h.state().phase, h.weights()["canary"]) == ("progressing", 50)
+        await h.clock.jump(3600)  # 03:00:59: the pause is over, the window closed at 02:01
+        await h.tick()
+        assert (h.state().phase, h.state().pause_reason) == ("paused",
+                                                             "outside deployment window")
+        assert h.weights()["canary"] == 50
+    finally:
+        await h.engine.stop()
+
+
+async def test_a_rollout_waiting_for_its_window_can_be_paused_and_resumed() -> None:
+    h = Harness(clock=ManualClock(wall=friday("12:00")))
+    try:
+        await h.start(config(weights=STABLE_ONLY,
+                             rollout={"steps": NIGHT_STEPS, "window": NIGHT}))
+        assert h.state().pause_reason == "outside deployment window"
+        state = await h.act("pause")
+        assert (state.phase, state.pause_reason) == ("paused", "manual")
+        await h.clock.jump(10 * 3600)  # 22:00: the window opens, the operator's pause holds
+        await h.tick()
+        assert (h.state().pause_reason, h.weights()["canary"]) == ("manual", 0)
+        await h.act("resume")
+        await h.tick(0.1)  # the next timer tick
+        assert h.weights()["canary"] == 10
+    finally:
+        await h.engine.stop()
