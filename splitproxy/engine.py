@@ -183,7 +183,9 @@ class RolloutEngine:
         if route is None:
             raise KeyError(name)  # a route a reload removed: its news is void
         old = self.states.get(name)
-        new, effects = fold.apply(old, event, route, self.clock.time(), new_run())
+        # A run starts only at a restore, a reload or an action (a retry).
+        run = new_run() if isinstance(event, (Restore, Reconfigure, Act)) else ""
+        new, effects = fold.apply(old, event, route, self.clock.time(), run)
         self.states[name] = new
         return new, self._carry_out(name, route, effects)
 
