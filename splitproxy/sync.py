@@ -176,12 +176,22 @@ class StateSync:
         while True:
             await _first(self.clock.sleep(interval), self._news.wait())
             self._news.clear()
-            current = self._current()
-            stored = await self.store.fetch({n: s.identity for n, s in current.items()})
-            for name, theirs in (stored or {}).items():
-                mine = current.get(name)
-                # While our own write is pending its compare-and-set settles the matter.
-                if mine is not None and theirs.seq > mine.seq and name not in self._pending:
+            asked = {n: s.identity for n, s in self._current().items()}
+            stored = await self.store.fetch(asked)
+            if stored is None:
+                continue  # unreachable: nothing learnt
+            for name, mine in self._current().items():
+                if name in self._pending or asked.get(name) != mine.identity:
+                    continue  # our own write's compare-and-set settles the matter
+                theirs = stored.get(name)
+                if theirs is None:
+                    # Gone from the store (a Redis restarted without its data): put back what
+                    # this replica serves, so that a replica starting now finds it.
+                    log.warning("rollout state of route %s missing in the store: writing it "
+                                "again", name)
+                    self._known.pop(name, None)
+                    self.submit(name, mine)
+                elif theirs.seq > mine.seq:
                     self._post(name, PeerUpdate(theirs))
 
 

@@ -11,9 +11,9 @@ by the tests, and several in-process `Service`s sharing them.
   once the replicas' admin ports are known: 1 s scrape and evaluation interval.
 * `SwitchUpstream` / `run_switch_upstreams(...)` — aiohttp upstreams that answer 500 either to
   everyone (`fail_all`) or only to requests that came through chosen replicas (`fail_behind`,
-  by the proxy port in the Host header the proxy forwards). Every replica must list the *same*
-  endpoints: the endpoints are part of a route's revision, and replicas on different revisions
-  keep separate rollout states in Redis.
+  by the proxy port in the Host header the proxy forwards). (Endpoints are not part of a
+  rollout's identity: replicas listing different endpoints share one state in Redis; replicas
+  on different revisions, steps or version names keep separate ones.)
 * `Replica` / `run_replicas(tmp_path, configs)` — one `Service` per config (own file, own proxy
   and admin ports, no file watcher) with an admin session and /status shortcuts.
 * `replica_config(...)` — route "shop" over stable + canary with a shared Redis state section.

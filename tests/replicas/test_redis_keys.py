@@ -105,3 +105,36 @@ async def test_the_current_state_never_expires_and_a_left_one_does(
 async def reload(r: Replica, cfg: dict[str, Any]) -> None:
     write_config(r.svc.path, cfg)
     assert r.svc.controller.reload()
+
+
+async def test_a_state_lost_by_redis_is_written_again_by_the_replicas(
+    tmp_path: Path, redis_server: RedisServer, key_prefix: str,
+) -> None:
+    client = aioredis.Redis.from_url(redis_server.url)
+    try:
+        async with run_switch_upstreams("stable", "canary") as ups:
+            cfg = replica_config(ups, redis=redis_server, prefix=key_prefix)
+            async with run_replicas(tmp_path, [cfg] * 2) as (a, b):
+                code, body = await a.act("abort", reason="lost and found")
+                assert code == 200, body
+                key = f"{key_prefix}v2:route:shop:{body['rollout']['identity']}"
+
+                async def both_aborted() -> bool:
+                    return all([(await r.rollout())["phase"] == "aborted" for r in (a, b)])
+
+                await wait_until(both_aborted, what="the abort on both replicas")
+                await client.delete(key)  # as a Redis restarted without its data
+
+                async def back() -> bool:
+                    raw = await client.get(key)
+                    return raw is not None and json.loads(raw)["phase"] == "aborted"
+
+                await wait_until(back, what="the state written again")
+                stored = json.loads(await client.get(key))
+                assert stored["abort_reason"] == "manual: lost and found"
+                # A replica starting now finds the abort.
+                async with run_replicas(tmp_path / "late", [cfg]) as (late,):
+                    assert (await late.rollout())["phase"] == "aborted"
+                    assert await late.canary_weight() == 0
+    finally:
+        await client.aclose()
