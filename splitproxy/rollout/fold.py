@@ -83,8 +83,13 @@ def _restore(event: Restore, route: Route, now: float, run: str) -> tuple[RouteS
         color = legacy_candidates(route).get(old.legacy_revision, "")
         if color == route.active:
             # Format 1, same rollout: keep its decision (an abort stays an abort).
+            by = None
+            if old.phase == ABORTED:
+                manual = (old.abort_reason or "").startswith("manual:")
+                by = Actor.OPERATOR if manual else Actor.GUARD
             new = replace(old, identity=ident, run=run, active=route.active, seq=0,
-                          legacy_revision=None, endpoints=endpoints(route), run_started=now)
+                          legacy_revision=None, endpoints=endpoints(route), run_started=now,
+                          aborted_by=by)
             return new, [Persist(new), Log("info", f"state of format 1 migrated: {new.phase}")]
         old = replace(old, active=color or None)  # format 1 knows what served if it matched
     new = machine.start(route, now, run, previous=old)

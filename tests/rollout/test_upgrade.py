@@ -42,6 +42,7 @@ async def test_an_aborted_route_in_a_format_1_state_file_stays_aborted(tmp_path:
                 shop, web = (await status(session))["routes"]
             assert shop["rollout"]["phase"] == "aborted"
             assert shop["rollout"]["abort_reason"] == "manual: bad build"
+            assert shop["rollout"]["aborted_by"] == "operator"
             assert shop["versions"]["canary"]["effective_weight"] == 0
             assert (web["rollout"]["phase"], web["versions"]["blue"]["effective_weight"]) == (
                 "idle", 100)
