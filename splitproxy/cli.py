@@ -4,6 +4,7 @@ resume`."""
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import logging
 import sys
@@ -83,8 +84,6 @@ def main(argv: list[str] | None = None) -> int:
                 sys.stderr.write(line + "\n")
             return 1
         sys.stdout.write(describe(config) + "\n")
-        import asyncio
-
         from splitproxy.checkstate import promoted_endpoint_warnings
 
         for line in asyncio.run(promoted_endpoint_warnings(config, args.config)):
