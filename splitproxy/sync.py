@@ -137,7 +137,9 @@ class StateSync:
             expected = known[1] if known is not None and known[0] == state.identity else -1
             pending.attempts += 1
             try:
-                winner = await self.store.put(name, state, expected)
+                # Shielded: a shutdown that cancels us must not cut a file write in half and
+                # race the last attempt (the file store's lock then orders the two).
+                winner = await asyncio.shield(self.store.put(name, state, expected))
             except StoreUnavailable as exc:
                 pending.error = str(exc)
                 if pending.attempts == 1:

@@ -317,6 +317,7 @@ async def test_a_failed_write_stays_pending_and_is_retried_with_backoff_until_it
     h = harness
     await h.start(config(weights=STABLE_ONLY, rollout={"steps": [{"set_weight": 20},
                                                                  {"pause": {}}]}))
+    await wait_until(lambda: not h.engine.pending_writes(), what="the first step written")
     h.store.fail = True
     state = await h.act("abort", reason="bad")
     assert state.phase == "aborted"
