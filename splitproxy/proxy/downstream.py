@@ -402,6 +402,8 @@ class DownstreamProtocol(asyncio.Protocol):
             self._linger()
             return
         if self._upgrading is ex:
+            if ex.response_status == 101:
+                return  # become_tunnel follows at once
             self._upgrade_refused()
             if self.current is not None or self._broken:
                 return
