@@ -37,7 +37,7 @@ WRITE_HIGH_WATER = 256 * 1024
 # or LINGER_BYTES bytes, so the client reads the answer instead of a reset. nginx reads for up
 # to 30 s (lingering_time); 5 s is enough for a client to see the answer and stop.
 LINGER_TIME = 5.0
-LINGER_BYTES = 1 << 20
+LINGER_BYTES = 16 << 20
 
 # Owners of a pause of the client's reading; reading resumes when none is left.
 _PIPELINE = "pipeline"  # a request waits behind another

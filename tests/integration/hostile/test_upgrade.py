@@ -21,7 +21,7 @@ from ..conftest import (
     run_proxy,
     run_raw_upstream,
 )
-from .helpers import answer, recording_upstream
+from .helpers import recording_upstream
 
 UPGRADE = (b"GET /ws HTTP/1.1\r\nHost: h\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
            b"\r\n")
@@ -114,12 +114,14 @@ async def test_101_without_upgrade_header_is_a_502() -> None:
 
 
 async def test_upgrade_to_a_local_answer_keeps_parsing_what_follows() -> None:
-    """An upgrade request the proxy answers itself (no route): the next request is read."""
-    async with proxied() as (up, srv):
-        async with raw_client(srv.port) as c:
-            await c.send(UPGRADE.replace(b"Host: h", b"Host: h\r\nX-Splitproxy-Version: nope")
-                         + SECOND)
-            first = await c.read_response()
-            second = await c.read_response()
-    assert first.status in (101, 200, 400, 404) and second.status == 200
-    _ = answer
+    """An upgrade request the proxy answers itself (no route: 404): the request after it is
+    read and proxied."""
+    async with recording_upstream() as rec:
+        cfg = proxy_config([route({"stable": rec.url}, match={"path_prefix": "/api"})])
+        async with run_proxy(cfg) as srv:
+            async with raw_client(srv.port) as c:
+                await c.send(UPGRADE + SECOND.replace(b"/second", b"/api/second"))
+                first = await c.read_response()
+                second = await c.read_response()
+    assert (first.status, second.status, second.body) == (404, 200, b"ok /api/second")
+    assert [r.target for r in rec.requests] == ["/api/second"]
