@@ -24,6 +24,14 @@ _ctx = multiprocessing.get_context("forkserver")
 _ctx.set_forkserver_preload(["splitproxy.config"])
 
 
+def warm() -> None:
+    """Start the fork server now (blocking: call it off the loop), so the first reload does
+    not wait for an interpreter to start."""
+    from multiprocessing import forkserver
+
+    forkserver.ensure_running()
+
+
 def _child(path: str, conn: Connection) -> None:
     try:
         conn.send(("ok", load(path)))
@@ -35,8 +43,9 @@ def _child(path: str, conn: Connection) -> None:
         conn.close()
 
 
-async def load_in_child(path: Path, timeout: float = PARSE_TIMEOUT) -> Config:
+async def load_in_child(path: Path, timeout: float | None = None) -> Config:
     """`config.load(path)` in a child process; raises ConfigError (also on a timeout)."""
+    timeout = PARSE_TIMEOUT if timeout is None else timeout
     loop = asyncio.get_running_loop()
     ours, theirs = _ctx.Pipe(duplex=False)
     process = _ctx.Process(target=_child, args=(str(path), theirs), daemon=True,

@@ -18,7 +18,7 @@ from typing import Any
 
 from prometheus_client.core import Metric
 
-from splitproxy import table
+from splitproxy import confproc, table
 from splitproxy.config import Config, ConfigError, load
 from splitproxy.confproc import load_in_child
 from splitproxy.engine import RolloutEngine
@@ -78,6 +78,8 @@ class Controller:
         self._sampler = loop.create_task(self._sample_forever())
         if watch:
             self.watcher.start()
+            # Reloads parse in a child of the fork server (confproc): start it in advance.
+            loop.run_in_executor(None, confproc.warm)
         try:
             loop.add_signal_handler(signal.SIGHUP, self._on_sighup)
         except (NotImplementedError, RuntimeError, ValueError):

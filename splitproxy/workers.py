@@ -18,7 +18,7 @@ from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from typing import Any
 
-from splitproxy import table
+from splitproxy import logsafe, table
 from splitproxy.config import Config
 from splitproxy.server import EndpointHealth, ProxyServer
 from splitproxy.stats import Stats, VersionStats
@@ -230,6 +230,7 @@ def worker_main(conn: Connection, config: Config, generation: int, weights: Weig
 
     logging.basicConfig(level=log_level,
                         format=f"%(asctime)s %(levelname)s %(name)s[w{index}]: %(message)s")
+    logsafe.install()
     # Ctrl-C or SIGHUP sent to the whole process group: the parent decides when we stop and
     # reloads on SIGHUP; a worker ignores both (SIGHUP is blocked until now, see _spawn).
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
