@@ -12,8 +12,12 @@ the reload fails with a `file:line` error like any other bad edit.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import multiprocessing
+import signal
+from collections.abc import Iterator
 from multiprocessing.connection import Connection
+from multiprocessing.process import BaseProcess
 from pathlib import Path
 
 from splitproxy.config import Config, ConfigError, load
@@ -29,7 +33,25 @@ def warm() -> None:
     not wait for an interpreter to start."""
     from multiprocessing import forkserver
 
-    forkserver.ensure_running()
+    with _sighup_blocked():
+        forkserver.ensure_running()
+
+
+@contextlib.contextmanager
+def _sighup_blocked() -> Iterator[None]:
+    # SIGHUP means "reload" to this process; sent to the whole process group it must not kill
+    # the fork server or a parse in progress. Both inherit the mask of the thread that
+    # starts them, and keep it.
+    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+
+
+def _start(process: BaseProcess) -> None:
+    with _sighup_blocked():
+        process.start()
 
 
 def _child(path: str, conn: Connection) -> None:
@@ -52,7 +74,7 @@ async def load_in_child(path: Path, timeout: float | None = None) -> Config:
                            name="splitproxy-config-parse")
     # Starting talks to the fork server over a local socket (the first time, starts it):
     # quick, but blocking, so not on the loop.
-    await loop.run_in_executor(None, process.start)
+    await loop.run_in_executor(None, _start, process)
     theirs.close()
     answer: asyncio.Future[tuple[str, object]] = loop.create_future()
 

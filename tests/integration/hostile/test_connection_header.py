@@ -48,7 +48,8 @@ async def test_connection_cannot_remove_host_or_forwarding_headers() -> None:
     async with proxied() as (up, srv):
         async with raw_client(srv.port) as c:
             resp = await c.request("GET", "/headers", [
-                ("Connection", "Host, X-Forwarded-For, X-Forwarded-Proto, X-Forwarded-Host, X-Drop"),
+                ("Connection",
+                 "Host, X-Forwarded-For, X-Forwarded-Proto, X-Forwarded-Host, X-Drop"),
                 ("X-Forwarded-Proto", "https"), ("X-Drop", "1"), ("X-Keep", "1")])
     seen = {k.lower(): v for k, v in json.loads(resp.body)["headers"]}
     assert seen["host"] == "shop.example.com"
