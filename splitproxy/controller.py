@@ -237,6 +237,9 @@ class Controller:
     def reload_counts(self) -> dict[str, int]:
         return dict(self.reloads)
 
+    def proxy_errors(self) -> dict[str, int]:
+        return dict(self.server.stats.local)
+
     def version_stats(self) -> Iterable[VersionStats]:
         return self.server.stats.all()
 

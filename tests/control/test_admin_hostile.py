@@ -75,3 +75,19 @@ def test_every_log_message_has_its_control_characters_escaped() -> None:
     assert lines[0] == "abort reason: oops\\r\\n2026-01-01 INFO splitproxy: forged"
     assert lines[1] == "raw\\nmessage \\x1b[31mred\\u2028"
     assert lines[2] == "with a traceback" and lines[3].startswith("Traceback")
+
+
+async def test_the_proxys_own_503s_are_a_metric_of_their_own(tmp_path: Path) -> None:
+    from .conftest import admin, metric, raw_client, scrape
+
+    async with run_upstream("stable") as up:
+        cfg = proxy_config([route({"stable": up.url})], limits={"max_connections": 1})
+        async with running_service(tmp_path, cfg) as (svc, _):
+            async with raw_client(svc.proxy_port) as a:
+                assert (await a.request("GET", "/")).status == 200
+                async with raw_client(svc.proxy_port) as b:
+                    assert (await b.request("GET", "/")).status == 503
+            async with admin(svc) as session:
+                samples = await scrape(session)
+    assert metric(samples, "splitproxy_proxy_errors_total", kind="overload") == 1
+    assert metric(samples, "splitproxy_requests_total", code="503") is None
