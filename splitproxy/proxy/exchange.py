@@ -7,16 +7,15 @@ place where a request's fate (answered, failed, aborted) is decided and counted.
 
 from __future__ import annotations
 
-import errno
 import logging
 from typing import TYPE_CHECKING
 
 from splitproxy.proxy.headers import (
     CONTINUE_100,
-    HOP_BY_HOP,
-    connection_tokens,
     error_response,
 )
+from splitproxy.proxy.local import LOCAL_ERRNOS, RETRY_AFTER, local_log
+from splitproxy.proxy.response import head_bytes, read_response
 from splitproxy.proxy.upstream import Overloaded, Pool, UpstreamConnection
 
 if TYPE_CHECKING:
@@ -26,37 +25,13 @@ if TYPE_CHECKING:
 log = logging.getLogger("splitproxy.exchange")
 
 
-class _Throttled:
-    """One warning a second at most: a flood of local failures must not flood the log."""
 
-    def __init__(self, logger: logging.Logger) -> None:
-        self.logger = logger
-        self.next = 0.0
-        self.skipped = 0
-
-    def warning(self, now: float, detail: str) -> None:
-        if now < self.next:
-            self.skipped += 1
-            return
-        self.logger.warning("local resource failure, answered 503: %s (%d more like it not "
-                            "logged)", detail, self.skipped)
-        self.next = now + 1.0
-        self.skipped = 0
-
-
-_local_log = _Throttled(logging.getLogger("splitproxy.local"))
 
 # How the response body is framed towards the client; DISCARD: it must not have one (HEAD).
 RAW, CHUNKED, DISCARD = 0, 1, 2
 
 PENDING_HIGH_WATER = 256 * 1024
 
-# Failures of this machine, not of the endpoint: out of file descriptors, socket buffers,
-# memory or local ports. Answered 503 and counted as the proxy's own, never against a version.
-LOCAL_ERRNOS = frozenset(
-    {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM, errno.EADDRNOTAVAIL}
-)
-RETRY_AFTER = 1  # seconds, on the proxy's own 503s (overload, local resource failure)
 
 
 class Exchange:
@@ -289,7 +264,7 @@ class Exchange:
             # Interim answers (103 Early Hints, a stray 100) go to HTTP/1.1 clients as they are.
             self._informational = True
             if self.client_11 and status != 100:
-                self.down.write(_head(status, reason, _read_response(headers)[0], ()))
+                self.down.write(head_bytes(status, reason, read_response(headers)[0], ()))
             return
         self.deadline = 0.0
         self.response_status = status
@@ -309,7 +284,7 @@ class Exchange:
             # Refused: the upstream was told `Connection: upgrade`; it does not get reused.
             # The client's connection goes on: what it sent after the request is parsed anew.
             self.up_close = True
-        kept, chunked, content_length = _read_response(headers)
+        kept, chunked, content_length = read_response(headers)
         extra: list[bytes] = []
         body_allowed = not (self.method_head or status in (204, 304))
         if status == 101:
@@ -350,7 +325,7 @@ class Exchange:
         if self.set_cookie is not None:
             extra.append(self.set_cookie)
         self.response_started = True
-        self.out.append(_head(status, reason, kept, extra))
+        self.out.append(head_bytes(status, reason, kept, extra))
 
     def response_body(self, data: bytes) -> None:
         if self.finished or self._informational:
@@ -488,7 +463,7 @@ class Exchange:
             self.stats = None
         self.down.server.stats.count_local(kind)
         if kind == "resource":
-            _local_log.warning(self.down.loop.time(), detail)
+            local_log.warning(self.down.loop.time(), detail)
         if not self.request_done:
             self.close_after = True
         self.response_started = True
@@ -538,39 +513,3 @@ class Exchange:
             self.stats.errors[kind] += 1
             if self.pool is not None and (kind == "connect" or kind == "reset"):
                 version.record_failure(self.pool)
-
-
-def _read_response(
-    headers: list[tuple[bytes, bytes]],
-) -> tuple[list[bytes], bool | None, bytes | None]:
-    """One pass over a response's headers: the lines to pass on (hop-by-hop ones and those
-    the Connection header names removed), chunked (None: a coding we cannot pass on) and
-    Content-Length."""
-    out = []
-    named: set[bytes] | None = None
-    chunked: bool | None = False
-    length: bytes | None = None
-    for name, value in headers:
-        lname = name.lower()
-        if lname in HOP_BY_HOP:
-            if lname == b"transfer-encoding":
-                chunked = True if value.strip().lower() == b"chunked" else None
-            elif lname == b"connection" and value.lower() not in _PLAIN_CONNECTION:
-                named = (named or set()) | connection_tokens(value)
-            continue
-        if lname == b"content-length":
-            length = value.strip()
-            continue
-        out.append(name + b": " + value)
-    if named:
-        out = [line for line in out if line.split(b":", 1)[0].lower() not in named]
-    return out, chunked, length
-
-
-# The usual Connection values, which name no header to remove: skip parsing them.
-_PLAIN_CONNECTION = frozenset({b"keep-alive", b"close", b"upgrade"})
-
-
-def _head(status: int, reason: bytes, lines: list[bytes], extra: object) -> bytes:
-    parts = [b"HTTP/1.1 %d " % status + reason, *lines, *extra]  # type: ignore[misc]
-    return b"\r\n".join(parts) + b"\r\n\r\n"
