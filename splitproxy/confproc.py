@@ -7,6 +7,10 @@ control plane (several). The child is forked from multiprocessing's fork server 
 single-threaded process, started once, with the config module already imported), so a reload
 costs a fork, not an interpreter start. A child that takes longer than the limit is killed and
 the reload fails with a `file:line` error like any other bad edit.
+
+As with every multiprocessing start method but fork, a program that embeds splitproxy must
+guard its own entry point (`if __name__ == "__main__":`): the fork server imports the main
+module. `splitproxy` and `python -m splitproxy` do.
 """
 
 from __future__ import annotations

@@ -83,13 +83,16 @@ def _slow_config(cfg: dict[str, object], routes: int) -> str:
 async def test_a_slow_parse_does_not_stall_the_proxy(tmp_path: Path) -> None:
     async with run_upstream("stable") as up:
         cfg = proxy_config([route({"stable": up.url})])
+        # Made before measuring: dumping it is itself a slow (pure-Python) YAML job, and
+        # would stall this test's own loop, which also runs the proxy.
+        slow = _slow_config(cfg, 1500)  # ~300 KB
         async with running_service(tmp_path, cfg) as (svc, path):
             done = asyncio.Event()
             measuring = asyncio.create_task(_latencies_while(svc.proxy_port, done))
             await asyncio.sleep(0.2)
             loop = asyncio.get_running_loop()
             start = loop.time()
-            path.write_text(_slow_config(cfg, 1500))  # ~300 KB
+            path.write_text(slow)
             await wait_until(lambda: svc.controller.reloads["error"] == 1, 30.0, "reload")
             took = loop.time() - start
             done.set()
@@ -104,8 +107,9 @@ async def test_a_parse_over_the_time_limit_is_a_reload_error(
     monkeypatch.setattr(confproc, "PARSE_TIMEOUT", 0.05)
     async with run_upstream("stable") as up:
         cfg = proxy_config([route({"stable": up.url})])
+        slow = _slow_config(cfg, 1500)
         async with running_service(tmp_path, cfg) as (svc, path):
-            path.write_text(_slow_config(cfg, 1500))
+            path.write_text(slow)
             await wait_until(lambda: svc.controller.reloads["error"] == 1, 10.0, "reload")
             assert "parsing took longer than 0.05s" in (svc.controller.last_error or "")
             assert isinstance(svc, Service) and svc.controller.generation() == 1
