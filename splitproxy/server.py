@@ -117,7 +117,8 @@ class ProxyServer:
         """Swap in a new routing table; requests already routed keep their version."""
         if self._pools is None:
             return  # not started yet: start() installs the first table
-        self.runtime = compile_table(routing, self._pools, self.stats, self.config.health)
+        self.runtime = compile_table(routing, self._pools, self.stats, self.config.health,
+                                     getattr(self, "runtime", None))
 
 
     def endpoint_health(self) -> list[EndpointHealth]:
