@@ -96,6 +96,9 @@ class Controller:
             self._sampler.cancel()
         try:
             asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
+            # Removing the handler restores the default action, which kills: a SIGHUP to the
+            # process group while the proxy drains must not cut requests in flight.
+            signal.signal(signal.SIGHUP, signal.SIG_IGN)
         except (NotImplementedError, RuntimeError, ValueError):
             pass
 

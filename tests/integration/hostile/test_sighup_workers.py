@@ -51,7 +51,9 @@ async def test_sighup_to_the_process_group_keeps_workers_and_requests_in_flight(
             stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         try:
             text = lambda: (tmp_path / "log").read_text()  # noqa: E731
-            await wait_for_condition(lambda: "2 workers listening" in text(), 30, "workers")
+            # Logged once everything runs, the controller's SIGHUP handler included (before
+            # it, a SIGHUP is ignored, not fatal).
+            await wait_for_condition(lambda: "admin API on" in text(), 30, "start-up")
             # Workers, multiprocessing's resource tracker and the config parser's fork server.
             children = _children(proc.pid)
             assert len(children) >= 3
