@@ -62,7 +62,9 @@ def _auth_middleware(token: str) -> Callable[..., Awaitable[web.StreamResponse]]
     async def check(
         request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
     ) -> web.StreamResponse:
-        given = request.headers.get("Authorization", "").encode()
+        # aiohttp decodes header bytes as UTF-8 with surrogateescape: encode them back the
+        # same way, so a non-UTF-8 header is a wrong token (401), not an exception (500).
+        given = request.headers.get("Authorization", "").encode("utf-8", "surrogateescape")
         if not hmac.compare_digest(given, expected):
             return web.Response(status=401, text="401 Unauthorized: bearer token required\n",
                                 headers={"WWW-Authenticate": "Bearer"})
@@ -88,6 +90,7 @@ async def status(request: web.Request) -> web.Response:
 
 
 ACTIONS = ("promote", "abort", "retry", "pause", "resume")
+MAX_REASON = 500
 
 
 async def action(request: web.Request) -> web.Response:
@@ -98,9 +101,15 @@ async def action(request: web.Request) -> web.Response:
     if verb not in ACTIONS:
         return web.json_response({"error": f"unknown action {verb!r}"}, status=404)
     full = request.query.get("full", "") in ("1", "true", "yes")
+    reason = request.query.get("reason")
+    if reason is not None and (len(reason) > MAX_REASON or not reason.isprintable()):
+        # It is logged, kept in state and shown in /status: printable text only (the log
+        # escapes control characters anyway; see logsafe).
+        return web.json_response(
+            {"error": f"reason must be printable text of at most {MAX_REASON} characters"},
+            status=400)
     try:
-        state = await controller.engine.act(name, verb, full=full,
-                                            reason=request.query.get("reason"))
+        state = await controller.engine.act(name, verb, full=full, reason=reason)
     except KeyError:
         return web.json_response({"error": f"no route named {name!r}"}, status=404)
     except ActionError as exc:

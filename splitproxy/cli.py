@@ -10,7 +10,7 @@ import logging
 import sys
 from pathlib import Path
 
-from splitproxy import __version__
+from splitproxy import __version__, logsafe
 from splitproxy.client import TOKEN_ENV, AdminClient, AdminError, watch
 from splitproxy.config import ConfigError, describe, load
 
@@ -76,6 +76,7 @@ def main(argv: list[str] | None = None) -> int:
         level=args.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    logsafe.install()  # no client-supplied string can forge a log line
     if args.command == "check":
         try:
             config = load(args.config)

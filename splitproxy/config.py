@@ -27,6 +27,7 @@ from pydantic import (
     model_validator,
 )
 
+from splitproxy.urlpath import normalise_prefix
 from splitproxy.yamlconfig import ConfigError as ConfigError
 from splitproxy.yamlconfig import Located, Problem, load_model
 
@@ -132,9 +133,14 @@ def _webhook_url(value: str) -> str:
 
 
 def _path_prefix(value: str) -> str:
+    # Requests are matched on their normalised path (see `urlpath`); the prefix is normalised
+    # the same way once, here, so `/api/./v1` and `/api//v1` mean what they say.
     if not value.startswith("/"):
         raise ValueError(f"must start with '/', got {value!r}")
-    return value
+    try:
+        return normalise_prefix(value)
+    except ValueError as exc:
+        raise ValueError(f"{exc}: {value!r}") from None
 
 
 Duration = Annotated[float, BeforeValidator(parse_duration)]
@@ -404,13 +410,34 @@ class Timeouts(_Frozen):
     connect: _Timeout = 2.0
     response_header: _Timeout = 30.0
     client_header: _Timeout = 10.0
+    # Between two reads of a request body (nginx client_body_timeout, 60 s): 408.
+    client_body: _Timeout = 60.0
+    # Between two reads of a response after its head (nginx proxy_read_timeout, 60 s): 504,
+    # or a cut answer once it began; a timeout of the version.
+    upstream_read: _Timeout = 60.0
+    # How long a request may wait for an upstream connection when every connection attempt
+    # slot is taken: 503 with Retry-After, the proxy's own.
+    pool_wait: _Timeout = 5.0
     idle: _Timeout = 60.0
     drain: _Timeout = 30.0  # graceful shutdown: how long in-flight requests may finish
+
+
+_Positive = Annotated[int, Strict(), Field(ge=1)]
 
 
 class Limits(_Frozen):
     max_header: Annotated[Size, Field(ge=1024)] = 64 * 1024
     max_body: Size | None = None
+    # A larger upstream response head is a 502 (nginx: proxy_buffer_size, 4-8 KiB; Envoy:
+    # max_response_headers_kb, 60 KiB).
+    max_response_header: Annotated[Size, Field(ge=1024)] = 64 * 1024
+    # Request bodies up to this size are read whole before an upstream connection is taken
+    # (0: stream every body at once).
+    body_buffer: Size = 64 * 1024
+    # Overload: more client connections get 503 at once; more requests waiting for an
+    # upstream connection get 503 at once.
+    max_connections: _Positive = 10000
+    max_pending: _Positive = 1024
 
 
 class Health(_Frozen):

@@ -7,6 +7,7 @@ and reads the data plane's counters.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import signal
@@ -17,9 +18,10 @@ from typing import Any
 
 from prometheus_client.core import Metric
 
-from splitproxy import table
+from splitproxy import confproc, table
 from splitproxy.clock import SYSTEM, Clock
 from splitproxy.config import Config, ConfigError, load
+from splitproxy.confproc import load_in_child
 from splitproxy.engine import RolloutEngine
 from splitproxy.metrics import rollout_families
 from splitproxy.reload import ConfigWatcher
@@ -27,6 +29,7 @@ from splitproxy.server import DataPlane
 from splitproxy.stats import VersionStats
 from splitproxy.store import StateStore, make_store
 from splitproxy.window import Sample, Window
+from splitproxy.yamlconfig import MAX_CONFIG_BYTES
 
 log = logging.getLogger("splitproxy.controller")
 
@@ -55,6 +58,9 @@ class Controller:
         self.store = store if store is not None else make_store(config, path)
         self.engine = RolloutEngine(self.store, self.window, self.sample, self.rebuild, clock)
         self._sampler: asyncio.Task[None] | None = None
+        self._reloading: asyncio.Task[None] | None = None
+        self._again = False  # another reload was asked for while one ran
+        self._again_forced = False
 
     # -- life cycle -------------------------------------------------------------------------
     async def prepare(self) -> table.RoutingTable:
@@ -68,6 +74,8 @@ class Controller:
         self._sampler = loop.create_task(self._sample_forever())
         if watch:
             self.watcher.start()
+            # Reloads parse in a child of the fork server (confproc): start it in advance.
+            loop.run_in_executor(None, confproc.warm)
         try:
             loop.add_signal_handler(signal.SIGHUP, self._on_sighup)
         except (NotImplementedError, RuntimeError, ValueError):
@@ -75,11 +83,18 @@ class Controller:
 
     async def stop(self) -> None:
         await self.watcher.stop()
+        if self._reloading is not None and not self._reloading.done():
+            self._reloading.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reloading
         await self.engine.stop()
         if self._sampler is not None:
             self._sampler.cancel()
         try:
             asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
+            # Removing the handler restores the default action, which kills: a SIGHUP to the
+            # process group while the proxy drains must not cut requests in flight.
+            signal.signal(signal.SIGHUP, signal.SIG_IGN)
         except (NotImplementedError, RuntimeError, ValueError):
             pass
 
@@ -93,14 +108,45 @@ class Controller:
         return path.name.endswith((".state.json", ".tmp")) and path != self.path
 
     def _on_file_change(self) -> None:
-        self.reload()
+        self.reload_soon()
 
     def _on_sighup(self) -> None:
         log.info("SIGHUP: reloading %s", self.path)
-        self.reload(force=True)
+        self.reload_soon(force=True)
+
+    def reload_soon(self, force: bool = False) -> None:
+        """A reload as the watcher and SIGHUP do it: parsed in a child process (`confproc`),
+        so no file can stall the loop; one at a time, the last request winning."""
+        if self._reloading is not None and not self._reloading.done():
+            self._again = True  # the running reload may have read the file before this change
+            self._again_forced = self._again_forced or force
+            return
+        self._reloading = asyncio.get_running_loop().create_task(self._reload_task(force))
+
+    async def _reload_task(self, force: bool) -> None:
+        while True:
+            await self.reload_async(force)
+            if not self._again:
+                return
+            force = self._again_forced
+            self._again = self._again_forced = False
+
+    async def reload_async(self, force: bool = False) -> bool:
+        """`reload()` with the parse in a child process under a time limit."""
+        digest = _digest(self.path)
+        if digest == self._digest and not force:
+            return self.last_result != "error"
+        self._digest = digest
+        try:
+            new = await load_in_child(self.path)
+        except ConfigError as exc:
+            return self._rejected(exc)
+        return self._loaded(new)
 
     def reload(self, force: bool = False) -> bool:
-        """Load the file again; apply it whole, or keep serving the old config and say why."""
+        """Load the file again; apply it whole, or keep serving the old config and say why.
+        Parses in this process (bounded by yamlconfig's limits); the watcher and SIGHUP use
+        `reload_soon`, which parses in a child process."""
         digest = _digest(self.path)
         if digest == self._digest and not force:
             # An event in the directory that did not change our file (or a bad file that was
@@ -110,14 +156,20 @@ class Controller:
         try:
             new = load(self.path)
         except ConfigError as exc:
-            self.reloads["error"] += 1
-            self.last_reload_time = time.time()
-            self.last_result = "error"
-            self.last_error = str(exc)
-            for line in exc.errors:
-                log.error("config reload rejected, still serving generation %d: %s",
-                          self._generation, line)
-            return False
+            return self._rejected(exc)
+        return self._loaded(new)
+
+    def _rejected(self, exc: ConfigError) -> bool:
+        self.reloads["error"] += 1
+        self.last_reload_time = time.time()
+        self.last_result = "error"
+        self.last_error = str(exc)
+        for line in exc.errors:
+            log.error("config reload rejected, still serving generation %d: %s",
+                      self._generation, line)
+        return False
+
+    def _loaded(self, new: Config) -> bool:
         if new == self.config:
             self.last_result = "success"
             self.last_error = None
@@ -176,6 +228,9 @@ class Controller:
 
     def reload_counts(self) -> dict[str, int]:
         return dict(self.reloads)
+
+    def proxy_errors(self) -> dict[str, int]:
+        return dict(self.server.stats.local)
 
     def version_stats(self) -> Iterable[VersionStats]:
         return self.server.stats.all()
@@ -273,6 +328,8 @@ def _horizon(config: Config) -> float:
 
 def _digest(path: Path) -> bytes | None:
     try:
-        return hashlib.sha256(path.read_bytes()).digest()
+        with open(path, "rb") as f:
+            # Never more than the loader would read: a huge file is refused, not hashed.
+            return hashlib.sha256(f.read(MAX_CONFIG_BYTES + 1)).digest()
     except OSError:
         return None

@@ -33,6 +33,7 @@ class MetricsSource(Protocol):
     def weights(self) -> Iterable[tuple[str, str, int]]: ...  # route, version, effective
     def endpoints(self) -> Iterable[tuple[str, str, str, bool]]: ...  # route, version, ep, up
     def reload_counts(self) -> dict[str, int]: ...
+    def proxy_errors(self) -> dict[str, int]: ...  # the proxy's own 503s, by kind
     def generation(self) -> int: ...
     def rollout_metrics(self) -> Iterable[Metric]: ...
 
@@ -102,6 +103,14 @@ class SplitproxyCollector(Collector):
         for result, n in src.reload_counts().items():
             reloads.add_metric([result], n)
         yield reloads
+        own = CounterMetricFamily(
+            "splitproxy_proxy_errors",
+            "The proxy's own 503s (overload, local resource failure), never a version's",
+            labels=["kind"],
+        )
+        for kind, n in src.proxy_errors().items():
+            own.add_metric([kind], n)
+        yield own
         yield GaugeMetricFamily(
             "splitproxy_config_generation", "Generation of the config being served",
             value=src.generation(),

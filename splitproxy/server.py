@@ -70,6 +70,7 @@ class ProxyServer:
         """Listen; `routing` is the first table (default: the config's own weights)."""
         self.loop = asyncio.get_running_loop()
         self._pools = Pools(self.timeouts.connect, UPSTREAM_IDLE_TIMEOUT)
+        self._configure_pools()
         self.install(routing or table.build(self.config))
         host, port = split_hostport(self.config.listen)
         self._server = await self.loop.create_server(
@@ -87,9 +88,10 @@ class ProxyServer:
         One task instead of a timer per request keeps the hot path free of timer handles; a
         timeout fires up to one tick late.
         """
-        t = self.timeouts
-        tick = min(1.0, max(0.05, min(t.client_header, t.idle, t.response_header) / 5))
         while True:
+            t = self.timeouts  # a reload may shorten them
+            tick = min(1.0, max(0.05, min(t.client_header, t.idle, t.response_header,
+                                          t.client_body, t.upstream_read) / 5))
             await asyncio.sleep(tick)
             now = self.loop.time()
             for conn in list(self.connections):
@@ -100,13 +102,23 @@ class ProxyServer:
         self.config = config
         self.timeouts = config.timeouts
         self.limits = config.limits
+        self._configure_pools()
         self.install(routing)
+
+    def _configure_pools(self) -> None:
+        pools = self._pools
+        if pools is not None:
+            pools.connect_timeout = self.timeouts.connect
+            pools.wait_timeout = self.timeouts.pool_wait
+            pools.max_waiting = self.limits.max_pending
+            pools.max_response_header = self.limits.max_response_header
 
     def install(self, routing: table.RoutingTable) -> None:
         """Swap in a new routing table; requests already routed keep their version."""
         if self._pools is None:
             return  # not started yet: start() installs the first table
-        self.runtime = compile_table(routing, self._pools, self.stats, self.config.health)
+        self.runtime = compile_table(routing, self._pools, self.stats, self.config.health,
+                                     getattr(self, "runtime", None))
 
 
     def endpoint_health(self) -> list[EndpointHealth]:
@@ -129,10 +141,15 @@ class ProxyServer:
         for conn in list(self.connections):
             conn.drain()
         deadline = self.loop.time() + drain
-        while self.connections and self.loop.time() < deadline:
+        # A connection in its lingering close has its answer already: it does not hold up
+        # the shutdown, and is closed (not reset) below.
+        while any(not c.lingering for c in self.connections) and self.loop.time() < deadline:
             await asyncio.sleep(0.02)
         for conn in list(self.connections):
-            conn.abort()
+            if conn.lingering:
+                conn.close_soon()
+            else:
+                conn.abort()
         if self._sweeper is not None:
             self._sweeper.cancel()
         if self._pools is not None:

@@ -57,6 +57,9 @@ class Service:
 
 async def serve(config_path: Path, workers: int = 1) -> int:
     """Serve until SIGTERM/SIGINT, then drain and return the exit code."""
+    # SIGHUP means "reload" once the controller runs; until then (and in the workers, which
+    # inherit this) it must not kill the process, whose default action it would be.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     service = Service(config_path, workers=workers)
     await service.start()
     stop = asyncio.Event()

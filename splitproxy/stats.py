@@ -16,6 +16,10 @@ LATENCY_BUCKETS: tuple[float, ...] = (
 # Upstream failure kinds, as in splitproxy_upstream_errors_total{kind}.
 ERROR_KINDS = ("connect", "timeout", "reset", "protocol")
 
+# The proxy's own 503s: "overload" (client connections, requests waiting for an upstream
+# connection, or waiting too long), "resource" (out of descriptors, buffers, memory, ports).
+LOCAL_KINDS = ("overload", "resource")
+
 
 class VersionStats:
     """Counters of one version of one route; lives as long as the process."""
@@ -52,6 +56,11 @@ class Stats:
     def __init__(self) -> None:
         self._by_key: dict[tuple[str, str, bool], VersionStats] = {}
         self.bad_requests = 0  # 4xx answered before a route/version was chosen
+        # The proxy's own failures, by kind (LOCAL_KINDS): never any version's.
+        self.local: dict[str, int] = dict.fromkeys(LOCAL_KINDS, 0)
+
+    def count_local(self, kind: str) -> None:
+        self.local[kind] = self.local.get(kind, 0) + 1
 
     def get(self, route: str, version: str, synthetic: bool = False) -> VersionStats:
         key = (route, version, synthetic)

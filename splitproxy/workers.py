@@ -18,7 +18,7 @@ from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from typing import Any
 
-from splitproxy import table
+from splitproxy import logsafe, table
 from splitproxy.config import Config
 from splitproxy.server import EndpointHealth, ProxyServer
 from splitproxy.stats import Stats, VersionStats
@@ -71,6 +71,7 @@ class _Worker:
         self.conn = conn
         self.rows: list[Row] = []
         self.bad_requests = 0
+        self.local: dict[str, int] = {}
         self.health: list[EndpointHealth] = []
         self.ready = asyncio.get_running_loop().create_future()
         self.stopped = asyncio.get_running_loop().create_future()
@@ -91,6 +92,7 @@ class WorkerPool:
         self._routing: table.RoutingTable = table.build(config)
         self._retired: list[Row] = []  # counters of workers that died, so totals never drop
         self._retired_bad = 0
+        self._retired_local: dict[str, int] = {}
         self._ctx = multiprocessing.get_context("spawn")
 
     # -- DataPlane --------------------------------------------------------------------------
@@ -98,9 +100,13 @@ class WorkerPool:
     def stats(self) -> Stats:
         total = Stats()
         rows = [*self._retired]
-        for worker in self._workers.values():
-            rows += worker.rows
-            total.bad_requests += worker.bad_requests
+        for worker in (*self._workers.values(), None):
+            local = worker.local if worker is not None else self._retired_local
+            for kind, n in local.items():
+                total.local[kind] = total.local.get(kind, 0) + n
+            if worker is not None:
+                rows += worker.rows
+                total.bad_requests += worker.bad_requests
         total.bad_requests += self._retired_bad
         for row in rows:
             _add(total.get(row[0], row[1], row[2]), row)
@@ -151,7 +157,16 @@ class WorkerPool:
                   index, logging.getLogger().level),
             name=f"splitproxy-worker-{index}",
         )
-        process.start()
+        # SIGHUP is for the control plane (reload). Sent to the whole process group (`kill
+        # -HUP -PGID`, some supervisors), it must not kill a worker before the worker could
+        # ignore it: the child inherits the blocked mask across fork and exec, ignores SIGHUP
+        # first thing, then unblocks (a pending ignored signal is dropped). The resource
+        # tracker multiprocessing starts here keeps it blocked for good.
+        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP})
+        try:
+            process.start()
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
         child.close()
         worker = _Worker(index, process, parent)
         self._workers[index] = worker
@@ -162,7 +177,7 @@ class WorkerPool:
             while worker.conn.poll():
                 kind, payload = worker.conn.recv()
                 if kind == "stats":
-                    worker.rows, worker.bad_requests, health = payload
+                    worker.rows, worker.bad_requests, worker.local, health = payload
                     worker.health = [EndpointHealth(*h) for h in health]
                 elif kind == "ready" and not worker.ready.done():
                     worker.ready.set_result(None)
@@ -177,6 +192,8 @@ class WorkerPool:
         self._workers.pop(worker.index, None)
         self._retired += worker.rows
         self._retired_bad += worker.bad_requests
+        for kind, n in worker.local.items():
+            self._retired_local[kind] = self._retired_local.get(kind, 0) + n
         if not worker.stopped.done():
             worker.stopped.set_result(None)
         if not worker.ready.done():
@@ -221,7 +238,11 @@ def worker_main(conn: Connection, config: Config, generation: int, weights: Weig
 
     logging.basicConfig(level=log_level,
                         format=f"%(asctime)s %(levelname)s %(name)s[w{index}]: %(message)s")
-    # Ctrl-C in a terminal reaches the whole process group: the parent decides when we stop.
+    logsafe.install()
+    # Ctrl-C or SIGHUP sent to the whole process group: the parent decides when we stop and
+    # reloads on SIGHUP; a worker ignores both (SIGHUP is blocked until now, see _spawn).
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP})
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     uvloop.run(_serve(conn, config, generation, weights, runs))
 
@@ -250,7 +271,8 @@ async def _serve(conn: Connection, config: Config, generation: int, weights: Wei
     def report() -> None:
         try:
             health = [astuple(h) for h in server.endpoint_health()]
-            conn.send(("stats", (_rows(server.stats), server.stats.bad_requests, health)))
+            stats = server.stats
+            conn.send(("stats", (_rows(stats), stats.bad_requests, dict(stats.local), health)))
         except (OSError, ValueError):
             pass
 

@@ -16,6 +16,15 @@ from pydantic_core import ErrorDetails
 
 M = TypeVar("M", bound=BaseModel)
 
+# Bounds checked before and while parsing, so no file can make the parse (or the walks over
+# its result) take memory or time out of proportion to a real config. A real config is a few
+# KiB; 1 MiB is hundreds of routes.
+MAX_CONFIG_BYTES = 1 << 20
+MAX_DEPTH = 64  # nesting of mappings and lists (a real config needs < 10)
+# Nodes of the document with every alias expanded: what the duplicate-key check and the
+# validation will walk. An alias bomb (a few lines, 9 levels of 9 aliases) expands to ~10^9.
+MAX_NODES = 200_000
+
 
 class ConfigError(Exception):
     """A config file that cannot be used; `errors` holds one line per problem."""
@@ -88,23 +97,70 @@ def _locate(root: yaml.Node, loc: tuple[str | int, ...]) -> tuple[int, str]:
     return line + 1, path.removeprefix(".")
 
 
-def _duplicate_keys(node: yaml.Node) -> Iterator[tuple[int, str]]:
+def _duplicate_keys(node: yaml.Node, seen_nodes: set[int] | None = None
+                    ) -> Iterator[tuple[int, str]]:
     # PyYAML keeps the last of two equal keys without a word; that hides a real typo.
+    # A node reached again through an alias is checked once.
+    seen_nodes = set() if seen_nodes is None else seen_nodes
+    if id(node) in seen_nodes:
+        return
+    seen_nodes.add(id(node))
     if isinstance(node, yaml.MappingNode):
         seen: set[str] = set()
         for key, value in node.value:
             if isinstance(key, yaml.ScalarNode) and key.value in seen:
                 yield key.start_mark.line + 1, f"duplicate key {key.value!r}"
             seen.add(str(key.value))
-            yield from _duplicate_keys(value)
+            yield from _duplicate_keys(value, seen_nodes)
     elif isinstance(node, yaml.SequenceNode):
         for item in node.value:
-            yield from _duplicate_keys(item)
+            yield from _duplicate_keys(item, seen_nodes)
+
+
+class _BoundedLoader(yaml.SafeLoader):
+    """PyYAML's safe loader with MAX_DEPTH and MAX_NODES enforced while composing: the
+    error points at the line where the document went too deep or expanded too far."""
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self._depth = 0
+        self._total = 0  # expanded nodes so far
+        self._weight: dict[int, int] = {}  # id(node) -> its expanded size, for aliases
+
+    def _grow(self, n: int, event: yaml.Event) -> None:
+        self._total += n
+        if self._total > MAX_NODES:
+            raise _too_much(event, f"the document expands to more than {MAX_NODES} nodes "
+                            "(aliases included)")
+
+    def compose_node(self, parent: yaml.Node | None, index: int) -> yaml.Node | None:
+        event: yaml.Event = self.peek_event()  # type: ignore[no-untyped-call]
+        if isinstance(event, yaml.AliasEvent):
+            target = self.anchors.get(event.anchor)
+            if target is not None:
+                self._grow(self._weight.get(id(target), 1), event)
+            return super().compose_node(parent, index)
+        if self._depth >= MAX_DEPTH:
+            raise _too_much(event, f"nested deeper than {MAX_DEPTH} levels")
+        before = self._total
+        self._grow(1, event)
+        self._depth += 1
+        try:
+            node = super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+        self._weight[id(node)] = self._total - before
+        return node
+
+
+def _too_much(event: yaml.Event, problem: str) -> yaml.MarkedYAMLError:
+    mark = event.start_mark if isinstance(event.start_mark, yaml.Mark) else None
+    return yaml.composer.ComposerError(None, None, problem, mark)
 
 
 def _compose(name: str, text: str) -> tuple[yaml.Node, object]:
     try:
-        loader = yaml.SafeLoader(text)
+        loader = _BoundedLoader(text)
         try:
             node = loader.get_single_node()
             data = loader.construct_document(node) if node is not None else None
@@ -127,7 +183,12 @@ def load_model(path: str | Path, model: type[M]) -> M:
     """Read, parse and validate one file; every problem is one `file:line: field: ...` line."""
     name = str(path)
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        with open(path, "rb") as f:
+            raw = f.read(MAX_CONFIG_BYTES + 1)  # never more, whatever the file's size
+        if len(raw) > MAX_CONFIG_BYTES:
+            raise ConfigError([f"{name}:1: config file larger than {MAX_CONFIG_BYTES} bytes: "
+                               "refused"])
+        text = raw.decode("utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
         raise ConfigError([f"{name}: cannot read config: {reason}"]) from None

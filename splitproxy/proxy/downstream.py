@@ -2,22 +2,26 @@
 
 Requests are parsed here, checked for ambiguous framing, routed to a version and turned into
 `Exchange`s that run one at a time, in order, so pipelined requests are answered in order.
+
+Memory per connection is bounded by one rule: nothing more is read from a client while an
+answer waits to be written beyond the write buffer's high-water mark (the transport paused
+us), while a request waits behind another (pipelining), or while an upgrade is undecided; and
+no new answer is started while the client is not reading the previous one.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hmac
 import logging
 from collections import deque
 from typing import TYPE_CHECKING, cast
 
 import httptools
 
+from splitproxy.proxy.dispatch import build_exchange
 from splitproxy.proxy.exchange import Exchange
-from splitproxy.proxy.headers import cookie_value, error_response
-from splitproxy.proxy.request import Reject, host_key, read_head, upstream_head
-from splitproxy.routing import choose
+from splitproxy.proxy.headers import error_response
+from splitproxy.proxy.request import Reject
 
 if TYPE_CHECKING:
     from splitproxy.proxy.upstream import UpstreamConnection
@@ -27,7 +31,17 @@ log = logging.getLogger("splitproxy.downstream")
 
 WRITE_HIGH_WATER = 256 * 1024
 
-_PIPELINE = "pipeline"
+# Lingering close (nginx's lingering_close): after an answer that ends the connection, stop
+# writing (FIN) and read and discard what the client still sends for up to LINGER_TIME seconds
+# or LINGER_BYTES bytes, so the client reads the answer instead of a reset. nginx reads for up
+# to 30 s (lingering_time); 5 s is enough for a client to see the answer and stop.
+LINGER_TIME = 5.0
+LINGER_BYTES = 16 << 20
+
+# Owners of a pause of the client's reading; reading resumes when none is left.
+_PIPELINE = "pipeline"  # a request waits behind another
+_WRITE = "write"  # the client does not read what we write
+_UPGRADE = "upgrade"  # an upgrade request waits for the upstream's 101 (or not)
 
 
 class DownstreamProtocol(asyncio.Protocol):
@@ -35,7 +49,8 @@ class DownstreamProtocol(asyncio.Protocol):
         "server", "loop", "transport", "parser", "client_ip", "queue", "current", "receiving",
         "_url", "_headers", "_in_head", "_head_bytes", "_head_size", "deadline", "_timer_kind",
         "_read_paused_by", "_paused_upstream", "_tunnel", "_upgrading", "_broken",
-        "_body_bytes",
+        "_body_bytes", "_write_blocked", "_held", "lingering", "_linger_bytes", "_client_eof",
+        "reads", "_reads_seen", "_body_deadline",
     )
 
     def __init__(self, server: ProxyServer) -> None:
@@ -62,6 +77,15 @@ class DownstreamProtocol(asyncio.Protocol):
         self._tunnel: UpstreamConnection | None = None
         self._upgrading: Exchange | None = None
         self._broken = False  # a fatal parse error: read nothing more
+        self._write_blocked = False  # the transport said pause_writing: start no new answer
+        self._held = b""  # bytes after an upgrade request's head, until the upstream decides
+        self.lingering = False
+        self._linger_bytes = 0
+        self._client_eof = False
+        # Request-body progress for the body timeout: packets read, as the sweeper last saw.
+        self.reads = 0
+        self._reads_seen = 0
+        self._body_deadline = 0.0
 
     @property
     def draining(self) -> bool:
@@ -74,7 +98,15 @@ class DownstreamProtocol(asyncio.Protocol):
         tcp.set_write_buffer_limits(high=WRITE_HIGH_WATER)
         peer = transport.get_extra_info("peername")
         self.client_ip = peer[0].encode("latin-1") if peer else b"unknown"
-        self.server.connections.add(self)
+        server = self.server
+        server.connections.add(self)
+        if len(server.connections) > server.limits.max_connections:
+            # Overload: a clear, cheap answer now rather than a client that waits for nothing.
+            server.stats.count_local("overload")
+            self._broken = True
+            tcp.write(error_response(503, "too many client connections", True, retry_after=1))
+            self._linger()
+            return
         self._arm_timer("header")
 
     def data_received(self, data: bytes) -> None:
@@ -84,36 +116,53 @@ class DownstreamProtocol(asyncio.Protocol):
                 transport.write(data)
             return
         if self._broken:
+            if self.lingering:
+                self._linger_bytes += len(data)
+                if self._linger_bytes > LINGER_BYTES and self.transport is not None:
+                    self.transport.abort()
             return
         if self._upgrading is not None:
-            self._upgrading.request_raw(data)
+            self._held += data  # arrived before the pause took effect
             return
+        self.reads += 1
         if self._in_head or self.receiving is None:
             self._head_bytes += len(data)
-        try:
-            self.parser.feed_data(data)
-        except httptools.HttpParserUpgrade as exc:
-            rest = data[exc.args[0]:]
-            upgrading = self.receiving  # kept by on_message_complete for upgrade requests
-            if upgrading is not None and upgrading.upgrade and rest:
-                upgrading.request_raw(rest)
-            return
-        except httptools.HttpParserCallbackError as exc:
-            reason = exc.__context__
-            if isinstance(reason, Reject):
-                self._reject(reason.status, reason.detail)
+        while True:
+            try:
+                self.parser.feed_data(data)
+            except httptools.HttpParserUpgrade as exc:
+                rest = data[exc.args[0]:]
+                if self._upgrade_pending():  # set by the callbacks of this very feed
+                    # Until the upstream answers 101 what follows is not tunnel data: hold it
+                    # (and read nothing more); if it does not switch, it is parsed as requests.
+                    self._held = rest
+                    self.pause_reading_for(_UPGRADE)
+                    return
+                if rest and not self._broken:
+                    data = rest  # an upgrade answered by the proxy itself: requests follow
+                    continue
                 return
-            raise
-        except httptools.HttpParserError as exc:
-            self._reject(400, f"malformed request: {exc}")
-            return
+            except httptools.HttpParserCallbackError as exc:
+                reason = exc.__context__
+                if isinstance(reason, Reject):
+                    self._reject(reason.status, reason.detail)
+                    return
+                raise
+            except httptools.HttpParserError as exc:
+                self._reject(400, f"malformed request: {exc}")
+                return
+            break
         if self._in_head and self._head_bytes > self.server.limits.max_header:
             self._reject(431, "request head too large")
+
+    def _upgrade_pending(self) -> bool:
+        return self._upgrading is not None
 
     def eof_received(self) -> bool | None:
         # A client that half-closes after a complete request still gets its answer; one that
         # stops in the middle of a request is gone.
-        if self.current is not None and self.receiving is None:
+        self._client_eof = True
+        if self.current is not None and self.receiving is None and not self.lingering:
             self.current.close_after = True
             return True
         return None
@@ -131,10 +180,17 @@ class DownstreamProtocol(asyncio.Protocol):
         self.current = self.receiving = self._upgrading = None
 
     def pause_writing(self) -> None:
+        self._write_blocked = True
+        if self._tunnel is None:
+            self.pause_reading_for(_WRITE)
         up = self._tunnel or (self.current.up if self.current is not None else None)
         if up is not None and up.transport is not None:
             up.transport.pause_reading()
             self._paused_upstream = up.transport
+
+    def upstream_paused(self, up: UpstreamConnection) -> bool:
+        """We stopped reading `up` because the client is slow: not the upstream's delay."""
+        return self._paused_upstream is not None and self._paused_upstream is up.transport
 
     def release_upstream_pause(self, up: UpstreamConnection) -> None:
         if self._paused_upstream is not None and self._paused_upstream is up.transport:
@@ -143,10 +199,14 @@ class DownstreamProtocol(asyncio.Protocol):
             self._paused_upstream = None
 
     def resume_writing(self) -> None:
+        self._write_blocked = False
         if self._paused_upstream is not None:
             if not self._paused_upstream.is_closing():
                 self._paused_upstream.resume_reading()
             self._paused_upstream = None
+        if self.current is None and self.queue:
+            self._start_next()
+        self.resume_reading_for(_WRITE)
 
     # -- httptools callbacks ----------------------------------------------------------------
     def on_message_begin(self) -> None:
@@ -173,11 +233,12 @@ class DownstreamProtocol(asyncio.Protocol):
         self._body_bytes = 0
         if self._timer_kind == "header":
             self._cancel_timer()
-        ex = self._make_exchange()
+        self._body_deadline = 0.0
+        ex = build_exchange(self, self.parser, self._headers, self._url)
         self.receiving = ex
         if ex.upgrade:
             self._upgrading = ex
-        if self.current is None:
+        if self.current is None and not self._write_blocked:
             self.current = ex
             ex.start()
         else:
@@ -197,96 +258,9 @@ class DownstreamProtocol(asyncio.Protocol):
 
     def on_message_complete(self) -> None:
         ex = self.receiving
-        if ex is not None and not ex.upgrade:
+        if ex is not None:
             self.receiving = None
             ex.request_complete()
-        elif ex is not None:
-            ex.request_done = True
-
-    # -- building an exchange ---------------------------------------------------------------
-    def _make_exchange(self) -> Exchange:
-        parser = self.parser
-        server = self.server
-        now = self.loop.time()
-        method = parser.get_method()
-        client_11 = parser.get_http_version() == "1.1"
-        keep_alive = parser.should_keep_alive()
-        if method == b"CONNECT":
-            raise Reject(405, "CONNECT is not supported by a reverse proxy")
-        head = read_head(self._headers, client_11)
-        seen = head.seen
-        url = self._url
-        runtime = server.runtime
-        route = runtime.catch_all
-        if route is None:
-            path = url.split(b"?", 1)[0].decode("latin-1")
-            route = runtime.match("" if runtime.any_host else host_key(head.host), path)
-        has_body = head.has_body
-        if route is None:
-            server.stats.bad_requests += 1
-            return self._local(404, "no route matches this request", client_11, keep_alive, now,
-                               has_body)
-
-        entry = route.entry
-        plan = entry.plan
-        pin = seen.get(entry.pin_header) if entry.pin_header is not None else None
-        pin_name = entry.pins.get(pin.strip()) if pin is not None else None
-        if entry.preview_header is not None:
-            preview = seen.get(entry.preview_header)
-            if preview is not None and (entry.preview_token is None or hmac.compare_digest(
-                    preview.strip(), entry.preview_token)):
-                pin_name = entry.preview_version  # blue-green preview: the color not serving
-        cookie_name: str | None = None
-        if route.cookie is not None:
-            raw = seen.get(b"cookie")
-            if raw is not None:
-                sticky = cookie_value(raw, route.cookie)  # of the current run only
-                cookie_name = route.sticky.get(sticky) if sticky is not None else None
-        hash_key = seen.get(entry.hash_header) if entry.hash_header is not None else None
-        chosen = choose(plan, next(entry.counter), pin_name, cookie_name, hash_key)
-        if chosen is None:
-            return self._local(503, f"route {entry.name} has no version with weight > 0",
-                               client_11, keep_alive, now, has_body)
-        version = route.versions[chosen]
-        set_cookie = None
-        if route.cookie is not None and cookie_name != chosen and pin_name != chosen:
-            set_cookie = route.set_cookie[chosen]
-
-        local: bytes | None = None
-        limits = server.limits
-        expect, cl = head.expect, head.content_length
-        if expect is not None and expect.strip().lower() != b"100-continue":
-            local = error_response(417, "only 'Expect: 100-continue' is supported", True)
-        elif limits.max_body is not None and cl is not None and int(cl) > limits.max_body:
-            local = error_response(413, f"request body larger than {limits.max_body} bytes",
-                                   True)
-        if local is not None:
-            return Exchange(self, version, b"", client_11=client_11, client_keep_alive=False,
-                            local=local, start_time=now, has_body=has_body)
-
-        upgrade = parser.should_upgrade() and head.upgrade is not None
-        ex = Exchange(
-            self, version, upstream_head(method, url, head, self.client_ip, upgrade),
-            method_head=method == b"HEAD",
-            client_11=client_11,
-            client_keep_alive=keep_alive,
-            chunked_request=head.chunked,
-            has_body=has_body,
-            upgrade=upgrade,
-            set_cookie=set_cookie,
-            start_time=now,
-            synthetic=entry.synthetic_header is not None and entry.synthetic_header in seen,
-        )
-        ex.continue_100 = expect is not None and client_11
-        return ex
-
-    def _local(self, status: int, detail: str, client_11: bool, keep_alive: bool, now: float,
-               has_body: bool) -> Exchange:
-        # With a body pending that nobody will read, the connection cannot be reused.
-        close = has_body or not keep_alive
-        return Exchange(self, None, b"", client_11=client_11, client_keep_alive=not close,
-                        local=error_response(status, detail, close), start_time=now,
-                        has_body=has_body)
 
     def _reject(self, status: int, detail: str) -> None:
         """A fatal request error: answer in order, then close; nothing more is read."""
@@ -306,7 +280,7 @@ class DownstreamProtocol(asyncio.Protocol):
             rx.client_gone()
         ex = Exchange(self, None, b"", client_keep_alive=False,
                       local=error_response(status, detail, True))
-        if self.current is None:
+        if self.current is None and not self._write_blocked:
             self.current = ex
             ex.start()
         else:
@@ -330,26 +304,50 @@ class DownstreamProtocol(asyncio.Protocol):
             return
         self.current = None
         if ex.close_after or (self.draining and not self.queue):
-            self._close()
+            self._linger()
             return
+        if self._upgrading is ex:
+            if ex.response_status == 101:
+                return  # become_tunnel follows at once
+            self._upgrade_refused()
+            if self.current is not None or self._broken:
+                return
         if self.queue:
-            nxt = self.queue.popleft()
-            self.current = nxt
-            if not self.queue:
-                self.resume_reading_for(_PIPELINE)
-            nxt.start()
+            if not self._write_blocked:  # else resume_writing starts it
+                self._start_next()
             return
         if self.receiving is None and not self._in_head:
             self._arm_timer("idle")
 
+    def _start_next(self) -> None:
+        nxt = self.queue.popleft()
+        self.current = nxt
+        if not self.queue:
+            self.resume_reading_for(_PIPELINE)
+        nxt.start()
+
+    def _upgrade_refused(self) -> None:
+        """The upstream answered an upgrade request without switching: what the client sent
+        after it is parsed as ordinary requests, never forwarded as it came."""
+        held = self._held
+        self._upgrading = None
+        self._held = b""
+        self.resume_reading_for(_UPGRADE)
+        if held:
+            self.data_received(held)
+
     def become_tunnel(self, up: UpstreamConnection, rest: bytes) -> None:
+        held = self._held
         self._tunnel = up
         self._upgrading = None
+        self._held = b""
         self.receiving = None
         self._cancel_timer()
         up.tunnel_to(self)
         if rest:
             self.write(rest)
+        if held and up.transport is not None:
+            up.transport.write(held)
         self._read_paused_by.clear()
         if self.transport is not None and not self.transport.is_closing():
             self.transport.resume_reading()
@@ -381,6 +379,27 @@ class DownstreamProtocol(asyncio.Protocol):
         if self.transport is not None and not self.transport.is_closing():
             self.transport.close()
 
+    def _linger(self) -> None:
+        """Close after an answer without resetting the client: send FIN after what is
+        written, then read and discard until the client closes, LINGER_BYTES arrive or
+        LINGER_TIME passes (nginx's lingering close)."""
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        if self._client_eof:
+            self._close()  # nothing more can come: no reset to avoid
+            return
+        self._broken = self.lingering = True
+        try:
+            transport.write_eof()
+        except (OSError, RuntimeError):
+            transport.abort()
+            return
+        self._read_paused_by.clear()
+        transport.resume_reading()
+        self._timer_kind = "linger"
+        self.deadline = self.loop.time() + LINGER_TIME
+
     # -- timers -----------------------------------------------------------------------------
     def _arm_timer(self, kind: str) -> None:
         timeouts = self.server.timeouts
@@ -397,14 +416,27 @@ class DownstreamProtocol(asyncio.Protocol):
         if self.deadline and now >= self.deadline:
             self._on_timer()
         ex = self.current
-        if ex is not None and ex.deadline and now >= ex.deadline:
-            ex.deadline = 0.0
-            ex.response_timeout()
+        if ex is not None:
+            ex.check_deadline(now)
+        if self.receiving is not None and not self._in_head and not self._broken:
+            self._check_body_progress(now)
+
+    def _check_body_progress(self, now: float) -> None:
+        """The request-body timeout (nginx's client_body_timeout): between two reads of the
+        body, not for the whole body. Time the proxy itself stopped reading does not count."""
+        if self.reads != self._reads_seen or self._read_paused_by or not self._body_deadline:
+            self._reads_seen = self.reads
+            self._body_deadline = now + self.server.timeouts.client_body
+        elif now >= self._body_deadline:
+            self._reject(408, "request body not received in time")
 
     def _on_timer(self) -> None:
         kind = self._timer_kind
         self._cancel_timer()
         if self.transport is None or self.transport.is_closing():
+            return
+        if kind == "linger":
+            self.transport.abort()
             return
         if kind == "header" and self.current is None:
             self._broken = True

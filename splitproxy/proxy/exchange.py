@@ -12,11 +12,11 @@ from typing import TYPE_CHECKING
 
 from splitproxy.proxy.headers import (
     CONTINUE_100,
-    HOP_BY_HOP,
-    connection_tokens,
     error_response,
 )
-from splitproxy.proxy.upstream import Pool, UpstreamConnection
+from splitproxy.proxy.local import LOCAL_ERRNOS, RETRY_AFTER, local_log
+from splitproxy.proxy.response import head_bytes, read_response
+from splitproxy.proxy.upstream import Overloaded, Pool, UpstreamConnection
 
 if TYPE_CHECKING:
     from splitproxy.proxy.downstream import DownstreamProtocol
@@ -24,10 +24,14 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("splitproxy.exchange")
 
-# How the response body is framed towards the client.
-RAW, CHUNKED = 0, 1
+
+
+
+# How the response body is framed towards the client; DISCARD: it must not have one (HEAD).
+RAW, CHUNKED, DISCARD = 0, 1, 2
 
 PENDING_HIGH_WATER = 256 * 1024
+
 
 
 class Exchange:
@@ -39,7 +43,8 @@ class Exchange:
         "response_started", "response_status", "response_mode", "close_after", "start_time",
         "set_cookie", "local", "finished", "upgrade", "head_only_response", "retried", "up_close",
         "unframed", "continue_100", "deadline", "out", "flushed", "pool", "stats", "_has_body",
-        "_informational",
+        "_informational", "awaiting_body", "body_buffer", "reads", "_reads_seen",
+        "read_deadline",
     )
 
     def __init__(
@@ -91,6 +96,14 @@ class Exchange:
         self.out: list[bytes] = []
         self.flushed = False  # some of the answer has been written to the client
         self._informational = False
+        # Small bodies are read whole before an upstream connection is taken, so a slow
+        # upload holds no upstream connection (nginx buffers request bodies too).
+        self.body_buffer = 0  # up to this many body bytes; set by the downstream
+        self.awaiting_body = False
+        # Upstream packets of this response, and the count the sweeper last saw (read timeout).
+        self.reads = 0
+        self._reads_seen = 0
+        self.read_deadline = 0.0
         # Synthetic load is counted apart so analysis can leave it out.
         self.stats = (None if version is None
                       else version.synthetic_stats if synthetic else version.stats)
@@ -109,6 +122,15 @@ class Exchange:
         if self.continue_100:
             # Sent by the proxy itself, once this exchange's turn has come (never out of order).
             self.down.write(CONTINUE_100)
+        if self.body_buffer and self._has_body and not self.request_done:
+            self.awaiting_body = True  # request_body/request_complete go on
+            return
+        self._choose_endpoint()
+
+    def _choose_endpoint(self) -> None:
+        self.awaiting_body = False
+        version = self.version
+        assert version is not None
         pool = version.next_pool()
         if pool is None:
             self.fail(503, "connect", f"no healthy endpoint for version {version.name}",
@@ -134,8 +156,16 @@ class Exchange:
                 if conn.closed:  # a handed-over connection the upstream closed meanwhile
                     continue
                 break
+            except Overloaded as exc:
+                if not self.finished:
+                    self._fail_locally("overload", str(exc))
+                return
             except (TimeoutError, OSError) as exc:
                 if self.finished:
+                    return
+                if isinstance(exc, OSError) and exc.errno in LOCAL_ERRNOS:
+                    self._fail_locally("resource", f"cannot open a connection to "
+                                       f"{pool.endpoint.key}: {exc.strerror or exc}")
                     return
                 self._count_error("connect")
                 tries += 1
@@ -183,16 +213,10 @@ class Exchange:
             return
         self.pending.extend(chunk)
         self.pending_size += len(data)
-        if self.pending_size > PENDING_HIGH_WATER:
+        if self.awaiting_body and self.pending_size > self.body_buffer:
+            self._choose_endpoint()  # larger than the buffer: stream the rest
+        elif self.pending_size > PENDING_HIGH_WATER:
             self.down.pause_reading_for(self)
-
-    def request_raw(self, data: bytes) -> None:
-        """Bytes after an upgrade request's head: sent as they are, never framed."""
-        up = self.up
-        if up is not None and up.transport is not None:
-            up.transport.write(data)
-        else:
-            self.pending.append(data)
 
     def request_complete(self) -> None:
         self.request_done = True
@@ -204,16 +228,31 @@ class Exchange:
                 up.transport.write(b"0\r\n\r\n")
             else:
                 self.pending.append(b"0\r\n\r\n")
-        if self.up is not None:
+        if self.awaiting_body:
+            self._choose_endpoint()
+        elif self.up is not None:
             self._arm_response_timer()
 
     def _arm_response_timer(self) -> None:
         if not self.deadline and not self.upgrade:
             self.deadline = self.down.loop.time() + self.down.server.timeouts.response_header
 
-    def response_timeout(self) -> None:
-        if not self.response_started and not self.finished:
+    def check_deadline(self, now: float) -> None:
+        """The sweeper's tick: the response head's deadline, then the upstream read timeout
+        (nginx's proxy_read_timeout: between two reads, not for the whole response)."""
+        if self.deadline and now >= self.deadline:
+            self.deadline = 0.0
             self.fail(504, "timeout", "upstream did not answer in time")
+            return
+        up = self.up
+        if up is None or not self.response_started or self.finished:
+            return
+        if self.reads != self._reads_seen or not self.read_deadline \
+                or self.down.upstream_paused(up):
+            self._reads_seen = self.reads
+            self.read_deadline = now + self.down.server.timeouts.upstream_read
+        elif now >= self.read_deadline:
+            self.upstream_failed("timeout", "upstream stopped sending the response", 504)
 
     # -- response side (called by the upstream connection) -----------------------------------
     def response_head(
@@ -225,20 +264,30 @@ class Exchange:
             # Interim answers (103 Early Hints, a stray 100) go to HTTP/1.1 clients as they are.
             self._informational = True
             if self.client_11 and status != 100:
-                self.down.write(_head(status, reason, _read_response(headers)[0], ()))
+                self.down.write(head_bytes(status, reason, read_response(headers)[0], ()))
             return
         self.deadline = 0.0
         self.response_status = status
         if self.pool is not None:
             self.pool.failures = 0
         self.up_close = not up_keep_alive
-        if self.upgrade and status != 101:
-            # The client may already have sent bytes of the refused protocol.
-            self.up_close = self.close_after = True
-        kept, chunked, content_length = _read_response(headers)
+        if status == 101:
+            # A switch nobody asked for, or one that does not say to what (RFC 9110 15.2.2:
+            # a 101 must carry Upgrade), is never passed on nor pooled.
+            if not self.upgrade:
+                self.fail(502, "protocol", "upstream switched protocols without being asked")
+                return
+            if not any(name.lower() == b"upgrade" for name, _ in headers):
+                self.fail(502, "protocol", "upstream sent 101 without an Upgrade header")
+                return
+        elif self.upgrade:
+            # Refused: the upstream was told `Connection: upgrade`; it does not get reused.
+            # The client's connection goes on: what it sent after the request is parsed anew.
+            self.up_close = True
+        kept, chunked, content_length = read_response(headers)
         extra: list[bytes] = []
         body_allowed = not (self.method_head or status in (204, 304))
-        if status == 101 and self.upgrade:
+        if status == 101:
             # The upgrade headers are hop-by-hop but are the point of this response.
             extra.extend(
                 name + b": " + value for name, value in headers
@@ -263,7 +312,9 @@ class Exchange:
                 extra.append(b"Content-Length: " + content_length)
             if self.method_head:
                 # The parser cannot know a HEAD answer has no body; finish after this packet.
+                # Body bytes that come anyway are dropped and the connection is not reused.
                 self.head_only_response = True
+                self.response_mode = DISCARD
         if status != 101:
             if self.down.draining:
                 self.close_after = True
@@ -274,15 +325,18 @@ class Exchange:
         if self.set_cookie is not None:
             extra.append(self.set_cookie)
         self.response_started = True
-        self.out.append(_head(status, reason, kept, extra))
+        self.out.append(head_bytes(status, reason, kept, extra))
 
     def response_body(self, data: bytes) -> None:
         if self.finished or self._informational:
             return
-        if self.response_mode == CHUNKED:
+        mode = self.response_mode
+        if mode == RAW:
+            self.out.append(data)
+        elif mode == CHUNKED:
             self.out += (b"%x\r\n" % len(data), data, b"\r\n")
         else:
-            self.out.append(data)
+            self.up_close = True  # a body where none may be: never pass it on, never pool
 
     def flush(self) -> None:
         """Write what the last upstream packet produced (called after each parse)."""
@@ -321,10 +375,7 @@ class Exchange:
             # A slow client may have paused this connection's reading in the very packet
             # that ended the answer: never pool a paused connection.
             self.down.release_upstream_pause(up)
-            if self.request_done and not self.up_close:
-                up.pool.release(up)
-            else:
-                up.close()
+            up.finish(self.request_done and not self.up_close)
         if not self.request_done:
             # The client is still sending a body nobody will read: end the connection.
             self.close_after = True
@@ -343,19 +394,20 @@ class Exchange:
         self._done(101)
         self.down.become_tunnel(up, rest)
 
-    def upstream_failed(self, kind: str, detail: str) -> None:
+    def upstream_failed(self, kind: str, detail: str, status: int = 502) -> None:
         if self.finished:
             return
         if self.response_started and not self.flushed:
-            # Nothing of the answer reached the client yet: it can still get a clean 502.
+            # Nothing of the answer reached the client yet: it can still get a clean error.
             self.out = []
             self.response_started = False
             self.set_cookie = None
+            self.response_mode = RAW
         if self.response_started:
             self._count_error(kind)
             self._abort_client()
         else:
-            self.fail(502, kind, detail)
+            self.fail(status, kind, detail)
 
     def upstream_lost(self, got_bytes: bool, reused: bool) -> None:
         """The upstream connection closed while carrying this exchange."""
@@ -401,6 +453,23 @@ class Exchange:
         self.down.write(error_response(status, detail, self.close_after))
         self._done(status)
 
+    def _fail_locally(self, kind: str, detail: str) -> None:
+        """A failure of the proxy itself (overload, out of descriptors): 503 with Retry-After,
+        counted in the proxy's own counters; the version's counters, its analysis and its
+        endpoints' health never see it."""
+        stats = self.stats
+        if stats is not None:
+            stats.in_flight -= 1
+            self.stats = None
+        self.down.server.stats.count_local(kind)
+        if kind == "resource":
+            local_log.warning(self.down.loop.time(), detail)
+        if not self.request_done:
+            self.close_after = True
+        self.response_started = True
+        self.down.write(error_response(503, detail, self.close_after, retry_after=RETRY_AFTER))
+        self._done(503)
+
     def client_gone(self) -> None:
         """The client closed its connection before this exchange ended."""
         if self.finished:
@@ -444,39 +513,3 @@ class Exchange:
             self.stats.errors[kind] += 1
             if self.pool is not None and (kind == "connect" or kind == "reset"):
                 version.record_failure(self.pool)
-
-
-def _read_response(
-    headers: list[tuple[bytes, bytes]],
-) -> tuple[list[bytes], bool | None, bytes | None]:
-    """One pass over a response's headers: the lines to pass on (hop-by-hop ones and those
-    the Connection header names removed), chunked (None: a coding we cannot pass on) and
-    Content-Length."""
-    out = []
-    named: set[bytes] | None = None
-    chunked: bool | None = False
-    length: bytes | None = None
-    for name, value in headers:
-        lname = name.lower()
-        if lname in HOP_BY_HOP:
-            if lname == b"transfer-encoding":
-                chunked = True if value.strip().lower() == b"chunked" else None
-            elif lname == b"connection" and value.lower() not in _PLAIN_CONNECTION:
-                named = (named or set()) | connection_tokens(value)
-            continue
-        if lname == b"content-length":
-            length = value.strip()
-            continue
-        out.append(name + b": " + value)
-    if named:
-        out = [line for line in out if line.split(b":", 1)[0].lower() not in named]
-    return out, chunked, length
-
-
-# The usual Connection values, which name no header to remove: skip parsing them.
-_PLAIN_CONNECTION = frozenset({b"keep-alive", b"close", b"upgrade"})
-
-
-def _head(status: int, reason: bytes, lines: list[bytes], extra: object) -> bytes:
-    parts = [b"HTTP/1.1 %d " % status + reason, *lines, *extra]  # type: ignore[misc]
-    return b"\r\n".join(parts) + b"\r\n\r\n"

@@ -21,15 +21,33 @@ HOP_BY_HOP = frozenset(
 # Connection tokens that are options, not header names to strip.
 _CONNECTION_OPTIONS = frozenset({b"close", b"keep-alive", b"upgrade"})
 
+# Headers a `Connection` token may never remove, in either direction: the message's framing,
+# its Host, and the forwarding headers the proxy writes or extends itself. RFC 9110 7.6.1 says
+# a sender must not nominate end-to-end fields; a message that does anyway is passed on with
+# the same framing and Host it was read with (the token is ignored, as nginx ignores every
+# Connection token), so the next hop can never read the body differently than we did.
+NEVER_NOMINATED = frozenset(
+    {
+        b"host",
+        b"content-length",
+        b"transfer-encoding",
+        b"x-forwarded-for",
+        b"x-forwarded-proto",
+        b"x-forwarded-host",
+    }
+)
+
 CONTINUE_100 = b"HTTP/1.1 100 Continue\r\n\r\n"
 
 
 def connection_tokens(value: bytes) -> set[bytes]:
-    """Header names listed in a `Connection` header, beyond the options it always carries."""
-    return {t for t in (p.strip().lower() for p in value.split(b",")) if t} - _CONNECTION_OPTIONS
+    """Header names a `Connection` header removes: its tokens, less the options it always
+    carries and less the headers no token may remove (`NEVER_NOMINATED`)."""
+    tokens = {t for t in (p.strip().lower() for p in value.split(b",")) if t}
+    return tokens - _CONNECTION_OPTIONS - NEVER_NOMINATED
 
 
-def error_response(status: int, detail: str, close: bool) -> bytes:
+def error_response(status: int, detail: str, close: bool, retry_after: int | None = None) -> bytes:
     """A complete short text/plain response made by the proxy itself."""
     phrase = HTTPStatus(status).phrase
     body = f"{status} {phrase}: {detail}\n".encode("latin-1", "replace")
@@ -39,6 +57,8 @@ def error_response(status: int, detail: str, close: bool) -> bytes:
         f"Content-Length: {len(body)}\r\n"
         "X-Splitproxy-Error: 1\r\n"
     )
+    if retry_after is not None:
+        head += f"Retry-After: {retry_after}\r\n"
     if close:
         head += "Connection: close\r\n"
     return head.encode("latin-1") + b"\r\n" + body

@@ -50,7 +50,11 @@ def read_head(headers: list[tuple[bytes, bytes]], client_11: bool) -> RequestHea
 
     llhttp already refuses Content-Length with Transfer-Encoding, duplicate or malformed
     Content-Length, bare LF and obs-fold; what it lets through and we refuse is any coding
-    other than exactly `chunked`, and a second Host.
+    other than exactly `chunked`, a second Host and an empty one (nginx: 400 as well).
+
+    The framing headers are not kept in `lines`: `upstream_head` writes them from what the
+    parser read, so nothing (a `Connection` token included) can make the upstream frame the
+    body differently from the proxy.
     """
     head = RequestHead([], {})
     lines = head.lines
@@ -63,11 +67,12 @@ def read_head(headers: list[tuple[bytes, bytes]], client_11: bool) -> RequestHea
         elif lname == b"host":
             if head.host is not None:
                 raise Reject(400, "more than one Host header")
+            if not value.strip():
+                raise Reject(400, "empty Host header")
             head.host = value
             lines.append(name + b": " + value)
         elif lname == b"content-length":
             head.content_length = value
-            lines.append(name + b": " + value)
         elif lname == b"transfer-encoding":
             if head.chunked or value.strip().lower() != b"chunked":
                 raise Reject(400, "unsupported or repeated Transfer-Encoding")
@@ -94,9 +99,10 @@ def read_head(headers: list[tuple[bytes, bytes]], client_11: bool) -> RequestHea
     return head
 
 
-def upstream_head(method: bytes, url: bytes, head: RequestHead, client_ip: bytes,
+def upstream_head(method: bytes, target: bytes, head: RequestHead, client_ip: bytes,
                   upgrade: bool) -> bytes:
-    """The request head sent to the upstream: always HTTP/1.1 keep-alive."""
+    """The request head sent to the upstream (always HTTP/1.1 keep-alive), `target` in origin
+    form; the one place that writes the forwarded request's framing."""
     lines = head.lines
     if upgrade and head.upgrade is not None:
         lines.append(b"Connection: upgrade")
@@ -109,7 +115,9 @@ def upstream_head(method: bytes, url: bytes, head: RequestHead, client_ip: bytes
         lines.append(b"X-Forwarded-Host: " + head.host)
     if head.chunked:
         lines.append(b"Transfer-Encoding: chunked")
-    return b"%s %s HTTP/1.1\r\n%s\r\n\r\n" % (method, origin_form(url), b"\r\n".join(lines))
+    elif head.content_length is not None:
+        lines.append(b"Content-Length: " + head.content_length)
+    return b"%s %s HTTP/1.1\r\n%s\r\n\r\n" % (method, target, b"\r\n".join(lines))
 
 
 def host_key(host: bytes | None) -> str:

@@ -94,20 +94,31 @@ class Runtime:
         return None
 
 
-def compile_table(table: RoutingTable, pools: Pools, stats: Stats, health: Health) -> Runtime:
-    """Attach pools and counters; endpoints the table no longer names start draining."""
+def compile_table(table: RoutingTable, pools: Pools, stats: Stats, health: Health,
+                  previous: Runtime | None = None) -> Runtime:
+    """Attach pools and counters; endpoints the table no longer names start draining.
+
+    A version whose endpoints did not change keeps its round-robin position from `previous`:
+    a new table (a reload, a rollout step, a rebuild with the same weights) must not restart
+    the rotation, or requests would pile on the first endpoint at every swap.
+    """
+    before = {(r.entry.name, name): v for r in previous.routes for name, v in r.versions.items()
+              } if previous is not None else {}
     routes = []
     for entry in table.routes:
-        versions = {
-            name: VersionRuntime(
+        versions = {}
+        for name in entry.plan.versions:
+            version = VersionRuntime(
                 entry.name,
                 name,
                 tuple(pools.get(ep) for ep in entry.endpoints.get(name, ())),
                 stats,
                 health,
             )
-            for name in entry.plan.versions
-        }
+            old = before.get((entry.name, name))
+            if old is not None and old.pools == version.pools:
+                version._rr = old._rr
+            versions[name] = version
         cookie = entry.cookie.encode("latin-1") if entry.cookie else None
         set_cookie = {
             version: b"Set-Cookie: %s=%s; Path=/; Max-Age=%d; HttpOnly; SameSite=Lax"

@@ -29,12 +29,24 @@ MAX_CONNECTING = 64
 WRITE_HIGH_WATER = 256 * 1024
 
 
+class Overloaded(Exception):
+    """Too many requests wait for an upstream connection, or one waited too long: the
+    proxy sheds the request (503), it is not the endpoint's failure."""
+
+
 class UpstreamConnection(asyncio.Protocol):
-    """One connection to one endpoint; carries one exchange at a time (no upstream pipelining)."""
+    """One connection to one endpoint; carries one exchange at a time (no upstream pipelining).
+
+    Never pooled with anything unexpected on it (as nginx): a response is handed back to the
+    pool only after the packet that ended it was parsed whole and nothing followed it; bytes
+    that arrive while idle, a second message after the first, a body where none may be, an
+    unparsable byte or a head over the limit close the connection instead.
+    """
 
     __slots__ = (
         "pool", "transport", "parser", "exchange", "closed", "reused", "idle_since",
-        "_status_reason", "_headers", "_got_bytes", "_tunnel_peer",
+        "_status_reason", "_headers", "_got_bytes", "_tunnel_peer", "_feeding", "_after",
+        "_extra", "_in_head", "_head_bytes",
     )
 
     def __init__(self, pool: Pool) -> None:
@@ -49,6 +61,11 @@ class UpstreamConnection(asyncio.Protocol):
         self._headers: list[tuple[bytes, bytes]] = []
         self._got_bytes = False  # any response byte for the current exchange
         self._tunnel_peer: DownstreamProtocol | None = None
+        self._feeding = False  # inside parser.feed_data
+        self._after: bool | None = None  # a response ended in this packet: pool it after?
+        self._extra = False  # bytes followed the end of the response in the same packet
+        self._in_head = False
+        self._head_bytes = 0
 
     # -- asyncio.Protocol -------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -66,21 +83,43 @@ class UpstreamConnection(asyncio.Protocol):
             self.close()
             return
         self._got_bytes = True
+        exchange.reads += 1
+        self._feeding = True
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
+            self._feeding = False
             if self.exchange is not None:
                 self.exchange.upstream_upgraded(data[exc.args[0]:])
+            else:
+                self._extra = True
         except httptools.HttpParserError as exc:
+            self._feeding = False
+            self._extra = True
             detail = str(exc.__context__ or exc)
             if self.exchange is not None:
                 self.exchange.upstream_failed("protocol", f"bad response from upstream: {detail}")
             self.close()
         else:
+            self._feeding = False
+            if self._in_head:
+                self._head_bytes += len(data)
+                if self._head_bytes > self.pool.max_head and self.exchange is not None:
+                    self.exchange.upstream_failed(
+                        "protocol", f"upstream response head over {self.pool.max_head} bytes")
+                    self.close()
+                    return
             if exchange.head_only_response and self.exchange is exchange:
                 exchange.response_complete()
             elif exchange.out:
                 exchange.flush()
+        after = self._after
+        if after is not None:
+            self._after = None
+            if after and not self._extra and not self.closed:
+                self.pool.release(self)
+            else:
+                self.close()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -105,7 +144,11 @@ class UpstreamConnection(asyncio.Protocol):
 
     # -- httptools callbacks ----------------------------------------------------------------
     def on_message_begin(self) -> None:
+        if self.exchange is None:
+            self._extra = True  # a second response after the one we asked for
         self._headers = []
+        self._in_head = True
+        self._head_bytes = 0
 
     def on_status(self, reason: bytes) -> None:
         self._status_reason = reason
@@ -114,6 +157,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._headers.append((name, value))
 
     def on_headers_complete(self) -> None:
+        self._in_head = False
         if self.exchange is not None:
             self.exchange.response_head(
                 self.parser.get_status_code(),
@@ -134,6 +178,18 @@ class UpstreamConnection(asyncio.Protocol):
     def start(self, exchange: Exchange) -> None:
         self.exchange = exchange
         self._got_bytes = False
+        self._extra = False
+
+    def finish(self, reusable: bool) -> None:
+        """The exchange is done with this connection: back to the pool if `reusable`, but
+        only once the packet being parsed turned out to hold nothing more (see the class)."""
+        self.exchange = None
+        if self._feeding:
+            self._after = reusable
+        elif reusable and not self._extra:
+            self.pool.release(self)
+        else:
+            self.close()
 
     def tunnel_to(self, peer: DownstreamProtocol) -> None:
         self._tunnel_peer = peer
@@ -155,15 +211,15 @@ class Pool:
     """One endpoint: idle keep-alive connections (newest first) and its passive health."""
 
     __slots__ = (
-        "endpoint", "idle", "loop", "connect_timeout", "retired", "failures", "ejected",
+        "endpoint", "idle", "loop", "owner", "retired", "failures", "ejected",
         "ejections", "ejected_at", "_uneject", "connecting", "waiters",
     )
 
-    def __init__(self, endpoint: Endpoint, connect_timeout: float) -> None:
+    def __init__(self, endpoint: Endpoint, owner: Pools) -> None:
         self.endpoint = endpoint
         self.idle: list[UpstreamConnection] = []
         self.loop = asyncio.get_running_loop()
-        self.connect_timeout = connect_timeout
+        self.owner = owner  # limits and timeouts shared by every pool, changed on reload
         self.retired = False  # removed from the config: drain, take nothing new
         self.failures = 0  # consecutive connect failures and resets
         self.ejected = False
@@ -203,12 +259,27 @@ class Pool:
                 return conn
         return None
 
+    @property
+    def max_head(self) -> int:
+        return self.owner.max_response_header
+
     async def acquire(self) -> UpstreamConnection:
-        """A released connection or a new one; raises OSError or TimeoutError."""
+        """A released connection or a new one; raises OSError, TimeoutError or Overloaded."""
         if self.connecting >= MAX_CONNECTING:
+            owner = self.owner
+            if owner.waiting >= owner.max_waiting:
+                raise Overloaded("too many requests waiting for an upstream connection")
             waiter: asyncio.Future[UpstreamConnection | None] = self.loop.create_future()
             self.waiters.append(waiter)
-            conn = await waiter
+            owner.waiting += 1
+            try:
+                # A timer only on this slow path: the request already waits for a slot.
+                conn = await asyncio.wait_for(waiter, owner.wait_timeout)
+            except TimeoutError:
+                raise Overloaded(
+                    f"no upstream connection within {owner.wait_timeout:g}s") from None
+            finally:
+                owner.waiting -= 1
             if conn is not None:
                 return conn
         self.connecting += 1
@@ -233,7 +304,7 @@ class Pool:
             self.loop.create_connection(
                 lambda: UpstreamConnection(self), self.endpoint.host, self.endpoint.port
             ),
-            self.connect_timeout,
+            self.owner.connect_timeout,
         )
         return proto
 
@@ -264,9 +335,15 @@ class Pool:
 class Pools:
     """Every endpoint's pool, kept across routing-table swaps so warm connections survive."""
 
-    def __init__(self, connect_timeout: float, idle_timeout: float) -> None:
+    def __init__(self, connect_timeout: float, idle_timeout: float, *,
+                 max_response_header: int = 64 * 1024, max_waiting: int = 1024,
+                 wait_timeout: float = 5.0) -> None:
         self.connect_timeout = connect_timeout
         self.idle_timeout = idle_timeout
+        self.max_response_header = max_response_header
+        self.max_waiting = max_waiting  # requests waiting for a connection, all pools
+        self.wait_timeout = wait_timeout
+        self.waiting = 0
         self._pools: dict[Endpoint, Pool] = {}
         self._sweeper: asyncio.Task[None] | None = None
 
@@ -285,7 +362,7 @@ class Pools:
     def get(self, endpoint: Endpoint) -> Pool:
         pool = self._pools.get(endpoint)
         if pool is None:
-            pool = self._pools[endpoint] = Pool(endpoint, self.connect_timeout)
+            pool = self._pools[endpoint] = Pool(endpoint, self)
             if self._sweeper is None:
                 self._sweeper = asyncio.get_running_loop().create_task(self._sweep())
         return pool

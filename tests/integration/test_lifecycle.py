@@ -163,7 +163,7 @@ async def test_sigterm_drains_in_flight_request_and_exits_zero(tmp_path: Path) -
             stderr=asyncio.subprocess.STDOUT,
         )
         try:
-            await wait_accepting(proc, port)
+            await wait_accepting(proc, port, tmp_path / "proxy.log")
             async with raw_client(port) as c:
                 await c.send(build_request("GET", "/slow?delay=1.5"))
                 await wait_for_condition(lambda: up.in_flight == 1, what="request at upstream")
@@ -183,11 +183,12 @@ async def test_sigterm_drains_in_flight_request_and_exits_zero(tmp_path: Path) -
             log.close()
 
 
-async def wait_accepting(proc: asyncio.subprocess.Process, port: int) -> None:
+async def wait_accepting(proc: asyncio.subprocess.Process, port: int, log: Path) -> None:
     loop = asyncio.get_running_loop()
     deadline = loop.time() + 15
     while True:
-        assert proc.returncode is None, f"proxy exited early with {proc.returncode}"
+        assert proc.returncode is None, \
+            f"proxy exited early with {proc.returncode}:\n{log.read_text()[-2000:]}"
         try:
             _, w = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), WAIT)
         except OSError:

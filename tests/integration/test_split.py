@@ -293,3 +293,15 @@ async def test_the_preview_header_is_opt_in_and_honours_the_pin_token(
         async with run_proxy(proxy_config([r])) as srv, raw_client(srv.port) as c:
             assert await served_by(c, 3, headers={"X-Preview": value}) == Counter(
                 {expected: 3})
+
+
+async def test_a_new_table_with_the_same_endpoints_keeps_the_round_robin_going() -> None:
+    """A rebuild (a reload, a rollout tick) must not restart the rotation at every swap."""
+    async with run_upstream("a") as a, run_upstream("b") as b:
+        async with run_proxy(proxy_config([route({"stable": [a.url, b.url]})])) as srv:
+            seen = []
+            async with raw_client(srv.port) as c:
+                for _ in range(6):
+                    seen.append((await c.request("GET", "/")).header("x-served-by"))
+                    srv.install(srv.runtime.table)  # the same table again, after each request
+    assert seen in (["a", "b"] * 3, ["b", "a"] * 3), seen
