@@ -22,15 +22,17 @@ How the engine calls it, per route, judged version and metric, on each tick (~1 
 
     limit = RateLimit(threshold=0.01, alpha=budget.step_alpha(cfg.alpha, segment, planned,
                       tests, replicas), beta=cfg.beta)
-    state = RateState()                                # at each step's start (test restart)
-    state = observe(limit, state, events, trials)      # exact counter differences of the tick
+    state = RateState(since=now)                       # at each step's start (test restart)
+    state = observe(limit, state, events, trials, now) # exact counter differences of the tick
     verdict = judge(limit, state)                      # pass / fail / inconclusive
     verdict.summary("error rate", "errors")            # for the abort reason and /status
 
 `state.to_json()` / `RateState.from_json()` persist it with the rollout (replicas share it);
 the ratio test is the same with `RatioState`, `observe_ratio` and `judge_ratio`. Fail wins
-over pass; a pass, once reached, may be kept for the rest of the step (Ville's bound covers
-the first crossing), while the fail side keeps running until the step ends.
+over pass. A step advances at a check where its time is up and the verdict *at that check* is
+pass: not latching an earlier pass costs a healthy canary nothing (its evidence keeps
+growing) and stops a bursty bad canary that looked clean between two bursts. The fail side
+keeps running until the step ends.
 """
 
 from __future__ import annotations
@@ -63,11 +65,13 @@ def latency_threshold(quantile: float) -> float:
     return round(1.0 - quantile, 12)
 
 
-def _check_levels(alpha: float, beta: float, slice_requests: int) -> None:
+def _check_levels(alpha: float, beta: float, slice_requests: int, slice_seconds: float) -> None:
     if not 0.0 < alpha < 1.0 or not 0.0 < beta < 1.0:
         raise ValueError(f"alpha and beta must be in (0, 1), got {alpha} and {beta}")
     if isinstance(slice_requests, bool) or slice_requests < 1:
         raise ValueError(f"slice_requests must be >= 1, got {slice_requests}")
+    if not 0.0 <= slice_seconds < math.inf:
+        raise ValueError(f"slice_seconds must be >= 0, got {slice_seconds}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,7 +81,10 @@ class RateLimit:
     threshold: float
     alpha: float  # this test's share of the rollout's false-abort budget (budget.step_alpha)
     beta: float = 0.05  # false-pass level
-    slice_requests: int = 20  # a burst inside this many requests counts as one observation
+    # A slice holds at least this many requests and lasts at least this long: a burst inside
+    # one counts as one observation.
+    slice_requests: int = 20
+    slice_seconds: float = 2.0
 
     def __post_init__(self) -> None:
         if not 0.0 < self.threshold < 1.0:
@@ -85,7 +92,7 @@ class RateLimit:
             raise ValueError(
                 f"threshold must be in (0, 1), got {self.threshold}: for 'no errors at all' "
                 "write a small rate such as 0.001; to judge nothing, remove the limit")
-        _check_levels(self.alpha, self.beta, self.slice_requests)
+        _check_levels(self.alpha, self.beta, self.slice_requests, self.slice_seconds)
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,11 +103,12 @@ class RatioLimit:
     alpha: float
     beta: float = 0.05
     slice_requests: int = 20  # canary requests per slice
+    slice_seconds: float = 2.0
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.margin <= 100.0:
             raise ValueError(f"margin must be in [0, 100], got {self.margin}")
-        _check_levels(self.alpha, self.beta, self.slice_requests)
+        _check_levels(self.alpha, self.beta, self.slice_requests, self.slice_seconds)
 
 
 class _Json:
@@ -131,6 +139,11 @@ class _Json:
                         and math.isfinite(x) for x in raw):
                     raise ValueError(f"{f.name}: expected {len(default)} finite numbers")
                 values[f.name] = tuple(float(x) for x in raw)
+            elif isinstance(default, float):  # a time
+                if not isinstance(raw, int | float) or isinstance(raw, bool) \
+                        or not math.isfinite(raw):
+                    raise ValueError(f"{f.name}: expected a time, got {raw!r}")
+                values[f.name] = float(raw)
             else:
                 if not isinstance(raw, int) or isinstance(raw, bool) or raw < 0:
                     raise ValueError(f"{f.name}: expected a count, got {raw!r}")
@@ -144,6 +157,7 @@ class _Json:
 class RateState(_Json):
     """A rate test's evidence since its start (one rollout step)."""
 
+    since: float = 0.0  # when the slice still filling began: the test's start, then each close
     events: int = 0  # cumulative, for the pass side and for display
     trials: int = 0
     open_events: int = 0  # the slice still filling
@@ -161,6 +175,7 @@ class RateState(_Json):
 class RatioState(_Json):
     """A comparison's evidence since its start."""
 
+    since: float = 0.0
     canary_events: int = 0
     canary_trials: int = 0
     baseline_events: int = 0
@@ -191,31 +206,34 @@ def _counts(events: int, trials: int) -> None:
         raise ValueError(f"{events} events in {trials} trials")
 
 
-def observe(limit: RateLimit, state: RateState, events: int, trials: int) -> RateState:
-    """Add one tick's counts. A slice closes at the end of the tick in which it reaches
-    `slice_requests` requests (a rule on request counts only, never on events)."""
+def observe(limit: RateLimit, state: RateState, events: int, trials: int,
+            now: float) -> RateState:
+    """Add the counts of one tick ending at `now`. The open slice closes at the first tick at
+    which it holds `slice_requests` requests and has lasted `slice_seconds` (a rule on
+    request counts and time only, never on events: that is what keeps the bets fair)."""
     _counts(events, trials)
     open_events, open_trials = state.open_events + events, state.open_trials + trials
-    bets, slices = state.log_bets, state.slices
-    if open_trials >= limit.slice_requests:
+    bets, slices, since = state.log_bets, state.slices, state.since
+    if open_trials >= limit.slice_requests and now - since >= limit.slice_seconds:
         step = bet_increments(open_events, open_trials, limit.threshold)
         bets = tuple(a + b for a, b in zip(bets, step, strict=True))
-        open_events, open_trials, slices = 0, 0, slices + 1
-    return RateState(state.events + events, state.trials + trials, open_events, open_trials,
-                     slices, bets)
+        open_events, open_trials, slices, since = 0, 0, slices + 1, now
+    return RateState(since, state.events + events, state.trials + trials, open_events,
+                     open_trials, slices, bets)
 
 
 def observe_ratio(limit: RatioLimit, state: RatioState, canary_events: int,
-                  baseline_events: int, canary_trials: int, baseline_trials: int) -> RatioState:
+                  baseline_events: int, canary_trials: int, baseline_trials: int,
+                  now: float) -> RatioState:
     """Add one tick's counts of both versions. A slice closes once it holds `slice_requests`
-    canary requests and at least one baseline request."""
+    canary requests and at least one baseline request, and has lasted `slice_seconds`."""
     _counts(canary_events, canary_trials)
     _counts(baseline_events, baseline_trials)
     ce, ct = state.open_canary_events + canary_events, state.open_canary_trials + canary_trials
     be = state.open_baseline_events + baseline_events
     bt = state.open_baseline_trials + baseline_trials
-    bets, passes, slices = state.log_bets, state.log_pass, state.slices
-    if ct >= limit.slice_requests and bt > 0:
+    bets, passes, slices, since = state.log_bets, state.log_pass, state.slices, state.since
+    if ct >= limit.slice_requests and bt > 0 and now - since >= limit.slice_seconds:
         if ce + be > 0:
             allowed = (1.0 + limit.margin) * ct
             share = allowed / (allowed + bt)  # the canary's share of events under the null
@@ -224,9 +242,9 @@ def observe_ratio(limit: RatioLimit, state: RatioState, canary_events: int,
             passes = tuple(a + b for a, b in zip(
                 passes, binomial_increments(ce, ce + be, share, PASS_RATIOS), strict=True))
         ce = ct = be = bt = 0
-        slices += 1
+        slices, since = slices + 1, now
     return RatioState(
-        state.canary_events + canary_events, state.canary_trials + canary_trials,
+        since, state.canary_events + canary_events, state.canary_trials + canary_trials,
         state.baseline_events + baseline_events, state.baseline_trials + baseline_trials,
         ce, ct, be, bt, slices, bets, passes)
 
