@@ -82,9 +82,10 @@ class RateLimit:
     alpha: float  # this test's share of the rollout's false-abort budget (budget.step_alpha)
     beta: float = 0.05  # false-pass level
     # A slice holds at least this many requests and lasts at least this long: a burst inside
-    # one counts as one observation.
-    slice_requests: int = 20
-    slice_seconds: float = 2.0
+    # one counts as one observation. Longer slices tolerate longer bursts and detect later:
+    # 3 s keeps a canary at 10x caught within 30 s at 10 req/s (docs/guard.md).
+    slice_requests: int = 30
+    slice_seconds: float = 3.0
 
     def __post_init__(self) -> None:
         if not 0.0 < self.threshold < 1.0:
@@ -102,8 +103,10 @@ class RatioLimit:
     margin: float  # relative: 0.2 lets the canary have 20% more errors than the baseline
     alpha: float
     beta: float = 0.05
-    slice_requests: int = 20  # canary requests per slice
-    slice_seconds: float = 2.0
+    # Longer than a rate test's slices: a burst that crosses a slice boundary is seen as a
+    # run of the canary's own errors, which the split does not predict (docs/guard.md).
+    slice_requests: int = 60  # canary requests per slice
+    slice_seconds: float = 6.0
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.margin <= 100.0:
