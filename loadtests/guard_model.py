@@ -169,8 +169,8 @@ def _mixture(increments: Iterable[Floats], cuts: Slices, goal: float) -> Bools:
     reached `goal`. The mean of e^(L - goal) can reach 1 only where the largest L reaches
     the goal, so the exact mean is computed there only."""
     logs = [cuts.cumulate(inc) for inc in increments]
-    top = np.maximum.reduce(logs)
-    hits = top >= goal
+    top: Floats = np.maximum.reduce(logs)
+    hits: Bools = top >= goal
     where = np.nonzero(hits)[0]
     if where.size:
         mean = sum(np.exp(np.minimum(log[where] - goal, 60.0)) for log in logs) / len(logs)
@@ -237,7 +237,8 @@ def pass_held(s: Ints, n: Ints, threshold: float, beta: float) -> Bools:
 
 def first(hit: Bools) -> Ints:
     """The first True per row, or the row length if none."""
-    return np.where(hit.any(axis=1), hit.argmax(axis=1), hit.shape[1]).astype(np.int64)
+    out: Ints = np.where(hit.any(axis=1), hit.argmax(axis=1), hit.shape[1]).astype(np.int64)
+    return out
 
 
 def ratio_verdicts(sc: Ints, sb: Ints, nc: Ints, nb: Ints, cuts: Slices, margin: float,

@@ -27,7 +27,8 @@ from __future__ import annotations
 import math
 
 
-def step_alpha(alpha: float, segment: int, planned: int, tests: int = 1, replicas: int = 1) -> float:
+def step_alpha(alpha: float, segment: int, planned: int, tests: int = 1,
+               replicas: int = 1) -> float:
     """The false-abort level of one test in test segment `segment` (0-based, counting every
     restart in this rollout run), when the rollout plans `planned` segments, runs `tests`
     tests that can abort in each segment (metrics x judged versions) and `replicas` judges
