@@ -12,9 +12,9 @@ Two tests, each with a fail side (alpha) and a pass side (beta):
   q0 = (1+m)n_c / ((1+m)n_c + n_b), whatever the baseline's own rate (Lindon & Malek's
   conditional test for counting processes, as Netflix runs it on canaries).
 
-Fail is burst-robust: it bets on slices of at least `slice_requests` canary requests (see
-`evidence`), and needs only that the expected count of each slice, given the past, is at most
-the threshold's share: errors may cluster any way they like *within* a slice. Pass (and the
+Fail is burst-robust: it bets on slices of traffic (at least `slice_requests` requests and
+`slice_seconds`; see `evidence`) and needs only that each slice's expected count, given the
+past, is within the limit: errors may cluster any way they like *within* a slice. Pass (and the
 interval shown) assume independent requests; a false pass only lets a step advance, and the
 fail side keeps judging. docs/guard.md has the figures.
 

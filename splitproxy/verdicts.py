@@ -134,6 +134,8 @@ def _pct(rate: float) -> str:
 
 
 def _num(value: float) -> str:
+    if value >= 1e6:
+        return f"{value:.2g}"
     return f"{value:.0f}" if value >= 100 else f"{value:.3g}"
 
 
