@@ -10,7 +10,9 @@ covers however long it waits).
 
 Prints: false aborts of healthy canaries (burst-robust guard, and in brackets the plain
 binomial test without the burst guard), times to abort bad canaries, times to pass, for the
-error rate, a p99 latency limit, and the comparison against the baseline.
+error rate, a p99 latency limit, and the comparison against the baseline. The default 1000
+rollouts per cell (about 90,000 rollouts in all) take about 3 minutes on two shared cores;
+`--rollouts 100` gives a rougher table in about 20 s.
 """
 
 from __future__ import annotations
