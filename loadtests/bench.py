@@ -299,8 +299,14 @@ def start_nginx_proxy(
     return start_nginx(children, nginx, tmp, NGINX_PROXY, block, connections)
 
 
+# `--analysis`: the route is guarded with three latency limits, so every request is also
+# timed against each limit on the hot path (the most a route can ask for).
+ANALYSIS = "    analysis: {max_error_rate: 0.01, max_p50_ms: 100, max_p90_ms: 150, max_p99_ms: 200}\n"
+
+
 def start_splitproxy(children: Children, tmp: Path, upstream: int, name: str = "splitproxy",
-                     workers: int = 1, env: dict[str, str] | None = None) -> int:
+                     workers: int = 1, env: dict[str, str] | None = None,
+                     analysis: bool = False) -> int:
     port, admin = free_port(), free_port()
     config = tmp / f"{name}.yaml"
     config.write_text(
@@ -315,7 +321,7 @@ def start_splitproxy(children: Children, tmp: Path, upstream: int, name: str = "
                   canary: {{endpoints: ["http://{HOST}:{upstream}"]}}
                 weights: {{stable: 90, canary: 10}}
             """
-        )
+        ) + (ANALYSIS if analysis else "")
     )
     argv = [sys.executable, "-m", "splitproxy", "run", "-c", str(config),
             "--workers", str(workers)]
@@ -419,6 +425,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--variants", nargs="*", choices=sorted(VARIANTS), default=sorted(VARIANTS),
                    help="extra splitproxy targets (default: all; none: --variants)")
     p.add_argument("--json", metavar="FILE", help="also write every sample and the medians")
+    p.add_argument("--analysis", action="store_true",
+                   help="guard the splitproxy route with an error-rate and three latency limits")
     args = p.parse_args(argv)
     if args.duration <= 0 or args.rounds < 1 or args.threads < 1 or args.warmup < 0:
         p.error("--duration, --rounds and --threads must be positive, --warmup >= 0")
@@ -476,12 +484,13 @@ def main(argv: list[str] | None = None) -> int:
                 upstream = start_aiohttp_upstream(children)
             ports = {
                 "upstream": upstream,
-                "splitproxy": start_splitproxy(children, tmp, upstream),
+                "splitproxy": start_splitproxy(children, tmp, upstream, analysis=args.analysis),
                 NGINX_PROXY: start_nginx_proxy(children, nginx, tmp, upstream, nginx_conns),
             }
             for variant in args.variants:
                 workers, env = VARIANTS[variant]
-                ports[variant] = start_splitproxy(children, tmp, upstream, variant, workers, env)
+                ports[variant] = start_splitproxy(children, tmp, upstream, variant, workers, env,
+                                                  args.analysis)
             if args.idle_connections:
                 if nofile < args.idle_connections + 256:
                     raise RuntimeError(f"RLIMIT_NOFILE is {nofile}: too low to hold "

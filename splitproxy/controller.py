@@ -53,10 +53,10 @@ class Controller:
         self.last_reload_time: float | None = None  # wall clock
         self.last_result: str | None = None
         self.last_error: str | None = None
-        self.window = Window(horizon=_horizon(config))
+        self.window = Window(horizon=REALIZED_WINDOW + 2 * SAMPLE_INTERVAL)
         self.watcher = ConfigWatcher(path, self._on_file_change, ignore=self._ignored)
         self.store = store if store is not None else make_store(config, path)
-        self.engine = RolloutEngine(self.store, self.window, self.sample, self.rebuild, clock)
+        self.engine = RolloutEngine(self.store, self._counters, self.rebuild, clock)
         self._sampler: asyncio.Task[None] | None = None
         self._reloading: asyncio.Task[None] | None = None
         self._again = False  # another reload was asked for while one ran
@@ -187,7 +187,6 @@ class Controller:
                         old.admin.listen, new.admin.listen)
         self._generation += 1
         self.config = new
-        self.window.horizon = _horizon(new)
         self.engine.reconfigure(new)
         self.server.reconfigure(new, self._table())
         self.reloads["success"] += 1
@@ -212,12 +211,13 @@ class Controller:
             await self.clock.sleep(SAMPLE_INTERVAL)
 
     def sample(self, now: float) -> None:
-        stats = self.server.stats
+        """For /status' realized split (the guard reads the counters themselves)."""
         self.window.record(
-            now,
-            {(s.route, s.version, s.synthetic): Sample.of(s)
-             for s in (*stats.all(), *stats.synthetic())},
-        )
+            now, {(s.route, s.version, s.synthetic): Sample.of(s) for s in self._counters()})
+
+    def _counters(self) -> list[VersionStats]:
+        stats = self.server.stats  # with workers: summed afresh at each access
+        return [*stats.all(), *stats.synthetic()]
 
     # -- reporting (also the metrics source) ------------------------------------------------
     def store_status(self) -> dict[str, Any]:
@@ -319,11 +319,6 @@ def _ms(seconds: float | None) -> float | None:
 
 def _round(value: float | None) -> float | None:
     return None if value is None else round(value, 4)
-
-
-def _horizon(config: Config) -> float:
-    windows = [r.analysis.window for r in config.routes if r.analysis is not None]
-    return max([REALIZED_WINDOW, *windows]) + 2 * SAMPLE_INTERVAL
 
 
 def _digest(path: Path) -> bytes | None:

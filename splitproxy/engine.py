@@ -16,12 +16,12 @@ import contextlib
 import logging
 import math
 import secrets
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from splitproxy.clock import SYSTEM, Clock
 from splitproxy.config import Config, Route
-from splitproxy.measure import LocalSource, MeasureError, MetricSource, PromSource
+from splitproxy.measure import FleetSource, LocalSource, MeasureError, MetricSource, PromSource
 from splitproxy.rollout import ActionError, RouteState, fold, guard, identity, machine
 from splitproxy.rollout.events import (
     Act,
@@ -46,10 +46,12 @@ from splitproxy.rollout.events import (
 )
 from splitproxy.rollout.identity import legacy_candidates
 from splitproxy.rollout.state import Phase
+from splitproxy.stats import VersionStats
 from splitproxy.store import StateStore, Wanted
 from splitproxy.sync import StateSync
+from splitproxy.table import latency_limits
+from splitproxy.tally import CounterDiff
 from splitproxy.webhooks import Webhooks
-from splitproxy.window import Window
 
 log = logging.getLogger("splitproxy.rollout")
 
@@ -71,18 +73,21 @@ class RolloutEngine:
     def __init__(
         self,
         store: StateStore,
-        window: Window,
-        sample: Callable[[float], None],
+        counters: Callable[[], Iterable[VersionStats]],
         rebuild: Callable[[], None],
         clock: Clock = SYSTEM,
         sources: dict[str, MetricSource] | None = None,
     ) -> None:
         self.store = store
         self.clock = clock
-        self.sample = sample  # records a window sample at the given monotonic time
         self._rebuild = rebuild  # swaps in a routing table made from `weights()` and `runs()`
-        self.sources: dict[str, MetricSource] = sources or {
-            "local": LocalSource(window, sample, clock), "prometheus": PromSource()}
+        if sources is None:
+            local: MetricSource = LocalSource(counters)  # real and synthetic, cumulative
+            board = store.counts_board()
+            if board is not None:  # replicas: the judge reads every replica's counters
+                local = FleetSource(LocalSource(counters), board)
+            sources = {"local": local, "prometheus": PromSource()}
+        self.sources = sources
         self.config: Config | None = None
         self.routes: dict[str, Route] = {}
         self.states: dict[str, RouteState] = {}
@@ -93,7 +98,11 @@ class RolloutEngine:
         self.sync = StateSync(store, clock, self._post, lambda: self.states)
         self._queue: asyncio.Queue[Queued] = asyncio.Queue()
         self._tasks: list[asyncio.Task[None]] = []
-        self._epoch: dict[str, float] = {}  # monotonic start of what analysis may look at
+        # Per route: counters as of the last reading, and its generation (a new run starts
+        # a new one: a reading of an older generation is void).
+        self._diffs: dict[str, CounterDiff] = {}
+        self._generation: dict[str, int] = {}
+        self._judging = False  # held the lease at the last tick
         self._next_reading: dict[str, float] = {}
         self._reading: dict[str, asyncio.Task[None]] = {}
         self._quiet = True  # no table swaps: before the first table, and inside a reload
@@ -111,7 +120,6 @@ class RolloutEngine:
             got = loaded.get(route.name)
             self._apply(route.name, Restore(got.state if got else None,
                                             got.previous if got else None))
-            self._epoch[route.name] = mono
             self._next_reading[route.name] = mono
         self.sync.start()
         await self.sync.flush(START_WRITE_WAIT)
@@ -212,7 +220,7 @@ class RolloutEngine:
                 key = (name, effect.result)
                 self.checks_total[key] = self.checks_total.get(key, 0) + 1
             elif isinstance(effect, NewRun):
-                self._new_epoch(name, route)
+                self._new_epoch(name)
             elif isinstance(effect, Notify):
                 self.webhooks.notify(effect.hooks, effect.payload)
             elif isinstance(effect, AskGate):
@@ -270,15 +278,23 @@ class RolloutEngine:
             await self.clock.sleep(max(0.0, start + k * TICK - self.clock.monotonic()))
 
     # -- measurements -----------------------------------------------------------------------
-    def _new_epoch(self, name: str, route: Route) -> None:
-        """A new run: judge only what happens from now on, from one interval on."""
-        mono = self.clock.monotonic()
-        self._epoch[name] = mono
-        self.sample(mono)
-        interval = route.analysis.interval if route.analysis else 0.0
-        self._next_reading[name] = mono + interval
+    def _new_epoch(self, name: str) -> None:
+        """A new run: judge only what happens from now on. The next reading, at once, only
+        sets the starting point of the counts."""
+        self._generation[name] = self._generation.get(name, 0) + 1
+        self._diffs.pop(name, None)
+        self._stop_reading(name)
+        self._next_reading[name] = self.clock.monotonic()
 
     def _start_readings(self, mono: float) -> None:
+        """Only the lease holder judges (fleet-wide counts, alpha spent once); the others
+        share their counters where the source needs them to."""
+        judging = self.store.is_leader()
+        if judging and not self._judging:
+            # Another replica judged meanwhile: count from now, never what it counted.
+            self._diffs.clear()
+            self._generation = {n: g + 1 for n, g in self._generation.items()}
+        self._judging = judging
         for name, route in self.routes.items():
             analysis = route.analysis
             state = self.states.get(name)
@@ -287,34 +303,52 @@ class RolloutEngine:
             if name in self._reading or mono + 1e-6 < self._next_reading.get(name, 0.0):
                 continue
             self._next_reading[name] = mono + analysis.interval
-            seconds = min(analysis.window, mono - self._epoch.get(name, mono))
-            target, baseline = guard.targets(state, route)
-            task = asyncio.get_running_loop().create_task(
-                self._read(name, route, state.run, state.step, target, baseline, seconds))
-            self._reading[name] = task
+            if judging:
+                work = self._read(name, route, state.run, state.step,
+                                  self._generation.setdefault(name, 0))
+            else:
+                work = self._publish(name, route)
+            self._reading[name] = asyncio.get_running_loop().create_task(work)
 
-    async def _read(self, name: str, route: Route, run: str, step: int, target: str,
-                    baseline: str | None, seconds: float) -> None:
+    def _done_reading(self, name: str) -> None:
+        if self._reading.get(name) is asyncio.current_task():
+            del self._reading[name]
+
+    async def _read(self, name: str, route: Route, run: str, step: int,
+                    generation: int) -> None:
         assert route.analysis is not None
         source = self.sources[route.analysis.source]
-        versions = [target] if baseline is None else [target, baseline]
-        samples = queries = error = None
+        series = queries = error = None
         try:
-            reading = await asyncio.wait_for(source.read(route, versions, seconds),
-                                             MEASURE_TIMEOUT)
-            samples, queries = reading.samples, reading.queries
+            reading = await asyncio.wait_for(source.read(route), MEASURE_TIMEOUT)
+            series, queries = reading.series, reading.queries
         except MeasureError as exc:
             error, queries = str(exc), exc.queries
         except TimeoutError:
             error = f"no reading within {MEASURE_TIMEOUT:g}s"
         finally:
-            if self._reading.get(name) is asyncio.current_task():
-                del self._reading[name]
+            self._done_reading(name)
+        if self._generation.get(name, 0) != generation:
+            return  # a new run (or judge) began meanwhile: this reading counts for nothing
         if queries is not None or route.analysis.source != "local":
             self.queries[name] = {"queries": queries or {}, "error": error}
-        if error is not None:
+        tallies = None
+        if series is not None:
+            diff = self._diffs.setdefault(name, CounterDiff())
+            tallies = diff.apply(series, latency_limits(route), self.clock.monotonic())
+        else:
             log.warning("rollout route=%s analysis inconclusive: %s", name, error)
-        self._post(name, Measurement(run, step, target, baseline, seconds, samples, error))
+        self._post(name, Measurement(run, step, tallies, error, leader=self.store.is_leader()))
+
+    async def _publish(self, name: str, route: Route) -> None:
+        assert route.analysis is not None
+        try:
+            await asyncio.wait_for(self.sources[route.analysis.source].publish(route),
+                                   MEASURE_TIMEOUT)
+        except (MeasureError, TimeoutError) as exc:
+            log.warning("rollout route=%s counters not shared: %s", name, exc or "timeout")
+        finally:
+            self._done_reading(name)
 
     def _stop_reading(self, name: str) -> None:
         task = self._reading.pop(name, None)
@@ -376,8 +410,8 @@ class RolloutEngine:
             "abort_reason": state.abort_reason,
             "aborted_at": state.aborted_at,
             "aborted_by": str(state.aborted_by) if state.aborted_by else None,
-            "consecutive_failures": state.failures,
-            "consecutive_inconclusive": state.inconclusive,
+            "guard": guard.report(state, route),
+            "judging": self._judging if route.analysis else None,
             "gate": gate.detail if gate is not None and gate.run == state.run
             and gate.step == state.step else None,
             "write_pending": pending,

@@ -1,90 +1,123 @@
-"""Where the guard's numbers come from, behind one interface: this process's own counters or
-PromQL over every replica's series. The engine runs each reading as its own task with a
-timeout and delivers it as an event, so a slow source delays nothing else."""
+"""Where the guard's counts come from, behind one interface: cumulative counters per series
+(this process's, every replica's shared through Redis, or Prometheus' raw counters of every
+replica). The engine runs each reading as its own task with a timeout, takes exact
+differences (`tally.CounterDiff`) and delivers them as an event, so a slow source delays
+nothing else."""
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from splitproxy.analysis import QUANTILES, Measured
-from splitproxy.clock import Clock
+from redis.exceptions import RedisError
+
 from splitproxy.config import Route
+from splitproxy.fleet import CountsBoard
 from splitproxy.promsource import PrometheusSource
-from splitproxy.window import Sample, Window
+from splitproxy.stats import VersionStats
+from splitproxy.table import latency_limits
+from splitproxy.tally import Series, series_of
 
 
 class MeasureError(Exception):
     """The source could not answer; the check is inconclusive, never a failure."""
 
-    def __init__(self, message: str, queries: dict[str, dict[str, str]] | None = None) -> None:
+    def __init__(self, message: str, queries: dict[str, str] | None = None) -> None:
         super().__init__(message)
         self.queries = queries
 
 
 @dataclass(frozen=True, slots=True)
 class Reading:
-    samples: dict[str, Measured]  # per version, over the span asked for
-    queries: dict[str, dict[str, str]] | None = field(default=None)  # PromQL, for /status
+    series: dict[Series, float]  # cumulative counters of the route's versions
+    queries: dict[str, str] | None = field(default=None)  # PromQL, for /status
 
 
 class MetricSource(Protocol):
-    async def read(self, route: Route, versions: Sequence[str], seconds: float) -> Reading:
-        """One reading of `versions` over the last `seconds`; raises MeasureError."""
+    async def read(self, route: Route) -> Reading:
+        """The route's cumulative counters now; raises MeasureError."""
+        ...
+
+    async def publish(self, route: Route) -> None:
+        """On a replica that does not judge: share its counters with the one that does (if
+        this source shares any); raises MeasureError."""
         ...
 
     async def close(self) -> None: ...
 
 
+def _synthetic(route: Route) -> bool:
+    return route.analysis is not None and route.analysis.include_synthetic
+
+
 class LocalSource:
-    """This process's counters, as differences between window samples."""
+    """This process's counters (with `--workers N`, every worker's, as the parent sums them)."""
 
-    def __init__(self, window: Window, sample: Callable[[float], None], clock: Clock) -> None:
-        self.window = window
-        self.sample = sample  # records a window sample at the given monotonic time
-        self.clock = clock
+    def __init__(self, counters: Callable[[], Iterable[VersionStats]]) -> None:
+        self.counters = counters  # real and synthetic counters, cumulative
 
-    async def read(self, route: Route, versions: Sequence[str], seconds: float) -> Reading:
-        now = self.clock.monotonic()
-        self.sample(now)
-        delta = self.window.delta(now, seconds)
-        synthetic = route.analysis is not None and route.analysis.include_synthetic
+    def series(self, route: Route) -> dict[Series, float]:
+        return series_of(self.counters(), route.name, latency_limits(route), _synthetic(route))
 
-        def of(version: str) -> Sample:
-            sample = delta.get((route.name, version, False), Sample())
-            if synthetic:
-                sample = sample + delta.get((route.name, version, True), Sample())
-            return sample
+    async def read(self, route: Route) -> Reading:
+        return Reading(self.series(route))
 
-        return Reading({v: of(v) for v in versions})
+    async def publish(self, route: Route) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None
+
+
+class FleetSource:
+    """Every replica's counters, shared through the state store's Redis (`fleet`): each
+    replica publishes its own; the one that judges reads them all."""
+
+    def __init__(self, local: LocalSource, board: CountsBoard) -> None:
+        self.local = local
+        self.board = board
+
+    @staticmethod
+    def ttl(route: Route) -> float:
+        """How long a replica's counters outlive its last publication."""
+        interval = route.analysis.interval if route.analysis else 1.0
+        return max(10.0, 5 * interval)
+
+    async def publish(self, route: Route) -> None:
+        try:
+            await self.board.publish(route.name, self.local.series(route), self.ttl(route))
+        except (RedisError, OSError) as exc:
+            raise MeasureError(f"cannot share counters through redis: {exc}") from exc
+
+    async def read(self, route: Route) -> Reading:
+        await self.publish(route)
+        try:
+            return Reading(await self.board.collect(route.name))
+        except (RedisError, OSError) as exc:
+            raise MeasureError(f"cannot read the fleet's counters from redis: {exc}") from exc
 
     async def close(self) -> None:
         return None
 
 
 class PromSource:
-    """Every replica's series, through Prometheus' HTTP API; all queries of a reading run at
-    once, each with its own timeout."""
+    """Every replica's raw counters, through Prometheus' HTTP API."""
 
     def __init__(self) -> None:
         self.prometheus = PrometheusSource()
 
-    async def read(self, route: Route, versions: Sequence[str], seconds: float) -> Reading:
+    async def read(self, route: Route) -> Reading:
         analysis = route.analysis
         assert analysis is not None
-        results = await asyncio.gather(*(
-            self.prometheus.measure(analysis.prometheus_url, route.name, v, seconds,
-                                    list(QUANTILES), analysis.include_synthetic)
-            for v in versions))
-        shown = {v: queries for v, (_, queries, _) in zip(versions, results, strict=True)}
-        samples: dict[str, Measured] = {}
-        for v, (sample, _, error) in zip(versions, results, strict=True):
-            if error is not None or sample is None:
-                raise MeasureError(error or "no answer", shown)
-            samples[v] = sample
-        return Reading(samples, shown)
+        series, shown, error = await self.prometheus.counters(
+            analysis.prometheus_url, route.name, analysis.include_synthetic)
+        if error is not None or series is None:
+            raise MeasureError(error or "no answer", shown)
+        return Reading(series, shown)
+
+    async def publish(self, route: Route) -> None:
+        return None  # every replica's /metrics is scraped: nothing to share
 
     async def close(self) -> None:
         await self.prometheus.close()

@@ -63,9 +63,11 @@ class SplitproxyCollector(Collector):
         )
         duration = HistogramMetricFamily(
             "splitproxy_request_duration_seconds",
-            "From request head received to response complete",
+            "From request head received to the answer's last byte handed to the client "
+            "(a slow client included): for dashboards, the guard counts upstream time",
             labels=["route", "version"],
         )
+        timed, slow = _upstream_families("splitproxy_upstream")
         for s in stats:
             labels = [s.route, s.version]
             for code, n in sorted(s.responses.items()):
@@ -80,7 +82,8 @@ class SplitproxyCollector(Collector):
                 cumulative += n
                 buckets.append((_le(bound), cumulative))
             duration.add_metric(labels, buckets, s.latency_sum)
-        yield from (requests, errors, aborts, in_flight, duration)
+            _add_upstream(timed, slow, s)
+        yield from (requests, errors, aborts, in_flight, duration, timed, slow)
 
         weight = GaugeMetricFamily(
             "splitproxy_route_weight", "Effective weight of each version",
@@ -119,6 +122,35 @@ class SplitproxyCollector(Collector):
         info.add_metric([], {"version": __version__})
         yield info
         yield from src.rollout_metrics()
+
+
+def _upstream_families(prefix: str) -> tuple[CounterMetricFamily, CounterMetricFamily]:
+    """The guard's exact latency counts: what `source: prometheus` judges on."""
+    timed = CounterMetricFamily(
+        f"{prefix}_timed_requests",
+        "Requests with an upstream time: from the request sent to the upstream to the "
+        "response's last byte read from it, not counting time held for a slow client",
+        labels=["route", "version"],
+    )
+    slow = CounterMetricFamily(
+        f"{prefix}_slow_requests",
+        "Timed requests whose upstream time exceeded `over` seconds, for each latency limit "
+        "of the route's analysis (max_p50_ms, max_p90_ms, max_p99_ms)",
+        labels=["route", "version", "over"],
+    )
+    return timed, slow
+
+
+def _add_upstream(timed: CounterMetricFamily, slow: CounterMetricFamily,
+                  s: VersionStats) -> None:
+    timed.add_metric([s.route, s.version], s.timed)
+    for limit, n in sorted(s.over.items()):
+        slow.add_metric([s.route, s.version, over_label(limit)], n)
+
+
+def over_label(limit: float) -> str:
+    """The `over` label of a latency limit (seconds): `repr`, so it parses back exactly."""
+    return repr(limit)
 
 
 def _le(bound: float) -> str:
@@ -168,10 +200,12 @@ def rollout_families(
         "splitproxy_synthetic_requests", "Requests marked as synthetic load",
         labels=["route", "version", "code"],
     )
+    synth_timed, synth_slow = _upstream_families("splitproxy_synthetic_upstream")
     for s in synthetic:
         for code, n in sorted(s.responses.items()):
             synth.add_metric([s.route, s.version, str(code)], n)
+        _add_upstream(synth_timed, synth_slow, s)
     up = GaugeMetricFamily("splitproxy_state_store_up",
                            "1 while the rollout state store (file or Redis) is reachable",
                            value=1 if store_up else 0)
-    return [phase, step, aborted, judged, synth, up]
+    return [phase, step, aborted, judged, synth, synth_timed, synth_slow, up]

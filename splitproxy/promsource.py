@@ -1,49 +1,69 @@
-"""Analysis numbers from Prometheus: PromQL over every replica's `splitproxy_*` series, so a
-fleet judges its canary on all of its traffic (as Flagger does). A failed query makes the
-check inconclusive, never a failure."""
+"""Analysis counts from Prometheus: the raw counters of every replica, read in one instant
+query per reading, so the guard judges the whole fleet on the same numbers the local source
+would count (`tally.CounterDiff` takes the exact differences). A failed query adds nothing:
+the check is inconclusive, never a failure, and the next answer carries what it missed."""
 
 from __future__ import annotations
 
-import asyncio
 import math
-from dataclasses import dataclass, field
 
 import aiohttp
 
+from splitproxy.tally import ERRORS, REQUESTS, TIMED, Series, slow_metric
+
 QUERY_TIMEOUT = 5.0
 
-
-@dataclass(frozen=True, slots=True)
-class PromSample:
-    """The same questions a `window.Sample` answers, answered by Prometheus."""
-
-    requests: int
-    errors: int
-    quantiles: dict[float, float | None] = field(default_factory=dict)  # seconds
-
-    @property
-    def error_rate(self) -> float | None:
-        return self.errors / self.requests if self.requests else None
-
-    def quantile(self, q: float) -> float | None:
-        return self.quantiles.get(q)
+# One family per count, and the same for synthetic load (judged only with include_synthetic).
+_KINDS = {
+    "splitproxy_requests_total": REQUESTS,
+    "splitproxy_upstream_timed_requests_total": TIMED,
+    "splitproxy_upstream_slow_requests_total": "slow",
+}
+_SYNTHETIC = "splitproxy_synthetic_"
+# Labels that name *what* a series counts; every other label (instance, job, pod, ...) tells
+# one replica's series from another's.
+_OWN_LABELS = ("__name__", "route", "version")
 
 
-def queries(route: str, version: str, seconds: float, quantiles: list[float],
-            include_synthetic: bool) -> dict[str, str]:
-    """The PromQL for one version over one window, by what it measures."""
-    sel = f'route="{route}",version="{version}"'
-    rng = f"[{max(1, round(seconds))}s]"
-    requests = f"sum(increase(splitproxy_requests_total{{{sel}}}{rng}))"
-    errors = f'sum(increase(splitproxy_requests_total{{{sel},code=~"5.."}}{rng}))'
+def families(include_synthetic: bool) -> list[str]:
+    names = list(_KINDS)
     if include_synthetic:
-        requests += f" + sum(increase(splitproxy_synthetic_requests_total{{{sel}}}{rng}))"
-        errors += (f' + sum(increase(splitproxy_synthetic_requests_total'
-                   f'{{{sel},code=~"5.."}}{rng}))')
-    out = {"requests": requests, "errors": errors}
-    for q in quantiles:
-        out[f"q{q}"] = (f"histogram_quantile({q}, sum by (le) "
-                        f"(rate(splitproxy_request_duration_seconds_bucket{{{sel}}}{rng})))")
+        names += [_SYNTHETIC + n.removeprefix("splitproxy_") for n in _KINDS]
+    return names
+
+
+def query(route: str, include_synthetic: bool) -> str:
+    """Every raw counter of `route` (route names are letters, digits, `_.-`: no quoting)."""
+    names = "|".join(families(include_synthetic))
+    return f'{{__name__=~"{names}",route="{route}"}}'
+
+
+def parse(result: list[dict[str, object]]) -> dict[Series, float]:
+    """An instant vector of raw counters -> cumulative series for `tally.CounterDiff`."""
+    out: dict[Series, float] = {}
+    for item in result:
+        labels = item["metric"]
+        value = item["value"]
+        if not isinstance(labels, dict) or not isinstance(value, list):
+            raise ValueError(f"unexpected result item {item!r}")
+        name = str(labels.get("__name__", ""))
+        version = str(labels.get("version", ""))
+        synthetic = name.startswith(_SYNTHETIC)
+        kind = _KINDS.get("splitproxy_" + name.removeprefix(_SYNTHETIC) if synthetic else name)
+        number = float(value[1])
+        if kind is None or not version or not math.isfinite(number):
+            continue
+        which = ",".join(f"{k}={labels[k]}" for k in sorted(labels) if k not in _OWN_LABELS)
+        if synthetic:
+            which = "synthetic|" + which
+        if kind == REQUESTS:
+            out[(version, REQUESTS, which)] = number
+            if str(labels.get("code", "")).startswith("5"):
+                out[(version, ERRORS, which)] = number
+        elif kind == TIMED:
+            out[(version, TIMED, which)] = number
+        else:
+            out[(version, slow_metric(float(str(labels.get("over", "nan")))), which)] = number
     return out
 
 
@@ -51,8 +71,8 @@ class PrometheusSource:
     def __init__(self) -> None:
         self._session: aiohttp.ClientSession | None = None
 
-    async def _query(self, url: str, promql: str) -> float | None:
-        """One instant query; None for an empty result; raises on any failure."""
+    async def instant(self, url: str, promql: str) -> list[dict[str, object]]:
+        """One instant query's result vector; raises on any failure."""
         if self._session is None:
             self._session = aiohttp.ClientSession()
         async with self._session.get(
@@ -62,29 +82,25 @@ class PrometheusSource:
             body = await resp.json(content_type=None)
             if resp.status != 200 or body.get("status") != "success":
                 raise RuntimeError(f"HTTP {resp.status}: {body.get('error', body)}")
-        result = body["data"]["result"]
-        if not result:
-            return None
-        value = float(result[0]["value"][1])
-        return None if math.isnan(value) or math.isinf(value) else value
+        data = body["data"]
+        if data.get("resultType") != "vector":
+            raise ValueError(f"expected a vector, got {data.get('resultType')!r}")
+        result = data["result"]
+        if not isinstance(result, list):
+            raise ValueError("expected a list of series")
+        return result
 
-    async def measure(
-        self, url: str, route: str, version: str, seconds: float, quantiles: list[float],
-        include_synthetic: bool,
-    ) -> tuple[PromSample | None, dict[str, str], str | None]:
-        """(numbers or None, the queries, the error if a query failed)."""
-        qs = queries(route, version, seconds, quantiles, include_synthetic)
+    async def counters(self, url: str, route: str, include_synthetic: bool
+                       ) -> tuple[dict[Series, float] | None, dict[str, str], str | None]:
+        """(the route's raw counters or None, the query, the error if it failed)."""
+        promql = query(route, include_synthetic)
+        shown = {"counters": promql}
         try:
-            answers = await asyncio.gather(*(self._query(url, q) for q in qs.values()))
-            values = dict(zip(qs, answers, strict=True))
-        except (aiohttp.ClientError, TimeoutError, RuntimeError, ValueError, KeyError) as exc:
-            return None, qs, f"prometheus query failed: {type(exc).__name__}: {exc}"
-        sample = PromSample(
-            requests=round(values["requests"] or 0),
-            errors=round(values["errors"] or 0),
-            quantiles={q: values[f"q{q}"] for q in quantiles},
-        )
-        return sample, qs, None
+            series = parse(await self.instant(url, promql))
+        except (aiohttp.ClientError, TimeoutError, RuntimeError, ValueError, KeyError,
+                TypeError, IndexError) as exc:
+            return None, shown, f"prometheus query failed: {type(exc).__name__}: {exc}"
+        return series, shown, None
 
     async def close(self) -> None:
         if self._session is not None:

@@ -9,8 +9,10 @@
 - A route's current key has no expiry; every replica on it refreshes that (PERSIST) once a
   minute. A key its route left (another identity, or the route gone) expires after two weeks.
 - Keys of format 1 (`<prefix>route:<name>:<revision hash>`) are read once, to migrate.
-- A lease (`<prefix>lease`) lets one replica at a time run the step timers; another takes
-  over when its holder stops renewing it.
+- A lease (`<prefix>lease`) lets one replica at a time run the step timers and judge; another
+  takes over when its holder stops renewing it.
+- With `analysis.source: local`, every replica shares its counters for the judge
+  (`<prefix>v2:counts:<route>:<replica>`, see `fleet`).
 - Redis down: nothing fails. The engine keeps the last known state and retries its writes
   with backoff; `/status` and `splitproxy_state_store_up` say the store is unreachable.
 """
@@ -28,6 +30,7 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
+from splitproxy.fleet import RedisCounts
 from splitproxy.rollout import RouteState
 from splitproxy.store import Loaded, StoreUnavailable, Wanted
 
@@ -212,6 +215,9 @@ class RedisStore:
         except (RedisError, OSError) as exc:
             self._failed(exc)
             raise StoreUnavailable(self.last_error) from exc
+
+    def counts_board(self) -> RedisCounts:
+        return RedisCounts(self._redis, self.prefix, self.identity)
 
     # -- lease ------------------------------------------------------------------------------
     def is_leader(self) -> bool:

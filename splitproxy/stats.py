@@ -22,11 +22,19 @@ LOCAL_KINDS = ("overload", "resource")
 
 
 class VersionStats:
-    """Counters of one version of one route; lives as long as the process."""
+    """Counters of one version of one route; lives as long as the process.
+
+    Two clocks: the histogram times the whole exchange as the client sees it (request head
+    received to the answer's last byte handed to the client's socket), for dashboards; the
+    guard's counts time the *upstream*: from the request sent to the upstream to the
+    response's last byte read from it, minus the time reading was held because the client
+    was slow. `timed` counts requests with an upstream time, `over[limit]` those whose upstream
+    time exceeded `limit` seconds, for each limit the route's analysis sets (`set_limits`).
+    """
 
     __slots__ = (
         "route", "version", "synthetic", "responses", "errors", "client_aborts", "in_flight",
-        "latency_counts", "latency_sum",
+        "latency_counts", "latency_sum", "limits", "over", "timed",
     )
 
     def __init__(self, route: str, version: str, synthetic: bool = False) -> None:
@@ -39,11 +47,29 @@ class VersionStats:
         self.in_flight = 0
         self.latency_counts = [0] * (len(LATENCY_BUCKETS) + 1)  # last slot: above 10 s
         self.latency_sum = 0.0
+        self.limits: tuple[float, ...] = ()  # seconds, ascending (set once per table)
+        self.over: dict[float, int] = {}  # limit -> requests whose upstream time exceeded it
+        self.timed = 0
 
-    def observe(self, status: int, seconds: float) -> None:
+    def set_limits(self, limits: tuple[float, ...]) -> None:
+        """The route's latency limits, ascending; counts of limits dropped by a reload stay."""
+        for limit in limits:
+            self.over.setdefault(limit, 0)
+        self.limits = limits
+
+    def observe(self, status: int, seconds: float, upstream: float = -1.0) -> None:
+        """One answered request: `seconds` as the client saw it, `upstream` the upstream time
+        (negative: none, e.g. the proxy answered without reaching the upstream)."""
         self.responses[status] = self.responses.get(status, 0) + 1
         self.latency_counts[bisect.bisect_left(LATENCY_BUCKETS, seconds)] += 1
         self.latency_sum += seconds
+        if upstream >= 0.0:
+            self.timed += 1
+            # One comparison per limit, none past the first limit not exceeded (ascending).
+            for limit in self.limits:
+                if upstream <= limit:
+                    break
+                self.over[limit] += 1
 
     @property
     def requests(self) -> int:

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from splitproxy.config import Config, ConfigError
+from splitproxy.fleet import CountsBoard
 from splitproxy.rollout import FORMAT, RouteState
 
 log = logging.getLogger("splitproxy.store")
@@ -73,7 +74,12 @@ class StateStore(Protocol):
         ...
 
     def is_leader(self) -> bool:
-        """Whether this replica runs the step timers (a lease, on real time)."""
+        """Whether this replica runs the step timers and judges (a lease, on real time)."""
+        ...
+
+    def counts_board(self) -> CountsBoard | None:
+        """Where replicas share their counters with the one that judges (None: no other
+        replica shares this store)."""
         ...
 
     def describe(self) -> dict[str, Any]:
@@ -206,6 +212,9 @@ class FileStore:
 
     def is_leader(self) -> bool:
         return True
+
+    def counts_board(self) -> CountsBoard | None:
+        return None
 
     def describe(self) -> dict[str, Any]:
         return {"backend": "file", "path": str(self.path), "up": self.last_error is None,

@@ -43,6 +43,7 @@ class RouteEntry:
     cookie_values: dict[bytes, str]  # sticky cookie value of this run -> version
     cookie_max_age: int  # seconds
     synthetic_header: bytes | None  # marks synthetic load (counted apart), with analysis only
+    latency_limits: tuple[float, ...]  # seconds, ascending: the analysis' max_pNN_ms, counted
     preview_header: bytes | None  # blue-green: requests carrying it reach `preview_version`
     preview_token: bytes | None  # ... only when its value is this (sticky.pin_token)
     preview_version: str | None
@@ -95,10 +96,19 @@ def build_route(
         cookie_values={sticky_value(v, run).encode("latin-1"): v for v in versions},
         cookie_max_age=max(1, math.ceil(sticky.cookie_max_age)),
         synthetic_header=_lower(route.analysis.synthetic_header) if route.analysis else None,
+        latency_limits=latency_limits(route),
         preview_header=_lower(route.preview_header) if preview is not None else None,
         preview_token=token.encode("latin-1") if token else None,
         preview_version=preview,
     )
+
+
+def latency_limits(route: Route) -> tuple[float, ...]:
+    """The upstream-time limits counted per request for `route`, in seconds, ascending."""
+    analysis = route.analysis
+    if analysis is None:
+        return ()
+    return tuple(sorted({seconds for _, seconds, _ in analysis.latency_limits()}))
 
 
 def build(

@@ -30,8 +30,9 @@ START_TIMEOUT = 30.0
 
 Weights = dict[str, dict[str, int]]
 # One VersionStats as plain data: route, version, synthetic, responses, errors,
-# client_aborts, in_flight, latency_counts, latency_sum.
-Row = tuple[str, str, bool, dict[int, int], dict[str, int], int, int, list[int], float]
+# client_aborts, in_flight, latency_counts, latency_sum, timed, over.
+Row = tuple[str, str, bool, dict[int, int], dict[str, int], int, int, list[int], float, int,
+            dict[float, int]]
 
 
 def _weights_of(routing: table.RoutingTable) -> Weights:
@@ -47,13 +48,13 @@ def _runs_of(routing: table.RoutingTable) -> dict[str, str]:
 def _rows(stats: Stats) -> list[Row]:
     return [
         (s.route, s.version, s.synthetic, dict(s.responses), dict(s.errors), s.client_aborts,
-         s.in_flight, list(s.latency_counts), s.latency_sum)
+         s.in_flight, list(s.latency_counts), s.latency_sum, s.timed, dict(s.over))
         for s in (*stats.all(), *stats.synthetic())
     ]
 
 
 def _add(into: VersionStats, row: Row) -> None:
-    _, _, _, responses, errors, aborts, in_flight, latency, latency_sum = row
+    _, _, _, responses, errors, aborts, in_flight, latency, latency_sum, timed, over = row
     for code, n in responses.items():
         into.responses[code] = into.responses.get(code, 0) + n
     for kind, n in errors.items():
@@ -62,6 +63,9 @@ def _add(into: VersionStats, row: Row) -> None:
     into.in_flight += in_flight
     into.latency_counts = [a + b for a, b in zip(into.latency_counts, latency, strict=True)]
     into.latency_sum += latency_sum
+    into.timed += timed
+    for limit, n in over.items():
+        into.over[limit] = into.over.get(limit, 0) + n
 
 
 class _Worker:

@@ -183,10 +183,14 @@ class DownstreamProtocol(asyncio.Protocol):
         self._write_blocked = True
         if self._tunnel is None:
             self.pause_reading_for(_WRITE)
-        up = self._tunnel or (self.current.up if self.current is not None else None)
+        current = self.current
+        up = self._tunnel or (current.up if current is not None else None)
         if up is not None and up.transport is not None:
             up.transport.pause_reading()
             self._paused_upstream = up.transport
+            if self._tunnel is None and current is not None and not current.paused_at:
+                # Held for the client, not the version's time (see Exchange._upstream_time).
+                current.paused_at = self.loop.time()
 
     def upstream_paused(self, up: UpstreamConnection) -> bool:
         """We stopped reading `up` because the client is slow: not the upstream's delay."""
@@ -204,6 +208,10 @@ class DownstreamProtocol(asyncio.Protocol):
             if not self._paused_upstream.is_closing():
                 self._paused_upstream.resume_reading()
             self._paused_upstream = None
+            current = self.current
+            if current is not None and current.paused_at:
+                current.held += self.loop.time() - current.paused_at
+                current.paused_at = 0.0
         if self.current is None and self.queue:
             self._start_next()
         self.resume_reading_for(_WRITE)

@@ -44,7 +44,7 @@ class Exchange:
         "set_cookie", "local", "finished", "upgrade", "head_only_response", "retried", "up_close",
         "unframed", "continue_100", "deadline", "out", "flushed", "pool", "stats", "_has_body",
         "_informational", "awaiting_body", "body_buffer", "reads", "_reads_seen",
-        "read_deadline",
+        "read_deadline", "sent_at", "held", "paused_at",
     )
 
     def __init__(
@@ -104,6 +104,12 @@ class Exchange:
         self.reads = 0
         self._reads_seen = 0
         self.read_deadline = 0.0
+        # The upstream time the guard judges: from the request sent (`sent_at`; 0: not sent)
+        # to the answer's last byte read, less the time reading was held for a slow client
+        # (`held`, and `paused_at` while it is held; set by the downstream protocol).
+        self.sent_at = 0.0
+        self.held = 0.0
+        self.paused_at = 0.0
         # Synthetic load is counted apart so analysis can leave it out.
         self.stats = (None if version is None
                       else version.synthetic_stats if synthetic else version.stats)
@@ -190,6 +196,7 @@ class Exchange:
         conn.start(self)
         transport = conn.transport
         assert transport is not None
+        self.sent_at = self.down.loop.time()
         if self.pending:
             transport.writelines([self.head, *self.pending])
             self.pending = []
@@ -231,6 +238,9 @@ class Exchange:
         if self.awaiting_body:
             self._choose_endpoint()
         elif self.up is not None:
+            if self._has_body:
+                # A streamed body: until its last byte the upstream waits for the client.
+                self.sent_at = self.down.loop.time()
             self._arm_response_timer()
 
     def _arm_response_timer(self) -> None:
@@ -496,16 +506,28 @@ class Exchange:
         stats = self.stats
         if stats is not None:
             stats.in_flight -= 1
-            stats.observe(status, self.down.loop.time() - self.start_time)
+            now = self.down.loop.time()
+            stats.observe(status, now - self.start_time, self._upstream_time(now))
         self.down.exchange_done(self)
 
     def _abort_client(self) -> None:
         # Never a final chunk or a body that looks complete: the client must see the cut.
         self.finished = True
-        if self.stats is not None:
-            self.stats.in_flight -= 1
-            self.stats.observe(502, self.down.loop.time() - self.start_time)
+        stats = self.stats
+        if stats is not None:
+            stats.in_flight -= 1
+            now = self.down.loop.time()
+            stats.observe(502, now - self.start_time, self._upstream_time(now))
         self.down.abort()
+
+    def _upstream_time(self, now: float) -> float:
+        """What the version took (negative: the request never reached an upstream)."""
+        if not self.sent_at:
+            return -1.0
+        if self.paused_at:
+            self.held += now - self.paused_at
+            self.paused_at = 0.0
+        return now - self.sent_at - self.held
 
     def _count_error(self, kind: str) -> None:
         version = self.version

@@ -67,7 +67,7 @@ _NO_STATS = os.environ.get("SPLITPROXY_BENCH_NO_STATS") == "1"
 class _Uncounted(VersionStats):
     __slots__ = ()
 
-    def observe(self, status: int, seconds: float) -> None:
+    def observe(self, status: int, seconds: float, upstream: float = -1.0) -> None:
         pass
 
 
@@ -115,6 +115,8 @@ def compile_table(table: RoutingTable, pools: Pools, stats: Stats, health: Healt
                 stats,
                 health,
             )
+            version.stats.set_limits(entry.latency_limits)
+            version.synthetic_stats.set_limits(entry.latency_limits)
             old = before.get((entry.name, name))
             if old is not None and old.pools == version.pools:
                 version._rr = old._rr

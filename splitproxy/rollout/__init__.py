@@ -8,7 +8,7 @@ events in order and carries out their effects is `splitproxy.engine`.
 - `machine`: transitions (start, advance, abort, promote, retry, pause, resume) and weights.
 - `schedule`: deployment windows.
 - `events`: events in, effects out; `fold.apply` maps one to the other.
-- `guard`: which versions a measurement reads and its verdict (the guard's plug-in point).
+- `guard`: the sequential tests: what is judged, the evidence per step, the verdicts.
 """
 
 from splitproxy.rollout.events import Action, WebhookEvent
@@ -22,7 +22,6 @@ from splitproxy.rollout.machine import (
     next_step_is_weight,
     pause,
     promote,
-    record_check,
     resume,
     retry,
     serving,
@@ -65,7 +64,6 @@ __all__ = [
     "next_step_is_weight",
     "pause",
     "promote",
-    "record_check",
     "resume",
     "retry",
     "serving",

@@ -11,9 +11,9 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-from splitproxy.analysis import Measured
 from splitproxy.config import Webhook, WebhookEvent
 from splitproxy.rollout.state import Phase, RouteState
+from splitproxy.tally import Tally
 
 __all__ = ["WebhookEvent"]
 
@@ -61,18 +61,16 @@ class Tick:
 
 @dataclass(frozen=True, slots=True)
 class Measurement:
-    """One reading of a route's versions, tagged with the run and step it measured.
-
-    `samples` per version (None when the reading failed: `error` says why). A reading of an
-    earlier run is recorded but decides nothing."""
+    """One reading of a route's counters: exact counts per version since the previous one,
+    tagged with the run and step it was started in (a reading of another run or step decides
+    nothing). `tallies` is None when the reading failed (`error` says why): inconclusive,
+    never a failure. `leader`: this replica judges (only the lease holder does)."""
 
     run: str
     step: int
-    target: str  # the version judged
-    baseline: str | None
-    seconds: float  # the span measured
-    samples: Mapping[str, Measured] | None = None
+    tallies: Mapping[str, Tally] | None = None
     error: str | None = None
+    leader: bool = True
 
 
 @dataclass(frozen=True, slots=True)

@@ -35,8 +35,16 @@ from splitproxy.rollout.events import (
     Tick,
 )
 from splitproxy.rollout.identity import endpoints, identity, legacy_candidates
-from splitproxy.rollout.machine import ABORTED, PROMOTED, ActionError
-from splitproxy.rollout.state import Actor, Gate, RouteState, decision, with_guard_of
+from splitproxy.rollout.machine import ABORTED, PAUSED, PROMOTED, ActionError
+from splitproxy.rollout.state import (
+    Actor,
+    Gate,
+    PauseReason,
+    RouteState,
+    decision,
+    with_guard_of,
+)
+from splitproxy.verdicts import Outcome
 
 GATE_RETRY = 2.0  # a pre-step webhook that said no is asked again after this long
 
@@ -150,7 +158,8 @@ def _tick(state: RouteState, event: Tick, route: Route, now: float,
                 state = replace(state, gate=Gate(state.run, state.step))
                 effects.append(AskGate(state.run, state.step, hooks,
                                        _payload(route, state, WebhookEvent.PRE_STEP)))
-    return machine.advance(state, route, now, weight_steps=allowed)
+    return machine.advance(state, route, now, weight_steps=allowed,
+                           passed=guard.passed(state, route))
 
 
 def _gate_answer(state: RouteState, event: GateAnswer, now: float) -> tuple[RouteState, list[str]]:
@@ -168,18 +177,31 @@ def _gate_answer(state: RouteState, event: GateAnswer, now: float) -> tuple[Rout
 
 def _measured(state: RouteState, m: Measurement, route: Route, now: float,
               effects: list[Effect]) -> tuple[RouteState, list[str]]:
+    """One check: fold the counts into the tests; a failing test aborts, a pass lets a pause
+    that waits for evidence go on (at this very check)."""
     analysis = route.analysis
-    if analysis is None:
-        return state, []
-    check, evidence = guard.assess(state, m, analysis, now)
-    effects.append(Checked(check.result))
-    tags = {"run": m.run, "step": m.step}
-    if m.run != state.run:
-        # Measured in an earlier run (before a retry, a new rollout): history only.
-        checks = (*state.checks, {**check.to_dict(), **tags, "stale": True})
-        return replace(state, checks=checks[-analysis.history:]), []
-    new, notes = machine.record_check(state, check, analysis, route, now, tags)
-    return replace(new, evidence=evidence), notes
+    if analysis is None or not m.leader:
+        return state, []  # only the lease holder judges
+    if (m.run, m.step) != (state.run, state.step) or state.phase == ABORTED:
+        # Measured in an earlier run or step, or landed after an abort: history only.
+        why = "the rollout is aborted" if m.run == state.run and state.phase == ABORTED \
+            else "measured in an earlier run" if m.run != state.run \
+            else "measured in an earlier step"
+        effects.append(Checked(str(Outcome.INCONCLUSIVE)))
+        checks = (*state.checks, guard.stale_check(m, now, why))[-analysis.history:]
+        return replace(state, checks=checks), []
+    a = guard.assess(state, m, route, now)
+    effects.append(Checked(str(a.check["result"])))
+    new = replace(state, evidence=a.evidence,
+                  checks=(*state.checks, a.check)[-analysis.history:])
+    if a.outcome is Outcome.FAIL and new.phase != PROMOTED:
+        # Promoted is final: the guard reports, as Argo Rollouts ends analysis on completion.
+        reason = f"guard: {a.summary}"
+        return machine.abort(new, reason, now, Actor.GUARD), [f"aborted: {reason}"]
+    if a.outcome is Outcome.PASS and new.phase == PAUSED \
+            and new.pause_reason == PauseReason.WAITING:
+        return _tick(new, Tick(leader=True), route, now, effects)
+    return new, []
 
 
 def _peer(state: RouteState, event: PeerUpdate, route: Route) -> tuple[RouteState, list[Effect]]:
@@ -214,8 +236,6 @@ def _decided(old: RouteState, new: RouteState, route: Route, now: float, notes: 
     """A state decided here: the log lines, then persisted (seq + 1) if the decision changed,
     and everything that follows from it."""
     out: list[Effect] = [Log("info", n) for n in notes]
-    if new.run != old.run or new.step != old.step:
-        new = replace(new, evidence={})
     if decision(new) != decision(old):
         seq = old.seq + 1 if new.identity == old.identity else 0
         new = replace(new, seq=seq, endpoints=endpoints(route))

@@ -1,34 +1,332 @@
-"""The guard's side of the fold: which versions a measurement reads, and its verdict.
+"""The guard: anytime-valid sequential tests on exact counts, one measurement at a time.
 
-This is where a verdict source plugs in. Today a measurement is one window per version and
-`analysis.judge` decides; a sequential test would instead fold each measurement's counts into
-`RouteState.evidence` (restarted per step and run) and judge every non-baseline version.
+What is judged (`plan`): every version but the baseline that has traffic under the weights of
+the moment (N-way splits included), or for blue/green the color switched to; per version one
+test per limit: the error rate against `max_error_rate`, the share of requests whose upstream
+time is over each `max_pNN_ms` against its threshold (`config.LATENCY_LIMITS`), and with
+`compare_to_baseline` the same counts against the baseline's over the same time
+(`sequential`). Each test gets its share of the rollout's false-abort budget
+(`budget.step_alpha`: its segment, the segments planned, the tests in it).
+
+The evidence (`RouteState.evidence`, JSON) belongs to one *segment*: a run's step, with what
+is judged in it. It restarts at every step and run, when what is judged changes (a reload
+that changes a threshold, weights that give another version traffic), and after
+MAX_SEGMENT (a long pause must not let a late regression hide behind hours of good
+evidence). A restart takes the next segment's share only if the old segment could have failed
+(it closed a slice): a segment that never could spent nothing.
+
+A check's outcome: **fail** when any test fails (abort; the reason names the version, the
+metric and the numbers); **pass** when every judged version passes every absolute limit (a
+comparison counts for a metric only where it is that metric's sole test: with no events in
+either version it can never pass); **inconclusive** otherwise. With no version to judge (the
+canary has no weight yet) the outcome is pass: there is nothing to wait for.
 """
 
 from __future__ import annotations
 
-from splitproxy.analysis import Check, inconclusive, judge
-from splitproxy.config import Analysis, Route
+import hashlib
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from typing import Any
+
+from splitproxy import budget
+from splitproxy.config import Advance, Analysis, Route
 from splitproxy.rollout.events import Measurement
-from splitproxy.rollout.machine import effective_active
-from splitproxy.rollout.state import RouteState
+from splitproxy.rollout.machine import effective_active, weights
+from splitproxy.rollout.state import Phase, RouteState
+from splitproxy.sequential import (
+    RateLimit,
+    RateState,
+    RatioLimit,
+    RatioState,
+    judge,
+    judge_ratio,
+    observe,
+    observe_ratio,
+)
+from splitproxy.tally import Tally
+from splitproxy.verdicts import Outcome, RateVerdict, RatioVerdict
+
+EVIDENCE_VERSION = 1
+MAX_SEGMENT = 3600.0  # seconds: a segment this old restarts (from the alpha reserve)
+
+Verdict = RateVerdict | RatioVerdict
+TestState = RateState | RatioState
 
 
-def targets(state: RouteState, route: Route) -> tuple[str, str | None]:
-    """(the version judged, the baseline it is compared with): the canary, or for blue-green
-    the color switched to against the one that served before."""
+@dataclass(frozen=True, slots=True)
+class Test:
+    """One sequential test: `version`'s `metric` against a limit, or against `against`."""
+
+    version: str
+    metric: str  # error_rate, p50, p90, p99
+    threshold: float  # a limit: the rate; a comparison: the relative margin
+    limit: float | None = None  # latency: the upstream time in seconds; None: errors
+    against: str | None = None  # a comparison: the baseline version
+
+    @property
+    def key(self) -> str:
+        return f"{self.version}:{self.metric}" + (f"~{self.against}" if self.against else "")
+
+    @property
+    def name(self) -> str:
+        what = "error rate" if self.limit is None else \
+            f"{self.metric} (over {self.limit * 1000:g} ms)"
+        return f"{self.version} {what}"
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    tests: tuple[Test, ...]
+    planned: int  # segments the rollout plans: one per pause step
+    key: str  # what is judged, and how: a change restarts the tests
+
+
+@dataclass(frozen=True, slots=True)
+class Assessment:
+    """A measurement folded in: the new evidence, the outcome and what decided it."""
+
+    evidence: dict[str, Any]
+    outcome: Outcome
+    decided_by: Test | None  # fail: the first failing test; else the first not passing
+    summary: str
+    check: dict[str, Any]  # one line of the check history
+
+
+def judged(state: RouteState, route: Route) -> tuple[list[str], str | None]:
+    """(the versions judged, the baseline they are compared with)."""
+    if state.phase == Phase.ABORTED:
+        # What was judged until the abort moved the weights (for /status and the reason).
+        state = replace(state, phase=Phase.PROGRESSING)
     if route.strategy == "blue-green":
-        return effective_active(state, route) or route.baseline, state.previous_active
-    version = route.canary or route.baseline
-    return version, (route.baseline if version != route.baseline else None)
+        # The old color serves nothing after the switch: there is no comparison to make.
+        return [effective_active(state, route) or route.baseline], None
+    now = weights(state, route)
+    return [v for v in route.versions if v != route.baseline and now.get(v, 0) > 0], \
+        route.baseline
 
 
-def assess(
-    state: RouteState, m: Measurement, analysis: Analysis, now: float
-) -> tuple[Check, dict[str, dict[str, float]]]:
-    """The verdict on one measurement, and the evidence to keep for this run and step."""
-    evidence = state.evidence if (m.run, m.step) == (state.run, state.step) else {}
-    if m.error is not None or m.samples is None or m.target not in m.samples:
-        return inconclusive(analysis, m.target, now, m.error or "no reading"), evidence
-    base = m.samples.get(m.baseline) if m.baseline is not None else None
-    return judge(analysis, m.target, m.samples[m.target], base, now), evidence
+def plan(state: RouteState, route: Route) -> Plan:
+    analysis = route.analysis
+    assert analysis is not None
+    versions, baseline = judged(state, route)
+    limits = analysis.latency_limits()
+    compare = analysis.compare_to_baseline if baseline is not None else None
+    tests: list[Test] = []
+    for v in versions:
+        if analysis.max_error_rate is not None:
+            tests.append(Test(v, "error_rate", analysis.max_error_rate))
+        tests += [Test(v, name, threshold, seconds) for name, seconds, threshold in limits]
+        if compare is not None:
+            tests.append(Test(v, "error_rate", compare.margin, None, baseline))
+            tests += [Test(v, name, compare.margin, seconds, baseline)
+                      for name, seconds, _ in limits]
+    steps = route.rollout.steps if route.rollout else ()
+    planned = max(1, sum(1 for s in steps if s.pause is not None))
+    what = [[t.key, t.threshold, t.limit] for t in tests]
+    key = hashlib.sha256(json.dumps([what, analysis.alpha, analysis.beta, planned])
+                         .encode()).hexdigest()[:12]
+    return Plan(tuple(tests), planned, key)
+
+
+# -- evidence ---------------------------------------------------------------------------------
+def _fresh(state: RouteState, p: Plan, segment: int, now: float) -> dict[str, Any]:
+    return {"v": EVIDENCE_VERSION, "run": state.run, "step": state.step, "segment": segment,
+            "key": p.key, "since": now, "checks": 0, "outcome": str(Outcome.INCONCLUSIVE),
+            "tests": {t.key: (RatioState(since=now) if t.against else RateState(since=now))
+                      .to_json() for t in p.tests}}
+
+
+def _spent(evidence: Mapping[str, Any]) -> bool:
+    """Whether a segment's tests could have failed: any closed a slice (or cannot tell)."""
+    tests = evidence.get("tests")
+    if not isinstance(tests, dict):
+        return True
+    return any(not isinstance(t, dict) or t.get("slices", 1) != 0 for t in tests.values())
+
+
+def _current(evidence: Mapping[str, Any], state: RouteState, p: Plan) -> bool:
+    return evidence.get("v") == EVIDENCE_VERSION and evidence.get("run") == state.run \
+        and evidence.get("step") == state.step and evidence.get("key") == p.key
+
+
+def _states(evidence: Mapping[str, Any], p: Plan) -> dict[str, TestState] | None:
+    """The tests' states, or None if any cannot be read (the segment then restarts)."""
+    raw = evidence.get("tests")
+    if not isinstance(raw, dict):
+        return None
+    out: dict[str, TestState] = {}
+    try:
+        for t in p.tests:
+            data = raw[t.key]
+            out[t.key] = RatioState.from_json(data) if t.against else RateState.from_json(data)
+    except (KeyError, ValueError, TypeError, AttributeError):
+        return None
+    return out
+
+
+def segment_of(state: RouteState, p: Plan, now: float) -> tuple[dict[str, Any],
+                                                                 dict[str, TestState]]:
+    """The evidence to go on with at `now`: the current segment's, or a new segment."""
+    ev = state.evidence
+    since = ev.get("since")
+    young = isinstance(since, int | float) and now - since < MAX_SEGMENT
+    if _current(ev, state, p) and young:
+        states = _states(ev, p)
+        if states is not None:
+            return dict(ev), states
+    segment = 0
+    last = ev.get("segment")
+    if ev.get("v") == EVIDENCE_VERSION and ev.get("run") == state.run \
+            and isinstance(last, int) and not isinstance(last, bool) and last >= 0:
+        segment = last + (1 if _spent(ev) else 0)
+    fresh = _fresh(state, p, segment, now)
+    states = _states(fresh, p)
+    assert states is not None
+    return fresh, states
+
+
+def _limit(t: Test, analysis: Analysis, alpha: float) -> RateLimit | RatioLimit:
+    if t.against is not None:
+        return RatioLimit(margin=t.threshold, alpha=alpha, beta=analysis.beta)
+    return RateLimit(threshold=t.threshold, alpha=alpha, beta=analysis.beta)
+
+
+def _counts(t: Test, tally: Tally | None) -> tuple[int, int]:
+    """(events, trials) of one version for one test; events never exceed trials."""
+    if tally is None:
+        return 0, 0
+    if t.limit is None:
+        events, trials = tally.errors, tally.requests
+    else:
+        events, trials = tally.slow(t.limit), tally.timed
+    return min(events, trials), trials
+
+
+def _verdicts(p: Plan, evidence: Mapping[str, Any], states: Mapping[str, TestState],
+              analysis: Analysis) -> list[tuple[Test, Verdict]]:
+    alpha = budget.step_alpha(analysis.alpha, int(evidence["segment"]), p.planned,
+                              tests=max(1, len(p.tests)))
+    out: list[tuple[Test, Verdict]] = []
+    for t in p.tests:
+        limit = _limit(t, analysis, alpha)
+        st = states[t.key]
+        if isinstance(limit, RatioLimit):
+            assert isinstance(st, RatioState)
+            out.append((t, judge_ratio(limit, st)))
+        else:
+            assert isinstance(st, RateState)
+            out.append((t, judge(limit, st)))
+    return out
+
+
+def _outcome(verdicts: list[tuple[Test, Verdict]]) -> tuple[Outcome, Test | None, str]:
+    for t, v in verdicts:
+        if v.outcome is Outcome.FAIL:
+            return Outcome.FAIL, t, summary(t, v)
+    absolute = {(t.version, t.metric) for t, _ in verdicts if t.against is None}
+    needed = [(t, v) for t, v in verdicts
+              if t.against is None or (t.version, t.metric) not in absolute]
+    for t, v in needed:
+        if v.outcome is not Outcome.PASS:
+            return Outcome.INCONCLUSIVE, t, summary(t, v)
+    if not verdicts:
+        return Outcome.PASS, None, "nothing to judge: no version but the baseline has traffic"
+    return Outcome.PASS, None, "; ".join(summary(t, v) for t, v in needed)
+
+
+def summary(t: Test, v: Verdict) -> str:
+    if isinstance(v, RatioVerdict):
+        return v.summary(t.name)
+    return v.summary(t.name, "errors" if t.limit is None else "over")
+
+
+def assess(state: RouteState, m: Measurement, route: Route, now: float) -> Assessment:
+    """Fold one measurement of the current run and step into the evidence."""
+    analysis = route.analysis
+    assert analysis is not None
+    p = plan(state, route)
+    evidence, states = segment_of(state, p, now)
+    tallies = m.tallies if m.error is None else None
+    if tallies is not None:
+        alpha = budget.step_alpha(analysis.alpha, int(evidence["segment"]), p.planned,
+                                  tests=max(1, len(p.tests)))
+        for t in p.tests:
+            limit = _limit(t, analysis, alpha)
+            st = states[t.key]
+            events, trials = _counts(t, tallies.get(t.version))
+            if isinstance(limit, RatioLimit):
+                assert isinstance(st, RatioState) and t.against is not None
+                base_events, base_trials = _counts(t, tallies.get(t.against))
+                states[t.key] = observe_ratio(limit, st, events, base_events, trials,
+                                              base_trials, now)
+            else:
+                assert isinstance(st, RateState)
+                states[t.key] = observe(limit, st, events, trials, now)
+    verdicts = _verdicts(p, evidence, states, analysis)
+    outcome, decided_by, line = _outcome(verdicts)
+    evidence = {**evidence, "checks": int(evidence.get("checks", 0)) + 1,
+                "outcome": str(outcome),
+                "tests": {k: s.to_json() for k, s in states.items()}}
+    check: dict[str, Any] = {
+        "time": now, "run": m.run, "step": m.step, "segment": evidence["segment"],
+        "result": str(outcome) if m.error is None else str(Outcome.INCONCLUSIVE),
+        "requests": {v: t.requests for v, t in sorted((tallies or {}).items())},
+        "summary": line, "error": m.error,
+    }
+    return Assessment(evidence, outcome, decided_by, line, check)
+
+
+def stale_check(m: Measurement, now: float, why: str) -> dict[str, Any]:
+    """History line of a reading that decides nothing (`why`)."""
+    return {"time": now, "run": m.run, "step": m.step, "result": str(Outcome.INCONCLUSIVE),
+            "requests": {v: t.requests for v, t in sorted((m.tallies or {}).items())},
+            "summary": f"not judged: {why}", "error": m.error, "stale": True}
+
+
+def passed(state: RouteState, route: Route) -> bool:
+    """Whether a timed pause may end now: the guard passed the step at its latest check (or
+    does not gate steps: no analysis, `advance: on-timer`, nothing to judge)."""
+    analysis = route.analysis
+    if analysis is None or analysis.advance == Advance.ON_TIMER:
+        return True
+    p = plan(state, route)
+    if not p.tests:
+        return True
+    ev = state.evidence
+    return _current(ev, state, p) and ev.get("outcome") == str(Outcome.PASS)
+
+
+def report(state: RouteState, route: Route) -> dict[str, Any] | None:
+    """The current segment's verdicts for /status: per test, estimate, interval, evidence
+    and counts (None before the first check of the step)."""
+    analysis = route.analysis
+    if analysis is None:
+        return None
+    p = plan(state, route)
+    ev = state.evidence
+    states = _states(ev, p) if _current(ev, state, p) else None
+    if states is None:
+        return None
+    verdicts = _verdicts(p, ev, states, analysis)
+    outcome, decided_by, line = _outcome(verdicts)
+    alpha = budget.step_alpha(analysis.alpha, int(ev["segment"]), p.planned,
+                              tests=max(1, len(p.tests)))
+    return {
+        "outcome": str(outcome), "summary": line,
+        "decided_by": decided_by.key if decided_by is not None else None,
+        "segment": ev["segment"], "since": ev.get("since"), "checks": ev.get("checks"),
+        "alpha_per_test": alpha, "fail_at": 1.0 / alpha, "pass_at": 1.0 / analysis.beta,
+        "tests": [{"version": t.version, "metric": t.metric,
+                   "limit_ms": t.limit * 1000 if t.limit is not None else None,
+                   "against": t.against, **_finite(v.to_dict()), "summary": summary(t, v)}
+                  for t, v in verdicts],
+    }
+
+
+def _finite(d: dict[str, Any]) -> dict[str, Any]:
+    """JSON has no infinities: an e-value of 0 (log -inf) reads as 0."""
+    return {k: (None if isinstance(x, float) and not math.isfinite(x) else x)
+            for k, x in d.items()}

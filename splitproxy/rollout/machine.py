@@ -1,18 +1,16 @@
 """The rollout state machine of one route: pure transitions, no clock, no I/O.
 
 `idle` (no steps: the config's weights serve), `progressing` (step i), `paused` (manually,
-waiting for a promote, outside the deployment window, or blind after too many inconclusive
-checks), `promoted` (final for its run) and `aborted` (all weight on the baseline until a
-retry or a new rollout). Every function takes a state and returns its successor.
+waiting for a promote, outside the deployment window, or waiting for the guard's evidence),
+`promoted` (final for its run) and `aborted` (all weight on the baseline until a retry or a
+new rollout). Every function takes a state and returns its successor.
 """
 
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Any
 
-from splitproxy.analysis import Check
-from splitproxy.config import Analysis, Route
+from splitproxy.config import Route
 from splitproxy.rollout.identity import endpoints, identity
 from splitproxy.rollout.schedule import in_window
 from splitproxy.rollout.state import Actor, PauseReason, Phase, RouteState
@@ -77,10 +75,13 @@ def weights(state: RouteState, route: Route) -> dict[str, int]:
 
 
 def advance(
-    state: RouteState, route: Route, now: float, weight_steps: int | None = None
+    state: RouteState, route: Route, now: float, weight_steps: int | None = None,
+    passed: bool = True,
 ) -> tuple[RouteState, list[str]]:
     """Carry out steps that are due, at most `weight_steps` of them `set_weight` steps (a
-    pre-step webhook gates each one). Returns the new state and what happened."""
+    pre-step webhook gates each one). A timed pause ends when its time is up and `passed`
+    (the guard passed the step at its latest check, or does not gate); until then it waits
+    for evidence. Returns the new state and what happened."""
     rollout = route.rollout
     events: list[str] = []
     if rollout is None or state.phase in (ABORTED, PROMOTED, IDLE):
@@ -90,6 +91,9 @@ def advance(
         if state.pause_reason == PauseReason.OUTSIDE_WINDOW and open_now:
             state = replace(state, phase=PROGRESSING, pause_reason=None, step_started=now)
             events.append("deployment window open: progressing")
+        elif state.pause_reason == PauseReason.WAITING and passed:
+            state = replace(state, phase=PROGRESSING, pause_reason=None)
+            events.append(f"step {state.step + 1}: the guard passed")
         else:
             return state, events
     steps = rollout.steps
@@ -118,6 +122,11 @@ def advance(
             events.append(f"step {state.step + 1}: paused until promoted")
             break
         if now - state.step_started >= duration:
+            if not passed:
+                state = replace(state, phase=PAUSED, pause_reason=PauseReason.WAITING)
+                events.append(f"step {state.step + 1}: pause of {duration:g}s over, "
+                              "waiting for evidence")
+                break
             state = replace(state, step=state.step + 1, step_started=now)
             events.append(f"step {state.step}: pause of {duration:g}s over")
             continue
@@ -133,41 +142,9 @@ def next_step_is_weight(state: RouteState, route: Route) -> bool:
     return rollout.steps[state.step].set_weight is not None
 
 
-def record_check(
-    state: RouteState, check: Check, analysis: Analysis, route: Route, now: float,
-    tags: dict[str, Any] | None = None,
-) -> tuple[RouteState, list[str]]:
-    """Fold one analysis check into the state; may abort or pause. A promoted run only
-    reports: promoted is final, as Argo Rollouts ends analysis when a rollout completes.
-    `tags` are kept with the check in the history (the run and step it measured)."""
-    checks = (*state.checks, {**check.to_dict(), **(tags or {})})[-analysis.history:]
-    events: list[str] = []
-    if state.phase == ABORTED:
-        return replace(state, checks=checks), events
-    if check.result == "fail":
-        failures = state.failures + 1
-        state = replace(state, failures=failures, inconclusive=0, checks=checks)
-        if failures >= analysis.failure_limit and state.phase != PROMOTED:
-            reason = f"{failures} failing checks in a row: {check.summary()}"
-            state = abort(state, reason, now, Actor.GUARD)
-            events.append(f"aborted: {reason}")
-        return state, events
-    if check.result == "pass":
-        return replace(state, failures=0, inconclusive=0, checks=checks), events
-    inconclusive = state.inconclusive + 1
-    state = replace(state, inconclusive=inconclusive, checks=checks)
-    limit = analysis.inconclusive_limit
-    if limit is not None and inconclusive >= limit and state.phase == PROGRESSING \
-            and has_steps(route):
-        state = replace(state, phase=PAUSED, pause_reason=PauseReason.INCONCLUSIVE)
-        events.append(f"paused: {inconclusive} inconclusive checks in a row")
-    return state, events
-
-
 # -- operator actions -------------------------------------------------------------------------
 def abort(state: RouteState, reason: str, now: float, by: Actor) -> RouteState:
-    return replace(state, phase=ABORTED, abort_reason=reason, aborted_at=now, aborted_by=by,
-                   failures=0)
+    return replace(state, phase=ABORTED, abort_reason=reason, aborted_at=now, aborted_by=by)
 
 
 def promote(state: RouteState, route: Route, now: float, full: bool) -> RouteState:
@@ -179,7 +156,10 @@ def promote(state: RouteState, route: Route, now: float, full: bool) -> RouteSta
     if full:
         return replace(state, phase=PROMOTED, step=len(rollout.steps), pause_reason=None,
                        step_started=now)
-    if state.phase == PAUSED and state.pause_reason == PauseReason.AWAIT_PROMOTE:
+    if state.phase == PAUSED and state.pause_reason in (PauseReason.AWAIT_PROMOTE,
+                                                        PauseReason.WAITING):
+        # Past a `pause: {}`, or past a pause still waiting for evidence (the operator's
+        # call, blind: the guard keeps judging the next step).
         return replace(state, phase=PROGRESSING, step=state.step + 1, pause_reason=None,
                        step_started=now)
     if state.phase == PROGRESSING and state.step < len(rollout.steps) \
@@ -201,9 +181,9 @@ def retry(state: RouteState, route: Route, now: float, run: str) -> RouteState:
 
 
 def pause(state: RouteState, route: Route) -> RouteState:
-    """Hold where it is. A rollout held by the deployment window or by blind checks may be
-    paused too: it then stays paused when the window opens, until `resume`."""
-    held = (PauseReason.OUTSIDE_WINDOW, PauseReason.INCONCLUSIVE)
+    """Hold where it is. A rollout held by the deployment window or waiting for evidence may
+    be paused too: it then stays paused, until `resume`."""
+    held = (PauseReason.OUTSIDE_WINDOW, PauseReason.WAITING)
     if has_steps(route) and (state.phase == PROGRESSING
                              or (state.phase == PAUSED and state.pause_reason in held)):
         return replace(state, phase=PAUSED, pause_reason=PauseReason.MANUAL)
@@ -212,9 +192,9 @@ def pause(state: RouteState, route: Route) -> RouteState:
 
 
 def resume(state: RouteState, now: float) -> RouteState:
-    if state.phase != PAUSED or state.pause_reason not in (PauseReason.MANUAL,
-                                                           PauseReason.INCONCLUSIVE):
-        raise ActionError("only a manually paused or inconclusive rollout resumes; "
-                          "use promote to pass a `pause: {}` step")
-    return replace(state, phase=PROGRESSING, pause_reason=None, inconclusive=0,
-                   step_started=now)
+    if state.phase != PAUSED or state.pause_reason != PauseReason.MANUAL:
+        hint = ("the guard decides when it has the evidence; promote skips the wait (blind)"
+                if state.pause_reason == PauseReason.WAITING
+                else "use promote to pass a `pause: {}` step")
+        raise ActionError(f"only a manually paused rollout resumes; {hint}")
+    return replace(state, phase=PROGRESSING, pause_reason=None, step_started=now)

@@ -1,8 +1,9 @@
-"""A route's rollout state: the decision every replica agrees on, and this replica's guard.
+"""A route's rollout state: the decision every replica agrees on.
 
 `RouteState` is immutable; the fold (`rollout.fold`) makes each successor. The shared part
-(`decision`) is what the state stores hold and replicas compare-and-set; the guard's counters,
-check history and evidence are this replica's own.
+(`decision`) is what the state stores hold and replicas compare-and-set. The guard's evidence
+is part of it: one replica (the lease holder) judges, every replica shows and keeps what it
+judged, and whoever takes over continues the same tests instead of starting them again.
 """
 
 from __future__ import annotations
@@ -28,7 +29,13 @@ class PauseReason(StrEnum):
     MANUAL = "manual"
     AWAIT_PROMOTE = "waiting for promote"
     OUTSIDE_WINDOW = "outside deployment window"
-    INCONCLUSIVE = "inconclusive checks"
+    # A timed pause is over but the guard has not passed the step (advance: on-pass): it
+    # goes on at the first check that passes.
+    WAITING = "waiting for evidence"
+
+
+# Pause reasons of older states, read as today's.
+_OLD_REASONS = {"inconclusive checks": PauseReason.WAITING}
 
 
 class Actor(StrEnum):
@@ -69,14 +76,11 @@ class RouteState:
     # The endpoints at the last decision: told apart from the config's by `splitproxy check`.
     endpoints: dict[str, tuple[str, ...]] = field(default_factory=dict)
     seq: int = 0  # counts decisions; a store accepts a write only on top of the one it holds
-    # -- this replica's guard (not part of the decision) -----------------------------------
-    failures: int = 0  # failing checks in a row
-    inconclusive: int = 0  # inconclusive checks in a row
-    checks: tuple[dict[str, Any], ...] = ()  # newest last, bounded
-    # Per version, per metric: the guard's evidence for this run and step (a few floats;
-    # restarted when either changes). The window-based judge keeps none.
-    evidence: dict[str, dict[str, float]] = field(default_factory=dict)
-    gate: Gate | None = None  # never stored
+    # The guard's sequential tests for this run and step (`rollout.guard`: JSON; restarted
+    # at each step and run), part of the decision: shared and persisted.
+    evidence: dict[str, Any] = field(default_factory=dict)
+    checks: tuple[dict[str, Any], ...] = ()  # the guard's last checks, newest last, bounded
+    gate: Gate | None = None  # this replica's, never stored
     legacy_revision: str | None = None  # read from format 1: the revision hash it had
 
     def to_json(self) -> dict[str, Any]:
@@ -93,6 +97,9 @@ class RouteState:
         if not isinstance(data, dict):
             raise TypeError(f"expected an object, got {type(data).__name__}")
         data = dict(data)
+        # Counters of the window-based guard (splitproxy 0.2): no meaning any more.
+        data.pop("failures", None)
+        data.pop("inconclusive", None)
         if data.pop("format", 1) == 1:
             # Format 1 named its identity `revision`, a hash that counted endpoints and weights;
             # `rollout.migrate` matches it against the config's with the old hash function.
@@ -105,33 +112,40 @@ class RouteState:
             raise KeyError(f"unknown fields {sorted(unknown)}")
         data["phase"] = Phase(data.get("phase", Phase.IDLE))
         if data.get("pause_reason") is not None:
-            data["pause_reason"] = PauseReason(data["pause_reason"])
+            reason = data["pause_reason"]
+            data["pause_reason"] = _OLD_REASONS.get(reason) or PauseReason(reason)
         if data.get("aborted_by") is not None:
             data["aborted_by"] = Actor(data["aborted_by"])
         data["checks"] = tuple(data.get("checks", ()))
         data["endpoints"] = {str(v): tuple(eps) for v, eps in data.get("endpoints", {}).items()}
-        for name in ("step", "seq", "failures", "inconclusive"):
+        for name in ("step", "seq"):
             if not isinstance(data.get(name, 0), int):
                 raise TypeError(f"{name} must be an integer")
+        if not isinstance(data.get("evidence", {}), dict):
+            raise TypeError("evidence must be an object")
         return cls(**data)
 
 
 def decision(state: RouteState) -> tuple[Any, ...]:
     """The part every replica must agree on (a change is a decision: persisted, seq + 1).
-    Check counters, history and evidence stay with the replica that judged them."""
+    A check that changed nothing but the guard's count of checks (no traffic) is none."""
+    evidence = {k: v for k, v in state.evidence.items() if k != "checks"}
     return (state.identity, state.run, state.phase, state.step, state.step_started,
             state.weight, state.pause_reason, state.abort_reason, state.aborted_at,
-            state.aborted_by, state.active, state.previous_active)
+            state.aborted_by, state.active, state.previous_active, evidence)
+
+
+def _tests_of(evidence: dict[str, Any]) -> tuple[Any, ...]:
+    return tuple(evidence.get(k) for k in ("run", "step", "segment", "key"))
 
 
 def with_guard_of(theirs: RouteState, mine: RouteState) -> RouteState:
-    """`theirs` decision with this replica's guard: kept within the same run, fresh in a new
-    one (a retry decided elsewhere is judged on traffic from its own start only)."""
-    if theirs.run == mine.run and theirs.step == mine.step:
-        return replace(theirs, failures=mine.failures, inconclusive=mine.inconclusive,
-                       checks=mine.checks, evidence=mine.evidence, gate=mine.gate)
-    if theirs.run == mine.run:
-        return replace(theirs, failures=mine.failures, inconclusive=mine.inconclusive,
-                       checks=mine.checks, evidence={}, gate=None)
-    return replace(theirs, failures=0, inconclusive=0, checks=mine.checks, evidence={},
-                   gate=None)
+    """`theirs` decision, keeping this replica's gate within the same run and step, and its
+    evidence where it is further along in the same tests (a write of ours that lost a race
+    to another replica's action must not roll the tests back)."""
+    gate = mine.gate if (theirs.run, theirs.step) == (mine.run, mine.step) else None
+    evidence, checks = theirs.evidence, theirs.checks
+    if mine.evidence and _tests_of(mine.evidence) == _tests_of(theirs.evidence) \
+            and mine.evidence.get("checks", 0) > theirs.evidence.get("checks", 0):
+        evidence, checks = mine.evidence, mine.checks
+    return replace(theirs, evidence=evidence, checks=checks, gate=gate)

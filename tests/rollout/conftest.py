@@ -10,6 +10,7 @@
   or a whole `Service`.
 * `Harness` / `harness` fixture — a `RolloutEngine` over an in-memory store and fake counters
   on a `ManualClock` (`await h.tick(+1.0)` is one second); no sleeping through intervals.
+  `h.traffic.serve(version, n, errors=, seconds=)` counts what the data plane would have.
 * `rollout_config(...)` — a full config dict for route "shop" with analysis / rollout sections.
 * `hit(port, n)` — n GETs, X-Served-By counted; `Load` — steady clients recording every answer
   with its wall-clock send time (comparable with the engine's `aborted_at`).
@@ -52,8 +53,9 @@ from splitproxy.engine import RolloutEngine
 from splitproxy.measure import MetricSource
 from splitproxy.rollout import RouteState
 from splitproxy.stats import VersionStats
+from splitproxy.fleet import CountsBoard
 from splitproxy.store import Loaded, StoreUnavailable, Wanted
-from splitproxy.window import Key, Sample, Window
+from splitproxy.table import latency_limits
 
 __all__ = [
     "WAIT",
@@ -179,16 +181,16 @@ async def run_hook() -> AsyncIterator[Hook]:
 
 @dataclass
 class FakePrometheus:
-    """Prometheus' query API on 127.0.0.1, answering healthy numbers for every version after
-    `delay` seconds (real time): 1000 requests, 0 errors, 10 ms quantiles. Counts queries in
-    flight and answered."""
+    """Prometheus' query API on 127.0.0.1, answering healthy raw counters for `versions`
+    after `delay` seconds (real time): each answer 1000 more requests (code 200) and 1000 more
+    timed requests, none failed or slow. Counts queries in flight and answered."""
 
     delay: float = 1.0
     port: int = 0
     in_flight: int = 0
     answered: int = 0
     held: asyncio.Event | None = None  # when set: no answer until `held` is set
-
+    versions: tuple[str, ...] = ("stable", "canary")
 
     @property
     def url(self) -> str:
@@ -196,7 +198,6 @@ class FakePrometheus:
 
     def app(self) -> web.Application:
         async def query(request: web.Request) -> web.Response:
-            promql = request.query.get("query", "")
             self.in_flight += 1
             try:
                 if self.held is not None:
@@ -204,15 +205,19 @@ class FakePrometheus:
                 await asyncio.sleep(self.delay)
             finally:
                 self.in_flight -= 1
-            if "histogram_quantile" in promql:
-                value = "0.01"
-            elif 'code=~"5.."' in promql:
-                value = "0"
-            else:
-                value = "1000"
             self.answered += 1
+            n = str(1000 * self.answered)
+            result = []
+            for v in self.versions:
+                common = {"route": "shop", "version": v, "instance": "a", "job": "x"}
+                result += [
+                    {"metric": {"__name__": "splitproxy_requests_total", "code": "200",
+                                **common}, "value": [0, n]},
+                    {"metric": {"__name__": "splitproxy_upstream_timed_requests_total",
+                                **common}, "value": [0, n]},
+                ]
             return web.json_response({"status": "success", "data": {
-                "resultType": "vector", "result": [{"metric": {}, "value": [0, value]}]}})
+                "resultType": "vector", "result": result}})
 
         app = web.Application()
         app.router.add_get("/api/v1/query", query)
@@ -357,25 +362,33 @@ class MemoryStore:
     def is_leader(self) -> bool:
         return True
 
+    def counts_board(self) -> CountsBoard | None:
+        return None
+
     def describe(self) -> dict[str, Any]:
         return {"backend": "memory", "up": not self.fail, "error": None}
 
 
 class Traffic:
-    """Cumulative per-version counters, as the data plane keeps them."""
+    """Cumulative per-version counters, as the data plane keeps them: `seconds` is both what
+    the client saw and the upstream time, counted against the route's latency limits."""
 
     def __init__(self) -> None:
-        self._stats: dict[Key, VersionStats] = {}
+        self._stats: dict[tuple[str, str, bool], VersionStats] = {}
+        self.limits: tuple[float, ...] = ()
 
     def serve(self, version: str, requests: int, *, errors: int = 0, seconds: float = 0.005,
               synthetic: bool = False, route: str = "shop") -> None:
         key = (route, version, synthetic)
-        stats = self._stats.setdefault(key, VersionStats(route, version, synthetic))
+        stats = self._stats.get(key)
+        if stats is None:
+            stats = self._stats[key] = VersionStats(route, version, synthetic)
+            stats.set_limits(self.limits)
         for i in range(requests):
-            stats.observe(500 if i < errors else 200, seconds)
+            stats.observe(500 if i < errors else 200, seconds, seconds)
 
-    def samples(self) -> dict[Key, Sample]:
-        return {k: Sample.of(s) for k, s in self._stats.items()}
+    def counters(self) -> list[VersionStats]:
+        return list(self._stats.values())
 
 
 class Harness:
@@ -389,13 +402,9 @@ class Harness:
         self.store = store or MemoryStore()
         self.clock = clock or ManualClock()
         self.traffic = Traffic()
-        self.window = Window(horizon=120)
         self.installed: list[dict[str, dict[str, int]]] = []
-        self.engine = RolloutEngine(self.store, self.window, self._sample, self._rebuild,
+        self.engine = RolloutEngine(self.store, self.traffic.counters, self._rebuild,
                                     self.clock, sources)
-
-    def _sample(self, mono: float) -> None:
-        self.window.record(mono, self.traffic.samples())
 
     def _rebuild(self) -> None:
         self.installed.append(self.engine.weights())
@@ -405,6 +414,7 @@ class Harness:
         return self.clock.time()
 
     async def start(self, config: Config) -> None:
+        self.traffic.limits = latency_limits(config.routes[0])
         await self.engine.start(config)
         await self.settled()
 

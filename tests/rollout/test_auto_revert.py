@@ -1,5 +1,5 @@
 """End to end: a real canary that starts answering 500 under steady clients is taken out of
-traffic by the proxy itself within `interval * failure_limit + 1 s` of its first error.
+traffic by the proxy itself within a few of the guard's 3 s slices of its first error.
 
 Real sockets throughout: aiohttp clients -> splitproxy Service -> aiohttp upstreams; the
 analysis loop runs in real time with a 1 s interval."""
@@ -22,9 +22,12 @@ from .conftest import (
     write_config,
 )
 
-INTERVAL, FAILURE_LIMIT = 1.0, 2
-ANALYSIS = {"interval": f"{INTERVAL}s", "window": "5s", "min_requests": 20,
-            "failure_limit": FAILURE_LIMIT, "max_error_rate": 0.01}
+INTERVAL = 1.0
+ANALYSIS = {"interval": f"{INTERVAL}s", "max_error_rate": 0.01}
+# A canary failing every request (100x the limit) at this traffic: the fail side needs 2-3
+# slices of 3 s after a short healthy stretch (a pass: about 400 clean requests), and the
+# first slice may have begun up to 3 s before the fault. Measured: 4-7 s.
+BUDGET = 4 * 3.0 + INTERVAL
 STICKY = {"pin_header": "X-Splitproxy-Version", "cookie": "sp", "hash_header": "X-User-Id"}
 
 
@@ -37,7 +40,7 @@ def pinned(i: int) -> tuple[str, dict[str, str]]:
     return "canary", {"X-Splitproxy-Version": "canary"}
 
 
-async def test_a_failing_canary_is_out_of_traffic_within_interval_times_failure_limit(
+async def test_a_failing_canary_is_out_of_traffic_within_a_few_slices(
     tmp_path: Path,
 ) -> None:
     async with run_backends("stable", "canary") as b:
@@ -49,8 +52,7 @@ async def test_a_failing_canary_is_out_of_traffic_within_interval_times_failure_
             engine = svc.controller.engine
 
             def passes() -> int:
-                return sum(1 for c in engine.states["shop"].checks
-                           if c["result"] == "pass" and c["requests"] >= 20)
+                return sum(1 for c in engine.states["shop"].checks if c["result"] == "pass")
 
             run = engine.states["shop"].run
 
@@ -64,7 +66,7 @@ async def test_a_failing_canary_is_out_of_traffic_within_interval_times_failure_
                 await wait_until(lambda: passes() >= 1, what="a healthy verdict")
                 b["canary"].mode = "fail"
                 await wait_until(lambda: engine.states["shop"].phase == "aborted",
-                                 what="the automatic abort")
+                                 what="the automatic abort", timeout=BUDGET + 5)
                 aborted_at = engine.states["shop"].aborted_at
                 assert aborted_at is not None
                 await wait_until(lambda: len(load.since(aborted_at + 0.5)) >= 50,
@@ -76,8 +78,7 @@ async def test_a_failing_canary_is_out_of_traffic_within_interval_times_failure_
             first_error = min(h.done for h in canary_errors)
             last_canary = max(h.done for h in hits
                               if h.served_by == "canary" and h.kind != "pinned")
-            budget = INTERVAL * FAILURE_LIMIT + 1.0
-            assert last_canary - first_error <= budget, (
+            assert last_canary - first_error <= BUDGET, (
                 f"canary served for {last_canary - first_error:.2f}s after its first error")
 
             before = [h for h in hits if h.done < first_error]
@@ -103,13 +104,14 @@ async def test_a_failing_canary_is_out_of_traffic_within_interval_times_failure_
 
         rollout = shop["rollout"]
         assert rollout["phase"] == "aborted"
-        assert rollout["abort_reason"].startswith("2 failing checks in a row: fail: canary")
-        assert "error_rate=" in rollout["abort_reason"]
-        last = rollout["checks"][-1] if rollout["checks"][-1]["result"] == "fail" else \
-            next(c for c in reversed(rollout["checks"]) if c["result"] == "fail")
-        [error_rate] = [m for m in last["metrics"] if m["metric"] == "error_rate"]
-        assert error_rate["result"] == "fail"
-        assert error_rate["value"] > 0.01 and error_rate["limit"] == 0.01
-        assert last["requests"] >= 20
+        reason = rollout["abort_reason"]
+        assert reason.startswith("guard: canary error rate ") and "> 1%: e=" in reason
+        # /status shows what decided: the test, its estimate, interval, evidence and counts.
+        [test] = rollout["guard"]["tests"]
+        assert (test["version"], test["metric"], test["outcome"]) == ("canary", "error_rate",
+                                                                      "fail")
+        assert test["lower"] > 0.01 and test["threshold"] == 0.01
+        assert test["events"] > 0 and test["trials"] >= test["events"]
+        assert rollout["checks"][-1]["result"] in ("fail", "inconclusive")
         assert shop["versions"]["canary"]["effective_weight"] == 0
         assert shop["versions"]["stable"]["effective_weight"] == 100

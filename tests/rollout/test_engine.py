@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from datetime import datetime
+from collections.abc import Callable
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -20,8 +21,7 @@ from splitproxy.rollout import Actor, PauseReason, Phase
 from .conftest import Harness, ManualClock, MemoryStore, rollout_config, run_hook, wait_until
 
 URLS = {"stable": "http://127.0.0.1:9001", "canary": "http://127.0.0.1:9002"}
-FAST = {"interval": "1s", "window": "5s", "min_requests": 20, "failure_limit": 2,
-        "max_error_rate": 0.01}
+FAST = {"interval": "1s", "max_error_rate": 0.01}
 STABLE_ONLY = {"stable": 100, "canary": 0}
 
 
@@ -40,32 +40,40 @@ def failing(h: Harness, n: int = 30) -> None:
     h.traffic.serve("canary", n, errors=n)
 
 
+async def ticks_until(h: Harness, serve: Callable[[], None], done: Callable[[], bool],
+                      limit: int) -> int:
+    """Seconds of `serve()` a second until `done()`; fails after `limit`."""
+    for i in range(1, limit + 1):
+        serve()
+        await h.tick(1.0)
+        if done():
+            return i
+    raise AssertionError(f"not done within {limit} s: {h.engine.describe('shop')['guard']}")
+
+
+def results(h: Harness) -> list[str]:
+    return [c["result"] for c in h.state().checks]
+
+
 # --------------------------------------------------------------------------- the guard
 
 
-async def test_abort_comes_one_interval_after_the_first_failing_check_in_one_swap(
-    harness: Harness,
-) -> None:
+async def test_a_failing_canary_is_aborted_in_seconds_in_one_swap(harness: Harness) -> None:
     h = harness
     await h.start(config(analysis=FAST))
-    await h.tick()  # the first check: nothing served yet
     for _ in range(3):
         healthy(h)
         await h.tick(1.0)
-    assert [c["result"] for c in h.state().checks] == ["inconclusive", "pass", "pass", "pass"]
-
-    failing(h)
-    await h.tick(1.0)
-    assert (h.state().phase, h.state().checks[-1]["result"]) == ("idle", "fail")
-    assert h.weights() == {"stable": 50, "canary": 50}
-
-    failing(h)
+    assert h.state().phase == "idle" and "fail" not in results(h)
     swaps = len(h.installed)
-    await h.tick(1.0)
-    assert h.state().phase == Phase.ABORTED
+    # 30 failing requests a second against a 1% limit: a few 3 s slices suffice.
+    took = await ticks_until(h, lambda: failing(h), lambda: h.state().phase == "aborted", 15)
+    assert took <= 12
     assert h.installed[swaps:] == [{"shop": STABLE_ONLY}]  # exactly one table, baseline 100
     assert h.store.states["shop"].phase == Phase.ABORTED  # persisted in the same tick
     assert h.engine.aborts == {"shop": 1}
+    reason = h.state().abort_reason or ""
+    assert reason.startswith("guard: canary error rate ") and "> 1%: e=" in reason
 
 
 async def test_between_intervals_nothing_is_judged(harness: Harness) -> None:
@@ -77,20 +85,33 @@ async def test_between_intervals_nothing_is_judged(harness: Harness) -> None:
         await h.tick(0.1)
     assert len(h.state().checks) == 1  # only the first, at t=0
     await h.tick(0.2)  # past t=1
-    assert [c["result"] for c in h.state().checks] == ["inconclusive", "fail"]
+    assert len(h.state().checks) == 2
 
 
-async def test_low_traffic_never_aborts(harness: Harness) -> None:
+async def test_one_error_in_fifty_requests_is_weak_evidence_not_an_abort(
+    harness: Harness,
+) -> None:
     h = harness
     await h.start(config(analysis=FAST))
-    for _ in range(10):
-        h.traffic.serve("canary", 3, errors=3)  # all failing, but 15 in a 5 s window < 20
-        h.traffic.serve("stable", 3)
+    for i in range(10):
+        h.traffic.serve("stable", 5)
+        h.traffic.serve("canary", 5, errors=1 if i == 4 else 0)
         await h.tick(1.0)
     assert h.state().phase == "idle"
-    assert {c["result"] for c in h.state().checks} == {"inconclusive"}
-    # One check at the start, then one a second.
+    assert set(results(h)) == {"inconclusive"}
+    [test] = h.engine.describe("shop")["guard"]["tests"]
+    assert (test["events"], test["trials"], test["outcome"]) == (1, 50, "inconclusive")
     assert h.engine.checks_total == {("shop", "inconclusive"): 11}
+
+
+async def test_a_canary_failing_every_request_at_low_traffic_is_still_aborted(
+    harness: Harness,
+) -> None:
+    h = harness
+    await h.start(config(analysis=FAST))
+    took = await ticks_until(h, lambda: failing(h, 3), lambda: h.state().phase == "aborted",
+                             60)
+    assert took <= 40  # 3 req/s: a slice is 30 requests, 10 s
 
 
 @pytest.mark.parametrize(("include", "phase"), [(False, "idle"), (True, "aborted")])
@@ -99,7 +120,7 @@ async def test_synthetic_load_is_judged_only_when_the_route_says_so(
 ) -> None:
     h = harness
     await h.start(config(analysis={**FAST, "include_synthetic": include}))
-    for _ in range(4):
+    for _ in range(15):
         healthy(h)
         h.traffic.serve("canary", 30, errors=30, synthetic=True)
         await h.tick(1.0)
@@ -109,18 +130,60 @@ async def test_synthetic_load_is_judged_only_when_the_route_says_so(
 async def test_compare_to_baseline_keeps_a_canary_in_a_shared_outage(harness: Harness) -> None:
     h = harness
     await h.start(config(analysis={**FAST, "max_error_rate": None,
-                                   "compare_to_baseline": {"error_rate_margin": 0.05}}))
-    for _ in range(5):
+                                   "compare_to_baseline": {"margin": 0.5}}))
+    for _ in range(30):
         h.traffic.serve("stable", 30, errors=15)
         h.traffic.serve("canary", 30, errors=15)
         await h.tick(1.0)
     assert h.state().phase == "idle"
-    assert h.state().checks[-1]["result"] == "pass"
-    for _ in range(2):
-        h.traffic.serve("stable", 30, errors=0)
-        h.traffic.serve("canary", 30, errors=30)
+    [test] = h.engine.describe("shop")["guard"]["tests"]
+    assert (test["against"], test["canary_events"], test["baseline_events"]) == (
+        "stable", 450, 450)
+    await ticks_until(h, lambda: (h.traffic.serve("stable", 30),
+                                  h.traffic.serve("canary", 30, errors=30)) and None,
+                      lambda: h.state().phase == "aborted", 240)
+    assert "vs baseline" in (h.state().abort_reason or "")
+
+
+async def test_latency_limits_count_requests_over_the_limit(harness: Harness) -> None:
+    h = harness
+    await h.start(config(analysis={**FAST, "max_p99_ms": 200}))
+    for _ in range(20):
+        h.traffic.serve("stable", 30, seconds=0.12)
+        h.traffic.serve("canary", 30, seconds=0.12)  # under 200 ms: never counted as slow
         await h.tick(1.0)
-    assert h.state().phase == "aborted"
+    assert h.state().phase == "idle"
+    tests = {t["metric"]: t for t in h.engine.describe("shop")["guard"]["tests"]}
+    assert (tests["p99"]["events"], tests["p99"]["trials"], tests["p99"]["limit_ms"]) == (
+        0, 600, 200.0)
+    assert tests["p99"]["outcome"] == "pass"
+    took = await ticks_until(h, lambda: (h.traffic.serve("stable", 30),
+                                         h.traffic.serve("canary", 30, seconds=0.3)) and None,
+                             lambda: h.state().phase == "aborted", 30)
+    assert took <= 15
+    assert "canary p99 (over 200 ms)" in (h.state().abort_reason or "")
+
+
+async def test_every_version_but_the_baseline_is_judged(harness: Harness) -> None:
+    h = harness
+    urls = {**URLS, "other": "http://127.0.0.1:9003"}
+    await h.start(Config.model_validate(rollout_config(
+        urls, weights={"stable": 80, "canary": 10, "other": 10}, analysis=FAST)))
+    for _ in range(5):
+        for v in urls:
+            h.traffic.serve(v, 30)
+        await h.tick(1.0)
+    guard = h.engine.describe("shop")["guard"]
+    assert [t["version"] for t in guard["tests"]] == ["canary", "other"]
+
+    def serve() -> None:
+        h.traffic.serve("stable", 30)
+        h.traffic.serve("canary", 30)
+        h.traffic.serve("other", 30, errors=30)  # not the first non-baseline version
+
+    await ticks_until(h, serve, lambda: h.state().phase == "aborted", 15)
+    assert (h.state().abort_reason or "").startswith("guard: other error rate")
+    assert h.weights() == {"stable": 100, "canary": 0, "other": 0}
 
 
 # --------------------------------------------------------------------------- steps and clock
@@ -152,27 +215,64 @@ async def test_analysis_still_aborts_a_paused_rollout(harness: Harness, hold: st
     if hold == "manual":
         await h.act("pause")
     assert (h.state().phase, h.state().pause_reason) == ("paused", hold)
-    for _ in range(2):
-        failing(h)
-        await h.tick(1.0)
-    assert h.state().phase == "aborted"
+    await ticks_until(h, lambda: failing(h), lambda: h.state().phase == "aborted", 15)
     assert h.installed[-1]["shop"] == STABLE_ONLY
 
 
-async def test_inconclusive_limit_pauses_then_resume_continues(harness: Harness) -> None:
+# --------------------------------------------------------------------------- steps wait for evidence
+
+
+EVIDENCE_STEPS = [{"set_weight": 10}, {"pause": "10s"}, {"set_weight": 50}, {"pause": {}}]
+
+
+async def test_a_rollout_with_no_traffic_does_not_pass_its_first_timed_pause(
+    harness: Harness,
+) -> None:
     h = harness
-    steps = [{"set_weight": 10}, {"pause": "2s"}, {"set_weight": 50}, {"pause": {}}]
-    await h.start(config(weights=STABLE_ONLY, rollout={"steps": steps},
-                         analysis={**FAST, "inconclusive_limit": 2}))
-    await h.tick()  # set_weight 10; the first check is inconclusive (no traffic)
-    await h.tick(1.0)  # a second inconclusive check: blind, so paused
-    assert (h.state().phase, h.state().pause_reason) == ("paused", PauseReason.INCONCLUSIVE)
-    await h.tick(5.0)
+    await h.start(config(weights=STABLE_ONLY, rollout={"steps": EVIDENCE_STEPS},
+                         analysis=FAST))
+    await h.tick()
     assert h.weights()["canary"] == 10
-    await h.act("resume")
-    healthy(h)
-    await h.tick(2.0)
-    assert h.weights()["canary"] == 50
+    for _ in range(120):  # two minutes, ten times the pause, without one request
+        await h.tick(1.0)
+    assert h.weights()["canary"] == 10
+    described = h.engine.describe("shop")
+    assert (described["phase"], described["pause_reason"]) == ("paused",
+                                                               "waiting for evidence")
+    assert described["guard"]["outcome"] == "inconclusive"
+    assert "no requests yet" in described["guard"]["tests"][0]["summary"]
+    # Traffic at last: a clean canary passes at a check, and the rollout goes on there.
+    took = await ticks_until(h, lambda: healthy(h, 100), lambda: h.state().step == 3, 15)
+    assert 3 <= took <= 8  # about 400 clean requests show "under 1%"
+    assert (h.weights()["canary"], h.state().pause_reason) == (50, "waiting for promote")
+
+
+async def test_a_healthy_canary_completes_its_timed_pause_on_evidence_at_the_timer(
+    harness: Harness,
+) -> None:
+    h = harness
+    await h.start(config(weights=STABLE_ONLY, rollout={"steps": EVIDENCE_STEPS},
+                         analysis=FAST))
+    await h.tick()
+    for _ in range(9):
+        healthy(h, 100)
+        await h.tick(1.0)
+    assert (h.state().step, h.engine.describe("shop")["guard"]["outcome"]) == (1, "pass")
+    healthy(h, 100)
+    await h.tick(1.0)  # the time is up and the pass holds: no wait at all
+    assert (h.state().step, h.weights()["canary"]) == (3, 50)
+
+
+async def test_on_timer_steps_advance_blind_but_the_guard_still_aborts(
+    harness: Harness,
+) -> None:
+    h = harness
+    await h.start(config(weights=STABLE_ONLY, rollout={"steps": EVIDENCE_STEPS},
+                         analysis={**FAST, "advance": "on-timer"}))
+    await h.tick()
+    await h.tick(10.0)
+    assert (h.state().step, h.weights()["canary"]) == (3, 50)
+    await ticks_until(h, lambda: failing(h), lambda: h.state().phase == "aborted", 15)
 
 
 # --------------------------------------------------------------------------- restarts
@@ -181,13 +281,13 @@ async def test_inconclusive_limit_pauses_then_resume_continues(harness: Harness)
 async def test_an_aborted_state_is_restored_before_the_first_table() -> None:
     cfg = config(analysis=FAST)
     route = cfg.routes[0]
-    aborted = rollout.abort(rollout.start(route, 0.0, "r1"), "2 failing checks in a row", 1.0,
+    aborted = rollout.abort(rollout.start(route, 0.0, "r1"), "guard: canary error rate", 1.0,
                             Actor.GUARD)
     h = Harness(MemoryStore({"shop": aborted}))
     await h.start(cfg)
     try:
         assert h.weights() == STABLE_ONLY  # what Controller.prepare() installs first
-        assert h.state().abort_reason == "2 failing checks in a row"
+        assert h.state().abort_reason == "guard: canary error rate"
     finally:
         await h.engine.stop()
 
@@ -213,7 +313,8 @@ async def test_a_stored_state_of_another_revision_starts_fresh() -> None:
 def hooked(gate: str, notify: str, steps: list[Any], **kw: Any) -> Config:
     webhooks = [{"on": "pre-step", "url": gate, "timeout": "2s"},
                 {"on": "abort", "url": notify, "timeout": "2s"}]
-    return config(weights=STABLE_ONLY, rollout={"steps": steps, "webhooks": webhooks}, **kw)
+    kw.setdefault("weights", STABLE_ONLY)
+    return config(rollout={"steps": steps, "webhooks": webhooks}, **kw)
 
 
 async def test_a_pre_step_webhook_answering_503_holds_the_step_until_it_answers_200(
@@ -264,16 +365,13 @@ async def test_an_abort_webhook_gets_route_event_and_reason_as_json(harness: Har
     h = harness
     async with run_hook() as hook:
         await h.start(hooked(hook.url("/gate"), hook.url("/notify"), [{"pause": {}}],
-                             analysis=FAST))
-        for _ in range(3):
-            failing(h)
-            await h.tick(1.0)
-        assert h.state().phase == "aborted"
+                             weights={"stable": 50, "canary": 50}, analysis=FAST))
+        await ticks_until(h, lambda: failing(h), lambda: h.state().phase == "aborted", 15)
         await wait_until(lambda: bool(hook.on("/notify")), what="the abort webhook")
         [sent] = hook.on("/notify")
         assert (sent["event"], sent["route"], sent["phase"]) == ("abort", "shop", "aborted")
-        assert sent["reason"].startswith("2 failing checks in a row: fail: canary 60 req")
-        assert "error_rate=1(fail)" in sent["reason"]
+        assert sent["reason"].startswith("guard: canary error rate 100% [")
+        assert "errors)" in sent["reason"]
         assert sent["weights"] == STABLE_ONLY
         assert sent["last_check"]["result"] == "fail"
         await asyncio.sleep(0.05)  # let the notifying task read its answer before stop

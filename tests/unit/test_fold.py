@@ -10,7 +10,15 @@ from typing import Any
 import pytest
 
 from splitproxy.config import Route
-from splitproxy.rollout import Actor, Phase, RouteState, WebhookEvent, identity, machine
+from splitproxy.rollout import (
+    Actor,
+    PauseReason,
+    Phase,
+    RouteState,
+    WebhookEvent,
+    identity,
+    machine,
+)
 from splitproxy.rollout.events import (
     Act,
     Action,
@@ -32,11 +40,11 @@ from splitproxy.rollout.events import (
     Tick,
 )
 from splitproxy.rollout.fold import GATE_RETRY, apply
-from splitproxy.window import Sample
+from splitproxy.tally import Tally
 
 T0 = 1_717_380_000.0
 STEPS: list[Any] = [{"set_weight": 20}, {"pause": "30s"}, {"set_weight": 50}, {"pause": {}}]
-ANALYSIS = {"failure_limit": 2, "min_requests": 10, "max_error_rate": 0.01}
+ANALYSIS = {"max_error_rate": 0.01}
 GATE = {"on": "pre-step", "url": "http://127.0.0.1:7000/gate"}
 POST = {"on": "post-step", "url": "http://127.0.0.1:7000/post"}
 NOTIFY = [{"on": "abort", "url": "http://127.0.0.1:7000/n"},
@@ -79,12 +87,25 @@ def at_step_1(route: Route = ROUTE) -> RouteState:
     return run(fresh(route), Tick(leader=True), route=route)[0]
 
 
-def reading(state: RouteState, errors: int, *, run_id: str | None = None,
+def reading(state: RouteState, errors: int, *, requests: int = 100, run_id: str | None = None,
             step: int | None = None) -> Measurement:
-    canary = Sample(100, errors, (100,) + (0,) * 14)
-    stable = Sample(100, 0, (100,) + (0,) * 14)
-    return Measurement(run_id or state.run, state.step if step is None else step, "canary",
-                       "stable", 10.0, {"canary": canary, "stable": stable})
+    """One tick's exact counts: the canary's `errors` of `requests`, a clean stable."""
+    return Measurement(run_id or state.run, state.step if step is None else step,
+                       {"canary": Tally(requests, errors, requests),
+                        "stable": Tally(requests, 0, requests)})
+
+
+def feed(state: RouteState, errors: int, ticks: int, *, requests: int = 100,
+         start: float = T0, route: Route = ROUTE) -> tuple[RouteState, list[Effect], int]:
+    """`ticks` readings one second apart (the guard's slices need time as well as requests);
+    stops early at an abort. Returns the state, the last effects and the ticks used."""
+    effects: list[Effect] = []
+    for i in range(1, ticks + 1):
+        state, effects = run(state, reading(state, errors, requests=requests), route=route,
+                             now=start + i)
+        if state.phase == Phase.ABORTED:
+            return state, effects, i
+    return state, effects, ticks
 
 
 def kinds(effects: list[Effect]) -> list[str]:
@@ -101,13 +122,18 @@ def test_a_fresh_rollout_is_a_decision_persisted_with_nothing_stored_before() ->
     assert Persist(state) in effects and NewRun("r1") in effects
 
 
-def test_each_decision_bumps_seq_and_is_persisted_a_check_alone_is_not() -> None:
+def test_each_decision_bumps_seq_and_is_persisted_so_is_new_evidence() -> None:
     state = fresh()
     stepped, effects = run(state, Tick(leader=True))
     assert (stepped.step, stepped.seq) == (1, state.seq + 1)
     assert Persist(stepped) in effects and Rebuild() in effects
-    checked, effects = run(stepped, reading(stepped, errors=0))
-    assert (checked.seq, len(checked.checks)) == (stepped.seq, 1)
+    # The guard's evidence is shared with every replica: new counts are a decision ...
+    checked, effects = run(stepped, reading(stepped, errors=0), now=T0 + 1)
+    assert (checked.seq, len(checked.checks)) == (stepped.seq + 1, 1)
+    assert Persist(checked) in effects
+    # ... a check that saw no traffic is not.
+    idle, effects = run(checked, reading(checked, errors=0, requests=0), now=T0 + 2)
+    assert (idle.seq, len(idle.checks)) == (checked.seq, 2)
     assert "Persist" not in kinds(effects)
 
 
@@ -122,44 +148,155 @@ def test_only_the_leader_keeps_the_time() -> None:
 def test_a_reading_of_an_earlier_run_is_recorded_but_decides_nothing() -> None:
     state = at_step_1()
     old = "r0"
-    for _ in range(3):
-        state, _ = run(state, reading(state, errors=100, run_id=old))
-    assert (state.phase, state.failures) == (Phase.PROGRESSING, 0)
-    assert [(c["result"], c["run"], c["stale"]) for c in state.checks] == [("fail", old, True)] * 3
+    for i in range(10):
+        state, _ = run(state, reading(state, errors=100, run_id=old), now=T0 + i)
+    assert (state.phase, state.evidence) == (Phase.PROGRESSING, {})
+    assert [(c["result"], c["run"], c["stale"]) for c in state.checks] == \
+        [("inconclusive", old, True)] * 10
 
 
-def test_failing_readings_of_the_current_run_abort_it() -> None:
-    state = at_step_1()
-    state, _ = run(state, reading(state, errors=100))
-    state, effects = run(state, reading(state, errors=100))
+def test_a_failing_canary_of_the_current_run_is_aborted_and_the_reason_says_why() -> None:
+    state, effects, ticks = feed(at_step_1(), errors=100, ticks=20)
+    # 100% errors against 1%: each 3 s slice multiplies the evidence by up to ~90.
     assert (state.phase, state.aborted_by) == (Phase.ABORTED, Actor.GUARD)
+    assert ticks <= 9
     assert machine.weights(state, ROUTE) == {"stable": 100, "canary": 0}
     assert Persist(state) in effects and Rebuild() in effects
     assert any(isinstance(e, Log) and e.level == "warning" for e in effects)
+    reason = state.abort_reason or ""
+    assert reason.startswith("guard: canary error rate 100% [") and "> 1%: e=" in reason
+    assert f"(n={ticks * 100}, {ticks * 100} errors)" in reason
+
+
+IDLE = make(steps=None, weights={"stable": 90, "canary": 10})
+SATURDAYS = make(rollout={"revision": "v1", "steps": STEPS, "window": {"days": ["sat"]}},
+                 weights={"stable": 90, "canary": 10})  # outside: the configured weights serve
+
+
+def _given(kind: str) -> tuple[RouteState, Route]:
+    if kind == "idle":
+        return fresh(IDLE), IDLE
+    if kind == "outside-window":
+        return at_step_1(SATURDAYS), SATURDAYS
+    state = at_step_1()
+    if kind == "paused":
+        state = run(state, Act(Action.PAUSE))[0]
+    elif kind == "waiting-for-evidence":
+        state = run(state, Tick(leader=True), now=T0 + 30)[0]
+    elif kind == "waiting-for-promote":
+        state = run(state, Act(Action.PROMOTE))[0]
+        state = run(state, Tick(leader=True))[0]
+    return state, ROUTE
+
+
+@pytest.mark.parametrize("kind", ["progressing", "paused", "waiting-for-evidence",
+                                  "waiting-for-promote", "outside-window", "idle"])
+def test_the_guard_aborts_in_every_phase_but_promoted(kind: str) -> None:
+    state, route = _given(kind)
+    expected = {"paused": PauseReason.MANUAL, "waiting-for-evidence": PauseReason.WAITING,
+                "waiting-for-promote": PauseReason.AWAIT_PROMOTE,
+                "outside-window": PauseReason.OUTSIDE_WINDOW}.get(kind)
+    assert state.pause_reason == expected
+    state, _, _ = feed(state, errors=100, ticks=20, start=T0 + 40, route=route)
+    assert state.phase == Phase.ABORTED
+    assert machine.weights(state, route) == {"stable": 100, "canary": 0}
 
 
 def test_a_reading_that_failed_is_inconclusive() -> None:
     state = at_step_1()
-    failed = Measurement(state.run, state.step, "canary", "stable", 10.0, None, "timed out")
+    failed = Measurement(state.run, state.step, None, "timed out")
     state, _ = run(state, failed)
-    assert state.checks[-1]["result"] == "inconclusive"
-    assert state.failures == 0
+    assert (state.checks[-1]["result"], state.checks[-1]["error"]) == ("inconclusive",
+                                                                       "timed out")
+    assert state.phase == Phase.PROGRESSING
+
+
+def test_a_reading_of_another_replica_that_lost_the_lease_decides_nothing() -> None:
+    state = at_step_1()
+    late = replace(reading(state, errors=100), leader=False)
+    assert run(state, late) == (state, [])
 
 
 def test_a_promoted_run_is_final_the_guard_reports_but_does_not_revert() -> None:
     state = run(at_step_1(), Act(Action.PROMOTE, full=True))[0]
     assert state.phase == Phase.PROMOTED
-    for _ in range(3):
-        state, effects = run(state, reading(state, errors=100))
-        assert "Persist" not in kinds(effects)
+    state, _, _ = feed(state, errors=100, ticks=12)
     assert state.phase == Phase.PROMOTED
-    assert [c["result"] for c in state.checks] == ["fail"] * 3
+    assert state.checks[-1]["result"] == "fail"
     assert machine.weights(state, ROUTE) == {"stable": 0, "canary": 100}
 
 
-def test_evidence_is_restarted_when_the_step_changes() -> None:
-    state = replace(fresh(), evidence={"canary": {"errors": 3.0}})
-    assert run(state, Tick(leader=True))[0].evidence == {}
+def test_evidence_restarts_with_the_step_and_spends_a_new_share_only_if_it_could_fail() -> None:
+    state = at_step_1()  # canary at 20%, step 1 (pause 30s)
+    state, _, _ = feed(state, errors=0, ticks=2)  # 200 requests, no slice closed yet
+    assert (state.evidence["step"], state.evidence["segment"]) == (1, 0)
+    moved = run(state, Act(Action.PROMOTE))[0]  # skips the pause ...
+    moved = run(moved, Tick(leader=True), now=T0 + 2.5)[0]  # ... step 3, canary at 50%
+    assert moved.step == 3 and moved.evidence["step"] == 1  # kept until the next check
+    moved, _ = run(moved, reading(moved, errors=0), now=T0 + 3)
+    # A segment that never closed a slice could not have failed: its share is reused.
+    assert (moved.evidence["step"], moved.evidence["segment"]) == (3, 0)
+    assert moved.evidence["tests"]["canary:error_rate"]["trials"] == 100
+
+
+# --------------------------------------------------------------------------- steps wait for evidence
+
+
+def test_a_timed_pause_without_traffic_waits_for_evidence() -> None:
+    state = at_step_1()
+    state, _, _ = feed(state, errors=0, ticks=40, requests=0)
+    state, effects = run(state, Tick(leader=True), now=T0 + 41)
+    assert (state.phase, state.pause_reason, state.step) == (
+        Phase.PAUSED, PauseReason.WAITING, 1)
+    assert Persist(state) in effects
+    assert machine.weights(state, ROUTE)["canary"] == 20  # held, never blind
+
+
+def test_a_waiting_pause_goes_on_at_the_check_that_passes() -> None:
+    state = at_step_1()
+    state, _ = run(state, Tick(leader=True), now=T0 + 30)
+    assert state.pause_reason == PauseReason.WAITING
+    # 100 clean requests a second: "under 1%" needs about 400 clean requests.
+    for i in range(1, 30):
+        state, _ = run(state, reading(state, errors=0), now=T0 + 30 + i)
+        if state.step != 1:
+            break
+    assert 3 <= i <= 8
+    assert (state.step, state.pause_reason) == (3, PauseReason.AWAIT_PROMOTE)  # the next pause
+    assert machine.weights(state, ROUTE)["canary"] == 50
+    assert state.checks[-1]["result"] == "pass"
+
+
+def test_on_timer_advances_on_time_alone() -> None:
+    route = make(analysis={**ANALYSIS, "advance": "on-timer"})
+    state = at_step_1(route)
+    state, _ = run(state, Tick(leader=True), route=route, now=T0 + 30)
+    assert (state.step, machine.weights(state, route)["canary"]) == (3, 50)
+
+
+def test_a_step_without_analysis_ends_on_time() -> None:
+    route = make(analysis=None)
+    state = at_step_1(route)
+    state, _ = run(state, Tick(leader=True), route=route, now=T0 + 30)
+    assert state.step == 3
+
+
+def test_promote_passes_a_pause_waiting_for_evidence_and_resume_does_not() -> None:
+    state = run(at_step_1(), Tick(leader=True), now=T0 + 30)[0]
+    assert state.pause_reason == PauseReason.WAITING
+    with pytest.raises(machine.ActionError, match="promote skips the wait"):
+        run(state, Act(Action.RESUME))
+    paused = run(state, Act(Action.PAUSE))[0]
+    assert paused.pause_reason == PauseReason.MANUAL
+    promoted = run(state, Act(Action.PROMOTE))[0]
+    assert (promoted.phase, promoted.step) == (Phase.PROGRESSING, 2)
+
+
+def test_a_state_paused_by_the_old_inconclusive_limit_reads_as_waiting() -> None:
+    data = {**at_step_1().to_json(), "phase": "paused", "pause_reason": "inconclusive checks",
+            "failures": 1, "inconclusive": 5}
+    state = RouteState.from_json(data)
+    assert state.pause_reason == PauseReason.WAITING
 
 
 # --------------------------------------------------------------------------- gates
@@ -217,13 +354,22 @@ def test_a_newer_state_from_another_replica_is_adopted_without_a_write() -> None
 
 
 def test_a_retry_adopted_from_another_replica_starts_a_fresh_guard() -> None:
-    mine = at_step_1()
-    mine, _ = run(mine, reading(mine, errors=100))
-    assert mine.failures == 1
-    theirs = replace(mine, run="r9", step=0, seq=mine.seq + 2, failures=0)
+    mine, _, _ = feed(at_step_1(), errors=0, ticks=3)
+    assert mine.evidence["run"] == mine.run
+    theirs = replace(mine, run="r9", step=0, seq=mine.seq + 2, evidence={}, checks=())
     new, effects = run(mine, PeerUpdate(theirs))
-    assert (new.run, new.failures) == ("r9", 0)
+    assert (new.run, new.evidence) == ("r9", {})
     assert NewRun("r9") in effects and Rebuild() in effects  # the run is in the cookie
+
+
+def test_evidence_further_along_is_kept_when_another_replica_wins_a_race() -> None:
+    base, _, _ = feed(at_step_1(), errors=0, ticks=2)
+    mine, _ = run(base, reading(base, errors=0), now=T0 + 3)  # our write of this lost
+    theirs = replace(base, phase=Phase.PAUSED, pause_reason=PauseReason.MANUAL,
+                     seq=mine.seq)  # an operator's pause, decided on top of `base`
+    new, _ = run(mine, PeerUpdate(theirs, lost_race=True))
+    assert new.pause_reason == PauseReason.MANUAL
+    assert new.evidence == mine.evidence  # not rolled back to `base`'s
 
 
 @pytest.mark.parametrize(
@@ -314,7 +460,7 @@ def test_restore_keeps_a_stored_abort() -> None:
 
 
 def test_post_step_is_sent_for_every_step_passed_by_the_maker_only() -> None:
-    route = make(hooks=[POST, *NOTIFY])
+    route = make(hooks=[POST, *NOTIFY], analysis=None)  # steps end on time
     state = fresh(route)
     stepped, effects = run(state, Tick(leader=True), route=route)
     sent = [e for e in effects if isinstance(e, Notify)]

@@ -14,7 +14,6 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from splitproxy import rollout
-from splitproxy.analysis import Check
 from splitproxy.config import Analysis, DeployWindow, Route
 from splitproxy.rollout import (
     ActionError,
@@ -27,7 +26,6 @@ from splitproxy.rollout import (
     in_window,
     pause,
     promote,
-    record_check,
     resume,
     start,
     weights,
@@ -37,8 +35,8 @@ from splitproxy.rollout import retry as _retry
 
 ABORTED, IDLE, PAUSED, PROGRESSING, PROMOTED = (
     Phase.ABORTED, Phase.IDLE, Phase.PAUSED, Phase.PROGRESSING, Phase.PROMOTED)
-AWAIT_PROMOTE, INCONCLUSIVE, MANUAL, OUTSIDE_WINDOW = (
-    PauseReason.AWAIT_PROMOTE, PauseReason.INCONCLUSIVE, PauseReason.MANUAL,
+AWAIT_PROMOTE, WAITING, MANUAL, OUTSIDE_WINDOW = (
+    PauseReason.AWAIT_PROMOTE, PauseReason.WAITING, PauseReason.MANUAL,
     PauseReason.OUTSIDE_WINDOW)
 RUN = "r1"
 
@@ -64,7 +62,7 @@ STEPS: list[Any] = [
 ]
 WEEKDAYS = {"days": ["mon", "tue", "wed", "thu", "fri"], "start": "10:00", "end": "16:00",
             "tz": "Asia/Seoul"}
-ANALYSIS = {"failure_limit": 2, "min_requests": 10}
+ANALYSIS = {"max_error_rate": 0.01}
 
 
 def make_route(**kw: Any) -> Route:
@@ -87,18 +85,6 @@ def rolling(steps: list[Any] = STEPS, window: dict[str, Any] | None = None,
     if window is not None:
         ro["window"] = window
     return make_route(rollout=ro, analysis=kw.pop("analysis", ANALYSIS), **kw)
-
-
-def check(result: str, now: float = T0) -> Check:
-    return Check(now, "canary", result, 100, 100, ())  # type: ignore[arg-type]
-
-
-def fold(state: RouteState, route: Route, results: str, now: float = T0) -> RouteState:
-    """Record one check per word of `results` ("fail pass fail")."""
-    assert route.analysis is not None
-    for result in results.split():
-        state, _ = record_check(state, check(result, now), route.analysis, route, now)
-    return state
 
 
 def at(route: Route, *times: float) -> RouteState:
@@ -223,10 +209,11 @@ def test_abort_gives_everything_to_the_analysis_baseline_not_the_first_version()
 
 
 def test_retry_starts_over_at_step_zero_and_clears_the_abort() -> None:
-    aborted = fold(at(ROUTE, T0 + 30), ROUTE, "fail fail")
+    aborted = replace(abort(at(ROUTE, T0 + 30), "guard: bad", T0 + 31),
+                      checks=({"result": "fail"},), evidence={"run": RUN})
     state = retry(aborted, ROUTE, T0 + 60)
-    assert (pos(state), state.weight, state.abort_reason, state.failures) == (
-        (PROGRESSING, 0, None), None, None, 0)
+    assert (pos(state), state.weight, state.abort_reason, state.evidence) == (
+        (PROGRESSING, 0, None), None, None, {})
     assert state.checks == aborted.checks  # the history that led to the abort stays visible
     assert weights(advance(state, ROUTE, T0 + 60)[0], ROUTE)["canary"] == 20
 
@@ -258,6 +245,10 @@ def _fresh() -> tuple[RouteState, Route]:
 
 def _waiting() -> tuple[RouteState, Route]:
     return at(ROUTE, T0 + 30), ROUTE
+
+
+def _evidence() -> tuple[RouteState, Route]:
+    return advance(at(ROUTE), ROUTE, T0 + 30, passed=False)[0], ROUTE
 
 
 def _paused() -> tuple[RouteState, Route]:
@@ -325,6 +316,7 @@ pause_now: Action = pause
         (pause_now, _promoted, "only a progressing rollout"),
         (resume_now, _progressing, "only a manually paused"),
         (resume_now, _waiting, "use promote"),  # `pause: {}` is passed by promote, not resume
+        (resume_now, _evidence, "promote skips the wait"),
         (resume_now, _outside, "only a manually paused"),  # the window resumes by itself
         (resume_now, _aborted, "only a manually paused"),
         (resume_now, _promoted, "only a manually paused"),
@@ -338,103 +330,40 @@ def test_actions_that_do_not_apply_raise_action_error(
         action(state, route)
 
 
-# --------------------------------------------------------------------------- analysis
+# --------------------------------------------------------------------------- evidence
 
 
-@pytest.mark.parametrize(
-    ("limit", "results", "phase", "failures"),
-    [
-        (2, "fail", PROGRESSING, 1),
-        (2, "fail fail", ABORTED, 0),
-        (2, "fail pass fail", PROGRESSING, 1),  # a pass in between starts the count again
-        (2, "pass fail pass fail pass", PROGRESSING, 0),
-        (3, "fail fail", PROGRESSING, 2),
-        (3, "fail fail fail", ABORTED, 0),
-        (1, "fail", ABORTED, 0),
-        (2, "inconclusive inconclusive inconclusive", PROGRESSING, 0),  # low traffic never aborts
-    ],
-)
-def test_failure_limit_consecutive_fails_abort(
-    limit: int, results: str, phase: str, failures: int
-) -> None:
-    route = rolling(analysis={**ANALYSIS, "failure_limit": limit})
-    state = fold(at(route), route, results)
-    assert (state.phase, state.failures) == (phase, failures)
+def test_a_timed_pause_over_without_a_pass_waits_for_evidence() -> None:
+    state = at(ROUTE)
+    state, events = advance(state, ROUTE, T0 + 29.9, passed=False)
+    assert pos(state) == (PROGRESSING, 1, None)
+    state, events = advance(state, ROUTE, T0 + 30, passed=False)
+    assert pos(state) == (PAUSED, 1, WAITING)
+    assert events == ["step 2: pause of 30s over, waiting for evidence"]
+    assert weights(state, ROUTE)["canary"] == 20
+    assert advance(state, ROUTE, T0 + 3600, passed=False) == (state, [])
+    state, events = advance(state, ROUTE, T0 + 3600, passed=True)
+    assert pos(state) == (PAUSED, 3, AWAIT_PROMOTE)  # on to the next step, then its pause
+    assert events[0] == "step 2: the guard passed"
 
 
-def test_an_analysis_abort_gives_the_baseline_everything_with_reason_and_numbers() -> None:
-    state = fold(at(ROUTE, T0 + 30), ROUTE, "fail fail")
-    assert weights(state, ROUTE) == STABLE_ONLY
-    assert state.abort_reason is not None
-    assert state.abort_reason.startswith("2 failing checks in a row: fail: canary 100 req")
-    assert state.aborted_at == T0
+def test_a_pass_before_the_time_is_up_does_not_shorten_the_pause() -> None:
+    state = at(ROUTE)
+    assert pos(advance(state, ROUTE, T0 + 29, passed=True)[0]) == (PROGRESSING, 1, None)
 
 
-def test_record_check_reports_the_abort_as_an_event() -> None:
-    assert ROUTE.analysis is not None
-    state = fold(at(ROUTE), ROUTE, "fail")
-    _, events = record_check(state, check("fail"), ROUTE.analysis, ROUTE, T0)
-    assert len(events) == 1 and events[0].startswith("aborted: 2 failing checks in a row")
+def test_a_wait_for_promote_is_not_a_wait_for_evidence() -> None:
+    state = at(ROUTE, T0 + 30)
+    assert pos(advance(state, ROUTE, T0 + 3600, passed=False)[0]) == (PAUSED, 3, AWAIT_PROMOTE)
 
 
-@pytest.mark.parametrize(
-    "given", [_progressing, _paused, _waiting, _outside, _idle],
-    ids=["progressing", "paused", "waiting-for-promote", "outside-window", "idle"],
-)
-def test_analysis_aborts_in_every_phase(
-    given: Callable[[], tuple[RouteState, Route]],
-) -> None:
-    state, route = given()
-    aborted = fold(state, route, "fail fail")
-    assert aborted.phase == ABORTED
-    assert weights(aborted, route) == STABLE_ONLY
-
-
-def test_checks_after_an_abort_are_kept_but_change_nothing() -> None:
-    aborted = fold(at(ROUTE), ROUTE, "fail fail")
-    state = fold(aborted, ROUTE, "pass pass pass")
-    assert (state.phase, state.abort_reason) == (ABORTED, aborted.abort_reason)
-    assert [c["result"] for c in state.checks] == ["fail", "fail", "pass", "pass", "pass"]
-
-
-def test_check_history_is_bounded_newest_last() -> None:
-    route = rolling(analysis={**ANALYSIS, "history": 3})
+def test_waiting_for_evidence_outside_the_window_stays_outside() -> None:
+    route = rolling(window=WEEKDAYS)
     state = at(route)
-    for i in range(5):
-        assert route.analysis is not None
-        state, _ = record_check(state, check("pass", T0 + i), route.analysis, route, T0 + i)
-    assert [c["time"] for c in state.checks] == [T0 + 2, T0 + 3, T0 + 4]
-
-
-@pytest.mark.parametrize(
-    ("limit", "results", "expected"),
-    [
-        (3, "inconclusive inconclusive", (PROGRESSING, 1, None)),
-        (3, "inconclusive inconclusive inconclusive", (PAUSED, 1, INCONCLUSIVE)),
-        (3, "inconclusive inconclusive pass inconclusive", (PROGRESSING, 1, None)),
-        (3, "inconclusive inconclusive fail inconclusive", (PROGRESSING, 1, None)),
-        (None, " ".join(["inconclusive"] * 50), (PROGRESSING, 1, None)),
-    ],
-)
-def test_inconclusive_limit_pauses_a_progressing_rollout(
-    limit: int | None, results: str, expected: tuple[str, int, str | None]
-) -> None:
-    route = rolling(analysis={**ANALYSIS, "inconclusive_limit": limit})
-    assert pos(fold(at(route), route, results)) == expected
-
-
-def test_an_inconclusive_pause_holds_the_steps_and_resume_clears_it() -> None:
-    route = rolling(analysis={**ANALYSIS, "inconclusive_limit": 2})
-    blind = fold(at(route), route, "inconclusive inconclusive")
-    assert pos(advance(blind, route, T0 + 3600)[0]) == (PAUSED, 1, INCONCLUSIVE)
-    resumed = resume(blind, T0 + 3600)
-    assert (pos(resumed), resumed.inconclusive) == ((PROGRESSING, 1, None), 0)
-
-
-def test_inconclusive_checks_do_not_change_a_wait_for_promote() -> None:
-    route = rolling(analysis={**ANALYSIS, "inconclusive_limit": 1})
-    state = fold(at(route, T0 + 30), route, "inconclusive inconclusive")
-    assert pos(state) == (PAUSED, 3, AWAIT_PROMOTE)
+    friday_evening = seoul(7, "16:30")
+    state, _ = advance(replace(state, step_started=friday_evening - 60), route,
+                       friday_evening, passed=True)
+    assert pos(state) == (PAUSED, 1, OUTSIDE_WINDOW)
 
 
 # --------------------------------------------------------------------------- deployment window
@@ -498,7 +427,6 @@ def test_the_window_opening_again_resumes_progressing() -> None:
 def test_abort_is_allowed_outside_the_window() -> None:
     state = at_times(WINDOWED, SATURDAY)
     assert weights(abort(state, "manual", SATURDAY), WINDOWED) == STABLE_ONLY
-    assert weights(fold(state, WINDOWED, "fail fail", SATURDAY), WINDOWED) == STABLE_ONLY
 
 
 NIGHTS = {"days": ["fri"], "start": "22:00", "end": "02:00", "tz": "Asia/Seoul"}
@@ -588,8 +516,8 @@ def edit(**kw: Any) -> Route:
         ({"rollout__canary": "canary"}, False),  # the same canary, now named explicitly
         ({"analysis__max_error_rate": 0.05}, False),
         ({"analysis__max_p99_ms": 250.0}, False),
-        ({"analysis__failure_limit": 5}, False),
-        ({"analysis__interval": 1.0, "analysis__window": 5.0}, False),
+        ({"analysis__alpha": 0.001}, False),
+        ({"analysis__interval": 5.0, "analysis__advance": "on-timer"}, False),
         ({"rollout__webhooks": [{"on": "abort", "url": "http://127.0.0.1:7000/n",
                                  "timeout": 1.0}]}, False),
         ({"rollout__window": WEEKDAYS}, False),
@@ -654,9 +582,9 @@ def test_blue_green_switch_is_watched_and_switches_back_on_abort() -> None:
     assert weights(abort(state, "x", T0), route) == {"blue": 100, "green": 0}
 
 
-def test_blue_green_failing_checks_switch_back() -> None:
+def test_blue_green_abort_switches_back() -> None:
     route = blue_green("green")
-    state = fold(start(route, T0, RUN, previous=served("blue")), route, "fail fail")
+    state = abort(start(route, T0, RUN, previous=served("blue")), "guard: x", T0)
     assert weights(state, route) == {"blue": 100, "green": 0}
 
 
@@ -680,7 +608,7 @@ def test_blue_green_retry_keeps_the_color_to_switch_back_to() -> None:
     # After a retry the switch is watched again: a second failure must still fall back to blue.
     route = blue_green("green")
     retried = retry(abort(start(route, T0, RUN, previous=served("blue")), "x", T0), route, T0)
-    assert weights(fold(retried, route, "fail fail"), route) == {"blue": 100, "green": 0}
+    assert weights(abort(retried, "guard: x", T0), route) == {"blue": 100, "green": 0}
 
 
 # --------------------------------------------------------------------------- persistence shape
@@ -689,7 +617,9 @@ def test_blue_green_retry_keeps_the_color_to_switch_back_to() -> None:
 def test_state_round_trips_through_json() -> None:
     import json
 
-    state = fold(at(ROUTE, T0 + 30), ROUTE, "fail fail")
+    state = replace(abort(at(ROUTE, T0 + 30), "guard: x", T0 + 31),
+                    evidence={"v": 1, "run": RUN, "tests": {"canary:error_rate": {"v": 1}}},
+                    checks=({"result": "fail", "time": T0},))
     text = json.dumps(state.to_json())
     again = RouteState.from_json(json.loads(text))
     assert json.dumps(again.to_json()) == text
@@ -705,5 +635,5 @@ def test_replace_keeps_states_comparable() -> None:
 
 def test_analysis_defaults_match_the_issue() -> None:
     a = Analysis()
-    assert (a.failure_limit, a.max_error_rate, a.min_requests, a.include_synthetic) == (
-        2, 0.01, 50, False)
+    assert (a.alpha, a.beta, a.interval, a.advance, a.max_error_rate, a.include_synthetic) == (
+        0.01, 0.05, 1.0, "on-pass", 0.01, False)
