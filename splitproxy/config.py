@@ -494,6 +494,9 @@ class Timeouts(_Frozen):
     # Between two reads of a response after its head (nginx proxy_read_timeout, 60 s): 504,
     # or a cut answer once it began; a timeout of the version.
     upstream_read: _Timeout = 60.0
+    # Between two writes the client accepts while output waits for it (nginx send_timeout,
+    # 60 s): the client's connection is cut and the upstream one closed; a client abort.
+    client_send: _Timeout = 60.0
     # How long a request may wait for an upstream connection when every connection attempt
     # slot is taken: 503 with Retry-After, the proxy's own.
     pool_wait: _Timeout = 5.0

@@ -91,7 +91,7 @@ class ProxyServer:
         while True:
             t = self.timeouts  # a reload may shorten them
             tick = min(1.0, max(0.05, min(t.client_header, t.idle, t.response_header,
-                                          t.client_body, t.upstream_read) / 5))
+                                          t.client_body, t.upstream_read, t.client_send) / 5))
             await asyncio.sleep(tick)
             now = self.loop.time()
             for conn in list(self.connections):

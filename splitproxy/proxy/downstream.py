@@ -6,13 +6,17 @@ Requests are parsed here, checked for ambiguous framing, routed to a version and
 Memory per connection is bounded by one rule: nothing more is read from a client while an
 answer waits to be written beyond the write buffer's high-water mark (the transport paused
 us), while a request waits behind another (pipelining), or while an upgrade is undecided; and
-no new answer is started while the client is not reading the previous one.
+no new answer is started while the client is not reading the previous one. A client that
+stops reading altogether is cut after `timeouts.client_send` without progress (the send
+timeout), so it cannot hold the upstream connection its answer paused.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import socket
+import struct
 from collections import deque
 from typing import TYPE_CHECKING, cast
 
@@ -38,6 +42,8 @@ WRITE_HIGH_WATER = 256 * 1024
 LINGER_TIME = 5.0
 LINGER_BYTES = 16 << 20
 
+_RESET_ON_CLOSE = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close() sends a reset
+
 # Owners of a pause of the client's reading; reading resumes when none is left.
 _PIPELINE = "pipeline"  # a request waits behind another
 _WRITE = "write"  # the client does not read what we write
@@ -50,7 +56,8 @@ class DownstreamProtocol(asyncio.Protocol):
         "_url", "_headers", "_in_head", "_head_bytes", "_head_size", "deadline", "_timer_kind",
         "_read_paused_by", "_paused_upstream", "_tunnel", "_upgrading", "_broken",
         "_body_bytes", "_write_blocked", "_held", "lingering", "_linger_bytes", "_client_eof",
-        "reads", "_reads_seen", "_body_deadline",
+        "reads", "_reads_seen", "_body_deadline", "_send_watch", "_send_pending",
+        "_send_deadline",
     )
 
     def __init__(self, server: ProxyServer) -> None:
@@ -86,6 +93,11 @@ class DownstreamProtocol(asyncio.Protocol):
         self.reads = 0
         self._reads_seen = 0
         self._body_deadline = 0.0
+        # Send timeout: set while output waits for the client (paused writing, or a close
+        # that waits for the buffer to drain); only then does the sweeper look at it.
+        self._send_watch = False
+        self._send_pending = 0  # bytes waiting to be written, as the sweeper last saw
+        self._send_deadline = 0.0
 
     @property
     def draining(self) -> bool:
@@ -181,6 +193,7 @@ class DownstreamProtocol(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         self._write_blocked = True
+        self._send_watch = True
         if self._tunnel is None:
             self.pause_reading_for(_WRITE)
         current = self.current
@@ -204,6 +217,7 @@ class DownstreamProtocol(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self._write_blocked = False
+        self._send_deadline = 0.0  # the buffer drained to its low-water mark: progress
         if self._paused_upstream is not None:
             if not self._paused_upstream.is_closing():
                 self._paused_upstream.resume_reading()
@@ -384,8 +398,12 @@ class DownstreamProtocol(asyncio.Protocol):
 
     def _close(self) -> None:
         self._cancel_timer()
-        if self.transport is not None and not self.transport.is_closing():
-            self.transport.close()
+        transport = self.transport
+        if transport is not None and not transport.is_closing():
+            transport.close()
+            if transport.get_write_buffer_size():
+                # close() waits for the client to read what is left, forever if it does not.
+                self._send_watch = True
 
     def _linger(self) -> None:
         """Close after an answer without resetting the client: send FIN after what is
@@ -406,7 +424,13 @@ class DownstreamProtocol(asyncio.Protocol):
         self._read_paused_by.clear()
         transport.resume_reading()
         self._timer_kind = "linger"
-        self.deadline = self.loop.time() + LINGER_TIME
+        if transport.get_write_buffer_size():
+            # The answer is still going out (the FIN follows it): the lingering time starts
+            # once it has, and the send timeout bounds the wait until then.
+            self._send_watch = True
+            self.deadline = 0.0
+        else:
+            self.deadline = self.loop.time() + LINGER_TIME
 
     # -- timers -----------------------------------------------------------------------------
     def _arm_timer(self, kind: str) -> None:
@@ -428,6 +452,8 @@ class DownstreamProtocol(asyncio.Protocol):
             ex.check_deadline(now)
         if self.receiving is not None and not self._in_head and not self._broken:
             self._check_body_progress(now)
+        if self._send_watch:
+            self._check_send_progress(now)
 
     def _check_body_progress(self, now: float) -> None:
         """The request-body timeout (nginx's client_body_timeout): between two reads of the
@@ -437,6 +463,38 @@ class DownstreamProtocol(asyncio.Protocol):
             self._body_deadline = now + self.server.timeouts.client_body
         elif now >= self._body_deadline:
             self._reject(408, "request body not received in time")
+
+    def _check_send_progress(self, now: float) -> None:
+        """The send timeout (nginx's send_timeout): between two writes the client accepted,
+        while output waits for it. Progress is the buffer shrinking: while writing is paused
+        nothing is added to it (the upstream is paused too)."""
+        transport = self.transport
+        if transport is None:
+            return
+        pending = transport.get_write_buffer_size()
+        if not pending and not self._write_blocked:
+            self._send_watch = False
+            self._send_pending = 0
+            self._send_deadline = 0.0
+            if self.lingering and not self.deadline:
+                self.deadline = now + LINGER_TIME  # the answer is out: linger now
+            return
+        if pending < self._send_pending or not self._send_deadline:
+            self._send_deadline = now + self.server.timeouts.client_send
+        self._send_pending = pending
+        if now >= self._send_deadline:
+            # The client stopped reading. Closing would wait for it forever: cut it, with a
+            # reset so the kernel drops what it still queues for it (nginx's
+            # reset_timedout_connection). The answer in progress counts as a client abort and
+            # its upstream connection (paused, unread bytes on it) is closed, not pooled, when
+            # the connection is lost.
+            self._send_watch = False
+            log.info("client %s read nothing for %gs: connection cut",
+                     self.client_ip.decode("latin-1"), self.server.timeouts.client_send)
+            sock = transport.get_extra_info("socket")
+            if sock is not None:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _RESET_ON_CLOSE)
+            transport.abort()
 
     def _on_timer(self) -> None:
         kind = self._timer_kind

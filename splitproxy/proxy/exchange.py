@@ -32,6 +32,10 @@ RAW, CHUNKED, DISCARD = 0, 1, 2
 
 PENDING_HIGH_WATER = 256 * 1024
 
+# Interim (1xx) responses accepted before the final one; more is the version's protocol error
+# (502). Each head is bounded by limits.max_response_header, their number by this. CPython's
+# http.client allows 100 (_MAXINTERIMRESPONSES), Go's net/http 5; Envoy passes one on.
+MAX_INTERIM = 100
 
 
 class Exchange:
@@ -43,7 +47,7 @@ class Exchange:
         "response_started", "response_status", "response_mode", "close_after", "start_time",
         "set_cookie", "local", "finished", "upgrade", "head_only_response", "retried", "up_close",
         "unframed", "continue_100", "deadline", "out", "flushed", "pool", "stats", "_has_body",
-        "_informational", "awaiting_body", "body_buffer", "reads", "_reads_seen",
+        "_interim", "awaiting_body", "body_buffer", "reads", "_reads_seen",
         "read_deadline", "sent_at", "held", "paused_at",
     )
 
@@ -95,7 +99,7 @@ class Exchange:
         # Response bytes gathered while one upstream packet is parsed, written in one call.
         self.out: list[bytes] = []
         self.flushed = False  # some of the answer has been written to the client
-        self._informational = False
+        self._interim = 0  # interim (1xx) responses so far; inside one while no final status
         # Small bodies are read whole before an upstream connection is taken, so a slow
         # upload holds no upstream connection (nginx buffers request bodies too).
         self.body_buffer = 0  # up to this many body bytes; set by the downstream
@@ -272,7 +276,11 @@ class Exchange:
             return
         if 100 <= status < 200 and status != 101:
             # Interim answers (103 Early Hints, a stray 100) go to HTTP/1.1 clients as they are.
-            self._informational = True
+            self._interim += 1
+            if self._interim > MAX_INTERIM:
+                self.fail(502, "protocol",
+                          f"upstream sent more than {MAX_INTERIM} interim (1xx) responses")
+                return
             if self.client_11 and status != 100:
                 self.down.write(head_bytes(status, reason, read_response(headers)[0], ()))
             return
@@ -338,7 +346,7 @@ class Exchange:
         self.out.append(head_bytes(status, reason, kept, extra))
 
     def response_body(self, data: bytes) -> None:
-        if self.finished or self._informational:
+        if self.finished or not self.response_status:  # an interim response's body: none
             return
         mode = self.response_mode
         if mode == RAW:
@@ -363,9 +371,8 @@ class Exchange:
                 self.down.writelines(out)
 
     def response_message_complete(self) -> None:
-        if self._informational:
-            self._informational = False
-            return
+        if not self.response_status:
+            return  # an interim response ended: the final one follows
         if self.response_status == 101 and self.upgrade:
             return  # the parser raises HttpParserUpgrade next: see upstream_upgraded
         if not self.head_only_response:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import struct
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,6 @@ from splitproxy.service import Service
 
 from .conftest import (
     admin,
-    closed_port,
     metric,
     proxy_config,
     raw_client,
@@ -53,8 +53,10 @@ async def get_all(svc: Service, n: int) -> dict[int, int]:
     return statuses
 
 
-async def test_failing_endpoint_is_ejected_and_no_request_fails(tmp_path: Path) -> None:
-    dead = f"http://127.0.0.1:{closed_port()}"
+async def test_failing_endpoint_is_ejected_and_no_request_fails(
+    tmp_path: Path, refused_port: Callable[[], int]
+) -> None:
+    dead = f"http://127.0.0.1:{refused_port()}"
     async with run_upstream("live") as live:
         cfg = two_endpoints(live.url, dead)
         async with running_service(tmp_path, cfg) as (svc, _), admin(svc) as session:
@@ -78,9 +80,9 @@ async def test_failing_endpoint_is_ejected_and_no_request_fails(tmp_path: Path) 
 
 
 async def test_ejected_endpoint_returns_and_repeat_ejection_lasts_twice_as_long(
-    tmp_path: Path,
+    tmp_path: Path, refused_port: Callable[[], int]
 ) -> None:
-    dead = f"http://127.0.0.1:{closed_port()}"
+    dead = f"http://127.0.0.1:{refused_port()}"
     async with run_upstream("live") as live:
         cfg = two_endpoints(live.url, dead, base_ejection="500ms", max_ejection="5s")
         async with running_service(tmp_path, cfg) as (svc, _), admin(svc) as session:
@@ -106,8 +108,10 @@ async def test_ejected_endpoint_returns_and_repeat_ejection_lasts_twice_as_long(
     assert second > first * 1.4, periods
 
 
-async def test_only_endpoint_is_never_ejected(tmp_path: Path) -> None:
-    dead = f"http://127.0.0.1:{closed_port()}"
+async def test_only_endpoint_is_never_ejected(
+    tmp_path: Path, refused_port: Callable[[], int]
+) -> None:
+    dead = f"http://127.0.0.1:{refused_port()}"
     cfg = proxy_config([route({"stable": dead})],
                        health={"consecutive_failures": 3, "min_healthy": 1})
     async with running_service(tmp_path, cfg) as (svc, _), admin(svc) as session:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,6 @@ from splitproxy import __version__
 from .conftest import (
     WAIT,
     admin,
-    closed_port,
     metric,
     proxy_config,
     raw_client,
@@ -125,9 +125,11 @@ async def test_in_flight_gauge_counts_a_slow_request(tmp_path: Path) -> None:
     assert hist[0.25] == 0 and hist[0.5] == 1, hist
 
 
-async def test_dead_canary_is_blamed_for_its_own_502s(tmp_path: Path) -> None:
+async def test_dead_canary_is_blamed_for_its_own_502s(
+    tmp_path: Path, refused_port: Callable[[], int]
+) -> None:
     async with upstreams("stable") as ups:
-        dead = f"http://127.0.0.1:{closed_port()}"
+        dead = f"http://127.0.0.1:{refused_port()}"
         cfg = split(ups["stable"].url, dead)
         async with running_service(tmp_path, cfg) as (svc, _), admin(svc) as session:
             statuses: dict[int, int] = {}

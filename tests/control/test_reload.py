@@ -20,7 +20,6 @@ from .conftest import (
     RawClient,
     Upstream,
     admin,
-    closed_port,
     metric,
     proxy_config,
     raw_client,
@@ -276,12 +275,13 @@ async def test_burst_of_writes_is_debounced_and_the_last_one_wins(
 
 
 async def test_listen_change_is_logged_as_not_applied(
-    tmp_path: Path, two: dict[str, Upstream], caplog: pytest.LogCaptureFixture
+    tmp_path: Path, two: dict[str, Upstream], caplog: pytest.LogCaptureFixture,
+    refused_port: Callable[[], int],
 ) -> None:
     caplog.set_level(logging.INFO, logger="splitproxy")
     async with running_service(tmp_path, split_config(two, 90, 10)) as (svc, path):
         old_port = svc.proxy_port
-        new_port = closed_port()
+        new_port = refused_port()
         cfg = split_config(two, 0, 100)
         cfg["listen"] = f"127.0.0.1:{new_port}"
         write_config(path, cfg)

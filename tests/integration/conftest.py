@@ -17,8 +17,10 @@ import asyncio
 import contextlib
 import copy
 import socket
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
 from typing import Any
+
+import pytest
 
 from splitproxy.config import Config
 from splitproxy.server import ProxyServer
@@ -55,7 +57,6 @@ __all__ = [
     "Upstream",
     "assert_error",
     "build_request",
-    "closed_port",
     "free_port",
     "get",
     "parse_response_bytes",
@@ -64,6 +65,7 @@ __all__ = [
     "proxy_config",
     "raw_client",
     "read_request",
+    "refused_port",
     "respond_with",
     "route",
     "rss_bytes",
@@ -82,9 +84,27 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def closed_port() -> int:
-    """A port with nothing listening: connecting to it is refused."""
-    return free_port()
+@pytest.fixture
+def refused_port() -> Iterator[Callable[[], int]]:
+    """Makes ports where connecting is refused, for the whole test.
+
+    Each is a socket bound and never listening, held until the test ends: Linux answers a
+    connection to it with a reset, and no other socket can take the port meanwhile (the
+    holder has no SO_REUSEADDR, and a bound port is never chosen as an ephemeral one). A
+    port that was merely free a moment ago can be taken by another process's listener, or
+    by an outgoing connection that then connects to itself (TCP simultaneous open).
+    """
+    held: list[socket.socket] = []
+
+    def make() -> int:
+        sock = socket.socket()
+        held.append(sock)
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+    yield make
+    for sock in held:
+        sock.close()
 
 
 def rss_bytes() -> int:

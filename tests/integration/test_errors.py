@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 from splitproxy.config import Config
 
 from .conftest import (
     assert_error,
     build_request,
-    closed_port,
     get,
     parse_response_bytes,
     proxied,
@@ -55,8 +55,10 @@ async def test_header_block_just_under_limit_is_served() -> None:
         assert resp.status == 200
 
 
-async def test_connect_refused_is_502_counted_as_connect() -> None:
-    cfg = proxy_config([route({"stable": f"http://127.0.0.1:{closed_port()}"})])
+async def test_connect_refused_is_502_counted_as_connect(
+    refused_port: Callable[[], int],
+) -> None:
+    cfg = proxy_config([route({"stable": f"http://127.0.0.1:{refused_port()}"})])
     async with run_proxy(cfg) as srv:
         resp = await get(srv.port, "/")
         assert_error(resp, 502)
@@ -167,8 +169,10 @@ async def test_no_matching_route_is_404() -> None:
         assert up.requests == 0
 
 
-async def test_errors_do_not_poison_the_next_request_on_the_connection() -> None:
-    refused = f"http://127.0.0.1:{closed_port()}"
+async def test_errors_do_not_poison_the_next_request_on_the_connection(
+    refused_port: Callable[[], int],
+) -> None:
+    refused = f"http://127.0.0.1:{refused_port()}"
     async with run_upstream("stable") as up:
         cfg = proxy_config(
             [route({"stable": up.url, "broken": refused}, {"stable": 1, "broken": 0}, sticky=PIN)]
