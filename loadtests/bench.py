@@ -301,7 +301,8 @@ def start_nginx_proxy(
 
 # `--analysis`: the route is guarded with three latency limits, so every request is also
 # timed against each limit on the hot path (the most a route can ask for).
-ANALYSIS = "    analysis: {max_error_rate: 0.01, max_p50_ms: 100, max_p90_ms: 150, max_p99_ms: 200}\n"
+ANALYSIS = ("    analysis: {max_error_rate: 0.01, max_p50_ms: 100, max_p90_ms: 150, "
+            "max_p99_ms: 200}\n")
 
 
 def start_splitproxy(children: Children, tmp: Path, upstream: int, name: str = "splitproxy",

@@ -237,6 +237,9 @@ def route_view(status: dict[str, Any], name: str) -> dict[str, Any]:
         "aborted_at": pick("aborted_at"),
         "weights": {v: d.get("effective_weight") for v, d in route.get("versions", {}).items()},
         "checks": pick("checks") or [],
+        "pause_reason": pick("pause_reason"),
+        "step": pick("step"),
+        "guard": pick("guard"),
     }
 
 

@@ -2,7 +2,7 @@
 
     python -m loadtests.scenarios steady-split            # one scenario, full length
     python -m loadtests.scenarios bad-canary --short      # the CI version (< 40 s)
-    python -m loadtests.scenarios all                     # all six, one after another
+    python -m loadtests.scenarios all                     # all seven, one after another
     python -m loadtests.scenarios --list
 
 Each run starts fault-injectable upstreams (`loadtests.upstream`) and splitproxy as
@@ -22,6 +22,8 @@ import locust  # noqa: F401 -- first: gevent monkey-patches the standard library
 # isort: split
 
 import argparse
+import http.client
+import math
 import shutil
 import signal
 import sys
@@ -32,15 +34,26 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from loadtests import analysis, report, runner
-from loadtests.analysis import ANON, COOKIE, PINNED, USER
+import gevent  # type: ignore[import-untyped]  # no stubs are installed
+import gevent.event  # type: ignore[import-untyped]
+
+from loadtests import analysis, locustfile, report, runner
+from loadtests.analysis import ANON, COOKIE, PINNED, USER, Sample
+from loadtests.harness import StatusLog
 from loadtests.runner import Run, say
 
 REPORTS = Path(__file__).resolve().parent / "reports"
 STICKY = {"hash_header": "X-User-Id", "cookie": "splitproxy"}
-GUARD = {"interval": "1s", "window": "5s", "min_requests": 20, "failure_limit": 2}
-GUARD_INTERVAL, GUARD_FAILURE_LIMIT = 1.0, 2
+GUARD_INTERVAL = 1.0
+GUARD = {"interval": f"{GUARD_INTERVAL:g}s"}
 SLOW_MS, P99_LIMIT_MS = 800, 400
+# How long the guard takes to abort a canary failing every request, against a 1% limit, at
+# the scenarios' traffic (>= 10 canary req/s, after up to 15 s of healthy traffic): p99 13 s
+# in `python -m loadtests.guard_scenarios` (README: "How long a verdict takes"), plus the
+# interval and 1 s for answers already in flight. The window guard of splitproxy 0.2 took
+# interval * failure_limit + 1 = 3 s, with no bound at all on its false aborts.
+REVERT_S = 13.0 + GUARD_INTERVAL + 1.0
+FAULT_AT = 0.4  # share of the run before the fault: time for the abort and for the after
 
 
 def route(run: Run, versions: dict[str, list[str]], **fields: Any) -> dict[str, Any]:
@@ -114,7 +127,7 @@ def _guarded(run: Run, limits: dict[str, Any], fault: dict[str, Any], label: str
                            analysis={**GUARD, **limits})])
     # Testers who pin the canary: they must still reach it after an abort (and are left out).
     run.start_load(mix={USER: 7, COOKIE: 2, ANON: 1, PINNED: 1}, pin_version="canary")
-    run.at(run.duration / 2)
+    run.at(run.duration * FAULT_AT)
     assert run.upstreams is not None
     run.upstreams.control("canary-1", **fault)
     fault_t = run.mark(label, "fault")
@@ -167,20 +180,20 @@ def _check_revert(run: Run, fault_t: float, limit_s: float, slow_ms: float | Non
 
 
 def bad_canary(run: Run) -> None:
-    """The canary answers 500 from half-way; the guard must abort within
-    interval * failure_limit + 1 s, and no user may reach the canary after."""
-    fault_t = _guarded(run, {"max_error_rate": 0.05}, {"error_rate": 1.0},
+    """The canary answers 500 from 40% of the run; the guard must abort within the simulated
+    p99 time for it (13 s) + interval + 1 s, and no user may reach the canary after."""
+    fault_t = _guarded(run, {"max_error_rate": 0.01}, {"error_rate": 1.0},
                        "canary returns 500s")
-    _check_revert(run, fault_t, GUARD_INTERVAL * GUARD_FAILURE_LIMIT + 1, None, "")
+    _check_revert(run, fault_t, REVERT_S, None, "error rate")
 
 
 def slow_canary(run: Run) -> None:
-    """The canary's latency jumps to 800 ms half-way; the p99 threshold (400 ms) must abort it.
-    The limit adds the 800 ms the last canary answer takes to arrive."""
+    """The canary's latency jumps to 800 ms at 40% of the run; the p99 limit (400 ms: at most 1%
+    of requests slower) must abort it as fast as a failing one. The limit adds the 800 ms the
+    last canary answer takes to arrive."""
     fault_t = _guarded(run, {"max_error_rate": 0.05, "max_p99_ms": P99_LIMIT_MS},
                        {"delay_ms": SLOW_MS}, f"canary slows to {SLOW_MS} ms")
-    limit = GUARD_INTERVAL * GUARD_FAILURE_LIMIT + 1 + SLOW_MS / 1000
-    _check_revert(run, fault_t, limit, P99_LIMIT_MS, "p99")
+    _check_revert(run, fault_t, REVERT_S + SLOW_MS / 1000, P99_LIMIT_MS, "p99")
 
 
 # --- 5. blue-green-switch -----------------------------------------------------------------------
@@ -260,6 +273,113 @@ def rolling_endpoints(run: Run) -> None:
     run.check_sticky((USER, COOKIE))
 
 
+# --- 7. healthy-canary ----------------------------------------------------------------------------
+
+# Every canary at half of every limit: 2.5% errors against 5%, and 5% of answers 300 ms late
+# against "at most 10% slower than 250 ms" (max_p90_ms).
+HEALTHY_LIMITS = {"max_error_rate": 0.05, "max_p90_ms": 250}
+HEALTHY_FAULTS = {"error_rate": 0.025, "slow_rate": 0.05, "slow_ms": 300}
+# Canary requests a pass of both limits at one check needs at half of each, p95
+# (`python -m loadtests.guard_scenarios`; README: "How long a verdict takes"): 1257.
+PASS_NEEDS = 1300
+HEALTHY_RATES = {"quiet": 2.0, "light": 10.0, "busy": 100.0}  # canary requests a second
+HEALTHY_PAUSE = "5s"
+
+
+def _paced(run: Run, path: str, rate: float, stop: gevent.event.Event) -> None:
+    """One client of `path` sending `rate` requests a second on a keep-alive connection,
+    recorded as anonymous samples (it lags, and does not catch up, when answers are slow)."""
+    assert run.proxy is not None
+    host, port = run.proxy.url.removeprefix("http://").rsplit(":", 1)
+    conn = http.client.HTTPConnection(host, int(port), timeout=10)
+    gap = 1.0 / rate
+    due = time.time()
+    while not stop.is_set():
+        sent = time.time()
+        try:
+            conn.request("GET", path)
+            resp = conn.getresponse()
+            resp.read()
+            status, version = resp.status, resp.getheader("X-Served-By")
+            instance = resp.getheader("X-Upstream-Instance")
+        except (OSError, http.client.HTTPException):
+            conn.close()
+            status, version, instance = 0, None, None
+        locustfile.RECORDER.add(Sample(sent, 1000 * (time.time() - sent), status, version,
+                                       path.strip("/"), ANON, instance))
+        due = max(due + gap, time.time())
+        gevent.sleep(max(0.0, due - time.time()))
+    conn.close()
+
+
+def healthy_canary(run: Run) -> None:
+    """Canaries at half of every limit (errors, latency) at 2, 10 and 100 canary req/s, each in
+    a rollout that waits for evidence: none is aborted; each is still progressing or promoted;
+    one whose traffic gives the evidence a pass needs completes its rollout on evidence."""
+    instances: dict[str, str] = {}
+    for name in HEALTHY_RATES:
+        instances |= {f"{name}-stable": "stable", f"{name}-canary": "canary"}
+    run.start_upstreams(instances)
+    assert run.upstreams is not None
+    for name in HEALTHY_RATES:
+        run.upstreams.control(f"{name}-canary", **HEALTHY_FAULTS)
+    run.route = "busy"  # the status log and the plot's weights follow this one
+    run.start_proxy([
+        {"name": name, "match": {"path_prefix": f"/{name}"},
+         "versions": {v: {"endpoints": [run.url(f"{name}-{v}")]} for v in ("stable", "canary")},
+         "weights": {"stable": 100, "canary": 0}, "analysis": {**GUARD, **HEALTHY_LIMITS},
+         "rollout": {"steps": [{"set_weight": 50}, {"pause": HEALTHY_PAUSE}]}}
+        for name in HEALTHY_RATES])
+    assert run.proxy is not None
+    logs = {name: StatusLog(run.proxy, name, interval=0.5) for name in HEALTHY_RATES}
+    run._greenlets += [gevent.spawn(log.run) for log in logs.values()]
+    stop = gevent.event.Event()
+    clients = []
+    for name, rate in HEALTHY_RATES.items():
+        total = 2 * rate  # the canary has half of the route's requests
+        n = max(1, math.ceil(total / 20))
+        clients += [gevent.spawn(_paced, run, f"/{name}", total / n, stop) for _ in range(n)]
+    run.t0 = time.time()
+    run.mark("load started", "load")
+    run.at(run.duration)
+    stop.set()
+    gevent.joinall(clients, timeout=15)
+    run.t_end = time.time()
+    for log in logs.values():
+        log.running = False
+    report: dict[str, Any] = {}
+    for name, log in logs.items():
+        last = log.poll() or log.last
+        canary = sum(1 for s in run.samples if s.user == name and s.version == "canary"
+                     and s.status)
+        aborted = log.first_aborted()
+        passes = [c for c in last.get("checks", []) if c.get("result") == "pass"]
+        guard = last.get("guard") or {}
+        promoted = next((r["t"] - run.t0 for r in log.rows if r.get("phase") == "promoted"),
+                        None)
+        report[name] = {"phase": last.get("phase"), "pause_reason": last.get("pause_reason"),
+                        "canary_answers": canary, "promoted_after_s": promoted,
+                        "guard": guard.get("summary")}
+        run.expect(f"{name}: no abort", aborted is None and last.get("phase") in
+                   ("progressing", "paused", "promoted"),
+                   f"phase {last.get('phase')} ({last.get('pause_reason') or '-'}) after "
+                   f"{canary} canary answers; {guard.get('summary') or 'no verdict yet'}"
+                   + (f"; aborted: {aborted.get('abort_reason')}" if aborted else ""))
+        if canary >= PASS_NEEDS:
+            run.expect(f"{name}: completed on evidence",
+                       last.get("phase") == "promoted" and bool(passes),
+                       f"{canary} canary answers >= {PASS_NEEDS} a pass needs (p95): phase "
+                       f"{last.get('phase')}"
+                       + (f" {promoted:.1f}s after the load started" if promoted else "")
+                       + f", {len(passes)} passing checks in the history")
+    run.facts["routes"] = report
+    # The canaries' 500s are injected (half the limit); nothing else may fail.
+    bad = [s for s in run.samples if s.status == 0 or (s.error and s.version != "canary")]
+    run.expect("every request answered", not bad,
+               f"{len(bad)} of {len(run.samples)} requests failed other than by the canary's "
+               f"injected 500s ({sum(1 for s in run.samples if s.error)} 500s in all)")
+
+
 # --- running ------------------------------------------------------------------------------------
 
 
@@ -279,10 +399,11 @@ class Scenario:
 SCENARIOS = {s.name: s for s in (
     Scenario("steady-split", steady_split, 30, 12),
     Scenario("weight-shift", weight_shift, 45, 24),
-    Scenario("bad-canary", bad_canary, 30, 16),
-    Scenario("slow-canary", slow_canary, 30, 16),
+    Scenario("bad-canary", bad_canary, 30, 24),
+    Scenario("slow-canary", slow_canary, 30, 24),
     Scenario("blue-green-switch", blue_green_switch, 30, 14),
     Scenario("rolling-endpoints", rolling_endpoints, 30, 18),
+    Scenario("healthy-canary", healthy_canary, 60, 30),
 )}
 
 

@@ -8,6 +8,7 @@ Each instance (`NAME=VERSION:PORT`, on 127.0.0.1) answers every method and path 
 count errors per version. At run time, on the instance's own port:
 
     POST /_control {"error_rate": 1.0, "delay_ms": 800}    # any subset of the fault fields
+    POST /_control {"slow_rate": 0.05, "slow_ms": 300}     # 5% of answers 300 ms later
     POST /_control {"schedule": [{"after": 15, "error_rate": 1.0}]}   # seconds from now
     POST /_control {"shutdown": true}     # stop listening, finish in-flight, close keep-alives
     GET  /_control                        # current faults and counters, as JSON
@@ -35,7 +36,7 @@ from aiohttp import web
 HOST = "127.0.0.1"
 CONTROL_PATH = "/_control"
 SHUTDOWN_GRACE = 2.0  # seconds in-flight requests get when an instance is shut down
-_FAULT_FIELDS = ("error_rate", "error_status", "delay_ms")
+_FAULT_FIELDS = ("error_rate", "error_status", "delay_ms", "slow_rate", "slow_ms")
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,13 +46,16 @@ class Faults:
     error_rate: float = 0.0  # share of requests answered with `error_status`
     error_status: int = 500
     delay_ms: float = 0.0  # added before every answer, failures included
+    slow_rate: float = 0.0  # share of answers that also wait `slow_ms` (a latency tail)
+    slow_ms: float = 0.0
 
     def update(self, changes: dict[str, Any]) -> Faults:
         unknown = set(changes) - set(_FAULT_FIELDS)
         if unknown:
             raise ValueError(f"unknown fault fields {sorted(unknown)}")
         new = replace(self, **{k: type(getattr(self, k))(v) for k, v in changes.items()})
-        ok = 0.0 <= new.error_rate <= 1.0 and new.delay_ms >= 0 and 100 <= new.error_status < 600
+        ok = 0.0 <= new.error_rate <= 1.0 and new.delay_ms >= 0 and 100 <= new.error_status < 600 \
+            and 0.0 <= new.slow_rate <= 1.0 and new.slow_ms >= 0
         if not ok:
             raise ValueError(f"invalid faults {asdict(new)}")
         return new
@@ -68,6 +72,7 @@ class Instance:
     requests: int = 0
     errors: int = 0
     rng: random.Random = field(default_factory=lambda: random.Random(0))
+    slow_rng: random.Random = field(default_factory=lambda: random.Random(1))
     runner: web.AppRunner | None = None
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
 
@@ -100,8 +105,11 @@ def make_app(instance: Instance) -> web.Application:
         await request.read()  # keep the keep-alive connection clean
         instance.requests += 1
         faults = instance.faults
-        if faults.delay_ms > 0:
-            await asyncio.sleep(faults.delay_ms / 1000)
+        delay = faults.delay_ms
+        if faults.slow_rate > 0 and instance.slow_rng.random() < faults.slow_rate:
+            delay += faults.slow_ms
+        if delay > 0:
+            await asyncio.sleep(delay / 1000)
         if faults.error_rate > 0 and instance.rng.random() < faults.error_rate:
             instance.errors += 1
             return web.Response(status=faults.error_status, text=f"injected error: {body}",
@@ -180,7 +188,8 @@ async def _parent_gone(parent: int) -> None:
 
 
 async def serve(specs: list[tuple[str, str, int]]) -> None:
-    instances = [Instance(name, version, port, rng=random.Random(name))
+    instances = [Instance(name, version, port, rng=random.Random(name),
+                          slow_rng=random.Random(f"{name}/slow"))
                  for name, version, port in specs]
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -3,7 +3,7 @@
 Each scenario runs as a subprocess (`python -m loadtests.scenarios NAME --short`): locust
 monkey-patches the standard library with gevent on import, which must not happen inside the
 test process. The subprocess gets its own process group, so a hung run is ended with
-everything it started. Each takes 15-25 s; deselect them with `-m "not slow"`.
+everything it started. Each takes 15-35 s; deselect them with `-m "not slow"`.
 """
 
 from __future__ import annotations
@@ -60,7 +60,8 @@ def run_scenario(name: str, report_dir: Path) -> tuple[int, str]:
     return proc.returncode, out
 
 
-@pytest.mark.parametrize("name", ["steady-split", "bad-canary", "blue-green-switch"])
+@pytest.mark.parametrize("name", ["steady-split", "bad-canary", "blue-green-switch",
+                                  "healthy-canary"])
 def test_short_scenario_meets_every_expectation(name: str, tmp_path: Path) -> None:
     code, out = run_scenario(name, tmp_path)
     assert code == 0, f"{name} --short exited {code}:\n{out}"

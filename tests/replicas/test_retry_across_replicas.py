@@ -1,7 +1,7 @@
-"""A retry belongs to its own run on every replica. The canary broke behind replica A only: A's
-guard aborted, B took the abort. The canary is fixed and an operator retries through B: A takes
-the retried run and judges it on traffic from the retry on, not on the errors that caused the
-abort (which are still inside its analysis window)."""
+"""A retry belongs to its own run on every replica. The canary broke behind replica A only: the
+judge (the lease holder, on the fleet's counts) aborted, both replicas took the abort. The
+canary is fixed and an operator retries through B: A takes the retried run, and the retried
+run is judged on traffic from the retry on, not on the errors that caused the abort."""
 
 from __future__ import annotations
 
@@ -19,9 +19,7 @@ from .conftest import (
     wait_until,
 )
 
-WINDOW = 10.0
-ANALYSIS = {"interval": "0.5s", "window": f"{WINDOW:g}s", "min_requests": 10,
-            "failure_limit": 2, "max_error_rate": 0.05}
+ANALYSIS = {"interval": "0.5s", "max_error_rate": 0.05}
 
 
 async def test_a_retry_on_one_replica_after_an_abort_on_another_is_judged_afresh(
@@ -40,8 +38,8 @@ async def test_a_retry_on_one_replica_after_an_abort_on_another_is_judged_afresh
                     return any(c["result"] == "pass" and (run is None or c["run"] == run)
                                for c in ro["checks"])
 
-                for r in (a, b):
-                    await wait_until(lambda r=r: has_pass(r), timeout=10, interval=0.05,
+                for r in (a, b):  # the judge's checks are shared with every replica
+                    await wait_until(lambda r=r: has_pass(r), timeout=15, interval=0.05,
                                      what=f"a passing check on {r.name}")
 
                 ups["canary"].fail_behind = {a.proxy_port}
@@ -49,10 +47,10 @@ async def test_a_retry_on_one_replica_after_an_abort_on_another_is_judged_afresh
                 async def aborted_on_both() -> bool:
                     return all([(await r.rollout())["phase"] == "aborted" for r in (a, b)])
 
-                await wait_until(aborted_on_both, timeout=10, interval=0.05,
-                                 what="A's abort, on both replicas")
+                await wait_until(aborted_on_both, timeout=20, interval=0.05,
+                                 what="the abort, on both replicas")
                 aborted = await a.rollout()
-                assert "failing checks in a row" in aborted["abort_reason"]
+                assert aborted["abort_reason"].startswith("guard: canary error rate ")
                 assert aborted["aborted_by"] == "guard"
 
                 ups["canary"].fail_behind = set()  # fixed
@@ -66,9 +64,9 @@ async def test_a_retry_on_one_replica_after_an_abort_on_another_is_judged_afresh
 
                 await wait_until(a_took_the_retry, timeout=5, interval=0.02,
                                  what="A to take the retried run")
-                # A judges the new run on its own traffic: a pass, not a second abort from the
-                # failures still in its window.
-                await wait_until(lambda: has_pass(a, retried_run), timeout=10, interval=0.05,
+                # The new run is judged on traffic from the retry on: a pass, not a second
+                # abort from the failures before it.
+                await wait_until(lambda: has_pass(a, retried_run), timeout=15, interval=0.05,
                                  what="a passing check of the retried run on A")
                 ro = await a.rollout()
                 assert ro["phase"] == "idle", ro["abort_reason"]

@@ -78,7 +78,7 @@ def base_config(b: dict[str, Backend]) -> dict[str, Any]:
         {"stable": b["stable"], "canary": b["canary"]},
         weights={"stable": 100, "canary": 0},
         # Slow analysis: only the operator's abort matters here.
-        analysis={"interval": "60s", "window": "60s", "min_requests": 1000},
+        analysis={"interval": "60s"},
         rollout={"revision": "v1", "steps": [{"set_weight": 30}, {"pause": {}}]},
     )
 

@@ -1,0 +1,80 @@
+"""With `source: local` and Redis, one replica judges the whole fleet's counts, exactly.
+
+Three replicas share one Redis; clients reach the canary through all of them. Every replica
+publishes its counters under a key of its own with a TTL; the lease holder sums them. A
+healthy canary passes and is never aborted, and once the clients stop, the judge has counted
+exactly the canary answers all three replicas gave: no request lost, none counted twice."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from pathlib import Path
+
+import redis.asyncio as aioredis
+
+from .conftest import (
+    Load,
+    RedisServer,
+    canary_hits,
+    plain,
+    replica_config,
+    run_replicas,
+    run_switch_upstreams,
+    wait_until,
+)
+from .test_abort_propagation import judge_of
+
+ANALYSIS = {"interval": "0.5s", "max_error_rate": 0.05}
+
+
+async def test_a_healthy_canary_is_judged_once_on_the_exact_sum_of_every_replica_s_counts(
+    tmp_path: Path, redis_server: RedisServer, key_prefix: str,
+) -> None:
+    async with run_switch_upstreams("stable", "canary") as ups:
+        cfg = replica_config(ups, redis=redis_server, prefix=key_prefix, analysis=ANALYSIS)
+        async with run_replicas(tmp_path, [cfg] * 3) as replicas:
+            judge = await judge_of(replicas)
+            loads = [Load(r.proxy_port, {"plain": plain}, gap=0.01) for r in replicas]
+            async with contextlib.AsyncExitStack() as stack:
+                for load in loads:
+                    await stack.enter_async_context(load.running())
+
+                async def passed() -> bool:
+                    return bool((await judge.rollout())["guard"]["outcome"] == "pass")
+
+                await wait_until(passed, timeout=15, what="the judge's pass", interval=0.05)
+                await asyncio.sleep(1.0)
+            answered = sum(len(canary_hits(load.hits)) for load in loads)
+            assert all(len(canary_hits(load.hits)) > 0 for load in loads)
+
+            async def counted_all() -> bool:
+                [test] = (await judge.rollout())["guard"]["tests"]
+                return bool(test["trials"] == answered)
+
+            # Each replica publishes every interval, the judge reads every interval.
+            await wait_until(counted_all, timeout=5, what=f"{answered} canary answers counted",
+                             interval=0.1)
+            for r in replicas:
+                ro = await r.rollout()
+                assert ro["phase"] == "idle", (r.name, ro["abort_reason"])
+                assert ro["judging"] is (r is judge)
+                # The judge's evidence is shared: every replica shows the same verdict.
+                assert ro["guard"]["tests"][0]["trials"] == answered
+            assert await judge.metric("splitproxy_analysis_checks_total", route="shop",
+                                      result="pass") is not None
+            for r in replicas:
+                if r is not judge:
+                    assert await r.metric("splitproxy_analysis_checks_total", route="shop",
+                                          result="pass") is None
+
+            client = aioredis.Redis.from_url(redis_server.url)
+            try:
+                keys = [k.decode() async for k in
+                        client.scan_iter(f"{key_prefix}v2:counts:shop:*")]
+                assert len(keys) == 3
+                for key in keys:
+                    ttl = await client.pttl(key)
+                    assert 0 < ttl <= 10_000, (key, ttl)  # refreshed each interval
+            finally:
+                await client.aclose()
