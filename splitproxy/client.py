@@ -98,16 +98,28 @@ def render(status: dict[str, Any]) -> str:
         reason = ro.get("abort_reason") or ro.get("pause_reason") or ro.get("gate")
         if reason:
             notes.append(f"{route['name']}: {phase}: {reason}")
-        checks = ro.get("checks", [])[-5:]
-        if checks:
-            verdicts = " ".join(c["result"] for c in checks)
-            notes.append(f"{route['name']}: last checks (oldest first): {verdicts}")
+        notes += _guard_lines(route["name"], ro)
     widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
     lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
               for r in rows]
     if notes:
         lines += ["", *notes]
     return "\n".join(lines)
+
+
+def _guard_lines(name: str, ro: dict[str, Any]) -> list[str]:
+    """The guard's verdict per version and metric: estimate, interval, evidence, counts."""
+    out = []
+    guard = ro.get("guard")
+    if guard:
+        out.append(f"{name}: guard {guard['outcome']} (segment {guard['segment']}, fail at "
+                   f"e >= {guard['fail_at']:.0f}, pass at e >= {guard['pass_at']:.0f})")
+        out += [f"  {t['summary']}" for t in guard["tests"]]
+    checks = ro.get("checks", [])[-5:]
+    if checks:
+        verdicts = " ".join(c["result"] for c in checks)
+        out.append(f"{name}: last checks (oldest first): {verdicts}")
+    return out
 
 
 def watch(client: AdminClient, interval: float, once: bool) -> int:

@@ -1,4 +1,4 @@
-"""The guard's error rates, asserted with fixed seeds (the figures in docs/guard.md).
+"""The guard's error rates, asserted with fixed seeds (the figures in the README's "The guard").
 
 The simulation's vectorised tests are first checked against `splitproxy.sequential` itself,
 tick by tick, so what the simulation measures is the module's behaviour.
@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from loadtests import guard_model as gm
+from loadtests import guard_scenarios as gsc
 from loadtests import guard_sim as gs
 from splitproxy.evidence import FAIL_RATIOS, binomial_log_e
 from splitproxy.sequential import (
@@ -119,3 +120,14 @@ def test_a_canary_at_ten_times_the_threshold_is_aborted_within_30_s() -> None:
                            1000, 120, "fail")[0]
     assert plan.alpha_at(plan.steps - 1) == plan.alpha_at(0) == pytest.approx(ALPHA / 12)
     assert float(np.quantile(times, 0.95)) <= 30.0
+
+
+def test_the_load_scenarios_expectations_are_the_simulation_s() -> None:
+    """bad-canary and slow-canary allow 13 s (+ interval + 1 s) from the fault to the abort;
+    healthy-canary expects a completed rollout from 1300 canary requests on."""
+    rng = np.random.default_rng(13)
+    slowest = max(float(np.quantile(gsc.abort_after(rng, 0.01, 10.0, 15, tests, 300), 0.99))
+                  for tests in (1, 2))
+    assert slowest <= 13.0
+    needs = gsc.pass_after(rng, (0.05, 0.1), 0.5, 100.0, 300)
+    assert float(np.quantile(needs, 0.95)) <= 1300
