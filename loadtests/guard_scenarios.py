@@ -1,4 +1,4 @@
-"""The guard's numbers behind the load scenarios' expectations: `python -m loadtests.guard_scenarios`.
+"""The numbers behind the load scenarios' expectations: `python -m loadtests.guard_scenarios`.
 
 Seeded runs of the engine's own tests (`splitproxy.sequential`, one observation a second, as
 the engine checks with `interval: 1s`), in the scenarios' situations rather than at a step's

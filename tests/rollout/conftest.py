@@ -50,10 +50,10 @@ from control.conftest import (
 
 from splitproxy.config import Config
 from splitproxy.engine import RolloutEngine
+from splitproxy.fleet import CountsBoard
 from splitproxy.measure import MetricSource
 from splitproxy.rollout import RouteState
 from splitproxy.stats import VersionStats
-from splitproxy.fleet import CountsBoard
 from splitproxy.store import Loaded, StoreUnavailable, Wanted
 from splitproxy.table import latency_limits
 

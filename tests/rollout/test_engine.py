@@ -7,8 +7,8 @@ server on 127.0.0.1. No test here sleeps through an interval.
 from __future__ import annotations
 
 import asyncio
-from datetime import datetime
 from collections.abc import Callable
+from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -219,7 +219,7 @@ async def test_analysis_still_aborts_a_paused_rollout(harness: Harness, hold: st
     assert h.installed[-1]["shop"] == STABLE_ONLY
 
 
-# --------------------------------------------------------------------------- steps wait for evidence
+# ------------------------------------------------------------------------- steps wait for evidence
 
 
 EVIDENCE_STEPS = [{"set_weight": 10}, {"pause": "10s"}, {"set_weight": 50}, {"pause": {}}]

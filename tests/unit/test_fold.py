@@ -239,7 +239,7 @@ def test_evidence_restarts_with_the_step_and_spends_a_new_share_only_if_it_could
     assert moved.evidence["tests"]["canary:error_rate"]["trials"] == 100
 
 
-# --------------------------------------------------------------------------- steps wait for evidence
+# ------------------------------------------------------------------------- steps wait for evidence
 
 
 def test_a_timed_pause_without_traffic_waits_for_evidence() -> None:
