@@ -16,7 +16,7 @@ Fail is burst-robust: it bets on slices of traffic (at least `slice_requests` re
 `slice_seconds`; see `evidence`) and needs only that each slice's expected count, given the
 past, is within the limit: errors may cluster any way they like *within* a slice. Pass (and the
 interval shown) assume independent requests; a false pass only lets a step advance, and the
-fail side keeps judging. docs/guard.md has the figures.
+fail side keeps judging. The README (The guard) has the figures.
 
 How the engine calls it, per route, judged version and metric, on each tick (~1 s):
 
@@ -83,7 +83,7 @@ class RateLimit:
     beta: float = 0.05  # false-pass level
     # A slice holds at least this many requests and lasts at least this long: a burst inside
     # one counts as one observation. Longer slices tolerate longer bursts and detect later:
-    # 3 s keeps a canary at 10x caught within 30 s at 10 req/s (docs/guard.md).
+    # 3 s keeps a canary at 10x caught within 30 s at 10 req/s (README: the guard).
     slice_requests: int = 30
     slice_seconds: float = 3.0
 
@@ -104,7 +104,7 @@ class RatioLimit:
     alpha: float
     beta: float = 0.05
     # Longer than a rate test's slices: a burst that crosses a slice boundary is seen as a
-    # run of the canary's own errors, which the split does not predict (docs/guard.md).
+    # run of the canary's own errors, which the split does not predict (README: the guard).
     slice_requests: int = 60  # canary requests per slice
     slice_seconds: float = 6.0
 

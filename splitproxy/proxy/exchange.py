@@ -514,7 +514,12 @@ class Exchange:
         if stats is not None:
             stats.in_flight -= 1
             now = self.down.loop.time()
-            stats.observe(status, now - self.start_time, self._upstream_time(now))
+            if self.paused_at:  # rare: the exchange ends while held for the client
+                upstream = self._upstream_time(now)
+            else:
+                sent = self.sent_at
+                upstream = now - sent - self.held if sent else -1.0
+            stats.observe(status, now - self.start_time, upstream)
         self.down.exchange_done(self)
 
     def _abort_client(self) -> None:

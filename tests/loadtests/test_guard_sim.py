@@ -98,7 +98,7 @@ def test_healthy_canaries_are_rarely_aborted_even_with_bursts() -> None:
     the time), while the plain binomial test does not come close. Independent errors exactly
     at the threshold; runs of 10 failed requests at 0.5% (GUARD.md's case, where the plain
     test aborted 17% over 20,000 requests). Nearer the threshold the bursty rates measure
-    0.3-0.7% (docs/guard.md): below alpha, but too close for 1500 rollouts to prove."""
+    0.3-0.7% (README: the guard): below alpha, but too close for 1500 rollouts to prove."""
     plan = replace(gs.Plan(), hold_seconds=900)
     cells = [(1.0, "independent", True), (0.5, "runs of 10", True),
              (0.5, "blips 0.3 s", True), (0.5, "runs of 10", False)]
