@@ -80,6 +80,9 @@ async def test_a_failing_canary_is_out_of_traffic_within_a_few_slices(
                               if h.served_by == "canary" and h.kind != "pinned")
             assert last_canary - first_error <= BUDGET, (
                 f"canary served for {last_canary - first_error:.2f}s after its first error")
+            rate = len(canary_errors) / max(1e-9, last_canary - first_error)
+            print(f"canary out of traffic {last_canary - first_error:.2f}s after its first "
+                  f"error, at {rate:.0f} canary req/s")
 
             before = [h for h in hits if h.done < first_error]
             after = load.since(aborted_at)
