@@ -1,9 +1,9 @@
 """The rollout owner: the one place that applies rollout events and acts on their effects.
 
-Operator actions, reloads, measurements, timer ticks, gate answers and other replicas' states
-are events in one ordered queue, consumed by one task. Applying an event is the pure
-`rollout.fold.apply`; its effects (persist, swap the routing table, log, count, call
-webhooks, ask gates, restart analysis) are carried out right after, and nothing is awaited in
+Operator actions, reloads, measurements (`readings`), timer ticks, gate answers and other
+replicas' states are events in one ordered queue, consumed by one task. Applying an event is
+the pure `rollout.fold.apply`; its effects (persist, swap the routing table, log, count, call
+webhooks, ask gates, restart readings) are carried out right after, and nothing is awaited in
 between: a state is never written back from a decision made before an await. Whatever takes
 time (a measurement, a webhook, a store write) runs as a task of its own and reports back as
 an event.
@@ -21,7 +21,8 @@ from typing import Any
 
 from splitproxy.clock import SYSTEM, Clock
 from splitproxy.config import Config, Route
-from splitproxy.measure import FleetSource, LocalSource, MeasureError, MetricSource, PromSource
+from splitproxy.measure import MetricSource
+from splitproxy.readings import Readings, default_sources
 from splitproxy.rollout import ActionError, RouteState, fold, guard, identity, machine
 from splitproxy.rollout.events import (
     Act,
@@ -32,7 +33,6 @@ from splitproxy.rollout.events import (
     Event,
     GateAnswer,
     Log,
-    Measurement,
     NewRun,
     Notify,
     Persist,
@@ -49,14 +49,11 @@ from splitproxy.rollout.state import Phase
 from splitproxy.stats import VersionStats
 from splitproxy.store import StateStore, Wanted
 from splitproxy.sync import StateSync
-from splitproxy.table import latency_limits
-from splitproxy.tally import CounterDiff
 from splitproxy.webhooks import Webhooks
 
 log = logging.getLogger("splitproxy.rollout")
 
 TICK = 0.1  # seconds between timer ticks (due steps, windows, gates, measurements)
-MEASURE_TIMEOUT = 10.0  # a reading that takes longer is inconclusive
 ACT_WRITE_WAIT = 0.5  # an action's answer waits this long (real time) for its write to land
 START_WRITE_WAIT = 2.0
 
@@ -81,30 +78,17 @@ class RolloutEngine:
         self.store = store
         self.clock = clock
         self._rebuild = rebuild  # swaps in a routing table made from `weights()` and `runs()`
-        if sources is None:
-            local: MetricSource = LocalSource(counters)  # real and synthetic, cumulative
-            board = store.counts_board()
-            if board is not None:  # replicas: the judge reads every replica's counters
-                local = FleetSource(LocalSource(counters), board)
-            sources = {"local": local, "prometheus": PromSource()}
-        self.sources = sources
         self.config: Config | None = None
         self.routes: dict[str, Route] = {}
         self.states: dict[str, RouteState] = {}
         self.aborts: dict[str, int] = {}
         self.checks_total: dict[tuple[str, str], int] = {}
-        self.queries: dict[str, dict[str, Any]] = {}  # route -> last PromQL and its error
         self.webhooks = Webhooks()
         self.sync = StateSync(store, clock, self._post, lambda: self.states)
+        self.readings = Readings(store, clock, sources or default_sources(store, counters),
+                                 self._post, lambda: (self.routes, self.states))
         self._queue: asyncio.Queue[Queued] = asyncio.Queue()
         self._tasks: list[asyncio.Task[None]] = []
-        # Per route: counters as of the last reading, and its generation (a new run starts
-        # a new one: a reading of an older generation is void).
-        self._diffs: dict[str, CounterDiff] = {}
-        self._generation: dict[str, int] = {}
-        self._judging = False  # held the lease at the last tick
-        self._next_reading: dict[str, float] = {}
-        self._reading: dict[str, asyncio.Task[None]] = {}
         self._quiet = True  # no table swaps: before the first table, and inside a reload
         self._wanted_swap = False
 
@@ -120,7 +104,7 @@ class RolloutEngine:
             got = loaded.get(route.name)
             self._apply(route.name, Restore(got.state if got else None,
                                             got.previous if got else None))
-            self._next_reading[route.name] = mono
+            self.readings.due(route.name, mono)
         self.sync.start()
         await self.sync.flush(START_WRITE_WAIT)
         loop = asyncio.get_running_loop()
@@ -135,13 +119,10 @@ class RolloutEngine:
                 await task
         self._quiet = True
         self._drain()  # decisions already asked for (an abort) still count
-        for task in self._reading.values():
-            task.cancel()
+        await self.readings.stop()
         await self.sync.stop()
         await self.store.close()
         await self.webhooks.close()
-        for source in self.sources.values():
-            await source.close()
 
     def _set_config(self, config: Config) -> None:
         self.config = config
@@ -220,7 +201,7 @@ class RolloutEngine:
                 key = (name, effect.result)
                 self.checks_total[key] = self.checks_total.get(key, 0) + 1
             elif isinstance(effect, NewRun):
-                self._new_epoch(name)
+                self.readings.new_run(name)
             elif isinstance(effect, Notify):
                 self.webhooks.notify(effect.hooks, effect.payload)
             elif isinstance(effect, AskGate):
@@ -259,7 +240,7 @@ class RolloutEngine:
             for name in old.keys() - self.routes.keys():
                 state = self.states.pop(name)
                 self.sync.retire(name, state.identity)
-                self._stop_reading(name)
+                self.readings.forget(name)
             for route in new.routes:
                 event = Reconfigure() if route.name in self.states else Restore()
                 self._apply(route.name, event)
@@ -271,89 +252,11 @@ class RolloutEngine:
         start = self.clock.monotonic()
         k = 0
         while True:
-            self._start_readings(self.clock.monotonic())
+            self.readings.start(self.clock.monotonic())
             self._post(None, Tick(leader=self.store.is_leader()))
             # Ticks on a fixed grid: a late one does not push the others back.
             k = max(k + 1, math.floor((self.clock.monotonic() - start) / TICK) + 1)
             await self.clock.sleep(max(0.0, start + k * TICK - self.clock.monotonic()))
-
-    # -- measurements -----------------------------------------------------------------------
-    def _new_epoch(self, name: str) -> None:
-        """A new run: judge only what happens from now on. The next reading, at once, only
-        sets the starting point of the counts."""
-        self._generation[name] = self._generation.get(name, 0) + 1
-        self._diffs.pop(name, None)
-        self._stop_reading(name)
-        self._next_reading[name] = self.clock.monotonic()
-
-    def _start_readings(self, mono: float) -> None:
-        """Only the lease holder judges (fleet-wide counts, alpha spent once); the others
-        share their counters where the source needs them to."""
-        judging = self.store.is_leader()
-        if judging and not self._judging:
-            # Another replica judged meanwhile: count from now, never what it counted.
-            self._diffs.clear()
-            self._generation = {n: g + 1 for n, g in self._generation.items()}
-        self._judging = judging
-        for name, route in self.routes.items():
-            analysis = route.analysis
-            state = self.states.get(name)
-            if analysis is None or state is None or state.phase == Phase.ABORTED:
-                continue
-            if name in self._reading or mono + 1e-6 < self._next_reading.get(name, 0.0):
-                continue
-            self._next_reading[name] = mono + analysis.interval
-            if judging:
-                work = self._read(name, route, state.run, state.step,
-                                  self._generation.setdefault(name, 0))
-            else:
-                work = self._publish(name, route)
-            self._reading[name] = asyncio.get_running_loop().create_task(work)
-
-    def _done_reading(self, name: str) -> None:
-        if self._reading.get(name) is asyncio.current_task():
-            del self._reading[name]
-
-    async def _read(self, name: str, route: Route, run: str, step: int,
-                    generation: int) -> None:
-        assert route.analysis is not None
-        source = self.sources[route.analysis.source]
-        series = queries = error = None
-        try:
-            reading = await asyncio.wait_for(source.read(route), MEASURE_TIMEOUT)
-            series, queries = reading.series, reading.queries
-        except MeasureError as exc:
-            error, queries = str(exc), exc.queries
-        except TimeoutError:
-            error = f"no reading within {MEASURE_TIMEOUT:g}s"
-        finally:
-            self._done_reading(name)
-        if self._generation.get(name, 0) != generation:
-            return  # a new run (or judge) began meanwhile: this reading counts for nothing
-        if queries is not None or route.analysis.source != "local":
-            self.queries[name] = {"queries": queries or {}, "error": error}
-        tallies = None
-        if series is not None:
-            diff = self._diffs.setdefault(name, CounterDiff())
-            tallies = diff.apply(series, latency_limits(route), self.clock.monotonic())
-        else:
-            log.warning("rollout route=%s analysis inconclusive: %s", name, error)
-        self._post(name, Measurement(run, step, tallies, error, leader=self.store.is_leader()))
-
-    async def _publish(self, name: str, route: Route) -> None:
-        assert route.analysis is not None
-        try:
-            await asyncio.wait_for(self.sources[route.analysis.source].publish(route),
-                                   MEASURE_TIMEOUT)
-        except (MeasureError, TimeoutError) as exc:
-            log.warning("rollout route=%s counters not shared: %s", name, exc or "timeout")
-        finally:
-            self._done_reading(name)
-
-    def _stop_reading(self, name: str) -> None:
-        task = self._reading.pop(name, None)
-        if task is not None:
-            task.cancel()
 
     # -- gates ------------------------------------------------------------------------------
     def _ask_gate(self, name: str, ask: AskGate) -> None:
@@ -411,11 +314,11 @@ class RolloutEngine:
             "aborted_at": state.aborted_at,
             "aborted_by": str(state.aborted_by) if state.aborted_by else None,
             "guard": guard.report(state, route),
-            "judging": self._judging if route.analysis else None,
+            "judging": self.readings.judging if route.analysis else None,
             "gate": gate.detail if gate is not None and gate.run == state.run
             and gate.step == state.step else None,
             "write_pending": pending,
             "analysis_source": route.analysis.source if route.analysis else None,
-            "prometheus": self.queries.get(name),
+            "prometheus": self.readings.queries.get(name),
             "checks": list(state.checks),
         }

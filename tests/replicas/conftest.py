@@ -17,6 +17,7 @@ by the tests, and several in-process `Service`s sharing them.
 * `Replica` / `run_replicas(tmp_path, configs)` — one `Service` per config (own file, own proxy
   and admin ports, no file watcher) with an admin session and /status shortcuts.
 * `replica_config(...)` — route "shop" over stable + canary with a shared Redis state section.
+* `judge_of(replicas)` — the one replica that judges (holds the lease), once exactly one does.
 """
 
 from __future__ import annotations
@@ -64,6 +65,7 @@ __all__ = [
     "Replica",
     "SwitchUpstream",
     "canary_hits",
+    "judge_of",
     "key_prefix",
     "metric",
     "plain",
@@ -395,6 +397,18 @@ class Replica:
 
     async def metric(self, name: str, **labels: str) -> float | None:
         return metric(await scrape(self.admin), name, **labels)
+
+
+async def judge_of(replicas: list[Replica]) -> Replica:
+    """The one replica that judges (holds the lease): waits until exactly one says so."""
+    found: list[Replica] = []
+
+    async def one() -> bool:
+        found[:] = [r for r in replicas if (await r.rollout())["judging"]]
+        return len(found) == 1
+
+    await wait_until(one, timeout=10, what="one judging replica", interval=0.05)
+    return found[0]
 
 
 @contextlib.asynccontextmanager

@@ -12,8 +12,8 @@ from pathlib import Path
 from .conftest import (
     Load,
     RedisServer,
-    Replica,
     canary_hits,
+    judge_of,
     plain,
     replica_config,
     run_replicas,
@@ -23,18 +23,6 @@ from .conftest import (
 
 ANALYSIS = {"interval": "0.5s", "max_error_rate": 0.05}
 PROPAGATION = 2.0  # every replica off the canary within 2 s of the abort
-
-
-async def judge_of(replicas: list[Replica]) -> Replica:
-    """The one replica that judges (holds the lease): waits until exactly one says so."""
-    found: list[Replica] = []
-
-    async def one() -> bool:
-        found[:] = [r for r in replicas if (await r.rollout())["judging"]]
-        return len(found) == 1
-
-    await wait_until(one, timeout=10, what="one judging replica", interval=0.05)
-    return found[0]
 
 
 async def test_a_canary_broken_behind_one_replica_is_aborted_on_the_fleet_s_counts(

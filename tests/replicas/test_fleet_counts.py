@@ -17,13 +17,13 @@ from .conftest import (
     Load,
     RedisServer,
     canary_hits,
+    judge_of,
     plain,
     replica_config,
     run_replicas,
     run_switch_upstreams,
     wait_until,
 )
-from .test_abort_propagation import judge_of
 
 ANALYSIS = {"interval": "0.5s", "max_error_rate": 0.05}
 

@@ -20,13 +20,13 @@ from .conftest import (
     RedisServer,
     Replica,
     canary_hits,
+    judge_of,
     plain,
     replica_config,
     run_replicas,
     run_switch_upstreams,
     wait_until,
 )
-from .test_abort_propagation import judge_of
 
 
 def analysis(prometheus: PrometheusServer) -> dict[str, Any]:

@@ -422,7 +422,7 @@ class Harness:
         """Until the engine has nothing left to do at this moment."""
         for _ in range(200):
             await settle(4)
-            if self.engine._queue.empty() and not self.engine._reading:
+            if self.engine._queue.empty() and not self.engine.readings.busy:
                 return
         raise AssertionError("the engine did not settle")
 
