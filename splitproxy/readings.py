@@ -28,6 +28,9 @@ from splitproxy.tally import CounterDiff
 log = logging.getLogger("splitproxy.rollout")
 
 MEASURE_TIMEOUT = 10.0  # a reading that takes longer is inconclusive
+# Nothing left to judge: an abort stays until a retry, and promoted is final (as Argo
+# Rollouts ends analysis when a rollout completes); the last verdicts stay in /status.
+_DONE = (Phase.ABORTED, Phase.PROMOTED)
 
 
 def default_sources(store: StateStore,
@@ -97,7 +100,7 @@ class Readings:
         for name, route in routes.items():
             analysis = route.analysis
             state = states.get(name)
-            if analysis is None or state is None or state.phase == Phase.ABORTED:
+            if analysis is None or state is None or state.phase in _DONE:
                 continue
             if name in self._tasks or mono + 1e-6 < self._next.get(name, 0.0):
                 continue

@@ -300,14 +300,17 @@ def passed(state: RouteState, route: Route) -> bool:
 
 
 def report(state: RouteState, route: Route) -> dict[str, Any] | None:
-    """The current segment's verdicts for /status: per test, estimate, interval, evidence
-    and counts (None before the first check of the step)."""
+    """The last segment's verdicts for /status: per test, estimate, interval, evidence and
+    counts (`current`: of the step the rollout is at; after the last step, the verdicts that
+    let it end). None before the first check of the run."""
     analysis = route.analysis
     if analysis is None:
         return None
     p = plan(state, route)
     ev = state.evidence
-    states = _states(ev, p) if _current(ev, state, p) else None
+    ours = ev.get("v") == EVIDENCE_VERSION and ev.get("run") == state.run \
+        and ev.get("key") == p.key
+    states = _states(ev, p) if ours else None
     if states is None:
         return None
     verdicts = _verdicts(p, ev, states, analysis)
@@ -317,6 +320,7 @@ def report(state: RouteState, route: Route) -> dict[str, Any] | None:
     return {
         "outcome": str(outcome), "summary": line,
         "decided_by": decided_by.key if decided_by is not None else None,
+        "step": ev.get("step"), "current": _current(ev, state, p),
         "segment": ev["segment"], "since": ev.get("since"), "checks": ev.get("checks"),
         "alpha_per_test": alpha, "fail_at": 1.0 / alpha, "pass_at": 1.0 / analysis.beta,
         "tests": [{"version": t.version, "metric": t.metric,

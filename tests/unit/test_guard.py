@@ -182,3 +182,13 @@ def test_a_failing_test_decides_and_says_which_version_and_metric() -> None:
     assert (a.decided_by.version, a.decided_by.metric) == ("b", "p99")
     assert a.summary.startswith("b p99 (over 200 ms) 60% [")
     assert "> 1%: e=" in a.summary and "(n=" in a.summary and " over)" in a.summary
+
+
+def test_the_verdicts_that_ended_a_rollout_stay_shown_after_it() -> None:
+    route = make(weights={"stable": 100, "canary": 0}, rollout={"steps": STEPS})
+    state = feed(state_of(route, step=3, weight=50, phase=Phase.PROGRESSING), route, 8,
+                 Tally(100, 0, 100))
+    done = replace(state, phase=Phase.PROMOTED, step=len(STEPS))
+    shown = report(done, route)
+    assert shown is not None
+    assert (shown["outcome"], shown["step"], shown["current"]) == ("pass", 3, False)
