@@ -21,7 +21,7 @@ from .conftest import (
     wait_until,
 )
 
-ANALYSIS = {"interval": "0.5s", "max_error_rate": 0.05}
+ANALYSIS = {"interval": "0.5s", "max_error_rate": 0.01}
 PROPAGATION = 2.0  # every replica off the canary within 2 s of the abort
 
 

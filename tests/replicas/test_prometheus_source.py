@@ -31,7 +31,7 @@ from .conftest import (
 
 def analysis(prometheus: PrometheusServer) -> dict[str, Any]:
     return {"source": "prometheus", "prometheus_url": prometheus.url, "interval": "1s",
-            "max_error_rate": 0.05}
+            "max_error_rate": 0.01}
 
 
 async def has_check(r: Replica, result: str, since: float = 0.0) -> bool:

@@ -19,7 +19,7 @@ from .conftest import (
     wait_until,
 )
 
-ANALYSIS = {"interval": "0.5s", "max_error_rate": 0.05}
+ANALYSIS = {"interval": "0.5s", "max_error_rate": 0.01}
 
 
 async def test_a_retry_on_one_replica_after_an_abort_on_another_is_judged_afresh(
