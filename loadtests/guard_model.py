@@ -1,4 +1,4 @@
-"""Vectorised twins of `splitproxy.sequential` for the guard simulation, and its traffic.
+"""Vectorised twins of `splitproxy.rollout.sequential` for the guard simulation, and its traffic.
 
 Arrays are (rollouts, ticks) of per-tick counts, one tick per second, as the engine will hand
 them to the module. The functions here compute, for every rollout at once, where the module's
@@ -19,7 +19,7 @@ from functools import lru_cache
 import numpy as np
 import numpy.typing as npt
 
-from splitproxy.evidence import FAIL_BETS, FAIL_RATIOS, PASS_RATIOS
+from splitproxy.rollout.evidence import FAIL_BETS, FAIL_RATIOS, PASS_RATIOS
 
 Ints = npt.NDArray[np.int64]
 Floats = npt.NDArray[np.float64]

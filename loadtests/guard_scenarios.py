@@ -1,6 +1,6 @@
 """The numbers behind the load scenarios' expectations: `python -m loadtests.guard_scenarios`.
 
-Seeded runs of the engine's own tests (`splitproxy.sequential`, one observation a second, as
+Seeded runs of the engine's own tests (`splitproxy.rollout.sequential`, one observation a second, as
 the engine checks with `interval: 1s`), in the scenarios' situations rather than at a step's
 start as `guard_sim` measures:
 
@@ -22,9 +22,9 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from splitproxy.budget import step_alpha
-from splitproxy.sequential import RateLimit, RateState, judge, observe
-from splitproxy.verdicts import Outcome
+from splitproxy.rollout.budget import step_alpha
+from splitproxy.rollout.sequential import RateLimit, RateState, judge, observe
+from splitproxy.rollout.verdicts import Outcome
 
 ALPHA, BETA = 0.01, 0.05
 

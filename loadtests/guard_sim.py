@@ -1,7 +1,7 @@
 """The guard's error rates, measured: `python -m loadtests.guard_sim [--rollouts N] [--seed S]`.
 
 Thousands of seeded rollouts with per-tick (1 s) binomial draws, judged every tick exactly as
-`splitproxy.sequential` judges (the vectorised twins in `guard_model` are checked against it
+`splitproxy.rollout.sequential` judges (the vectorised twins in `guard_model` are checked against it
 in the tests). A rollout has `steps` steps; each restarts the tests with its share of alpha
 (`budget.step_alpha`) and ends when its timer is up *and* the pass side holds at that check;
 a step still waiting after `hold_seconds` moves on anyway, so that every rollout runs all its
@@ -26,7 +26,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from loadtests import guard_model as gm
-from splitproxy.budget import step_alpha
+from splitproxy.rollout.budget import step_alpha
 
 RATES = (1.0, 10.0, 100.0)  # canary requests per second
 

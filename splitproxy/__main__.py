@@ -1,3 +1,3 @@
-from splitproxy.cli import main
+from splitproxy.cli.main import main
 
 raise SystemExit(main())

@@ -1,7 +1,7 @@
 """Rollouts, pure: a route's state, its transitions, and the fold of events into it.
 
 No clock, no I/O, no asyncio: `now` and fresh run ids are arguments. The owner that applies
-events in order and carries out their effects is `splitproxy.engine`.
+events in order and carries out their effects is `splitproxy.control.engine`.
 
 - `state`: `RouteState`, phases and pause reasons, what replicas share (`decision`).
 - `identity`: what a rollout is (and the format-1 hash, to migrate old state).

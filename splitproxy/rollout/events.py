@@ -1,7 +1,8 @@
 """What may happen to a route's rollout (events) and what the owner must do after (effects).
 
-The owner (`splitproxy.engine`) applies events one at a time, in order, with `fold.apply`, then
-carries out the effects; nothing is awaited between reading a state and writing its successor.
+The owner (`splitproxy.control.engine`) applies events one at a time, in order, with
+`fold.apply`, then carries out the effects; nothing is awaited between reading a state and
+writing its successor.
 """
 
 from __future__ import annotations
@@ -11,9 +12,9 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-from splitproxy.config import Webhook, WebhookEvent
+from splitproxy.config.models import Webhook, WebhookEvent
 from splitproxy.rollout.state import Phase, RouteState
-from splitproxy.tally import Tally
+from splitproxy.rollout.tally import Tally
 
 __all__ = ["WebhookEvent"]
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
-from splitproxy.config import Route, WebhookEvent
+from splitproxy.config.models import Route, WebhookEvent
 from splitproxy.rollout import guard, machine
 from splitproxy.rollout.events import (
     Act,
@@ -44,7 +44,7 @@ from splitproxy.rollout.state import (
     decision,
     with_guard_of,
 )
-from splitproxy.verdicts import Outcome
+from splitproxy.rollout.verdicts import Outcome
 
 GATE_RETRY = 2.0  # a pre-step webhook that said no is asked again after this long
 

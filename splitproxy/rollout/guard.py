@@ -31,12 +31,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
-from splitproxy import budget
-from splitproxy.config import Advance, Analysis, Route
+from splitproxy.config.models import Advance, Analysis, Route
+from splitproxy.rollout import budget
 from splitproxy.rollout.events import Measurement
 from splitproxy.rollout.machine import effective_active, weights
-from splitproxy.rollout.state import Phase, RouteState
-from splitproxy.sequential import (
+from splitproxy.rollout.sequential import (
     RateLimit,
     RateState,
     RatioLimit,
@@ -46,8 +45,9 @@ from splitproxy.sequential import (
     observe,
     observe_ratio,
 )
-from splitproxy.tally import Tally
-from splitproxy.verdicts import Outcome, RateVerdict, RatioVerdict
+from splitproxy.rollout.state import Phase, RouteState
+from splitproxy.rollout.tally import Tally
+from splitproxy.rollout.verdicts import Outcome, RateVerdict, RatioVerdict
 
 EVIDENCE_VERSION = 1
 MAX_SEGMENT = 3600.0  # seconds: a segment this old restarts (from the alpha reserve)

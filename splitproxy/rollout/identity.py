@@ -14,7 +14,7 @@ import hashlib
 import json
 from typing import Any
 
-from splitproxy.config import Route
+from splitproxy.config.models import Route
 
 
 def _digest(ident: dict[str, Any]) -> str:

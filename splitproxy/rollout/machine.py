@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from splitproxy.config import Route
+from splitproxy.config.models import Route
 from splitproxy.rollout.identity import endpoints, identity
 from splitproxy.rollout.schedule import in_window
 from splitproxy.rollout.state import Actor, PauseReason, Phase, RouteState

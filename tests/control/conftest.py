@@ -38,8 +38,8 @@ from integration.conftest import (
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
-from splitproxy.clock import SYSTEM, Clock
-from splitproxy.service import Service
+from splitproxy.control.clock import SYSTEM, Clock
+from splitproxy.control.service import Service
 
 __all__ = [
     "WAIT",

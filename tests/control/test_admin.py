@@ -11,8 +11,8 @@ from typing import Any
 import aiohttp
 import pytest
 
-from splitproxy.config import ConfigError
-from splitproxy.service import Service
+from splitproxy.config.models import ConfigError
+from splitproxy.control.service import Service
 
 from .conftest import (
     WAIT,

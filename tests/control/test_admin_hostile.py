@@ -3,7 +3,7 @@ traceback in the log) from a malformed header, a log line forged through `?reaso
 
 Rules: a non-UTF-8 `Authorization` is a wrong token (401); `reason` must be printable text of
 at most 500 characters (else 400); and every log message has its control characters escaped
-(`splitproxy.logsafe`, installed on the root handlers by `splitproxy run`), whoever logs it.
+(`splitproxy.config.logsafe`, installed on the root handlers by `splitproxy run`), whoever logs it.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from splitproxy import logsafe
+from splitproxy.config import logsafe
 
 from .conftest import proxy_config, route, run_upstream, running_service
 

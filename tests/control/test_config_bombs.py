@@ -17,8 +17,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from splitproxy import cli, confproc
-from splitproxy.service import Service
+from splitproxy.cli import main as cli
+from splitproxy.config import isolate as confproc
+from splitproxy.control.service import Service
 
 from .conftest import proxy_config, raw_client, route, run_upstream, running_service, wait_until
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import aiohttp
 
-from splitproxy.service import Service
+from splitproxy.control.service import Service
 
 from .conftest import (
     admin,

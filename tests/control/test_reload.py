@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import yaml
 
-from splitproxy.service import Service
+from splitproxy.control.service import Service
 
 from .conftest import (
     RawClient,

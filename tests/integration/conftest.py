@@ -22,8 +22,8 @@ from typing import Any
 
 import pytest
 
-from splitproxy.config import Config
-from splitproxy.server import ProxyServer
+from splitproxy.config.models import Config
+from splitproxy.dataplane.server import ProxyServer
 
 from .rawhttp import (
     WAIT,

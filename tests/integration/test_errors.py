@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 
-from splitproxy.config import Config
+from splitproxy.config.models import Config
 
 from .conftest import (
     assert_error,

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from splitproxy.config import Config
-from splitproxy.server import ProxyServer
+from splitproxy.config.models import Config
+from splitproxy.dataplane.server import ProxyServer
 
 from .conftest import (
     WAIT,

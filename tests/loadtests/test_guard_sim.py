@@ -1,6 +1,6 @@
 """The guard's error rates, asserted with fixed seeds (the figures in the README's "The guard").
 
-The simulation's vectorised tests are first checked against `splitproxy.sequential` itself,
+The simulation's vectorised tests are first checked against `splitproxy.rollout.sequential` itself,
 tick by tick, so what the simulation measures is the module's behaviour.
 """
 
@@ -15,8 +15,8 @@ import pytest
 from loadtests import guard_model as gm
 from loadtests import guard_scenarios as gsc
 from loadtests import guard_sim as gs
-from splitproxy.evidence import FAIL_RATIOS, binomial_log_e
-from splitproxy.sequential import (
+from splitproxy.rollout.evidence import FAIL_RATIOS, binomial_log_e
+from splitproxy.rollout.sequential import (
     RateLimit,
     RateState,
     RatioLimit,

@@ -40,7 +40,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from splitproxy.config import load
+from splitproxy.config.models import load
 
 # ------------------------------------------------------------------------------- Dockerfile reader
 

@@ -1,5 +1,5 @@
 """config/grafana/splitproxy.json: the dashboard loads, asks only for series splitproxy exports
-(names read from splitproxy/metrics.py), defines the variables its queries use, and every
+(names read from splitproxy/control/metrics.py), defines the variables its queries use, and every
 query parses as PromQL (promtool, where installed).
 """
 
@@ -30,7 +30,7 @@ BUILTINS = {"__rate_interval", "__interval", "__range", "__interval_ms", "__rang
 def _exported() -> set[str]:
     source = (ROOT / "splitproxy" / "metrics.py").read_text()
     families = set(re.findall(r'"(splitproxy_[a-z0-9_]+)"', source))
-    assert families, "no metric names found in splitproxy/metrics.py"
+    assert families, "no metric names found in splitproxy/control/metrics.py"
     return {family + suffix for family in families for suffix in SUFFIXES}
 
 

@@ -54,7 +54,7 @@ from rollout.conftest import (
     write_config,
 )
 
-from splitproxy.service import Service
+from splitproxy.control.service import Service
 
 __all__ = [
     "WAIT",

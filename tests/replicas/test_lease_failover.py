@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from splitproxy.service import Service
+from splitproxy.control.service import Service
 
 from .conftest import RedisServer, Replica, replica_config, run_replicas, run_switch_upstreams
 

@@ -11,7 +11,7 @@ import pytest
 import redis.asyncio as aioredis
 import yaml
 
-from splitproxy import redis_store
+from splitproxy.control.stores import redis_store
 
 from .conftest import (
     RedisServer,

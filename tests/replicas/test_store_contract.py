@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from splitproxy.redis_store import RedisStore
+from splitproxy.control.stores.redis_store import RedisStore
+from splitproxy.control.stores.store import FileStore, Loaded, StateStore, Wanted
 from splitproxy.rollout import Phase, RouteState
-from splitproxy.store import FileStore, Loaded, StateStore, Wanted
 
 from .conftest import RedisServer, require_binary
 

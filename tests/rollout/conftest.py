@@ -48,14 +48,14 @@ from control.conftest import (
     write_config,
 )
 
-from splitproxy.config import Config
-from splitproxy.engine import RolloutEngine
-from splitproxy.fleet import CountsBoard
-from splitproxy.measure import MetricSource
+from splitproxy.config.models import Config
+from splitproxy.control.engine import RolloutEngine
+from splitproxy.control.sources.fleet import CountsBoard
+from splitproxy.control.sources.measure import MetricSource
+from splitproxy.control.stores.store import Loaded, StoreUnavailable, Wanted
+from splitproxy.dataplane.stats import VersionStats
 from splitproxy.rollout import RouteState
-from splitproxy.stats import VersionStats
-from splitproxy.store import Loaded, StoreUnavailable, Wanted
-from splitproxy.table import latency_limits
+from splitproxy.routing.table import latency_limits
 
 __all__ = [
     "WAIT",

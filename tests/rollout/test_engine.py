@@ -15,7 +15,7 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from splitproxy import rollout
-from splitproxy.config import Config
+from splitproxy.config.models import Config
 from splitproxy.rollout import Actor, PauseReason, Phase
 
 from .conftest import Harness, ManualClock, MemoryStore, rollout_config, run_hook, wait_until

@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 
-from splitproxy.config import ConfigError
-from splitproxy.service import Service
+from splitproxy.config.models import ConfigError
+from splitproxy.control.service import Service
 
 from .conftest import (
     Backend,
@@ -110,7 +110,7 @@ async def test_a_corrupt_state_file_is_reported_and_treated_as_fresh(
         write_config(path, shop_config(b))
         state_file = tmp_path / "shop.state.json"
         state_file.write_text(garbage)
-        with caplog.at_level(logging.ERROR, logger="splitproxy.store"):
+        with caplog.at_level(logging.ERROR, logger="splitproxy.control.stores.store"):
             async with run_service(path, watch=False) as svc:
                 # A fresh rollout (its first step may have run already).
                 assert svc.controller.engine.states["shop"].phase in ("progressing", "paused")

@@ -11,8 +11,8 @@ from typing import Any
 import aiohttp
 from integration.conftest import free_port
 
-from splitproxy.routing import choose
-from splitproxy.service import Service
+from splitproxy.control.service import Service
+from splitproxy.routing.choose import choose
 
 from .conftest import (
     WAIT,

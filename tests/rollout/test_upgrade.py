@@ -12,7 +12,7 @@ from pathlib import Path
 
 import yaml
 
-from splitproxy.config import load
+from splitproxy.config.models import load
 from splitproxy.rollout import legacy_revision
 
 from .conftest import admin, run_service, status

@@ -7,7 +7,7 @@ from pathlib import Path
 import pydantic
 import pytest
 
-from splitproxy.config import (
+from splitproxy.config.models import (
     Config,
     ConfigError,
     Route,

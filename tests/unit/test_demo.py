@@ -16,7 +16,7 @@ import pytest
 import yaml
 from aiohttp import web
 
-from splitproxy import demo
+from splitproxy.cli import demo
 
 AiohttpClient = Callable[[web.Application], Awaitable[Any]]
 
@@ -83,7 +83,7 @@ def test_banner_shows_a_curl_line_for_each_routing_rule() -> None:
 
 # --- the whole demo, through the proxy --------------------------------------------------------
 
-_HAS_SERVER = importlib.util.find_spec("splitproxy.server") is not None
+_HAS_SERVER = importlib.util.find_spec("splitproxy.dataplane.server") is not None
 _DEMO_PORTS = (8080, 9901, *demo.UPSTREAMS.values())
 
 
@@ -97,7 +97,7 @@ def _ports_free(ports: tuple[int, ...]) -> bool:
     return True
 
 
-@pytest.mark.skipif(not _HAS_SERVER, reason="splitproxy.server is not written yet")
+@pytest.mark.skipif(not _HAS_SERVER, reason="splitproxy.dataplane.server is not written yet")
 async def test_demo_splits_pins_and_stops_cleanly(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

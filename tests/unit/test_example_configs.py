@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from splitproxy.config import describe, load
+from splitproxy.config.models import describe, load
 
 CONFIG_DIR = Path(__file__).parents[2] / "config"
 # Only the top level: subfolders (kubernetes, grafana, ...) hold other tools' files.

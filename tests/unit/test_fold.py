@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from splitproxy.config import Route
+from splitproxy.config.models import Route
 from splitproxy.rollout import (
     Actor,
     PauseReason,
@@ -40,7 +40,7 @@ from splitproxy.rollout.events import (
     Tick,
 )
 from splitproxy.rollout.fold import GATE_RETRY, apply
-from splitproxy.tally import Tally
+from splitproxy.rollout.tally import Tally
 
 T0 = 1_717_380_000.0
 STEPS: list[Any] = [{"set_weight": 20}, {"pause": "30s"}, {"set_weight": 50}, {"pause": {}}]

@@ -8,13 +8,13 @@ from typing import Any
 
 import pytest
 
-from splitproxy.budget import step_alpha
-from splitproxy.config import Route
+from splitproxy.config.models import Route
 from splitproxy.rollout import Phase, RouteState, machine
+from splitproxy.rollout.budget import step_alpha
 from splitproxy.rollout.events import Measurement
 from splitproxy.rollout.guard import MAX_SEGMENT, assess, passed, plan, report
-from splitproxy.tally import Tally
-from splitproxy.verdicts import Outcome
+from splitproxy.rollout.tally import Tally
+from splitproxy.rollout.verdicts import Outcome
 
 T0 = 1_717_380_000.0
 

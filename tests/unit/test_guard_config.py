@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from splitproxy.config import ConfigError, load
+from splitproxy.config.models import ConfigError, load
 
 HEAD = """\
 routes:

@@ -14,7 +14,7 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from splitproxy import rollout
-from splitproxy.config import Analysis, DeployWindow, Route
+from splitproxy.config.models import Analysis, DeployWindow, Route
 from splitproxy.rollout import (
     ActionError,
     Actor,

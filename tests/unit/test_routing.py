@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from splitproxy.routing import (
+from splitproxy.routing.choose import (
     BUCKETS,
     MAX_PERIOD,
     RoutePlan,

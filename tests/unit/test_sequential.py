@@ -13,15 +13,15 @@ from typing import Any
 
 import pytest
 
-from splitproxy.budget import step_alpha, total_alpha
-from splitproxy.evidence import (
+from splitproxy.rollout.budget import step_alpha, total_alpha
+from splitproxy.rollout.evidence import (
     FAIL_RATIOS,
     binomial_log_e,
     log_mean_exp,
     lower_bound,
     upper_bound,
 )
-from splitproxy.sequential import (
+from splitproxy.rollout.sequential import (
     Outcome,
     RateLimit,
     RateState,

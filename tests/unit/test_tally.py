@@ -7,9 +7,18 @@ from typing import Any
 
 import pytest
 
-from splitproxy import fleet, promsource
-from splitproxy.stats import VersionStats
-from splitproxy.tally import ERRORS, REQUESTS, TIMED, CounterDiff, Tally, series_of, slow_metric
+from splitproxy.control.sources import fleet
+from splitproxy.control.sources import prometheus as promsource
+from splitproxy.dataplane.stats import VersionStats
+from splitproxy.rollout.tally import (
+    ERRORS,
+    REQUESTS,
+    TIMED,
+    CounterDiff,
+    Tally,
+    series_of,
+    slow_metric,
+)
 
 LIMITS = (0.2,)
 

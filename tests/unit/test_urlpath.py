@@ -1,11 +1,11 @@
-"""Path normalisation (`splitproxy.urlpath`), table-driven: the form routes match on and the
+"""Path normalisation (`splitproxy.config.paths`), table-driven: the form routes match on and the
 upstream receives."""
 
 from __future__ import annotations
 
 import pytest
 
-from splitproxy.urlpath import BadTarget, needs_normalising, normalise_prefix, normalise_target
+from splitproxy.config.paths import BadTarget, needs_normalising, normalise_prefix, normalise_target
 
 
 @pytest.mark.parametrize(("target", "normal"), [

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import pytest
 
-from splitproxy.stats import LATENCY_BUCKETS, VersionStats
-from splitproxy.window import Key, Sample, Window
+from splitproxy.control.window import Key, Sample, Window
+from splitproxy.dataplane.stats import LATENCY_BUCKETS, VersionStats
 
 SHOP: Key = ("shop", "canary", False)
 STABLE: Key = ("shop", "stable", False)

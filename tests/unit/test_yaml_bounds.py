@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from splitproxy.config import ConfigError, load
+from splitproxy.config.models import ConfigError, load
 
 ROUTES = """\
 defaults: &ep {endpoints: ["http://127.0.0.1:9001"]}

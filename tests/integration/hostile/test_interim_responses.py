@@ -15,7 +15,7 @@ import asyncio
 
 import pytest
 
-from splitproxy.proxy.exchange import MAX_INTERIM
+from splitproxy.dataplane.http.exchange import MAX_INTERIM
 
 from ..conftest import (
     RawHandler,

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from splitproxy.proxy import upstream
+from splitproxy.dataplane.http import upstream
 
 from ..conftest import (
     build_request,

@@ -19,7 +19,7 @@ import socket
 
 import pytest
 
-from splitproxy.proxy import downstream
+from splitproxy.dataplane.http import downstream
 
 from ..conftest import (
     WAIT,

@@ -1,0 +1,1 @@
+"""The command line: run, check, status, actions, demo."""

@@ -1,0 +1,2 @@
+"""Configuration: typed models, the YAML loader (file:line errors), and the small value
+types every plane shares (paths, log-safe text)."""

@@ -1,0 +1,1 @@
+"""The control plane: the engine that owns rollout state, reload, admin API, metrics."""

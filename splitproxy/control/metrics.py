@@ -1,0 +1,211 @@
+"""Every Prometheus metric splitproxy exports: names, labels and buckets live here only.
+
+The data plane counts with plain integers (splitproxy.dataplane.stats); this collector turns those
+counters into metric families when Prometheus scrapes, so counting costs nothing extra per
+request.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from typing import Protocol
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    InfoMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector
+
+from splitproxy import __version__
+from splitproxy.dataplane.stats import LATENCY_BUCKETS, VersionStats
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+class MetricsSource(Protocol):
+    """What the collector reads; the controller provides it."""
+
+    def version_stats(self) -> Iterable[VersionStats]: ...
+    def weights(self) -> Iterable[tuple[str, str, int]]: ...  # route, version, effective
+    def endpoints(self) -> Iterable[tuple[str, str, str, bool]]: ...  # route, version, ep, up
+    def reload_counts(self) -> dict[str, int]: ...
+    def proxy_errors(self) -> dict[str, int]: ...  # the proxy's own 503s, by kind
+    def generation(self) -> int: ...
+    def rollout_metrics(self) -> Iterable[Metric]: ...
+
+
+class SplitproxyCollector(Collector):
+    def __init__(self, source: MetricsSource) -> None:
+        self.source = source
+
+    def collect(self) -> Iterator[Metric]:
+        src = self.source
+        stats = list(src.version_stats())
+        requests = CounterMetricFamily(
+            "splitproxy_requests", "Requests answered, by route, version and status code",
+            labels=["route", "version", "code"],
+        )
+        errors = CounterMetricFamily(
+            "splitproxy_upstream_errors", "Upstream failures by kind",
+            labels=["route", "version", "kind"],
+        )
+        aborts = CounterMetricFamily(
+            "splitproxy_client_aborts", "Clients that went away before their answer ended",
+            labels=["route", "version"],
+        )
+        in_flight = GaugeMetricFamily(
+            "splitproxy_requests_in_flight", "Requests being proxied now",
+            labels=["route", "version"],
+        )
+        duration = HistogramMetricFamily(
+            "splitproxy_request_duration_seconds",
+            "From request head received to the answer's last byte handed to the client "
+            "(a slow client included): for dashboards, the guard counts upstream time",
+            labels=["route", "version"],
+        )
+        timed, slow = _upstream_families("splitproxy_upstream")
+        for s in stats:
+            labels = [s.route, s.version]
+            for code, n in sorted(s.responses.items()):
+                requests.add_metric([*labels, str(code)], n)
+            for kind, n in s.errors.items():
+                errors.add_metric([*labels, kind], n)
+            aborts.add_metric(labels, s.client_aborts)
+            in_flight.add_metric(labels, s.in_flight)
+            buckets = []
+            cumulative = 0
+            for bound, n in zip((*LATENCY_BUCKETS, float("inf")), s.latency_counts, strict=True):
+                cumulative += n
+                buckets.append((_le(bound), cumulative))
+            duration.add_metric(labels, buckets, s.latency_sum)
+            _add_upstream(timed, slow, s)
+        yield from (requests, errors, aborts, in_flight, duration, timed, slow)
+
+        weight = GaugeMetricFamily(
+            "splitproxy_route_weight", "Effective weight of each version",
+            labels=["route", "version"],
+        )
+        for route, version, w in src.weights():
+            weight.add_metric([route, version], w)
+        yield weight
+        up = GaugeMetricFamily(
+            "splitproxy_endpoint_up", "1 while an endpoint takes traffic, 0 while ejected",
+            labels=["route", "version", "endpoint"],
+        )
+        for route, version, endpoint, is_up in src.endpoints():
+            up.add_metric([route, version, endpoint], 1 if is_up else 0)
+        yield up
+
+        reloads = CounterMetricFamily(
+            "splitproxy_config_reloads", "Config reloads by result", labels=["result"]
+        )
+        for result, n in src.reload_counts().items():
+            reloads.add_metric([result], n)
+        yield reloads
+        own = CounterMetricFamily(
+            "splitproxy_proxy_errors",
+            "The proxy's own 503s (overload, local resource failure), never a version's",
+            labels=["kind"],
+        )
+        for kind, n in src.proxy_errors().items():
+            own.add_metric([kind], n)
+        yield own
+        yield GaugeMetricFamily(
+            "splitproxy_config_generation", "Generation of the config being served",
+            value=src.generation(),
+        )
+        info = InfoMetricFamily("splitproxy_build", "splitproxy build information")
+        info.add_metric([], {"version": __version__})
+        yield info
+        yield from src.rollout_metrics()
+
+
+def _upstream_families(prefix: str) -> tuple[CounterMetricFamily, CounterMetricFamily]:
+    """The guard's exact latency counts: what `source: prometheus` judges on."""
+    timed = CounterMetricFamily(
+        f"{prefix}_timed_requests",
+        "Requests with an upstream time: from the request sent to the upstream to the "
+        "response's last byte read from it, not counting time held for a slow client",
+        labels=["route", "version"],
+    )
+    slow = CounterMetricFamily(
+        f"{prefix}_slow_requests",
+        "Timed requests whose upstream time exceeded `over` seconds, for each latency limit "
+        "of the route's analysis (max_p50_ms, max_p90_ms, max_p99_ms)",
+        labels=["route", "version", "over"],
+    )
+    return timed, slow
+
+
+def _add_upstream(timed: CounterMetricFamily, slow: CounterMetricFamily,
+                  s: VersionStats) -> None:
+    timed.add_metric([s.route, s.version], s.timed)
+    for limit, n in sorted(s.over.items()):
+        slow.add_metric([s.route, s.version, over_label(limit)], n)
+
+
+def over_label(limit: float) -> str:
+    """The `over` label of a latency limit (seconds): `repr`, so it parses back exactly."""
+    return repr(limit)
+
+
+def _le(bound: float) -> str:
+    return "+Inf" if bound == float("inf") else repr(bound)
+
+
+def make_registry(source: MetricsSource) -> CollectorRegistry:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(SplitproxyCollector(source))
+    return registry
+
+
+def exposition(registry: CollectorRegistry) -> bytes:
+    return generate_latest(registry)
+
+
+def rollout_families(
+    phases: dict[str, str],
+    steps: dict[str, int],
+    aborts: dict[str, int],
+    checks: dict[tuple[str, str], int],
+    synthetic: Iterable[VersionStats],
+    store_up: bool,
+) -> list[Metric]:
+    """Rollout engine metrics: phase (one series per phase, 1 for the current one), step,
+    aborts, analysis checks by result, and synthetic requests (kept out of analysis)."""
+    from splitproxy.rollout import PHASES
+
+    phase = GaugeMetricFamily(
+        "splitproxy_rollout_phase", "1 for the phase each route's rollout is in",
+        labels=["route", "phase"],
+    )
+    step = GaugeMetricFamily("splitproxy_rollout_step", "Index of the current rollout step",
+                             labels=["route"])
+    aborted = CounterMetricFamily("splitproxy_rollout_aborts", "Rollouts aborted",
+                                  labels=["route"])
+    judged = CounterMetricFamily("splitproxy_analysis_checks", "Analysis checks by result",
+                                 labels=["route", "result"])
+    for route, current in phases.items():
+        for name in PHASES:
+            phase.add_metric([route, name], 1 if name == current else 0)
+        step.add_metric([route], steps.get(route, 0))
+        aborted.add_metric([route], aborts.get(route, 0))
+    for (route, result), n in sorted(checks.items()):
+        judged.add_metric([route, result], n)
+    synth = CounterMetricFamily(
+        "splitproxy_synthetic_requests", "Requests marked as synthetic load",
+        labels=["route", "version", "code"],
+    )
+    synth_timed, synth_slow = _upstream_families("splitproxy_synthetic_upstream")
+    for s in synthetic:
+        for code, n in sorted(s.responses.items()):
+            synth.add_metric([s.route, s.version, str(code)], n)
+        _add_upstream(synth_timed, synth_slow, s)
+    up = GaugeMetricFamily("splitproxy_state_store_up",
+                           "1 while the rollout state store (file or Redis) is reachable",
+                           value=1 if store_up else 0)
+    return [phase, step, aborted, judged, synth, synth_timed, synth_slow, up]

@@ -1,0 +1,81 @@
+"""One splitproxy process: data plane, control plane and admin API, started and stopped
+together; `splitproxy run` is `serve()`."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from pathlib import Path
+
+from aiohttp import web
+
+from splitproxy.config.models import load
+from splitproxy.control.admin import bound_port, resolve_token, start_admin
+from splitproxy.control.clock import SYSTEM, Clock
+from splitproxy.control.controller import Controller
+from splitproxy.dataplane.server import ProxyServer
+from splitproxy.dataplane.workers import WorkerPool
+
+log = logging.getLogger("splitproxy.control.service")
+
+
+class Service:
+    def __init__(self, config_path: Path | str, *, watch: bool = True, workers: int = 1,
+                 clock: Clock = SYSTEM) -> None:
+        self.path = Path(config_path)
+        self.watch = watch
+        config = load(self.path)
+        self.token = resolve_token(config.admin, self.path)  # refuses an open admin API
+        self.proxy: ProxyServer | WorkerPool = (
+            ProxyServer(config) if workers == 1 else WorkerPool(config, workers))
+        self.controller = Controller(self.path, config, self.proxy, clock=clock)
+        self._admin: web.AppRunner | None = None
+
+    @property
+    def proxy_port(self) -> int:
+        return self.proxy.port
+
+    @property
+    def admin_port(self) -> int:
+        assert self._admin is not None
+        return bound_port(self._admin)
+
+    async def start(self) -> None:
+        await self.proxy.start(await self.controller.prepare())
+        self._admin = await start_admin(self.controller, self.token)
+        await self.controller.start(watch=self.watch)
+        log.info("admin API on %s", self.controller.config.admin.listen)
+
+    async def stop(self, drain: float | None = None) -> None:
+        """Graceful: /readyz turns 503 at once, in-flight requests finish, then all closes."""
+        await self.controller.stop()
+        await self.proxy.stop(drain)
+        if self._admin is not None:
+            await self._admin.cleanup()
+
+
+async def serve(config_path: Path, workers: int = 1) -> int:
+    """Serve until SIGTERM/SIGINT, then drain and return the exit code."""
+    # SIGHUP means "reload" once the controller runs; until then (and in the workers, which
+    # inherit this) it must not kill the process, whose default action it would be.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    service = Service(config_path, workers=workers)
+    await service.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("shutting down: draining for up to %.1fs",
+             service.controller.config.timeouts.drain)
+    await service.stop()
+    return 0
+
+
+def run_loop(main: object) -> int:
+    """Run a coroutine on uvloop."""
+    import uvloop
+
+    result: int = uvloop.run(main)  # type: ignore[arg-type]
+    return result

@@ -1,0 +1,108 @@
+"""Analysis counts from Prometheus: the raw counters of every replica, read in one instant
+query per reading, so the guard judges the whole fleet on the same numbers the local source
+would count (`tally.CounterDiff` takes the exact differences). A failed query adds nothing:
+the check is inconclusive, never a failure, and the next answer carries what it missed."""
+
+from __future__ import annotations
+
+import math
+
+import aiohttp
+
+from splitproxy.rollout.tally import ERRORS, REQUESTS, TIMED, Series, slow_metric
+
+QUERY_TIMEOUT = 5.0
+
+# One family per count, and the same for synthetic load (judged only with include_synthetic).
+_KINDS = {
+    "splitproxy_requests_total": REQUESTS,
+    "splitproxy_upstream_timed_requests_total": TIMED,
+    "splitproxy_upstream_slow_requests_total": "slow",
+}
+_SYNTHETIC = "splitproxy_synthetic_"
+# Labels that name *what* a series counts; every other label (instance, job, pod, ...) tells
+# one replica's series from another's.
+_OWN_LABELS = ("__name__", "route", "version")
+
+
+def families(include_synthetic: bool) -> list[str]:
+    names = list(_KINDS)
+    if include_synthetic:
+        names += [_SYNTHETIC + n.removeprefix("splitproxy_") for n in _KINDS]
+    return names
+
+
+def query(route: str, include_synthetic: bool) -> str:
+    """Every raw counter of `route` (route names are letters, digits, `_.-`: no quoting)."""
+    names = "|".join(families(include_synthetic))
+    return f'{{__name__=~"{names}",route="{route}"}}'
+
+
+def parse(result: list[dict[str, object]]) -> dict[Series, float]:
+    """An instant vector of raw counters -> cumulative series for `tally.CounterDiff`."""
+    out: dict[Series, float] = {}
+    for item in result:
+        labels = item["metric"]
+        value = item["value"]
+        if not isinstance(labels, dict) or not isinstance(value, list):
+            raise ValueError(f"unexpected result item {item!r}")
+        name = str(labels.get("__name__", ""))
+        version = str(labels.get("version", ""))
+        synthetic = name.startswith(_SYNTHETIC)
+        kind = _KINDS.get("splitproxy_" + name.removeprefix(_SYNTHETIC) if synthetic else name)
+        number = float(value[1])
+        if kind is None or not version or not math.isfinite(number):
+            continue
+        which = ",".join(f"{k}={labels[k]}" for k in sorted(labels) if k not in _OWN_LABELS)
+        if synthetic:
+            which = "synthetic|" + which
+        if kind == REQUESTS:
+            out[(version, REQUESTS, which)] = number
+            if str(labels.get("code", "")).startswith("5"):
+                out[(version, ERRORS, which)] = number
+        elif kind == TIMED:
+            out[(version, TIMED, which)] = number
+        else:
+            out[(version, slow_metric(float(str(labels.get("over", "nan")))), which)] = number
+    return out
+
+
+class PrometheusSource:
+    def __init__(self) -> None:
+        self._session: aiohttp.ClientSession | None = None
+
+    async def instant(self, url: str, promql: str) -> list[dict[str, object]]:
+        """One instant query's result vector; raises on any failure."""
+        if self._session is None:
+            self._session = aiohttp.ClientSession()
+        async with self._session.get(
+            url.rstrip("/") + "/api/v1/query", params={"query": promql},
+            timeout=aiohttp.ClientTimeout(total=QUERY_TIMEOUT),
+        ) as resp:
+            body = await resp.json(content_type=None)
+            if resp.status != 200 or body.get("status") != "success":
+                raise RuntimeError(f"HTTP {resp.status}: {body.get('error', body)}")
+        data = body["data"]
+        if data.get("resultType") != "vector":
+            raise ValueError(f"expected a vector, got {data.get('resultType')!r}")
+        result = data["result"]
+        if not isinstance(result, list):
+            raise ValueError("expected a list of series")
+        return result
+
+    async def counters(self, url: str, route: str, include_synthetic: bool
+                       ) -> tuple[dict[Series, float] | None, dict[str, str], str | None]:
+        """(the route's raw counters or None, the query, the error if it failed)."""
+        promql = query(route, include_synthetic)
+        shown = {"counters": promql}
+        try:
+            series = parse(await self.instant(url, promql))
+        except (aiohttp.ClientError, TimeoutError, RuntimeError, ValueError, KeyError,
+                TypeError, IndexError) as exc:
+            return None, shown, f"prometheus query failed: {type(exc).__name__}: {exc}"
+        return series, shown, None
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None

@@ -1,0 +1,1 @@
+"""Where rollout state lives: a file, or Redis shared by replicas (one interface)."""

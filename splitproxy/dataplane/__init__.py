@@ -1,0 +1,1 @@
+"""Where bytes move: listening sockets, worker processes, hot-path counters."""

@@ -1,0 +1,1 @@
+"""HTTP/1.1 between clients and upstreams: the protocols, exchanges and pools."""

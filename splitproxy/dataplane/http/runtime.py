@@ -1,0 +1,135 @@
+"""The data plane's compiled view of a routing table: pools and counters attached per version."""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+
+from splitproxy.config.models import Health
+from splitproxy.dataplane.http.upstream import Pool, Pools
+from splitproxy.dataplane.stats import Stats, VersionStats
+from splitproxy.routing.table import RouteEntry, RoutingTable
+
+
+class VersionRuntime:
+    """One version of one route: its endpoints' pools, round-robin position and counters."""
+
+    __slots__ = ("route", "name", "pools", "stats", "synthetic_stats", "health", "_rr")
+
+    def __init__(
+        self, route: str, name: str, pools: tuple[Pool, ...], stats: Stats, health: Health
+    ) -> None:
+        self.route = route
+        self.name = name
+        self.pools = pools
+        self.stats: VersionStats = stats.get(route, name)
+        self.synthetic_stats: VersionStats = stats.get(route, name, synthetic=True)
+        if _NO_STATS:
+            self.stats = self.synthetic_stats = _Uncounted(route, name)
+        self.health = health
+        self._rr = 0
+
+    def next_pool(self) -> Pool | None:
+        """Round robin over the endpoints that are not ejected."""
+        pools = self.pools
+        n = len(pools)
+        for _ in range(n):
+            self._rr += 1
+            pool = pools[self._rr % n]
+            if not pool.ejected:
+                return pool
+        return None
+
+    def record_failure(self, pool: Pool) -> None:
+        """A connect failure or reset: enough in a row eject the endpoint, as Envoy's outlier
+        detection does, unless that would leave fewer than `min_healthy` endpoints."""
+        pool.failures += 1
+        health = self.health
+        if pool.ejected or pool.failures < health.consecutive_failures:
+            return
+        healthy = sum(1 for p in self.pools if not p.ejected)
+        if healthy - 1 < health.min_healthy:
+            return
+        period = pool.eject(health.base_ejection, health.max_ejection)
+        log.warning(
+            "ejected endpoint %s of %s/%s for %.0fs after %d consecutive failures",
+            pool.endpoint.key, self.route, self.name, period, health.consecutive_failures,
+        )
+
+
+log = logging.getLogger("splitproxy.health")
+
+# For the benchmark only: what does counting cost? (`loadtests/bench.py` compares both.)
+_NO_STATS = os.environ.get("SPLITPROXY_BENCH_NO_STATS") == "1"
+
+
+class _Uncounted(VersionStats):
+    __slots__ = ()
+
+    def observe(self, status: int, seconds: float, upstream: float = -1.0) -> None:
+        pass
+
+
+@dataclass(frozen=True, slots=True)
+class CompiledRoute:
+    entry: RouteEntry
+    versions: dict[str, VersionRuntime]
+    cookie: bytes | None  # the sticky cookie's name
+    set_cookie: dict[str, bytes]  # version -> its Set-Cookie header line, made once per table
+    sticky: dict[bytes, str]  # cookie value of the current run -> version
+
+
+@dataclass(frozen=True, slots=True)
+class Runtime:
+    table: RoutingTable
+    routes: tuple[CompiledRoute, ...]
+    any_host: bool  # no route matches on host: skip host normalisation per request
+    catch_all: CompiledRoute | None  # the first route matches every request: skip matching
+
+    def match(self, host: str, path: str) -> CompiledRoute | None:
+        for route in self.routes:
+            if route.entry.matches(host, path):
+                return route
+        return None
+
+
+def compile_table(table: RoutingTable, pools: Pools, stats: Stats, health: Health,
+                  previous: Runtime | None = None) -> Runtime:
+    """Attach pools and counters; endpoints the table no longer names start draining.
+
+    A version whose endpoints did not change keeps its round-robin position from `previous`:
+    a new table (a reload, a rollout step, a rebuild with the same weights) must not restart
+    the rotation, or requests would pile on the first endpoint at every swap.
+    """
+    before = {(r.entry.name, name): v for r in previous.routes for name, v in r.versions.items()
+              } if previous is not None else {}
+    routes = []
+    for entry in table.routes:
+        versions = {}
+        for name in entry.plan.versions:
+            version = VersionRuntime(
+                entry.name,
+                name,
+                tuple(pools.get(ep) for ep in entry.endpoints.get(name, ())),
+                stats,
+                health,
+            )
+            version.stats.set_limits(entry.latency_limits)
+            version.synthetic_stats.set_limits(entry.latency_limits)
+            old = before.get((entry.name, name))
+            if old is not None and old.pools == version.pools:
+                version._rr = old._rr
+            versions[name] = version
+        cookie = entry.cookie.encode("latin-1") if entry.cookie else None
+        set_cookie = {
+            version: b"Set-Cookie: %s=%s; Path=/; Max-Age=%d; HttpOnly; SameSite=Lax"
+            % (cookie, value, entry.cookie_max_age)
+            for value, version in entry.cookie_values.items()
+        } if cookie else {}
+        routes.append(CompiledRoute(entry, versions, cookie, set_cookie, entry.cookie_values))
+    pools.retain({ep for e in table.routes for eps in e.endpoints.values() for ep in eps})
+    first = routes[0] if routes else None
+    catch_all = first if first and first.entry.host is None and \
+        first.entry.path_prefix == "/" else None
+    return Runtime(table, tuple(routes), all(r.host is None for r in table.routes), catch_all)

@@ -1,0 +1,1 @@
+"""Which version answers: the pure choice and the immutable routing table."""

@@ -1,0 +1,123 @@
+"""Config + rollout state -> an immutable routing table the data plane swaps in whole."""
+
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import dataclass, field
+from urllib.parse import urlsplit
+
+from splitproxy.config.models import Config, Route
+from splitproxy.routing.choose import RoutePlan, make_plan, pin_values, sticky_value
+
+NO_RUN = "0"  # the run of a table built without rollout state (no engine: tests, tools)
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    host: str
+    port: int
+
+    @property
+    def key(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    @classmethod
+    def parse(cls, url: str) -> Endpoint:
+        parts = urlsplit(url)
+        return cls(parts.hostname or "127.0.0.1", parts.port or 80)
+
+
+@dataclass(frozen=True, slots=True)
+class RouteEntry:
+    name: str
+    host: str | None  # lower-case, no port
+    path_prefix: str
+    plan: RoutePlan
+    endpoints: dict[str, tuple[Endpoint, ...]]  # version -> endpoints
+    pin_header: bytes | None  # lower-case header names, as the parser hands them over
+    pins: dict[bytes, str]  # the pin header values honoured -> version
+    hash_header: bytes | None
+    cookie: str | None
+    run: str  # the rollout run; a sticky cookie of another run is ignored
+    cookie_values: dict[bytes, str]  # sticky cookie value of this run -> version
+    cookie_max_age: int  # seconds
+    synthetic_header: bytes | None  # marks synthetic load (counted apart), with analysis only
+    latency_limits: tuple[float, ...]  # seconds, ascending: the analysis' max_pNN_ms, counted
+    preview_header: bytes | None  # blue-green: requests carrying it reach `preview_version`
+    preview_token: bytes | None  # ... only when its value is this (sticky.pin_token)
+    preview_version: str | None
+    # Feeds the weighted sequence; shared by every request of this route in this table.
+    counter: itertools.count[int] = field(default_factory=itertools.count)
+
+    def matches(self, host: str, path: str) -> bool:
+        if self.host is not None and host != self.host:
+            return False
+        return path.startswith(self.path_prefix)
+
+
+@dataclass(frozen=True, slots=True)
+class RoutingTable:
+    generation: int
+    routes: tuple[RouteEntry, ...]  # in config order: the first that matches answers
+
+
+def _lower(name: str | None) -> bytes | None:
+    return name.lower().encode("latin-1") if name else None
+
+
+def build_route(
+    route: Route, weights: dict[str, int] | None = None, run: str = NO_RUN
+) -> RouteEntry:
+    """`weights`: the effective weights (a rollout's), when they differ from the config's;
+    `run`: the rollout run sticky cookies must name."""
+    versions = tuple(route.versions)
+    sticky = route.sticky
+    token = sticky.pin_token
+    if weights is None:
+        weights = route.configured_weights
+    preview = None
+    if route.strategy == "blue-green":
+        preview = next((v for v in versions if weights.get(v, 0) == 0), None)
+    return RouteEntry(
+        name=route.name,
+        host=route.match.host.lower() if route.match.host else None,
+        path_prefix=route.match.path_prefix,
+        plan=make_plan(route.name, versions, weights, baseline=route.baseline),
+        endpoints={
+            v: tuple(Endpoint.parse(url) for url in cfg.endpoints)
+            for v, cfg in route.versions.items()
+        },
+        pin_header=_lower(sticky.pin_header),
+        pins=pin_values(versions, token) if sticky.pin_header else {},
+        hash_header=_lower(sticky.hash_header),
+        cookie=sticky.cookie,
+        run=run,
+        cookie_values={sticky_value(v, run).encode("latin-1"): v for v in versions},
+        cookie_max_age=max(1, math.ceil(sticky.cookie_max_age)),
+        synthetic_header=_lower(route.analysis.synthetic_header) if route.analysis else None,
+        latency_limits=latency_limits(route),
+        preview_header=_lower(route.preview_header) if preview is not None else None,
+        preview_token=token.encode("latin-1") if token else None,
+        preview_version=preview,
+    )
+
+
+def latency_limits(route: Route) -> tuple[float, ...]:
+    """The upstream-time limits counted per request for `route`, in seconds, ascending."""
+    analysis = route.analysis
+    if analysis is None:
+        return ()
+    return tuple(sorted({seconds for _, seconds, _ in analysis.latency_limits()}))
+
+
+def build(
+    config: Config, generation: int = 1, weights: dict[str, dict[str, int]] | None = None,
+    runs: dict[str, str] | None = None,
+) -> RoutingTable:
+    """The table for a config; `weights` per route name overrides the configured weights,
+    `runs` names each route's rollout run."""
+    weights = weights or {}
+    runs = runs or {}
+    return RoutingTable(generation, tuple(
+        build_route(r, weights.get(r.name), runs.get(r.name, NO_RUN)) for r in config.routes))
