@@ -26,7 +26,7 @@ UPSTREAM_HOST = "127.0.0.1"
 UPSTREAMS: dict[str, int] = {"stable": 9001, "canary": 9002}
 DRAIN_SECONDS = 5.0
 
-DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "config" / "demo.yaml"
+DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "config" / "demo.yaml"
 
 # Used when the package is installed without the repository's config/ (a wheel, the image).
 EMBEDDED_CONFIG = """\

@@ -13,7 +13,7 @@ from typing import Any
 
 import aiohttp
 
-from splitproxy.config.models import Webhook
+from splitproxy.config.steps import Webhook
 
 log = logging.getLogger("splitproxy.control.webhooks")
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-from splitproxy.config.models import Webhook, WebhookEvent
+from splitproxy.config.steps import Webhook, WebhookEvent
 from splitproxy.rollout.state import Phase, RouteState
 from splitproxy.rollout.tally import Tally
 

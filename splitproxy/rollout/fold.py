@@ -10,7 +10,8 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
-from splitproxy.config.models import Route, WebhookEvent
+from splitproxy.config.models import Route
+from splitproxy.config.steps import WebhookEvent
 from splitproxy.rollout import guard, machine
 from splitproxy.rollout.events import (
     Act,

@@ -31,7 +31,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
-from splitproxy.config.models import Advance, Analysis, Route
+from splitproxy.config.guard import Advance, Analysis
+from splitproxy.config.models import Route
 from splitproxy.rollout import budget
 from splitproxy.rollout.events import Measurement
 from splitproxy.rollout.machine import effective_active, weights

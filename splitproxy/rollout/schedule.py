@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from zoneinfo import ZoneInfo
 
-from splitproxy.config.models import DeployWindow
+from splitproxy.config.steps import DeployWindow
 
 DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 

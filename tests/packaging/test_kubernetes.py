@@ -19,7 +19,8 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from splitproxy.config.models import Config, load, parse_duration
+from splitproxy.config.models import Config, load
+from splitproxy.config.units import parse_duration
 
 ROOT = Path(__file__).parents[2]
 MANIFEST_DIR = ROOT / "config" / "kubernetes"

@@ -7,16 +7,8 @@ from pathlib import Path
 import pydantic
 import pytest
 
-from splitproxy.config.models import (
-    Config,
-    ConfigError,
-    Route,
-    VersionConfig,
-    describe,
-    load,
-    parse_duration,
-    parse_size,
-)
+from splitproxy.config.models import Config, ConfigError, Route, VersionConfig, describe, load
+from splitproxy.config.units import parse_duration, parse_size
 
 FIXTURES = Path(__file__).parents[1] / "fixtures"
 

@@ -14,7 +14,9 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from splitproxy import rollout
-from splitproxy.config.models import Analysis, DeployWindow, Route
+from splitproxy.config.guard import Analysis
+from splitproxy.config.models import Route
+from splitproxy.config.steps import DeployWindow
 from splitproxy.rollout import (
     ActionError,
     Actor,

@@ -1,0 +1,147 @@
+"""The value types every config model shares: durations, sizes, names, addresses, and the
+frozen base model. Each parses once, at load; nothing below `load()` sees the raw text."""
+
+from __future__ import annotations
+
+import math
+import re
+from fractions import Fraction
+from typing import Annotated
+from urllib.parse import urlsplit
+
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, Strict
+
+from splitproxy.config.paths import normalise_prefix
+
+_NUMBER = r"(-?(?:\d+(?:\.\d*)?|\.\d+))"
+_DURATION = re.compile(_NUMBER + r"\s*(ms|s|m|h)?", re.IGNORECASE)
+_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+_SIZE = re.compile(_NUMBER + r"\s*([a-z]*)", re.IGNORECASE)
+_SIZE_UNITS = {"": 1, "b": 1}
+for _exp, _p in enumerate("kmgt", start=1):
+    _SIZE_UNITS.update({_p: 1000**_exp, _p + "b": 1000**_exp})  # SI, as disks and `10k`
+    _SIZE_UNITS.update({_p + "i": 1024**_exp, _p + "ib": 1024**_exp})  # IEC
+
+
+def _number(value: object) -> float | None:
+    # bool is an int subclass; `true` as a duration is a typo, not 1 second.
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value) if math.isfinite(value) else None
+
+
+def parse_duration(value: object) -> float:
+    """`500ms`, `2s`, `1m`, `1h` or a bare number of seconds -> seconds as a float."""
+    seconds = _number(value)
+    if seconds is None and isinstance(value, str) and (m := _DURATION.fullmatch(value.strip())):
+        seconds = float(m[1]) * _DURATION_UNITS[(m[2] or "s").lower()]
+    if seconds is None:
+        raise ValueError(f"expected a duration like 500ms, 2s or 1m, got {value!r}")
+    if seconds < 0:
+        raise ValueError(f"duration must be >= 0, got {value!r}")
+    return seconds
+
+
+def parse_size(value: object) -> int:
+    """`512`, `64KiB`, `10MB`, `1GiB` -> bytes."""
+    size: Fraction | None = None
+    if (number := _number(value)) is not None:
+        size = Fraction(number)
+    elif isinstance(value, str) and (m := _SIZE.fullmatch(value.strip())):
+        if (unit := _SIZE_UNITS.get(m[2].lower())) is not None:
+            size = Fraction(m[1]) * unit
+    if size is None:
+        raise ValueError(f"expected a size like 512, 64KiB or 10MB, got {value!r}")
+    if size < 0:
+        raise ValueError(f"size must be >= 0, got {value!r}")
+    if size.denominator != 1:
+        raise ValueError(f"size must be a whole number of bytes, got {value!r}")
+    return int(size)
+
+
+_NAME = re.compile(r"[A-Za-z0-9_.-]+")
+_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # RFC 9110 token; cookie names too
+
+
+def _name(value: str) -> str:
+    if not _NAME.fullmatch(value):
+        raise ValueError(f"invalid name {value!r}: use only letters, digits, '_', '.' and '-'")
+    return value
+
+
+def _token(value: str | None) -> str | None:
+    if value is not None and not _TOKEN.fullmatch(value):
+        raise ValueError(f"{value!r} is not a valid HTTP header or cookie name")
+    return value
+
+
+def _listen(value: object) -> str:
+    text = value if isinstance(value, str) else ""
+    host, sep, port = text.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        bare = host[1:-1]
+    else:
+        bare = "" if ":" in host else host  # unbracketed IPv6 is ambiguous with the port
+    if not (sep and bare and port.isdigit() and int(port) <= 65535):
+        raise ValueError(f"expected host:port such as 127.0.0.1:8080 or [::1]:8080, got {value!r}")
+    return text
+
+
+def _endpoint(value: str) -> str:
+    try:
+        parts = urlsplit(value)
+        # .port raises for a port that is not a number in 0..65535; none at all means 80.
+        ok = parts.scheme == "http" and bool(parts.hostname) and parts.port != 0
+    except ValueError:
+        ok = False
+    if not ok or parts.username:
+        raise ValueError(f"expected an endpoint like http://127.0.0.1:9001, got {value!r}")
+    if parts.path not in ("", "/") or parts.query or parts.fragment:
+        raise ValueError(f"endpoint {value!r} must not have a path or query")
+    return value
+
+
+def _host(value: str) -> str:
+    if not _NAME.fullmatch(value):
+        raise ValueError(f"expected a host name without scheme, port or path, got {value!r}")
+    return value
+
+
+def _webhook_url(value: str) -> str:
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"expected an http(s) URL, got {value!r}")
+    return value
+
+
+def _path_prefix(value: str) -> str:
+    # Requests are matched on their normalised path (see `urlpath`); the prefix is normalised
+    # the same way once, here, so `/api/./v1` and `/api//v1` mean what they say.
+    if not value.startswith("/"):
+        raise ValueError(f"must start with '/', got {value!r}")
+    try:
+        return normalise_prefix(value)
+    except ValueError as exc:
+        raise ValueError(f"{exc}: {value!r}") from None
+
+
+Duration = Annotated[float, BeforeValidator(parse_duration)]
+Size = Annotated[int, BeforeValidator(parse_size)]
+Timeout = Annotated[Duration, Field(gt=0)]
+Name = Annotated[str, AfterValidator(_name)]
+Token = Annotated[str | None, AfterValidator(_token)]
+Listen = Annotated[str, BeforeValidator(_listen)]
+Weight = Annotated[int, Strict(), Field(ge=0)]  # `true` is not a weight
+
+Millis = Annotated[float, Field(gt=0)]
+Positive = Annotated[int, Strict(), Field(ge=1)]
+HostName = Annotated[str, AfterValidator(_host)]
+PathPrefix = Annotated[str, AfterValidator(_path_prefix)]
+Endpoint = Annotated[str, AfterValidator(_endpoint)]
+WebhookUrl = Annotated[str, AfterValidator(_webhook_url)]
+TOKEN = _TOKEN
+
+
+class Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
