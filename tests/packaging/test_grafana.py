@@ -28,7 +28,7 @@ BUILTINS = {"__rate_interval", "__interval", "__range", "__interval_ms", "__rang
 
 
 def _exported() -> set[str]:
-    source = (ROOT / "splitproxy" / "metrics.py").read_text()
+    source = (ROOT / "splitproxy" / "control" / "metrics.py").read_text()
     families = set(re.findall(r'"(splitproxy_[a-z0-9_]+)"', source))
     assert families, "no metric names found in splitproxy/control/metrics.py"
     return {family + suffix for family in families for suffix in SUFFIXES}
