@@ -115,7 +115,7 @@ def _webhook_url(value: str) -> str:
 
 
 def _path_prefix(value: str) -> str:
-    # Requests are matched on their normalised path (see `urlpath`); the prefix is normalised
+    # Requests are matched on their normalised path (see `paths`); the prefix is normalised
     # the same way once, here, so `/api/./v1` and `/api//v1` mean what they say.
     if not value.startswith("/"):
         raise ValueError(f"must start with '/', got {value!r}")

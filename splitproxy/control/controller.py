@@ -18,7 +18,7 @@ from typing import Any
 
 from prometheus_client.core import Metric
 
-from splitproxy.config import isolate as confproc
+from splitproxy.config import isolate
 from splitproxy.config.isolate import load_in_child
 from splitproxy.config.models import Config, ConfigError, load
 from splitproxy.config.yamlload import MAX_CONFIG_BYTES
@@ -75,8 +75,8 @@ class Controller:
         self._sampler = loop.create_task(self._sample_forever())
         if watch:
             self.watcher.start()
-            # Reloads parse in a child of the fork server (confproc): start it in advance.
-            loop.run_in_executor(None, confproc.warm)
+            # Reloads parse in a child of the fork server (config.isolate): start it in advance.
+            loop.run_in_executor(None, isolate.warm)
         try:
             loop.add_signal_handler(signal.SIGHUP, self._on_sighup)
         except (NotImplementedError, RuntimeError, ValueError):
@@ -116,7 +116,7 @@ class Controller:
         self.reload_soon(force=True)
 
     def reload_soon(self, force: bool = False) -> None:
-        """A reload as the watcher and SIGHUP do it: parsed in a child process (`confproc`),
+        """A reload as the watcher and SIGHUP do it: parsed in a child process (`config.isolate`),
         so no file can stall the loop; one at a time, the last request winning."""
         if self._reloading is not None and not self._reloading.done():
             self._again = True  # the running reload may have read the file before this change
@@ -146,7 +146,7 @@ class Controller:
 
     def reload(self, force: bool = False) -> bool:
         """Load the file again; apply it whole, or keep serving the old config and say why.
-        Parses in this process (bounded by yamlconfig's limits); the watcher and SIGHUP use
+        Parses in this process (bounded by yamlload's limits); the watcher and SIGHUP use
         `reload_soon`, which parses in a child process."""
         digest = _digest(self.path)
         if digest == self._digest and not force:
