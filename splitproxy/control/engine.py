@@ -182,6 +182,9 @@ class RolloutEngine:
                    effects: list[Effect]) -> asyncio.Future[bool] | None:
         rebuild = False
         written = None
+        failed = any(isinstance(e, Checked) and e.result == "fail" for e in effects)
+        reverted = failed and any(isinstance(e, PhaseChanged) and e.new == Phase.ABORTED
+                                  for e in effects)
         for effect in effects:
             if isinstance(effect, Persist):
                 written = self.sync.submit(name, effect.state)
@@ -193,13 +196,19 @@ class RolloutEngine:
                 rebuild = True
             elif isinstance(effect, Log):
                 level = logging.WARNING if effect.level == "warning" else logging.INFO
-                log.log(level, "rollout route=%s %s", name, effect.message)
+                log.log(level, "rollout route=%s %s", name, effect.message,
+                        extra={"route": name})
             elif isinstance(effect, PhaseChanged):
                 if effect.new == Phase.ABORTED:
                     self.aborts[name] = self.aborts.get(name, 0) + 1
+                    if reverted:
+                        self._log_breach(name, "automatic abort: canary out of traffic")
             elif isinstance(effect, Checked):
                 key = (name, effect.result)
                 self.checks_total[key] = self.checks_total.get(key, 0) + 1
+                if effect.result == "fail" and not reverted:
+                    # Promoted is final: the guard's failure is reported, not acted on.
+                    self._log_breach(name, "guard failed, rollout not reverted")
             elif isinstance(effect, NewRun):
                 self.readings.new_run(name)
             elif isinstance(effect, Notify):
@@ -209,6 +218,21 @@ class RolloutEngine:
         if rebuild:
             self._swap_table()
         return written
+
+    def _log_breach(self, name: str, what: str) -> None:
+        """One WARNING line with the numbers behind a failed check: what an operator paged at
+        night needs (the same as /status' last check)."""
+        state = self.states[name]
+        check = state.checks[-1] if state.checks else {}
+        log.warning("rollout route=%s %s: phase=%s step=%d weight=%d reason=%s check: %s "
+                    "requests=%s", name, what, state.phase, state.step, state.weight,
+                    state.abort_reason or "-", check.get("summary", "-"),
+                    check.get("requests", {}),
+                    extra={"route": name, "event": "guard_fail", "phase": str(state.phase),
+                           "step": state.step, "weight": state.weight, "run": state.run,
+                           "reason": state.abort_reason, "summary": check.get("summary"),
+                           "requests": check.get("requests"),
+                           "segment": check.get("segment")})
 
     @contextlib.contextmanager
     def _one_rebuild(self) -> Iterator[None]:
