@@ -21,6 +21,7 @@ from typing import Any
 
 from splitproxy.config.models import Config, Route
 from splitproxy.control.clock import SYSTEM, Clock
+from splitproxy.control.guardlog import GuardLog
 from splitproxy.control.readings import Readings, default_sources
 from splitproxy.control.sources.measure import MetricSource
 from splitproxy.control.stores.store import StateStore, Wanted
@@ -84,6 +85,7 @@ class RolloutEngine:
         self.aborts: dict[str, int] = {}
         self.checks_total: dict[tuple[str, str], int] = {}
         self.webhooks = Webhooks()
+        self.guard_log = GuardLog()
         self.sync = StateSync(store, clock, self._post, lambda: self.states)
         self.readings = Readings(store, clock, sources or default_sources(store, counters),
                                  self._post, lambda: (self.routes, self.states))
@@ -182,9 +184,8 @@ class RolloutEngine:
                    effects: list[Effect]) -> asyncio.Future[bool] | None:
         rebuild = False
         written = None
-        failed = any(isinstance(e, Checked) and e.result == "fail" for e in effects)
-        reverted = failed and any(isinstance(e, PhaseChanged) and e.new == Phase.ABORTED
-                                  for e in effects)
+        # The guard's own abort: a failed check in the same breath as the phase change.
+        judged = any(isinstance(e, Checked) and e.result == "fail" for e in effects)
         for effect in effects:
             if isinstance(effect, Persist):
                 written = self.sync.submit(name, effect.state)
@@ -201,16 +202,15 @@ class RolloutEngine:
             elif isinstance(effect, PhaseChanged):
                 if effect.new == Phase.ABORTED:
                     self.aborts[name] = self.aborts.get(name, 0) + 1
-                    if reverted:
-                        self._log_breach(name, "automatic abort: canary out of traffic")
+                    if judged:
+                        self.guard_log.aborted(name, self.states[name], route)
             elif isinstance(effect, Checked):
                 key = (name, effect.result)
                 self.checks_total[key] = self.checks_total.get(key, 0) + 1
-                if effect.result == "fail" and not reverted:
-                    # Promoted is final: the guard's failure is reported, not acted on.
-                    self._log_breach(name, "guard failed, rollout not reverted")
+                self.guard_log.checked(name, self.states[name], route)
             elif isinstance(effect, NewRun):
                 self.readings.new_run(name)
+                self.guard_log.forget(name)
             elif isinstance(effect, Notify):
                 self.webhooks.notify(effect.hooks, effect.payload)
             elif isinstance(effect, AskGate):
@@ -218,21 +218,6 @@ class RolloutEngine:
         if rebuild:
             self._swap_table()
         return written
-
-    def _log_breach(self, name: str, what: str) -> None:
-        """One WARNING line with the numbers behind a failed check: what an operator paged at
-        night needs (the same as /status' last check)."""
-        state = self.states[name]
-        check = state.checks[-1] if state.checks else {}
-        log.warning("rollout route=%s %s: phase=%s step=%d weight=%d reason=%s check: %s "
-                    "requests=%s", name, what, state.phase, state.step, state.weight,
-                    state.abort_reason or "-", check.get("summary", "-"),
-                    check.get("requests", {}),
-                    extra={"route": name, "event": "guard_fail", "phase": str(state.phase),
-                           "step": state.step, "weight": state.weight, "run": state.run,
-                           "reason": state.abort_reason, "summary": check.get("summary"),
-                           "requests": check.get("requests"),
-                           "segment": check.get("segment")})
 
     @contextlib.contextmanager
     def _one_rebuild(self) -> Iterator[None]:
@@ -265,6 +250,7 @@ class RolloutEngine:
                 state = self.states.pop(name)
                 self.sync.retire(name, state.identity)
                 self.readings.forget(name)
+                self.guard_log.forget(name)
             for route in new.routes:
                 event = Reconfigure() if route.name in self.states else Restore()
                 self._apply(route.name, event)
