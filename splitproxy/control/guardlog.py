@@ -55,11 +55,12 @@ class GuardLog:
         """The guard took the canary out of traffic."""
         check = state.checks[-1] if state.checks else {}
         weights = machine.weights(state, route)
-        log.warning("rollout route=%s automatic abort: weights=%s reason=%s requests=%s",
-                    name, weights, state.abort_reason, check.get("requests", {}),
+        log.warning("rollout route=%s automatic abort: weights=%s reason=%s (last check: "
+                    "requests=%s)", name, weights, state.abort_reason,
+                    check.get("requests", {}),
                     extra=_fields(name, state, route, "guard_abort", weights=weights,
-                                  reason=state.abort_reason, requests=check.get("requests"),
-                                  summary=check.get("summary")))
+                                  reason=state.abort_reason,
+                                  check_requests=check.get("requests")))
 
 
 def _fields(name: str, state: RouteState, route: Route, event: str,

@@ -50,16 +50,15 @@ async def test_an_automatic_abort_is_logged_at_warning_with_route_reason_and_num
     message = record.getMessage()
     assert message.startswith("rollout route=shop automatic abort"), message
     assert "weights={'stable': 100, 'canary': 0}" in message
-    assert "reason=guard: canary error rate" in message and "requests={" in message
+    assert "reason=guard: canary error rate" in message and "(last check: requests={" in message
     fields: Any = record.__dict__
     assert fields["route"] == "shop" and fields["phase"] == "aborted"
     assert fields["reason"].startswith("guard: canary error rate")
-    assert fields["requests"]["canary"] > 0
+    assert fields["check_requests"]["canary"] > 0
     assert fields["weights"] == {"stable": 100, "canary": 0}
-    assert "error rate" in fields["summary"]
     line = json.loads(JsonFormatter().format(record))
     assert line["level"] == "WARNING" and line["route"] == "shop"
-    assert line["requests"] == fields["requests"]
+    assert line["check_requests"] == fields["check_requests"]
 
 
 async def test_a_breach_is_logged_at_warning_once_before_the_evidence_aborts(
