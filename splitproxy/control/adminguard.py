@@ -110,9 +110,12 @@ def _read_token(path: Path) -> tuple[str, StatKey]:
     return token, stat
 
 
-def resolve(admin: AdminConfig, config_path: Path | None = None) -> Settings:
+def resolve(admin: AdminConfig, config_path: Path | None = None,
+            listen: str | None = None) -> Settings:
     """The settings of `admin`, token file read; ConfigError if it cannot be read or if a
-    non-loopback listener would have no token (the admin API can abort and promote)."""
+    non-loopback listener would have no token (the admin API can abort and promote).
+    `listen`: the address actually bound, when it is not `admin.listen` (after a reload)."""
+    listen = listen or admin.listen
     token: str | None = os.environ.get(TOKEN_ENV, "").strip() or None
     path: Path | None = None
     stat: StatKey | None = None
@@ -121,17 +124,13 @@ def resolve(admin: AdminConfig, config_path: Path | None = None) -> Settings:
         if not path.is_absolute() and config_path is not None:
             path = config_path.parent / path
         token, stat = _read_token(path)
-    if token is None and not is_loopback(admin.listen):
+    if token is None and not is_loopback(listen):
         raise ConfigError([
-            f"admin.listen: {admin.listen} is not a loopback address: set admin.token_file "
+            f"admin.listen: {listen} is not a loopback address: set admin.token_file "
             f"or {TOKEN_ENV} so the admin API requires a bearer token"
         ])
     return Settings(token, path, stat, admin.metrics_auth,
                     frozenset(h.lower().rstrip(".") for h in admin.allowed_hosts))
-
-
-def resolve_token(admin: AdminConfig, config_path: Path | None = None) -> str | None:
-    return resolve(admin, config_path).token
 
 
 class AdminGuard:
@@ -141,14 +140,16 @@ class AdminGuard:
         self.config_path = config_path
         self.settings = resolve(admin, config_path)
         # The address actually bound: admin.listen needs a restart to change.
+        self._listen = admin.listen
         self._listen_host = listen_host(admin.listen)
         self.public = set(PROBES)  # paths that never need the token
         self.token_error: str | None = None
 
     # -- reload ----------------------------------------------------------------------------
     def prepare(self, admin: AdminConfig) -> Settings:
-        """A reloaded config's settings, token read; ConfigError rejects the reload whole."""
-        return resolve(admin, self.config_path)
+        """A reloaded config's settings, token read; ConfigError rejects the reload whole.
+        Judged against the address bound, not a new admin.listen that waits for a restart."""
+        return resolve(admin, self.config_path, self._listen)
 
     def install(self, new: Settings) -> None:
         old, self.settings = self.settings, new

@@ -313,6 +313,27 @@ async def test_a_reload_naming_an_unreadable_token_file_is_refused_whole(
         assert (await call(plain, svc, "GET", "/status"))[0] == 200
 
 
+async def test_a_reload_cannot_remove_the_token_of_a_non_loopback_admin_api(
+    tmp_path: Path, plain: aiohttp.ClientSession
+) -> None:
+    (tmp_path / "tok").write_text("s3cret-token\n")
+    path = tmp_path / "config.yaml"
+    write_config(path, rollout_config(admin={"listen": "0.0.0.0:0", "token_file": "tok"}))
+    async with run_service(path) as svc:
+        # Moving admin.listen to loopback needs a restart: the API still listens on 0.0.0.0,
+        # so dropping the token with it is refused.
+        write_config(path, rollout_config(admin={"listen": "127.0.0.1:0"}))
+
+        def refused() -> bool:
+            return svc.controller.status()["config"]["last_reload"]["result"] == "error"
+
+        await wait_until(refused, WAIT, "the reload refused")
+        error = svc.controller.status()["config"]["last_reload"]["error"]
+        assert "0.0.0.0:0 is not a loopback address" in error
+        assert (await call(plain, svc, "GET", "/status"))[0] == 401
+        assert (await call(plain, svc, "GET", "/status", bearer("s3cret-token")))[0] == 200
+
+
 async def test_a_secret_rotated_by_a_kubernetes_symlink_swap_is_enforced(
     tmp_path: Path, plain: aiohttp.ClientSession
 ) -> None:
