@@ -29,6 +29,7 @@ class AdminClient:
         req = urllib.request.Request(self.base_url + path, method=method)
         if self.token:
             req.add_header("Authorization", f"Bearer {self.token}")
+        req.add_header("X-Splitproxy-Action", "1")  # not a cross-site form (adminguard)
         try:
             with urllib.request.urlopen(req, timeout=self.timeout) as resp:
                 data: dict[str, Any] = json.loads(resp.read())

@@ -25,6 +25,9 @@ def _parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="serve with a config file")
     run.add_argument("-c", "--config", required=True, type=Path)
     run.add_argument("--workers", type=int, default=1, help="data-plane processes (default 1)")
+    run.add_argument("--log-format", choices=("text", "json"), default=None,
+                     help="text, or json (one object per line); default: the config's "
+                          "logging.format, else text")
 
     check = sub.add_parser("check", help="validate a config file and print its routes")
     check.add_argument("-c", "--config", required=True, type=Path)
@@ -98,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
         from splitproxy.control.service import run_loop, serve
 
         try:
-            return run_loop(serve(args.config, args.workers))
+            return run_loop(serve(args.config, args.workers, args.log_format))
         except ConfigError as exc:
             for line in exc.errors:
                 sys.stderr.write(line + "\n")

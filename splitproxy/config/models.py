@@ -9,7 +9,7 @@ and error-location work is in `yamlload`; the value types in `units`, the guard'
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import AfterValidator, Field, Strict, ValidationInfo, field_validator, model_validator
 
@@ -33,12 +33,25 @@ from splitproxy.config.units import (
 from splitproxy.config.yamlload import ConfigError as ConfigError
 from splitproxy.config.yamlload import Located, Problem, load_model
 
+LogFormat = Literal["text", "json"]
+
 
 class AdminConfig(Frozen):
     listen: Listen = "127.0.0.1:9901"
     # A file holding the bearer token; required when `listen` is not a loopback address
-    # (SPLITPROXY_ADMINTOKEN in the environment does as well).
+    # (SPLITPROXY_ADMIN_TOKEN in the environment does as well). Re-read when it changes.
     token_file: str | None = None
+    # /metrics asks for the token too (off: Prometheus' usual pod scrape carries none).
+    metrics_auth: bool = False
+    # Host names the admin API answers to besides IP literals, localhost and the listen
+    # host (DNS rebinding: a page on a name of its own must not reach the API through it).
+    allowed_hosts: tuple[HostName, ...] = ()
+
+
+class Logging(Frozen):
+    # text: for a terminal; json: one object per line, for a log pipeline. `splitproxy run
+    # --log-format` wins. Read at start-up.
+    format: LogFormat = "text"
 
 
 class Match(Frozen):
@@ -226,6 +239,7 @@ class State(Frozen):
 class Config(Frozen):
     listen: Listen = "127.0.0.1:8080"
     admin: AdminConfig = AdminConfig()
+    logging: Logging = Logging()
     routes: tuple[Route, ...] = Field(min_length=1)
     timeouts: Timeouts = Timeouts()
     limits: Limits = Limits()

@@ -2,75 +2,17 @@
 
 from __future__ import annotations
 
-import hmac
-import ipaddress
 import json
-import os
-from collections.abc import Awaitable, Callable
-from pathlib import Path
 
 from aiohttp import web
 
-from splitproxy.config.models import AdminConfig, ConfigError
+from splitproxy.control.adminguard import AdminGuard
 from splitproxy.control.controller import Controller
 from splitproxy.control.metrics import CONTENT_TYPE, exposition, make_registry
 from splitproxy.rollout import ActionError
 
-TOKEN_ENV = "SPLITPROXY_ADMIN_TOKEN"
 CONTROLLER: web.AppKey[Controller] = web.AppKey("controller", Controller)
-
-
-def is_loopback(listen: str) -> bool:
-    host = listen.rpartition(":")[0].strip("[]")
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-def resolve_token(admin: AdminConfig, config_path: Path | None = None) -> str | None:
-    """The bearer token from admin.token_file (relative to the config) or the environment.
-
-    A non-loopback admin listener without a token is refused: the admin API can abort and
-    promote rollouts.
-    """
-    token = os.environ.get(TOKEN_ENV, "").strip() or None
-    if admin.token_file:
-        path = Path(admin.token_file)
-        if not path.is_absolute() and config_path is not None:
-            path = config_path.parent / path
-        try:
-            token = path.read_text().strip() or None
-        except OSError as exc:
-            raise ConfigError([f"admin.token_file: cannot read {path}: {exc.strerror}"]) from exc
-        if token is None:
-            raise ConfigError([f"admin.token_file: {path} is empty"])
-    if token is None and not is_loopback(admin.listen):
-        raise ConfigError([
-            f"admin.listen: {admin.listen} is not a loopback address: set admin.token_file "
-            f"or {TOKEN_ENV} so the admin API requires a bearer token"
-        ])
-    return token
-
-
-def _auth_middleware(token: str) -> Callable[..., Awaitable[web.StreamResponse]]:
-    expected = f"Bearer {token}".encode()
-
-    @web.middleware
-    async def check(
-        request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
-    ) -> web.StreamResponse:
-        # aiohttp decodes header bytes as UTF-8 with surrogateescape: encode them back the
-        # same way, so a non-UTF-8 header is a wrong token (401), not an exception (500).
-        given = request.headers.get("Authorization", "").encode("utf-8", "surrogateescape")
-        if not hmac.compare_digest(given, expected):
-            return web.Response(status=401, text="401 Unauthorized: bearer token required\n",
-                                headers={"WWW-Authenticate": "Bearer"})
-        return await handler(request)
-
-    return check
+GUARD: web.AppKey[AdminGuard] = web.AppKey("guard", AdminGuard)
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -118,9 +60,11 @@ async def action(request: web.Request) -> web.Response:
                               "rollout": controller.engine.describe(name, state)})
 
 
-def make_app(controller: Controller, token: str | None) -> web.Application:
-    app = web.Application(middlewares=[_auth_middleware(token)] if token else [])
+def make_app(controller: Controller, guard: AdminGuard) -> web.Application:
+    """The admin API; `guard` (Host, browser and token rules, see adminguard) answers first."""
+    app = web.Application(middlewares=[guard.middleware()])
     app[CONTROLLER] = controller
+    app[GUARD] = guard
     registry = make_registry(controller)
 
     async def metrics(request: web.Request) -> web.Response:
@@ -134,8 +78,8 @@ def make_app(controller: Controller, token: str | None) -> web.Application:
     return app
 
 
-async def start_admin(controller: Controller, token: str | None) -> web.AppRunner:
-    runner = web.AppRunner(make_app(controller, token), access_log=None)
+async def start_admin(controller: Controller, guard: AdminGuard) -> web.AppRunner:
+    runner = web.AppRunner(make_app(controller, guard), access_log=None)
     await runner.setup()
     host, _, port = controller.config.admin.listen.rpartition(":")
     site = web.TCPSite(runner, host.strip("[]"), int(port))

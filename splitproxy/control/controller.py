@@ -22,6 +22,7 @@ from splitproxy.config import isolate
 from splitproxy.config.isolate import load_in_child
 from splitproxy.config.models import Config, ConfigError, load
 from splitproxy.config.yamlload import MAX_CONFIG_BYTES
+from splitproxy.control.adminguard import AdminGuard
 from splitproxy.control.clock import SYSTEM, Clock
 from splitproxy.control.engine import RolloutEngine
 from splitproxy.control.metrics import rollout_families
@@ -41,11 +42,13 @@ REALIZED_WINDOW = 60.0  # the realized split in /status covers this many seconds
 class Controller:
     def __init__(
         self, path: Path, config: Config, server: DataPlane, store: StateStore | None = None,
-        clock: Clock = SYSTEM,
+        clock: Clock = SYSTEM, guard: AdminGuard | None = None,
     ) -> None:
         self.path = path
         self.clock = clock
         self.config = config
+        self.started = config  # what the settings a reload cannot change were started with
+        self.guard = guard  # the admin API's access rules: a reload replaces them
         self.server = server
         self.table = table.build(config)  # the last table handed to the data plane
         self._generation = 1
@@ -55,7 +58,7 @@ class Controller:
         self.last_result: str | None = None
         self.last_error: str | None = None
         self.window = Window(horizon=REALIZED_WINDOW + 2 * SAMPLE_INTERVAL)
-        self.watcher = ConfigWatcher(path, self._on_file_change, ignore=self._ignored)
+        self.watcher = ConfigWatcher(path, self._on_file_change)
         self.store = store if store is not None else make_store(config, path)
         self.engine = RolloutEngine(self.store, self._counters, self.rebuild, clock)
         self._sampler: asyncio.Task[None] | None = None
@@ -104,10 +107,6 @@ class Controller:
         return self.server.listening and not self.server.draining
 
     # -- reload -----------------------------------------------------------------------------
-    def _ignored(self, path: Path) -> bool:
-        # Our own state files live beside the config; writing them is not a config change.
-        return path.name.endswith((".state.json", ".tmp")) and path != self.path
-
     def _on_file_change(self) -> None:
         self.reload_soon()
 
@@ -171,21 +170,27 @@ class Controller:
         return False
 
     def _loaded(self, new: Config) -> bool:
+        # The token file is read before anything applies: a reload whose token cannot be
+        # read (or that would leave a non-loopback admin API open) is refused whole.
+        try:
+            admin = self.guard.prepare(new.admin) if self.guard is not None else None
+        except ConfigError as exc:
+            return self._rejected(exc)
         if new == self.config:
             self.last_result = "success"
             self.last_error = None
-            return True
-        self.apply(new)
+        else:
+            self.apply(new)
+        if self.guard is not None and admin is not None:
+            self.guard.install(admin)
         return True
 
     def apply(self, new: Config) -> None:
         old = self.config
-        if new.listen != old.listen:
-            log.warning("listen changed from %s to %s: needs a restart, not applied",
-                        old.listen, new.listen)
-        if new.admin.listen != old.admin.listen:
-            log.warning("admin.listen changed from %s to %s: needs a restart, not applied",
-                        old.admin.listen, new.admin.listen)
+        for field, was, now in _restart_only(old, new):
+            if was != now:
+                log.warning("%s changed from %s to %s: needs a restart, not applied",
+                            field, was, now, extra={"field": field})
         self._generation += 1
         self.config = new
         self.engine.reconfigure(new)
@@ -195,6 +200,12 @@ class Controller:
         self.last_result = "success"
         self.last_error = None
         log.info("config generation %d applied from %s", self._generation, self.path)
+
+    def restart_needed(self) -> list[dict[str, str]]:
+        """Settings the file changed since start-up that only a restart applies."""
+        return [{"field": field, "running": running, "configured": configured}
+                for field, running, configured in _restart_only(self.started, self.config)
+                if running != configured]
 
     def _table(self) -> table.RoutingTable:
         self.table = table.build(self.config, self._generation, self.engine.weights(),
@@ -306,12 +317,21 @@ class Controller:
                     "error": self.last_error,
                 },
                 "reloads": dict(self.reloads),
+                "restart_needed": self.restart_needed(),
             },
+            "admin": self.guard.describe() if self.guard is not None else None,
             "ready": self.ready,
             "state_store": self.store_status(),
             "realized_window_seconds": round(span, 1),
             "routes": routes,
         }
+
+
+def _restart_only(old: Config, new: Config) -> list[tuple[str, str, str]]:
+    """(field, old value, new value) of the settings a reload does not apply."""
+    return [("listen", old.listen, new.listen),
+            ("admin.listen", old.admin.listen, new.admin.listen),
+            ("logging.format", old.logging.format, new.logging.format)]
 
 
 def _ms(seconds: float | None) -> float | None:

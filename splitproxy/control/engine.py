@@ -21,6 +21,7 @@ from typing import Any
 
 from splitproxy.config.models import Config, Route
 from splitproxy.control.clock import SYSTEM, Clock
+from splitproxy.control.guardlog import GuardLog
 from splitproxy.control.readings import Readings, default_sources
 from splitproxy.control.sources.measure import MetricSource
 from splitproxy.control.stores.store import StateStore, Wanted
@@ -84,6 +85,7 @@ class RolloutEngine:
         self.aborts: dict[str, int] = {}
         self.checks_total: dict[tuple[str, str], int] = {}
         self.webhooks = Webhooks()
+        self.guard_log = GuardLog()
         self.sync = StateSync(store, clock, self._post, lambda: self.states)
         self.readings = Readings(store, clock, sources or default_sources(store, counters),
                                  self._post, lambda: (self.routes, self.states))
@@ -182,6 +184,8 @@ class RolloutEngine:
                    effects: list[Effect]) -> asyncio.Future[bool] | None:
         rebuild = False
         written = None
+        # The guard's own abort: a failed check in the same breath as the phase change.
+        judged = any(isinstance(e, Checked) and e.result == "fail" for e in effects)
         for effect in effects:
             if isinstance(effect, Persist):
                 written = self.sync.submit(name, effect.state)
@@ -193,15 +197,20 @@ class RolloutEngine:
                 rebuild = True
             elif isinstance(effect, Log):
                 level = logging.WARNING if effect.level == "warning" else logging.INFO
-                log.log(level, "rollout route=%s %s", name, effect.message)
+                log.log(level, "rollout route=%s %s", name, effect.message,
+                        extra={"route": name})
             elif isinstance(effect, PhaseChanged):
                 if effect.new == Phase.ABORTED:
                     self.aborts[name] = self.aborts.get(name, 0) + 1
+                    if judged:
+                        self.guard_log.aborted(name, self.states[name], route)
             elif isinstance(effect, Checked):
                 key = (name, effect.result)
                 self.checks_total[key] = self.checks_total.get(key, 0) + 1
+                self.guard_log.checked(name, self.states[name], route)
             elif isinstance(effect, NewRun):
                 self.readings.new_run(name)
+                self.guard_log.forget(name)
             elif isinstance(effect, Notify):
                 self.webhooks.notify(effect.hooks, effect.payload)
             elif isinstance(effect, AskGate):
@@ -241,6 +250,7 @@ class RolloutEngine:
                 state = self.states.pop(name)
                 self.sync.retire(name, state.identity)
                 self.readings.forget(name)
+                self.guard_log.forget(name)
             for route in new.routes:
                 event = Reconfigure() if route.name in self.states else Restore()
                 self._apply(route.name, event)

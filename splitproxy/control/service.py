@@ -10,8 +10,10 @@ from pathlib import Path
 
 from aiohttp import web
 
+from splitproxy.config import logformat
 from splitproxy.config.models import load
-from splitproxy.control.admin import bound_port, resolve_token, start_admin
+from splitproxy.control.admin import bound_port, start_admin
+from splitproxy.control.adminguard import AdminGuard
 from splitproxy.control.clock import SYSTEM, Clock
 from splitproxy.control.controller import Controller
 from splitproxy.dataplane.server import ProxyServer
@@ -26,10 +28,11 @@ class Service:
         self.path = Path(config_path)
         self.watch = watch
         config = load(self.path)
-        self.token = resolve_token(config.admin, self.path)  # refuses an open admin API
+        self.guard = AdminGuard(config.admin, self.path)  # refuses an open admin API
         self.proxy: ProxyServer | WorkerPool = (
             ProxyServer(config) if workers == 1 else WorkerPool(config, workers))
-        self.controller = Controller(self.path, config, self.proxy, clock=clock)
+        self.controller = Controller(self.path, config, self.proxy, clock=clock,
+                                     guard=self.guard)
         self._admin: web.AppRunner | None = None
 
     @property
@@ -43,7 +46,7 @@ class Service:
 
     async def start(self) -> None:
         await self.proxy.start(await self.controller.prepare())
-        self._admin = await start_admin(self.controller, self.token)
+        self._admin = await start_admin(self.controller, self.guard)
         await self.controller.start(watch=self.watch)
         log.info("admin API on %s", self.controller.config.admin.listen)
 
@@ -55,12 +58,16 @@ class Service:
             await self._admin.cleanup()
 
 
-async def serve(config_path: Path, workers: int = 1) -> int:
-    """Serve until SIGTERM/SIGINT, then drain and return the exit code."""
+async def serve(config_path: Path, workers: int = 1,
+                log_format: logformat.Format | None = None) -> int:
+    """Serve until SIGTERM/SIGINT, then drain and return the exit code. Logs are written as
+    `log_format` (`--log-format`), else as the config's `logging.format`."""
     # SIGHUP means "reload" once the controller runs; until then (and in the workers, which
     # inherit this) it must not kill the process, whose default action it would be.
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     service = Service(config_path, workers=workers)
+    # Before anything starts: the workers take the format this process logs in.
+    logformat.configure(log_format or service.controller.config.logging.format)
     await service.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

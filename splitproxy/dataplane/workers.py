@@ -18,7 +18,7 @@ from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from typing import Any
 
-from splitproxy.config import logsafe
+from splitproxy.config import logformat
 from splitproxy.config.models import Config
 from splitproxy.dataplane.server import EndpointHealth, ProxyServer
 from splitproxy.dataplane.stats import Stats, VersionStats
@@ -159,7 +159,7 @@ class WorkerPool:
             target=worker_main,
             args=(child, self.config, self._routing.generation, _weights_of(self._routing),
                   _runs_of(self._routing),
-                  index, logging.getLogger().level),
+                  index, logging.getLogger().level, logformat.active()),
             name=f"splitproxy-worker-{index}",
         )
         # SIGHUP is for the control plane (reload). Sent to the whole process group (`kill
@@ -238,12 +238,10 @@ class WorkerPool:
 # -- inside a worker process --------------------------------------------------------------------
 def worker_main(conn: Connection, config: Config, generation: int, weights: Weights,
                 runs: dict[str, str],
-                index: int, log_level: int) -> None:
+                index: int, log_level: int, log_format: logformat.Format = "text") -> None:
     import uvloop
 
-    logging.basicConfig(level=log_level,
-                        format=f"%(asctime)s %(levelname)s %(name)s[w{index}]: %(message)s")
-    logsafe.install()
+    logformat.configure(log_format, log_level, worker=index)  # escapes too (logsafe)
     # Ctrl-C or SIGHUP sent to the whole process group: the parent decides when we stop and
     # reloads on SIGHUP; a worker ignores both (SIGHUP is blocked until now, see _spawn).
     signal.signal(signal.SIGHUP, signal.SIG_IGN)

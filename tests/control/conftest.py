@@ -132,8 +132,11 @@ async def upstreams(*names: str) -> AsyncIterator[dict[str, Upstream]]:
 
 @contextlib.asynccontextmanager
 async def admin(svc: Service, token: str | None = None) -> AsyncIterator[aiohttp.ClientSession]:
-    """An aiohttp session whose relative URLs go to the admin port (with a bearer token)."""
-    headers = {"Authorization": f"Bearer {token}"} if token is not None else {}
+    """An aiohttp session whose relative URLs go to the admin port (with a bearer token), and
+    with the header that marks its POSTs as actions (not a cross-site form), as the CLI's."""
+    headers = {"X-Splitproxy-Action": "1"}
+    if token is not None:
+        headers["Authorization"] = f"Bearer {token}"
     async with aiohttp.ClientSession(
         base_url=f"http://127.0.0.1:{svc.admin_port}",
         headers=headers,

@@ -39,7 +39,7 @@ async def test_non_utf8_authorization_is_401_without_a_traceback(
         cfg = proxy_config([route({"stable": up.url})], admin={"token_file": "tok"})
         async with running_service(tmp_path, cfg) as (svc, _):
             for value in (b"Bearer \xff\xfe", b"\xc3\x28", b"Bearer s3cret\xff"):
-                got = await _raw(svc.admin_port, b"GET /status HTTP/1.1\r\nHost: a\r\n"
+                got = await _raw(svc.admin_port, b"GET /status HTTP/1.1\r\nHost: 127.0.0.1\r\n"
                                  b"Authorization: " + value + b"\r\n\r\n")
                 assert got.startswith(b"HTTP/1.1 401"), got[:100]
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
@@ -51,7 +51,8 @@ async def test_reason_with_control_characters_is_refused(tmp_path: Path) -> None
         async with running_service(tmp_path, cfg) as (svc, _):
             for reason in ("a%0d%0a2026-01-01%20INFO%20forged", "x" * 501, "bell%07"):
                 got = await _raw(svc.admin_port, f"POST /routes/shop/abort?reason={reason} "
-                                 "HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n\r\n".encode())
+                                 "HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Splitproxy-Action: 1\r\n"
+                                 "Content-Length: 0\r\n\r\n".encode())
                 assert got.startswith(b"HTTP/1.1 400"), got[:200]
 
 

@@ -486,12 +486,12 @@ def test_entrypoint_serves_and_healthcheck_passes_then_sigterm_exits_0(
     healthy = _healthcheck(stages, image, running.admin_port, env)
     assert healthy.returncode == 0, healthy.stderr + running.log.read_text()
 
-    # The token matters: without it the admin API (and so the health check) answers 401.
+    # /healthz needs no token (an httpGet probe has none): the check passes without it.
     token_file = Path(image.map("/etc/splitproxy/admin-token"))
     token_file.unlink(missing_ok=True)
     env.pop("SPLITPROXY_ADMIN_TOKEN", None)
-    refused = _healthcheck(stages, image, running.admin_port, env)
-    assert refused.returncode != 0 and "401" in refused.stderr, refused.stderr
+    tokenless = _healthcheck(stages, image, running.admin_port, env)
+    assert tokenless.returncode == 0, tokenless.stderr
 
     # The state directory is the VOLUME; the start-up write probe created it.
     assert image.paths[STATE_DIR].is_dir()

@@ -426,6 +426,7 @@ async def run_replicas(
             svc = await stack.enter_async_context(run_service(path, watch=False))
             session = await stack.enter_async_context(aiohttp.ClientSession(
                 base_url=f"http://127.0.0.1:{svc.admin_port}",
+                headers={"X-Splitproxy-Action": "1"},  # as the CLI: an action, not a form
                 timeout=aiohttp.ClientTimeout(total=WAIT)))
             replicas.append(Replica(f"r{i}", svc, session))
         yield replicas
