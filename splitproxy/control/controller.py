@@ -7,7 +7,6 @@ and reads the data plane's counters.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import logging
 import signal
@@ -28,6 +27,7 @@ from splitproxy.control.engine import RolloutEngine
 from splitproxy.control.metrics import rollout_families
 from splitproxy.control.reload import ConfigWatcher
 from splitproxy.control.stores.store import StateStore, make_store
+from splitproxy.control.tasks import cancel_and_wait
 from splitproxy.control.window import Sample, Window
 from splitproxy.dataplane.server import DataPlane
 from splitproxy.dataplane.stats import VersionStats
@@ -88,9 +88,7 @@ class Controller:
     async def stop(self) -> None:
         await self.watcher.stop()
         if self._reloading is not None and not self._reloading.done():
-            self._reloading.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._reloading
+            await cancel_and_wait([self._reloading])
         await self.engine.stop()
         if self._sampler is not None:
             self._sampler.cancel()

@@ -26,6 +26,7 @@ from splitproxy.control.readings import Readings, default_sources
 from splitproxy.control.sources.measure import MetricSource
 from splitproxy.control.stores.store import StateStore, Wanted
 from splitproxy.control.sync import StateSync
+from splitproxy.control.tasks import cancel_and_wait
 from splitproxy.control.webhooks import Webhooks
 from splitproxy.dataplane.stats import VersionStats
 from splitproxy.rollout import ActionError, RouteState, fold, guard, identity, machine
@@ -114,11 +115,7 @@ class RolloutEngine:
         self._quiet = False
 
     async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(self._tasks)
         self._quiet = True
         self._drain()  # decisions already asked for (an abort) still count
         await self.readings.stop()

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import watchfiles
 
+from splitproxy.control.tasks import cancel_and_wait
+
 log = logging.getLogger("splitproxy.control.reload")
 
 # watchfiles logs "N changes detected" at INFO for every batch: ours is the line that says
@@ -83,11 +85,7 @@ class ConfigWatcher:
     async def stop(self) -> None:
         self._stop.set()
         if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
+            await cancel_and_wait([self._task])
 
     def relevant(self, change: watchfiles.Change, path: str) -> bool:
         """Whether an event in the directory may have changed what the config path reads."""

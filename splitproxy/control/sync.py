@@ -11,14 +11,14 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from splitproxy.control.clock import Clock
 from splitproxy.control.stores.store import StateStore, StoreUnavailable
+from splitproxy.control.tasks import cancel_and_wait, first
 from splitproxy.rollout import RouteState
 from splitproxy.rollout.events import PeerUpdate
 
@@ -104,11 +104,7 @@ class StateSync:
             await asyncio.sleep(0.01)
 
     async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(self._tasks)
         if self._pending or self._retired:
             await self._write_all()  # a last attempt for decisions made just before
 
@@ -121,7 +117,7 @@ class StateSync:
             if await self._write_all():
                 backoff = BACKOFF
                 continue
-            await _first(self.clock.sleep(backoff), self._work.wait())
+            await first(self.clock.sleep(backoff), self._work.wait())
             self._work.set()
             backoff = min(MAX_BACKOFF, backoff * 2)
 
@@ -176,7 +172,7 @@ class StateSync:
     # -- reading ----------------------------------------------------------------------------
     async def _read_forever(self, interval: float) -> None:
         while True:
-            await _first(self.clock.sleep(interval), self._news.wait())
+            await first(self.clock.sleep(interval), self._news.wait())
             self._news.clear()
             asked = {n: s.identity for n, s in self._current().items()}
             stored = await self.store.fetch(asked)
@@ -201,16 +197,3 @@ def _resolve(pending: _Pending, landed: bool) -> None:
     for fut in pending.landed:
         if not fut.done():
             fut.set_result(landed)
-
-
-async def _first(*coros: Coroutine[Any, Any, Any]) -> None:
-    """Waits until the first of `coros` is done; cancels the rest."""
-    tasks = [asyncio.ensure_future(c) for c in coros]
-    try:
-        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task

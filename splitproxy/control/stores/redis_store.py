@@ -32,6 +32,7 @@ from redis.exceptions import RedisError
 
 from splitproxy.control.sources.fleet import RedisCounts
 from splitproxy.control.stores.store import Loaded, StoreUnavailable, Wanted
+from splitproxy.control.tasks import cancel_and_wait
 from splitproxy.rollout import RouteState
 
 log = logging.getLogger("splitproxy.control.stores.store")
@@ -272,13 +273,7 @@ class RedisStore:
         self._tasks = [loop.create_task(self._renew_lease()), loop.create_task(self._listen())]
 
     async def close(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            try:
-                await task
-            except (asyncio.CancelledError, RedisError, OSError):
-                pass
+        await cancel_and_wait(self._tasks)
         if self.is_leader():
             try:  # hand the lease over at once instead of after it times out
                 if await self._redis.get(f"{self.prefix}lease") == self.identity.encode():
