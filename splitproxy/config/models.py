@@ -8,11 +8,13 @@ and error-location work is in `yamlload`; the value types in `units`, the guard'
 
 from __future__ import annotations
 
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
 from pydantic import AfterValidator, Field, Strict, ValidationInfo, field_validator, model_validator
 
+from splitproxy.config.address import HostPort
 from splitproxy.config.guard import Analysis
 from splitproxy.config.steps import Rollout
 from splitproxy.config.units import (
@@ -34,8 +36,20 @@ from splitproxy.config.yamlload import ConfigError as ConfigError
 from splitproxy.config.yamlload import Located, Problem, load_model
 
 
+class Strategy(StrEnum):
+    CANARY = "canary"  # weights, moved by rollout steps
+    BLUE_GREEN = "blue-green"  # one `active` color takes everything
+
+
+class Backend(StrEnum):
+    """Where rollout state lives (`state.backend`)."""
+
+    FILE = "file"
+    REDIS = "redis"
+
+
 class AdminConfig(Frozen):
-    listen: Listen = "127.0.0.1:9901"
+    listen: Listen = HostPort("127.0.0.1:9901")
     # A file holding the bearer token; required when `listen` is not a loopback address
     # (SPLITPROXY_ADMINTOKEN in the environment does as well).
     token_file: str | None = None
@@ -78,7 +92,7 @@ class Route(Frozen):
     match: Match = Match()
     versions: dict[Name, VersionConfig] = Field(min_length=1)
     # Declared before `weights`: its validator needs to know the strategy.
-    strategy: Annotated[str, Field(pattern=r"^(canary|blue-green)$")] = "canary"
+    strategy: Strategy = Strategy.CANARY
     # Every key a version; each >= 0; total > 0. Required for canary, unused by blue-green.
     weights: dict[str, Weight] | None = Field(default=None, validate_default=True)
     sticky: Sticky = Sticky()
@@ -94,7 +108,7 @@ class Route(Frozen):
         cls, weights: dict[str, int] | None, info: ValidationInfo
     ) -> dict[str, int] | None:
         if weights is None:
-            if info.data.get("strategy", "canary") == "canary":
+            if info.data.get("strategy", Strategy.CANARY) == Strategy.CANARY:
                 raise ValueError("required")
             return weights
         versions = info.data.get("versions")
@@ -116,7 +130,7 @@ class Route(Frozen):
     def _strategy_fields(self) -> Route:
         problems: list[Problem] = []
         names = ", ".join(self.versions)
-        if self.strategy == "blue-green":
+        if self.strategy == Strategy.BLUE_GREEN:
             if self.active is None:
                 problems.append((("active",), "required for strategy blue-green"))
             elif self.active not in self.versions:
@@ -155,7 +169,7 @@ class Route(Frozen):
         """Takes all traffic on abort: analysis.baseline, else the first version listed."""
         if self.analysis is not None and self.analysis.baseline is not None:
             return self.analysis.baseline
-        if self.strategy == "blue-green" and self.active is not None:
+        if self.strategy == Strategy.BLUE_GREEN and self.active is not None:
             return self.active
         return next(iter(self.versions))
 
@@ -216,7 +230,7 @@ class State(Frozen):
     """Where rollout state (phase, step, abort) survives restarts: a file beside the config,
     or Redis, shared by every replica."""
 
-    backend: Annotated[str, Field(pattern=r"^(file|redis)$")] = "file"
+    backend: Backend = Backend.FILE
     path: str | None = None  # file: default <config name>.state.json beside the config
     url: str = "redis://127.0.0.1:6379/0"  # redis
     key_prefix: str = "splitproxy:"  # redis: every key starts with it
@@ -224,7 +238,7 @@ class State(Frozen):
 
 
 class Config(Frozen):
-    listen: Listen = "127.0.0.1:8080"
+    listen: Listen = HostPort("127.0.0.1:8080")
     admin: AdminConfig = AdminConfig()
     routes: tuple[Route, ...] = Field(min_length=1)
     timeouts: Timeouts = Timeouts()
@@ -247,7 +261,7 @@ class Config(Frozen):
     @model_validator(mode="after")
     def _distinct_ports(self) -> Config:
         # Port 0 asks the OS for a free port, so the two can never collide.
-        if self.admin.listen == self.listen and not self.listen.endswith(":0"):
+        if self.admin.listen == self.listen and self.listen.port != 0:
             raise Located([(("admin", "listen"), f"same address as listen ({self.listen})")])
         return self
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from aiohttp import web
 
+from splitproxy.config.address import HostPort
 from splitproxy.config.models import AdminConfig, ConfigError
 from splitproxy.control.controller import Controller
 from splitproxy.control.metrics import CONTENT_TYPE, exposition, make_registry
@@ -20,8 +21,8 @@ TOKEN_ENV = "SPLITPROXY_ADMIN_TOKEN"
 CONTROLLER: web.AppKey[Controller] = web.AppKey("controller", Controller)
 
 
-def is_loopback(listen: str) -> bool:
-    host = listen.rpartition(":")[0].strip("[]")
+def is_loopback(listen: HostPort) -> bool:
+    host = listen.host
     if host == "localhost":
         return True
     try:
@@ -137,8 +138,8 @@ def make_app(controller: Controller, token: str | None) -> web.Application:
 async def start_admin(controller: Controller, token: str | None) -> web.AppRunner:
     runner = web.AppRunner(make_app(controller, token), access_log=None)
     await runner.setup()
-    host, _, port = controller.config.admin.listen.rpartition(":")
-    site = web.TCPSite(runner, host.strip("[]"), int(port))
+    listen = controller.config.admin.listen
+    site = web.TCPSite(runner, listen.host, listen.port)
     await site.start()
     return runner
 

@@ -19,6 +19,7 @@ import secrets
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
+from splitproxy.config.guard import Source
 from splitproxy.config.models import Config, Route
 from splitproxy.control.clock import SYSTEM, Clock
 from splitproxy.control.readings import Readings, default_sources
@@ -73,7 +74,7 @@ class RolloutEngine:
         counters: Callable[[], Iterable[VersionStats]],
         rebuild: Callable[[], None],
         clock: Clock = SYSTEM,
-        sources: dict[str, MetricSource] | None = None,
+        sources: dict[Source, MetricSource] | None = None,
     ) -> None:
         self.store = store
         self.clock = clock
