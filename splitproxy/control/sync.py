@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from splitproxy.control.clock import Clock
+from splitproxy.control.status import PendingWrite
 from splitproxy.control.stores.store import StateStore, StoreUnavailable
 from splitproxy.rollout import RouteState
 from splitproxy.rollout.events import PeerUpdate
@@ -76,10 +77,10 @@ class StateSync:
     def has_pending(self, route: str) -> bool:
         return route in self._pending
 
-    def pending(self) -> dict[str, dict[str, Any]]:
+    def pending(self) -> dict[str, PendingWrite]:
         """For /status: writes that have not landed yet, and why."""
-        return {name: {"since": p.since, "seq": p.state.seq, "phase": str(p.state.phase),
-                       "attempts": p.attempts, "error": p.error}
+        return {name: PendingWrite(since=p.since, seq=p.state.seq, phase=p.state.phase,
+                                   attempts=p.attempts, error=p.error)
                 for name, p in self._pending.items()}
 
     def changed(self) -> None:
