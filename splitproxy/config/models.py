@@ -271,6 +271,24 @@ def load(path: str | Path) -> Config:
     return load_model(path, Config)
 
 
+class _AdminOnly(Frozen):
+    """A config file read for its `admin` section alone."""
+
+    model_config = {"extra": "ignore"}  # merged with Frozen's
+    admin: AdminConfig = AdminConfig()
+
+
+def admin_listen(path: str | Path) -> tuple[HostPort, list[str]]:
+    """`admin.listen` of a config file, and the file's problems (none when it loads). A file
+    that fails validation elsewhere still names its admin address, so `splitproxy status`
+    works when it is needed most; raises ConfigError when even that cannot be read."""
+    try:
+        return load(path).admin.listen, []
+    except ConfigError as exc:
+        problems = exc.errors
+    return load_model(path, _AdminOnly).admin.listen, problems
+
+
 def _percent(weight: int, total: int) -> str:
     share = 100 * weight / total
     return "<0.1%" if 0 < share < 0.05 else f"{share:.1f}%"
