@@ -83,6 +83,9 @@ def _parser() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
                       metavar="PHASE",
                       help="poll until ROUTE's rollout is promoted, aborted or paused; exit 0 "
                            "then, 7 if it ends in another final phase, 6 at --timeout")
+    status.add_argument("--revision", default=None, metavar="REV",
+                        help="with --wait-for: only the rollout of this rollout.revision "
+                             "counts (wait for the proxy to load it first)")
     status.add_argument("--timeout", type=_duration, default=None, metavar="DURATION",
                         help="with --wait-for: give up after this long (10m, 90s, 1h; "
                              "default: no limit)")
@@ -107,7 +110,7 @@ def _status(args: argparse.Namespace, client: AdminClient) -> int:
     if args.wait_for is not None:
         try:
             return wait_for(client, args.route, Phase(args.wait_for), args.timeout,
-                            args.interval, sys.stdout, sys.stderr)
+                            args.interval, sys.stdout, sys.stderr, revision=args.revision)
         except KeyboardInterrupt:
             return ExitCode.INTERRUPTED
     if args.watch:
@@ -181,8 +184,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)  # a usage error exits 2 here, with one line
     if args.command == "status" and args.wait_for is not None and args.route is None:
         status.error("--wait-for needs a ROUTE")
-    if args.command == "status" and args.timeout is not None and args.wait_for is None:
-        status.error("--timeout goes with --wait-for")
+    for flag in ("timeout", "revision"):
+        if args.command == "status" and getattr(args, flag) is not None \
+                and args.wait_for is None:
+            status.error(f"--{flag} goes with --wait-for")
     logging.basicConfig(
         level=args.log_level,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

@@ -67,10 +67,12 @@ def watch(client: AdminClient, route: str | None, interval: float, out: TextIO,
 
 
 def wait_for(client: AdminClient, route: str, wanted: Phase, timeout: float | None,
-             interval: float, out: TextIO, err: TextIO,
+             interval: float, out: TextIO, err: TextIO, revision: str | None = None,
              clock: Callable[[], float] = time.monotonic,
              sleep: Callable[[float], None] = time.sleep) -> int:
     """Poll until `route` reaches `wanted`; print a line each time the rollout moves.
+    `revision`: only the rollout of this `rollout.revision` counts (until the proxy has
+    loaded it, the previous rollout's phase says nothing about it).
 
     An admin API that does not answer at the first poll is an error at once (a wrong
     address); later, it is retried until the timeout (the proxy may be restarting)."""
@@ -89,12 +91,15 @@ def wait_for(client: AdminClient, route: str, wanted: Phase, timeout: float | No
             last_error = str(exc)
         else:
             polled, last_error = True, None
-            line = one_line(found)
+            current = revision is None or found.rollout.revision == revision
+            line = one_line(found) if current else \
+                f"{route}: waiting for revision {revision} (the proxy has " \
+                f"{found.rollout.revision or 'none'})"
             if line != last_line:
                 out.write(line + "\n")
                 out.flush()
                 last_line = line
-            code = outcome(found.rollout.phase, wanted)
+            code = outcome(found.rollout.phase, wanted) if current else None
             if code == ExitCode.OTHER_OUTCOME:
                 err.write(f"{route}: {found.rollout.phase}, not {wanted}\n")
             if code is not None:

@@ -38,14 +38,15 @@ PAUSED_LINE = "shop: paused step 1/2: waiting for promote"
 
 @contextlib.asynccontextmanager
 async def serving(tmp_path: Path, steps: list[dict[str, Any]],
-                  analysis: dict[str, Any] | None = None, **sections: Any,
+                  analysis: dict[str, Any] | None = None, revision: str | None = None,
+                  **sections: Any,
                   ) -> AsyncIterator[tuple[Service, str, dict[str, Any]]]:
     """Route `shop` (stable/canary, with `steps`) and `plain` (no rollout) behind a started
     service; yields it, its admin URL and the config written."""
     async with run_backends("stable", "canary") as b:
         shop = route({"stable": b["stable"].url, "canary": b["canary"].url},
                      {"stable": 100, "canary": 0})
-        shop["rollout"] = {"steps": steps}
+        shop["rollout"] = {"steps": steps, "revision": revision}
         if analysis is not None:
             shop["analysis"] = analysis
         plain = route({"stable": b["stable"].url}, name="plain", match={"path_prefix": "/p"})
@@ -160,6 +161,29 @@ async def test_wait_for_ends_at_another_final_phase_with_its_own_code(tmp_path: 
         assert err.decode() == "shop: aborted, not promoted\n"
         aborted = await cli("status", "shop", "--wait-for", "aborted", "--admin", url)
         assert aborted.code == ExitCode.OK, aborted
+
+
+async def test_wait_for_a_revision_ignores_the_rollout_before_it(tmp_path: Path) -> None:
+    async with serving(tmp_path, HOLD, revision="v1") as (svc, url, cfg):
+        await held(svc)  # v1 is paused: what a wait for v2's pause must not take for it
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "splitproxy", "status", "shop", "--wait-for", "paused",
+            "--revision", "v2", "--timeout", "30s", "--interval", "100ms", "--admin", url,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        try:
+            assert proc.stdout is not None
+            first = await asyncio.wait_for(proc.stdout.readline(), WAIT)
+            assert first.decode() == "shop: waiting for revision v2 (the proxy has v1)\n"
+            shop = {**cfg["routes"][1], "rollout": {"steps": HOLD, "revision": "v2"}}
+            write_config(svc.path, {**cfg, "routes": [cfg["routes"][0], shop]})
+            assert svc.controller.reload()
+            out, err = await asyncio.wait_for(proc.communicate(), WAIT)
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+        assert proc.returncode == ExitCode.OK, err
+        assert out.decode().splitlines()[-1] == PAUSED_LINE
 
 
 @contextlib.asynccontextmanager

@@ -70,6 +70,7 @@ def test_every_flag_and_argument_has_help() -> None:
     ["status", "shop", "--wait-for", "promoted", "--timeout", "soon"],
     ["status", "shop", "--wait-for", "promoted", "--timeout", "0"],
     ["status", "--timeout", "10m"],  # without --wait-for
+    ["status", "shop", "--revision", "v2"],  # without --wait-for
     ["status", "--watch", "--json"],
     ["promote"],
 ])
