@@ -33,11 +33,31 @@ class LastReload(_Model):
     error: str | None
 
 
+class RestartNeeded(_Model):
+    """A setting the file changed since start-up that only a restart applies."""
+
+    field: str
+    running: str
+    configured: str
+
+
 class ConfigStatus(_Model):
     path: str
     generation: int
     last_reload: LastReload
     reloads: dict[str, int]  # result -> count
+    restart_needed: list[RestartNeeded] = []  # the controller's `restart_needed()`
+
+
+class AdminStatus(_Model):
+    """What the admin API asks of a request (`AdminGuard.describe()`; never the token)."""
+
+    token: Literal["required", "none"]
+    token_source: Literal["file", "environment"] | None
+    token_file: str | None
+    token_error: str | None
+    metrics_auth: bool
+    allowed_hosts: list[str]  # and every IP literal
 
 
 class PendingWrite(_Model):
@@ -210,6 +230,7 @@ class RouteStatus(_Model):
 
 class Status(_Model):
     config: ConfigStatus
+    admin: AdminStatus | None = None  # None: no admin guard (an engine alone, in tests)
     ready: bool
     state_store: StoreStatus
     realized_window_seconds: float

@@ -29,7 +29,8 @@ from rollout.conftest import (
 
 from splitproxy.cli.exitcodes import ExitCode
 from splitproxy.control.service import Service
-from splitproxy.control.status import ActionResult, Status, to_json
+from splitproxy.control.status import ActionResult, GuardReport, Status, to_json
+from splitproxy.rollout import guard
 
 # Step 1 sets the canary's weight, step 2 waits for `splitproxy promote`: paused, for good.
 HOLD = [{"set_weight": 20}, {"pause": {}}]
@@ -339,8 +340,16 @@ async def test_the_cli_reads_every_status_field_the_admin_api_sends(tmp_path: Pa
             body = await resp.json()
         status = Status.model_validate(body)
         assert json.loads(to_json(status)) == body
+        # Nor do the models drop what the parts they are built from report (a key added to
+        # the guard's report or a store's description must be added to its model too).
+        raw = guard.report(engine.states["shop"], engine.routes["shop"])
+        assert json.loads(to_json(GuardReport.model_validate(raw))) == json.loads(json.dumps(raw))
+        store = json.loads(to_json(svc.controller.store_status()))
+        del store["pending"]  # the engine's, added to the store's own description
+        assert store == json.loads(json.dumps(svc.controller.store.describe()))
         assert {type(t).__name__ for t in status.routes[1].rollout.guard.tests} == {
             "RateTest", "RatioTest"}
-        async with session.post(f"{url}/routes/shop/abort") as resp:
+        async with session.post(f"{url}/routes/shop/abort",
+                                headers={"X-Splitproxy-Action": "1"}) as resp:
             answer = await resp.json()
         assert json.loads(to_json(ActionResult.model_validate(answer))) == answer
