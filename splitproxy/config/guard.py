@@ -72,6 +72,13 @@ class Advance(StrEnum):
     ON_TIMER = "on-timer"  # its time is up (blind; the guard can still abort)
 
 
+class Source(StrEnum):
+    """Where the guard's counts come from (`analysis.source`)."""
+
+    LOCAL = "local"  # this process's counters (with the Redis store: every replica's)
+    PROMETHEUS = "prometheus"  # Prometheus' raw counters of every replica
+
+
 # `max_pNN_ms: T` means "at most (1 - NN%) of requests slower than T": the threshold of a
 # rate test on the count of requests over T.
 LATENCY_LIMITS = (("p50", "max_p50_ms", 0.5), ("p90", "max_p90_ms", 0.1),
@@ -95,7 +102,7 @@ class Analysis(Frozen):
     compare_to_baseline: CompareToBaseline | None = None
     # Where the numbers come from: this process's own counters (with the Redis store: every
     # replica's, shared through Redis), or Prometheus' raw counters of every replica.
-    source: Annotated[str, Field(pattern=r"^(local|prometheus)$")] = "local"
+    source: Source = Source.LOCAL
     prometheus_url: str = "http://127.0.0.1:9090"
     synthetic_header: Token = "X-Splitproxy-Synthetic"  # marks synthetic load
     include_synthetic: bool = False  # judge synthetic requests too

@@ -8,11 +8,13 @@ and error-location work is in `yamlload`; the value types in `units`, the guard'
 
 from __future__ import annotations
 
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import AfterValidator, Field, Strict, ValidationInfo, field_validator, model_validator
 
+from splitproxy.config.address import HostPort
 from splitproxy.config.guard import Analysis
 from splitproxy.config.steps import Rollout
 from splitproxy.config.units import (
@@ -36,8 +38,20 @@ from splitproxy.config.yamlload import Located, Problem, load_model
 LogFormat = Literal["text", "json"]
 
 
+class Strategy(StrEnum):
+    CANARY = "canary"  # weights, moved by rollout steps
+    BLUE_GREEN = "blue-green"  # one `active` color takes everything
+
+
+class Backend(StrEnum):
+    """Where rollout state lives (`state.backend`)."""
+
+    FILE = "file"
+    REDIS = "redis"
+
+
 class AdminConfig(Frozen):
-    listen: Listen = "127.0.0.1:9901"
+    listen: Listen = HostPort("127.0.0.1:9901")
     # A file holding the bearer token; required when `listen` is not a loopback address
     # (SPLITPROXY_ADMIN_TOKEN in the environment does as well). Re-read when it changes.
     token_file: str | None = None
@@ -91,7 +105,7 @@ class Route(Frozen):
     match: Match = Match()
     versions: dict[Name, VersionConfig] = Field(min_length=1)
     # Declared before `weights`: its validator needs to know the strategy.
-    strategy: Annotated[str, Field(pattern=r"^(canary|blue-green)$")] = "canary"
+    strategy: Strategy = Strategy.CANARY
     # Every key a version; each >= 0; total > 0. Required for canary, unused by blue-green.
     weights: dict[str, Weight] | None = Field(default=None, validate_default=True)
     sticky: Sticky = Sticky()
@@ -107,7 +121,7 @@ class Route(Frozen):
         cls, weights: dict[str, int] | None, info: ValidationInfo
     ) -> dict[str, int] | None:
         if weights is None:
-            if info.data.get("strategy", "canary") == "canary":
+            if info.data.get("strategy", Strategy.CANARY) == Strategy.CANARY:
                 raise ValueError("required")
             return weights
         versions = info.data.get("versions")
@@ -129,7 +143,7 @@ class Route(Frozen):
     def _strategy_fields(self) -> Route:
         problems: list[Problem] = []
         names = ", ".join(self.versions)
-        if self.strategy == "blue-green":
+        if self.strategy == Strategy.BLUE_GREEN:
             if self.active is None:
                 problems.append((("active",), "required for strategy blue-green"))
             elif self.active not in self.versions:
@@ -168,7 +182,7 @@ class Route(Frozen):
         """Takes all traffic on abort: analysis.baseline, else the first version listed."""
         if self.analysis is not None and self.analysis.baseline is not None:
             return self.analysis.baseline
-        if self.strategy == "blue-green" and self.active is not None:
+        if self.strategy == Strategy.BLUE_GREEN and self.active is not None:
             return self.active
         return next(iter(self.versions))
 
@@ -229,7 +243,7 @@ class State(Frozen):
     """Where rollout state (phase, step, abort) survives restarts: a file beside the config,
     or Redis, shared by every replica."""
 
-    backend: Annotated[str, Field(pattern=r"^(file|redis)$")] = "file"
+    backend: Backend = Backend.FILE
     path: str | None = None  # file: default <config name>.state.json beside the config
     url: str = "redis://127.0.0.1:6379/0"  # redis
     key_prefix: str = "splitproxy:"  # redis: every key starts with it
@@ -237,7 +251,7 @@ class State(Frozen):
 
 
 class Config(Frozen):
-    listen: Listen = "127.0.0.1:8080"
+    listen: Listen = HostPort("127.0.0.1:8080")
     admin: AdminConfig = AdminConfig()
     logging: Logging = Logging()
     routes: tuple[Route, ...] = Field(min_length=1)
@@ -261,7 +275,7 @@ class Config(Frozen):
     @model_validator(mode="after")
     def _distinct_ports(self) -> Config:
         # Port 0 asks the OS for a free port, so the two can never collide.
-        if self.admin.listen == self.listen and not self.listen.endswith(":0"):
+        if self.admin.listen == self.listen and self.listen.port != 0:
             raise Located([(("admin", "listen"), f"same address as listen ({self.listen})")])
         return self
 
@@ -269,6 +283,24 @@ class Config(Frozen):
 def load(path: str | Path) -> Config:
     """Read, parse and validate one config file; every problem is one `file:line: ...` line."""
     return load_model(path, Config)
+
+
+class _AdminOnly(Frozen):
+    """A config file read for its `admin` section alone."""
+
+    model_config = {"extra": "ignore"}  # merged with Frozen's
+    admin: AdminConfig = AdminConfig()
+
+
+def admin_listen(path: str | Path) -> tuple[HostPort, list[str]]:
+    """`admin.listen` of a config file, and the file's problems (none when it loads). A file
+    that fails validation elsewhere still names its admin address, so `splitproxy status`
+    works when it is needed most; raises ConfigError when even that cannot be read."""
+    try:
+        return load(path).admin.listen, []
+    except ConfigError as exc:
+        problems = exc.errors
+    return load_model(path, _AdminOnly).admin.listen, problems
 
 
 def _percent(weight: int, total: int) -> str:

@@ -11,6 +11,7 @@ from urllib.parse import urlsplit
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, Strict
 
+from splitproxy.config.address import EndpointUrl, HostPort
 from splitproxy.config.paths import normalise_prefix
 
 _NUMBER = r"(-?(?:\d+(?:\.\d*)?|\.\d+))"
@@ -75,32 +76,6 @@ def _token(value: str | None) -> str | None:
     return value
 
 
-def _listen(value: object) -> str:
-    text = value if isinstance(value, str) else ""
-    host, sep, port = text.rpartition(":")
-    if host.startswith("[") and host.endswith("]"):
-        bare = host[1:-1]
-    else:
-        bare = "" if ":" in host else host  # unbracketed IPv6 is ambiguous with the port
-    if not (sep and bare and port.isdigit() and int(port) <= 65535):
-        raise ValueError(f"expected host:port such as 127.0.0.1:8080 or [::1]:8080, got {value!r}")
-    return text
-
-
-def _endpoint(value: str) -> str:
-    try:
-        parts = urlsplit(value)
-        # .port raises for a port that is not a number in 0..65535; none at all means 80.
-        ok = parts.scheme == "http" and bool(parts.hostname) and parts.port != 0
-    except ValueError:
-        ok = False
-    if not ok or parts.username:
-        raise ValueError(f"expected an endpoint like http://127.0.0.1:9001, got {value!r}")
-    if parts.path not in ("", "/") or parts.query or parts.fragment:
-        raise ValueError(f"endpoint {value!r} must not have a path or query")
-    return value
-
-
 def _host(value: str) -> str:
     if not _NAME.fullmatch(value):
         raise ValueError(f"expected a host name without scheme, port or path, got {value!r}")
@@ -130,14 +105,14 @@ Size = Annotated[int, BeforeValidator(parse_size)]
 Timeout = Annotated[Duration, Field(gt=0)]
 Name = Annotated[str, AfterValidator(_name)]
 Token = Annotated[str | None, AfterValidator(_token)]
-Listen = Annotated[str, BeforeValidator(_listen)]
+Listen = HostPort  # parsed once: .host, .port
 Weight = Annotated[int, Strict(), Field(ge=0)]  # `true` is not a weight
 
 Millis = Annotated[float, Field(gt=0)]
 Positive = Annotated[int, Strict(), Field(ge=1)]
 HostName = Annotated[str, AfterValidator(_host)]
 PathPrefix = Annotated[str, AfterValidator(_path_prefix)]
-Endpoint = Annotated[str, AfterValidator(_endpoint)]
+Endpoint = EndpointUrl  # parsed once: .address
 WebhookUrl = Annotated[str, AfterValidator(_webhook_url)]
 TOKEN = _TOKEN
 

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import json
-
 from aiohttp import web
 
 from splitproxy.control.adminguard import AdminGuard
 from splitproxy.control.controller import Controller
 from splitproxy.control.metrics import CONTENT_TYPE, exposition, make_registry
-from splitproxy.rollout import ActionError
+from splitproxy.control.status import ActionResult, to_json
+from splitproxy.rollout import Action, ActionError
 
 CONTROLLER: web.AppKey[Controller] = web.AppKey("controller", Controller)
 GUARD: web.AppKey[AdminGuard] = web.AppKey("guard", AdminGuard)
@@ -27,11 +26,10 @@ async def readyz(request: web.Request) -> web.Response:
 
 
 async def status(request: web.Request) -> web.Response:
-    body = json.dumps(request.app[CONTROLLER].status(), indent=2)
+    body = to_json(request.app[CONTROLLER].status())
     return web.Response(text=body + "\n", content_type="application/json")
 
 
-ACTIONS = ("promote", "abort", "retry", "pause", "resume")
 MAX_REASON = 500
 
 
@@ -40,7 +38,9 @@ async def action(request: web.Request) -> web.Response:
     resume. Never sets weights: the config is the desired state."""
     controller = request.app[CONTROLLER]
     name, verb = request.match_info["route"], request.match_info["action"]
-    if verb not in ACTIONS:
+    try:
+        kind = Action(verb)
+    except ValueError:
         return web.json_response({"error": f"unknown action {verb!r}"}, status=404)
     full = request.query.get("full", "") in ("1", "true", "yes")
     reason = request.query.get("reason")
@@ -51,13 +51,13 @@ async def action(request: web.Request) -> web.Response:
             {"error": f"reason must be printable text of at most {MAX_REASON} characters"},
             status=400)
     try:
-        state = await controller.engine.act(name, verb, full=full, reason=reason)
+        state = await controller.engine.act(name, kind, full=full, reason=reason)
     except KeyError:
         return web.json_response({"error": f"no route named {name!r}"}, status=404)
     except ActionError as exc:
         return web.json_response({"error": str(exc)}, status=409)
-    return web.json_response({"route": name, "action": verb,
-                              "rollout": controller.engine.describe(name, state)})
+    result = ActionResult(route=name, action=kind, rollout=controller.engine.describe(name, state))
+    return web.Response(text=result.model_dump_json(), content_type="application/json")
 
 
 def make_app(controller: Controller, guard: AdminGuard) -> web.Application:
@@ -81,8 +81,8 @@ def make_app(controller: Controller, guard: AdminGuard) -> web.Application:
 async def start_admin(controller: Controller, guard: AdminGuard) -> web.AppRunner:
     runner = web.AppRunner(make_app(controller, guard), access_log=None)
     await runner.setup()
-    host, _, port = controller.config.admin.listen.rpartition(":")
-    site = web.TCPSite(runner, host.strip("[]"), int(port))
+    listen = controller.config.admin.listen
+    site = web.TCPSite(runner, listen.host, listen.port)
     await site.start()
     return runner
 

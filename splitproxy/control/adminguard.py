@@ -36,6 +36,7 @@ from urllib.parse import urlsplit
 from aiohttp import hdrs, web
 from aiohttp.typedefs import Handler, Middleware
 
+from splitproxy.config.address import HostPort
 from splitproxy.config.models import AdminConfig, ConfigError
 
 log = logging.getLogger("splitproxy.control.adminguard")
@@ -50,11 +51,11 @@ REFUSED_SITES = frozenset({"cross-site", "same-site"})
 StatKey = tuple[int, int, int, int, int]
 
 
-def listen_host(listen: str) -> str:
-    return listen.rpartition(":")[0].strip("[]").lower()
+def listen_host(listen: HostPort) -> str:
+    return listen.host.lower()
 
 
-def is_loopback(listen: str) -> bool:
+def is_loopback(listen: HostPort) -> bool:
     host = listen_host(listen)
     if host == "localhost":
         return True
@@ -111,7 +112,7 @@ def _read_token(path: Path) -> tuple[str, StatKey]:
 
 
 def resolve(admin: AdminConfig, config_path: Path | None = None,
-            listen: str | None = None) -> Settings:
+            listen: HostPort | None = None) -> Settings:
     """The settings of `admin`, token file read; ConfigError if it cannot be read or if a
     non-loopback listener would have no token (the admin API can abort and promote).
     `listen`: the address actually bound, when it is not `admin.listen` (after a reload)."""

@@ -10,14 +10,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from splitproxy.config.models import Config
+from splitproxy.config.models import Backend, Config
 from splitproxy.control.stores.store import FileStore, StateStore, Wanted, state_path
 from splitproxy.rollout import Phase, endpoints, identity
 
 
 def _store(config: Config, config_path: Path) -> StateStore:
     # Read only: no probe file, no lease taken (`load` needs neither).
-    if config.state.backend == "redis":
+    if config.state.backend == Backend.REDIS:
         from splitproxy.control.stores.redis_store import RedisStore
 
         return RedisStore(config.state.url, config.state.key_prefix, config.state.lease)

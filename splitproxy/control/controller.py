@@ -13,7 +13,7 @@ import signal
 import time
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import Literal
 
 from prometheus_client.core import Metric
 
@@ -26,6 +26,19 @@ from splitproxy.control.clock import SYSTEM, Clock
 from splitproxy.control.engine import RolloutEngine
 from splitproxy.control.metrics import rollout_families
 from splitproxy.control.reload import ConfigWatcher
+from splitproxy.control.status import (
+    AdminStatus,
+    ConfigStatus,
+    EndpointStatus,
+    FileStoreStatus,
+    LastReload,
+    RedisStoreStatus,
+    RestartNeeded,
+    RouteStatus,
+    Status,
+    VersionStatus,
+    store_status,
+)
 from splitproxy.control.stores.store import StateStore, make_store
 from splitproxy.control.tasks import cancel_and_wait
 from splitproxy.control.window import Sample, Window
@@ -55,7 +68,7 @@ class Controller:
         self._digest = _digest(path)
         self.reloads = {"success": 0, "error": 0}
         self.last_reload_time: float | None = None  # wall clock
-        self.last_result: str | None = None
+        self.last_result: Literal["success", "error"] | None = None
         self.last_error: str | None = None
         self.window = Window(horizon=REALIZED_WINDOW + 2 * SAMPLE_INTERVAL)
         self.watcher = ConfigWatcher(path, self._on_file_change)
@@ -230,8 +243,8 @@ class Controller:
         return [*stats.all(), *stats.synthetic()]
 
     # -- reporting (also the metrics source) ------------------------------------------------
-    def store_status(self) -> dict[str, Any]:
-        return {**self.store.describe(), "pending": self.engine.pending_writes()}
+    def store_status(self) -> FileStoreStatus | RedisStoreStatus:
+        return store_status(self.store.describe(), self.engine.pending_writes())
 
     def generation(self) -> int:
         return self._generation
@@ -262,22 +275,22 @@ class Controller:
             engine.aborts,
             engine.checks_total,
             self.server.stats.synthetic(),
-            bool(self.store_status()["up"]),
+            self.store_status().up,
         )
 
-    def status(self) -> dict[str, Any]:
+    def status(self) -> Status:
         now = self.clock.monotonic()
         realized = self.window.delta(now, REALIZED_WINDOW)
         span = self.window.span(now, REALIZED_WINDOW)
         routes = []
-        health: dict[tuple[str, str], list[dict[str, Any]]] = {}
+        health: dict[tuple[str, str], list[EndpointStatus]] = {}
         for h in self.server.endpoint_health():
-            health.setdefault((h.route, h.version), []).append({
-                "url": f"http://{h.endpoint}",
-                "up": h.up,
-                "consecutive_failures": h.failures,
-                "ejections": h.ejections,
-            })
+            health.setdefault((h.route, h.version), []).append(EndpointStatus(
+                url=f"http://{h.endpoint}",
+                up=h.up,
+                consecutive_failures=h.failures,
+                ejections=h.ejections,
+            ))
         stats = self.server.stats
         for entry in self.table.routes:
             route_cfg = next(r for r in self.config.routes if r.name == entry.name)
@@ -289,40 +302,42 @@ class Controller:
             versions = {}
             for name, weight in zip(entry.plan.versions, entry.plan.weights, strict=True):
                 window = seen[name]
-                versions[name] = {
-                    "configured_weight": configured.get(name, 0),
-                    "effective_weight": weight,
-                    "configured_share": round(weight / total_weight, 4),
-                    "realized_share": round(window.requests / total_seen, 4)
+                versions[name] = VersionStatus(
+                    configured_weight=configured.get(name, 0),
+                    effective_weight=weight,
+                    configured_share=round(weight / total_weight, 4),
+                    realized_share=round(window.requests / total_seen, 4)
                     if total_seen else None,
-                    "requests_in_window": window.requests,
-                    "errors_in_window": window.errors,
-                    "error_rate_in_window": _round(window.error_rate),
-                    "p50_ms_in_window": _round(_ms(window.quantile(0.5))),
-                    "p99_ms_in_window": _round(_ms(window.quantile(0.99))),
-                    "in_flight": stats.get(entry.name, name).in_flight,
-                    "endpoints": health.get((entry.name, name), []),
-                }
-            routes.append({"name": entry.name, "versions": versions,
-                           "rollout": self.engine.describe(entry.name)})
-        return {
-            "config": {
-                "path": str(self.path),
-                "generation": self._generation,
-                "last_reload": {
-                    "time": self.last_reload_time,
-                    "result": self.last_result,
-                    "error": self.last_error,
-                },
-                "reloads": dict(self.reloads),
-                "restart_needed": self.restart_needed(),
-            },
-            "admin": self.guard.describe() if self.guard is not None else None,
-            "ready": self.ready,
-            "state_store": self.store_status(),
-            "realized_window_seconds": round(span, 1),
-            "routes": routes,
-        }
+                    requests_in_window=window.requests,
+                    errors_in_window=window.errors,
+                    error_rate_in_window=_round(window.error_rate),
+                    p50_ms_in_window=_round(_ms(window.quantile(0.5))),
+                    p99_ms_in_window=_round(_ms(window.quantile(0.99))),
+                    in_flight=stats.get(entry.name, name).in_flight,
+                    endpoints=health.get((entry.name, name), []),
+                )
+            routes.append(RouteStatus(name=entry.name, versions=versions,
+                                      rollout=self.engine.describe(entry.name)))
+        return Status(
+            config=ConfigStatus(
+                path=str(self.path),
+                generation=self._generation,
+                last_reload=LastReload(
+                    time=self.last_reload_time,
+                    result=self.last_result,
+                    error=self.last_error,
+                ),
+                reloads=dict(self.reloads),
+                restart_needed=[RestartNeeded.model_validate(r)
+                                for r in self.restart_needed()],
+            ),
+            admin=AdminStatus.model_validate(self.guard.describe())
+            if self.guard is not None else None,
+            ready=self.ready,
+            state_store=self.store_status(),
+            realized_window_seconds=round(span, 1),
+            routes=routes,
+        )
 
 
 def _restart_only(old: Config, new: Config) -> list[tuple[str, str, str]]:

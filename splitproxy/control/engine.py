@@ -17,13 +17,14 @@ import logging
 import math
 import secrets
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any
 
-from splitproxy.config.models import Config, Route
+from splitproxy.config.guard import Source
+from splitproxy.config.models import Config, Route, Strategy
 from splitproxy.control.clock import SYSTEM, Clock
 from splitproxy.control.guardlog import GuardLog
 from splitproxy.control.readings import Readings, default_sources
 from splitproxy.control.sources.measure import MetricSource
+from splitproxy.control.status import Check, GuardReport, PendingWrite, RolloutStatus
 from splitproxy.control.stores.store import StateStore, Wanted
 from splitproxy.control.sync import StateSync
 from splitproxy.control.tasks import cancel_and_wait
@@ -75,7 +76,7 @@ class RolloutEngine:
         counters: Callable[[], Iterable[VersionStats]],
         rebuild: Callable[[], None],
         clock: Clock = SYSTEM,
-        sources: dict[str, MetricSource] | None = None,
+        sources: dict[Source, MetricSource] | None = None,
     ) -> None:
         self.store = store
         self.clock = clock
@@ -274,17 +275,14 @@ class RolloutEngine:
         self.webhooks.ask(ask.hooks, ask.payload, answer)
 
     # -- operator actions -------------------------------------------------------------------
-    async def act(self, name: str, action: str, full: bool = False,
+    async def act(self, name: str, action: Action, full: bool = False,
                   reason: str | None = None) -> RouteState:
         """promote / abort / retry / pause / resume, applied in order with everything else;
         raises KeyError or rollout.ActionError. Answers once the decision is made and its
         write landed or had a moment to (/status shows a write still pending)."""
         if name not in self.routes:
             raise KeyError(name)
-        try:
-            kind = Action(action)
-        except ValueError:
-            raise ActionError(f"unknown action {action!r}") from None
+        kind = Action(action)  # the member, also when a caller passes its value
         reply: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
         log.info("rollout route=%s action=%s by operator", name, kind)
         self._queue.put_nowait((name, Act(kind, full, reason), reply))
@@ -295,37 +293,38 @@ class RolloutEngine:
         return state
 
     # -- reporting --------------------------------------------------------------------------
-    def pending_writes(self) -> dict[str, dict[str, Any]]:
+    def pending_writes(self) -> dict[str, PendingWrite]:
         return self.sync.pending()
 
-    def describe(self, name: str, state: RouteState | None = None) -> dict[str, Any]:
+    def describe(self, name: str, state: RouteState | None = None) -> RolloutStatus:
         """A route's rollout for /status (`state`: one it had, such as an action's result)."""
         state = state or self.states[name]
         route = self.routes[name]
         gate = state.gate
         pending = self.sync.pending().get(name)
-        return {
-            "strategy": route.strategy,
-            "phase": str(state.phase),
-            "revision": route.rollout.revision if route.rollout else None,
-            "identity": state.identity,
-            "run": state.run,
-            "run_started": state.run_started,
-            "step": state.step,
-            "steps": len(route.rollout.steps) if route.rollout else 0,
-            "canary": route.active if route.strategy == "blue-green" else route.canary,
-            "baseline": state.previous_active if route.strategy == "blue-green"
-            else route.baseline,
-            "pause_reason": str(state.pause_reason) if state.pause_reason else None,
-            "abort_reason": state.abort_reason,
-            "aborted_at": state.aborted_at,
-            "aborted_by": str(state.aborted_by) if state.aborted_by else None,
-            "guard": guard.report(state, route),
-            "judging": self.readings.judging if route.analysis else None,
-            "gate": gate.detail if gate is not None and gate.run == state.run
+        report = guard.report(state, route)
+        blue_green = route.strategy == Strategy.BLUE_GREEN
+        return RolloutStatus(
+            strategy=route.strategy,
+            phase=state.phase,
+            revision=route.rollout.revision if route.rollout else None,
+            identity=state.identity,
+            run=state.run,
+            run_started=state.run_started,
+            step=state.step,
+            steps=len(route.rollout.steps) if route.rollout else 0,
+            canary=route.active if blue_green else route.canary,
+            baseline=state.previous_active if blue_green else route.baseline,
+            pause_reason=state.pause_reason,
+            abort_reason=state.abort_reason,
+            aborted_at=state.aborted_at,
+            aborted_by=state.aborted_by,
+            guard=GuardReport.model_validate(report) if report is not None else None,
+            judging=self.readings.judging if route.analysis else None,
+            gate=gate.detail if gate is not None and gate.run == state.run
             and gate.step == state.step else None,
-            "write_pending": pending,
-            "analysis_source": route.analysis.source if route.analysis else None,
-            "prometheus": self.readings.queries.get(name),
-            "checks": list(state.checks),
-        }
+            write_pending=pending,
+            analysis_source=route.analysis.source if route.analysis else None,
+            prometheus=self.readings.queries.get(name),
+            checks=[Check.model_validate(c) for c in state.checks],
+        )

@@ -15,6 +15,7 @@ import logging
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from splitproxy.config.guard import Source
 from splitproxy.config.models import Route
 from splitproxy.control.clock import Clock
 from splitproxy.control.sources.measure import (
@@ -40,17 +41,17 @@ _DONE = (Phase.ABORTED, Phase.PROMOTED)
 
 
 def default_sources(store: StateStore,
-                    counters: Callable[[], Iterable[VersionStats]]) -> dict[str, MetricSource]:
+                    counters: Callable[[], Iterable[VersionStats]]) -> dict[Source, MetricSource]:
     """`local` reads this process's counters, or every replica's when the store shares them."""
     local: MetricSource = LocalSource(counters)
     board = store.counts_board()
     if board is not None:  # replicas: the judge reads every replica's counters
         local = FleetSource(LocalSource(counters), board)
-    return {"local": local, "prometheus": PromSource()}
+    return {Source.LOCAL: local, Source.PROMETHEUS: PromSource()}
 
 
 class Readings:
-    def __init__(self, store: StateStore, clock: Clock, sources: dict[str, MetricSource],
+    def __init__(self, store: StateStore, clock: Clock, sources: dict[Source, MetricSource],
                  post: Callable[[str, Event], None],
                  current: Callable[[], tuple[dict[str, Route], dict[str, RouteState]]]) -> None:
         self.store = store
@@ -138,7 +139,7 @@ class Readings:
             self._done(name)
         if self._generation.get(name, 0) != generation:
             return  # a new run (or judge) began meanwhile: this reading counts for nothing
-        if queries is not None or route.analysis.source != "local":
+        if queries is not None or route.analysis.source != Source.LOCAL:
             self.queries[name] = {"queries": queries or {}, "error": error}
         tallies = None
         if series is not None:

@@ -5,12 +5,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
+from collections.abc import Awaitable
 from pathlib import Path
+from typing import TypeVar
 
 from aiohttp import web
 
 from splitproxy.config import logformat
+from splitproxy.config.address import HostPort
 from splitproxy.config.models import load
 from splitproxy.control.admin import bound_port, start_admin
 from splitproxy.control.adminguard import AdminGuard
@@ -20,6 +24,7 @@ from splitproxy.dataplane.server import ProxyServer
 from splitproxy.dataplane.workers import WorkerPool
 
 log = logging.getLogger("splitproxy.control.service")
+T = TypeVar("T")
 
 
 class Service:
@@ -45,8 +50,16 @@ class Service:
         return bound_port(self._admin)
 
     async def start(self) -> None:
-        await self.proxy.start(await self.controller.prepare())
-        self._admin = await start_admin(self.controller, self.guard)
+        """Raises ListenError when a listener cannot bind (everything started is stopped)."""
+        config = self.controller.config
+        routing = await self.controller.prepare()
+        try:
+            await _listening(self.proxy.start(routing), "listen", config.listen)
+            self._admin = await _listening(start_admin(self.controller, self.guard),
+                                           "admin.listen", config.admin.listen)
+        except BaseException:
+            await self.stop(drain=0.0)
+            raise
         await self.controller.start(watch=self.watch)
         log.info("admin API on %s", self.controller.config.admin.listen)
 
@@ -56,6 +69,20 @@ class Service:
         await self.proxy.stop(drain)
         if self._admin is not None:
             await self._admin.cleanup()
+
+
+class ListenError(Exception):
+    """A listener could not bind: the port is taken, the address is not this machine's, or
+    binding it needs a privilege the process lacks."""
+
+
+async def _listening(start: Awaitable[T], what: str, address: HostPort) -> T:
+    try:
+        return await start
+    except OSError as exc:
+        # asyncio's message repeats the address; the errno's text is the cause alone.
+        cause = os.strerror(exc.errno) if exc.errno else str(exc)
+        raise ListenError(f"cannot listen on {address} ({what}): {cause}") from exc
 
 
 async def serve(config_path: Path, workers: int = 1,

@@ -14,9 +14,9 @@ import asyncio
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 from splitproxy.control.clock import Clock
+from splitproxy.control.status import PendingWrite
 from splitproxy.control.stores.store import StateStore, StoreUnavailable
 from splitproxy.control.tasks import cancel_and_wait, first
 from splitproxy.rollout import RouteState
@@ -76,10 +76,10 @@ class StateSync:
     def has_pending(self, route: str) -> bool:
         return route in self._pending
 
-    def pending(self) -> dict[str, dict[str, Any]]:
+    def pending(self) -> dict[str, PendingWrite]:
         """For /status: writes that have not landed yet, and why."""
-        return {name: {"since": p.since, "seq": p.state.seq, "phase": str(p.state.phase),
-                       "attempts": p.attempts, "error": p.error}
+        return {name: PendingWrite(since=p.since, seq=p.state.seq, phase=p.state.phase,
+                                   attempts=p.attempts, error=p.error)
                 for name, p in self._pending.items()}
 
     def changed(self) -> None:

@@ -72,7 +72,7 @@ class ProxyServer:
         self._pools = Pools(self.timeouts.connect, UPSTREAM_IDLE_TIMEOUT)
         self._configure_pools()
         self.install(routing or table.build(self.config))
-        host, port = split_hostport(self.config.listen)
+        host, port = self.config.listen.host, self.config.listen.port
         self._server = await self.loop.create_server(
             lambda: DownstreamProtocol(self), host, port, backlog=2048, reuse_address=True,
             reuse_port=self.reuse_port or None,

@@ -86,13 +86,13 @@ class WorkerPool:
     """The data plane as N processes; implements `server.DataPlane` for the controller."""
 
     def __init__(self, config: Config, count: int) -> None:
-        if config.listen.endswith(":0"):
+        if config.listen.port == 0:
             raise ValueError("--workers > 1 needs a fixed listen port, not port 0")
         self.config = config
         self.count = count
         self.listening = False
         self.draining = False
-        self.port = int(config.listen.rpartition(":")[2])
+        self.port = config.listen.port
         self._workers: dict[int, _Worker] = {}
         self._routing: table.RoutingTable = table.build(config)
         self._retired: list[Row] = []  # counters of workers that died, so totals never drop

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any
+from typing import Any, Literal
 
 from splitproxy.config.steps import Webhook, WebhookEvent
 from splitproxy.rollout.state import Phase, RouteState
@@ -128,7 +128,7 @@ class Rebuild:
 
 @dataclass(frozen=True, slots=True)
 class Log:
-    level: str  # "info" or "warning"
+    level: Literal["info", "warning"]
     message: str
 
 

@@ -32,7 +32,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from splitproxy.config.guard import Advance, Analysis
-from splitproxy.config.models import Route
+from splitproxy.config.models import Route, Strategy
 from splitproxy.rollout import budget
 from splitproxy.rollout.events import Measurement
 from splitproxy.rollout.machine import effective_active, weights
@@ -101,7 +101,7 @@ def judged(state: RouteState, route: Route) -> tuple[list[str], str | None]:
     if state.phase == Phase.ABORTED:
         # What was judged until the abort moved the weights (for /status and the reason).
         state = replace(state, phase=Phase.PROGRESSING)
-    if route.strategy == "blue-green":
+    if route.strategy == Strategy.BLUE_GREEN:
         # The old color serves nothing after the switch: there is no comparison to make.
         return [effective_active(state, route) or route.baseline], None
     now = weights(state, route)

@@ -14,7 +14,7 @@ import hashlib
 import json
 from typing import Any
 
-from splitproxy.config.models import Route
+from splitproxy.config.models import Route, Strategy
 
 
 def _digest(ident: dict[str, Any]) -> str:
@@ -61,7 +61,7 @@ def legacy_candidates(route: Route) -> dict[str, str | None]:
     """{format-1 revision: the `active` color it was made with} for this route as configured,
     and for blue-green with each other color active."""
     out: dict[str, str | None] = {legacy_revision(route): route.active}
-    if route.strategy == "blue-green":
+    if route.strategy == Strategy.BLUE_GREEN:
         for color in route.versions:
             out.setdefault(legacy_revision(route, color), color)
     return out

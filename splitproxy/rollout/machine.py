@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from splitproxy.config.models import Route
+from splitproxy.config.models import Route, Strategy
 from splitproxy.rollout.identity import endpoints, identity
 from splitproxy.rollout.schedule import in_window
 from splitproxy.rollout.state import Actor, PauseReason, Phase, RouteState
@@ -41,7 +41,7 @@ def start(route: Route, now: float, run: str, previous: RouteState | None = None
     blue-green, the color it served is switched back to if the new active color fails.
     """
     prev_active = None
-    if route.strategy == "blue-green" and previous is not None:
+    if route.strategy == Strategy.BLUE_GREEN and previous is not None:
         before = serving(previous)
         prev_active = before if before != route.active and before in route.versions else None
     return RouteState(identity(route), run, phase=PROGRESSING if has_steps(route) else IDLE,
@@ -58,7 +58,7 @@ def effective_active(state: RouteState, route: Route) -> str | None:
 
 def weights(state: RouteState, route: Route) -> dict[str, int]:
     """The weights traffic gets now."""
-    if route.strategy == "blue-green":
+    if route.strategy == Strategy.BLUE_GREEN:
         active = effective_active(state, route) or route.active
         return {v: 100 if v == active else 0 for v in route.versions}
     if state.phase == ABORTED:

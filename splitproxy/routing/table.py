@@ -5,9 +5,9 @@ from __future__ import annotations
 import itertools
 import math
 from dataclasses import dataclass, field
-from urllib.parse import urlsplit
 
-from splitproxy.config.models import Config, Route
+from splitproxy.config.address import EndpointUrl
+from splitproxy.config.models import Config, Route, Strategy
 from splitproxy.routing.choose import RoutePlan, make_plan, pin_values, sticky_value
 
 NO_RUN = "0"  # the run of a table built without rollout state (no engine: tests, tools)
@@ -23,9 +23,8 @@ class Endpoint:
         return f"{self.host}:{self.port}"
 
     @classmethod
-    def parse(cls, url: str) -> Endpoint:
-        parts = urlsplit(url)
-        return cls(parts.hostname or "127.0.0.1", parts.port or 80)
+    def of(cls, url: EndpointUrl) -> Endpoint:
+        return cls(url.address.host, url.address.port)
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,7 +76,7 @@ def build_route(
     if weights is None:
         weights = route.configured_weights
     preview = None
-    if route.strategy == "blue-green":
+    if route.strategy == Strategy.BLUE_GREEN:
         preview = next((v for v in versions if weights.get(v, 0) == 0), None)
     return RouteEntry(
         name=route.name,
@@ -85,7 +84,7 @@ def build_route(
         path_prefix=route.match.path_prefix,
         plan=make_plan(route.name, versions, weights, baseline=route.baseline),
         endpoints={
-            v: tuple(Endpoint.parse(url) for url in cfg.endpoints)
+            v: tuple(Endpoint.of(url) for url in cfg.endpoints)
             for v, cfg in route.versions.items()
         },
         pin_header=_lower(sticky.pin_header),

@@ -16,6 +16,7 @@ import pytest
 
 from splitproxy.control.adminguard import host_name
 from splitproxy.control.service import Service
+from splitproxy.control.status import AdminStatus
 
 from .conftest import WAIT, proxy_config, route, run_service, wait_until, write_config
 
@@ -75,8 +76,14 @@ async def paused(svc: Service, at: int) -> None:
                      f"paused at step {at}")
 
 
+def _admin(svc: Service) -> AdminStatus:
+    admin = svc.controller.status().admin
+    assert admin is not None
+    return admin
+
+
 def generation(svc: Service) -> int:
-    return int(svc.controller.status()["config"]["generation"])
+    return int(svc.controller.status().config.generation)
 
 
 async def wait_generation(svc: Service, n: int) -> None:
@@ -141,7 +148,7 @@ async def test_a_token_from_the_environment_guards_a_non_loopback_admin_api(
         assert (await call(plain, svc, "GET", "/status"))[0] == 401
         status, body = await call(plain, svc, "GET", "/status", bearer("from-env"))
         assert status == 200, body
-        admin = svc.controller.status()["admin"]
+        admin = _admin(svc).model_dump()
         assert admin["token"] == "required" and admin["token_source"] == "environment"
 
 
@@ -261,12 +268,12 @@ async def test_a_token_changed_by_reload_is_enforced(
         assert (await call(plain, svc, "GET", "/status"))[0] == 401
         status, body = await call(plain, svc, "GET", "/status", bearer("third-token"))
         assert status == 200, body
-        assert "cannot read" in (svc.controller.status()["admin"]["token_error"] or "")
+        assert "cannot read" in (_admin(svc).token_error or "")
         # Removed by reload (loopback, so allowed): open again, and said loudly.
         write_config(path, rollout_config())
         await wait_generation(svc, 3)
         assert (await call(plain, svc, "GET", "/status"))[0] == 200
-        assert svc.controller.status()["admin"]["token"] == "none"
+        assert _admin(svc).token == "none"
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING
                 and r.name == "splitproxy.control.adminguard"]
     assert any("re-read from" in w for w in warnings), warnings
@@ -289,7 +296,7 @@ async def test_a_token_added_by_reload_is_enforced(
         assert status == 401
         assert (await call(plain, svc, "GET", "/status", bearer("added-token")))[0] == 200
         assert (await call(plain, svc, "GET", "/healthz"))[0] == 200
-        admin = svc.controller.status()["admin"]
+        admin = _admin(svc).model_dump()
         assert admin["token"] == "required" and admin["token_file"] == str(tmp_path / "tok")
 
 
@@ -304,10 +311,10 @@ async def test_a_reload_naming_an_unreadable_token_file_is_refused_whole(
         write_config(path, cfg)
 
         def refused() -> bool:
-            return svc.controller.status()["config"]["last_reload"]["result"] == "error"
+            return svc.controller.status().config.last_reload.result == "error"
 
         await wait_until(refused, WAIT, "the reload refused")
-        last = svc.controller.status()["config"]["last_reload"]
+        last = svc.controller.status().config.last_reload.model_dump()
         assert "admin.token_file: cannot read" in last["error"]
         assert generation(svc) == 1  # the weights did not apply either
         assert (await call(plain, svc, "GET", "/status"))[0] == 200
@@ -325,10 +332,10 @@ async def test_a_reload_cannot_remove_the_token_of_a_non_loopback_admin_api(
         write_config(path, rollout_config(admin={"listen": "127.0.0.1:0"}))
 
         def refused() -> bool:
-            return svc.controller.status()["config"]["last_reload"]["result"] == "error"
+            return svc.controller.status().config.last_reload.result == "error"
 
         await wait_until(refused, WAIT, "the reload refused")
-        error = svc.controller.status()["config"]["last_reload"]["error"]
+        error = svc.controller.status().config.last_reload.error
         assert "0.0.0.0:0 is not a loopback address" in error
         assert (await call(plain, svc, "GET", "/status"))[0] == 401
         assert (await call(plain, svc, "GET", "/status", bearer("s3cret-token")))[0] == 200
@@ -366,10 +373,10 @@ async def test_admin_listen_changed_by_reload_is_reported_as_needing_a_restart(
         write_config(path, rollout_config(admin={"listen": "127.0.0.1:1"},
                                           logging={"format": "json"}))
         await wait_generation(svc, 2)
-        needed = svc.controller.status()["config"]["restart_needed"]
+        needed = [r.model_dump() for r in svc.controller.status().config.restart_needed]
         assert {n["field"]: n["configured"] for n in needed} == {
             "admin.listen": "127.0.0.1:1", "logging.format": "json"}
         assert (await call(plain, svc, "GET", "/healthz"))[0] == 200  # still where it was
         write_config(path, rollout_config())
         await wait_generation(svc, 3)
-        assert svc.controller.status()["config"]["restart_needed"] == []
+        assert [r.model_dump() for r in svc.controller.status().config.restart_needed] == []

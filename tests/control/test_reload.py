@@ -57,12 +57,11 @@ async def two() -> AsyncIterator[dict[str, Upstream]]:
 
 
 def generation(svc: Service) -> int:
-    return int(svc.controller.status()["config"]["generation"])
+    return int(svc.controller.status().config.generation)
 
 
 def last_reload(svc: Service) -> dict[str, Any]:
-    result: dict[str, Any] = svc.controller.status()["config"]["last_reload"]
-    return result
+    return svc.controller.status().config.last_reload.model_dump()
 
 
 # --------------------------------------------------------------------------- ways to replace
@@ -132,7 +131,7 @@ async def test_kubernetes_configmap_symlink_swap_is_seen(
         await wait_until(lambda: generation(svc) == 2, 2.0, "reload after ..data swap")
         async with raw_client(svc.proxy_port) as c:
             assert await only_canary(c)
-        assert svc.controller.status()["config"]["path"] == str(path)
+        assert svc.controller.status().config.path == str(path)
 
 
 async def test_sighup_reloads(tmp_path: Path, two: dict[str, Upstream]) -> None:

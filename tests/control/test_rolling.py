@@ -35,7 +35,7 @@ def one_version(*endpoints: str) -> dict[str, Any]:
 
 
 def generation(svc: Service) -> int:
-    return int(svc.controller.status()["config"]["generation"])
+    return int(svc.controller.status().config.generation)
 
 
 @contextlib.asynccontextmanager
@@ -151,7 +151,8 @@ async def test_in_flight_request_on_removed_endpoint_completes(tmp_path: Path) -
                 assert resp.header("x-served-by") == "old"
                 assert resp.text == "old"
             assert old.requests == 1
-            assert svc.controller.status()["routes"][0]["versions"]["stable"]["endpoints"] == [
+            endpoints = svc.controller.status().routes[0].versions["stable"].endpoints
+            assert [e.model_dump() for e in endpoints] == [
                 {"url": new.url, "up": True, "consecutive_failures": 0, "ejections": 0}
             ]
 

@@ -547,11 +547,12 @@ class Run:
     err: str
 
 
-async def cli(*args: str, timeout: float = 20.0) -> Run:
-    """`python -m splitproxy ARGS` in a subprocess; the event loop keeps serving meanwhile."""
+async def cli(*args: str, timeout: float = 20.0, env: Mapping[str, str] | None = None) -> Run:
+    """`python -m splitproxy ARGS` in a subprocess (`env`: its whole environment); the event
+    loop keeps serving meanwhile."""
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "splitproxy", *args,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env,
     )
     try:
         out, err = await asyncio.wait_for(proc.communicate(), timeout)

@@ -16,6 +16,7 @@ import pytest
 
 from splitproxy import rollout
 from splitproxy.config.models import Config
+from splitproxy.control.status import GuardTest, RateTest, RatioTest
 from splitproxy.rollout import Actor, PauseReason, Phase
 
 from .conftest import Harness, ManualClock, MemoryStore, rollout_config, run_hook, wait_until
@@ -48,7 +49,18 @@ async def ticks_until(h: Harness, serve: Callable[[], None], done: Callable[[], 
         await h.tick(1.0)
         if done():
             return i
-    raise AssertionError(f"not done within {limit} s: {h.engine.describe('shop')['guard']}")
+    raise AssertionError(f"not done within {limit} s: {h.engine.describe('shop').guard}")
+
+
+def guard_tests(h: Harness) -> list[GuardTest]:
+    guard = h.engine.describe("shop").guard
+    assert guard is not None, "no verdict yet"
+    return guard.tests
+
+
+def guard_outcome(h: Harness) -> str | None:
+    guard = h.engine.describe("shop").guard
+    return guard.outcome if guard is not None else None
 
 
 def results(h: Harness) -> list[str]:
@@ -99,8 +111,9 @@ async def test_one_error_in_fifty_requests_is_weak_evidence_not_an_abort(
         await h.tick(1.0)
     assert h.state().phase == "idle"
     assert set(results(h)) == {"inconclusive"}
-    [test] = h.engine.describe("shop")["guard"]["tests"]
-    assert (test["events"], test["trials"], test["outcome"]) == (1, 50, "inconclusive")
+    [test] = guard_tests(h)
+    assert isinstance(test, RateTest)
+    assert (test.events, test.trials, test.outcome) == (1, 50, "inconclusive")
     assert h.engine.checks_total == {("shop", "inconclusive"): 11}
 
 
@@ -136,9 +149,9 @@ async def test_compare_to_baseline_keeps_a_canary_in_a_shared_outage(harness: Ha
         h.traffic.serve("canary", 30, errors=15)
         await h.tick(1.0)
     assert h.state().phase == "idle"
-    [test] = h.engine.describe("shop")["guard"]["tests"]
-    assert (test["against"], test["canary_events"], test["baseline_events"]) == (
-        "stable", 450, 450)
+    [test] = guard_tests(h)
+    assert isinstance(test, RatioTest)
+    assert (test.against, test.canary_events, test.baseline_events) == ("stable", 450, 450)
     await ticks_until(h, lambda: (h.traffic.serve("stable", 30),
                                   h.traffic.serve("canary", 30, errors=30)) and None,
                       lambda: h.state().phase == "aborted", 240)
@@ -153,10 +166,9 @@ async def test_latency_limits_count_requests_over_the_limit(harness: Harness) ->
         h.traffic.serve("canary", 30, seconds=0.12)  # under 200 ms: never counted as slow
         await h.tick(1.0)
     assert h.state().phase == "idle"
-    tests = {t["metric"]: t for t in h.engine.describe("shop")["guard"]["tests"]}
-    assert (tests["p99"]["events"], tests["p99"]["trials"], tests["p99"]["limit_ms"]) == (
-        0, 600, 200.0)
-    assert tests["p99"]["outcome"] == "pass"
+    p99 = next(t for t in guard_tests(h) if t.metric == "p99")
+    assert isinstance(p99, RateTest)
+    assert (p99.events, p99.trials, p99.limit_ms, p99.outcome) == (0, 600, 200.0, "pass")
     took = await ticks_until(h, lambda: (h.traffic.serve("stable", 30),
                                          h.traffic.serve("canary", 30, seconds=0.3)) and None,
                              lambda: h.state().phase == "aborted", 30)
@@ -173,8 +185,7 @@ async def test_every_version_but_the_baseline_is_judged(harness: Harness) -> Non
         for v in urls:
             h.traffic.serve(v, 30)
         await h.tick(1.0)
-    guard = h.engine.describe("shop")["guard"]
-    assert [t["version"] for t in guard["tests"]] == ["canary", "other"]
+    assert [t.version for t in guard_tests(h)] == ["canary", "other"]
 
     def serve() -> None:
         h.traffic.serve("stable", 30)
@@ -237,10 +248,9 @@ async def test_a_rollout_with_no_traffic_does_not_pass_its_first_timed_pause(
         await h.tick(1.0)
     assert h.weights()["canary"] == 10
     described = h.engine.describe("shop")
-    assert (described["phase"], described["pause_reason"]) == ("paused",
-                                                               "waiting for evidence")
-    assert described["guard"]["outcome"] == "inconclusive"
-    assert "no requests yet" in described["guard"]["tests"][0]["summary"]
+    assert (described.phase, described.pause_reason) == ("paused", "waiting for evidence")
+    assert described.guard is not None and described.guard.outcome == "inconclusive"
+    assert "no requests yet" in described.guard.tests[0].summary
     # Traffic at last: a clean canary passes at a check, and the rollout goes on there.
     took = await ticks_until(h, lambda: healthy(h, 100), lambda: h.state().step == 3, 15)
     assert 3 <= took <= 8  # about 400 clean requests show "under 1%"
@@ -257,7 +267,7 @@ async def test_a_healthy_canary_completes_its_timed_pause_on_evidence_at_the_tim
     for _ in range(9):
         healthy(h, 100)
         await h.tick(1.0)
-    assert (h.state().step, h.engine.describe("shop")["guard"]["outcome"]) == (1, "pass")
+    assert (h.state().step, guard_outcome(h)) == (1, "pass")
     healthy(h, 100)
     await h.tick(1.0)  # the time is up and the pass holds: no wait at all
     assert (h.state().step, h.weights()["canary"]) == (3, 50)
@@ -325,9 +335,9 @@ async def test_a_pre_step_webhook_answering_503_holds_the_step_until_it_answers_
         hook.answer = 503
         await h.start(hooked(hook.url("/gate"), hook.url("/notify"),
                              [{"set_weight": 20}, {"pause": {}}]))
-        await h.tick_until(lambda: h.engine.describe("shop")["gate"] is not None,
+        await h.tick_until(lambda: h.engine.describe("shop").gate is not None,
                            "the gate's answer")
-        assert "answered 503" in h.engine.describe("shop")["gate"]
+        assert "answered 503" in h.engine.describe("shop").gate
         assert (h.weights(), h.state().step) == (STABLE_ONLY, 0)
         [asked] = hook.on("/gate")
         assert (asked["event"], asked["route"], asked["step"]) == ("pre-step", "shop", 0)
@@ -340,7 +350,7 @@ async def test_a_pre_step_webhook_answering_503_holds_the_step_until_it_answers_
         await h.tick(1.5)
         await h.tick_until(lambda: h.weights()["canary"] == 20, "the step after a 200")
         assert len(hook.on("/gate")) == 2
-        assert h.engine.describe("shop")["gate"] is None
+        assert h.engine.describe("shop").gate is None
 
 
 async def test_a_pre_step_webhook_also_holds_a_step_that_follows_a_timed_pause(
@@ -421,16 +431,16 @@ async def test_a_failed_write_stays_pending_and_is_retried_with_backoff_until_it
     assert state.phase == "aborted"
     assert h.weights() == STABLE_ONLY  # in effect at once, written or not
     pending = h.engine.pending_writes()["shop"]
-    assert (pending["phase"], pending["attempts"]) == ("aborted", 1)
-    assert "told to fail" in pending["error"]
-    assert h.engine.describe("shop")["write_pending"] == pending
+    assert (pending.phase, pending.attempts) == ("aborted", 1)
+    assert "told to fail" in (pending.error or "")
+    assert h.engine.describe("shop").write_pending == pending
 
     await h.tick(0.25)  # the first retry, after 0.25 s
-    assert h.engine.pending_writes()["shop"]["attempts"] == 2
+    assert h.engine.pending_writes()["shop"].attempts == 2
     await h.tick(0.25)  # the next one waits 0.5 s
-    assert h.engine.pending_writes()["shop"]["attempts"] == 2
+    assert h.engine.pending_writes()["shop"].attempts == 2
     await h.tick(0.25)
-    assert h.engine.pending_writes()["shop"]["attempts"] == 3
+    assert h.engine.pending_writes()["shop"].attempts == 3
 
     h.store.fail = False
     await h.tick(5.0)  # the backoff never grows past 5 s

@@ -16,6 +16,8 @@ from pathlib import Path
 
 from aiohttp import web
 
+from splitproxy.control.status import RateTest
+
 from .conftest import (
     Load,
     admin,
@@ -80,19 +82,22 @@ async def test_a_120_ms_upstream_under_max_p99_ms_200_is_never_counted_slow(
         async with run_service(path, watch=False) as svc:
             engine = svc.controller.engine
 
-            def p99() -> dict[str, object]:
-                guard = engine.describe("shop")["guard"] or {"tests": []}
-                return next((t for t in guard["tests"] if t["metric"] == "p99"), {})
+            def p99() -> RateTest | None:
+                guard = engine.describe("shop").guard
+                test = next((t for t in guard.tests if t.metric == "p99"), None) if guard \
+                    else None
+                assert test is None or isinstance(test, RateTest)
+                return test
 
             clients = {f"c{i}": plain for i in range(12)}
             async with Load(svc.proxy_port, clients, gap=0.0).running() as load:
                 # "At most 1% slower than 200 ms" is shown after about 400 clean requests.
-                await wait_until(lambda: p99().get("outcome") == "pass", timeout=30,
+                await wait_until(lambda: getattr(p99(), "outcome", None) == "pass", timeout=30,
                                  what="the p99 limit's pass")
             assert not load.failures, load.failures[:3]
             assert engine.states["shop"].phase == "idle"
             test = p99()
-            assert test["events"] == 0 and int(str(test["trials"])) >= 300, test
+            assert test is not None and test.events == 0 and test.trials >= 300, test
             async with admin(svc) as session:
                 samples = await scrape(session)
             for version in ("stable", "canary"):

@@ -7,6 +7,8 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
+from splitproxy.cli.exitcodes import ExitCode
+
 from .conftest import (
     Backend,
     cli,
@@ -89,16 +91,16 @@ async def test_steps_advance_on_time_wait_for_promote_and_the_cli_drives_them(
             assert ["plain", "idle", "-", "stable"] in [r[:4] for r in rows]
 
             again = await cli("promote", "shop", "--admin", admin_url)
-            assert again.code == 1
+            assert again.code == ExitCode.REFUSED
             assert again.out == ""
             assert again.err.strip() == "error: 409: rollout is promoted"
 
             no_steps = await cli("promote", "plain", "--admin", admin_url)
-            assert no_steps.code == 1
+            assert no_steps.code == ExitCode.REFUSED
             assert no_steps.err.strip() == "error: 409: this route has no rollout steps to promote"
 
             unknown = await cli("promote", "nope", "--admin", admin_url)
-            assert unknown.code == 1
+            assert unknown.code == ExitCode.NOT_FOUND
             assert "404" in unknown.err and "no route named 'nope'" in unknown.err
 
             assert loop.time() - started < 15
@@ -122,7 +124,8 @@ async def test_promote_full_and_pause_resume_through_the_cli(tmp_path: Path) -> 
             assert engine.states["shop"].pause_reason == "manual"
             twice = await cli("pause", "shop", "--admin", admin_url)
             assert (twice.code, twice.err.strip()) == (
-                1, "error: 409: only a progressing rollout can be paused (it is paused: manual)")
+                ExitCode.REFUSED,
+                "error: 409: only a progressing rollout can be paused (it is paused: manual)")
             resumed = await cli("resume", "shop", "--admin", admin_url)
             assert resumed.code == 0, resumed
             assert engine.states["shop"].phase == "progressing"

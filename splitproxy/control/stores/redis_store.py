@@ -30,6 +30,7 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
+from splitproxy.config.models import Backend
 from splitproxy.control.sources.fleet import RedisCounts
 from splitproxy.control.stores.store import Loaded, StoreUnavailable, Wanted
 from splitproxy.control.tasks import cancel_and_wait
@@ -283,5 +284,5 @@ class RedisStore:
         await self._redis.aclose()
 
     def describe(self) -> dict[str, Any]:
-        return {"backend": "redis", "url": self.url, "up": self.up, "error": self.last_error,
+        return {"backend": Backend.REDIS, "url": self.url, "up": self.up, "error": self.last_error,
                 "leader": self.is_leader()}

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from splitproxy.config.models import Config, ConfigError
+from splitproxy.config.models import Backend, Config, ConfigError
 from splitproxy.control.sources.fleet import CountsBoard
 from splitproxy.rollout import FORMAT, RouteState
 
@@ -95,7 +95,7 @@ def state_path(config: Config, config_path: Path) -> Path:
 
 
 def make_store(config: Config, config_path: Path) -> StateStore:
-    if config.state.backend == "redis":
+    if config.state.backend == Backend.REDIS:
         from splitproxy.control.stores.redis_store import RedisStore
 
         return RedisStore(config.state.url, config.state.key_prefix, config.state.lease)
@@ -217,7 +217,7 @@ class FileStore:
         return None
 
     def describe(self) -> dict[str, Any]:
-        return {"backend": "file", "path": str(self.path), "up": self.last_error is None,
+        return {"backend": Backend.FILE, "path": str(self.path), "up": self.last_error is None,
                 "error": self.last_error or self.load_error}
 
 
