@@ -26,8 +26,11 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("-c", "--config", required=True, type=Path)
     run.add_argument("--workers", type=int, default=1, help="data-plane processes (default 1)")
 
-    check = sub.add_parser("check", help="validate a config file and print its routes")
-    check.add_argument("-c", "--config", required=True, type=Path)
+    check = sub.add_parser("check", help="validate a config file and print its routes (every "
+                           "problem as file:line: field: message, all in one run)")
+    config_file = check.add_mutually_exclusive_group(required=True)
+    config_file.add_argument("file", nargs="?", type=Path, help="the config file")
+    config_file.add_argument("-c", "--config", type=Path, help="the config file, as for run")
 
     demo = sub.add_parser("demo", help="two built-in upstreams behind the proxy on :8080")
     demo.add_argument("-c", "--config", type=Path, default=None)
@@ -79,8 +82,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     logsafe.install()  # no client-supplied string can forge a log line
     if args.command == "check":
+        path = args.config or args.file
         try:
-            config = load(args.config)
+            config = load(path)
         except ConfigError as exc:
             for line in exc.errors:
                 sys.stderr.write(line + "\n")
@@ -88,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout.write(describe(config) + "\n")
         from splitproxy.control.checkstate import promoted_endpoint_warnings
 
-        for line in asyncio.run(promoted_endpoint_warnings(config, args.config)):
+        for line in asyncio.run(promoted_endpoint_warnings(config, path)):
             sys.stdout.write(line + "\n")
         return 0
     if args.command == "run":
