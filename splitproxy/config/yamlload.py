@@ -6,6 +6,7 @@ models know what a valid config is.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TypeVar
@@ -120,9 +121,22 @@ def _duplicate_keys(node: yaml.Node, seen_nodes: set[int] | None = None
             yield from _duplicate_keys(item, seen_nodes)
 
 
+_BOOL_TAG = "tag:yaml.org,2002:bool"
+
+
 class _BoundedLoader(yaml.SafeLoader):
     """PyYAML's safe loader with MAX_DEPTH and MAX_NODES enforced while composing: the
-    error points at the line where the document went too deep or expanded too far."""
+    error points at the line where the document went too deep or expanded too far.
+
+    Booleans are YAML 1.2's, `true` and `false` only: YAML 1.1 also reads `on`, `off`, `yes`
+    and `no` as booleans, which turned the webhook key `on:` into `True` (the GitHub Actions
+    trap). A boolean field still takes `yes` or `on` (pydantic reads those strings).
+    """
+
+    yaml_implicit_resolvers = {
+        first: [(tag, regexp) for tag, regexp in resolvers if tag != _BOOL_TAG]
+        for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+    }
 
     def __init__(self, stream: str) -> None:
         super().__init__(stream)
@@ -154,6 +168,10 @@ class _BoundedLoader(yaml.SafeLoader):
             self._depth -= 1
         self._weight[id(node)] = self._total - before
         return node
+
+
+_BoundedLoader.add_implicit_resolver(
+    _BOOL_TAG, re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"))
 
 
 def _too_much(event: yaml.Event, problem: str) -> yaml.MarkedYAMLError:
