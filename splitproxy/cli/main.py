@@ -1,5 +1,5 @@
-"""Command line: `splitproxy run | check | demo | status | promote | abort | retry | pause |
-resume`."""
+"""Command line: `splitproxy run | check | health | demo | status | promote | abort | retry |
+pause | resume`."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 from splitproxy import __version__
+from splitproxy.cli import health
 from splitproxy.cli.client import TOKEN_ENV, AdminClient, AdminError, watch
 from splitproxy.config import logsafe
 from splitproxy.config.models import ConfigError, describe, load
@@ -31,6 +32,8 @@ def _parser() -> argparse.ArgumentParser:
     config_file = check.add_mutually_exclusive_group(required=True)
     config_file.add_argument("file", nargs="?", type=Path, help="the config file")
     config_file.add_argument("-c", "--config", type=Path, help="the config file, as for run")
+
+    health.add_parser(sub)
 
     demo = sub.add_parser("demo", help="two built-in upstreams behind the proxy on :8080")
     demo.add_argument("-c", "--config", type=Path, default=None)
@@ -95,6 +98,8 @@ def main(argv: list[str] | None = None) -> int:
         for line in asyncio.run(promoted_endpoint_warnings(config, path)):
             sys.stdout.write(line + "\n")
         return 0
+    if args.command == "health":
+        return health.main(args)
     if args.command == "run":
         if args.workers < 1:
             sys.stderr.write("--workers must be at least 1\n")
