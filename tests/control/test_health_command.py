@@ -70,24 +70,19 @@ async def test_a_config_broken_after_start_up_does_not_make_the_proxy_unhealthy(
             assert "answered 200" in out
 
 
-async def test_the_token_comes_from_the_configs_token_file(tmp_path: Path) -> None:
+async def test_a_proxy_whose_admin_api_has_a_token_is_healthy(tmp_path: Path) -> None:
+    """The check sends the token the server uses (admin.token_file, relative to the config,
+    as the server reads it), for an admin API that wants it on /healthz."""
     path = tmp_path / "config.yaml"
-    token = tmp_path / "admin-token"
-    token.write_text("s3cret-token\n")
+    (tmp_path / "admin-token").write_text("s3cret-token\n")
     async with run_upstream("stable") as up:
-        # A relative token_file is relative to the config, for the server and the check alike.
         write_config(path, _config(up.url, 0, token_file="admin-token"))
         async with run_service(path, watch=False) as svc:
             write_config(path, _config(up.url, svc.admin_port, token_file="admin-token"))
             env = {k: v for k, v in os.environ.items() if k != "SPLITPROXY_ADMIN_TOKEN"}
-            code, _, err = await _health(path, env=env)
+            code, out, err = await _health(path, env=env)
             assert code == 0, err
-
-            token.write_text("wrong-token\n")
-            code, _, err = await _health(path, env=env)
-            assert code == 1
-            assert err == (f"unhealthy: http://127.0.0.1:{svc.admin_port}/healthz answered "
-                           "401 Unauthorized\n")
+            assert "answered 200" in out
 
 
 async def test_nothing_listening_is_unhealthy_with_the_reason(
