@@ -13,16 +13,20 @@
 # only those wheels into a venv: no compiler, no pip, no test or load-test extras.
 # tests/packaging/test_dockerfile.py lints this file with hadolint and runs these install and
 # start commands outside Docker.
+#
+# Reproducible inputs: the base image by exact tag and by the digest of its multi-platform
+# index (both stages the same image), every dependency by constraints.txt. Podman and buildah
+# build the OCI format by default, which has no HEALTHCHECK: build with `--format docker`.
 
-FROM python:3.11-slim AS builder
+FROM python:3.11.14-slim-bookworm@sha256:65a93d69fa75478d554f4ad27c85c1e69fa184956261b4301ebaf6dbb0a3543d AS builder
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_ROOT_USER_ACTION=ignore
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md constraints.txt ./
 COPY splitproxy ./splitproxy
 # `.` without extras: the [test] and [load] extras are never built, let alone installed.
-RUN pip wheel --wheel-dir /wheels .
+RUN pip wheel --constraint constraints.txt --wheel-dir /wheels .
 
-FROM python:3.11-slim
+FROM python:3.11.14-slim-bookworm@sha256:65a93d69fa75478d554f4ad27c85c1e69fa184956261b4301ebaf6dbb0a3543d
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_ROOT_USER_ACTION=ignore \
     PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1
 # The wheels are bind-mounted from the builder, never copied: they stay out of every layer.
@@ -44,11 +48,10 @@ VOLUME ["/var/lib/splitproxy"]
 # Numeric, so Kubernetes' runAsNonRoot can verify it without reading /etc/passwd.
 USER 10001:10001
 EXPOSE 8080 9901
-# Every admin endpoint wants the bearer token once one is set, /healthz too: send the one
-# the server uses (admin.token_file, else $SPLITPROXY_ADMIN_TOKEN). slim has no curl;
-# ProxyHandler({}) keeps an HTTP_PROXY in the environment from catching 127.0.0.1.
+# `splitproxy health` asks /healthz at the config's own admin.listen (not a port written
+# here), with the token the server uses when one is set; slim has no curl. Exit 0 or 1.
 HEALTHCHECK --interval=15s --timeout=5s --start-period=10s --retries=3 \
-  CMD ["python", "-c", "import os,sys,urllib.request as u;f='/etc/splitproxy/admin-token';t=open(f).read().strip() if os.path.exists(f) else os.environ.get('SPLITPROXY_ADMIN_TOKEN','');u.build_opener(u.ProxyHandler({})).open(u.Request('http://127.0.0.1:9901'+sys.argv[1],headers={'Authorization':'Bearer '+t} if t else {}),timeout=3)", "/healthz"]
+  CMD ["splitproxy", "health", "-c", "/etc/splitproxy/config.yaml"]
 STOPSIGNAL SIGTERM
 ENTRYPOINT ["splitproxy"]
 CMD ["run", "-c", "/etc/splitproxy/config.yaml"]

@@ -6,14 +6,15 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck bench loadtest clean
+.PHONY: demo test lint typecheck bench loadtest clean constraints
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
-$(STAMP): pyproject.toml | $(BIN)/python
+# constraints.txt pins every dependency (see its header); `make constraints` re-resolves it.
+$(STAMP): pyproject.toml constraints.txt | $(BIN)/python
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test,load]'
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[test,load]'
 	touch $@
 
 demo: $(STAMP)
@@ -39,6 +40,18 @@ LOADTEST ?= all
 loadtest: $(STAMP)
 	$(BIN)/python -m loadtests.scenarios $(LOADTEST) $(LOADTEST_ARGS)
 
+# Re-resolve every dependency in a scratch venv, without the old pins, and rewrite
+# constraints.txt (its header kept); then `make test` installs and tests the new set.
+RESOLVE := .venv-resolve
+constraints:
+	rm -rf $(RESOLVE) && $(PYTHON) -m venv $(RESOLVE)
+	$(RESOLVE)/bin/python -m pip install --quiet --upgrade pip
+	$(RESOLVE)/bin/python -m pip install --quiet '.[test,load]'
+	{ sed -n '1,/^$$/p' constraints.txt; \
+	  $(RESOLVE)/bin/python -m pip freeze | grep -iv '^splitproxy\b'; } > constraints.txt.new
+	mv constraints.txt.new constraints.txt
+	rm -rf $(RESOLVE) build
+
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) $(RESOLVE) build *.egg-info .pytest_cache .mypy_cache .ruff_cache .hypothesis
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +

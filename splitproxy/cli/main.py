@@ -1,5 +1,5 @@
-"""Command line: `splitproxy run | check | demo | status | promote | abort | retry | pause |
-resume`. Exit codes: `splitproxy.cli.exitcodes` (and the README)."""
+"""Command line: `splitproxy run | check | health | demo | status | promote | abort | retry |
+pause | resume`. Exit codes: `splitproxy.cli.exitcodes` (and the README)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Literal
 
 from splitproxy import __version__
+from splitproxy.cli import health
 from splitproxy.cli.client import TOKEN_ENV, AdminClient, AdminError, admin_url
 from splitproxy.cli.exitcodes import ExitCode
 from splitproxy.cli.status import WAITABLE, show, wait_for, watch
@@ -57,8 +58,13 @@ def _parser() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
                      help="text, or json (one object per line); default: the config's "
                           "logging.format, else text")
 
-    check = sub.add_parser("check", help="validate a config file and print its routes")
-    check.add_argument("-c", "--config", required=True, type=Path, help="the config file")
+    check = sub.add_parser("check", help="validate a config file and print its routes (every "
+                           "problem as file:line: field: message, all in one run)")
+    config_file = check.add_mutually_exclusive_group(required=True)
+    config_file.add_argument("file", nargs="?", type=Path, help="the config file")
+    config_file.add_argument("-c", "--config", type=Path, help="the config file, as for run")
+
+    health.add_parser(sub)
 
     demo = sub.add_parser("demo", help="two built-in upstreams behind the proxy on :8080")
     demo.add_argument("-c", "--config", type=Path, default=None,
@@ -198,7 +204,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     logsafe.install()  # no client-supplied string can forge a log line
     if args.command == "check":
-        return _check(args.config)
+        return _check(args.config or args.file)
+    if args.command == "health":
+        return health.main(args)
     if args.command == "run":
         return _run(args.config, args.workers, args.log_format)
     if args.command == "demo":

@@ -8,7 +8,9 @@ from typing import Annotated
 
 from pydantic import AfterValidator, BeforeValidator, Field, Strict, model_validator
 
+from splitproxy.config.crossfield import analysis_problems
 from splitproxy.config.units import Frozen, Millis, Name, Timeout, Token
+from splitproxy.config.yamlload import Located
 
 # Settings of the window-based guard (splitproxy 0.1) that no longer exist: each is refused at
 # load, at its line, with what to write instead (never silently ignored).
@@ -114,10 +116,10 @@ class Analysis(Frozen):
 
     @model_validator(mode="after")
     def _judges_something(self) -> Analysis:
-        if self.max_error_rate is None and self.compare_to_baseline is None \
-                and not self.latency_limits():
-            raise ValueError("analysis judges nothing: set max_error_rate, a max_pNN_ms or "
-                             "compare_to_baseline, or remove analysis")
+        if problems := analysis_problems(self.max_error_rate is not None,
+                                         self.compare_to_baseline is not None,
+                                         bool(self.latency_limits())):
+            raise Located(problems)
         return self
 
     def latency_limits(self) -> tuple[tuple[str, float, float], ...]:

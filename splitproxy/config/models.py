@@ -8,6 +8,7 @@ and error-location work is in `yamlload`; the value types in `units`, the guard'
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Literal
@@ -15,6 +16,16 @@ from typing import Annotated, Literal
 from pydantic import AfterValidator, Field, Strict, ValidationInfo, field_validator, model_validator
 
 from splitproxy.config.address import HostPort
+from splitproxy.config.crossfield import (
+    UNKNOWN,
+    RolloutFacts,
+    RouteFacts,
+    address_problems,
+    recheck,
+    route_name_problems,
+    route_problems,
+    weight_problems,
+)
 from splitproxy.config.guard import Analysis
 from splitproxy.config.steps import Rollout
 from splitproxy.config.units import (
@@ -120,53 +131,20 @@ class Route(Frozen):
     def _known_versions(
         cls, weights: dict[str, int] | None, info: ValidationInfo
     ) -> dict[str, int] | None:
-        if weights is None:
-            if info.data.get("strategy", Strategy.CANARY) == Strategy.CANARY:
-                raise ValueError("required")
-            return weights
         versions = info.data.get("versions")
-        if versions is None:  # already reported as its own error
-            return weights
-        known = ", ".join(versions)
-        problems: list[Problem] = [
-            ((key,), f"unknown version {key!r} (versions: {known})")
-            for key in weights
-            if key not in versions
-        ]
-        if not problems and sum(weights.values()) <= 0:
-            problems.append(((), "total weight must be > 0"))
-        if problems:
+        known = UNKNOWN if versions is None else tuple(versions)  # None: reported already
+        if problems := weight_problems(known, info.data.get("strategy", "canary"), weights):
             raise Located(problems)
         return weights
 
     @model_validator(mode="after")
     def _strategy_fields(self) -> Route:
-        problems: list[Problem] = []
-        names = ", ".join(self.versions)
-        if self.strategy == Strategy.BLUE_GREEN:
-            if self.active is None:
-                problems.append((("active",), "required for strategy blue-green"))
-            elif self.active not in self.versions:
-                problems.append((("active",), f"unknown version {self.active!r} ({names})"))
-            if self.rollout is not None and (self.rollout.steps or self.rollout.window
-                                             or self.rollout.canary):
-                problems.append((("rollout",), "blue-green switches by `active`, not steps "
-                                 "(only `revision` and `webhooks` apply)"))
-        elif self.active is not None:
-            problems.append((("active",), "only for strategy blue-green"))
-        if self.analysis is not None and self.analysis.baseline is not None \
-                and self.analysis.baseline not in self.versions:
-            problems.append((("analysis", "baseline"),
-                             f"unknown version {self.analysis.baseline!r} ({names})"))
-        if self.rollout is not None and self.rollout.canary is not None:
-            if self.rollout.canary not in self.versions:
-                problems.append((("rollout", "canary"),
-                                 f"unknown version {self.rollout.canary!r} ({names})"))
-            elif self.rollout.canary == self.baseline:
-                problems.append((("rollout", "canary"), "must not be the baseline version"))
-        if self.rollout is not None and len(self.versions) < 2:
-            problems.append((("rollout",), "needs at least two versions"))
-        if problems:
+        ro = self.rollout
+        rollout = None if ro is None else RolloutFacts(ro.canary,
+                                                       bool(ro.steps or ro.window or ro.canary))
+        baseline = self.analysis.baseline if self.analysis is not None else None
+        facts = RouteFacts(tuple(self.versions), self.strategy, self.active, baseline, rollout)
+        if problems := route_problems(facts):
             raise Located(problems)
         return self
 
@@ -263,26 +241,26 @@ class Config(Frozen):
     @field_validator("routes")
     @classmethod
     def _unique_route_names(cls, routes: tuple[Route, ...]) -> tuple[Route, ...]:
-        first: dict[str, int] = {}
-        problems: list[Problem] = []
-        for i, route in enumerate(routes):
-            if (j := first.setdefault(route.name, i)) != i:
-                problems.append(((i, "name"), f"duplicate route name (also routes[{j}])"))
-        if problems:
+        if problems := route_name_problems([route.name for route in routes]):
             raise Located(problems)
         return routes
 
     @model_validator(mode="after")
     def _distinct_ports(self) -> Config:
-        # Port 0 asks the OS for a free port, so the two can never collide.
-        if self.admin.listen == self.listen and self.listen.port != 0:
-            raise Located([(("admin", "listen"), f"same address as listen ({self.listen})")])
+        if problems := address_problems(self.listen, self.admin.listen):
+            raise Located(problems)
         return self
 
 
+def _recheck(data: Mapping[object, object]) -> list[Problem]:
+    return recheck(data, Config.model_fields["listen"].default,
+                   AdminConfig.model_fields["listen"].default)
+
+
 def load(path: str | Path) -> Config:
-    """Read, parse and validate one config file; every problem is one `file:line: ...` line."""
-    return load_model(path, Config)
+    """Read, parse and validate one config file; every problem is one `file:line: ...` line,
+    all of them in one go (`crossfield.recheck`)."""
+    return load_model(path, Config, _recheck)
 
 
 class _AdminOnly(Frozen):

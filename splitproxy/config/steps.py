@@ -8,7 +8,9 @@ from typing import Annotated
 
 from pydantic import AfterValidator, BeforeValidator, Field, Strict, model_validator
 
+from splitproxy.config.crossfield import step_problems
 from splitproxy.config.units import Frozen, Name, Timeout, WebhookUrl
+from splitproxy.config.yamlload import Located
 
 _DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 _HHMM = re.compile(r"([01]\d|2[0-3]):[0-5]\d")
@@ -54,8 +56,8 @@ class Step(Frozen):
 
     @model_validator(mode="after")
     def _one_action(self) -> Step:
-        if (self.set_weight is None) == (self.pause is None):
-            raise ValueError("a step is either `set_weight: N` or `pause: ...`")
+        if problems := step_problems(self.set_weight is not None, self.pause is not None):
+            raise Located(problems)
         return self
 
 

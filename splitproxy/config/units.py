@@ -15,8 +15,12 @@ from splitproxy.config.address import EndpointUrl, HostPort
 from splitproxy.config.paths import normalise_prefix
 
 _NUMBER = r"(-?(?:\d+(?:\.\d*)?|\.\d+))"
-_DURATION = re.compile(_NUMBER + r"\s*(ms|s|m|h)?", re.IGNORECASE)
-_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+# One part of a duration: a number and its unit (`1h`, `30m`, `1.5s`, `500ms`). `ms` is tried
+# before `m`, so `5ms` is never 5 minutes and an `s`.
+_DURATION_PART = re.compile(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*(ms|h|m|s)?", re.IGNORECASE)
+# Largest first: a duration's parts must come in this order, each unit at most once.
+_DURATION_UNITS = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
+_DURATION_HELP = "expected a duration like 500ms, 2s or 1m"
 _SIZE = re.compile(_NUMBER + r"\s*([a-z]*)", re.IGNORECASE)
 _SIZE_UNITS = {"": 1, "b": 1}
 for _exp, _p in enumerate("kmgt", start=1):
@@ -31,13 +35,41 @@ def _number(value: object) -> float | None:
     return float(value) if math.isfinite(value) else None
 
 
+def _duration_text(text: str) -> float | None:
+    """`90`, `1m30s`, `1h30m`, `2m5s500ms` -> seconds; None when it is no duration at all.
+
+    A bare number is seconds, alone only (`1m30` is refused: 30 what?). Units go largest
+    first, each once: `1s1m` and `1m1m` are refused rather than summed (Go's
+    time.ParseDuration sums them) because the likelier story is a typo.
+    """
+    negative = text.startswith("-")
+    body = text[1:] if negative else text
+    parts: list[tuple[float, str | None]] = []
+    at = 0
+    while at < len(body):
+        m = _DURATION_PART.match(body, at)
+        if m is None:
+            return None
+        parts.append((float(m[1]), m[2].lower() if m[2] else None))
+        at = m.end()
+    if not parts or (len(parts) > 1 and any(unit is None for _, unit in parts)):
+        return None
+    order = list(_DURATION_UNITS)
+    ranks = [order.index(unit or "s") for _, unit in parts]
+    if any(a >= b for a, b in zip(ranks, ranks[1:], strict=False)):
+        raise ValueError(f"{text!r}: write the units largest first, each once (h, m, s, ms: "
+                         "1h30m, 2m5s500ms)")
+    seconds = sum(n * _DURATION_UNITS[unit or "s"] for n, unit in parts)
+    return -seconds if negative else seconds
+
+
 def parse_duration(value: object) -> float:
-    """`500ms`, `2s`, `1m`, `1h` or a bare number of seconds -> seconds as a float."""
+    """`500ms`, `2s`, `1m30s`, `1h` or a bare number of seconds -> seconds as a float."""
     seconds = _number(value)
-    if seconds is None and isinstance(value, str) and (m := _DURATION.fullmatch(value.strip())):
-        seconds = float(m[1]) * _DURATION_UNITS[(m[2] or "s").lower()]
-    if seconds is None:
-        raise ValueError(f"expected a duration like 500ms, 2s or 1m, got {value!r}")
+    if seconds is None and isinstance(value, str):
+        seconds = _duration_text(value.strip())
+    if seconds is None or not math.isfinite(seconds):
+        raise ValueError(f"{_DURATION_HELP}, got {value!r}")
     if seconds < 0:
         raise ValueError(f"duration must be >= 0, got {value!r}")
     return seconds

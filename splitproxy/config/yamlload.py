@@ -6,7 +6,8 @@ models know what a valid config is.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import re
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TypeVar
 
@@ -45,7 +46,8 @@ class Located(ValueError):
     """
 
     def __init__(self, problems: list[Problem]) -> None:
-        super().__init__("; ".join(f"{'.'.join(map(str, w))}: {m}" for w, m in problems))
+        super().__init__("; ".join(f"{'.'.join(map(str, w))}: {m}" if w else m
+                                   for w, m in problems))
         self.problems = problems
 
 
@@ -72,6 +74,8 @@ def _message(error: ErrorDetails) -> str:
     ctx = error.get("ctx", {})
     if error["type"] in ("greater_than", "greater_than_equal"):
         return f"must be > {ctx['gt']}" if "gt" in ctx else f"must be >= {ctx['ge']}"
+    if error["type"] in ("less_than", "less_than_equal"):
+        return f"must be < {ctx['lt']}" if "lt" in ctx else f"must be <= {ctx['le']}"
     return str(error["msg"]).removeprefix("Value error, ")
 
 
@@ -117,9 +121,22 @@ def _duplicate_keys(node: yaml.Node, seen_nodes: set[int] | None = None
             yield from _duplicate_keys(item, seen_nodes)
 
 
+_BOOL_TAG = "tag:yaml.org,2002:bool"
+
+
 class _BoundedLoader(yaml.SafeLoader):
     """PyYAML's safe loader with MAX_DEPTH and MAX_NODES enforced while composing: the
-    error points at the line where the document went too deep or expanded too far."""
+    error points at the line where the document went too deep or expanded too far.
+
+    Booleans are YAML 1.2's, `true` and `false` only: YAML 1.1 also reads `on`, `off`, `yes`
+    and `no` as booleans, which turned the webhook key `on:` into `True` (the GitHub Actions
+    trap). A boolean field still takes `yes` or `on` (pydantic reads those strings).
+    """
+
+    yaml_implicit_resolvers = {
+        first: [(tag, regexp) for tag, regexp in resolvers if tag != _BOOL_TAG]
+        for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+    }
 
     def __init__(self, stream: str) -> None:
         super().__init__(stream)
@@ -153,6 +170,10 @@ class _BoundedLoader(yaml.SafeLoader):
         return node
 
 
+_BoundedLoader.add_implicit_resolver(
+    _BOOL_TAG, re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"))
+
+
 def _too_much(event: yaml.Event, problem: str) -> yaml.MarkedYAMLError:
     mark = event.start_mark if isinstance(event.start_mark, yaml.Mark) else None
     return yaml.composer.ComposerError(None, None, problem, mark)
@@ -179,8 +200,16 @@ def _compose(name: str, text: str) -> tuple[yaml.Node, object]:
     return node, data
 
 
-def load_model(path: str | Path, model: type[M]) -> M:
-    """Read, parse and validate one file; every problem is one `file:line: field: ...` line."""
+Recheck = Callable[[dict[object, object]], list[Problem]]
+
+
+def load_model(path: str | Path, model: type[M], recheck: Recheck | None = None) -> M:
+    """Read, parse and validate one file; every problem is one `file:line: field: ...` line.
+
+    All of them at once: duplicate keys do not stop the validation, and when it fails,
+    `recheck` (rules across fields, `crossfield.recheck`) judges the raw data too, because
+    pydantic runs a model's validators only when all of its fields validated.
+    """
     name = str(path)
     try:
         with open(path, "rb") as f:
@@ -193,23 +222,30 @@ def load_model(path: str | Path, model: type[M]) -> M:
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
         raise ConfigError([f"{name}: cannot read config: {reason}"]) from None
     root, data = _compose(name, text)
-    if dup := list(_duplicate_keys(root)):
-        raise ConfigError([f"{name}:{line}: {msg}" for line, msg in dup])
+    found: list[tuple[int, str]] = list(_duplicate_keys(root))  # (line, message)
     if not isinstance(data, dict):
         kind = "a list" if isinstance(data, list) else f"{type(data).__name__} {data!r}"
-        line = root.start_mark.line + 1
-        raise ConfigError([f"{name}:{line}: the top level must be a mapping, not {kind}"])
+        found.append((root.start_mark.line + 1, f"the top level must be a mapping, not {kind}"))
+        raise ConfigError([f"{name}:{line}: {msg}" for line, msg in found])
     try:
-        return model.model_validate(data)
+        validated = model.model_validate(data)
     except ValidationError as exc:
-        found: list[tuple[int, str, str]] = []
         for error in exc.errors():
             cause = error.get("ctx", {}).get("error")
             if isinstance(cause, Located):
-                found += [(*_locate(root, (*error["loc"], *w)), m) for w, m in cause.problems]
+                found += [_at(root, (*error["loc"], *w), m) for w, m in cause.problems]
             elif not (error["type"] == "too_short" and error["input"]):
                 # A list that is too short only because its items failed is no news.
-                found.append((*_locate(root, error["loc"]), _message(error)))
-        found.sort(key=lambda e: e[0])  # stable: same line keeps pydantic's field order
-        errors = [f"{name}:{line}: {field}: {msg}" for line, field, msg in found]
-        raise ConfigError(errors) from None
+                found.append(_at(root, error["loc"], _message(error)))
+        found += [_at(root, w, m) for w, m in (recheck(data) if recheck else [])]
+    else:
+        if not found:
+            return validated
+    found = list(dict.fromkeys(found))  # a rule both pydantic and `recheck` applied
+    found.sort(key=lambda e: e[0])  # stable: same line keeps pydantic's field order
+    raise ConfigError([f"{name}:{line}: {msg}" for line, msg in found])
+
+
+def _at(root: yaml.Node, loc: tuple[str | int, ...], message: str) -> tuple[int, str]:
+    line, field = _locate(root, loc)
+    return line, f"{field}: {message}"

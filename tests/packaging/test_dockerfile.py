@@ -146,6 +146,7 @@ REQUIRED = os.environ.get("SPLITPROXY_REQUIRE_SERVICES") == "1"
 STATE_DIR = "/var/lib/splitproxy"
 CONFIG_PATH = "/etc/splitproxy/config.yaml"
 ADMIN_PORT, PROXY_PORT = 9901, 8080
+PINNED_BASE = re.compile(r"python:3\.11\.\d+-slim-bookworm@sha256:[0-9a-f]{64}")
 ROOT_ONLY = {"groupadd", "useradd", "chown"}  # the image's user and ownership: not here
 
 
@@ -194,7 +195,9 @@ def test_hadolint_passes() -> None:
 def test_image_shape(stages: list[Stage]) -> None:
     final, builder = _final(stages), _builder(stages)
     assert len(stages) == 2
-    assert builder.base == final.base == "python:3.11-slim"
+    # One base image, pinned by exact tag and digest: a rebuild gets the same Python and OS.
+    assert builder.base == final.base
+    assert PINNED_BASE.fullmatch(final.base), final.base
 
     user = final.last("USER").rest
     uid, _, gid = user.partition(":")
@@ -207,7 +210,8 @@ def test_image_shape(stages: list[Stage]) -> None:
     assert final.last("CMD").exec_form == ["run", "-c", CONFIG_PATH]
 
     health = final.last("HEALTHCHECK")
-    assert "/healthz" in _healthcheck_argv(health)  # exec form: no shell needed
+    # Exec form (no shell needed); the admin port comes from the config, not from here.
+    assert _healthcheck_argv(health) == ["splitproxy", "health", "-c", CONFIG_PATH]
     assert {"interval", "timeout", "retries"} <= set(health.flags)
 
     # Only runtime wheels: nothing compiled or installed from apt in the final image, and no
@@ -218,6 +222,17 @@ def test_image_shape(stages: list[Stage]) -> None:
     assert not any("[" in w for s in stages for r in s.all("RUN") for w in r.words())
     (run,) = final.all("RUN")
     assert "--no-index" in run.words()  # only the builder's wheels, never an index
+
+
+def test_the_builder_resolves_dependencies_through_the_constraints(stages: list[Stage]) -> None:
+    """The image's wheels are the versions constraints.txt pins, as `make` and CI install."""
+    builder = _builder(stages)
+    copied = [w for c in builder.all("COPY") for w in c.words()[:-1]]
+    assert "constraints.txt" in copied
+    (run,) = builder.all("RUN")
+    words = run.words()
+    assert words[:2] == ["pip", "wheel"]
+    assert words[words.index("--constraint") + 1] == "constraints.txt"
 
 
 def test_default_config_is_the_containers(stages: list[Stage]) -> None:
@@ -469,12 +484,15 @@ def _healthcheck_argv(health: Instruction) -> list[str]:
 
 def _healthcheck(stages: list[Stage], image: Image, admin_port: int,
                  env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    argv = _healthcheck_argv(_final(stages).last("HEALTHCHECK"))
-    argv = [image.map(a).replace(f"127.0.0.1:{ADMIN_PORT}", f"127.0.0.1:{admin_port}")
-            for a in argv]
+    """The HEALTHCHECK command as written: it must find `admin_port` (a free one here, not
+    9901) in the config the process runs with."""
+    argv = [image.map(a) for a in _healthcheck_argv(_final(stages).last("HEALTHCHECK"))]
     argv[0] = shutil.which(argv[0], path=env["PATH"]) or argv[0]
     assert Path(argv[0]).is_relative_to(image.paths["/opt/splitproxy"]), argv[0]
-    return subprocess.run(argv, env=env, capture_output=True, text=True, timeout=10)
+    result = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=10)
+    asked = result.stdout if result.returncode == 0 else result.stderr
+    assert f"http://127.0.0.1:{admin_port}/healthz" in asked, (result.stdout, result.stderr)
+    return result
 
 
 def test_entrypoint_serves_and_healthcheck_passes_then_sigterm_exits_0(

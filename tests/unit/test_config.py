@@ -502,7 +502,6 @@ def test_parse_duration(value: object, seconds: float) -> None:
         (-2, "duration must be >= 0, got -2"),
         ("soon", "expected a duration like 500ms, 2s or 1m, got 'soon'"),
         ("1d", "expected a duration like 500ms, 2s or 1m, got '1d'"),
-        ("1m30s", "expected a duration like 500ms, 2s or 1m, got '1m30s'"),
         ("", "expected a duration like 500ms, 2s or 1m, got ''"),
         (True, "expected a duration like 500ms, 2s or 1m, got True"),
         (None, "expected a duration like 500ms, 2s or 1m, got None"),

@@ -467,7 +467,8 @@ class Exchange:
             self.close_after = True
         log.debug("%d %s", status, detail)
         self.response_started = True
-        self.down.write(error_response(status, detail, self.close_after))
+        self.down.write(error_response(status, detail if status < 500 else "upstream error",
+                                       self.close_after))  # upstream details: the log's only
         self._done(status)
 
     def _fail_locally(self, kind: str, detail: str) -> None:
@@ -484,7 +485,8 @@ class Exchange:
         if not self.request_done:
             self.close_after = True
         self.response_started = True
-        self.down.write(error_response(503, detail, self.close_after, retry_after=RETRY_AFTER))
+        self.down.write(error_response(503, detail if kind == "overload" else "out of resources",
+                                       self.close_after, retry_after=RETRY_AFTER))
         self._done(503)
 
     def client_gone(self) -> None:
