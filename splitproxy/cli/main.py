@@ -29,8 +29,13 @@ def _parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check", help="validate a config file and print its routes")
     check.add_argument("-c", "--config", required=True, type=Path)
 
-    demo = sub.add_parser("demo", help="two built-in upstreams behind the proxy on :8080")
+    demo = sub.add_parser("demo", help="a canary rollout, watched by the guard, in front of "
+                                       "two built-in upstreams (proxy on :8080)")
     demo.add_argument("-c", "--config", type=Path, default=None)
+    demo.add_argument("--free-ports", action="store_true",
+                      help="any free ports instead of 8080, 9901, 9001, 9002 (the banner says)")
+    demo.add_argument("--load", type=float, default=50.0,
+                      help="background requests per second (default 50; 0: none)")
 
     def admin_args(p: argparse.ArgumentParser) -> None:
         p.add_argument("--admin", default=None,
@@ -134,5 +139,6 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "demo":
         from splitproxy.cli.demo import main as demo_main
 
-        return demo_main(str(args.config) if args.config else None)
+        return demo_main(str(args.config) if args.config else None,
+                         free_ports=args.free_ports, load_rate=args.load)
     return 2

@@ -12,6 +12,7 @@ from pathlib import Path
 from aiohttp import web
 
 from splitproxy.config.models import AdminConfig, ConfigError
+from splitproxy.control import dashboard
 from splitproxy.control.controller import Controller
 from splitproxy.control.metrics import CONTENT_TYPE, exposition, make_registry
 from splitproxy.rollout import ActionError
@@ -65,7 +66,7 @@ def _auth_middleware(token: str) -> Callable[..., Awaitable[web.StreamResponse]]
         # aiohttp decodes header bytes as UTF-8 with surrogateescape: encode them back the
         # same way, so a non-UTF-8 header is a wrong token (401), not an exception (500).
         given = request.headers.get("Authorization", "").encode("utf-8", "surrogateescape")
-        if not hmac.compare_digest(given, expected):
+        if not hmac.compare_digest(given, expected) and request.path not in dashboard.PUBLIC_PATHS:
             return web.Response(status=401, text="401 Unauthorized: bearer token required\n",
                                 headers={"WWW-Authenticate": "Bearer"})
         return await handler(request)
@@ -131,6 +132,7 @@ def make_app(controller: Controller, token: str | None) -> web.Application:
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/status", status)
     app.router.add_post("/routes/{route}/{action}", action)
+    dashboard.register(app, lambda: controller.config)
     return app
 
 
