@@ -10,8 +10,8 @@ import pytest
 
 from splitproxy.config.models import Route
 from splitproxy.rollout import Phase, RouteState, advance, promote, start
-from splitproxy.rollout.fold import apply
 from splitproxy.rollout.events import Log, Reconfigure, Restore
+from splitproxy.rollout.fold import apply
 from splitproxy.rollout.release import receivers, regressions
 
 V1, V2, V3 = "http://127.0.0.1:9001", "http://127.0.0.1:9002", "http://127.0.0.1:9003"

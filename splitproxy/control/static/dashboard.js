@@ -182,10 +182,22 @@
       button(route, ro, "abort", "abort", true));
   }
 
+  function duration(seconds) {
+    const parts = [];
+    for (const [unit, size] of [["h", 3600], ["m", 60]]) {
+      if (seconds >= size) {
+        parts.push(Math.floor(seconds / size) + unit);
+        seconds %= size;
+      }
+    }
+    if (seconds || !parts.length) parts.push(+seconds.toFixed(3) + "s");
+    return parts.join("");
+  }
+
   function stepLabel(step) {
     if (step.set_weight !== undefined && step.set_weight !== null) return step.set_weight + "%";
     if (step.pause === null) return "until promote";
-    return "pause " + step.pause + "s";
+    return "pause " + duration(step.pause);
   }
 
   function timeline(ro, steps) {
@@ -212,10 +224,11 @@
     return bar;
   }
 
-  function versions(route, ro) {
+  function versions(route, ro, windowSeconds) {
     const table = el("table", {class: "versions"},
       el("thead", {}, el("tr", {},
-        el("th", {}, "version"), el("th", {}, "weight now"), el("th", {}, "realized"),
+        el("th", {}, "version"), el("th", {}, "weight now"),
+        el("th", {}, "realized, last " + Math.round(windowSeconds || 0) + " s"),
         el("th", {}, "split: now / realized"), el("th", {}, "requests"),
         el("th", {}, "errors"), el("th", {}, "p99 ms"), el("th", {}, "endpoints"))));
     const body = el("tbody");
@@ -305,7 +318,7 @@
     last[route] = key;
   }
 
-  function routeCard(route) {
+  function routeCard(route, windowSeconds) {
     const ro = route.rollout;
     const name = route.name;
     remember(name, ro);
@@ -329,7 +342,7 @@
         JSON.stringify(ro.write_pending)));
     }
     if (steps.length) card.append(timeline(ro, steps));
-    card.append(actions(name, ro), versions(route, ro));
+    card.append(actions(name, ro), versions(route, ro, windowSeconds));
     const g = guard(ro);
     if (g) card.append(g);
     else if (route.rollout.strategy === "canary") {
@@ -369,7 +382,8 @@
       ? focused.closest("section").dataset.route : null;
     const caret = focusRoute !== null ? focused.selectionStart : null;
     const main = document.getElementById("routes");
-    main.replaceChildren(...status.routes.map(routeCard));
+    main.replaceChildren(...status.routes.map(
+      r => routeCard(r, status.realized_window_seconds)));
     for (const [route, value] of Object.entries(typed)) {
       const input = main.querySelector('[data-route="' + CSS.escape(route) +
                                        '"] input[name=reason]');
