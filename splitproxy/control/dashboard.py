@@ -25,7 +25,7 @@ _FILES = {
     "/dashboard/dashboard.js": ("dashboard.js", "text/javascript"),
     "/dashboard/dashboard.css": ("dashboard.css", "text/css"),
 }
-PUBLIC_PATHS = frozenset(_FILES)
+PUBLIC_PATHS = frozenset({"/", *_FILES})  # "/" only redirects to the page
 
 HEADERS = {
     "Content-Security-Policy": (
@@ -67,6 +67,11 @@ def register(app: web.Application, config: Callable[[], Config]) -> None:
     """Add the dashboard's routes; `config` gives the config being served now."""
     for path, (name, content_type) in _FILES.items():
         app.router.add_get(path, _file(name, content_type))
+
+    async def root(request: web.Request) -> web.Response:
+        raise web.HTTPFound("/dashboard")
+
+    app.router.add_get("/", root)
 
     async def get_plan(request: web.Request) -> web.Response:
         return web.json_response(plan(config()), headers={"Cache-Control": "no-store"})

@@ -118,7 +118,8 @@ class Page:
 
     async def screenshot(self, path: str) -> None:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
-        assert await self.call(lambda: self.driver.save_screenshot(path))
+        body = await self.call(lambda: self.driver.find_element("css selector", "body"))
+        assert await self.call(lambda: body.screenshot(path))  # the page, not the window
 
 
 @contextlib.asynccontextmanager
@@ -237,7 +238,7 @@ async def test_the_dashboard_shows_the_guard_s_abort_with_its_numbers_then_retri
             b["canary"].mode = "fail"
             # The guard needs a few slices of traffic (3 s and 30 requests each) to be sure.
             await page.wait_text(f"{card} [data-field=phase]", "aborted", "the guard's abort",
-                                 timeout=30)
+                                 timeout=45)
             reason = await page.text(f"{card} [data-field=reason]")
             assert "aborted by guard" in reason, reason
             assert "guard: canary error rate" in reason and "> 5%" in reason, reason
@@ -279,6 +280,8 @@ async def test_the_page_is_served_without_the_token_and_its_data_is_not(
                     assert resp.headers["X-Frame-Options"] == "DENY"
                     assert "frame-ancestors 'none'" in resp.headers["Content-Security-Policy"]
                     assert "script-src 'self'" in resp.headers["Content-Security-Policy"]
+            async with session.get(base + "/", allow_redirects=False) as resp:
+                assert (resp.status, resp.headers["Location"]) == (302, "/dashboard")
             for data in ("/dashboard/plan", "/status"):
                 async with session.get(base + data) as resp:
                     assert resp.status == 401

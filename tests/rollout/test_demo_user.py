@@ -75,7 +75,7 @@ def test_the_banner_s_line_breaks_the_canary_status_shows_the_abort_and_ctrl_c_s
         seen.append(result.stdout)
         return "demo: aborted: guard: canary error rate" in result.stdout
 
-    _wait_for(aborted, 60, "abort in `status`")
+    _wait_for(aborted, 90, "abort in `status`")
     screen = seen[-1]
     rows = {line.split()[-8]: line.split() for line in screen.splitlines()
             if line.split()[-8:-7] in (["stable"], ["canary"])}

@@ -337,9 +337,10 @@
           EXPLAIN[reason]) : null));
     }
     if (ro.gate) card.append(el("p", {class: "reason"}, "pre-step webhook: " + ro.gate));
-    if (ro.write_pending) {
-      card.append(el("p", {class: "reason bad"}, "state write pending: " +
-        JSON.stringify(ro.write_pending)));
+    const pending = ro.write_pending;
+    if (pending && pending.error) {  // a write on its way is normal; one that failed is news
+      card.append(el("p", {class: "reason bad"}, "state not written yet (" + pending.attempts +
+        " attempts, retrying): " + pending.error));
     }
     if (steps.length) card.append(timeline(ro, steps));
     card.append(actions(name, ro), versions(route, ro, windowSeconds));
