@@ -2,9 +2,10 @@
 chromedriver): it shows a rollout, its buttons act on it with same-origin JSON POSTs carrying
 the token, and the guard's abort shows with its numbers.
 
-The admin API under test is `admin.make_app` on the service's own controller, with one extra
-middleware in front that records what the browser sent. Selenium blocks, so every browser
-call runs in a thread: the event loop keeps serving the proxy and the admin API meanwhile.
+The browser talks to the service's own admin API (token from SPLITPROXY_ADMIN_TOKEN) through
+a recorder that forwards each request as sent, Host and Origin included, and keeps what the
+buttons POSTed. Selenium blocks, so every browser call runs in a thread: the event loop keeps
+serving the proxy and the admin API meanwhile.
 Set SPLITPROXY_DASHBOARD_SCREENSHOT=docs/dashboard.png to refresh the README's picture.
 """
 
@@ -17,7 +18,7 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,6 @@ import pytest
 from aiohttp import web
 from rollout.conftest import Load, plain, rollout_config, run_backends
 
-from splitproxy.control.admin import make_app
 from splitproxy.control.service import Service
 
 from .conftest import WAIT, run_service, wait_until, write_config
@@ -122,29 +122,38 @@ class Page:
         assert await self.call(lambda: body.screenshot(path))  # the page, not the window
 
 
-@contextlib.asynccontextmanager
-async def recorded_admin(svc: Service, token: str | None,
-                         posts: list[dict[str, str]]) -> AsyncIterator[str]:
-    """The admin API of `svc`'s controller on a port of its own, recording every POST's
-    headers; yields its base URL."""
+HOP_BY_HOP = frozenset({"connection", "keep-alive", "transfer-encoding", "content-length",
+                        "content-encoding"})
 
-    @web.middleware
-    async def record(request: web.Request,
-                     handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
-                     ) -> web.StreamResponse:
+
+@contextlib.asynccontextmanager
+async def recorded_admin(svc: Service, posts: list[dict[str, str]]) -> AsyncIterator[str]:
+    """A recorder in front of `svc`'s admin API: forwards every request as the browser sent
+    it (Host and Origin included, so the admin API's own rules judge them), keeping each
+    POST's headers; yields the base URL the browser opens."""
+    upstream = f"http://127.0.0.1:{svc.admin_port}"
+
+    async def forward(request: web.Request) -> web.Response:
         if request.method == "POST":
             posts.append({"path": request.path_qs, **dict(request.headers)})
-        return await handler(request)
+        headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP}
+        async with session.request(request.method, upstream + request.path_qs,
+                                   headers=headers, data=await request.read(),
+                                   allow_redirects=False) as resp:
+            body = await resp.read()
+            out = {k: v for k, v in resp.headers.items() if k.lower() not in HOP_BY_HOP}
+            return web.Response(status=resp.status, body=body, headers=out)
 
-    app = make_app(svc.controller, token)
-    app.middlewares.insert(0, record)
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", forward)
     runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
-    try:
-        yield f"http://127.0.0.1:{runner.addresses[0][1]}"
-    finally:
-        await runner.cleanup()
+    async with aiohttp.ClientSession(auto_decompress=False) as session:
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", 0).start()
+        try:
+            yield f"http://127.0.0.1:{runner.addresses[0][1]}"
+        finally:
+            await runner.cleanup()
 
 
 async def rollout_of(svc: Service) -> dict[str, Any]:
@@ -154,8 +163,9 @@ async def rollout_of(svc: Service) -> dict[str, Any]:
 
 
 async def test_the_dashboard_shows_a_rollout_and_its_abort_button_reverts_it(
-    tmp_path: Path, driver: Any
+    tmp_path: Path, driver: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setenv("SPLITPROXY_ADMIN_TOKEN", TOKEN)
     async with run_backends("stable", "canary") as b:
         cfg = rollout_config(b, weights={"stable": 100, "canary": 0},
                              analysis={"interval": "1s", "max_error_rate": 0.05},
@@ -165,7 +175,7 @@ async def test_the_dashboard_shows_a_rollout_and_its_abort_button_reverts_it(
         write_config(path, cfg)
         posts: list[dict[str, str]] = []
         async with run_service(path, watch=False) as svc, \
-                recorded_admin(svc, TOKEN, posts) as base, \
+                recorded_admin(svc, posts) as base, \
                 Load(svc.proxy_port, {"a": plain}, gap=0.02).running() as load:
             page = Page(driver)
             await page.open(base + "/dashboard")
@@ -227,7 +237,7 @@ async def test_the_dashboard_shows_the_guard_s_abort_with_its_numbers_then_retri
         path = tmp_path / "shop.yaml"
         write_config(path, cfg)
         async with run_service(path, watch=False) as svc, \
-                recorded_admin(svc, None, []) as base, \
+                recorded_admin(svc, []) as base, \
                 Load(svc.proxy_port, {"a": plain}, gap=0.01).running():
             page = Page(driver)
             await page.open(base + "/dashboard")
@@ -266,13 +276,14 @@ async def test_the_dashboard_shows_the_guard_s_abort_with_its_numbers_then_retri
 
 
 async def test_the_page_is_served_without_the_token_and_its_data_is_not(
-    tmp_path: Path,
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setenv("SPLITPROXY_ADMIN_TOKEN", TOKEN)
     async with run_backends("stable", "canary") as b:
         path = tmp_path / "shop.yaml"
         write_config(path, rollout_config(b, weights={"stable": 90, "canary": 10}))
-        async with run_service(path, watch=False) as svc, \
-                recorded_admin(svc, TOKEN, []) as base, aiohttp.ClientSession() as session:
+        async with run_service(path, watch=False) as svc, aiohttp.ClientSession() as session:
+            base = f"http://127.0.0.1:{svc.admin_port}"
             for asset, kind in (("", "text/html"), ("/dashboard.js", "text/javascript"),
                                 ("/dashboard.css", "text/css")):
                 async with session.get(base + "/dashboard" + asset) as resp:
