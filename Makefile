@@ -1,10 +1,12 @@
 # `make demo` and `make test` work on a fresh machine with only Python 3.11 and make:
 # each builds .venv on first use and reinstalls into it whenever pyproject.toml changes.
+# `make demo` installs only what running needs; `make test` adds the test and load extras.
 
 PYTHON ?= $(shell command -v python3.11 2>/dev/null || command -v python3)
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+RUN_STAMP := $(VENV)/.installed-run
 
 .PHONY: demo test lint typecheck bench loadtest clean constraints
 
@@ -17,7 +19,12 @@ $(STAMP): pyproject.toml constraints.txt | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[test,load]'
 	touch $@
 
-demo: $(STAMP)
+$(RUN_STAMP): pyproject.toml constraints.txt | $(BIN)/python
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e .
+	touch $@
+
+demo: $(RUN_STAMP)
 	$(BIN)/splitproxy demo
 
 lint: $(STAMP)

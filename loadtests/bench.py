@@ -264,7 +264,7 @@ def start_nginx_upstream(children: Children, nginx: str, tmp: Path) -> int:
 def start_aiohttp_upstream(children: Children) -> int:
     port = free_port()
     code = (
-        "from aiohttp import web; from splitproxy.cli.demo import make_upstream_app; "
+        "from aiohttp import web; from splitproxy.cli.demoapp import make_upstream_app; "
         f"web.run_app(make_upstream_app('upstream'), host={HOST!r}, port={port}, "
         "access_log=None, print=None)"
     )

@@ -66,9 +66,14 @@ def _parser() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
 
     health.add_parser(sub)
 
-    demo = sub.add_parser("demo", help="two built-in upstreams behind the proxy on :8080")
+    demo = sub.add_parser("demo", help="a canary rollout, watched by the guard, in front of "
+                                       "two built-in upstreams (proxy on :8080)")
     demo.add_argument("-c", "--config", type=Path, default=None,
                       help="a config to use instead of the built-in one")
+    demo.add_argument("--free-ports", action="store_true",
+                      help="any free ports instead of 8080, 9901, 9001, 9002 (the banner says)")
+    demo.add_argument("--load", type=float, default=50.0,
+                      help="background requests per second (default 50; 0: none)")
 
     def admin_args(p: argparse.ArgumentParser) -> None:
         p.add_argument("--admin", default=None, metavar="URL",
@@ -212,5 +217,6 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "demo":
         from splitproxy.cli.demo import main as demo_main
 
-        return demo_main(str(args.config) if args.config else None)
+        return demo_main(str(args.config) if args.config else None,
+                         free_ports=args.free_ports, load_rate=args.load)
     return _admin_command(args)

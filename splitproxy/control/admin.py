@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from splitproxy.control import dashboard
 from splitproxy.control.adminguard import AdminGuard
 from splitproxy.control.controller import Controller
 from splitproxy.control.metrics import CONTENT_TYPE, exposition, make_registry
@@ -75,6 +76,8 @@ def make_app(controller: Controller, guard: AdminGuard) -> web.Application:
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/status", status)
     app.router.add_post("/routes/{route}/{action}", action)
+    dashboard.register(app, lambda: controller.config)
+    guard.public.update(dashboard.PUBLIC_PATHS)
     return app
 
 

@@ -1,9 +1,12 @@
-"""`splitproxy check` against the rollout state: a config edit that would put new endpoints
-into service behind a finished rollout, unwatched.
+"""`splitproxy check` against the rollout state: a config edit that would put traffic where
+nobody watches it, behind or after a finished rollout.
 
 A promoted rollout is final: the guard no longer reverts it. When its endpoints change but
 `rollout.revision` does not, that is either scaling (fine) or a new build behind new
-endpoints (which deserves a rollout of its own): `check` cannot tell, so it says so.
+endpoints (which deserves a rollout of its own): `check` cannot tell, so it says so. When a
+new rollout replaces a promoted one and sends traffic back to the old stable's endpoints,
+unchanged since the promotion, the release was not ended (`rollout.release`): it says that
+too.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ from pathlib import Path
 
 from splitproxy.config.models import Backend, Config
 from splitproxy.control.stores.store import FileStore, StateStore, Wanted, state_path
-from splitproxy.rollout import Phase, endpoints, identity
+from splitproxy.rollout import Phase, endpoints, identity, release
 
 
 def _store(config: Config, config_path: Path) -> StateStore:
@@ -26,8 +29,9 @@ def _store(config: Config, config_path: Path) -> StateStore:
 
 async def promoted_endpoint_warnings(config: Config, config_path: Path) -> list[str]:
     """One line per promoted route whose endpoints this config changes without a new
-    `rollout.revision`; a note when the state cannot be read."""
-    routes = {r.name: r for r in config.routes if r.rollout is not None and r.rollout.steps}
+    `rollout.revision`, and per route whose promoted rollout this config replaces with one
+    that sends traffic back to the old stable; a note when the state cannot be read."""
+    routes = {r.name: r for r in config.routes if r.strategy == "canary"}
     if not routes:
         return []
     store = _store(config, config_path)
@@ -44,6 +48,9 @@ async def promoted_endpoint_warnings(config: Config, config_path: Path) -> list[
     out = []
     for name, route in routes.items():
         got = loaded.get(name)
+        if got is not None and got.state is None:
+            out += [f"warning: route {name}: {r.message()}"
+                    for r in release.regressions(got.previous, route)]
         state = got.state if got is not None else None
         if state is None or state.phase != Phase.PROMOTED or not state.endpoints:
             continue

@@ -12,7 +12,7 @@ from typing import Any
 
 from splitproxy.config.models import Route
 from splitproxy.config.steps import WebhookEvent
-from splitproxy.rollout import guard, machine
+from splitproxy.rollout import guard, machine, release
 from splitproxy.rollout.events import (
     Act,
     Action,
@@ -104,6 +104,7 @@ def _restore(event: Restore, route: Route, now: float, run: str) -> tuple[RouteS
     new = machine.start(route, now, run, previous=old)
     effects = [Persist(new), NewRun(run),
                Log("info", f"new rollout {ident} run {run}: phase={new.phase}")]
+    effects += [Log("warning", r.message()) for r in release.regressions(old, route)]
     if old is not None and old.identity and old.identity != ident:
         effects.append(Retire(old.identity))
     return new, effects
@@ -120,6 +121,7 @@ def _reconfigure(state: RouteState, route: Route, now: float, run: str,
     effects.append(Retire(state.identity))
     new = machine.start(route, now, run, previous=state)
     effects.append(Log("info", f"new rollout {ident} run {run}: phase={new.phase}"))
+    effects += [Log("warning", r.message()) for r in release.regressions(state, route)]
     return new
 
 

@@ -99,7 +99,7 @@ def advance(
     steps = rollout.steps
     while state.phase == PROGRESSING:
         if state.step >= len(steps):
-            state = replace(state, phase=PROMOTED)
+            state = promoted(state, route)
             events.append("all steps done: promoted")
             break
         if not open_now:
@@ -134,6 +134,14 @@ def advance(
     return state, events
 
 
+def promoted(state: RouteState, route: Route) -> RouteState:
+    """All steps done: the canary takes everything. `active` records which version that is
+    (blue-green keeps it for the color switched to), so that whoever reads this state
+    without the config it was made with (`splitproxy check`, a restart on a new config)
+    knows which version the release ended on (`rollout.release`)."""
+    return replace(state, phase=PROMOTED, active=route.canary)
+
+
 def next_step_is_weight(state: RouteState, route: Route) -> bool:
     """True when `advance` would now change weights (what a pre-step webhook gates)."""
     rollout = route.rollout
@@ -154,7 +162,7 @@ def promote(state: RouteState, route: Route, now: float, full: bool) -> RouteSta
     if state.phase in (ABORTED, PROMOTED):
         raise ActionError(f"rollout is {state.phase}")
     if full:
-        return replace(state, phase=PROMOTED, step=len(rollout.steps), pause_reason=None,
+        return replace(promoted(state, route), step=len(rollout.steps), pause_reason=None,
                        step_started=now)
     if state.phase == PAUSED and state.pause_reason in (PauseReason.AWAIT_PROMOTE,
                                                         PauseReason.WAITING):

@@ -70,7 +70,9 @@ class RouteState:
     abort_reason: str | None = None
     aborted_at: float | None = None
     aborted_by: Actor | None = None
-    active: str | None = None  # blue-green: the color this run switched to
+    # The version this run put all traffic on: blue-green's color switched to; a canary's,
+    # once promoted (read by `rollout.release` when the next rollout starts).
+    active: str | None = None
     previous_active: str | None = None  # blue-green: the color that served before this run
     run_started: float = 0.0
     # The endpoints at the last decision: told apart from the config's by `splitproxy check`.

@@ -33,7 +33,8 @@ def test_demo_config_is_what_splitproxy_demo_expects() -> None:
         "stable": ("http://127.0.0.1:9001",),
         "canary": ("http://127.0.0.1:9002",),
     }
-    assert route.weights == {"stable": 90, "canary": 10}
+    assert route.weights == {"stable": 100, "canary": 0}  # the steps own the weights
+    assert route.analysis is not None and route.rollout is not None and route.rollout.steps
     assert route.sticky.pin_header == "X-Splitproxy-Version"
     assert route.sticky.hash_header == "X-User-Id"
     assert route.sticky.cookie == "splitproxy-demo"
