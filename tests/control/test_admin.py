@@ -13,23 +13,12 @@ import pytest
 
 from splitproxy.config.models import ConfigError
 from splitproxy.control.service import Service
-
-from .conftest import (
-    WAIT,
-    Upstream,
-    admin,
-    proxy_config,
-    raw_client,
-    route,
-    run_service,
-    run_upstream,
-    running_service,
-    served_by,
-    status,
-    upstreams,
-    wait_until,
-    write_config,
-)
+from tests.support.configs import proxy_config, route
+from tests.support.load import served_by
+from tests.support.rawhttp import raw_client
+from tests.support.service import admin, run_service, running_service, status, write_config
+from tests.support.upstream import Upstream, run_upstream, run_upstreams
+from tests.support.waiting import WAIT, wait_until
 
 NO_COOKIE = {"pin_header": "X-Splitproxy-Version"}
 ADMIN_PATHS = ("/healthz", "/readyz", "/metrics", "/status")
@@ -76,7 +65,7 @@ async def test_readyz_is_503_while_draining_and_in_flight_requests_finish(
 
 
 async def test_status_reports_config_routes_weights_and_realized_split(tmp_path: Path) -> None:
-    async with upstreams("stable", "canary") as ups:
+    async with run_upstreams("stable", "canary") as ups:
         async with running_service(tmp_path, split_config(ups)) as (svc, path):
             async with admin(svc) as session, raw_client(svc.proxy_port) as c:
                 assert await served_by(c, 100) == {"stable": 90, "canary": 10}
@@ -109,7 +98,7 @@ async def test_status_reports_config_routes_weights_and_realized_split(tmp_path:
 
 
 async def test_status_shows_last_reload_time_and_result(tmp_path: Path) -> None:
-    async with upstreams("stable", "canary") as ups:
+    async with run_upstreams("stable", "canary") as ups:
         async with running_service(tmp_path, split_config(ups)) as (svc, path):
             async with admin(svc) as session:
                 before = (await status(session))["config"]["last_reload"]

@@ -20,8 +20,11 @@ import yaml
 from splitproxy.cli import main as cli
 from splitproxy.config import isolate as confproc
 from splitproxy.control.service import Service
-
-from .conftest import proxy_config, raw_client, route, run_upstream, running_service, wait_until
+from tests.support.configs import proxy_config, route
+from tests.support.rawhttp import raw_client
+from tests.support.service import running_service
+from tests.support.upstream import run_upstream
+from tests.support.waiting import wait_until
 
 BOMB = "".join(
     f"{name}: &{name} [{', '.join([f'*{prev}'] * 9 if prev else ['lol'] * 9)}]\n"

@@ -15,24 +15,21 @@ import pytest
 import yaml
 
 from splitproxy.control.service import Service
-
-from .conftest import (
-    RawClient,
-    Upstream,
+from tests.support.configs import proxy_config, route
+from tests.support.load import served_by
+from tests.support.rawhttp import RawClient, raw_client
+from tests.support.service import (
     admin,
+    generation,
     metric,
-    proxy_config,
-    raw_client,
-    route,
     run_service,
     running_service,
     scrape,
-    served_by,
     status,
-    upstreams,
-    wait_until,
     write_config,
 )
+from tests.support.upstream import Upstream, run_upstreams
+from tests.support.waiting import wait_until
 
 NO_COOKIE = {"pin_header": "X-Splitproxy-Version"}
 
@@ -52,12 +49,8 @@ async def only_canary(c: RawClient, n: int = 20) -> bool:
 
 @pytest.fixture
 async def two() -> AsyncIterator[dict[str, Upstream]]:
-    async with upstreams("stable", "canary") as ups:
+    async with run_upstreams("stable", "canary") as ups:
         yield ups
-
-
-def generation(svc: Service) -> int:
-    return int(svc.controller.status()["config"]["generation"])
 
 
 def last_reload(svc: Service) -> dict[str, Any]:

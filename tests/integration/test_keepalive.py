@@ -2,12 +2,8 @@
 
 from __future__ import annotations
 
-from .conftest import (
-    assert_error,
-    build_request,
-    proxied,
-    raw_client,
-)
+from tests.support.proxy import proxied
+from tests.support.rawhttp import assert_error, build_request, raw_client
 
 
 async def test_keepalive_on_both_sides() -> None:

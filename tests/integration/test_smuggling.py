@@ -6,17 +6,10 @@ import asyncio
 
 import pytest
 
-from .conftest import (
-    assert_error,
-    parse_response_bytes,
-    proxy_config,
-    raw_client,
-    respond_with,
-    route,
-    run_proxy,
-    run_raw_upstream,
-    version_errors,
-)
+from tests.support.configs import proxy_config, route
+from tests.support.proxy import run_proxy, version_errors
+from tests.support.rawhttp import assert_error, parse_response_bytes, raw_client
+from tests.support.rawupstream import respond_with, run_raw_upstream
 
 HEAD = b"POST / HTTP/1.1\r\nHost: shop.example.com\r\n"
 

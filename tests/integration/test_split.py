@@ -9,22 +9,16 @@ from http.cookies import SimpleCookie
 
 import pytest
 
-from .conftest import (
-    RawClient,
-    Upstream,
-    get,
-    proxy_config,
-    raw_client,
-    route,
-    run_proxy,
-    run_upstream,
-)
+from tests.support.configs import proxy_config, route
+from tests.support.proxy import run_proxy
+from tests.support.rawhttp import RawClient, get, raw_client
+from tests.support.upstream import Upstream, run_upstream
 
 NO_COOKIE = {"pin_header": "X-Splitproxy-Version", "hash_header": "X-User-Id"}
 
 
 @contextlib.asynccontextmanager
-async def upstreams(*names: str) -> AsyncIterator[dict[str, Upstream]]:
+async def run_upstreams(*names: str) -> AsyncIterator[dict[str, Upstream]]:
     async with contextlib.AsyncExitStack() as stack:
         yield {n: await stack.enter_async_context(run_upstream(n)) for n in names}
 
@@ -40,7 +34,7 @@ async def served_by(c: RawClient, n: int, **kw: object) -> Counter[str]:
 
 
 async def test_ninety_ten_split_is_exact_over_200_requests() -> None:
-    async with upstreams("stable", "canary") as ups:
+    async with run_upstreams("stable", "canary") as ups:
         cfg = proxy_config(
             [
                 route(
@@ -60,7 +54,7 @@ async def test_ninety_ten_split_is_exact_over_200_requests() -> None:
 
 
 async def test_three_way_split_follows_weights() -> None:
-    async with upstreams("a", "b", "c") as ups:
+    async with run_upstreams("a", "b", "c") as ups:
         cfg = proxy_config(
             [
                 route(
@@ -78,7 +72,7 @@ async def test_three_way_split_follows_weights() -> None:
 
 
 async def test_weight_zero_version_gets_no_unpinned_traffic() -> None:
-    async with upstreams("stable", "canary") as ups:
+    async with run_upstreams("stable", "canary") as ups:
         cfg = proxy_config(
             [
                 route(
@@ -99,7 +93,7 @@ async def test_weight_zero_version_gets_no_unpinned_traffic() -> None:
 
 
 async def test_pin_header_reaches_a_weight_zero_version() -> None:
-    async with upstreams("stable", "canary") as ups:
+    async with run_upstreams("stable", "canary") as ups:
         cfg = proxy_config(
             [
                 route(
@@ -120,7 +114,7 @@ async def test_pin_header_reaches_a_weight_zero_version() -> None:
 
 
 async def test_same_user_id_always_gets_the_same_version() -> None:
-    async with upstreams("stable", "canary") as ups:
+    async with run_upstreams("stable", "canary") as ups:
         cfg = proxy_config(
             [
                 route(
@@ -137,7 +131,7 @@ async def test_same_user_id_always_gets_the_same_version() -> None:
 
 
 async def test_many_user_ids_split_roughly_by_weight() -> None:
-    async with upstreams("stable", "canary") as ups:
+    async with run_upstreams("stable", "canary") as ups:
         cfg = proxy_config(
             [
                 route(
@@ -167,7 +161,7 @@ def cookie_value(set_cookie: str, name: str) -> tuple[str, str]:
 
 async def test_sticky_cookie_is_set_and_keeps_the_version() -> None:
     sticky = {**NO_COOKIE, "cookie": "splitproxy-shop"}
-    async with upstreams("stable", "canary") as ups:
+    async with run_upstreams("stable", "canary") as ups:
         cfg = proxy_config(
             [route({n: u.url for n, u in ups.items()}, {"stable": 50, "canary": 50}, sticky=sticky)]
         )
@@ -199,7 +193,7 @@ async def test_sticky_cookie_is_set_and_keeps_the_version() -> None:
 
 async def test_sticky_cookie_for_a_weight_zero_version_is_ignored() -> None:
     sticky = {**NO_COOKIE, "cookie": "splitproxy-shop"}
-    async with upstreams("stable", "canary") as ups:
+    async with run_upstreams("stable", "canary") as ups:
         cfg = proxy_config(
             [route({n: u.url for n, u in ups.items()}, {"stable": 100, "canary": 0}, sticky=sticky)]
         )
@@ -210,7 +204,7 @@ async def test_sticky_cookie_for_a_weight_zero_version_is_ignored() -> None:
 
 
 async def test_routes_match_by_host_and_path_prefix_first_match_wins() -> None:
-    async with upstreams("a", "b", "c", "d") as ups:
+    async with run_upstreams("a", "b", "c", "d") as ups:
         routes = [
             route({"v": ups["a"].url}, name="a", match={"host": "a.example.com"}),
             route(
@@ -265,7 +259,7 @@ TOKEN = "0123456789abcdef0123"
 async def test_the_pin_header_is_opt_in_and_may_require_a_token(
     sticky: dict[str, str], pin: str, expected: str
 ) -> None:
-    async with upstreams("stable", "canary") as ups:
+    async with run_upstreams("stable", "canary") as ups:
         cfg = proxy_config([route({n: u.url for n, u in ups.items()},
                                   {"stable": 100, "canary": 0}, sticky=sticky)])
         async with run_proxy(cfg) as srv, raw_client(srv.port) as c:
@@ -280,7 +274,7 @@ async def test_the_pin_header_is_opt_in_and_may_require_a_token(
 async def test_the_preview_header_is_opt_in_and_honours_the_pin_token(
     token: str | None, value: str, expected: str
 ) -> None:
-    async with upstreams("blue", "green") as ups:
+    async with run_upstreams("blue", "green") as ups:
         r = route({n: u.url for n, u in ups.items()},
                   sticky={"pin_token": token} if token else {})
         del r["weights"]

@@ -9,17 +9,11 @@ import contextlib
 import time
 from pathlib import Path
 
-from .conftest import (
-    Load,
-    RedisServer,
-    canary_hits,
-    judge_of,
-    plain,
-    replica_config,
-    run_replicas,
-    run_switch_upstreams,
-    wait_until,
-)
+from tests.support.load import Load, plain
+from tests.support.processes import RedisServer
+from tests.support.replicas import canary_hits, judge_of, replica_config, run_replicas
+from tests.support.upstream import run_upstreams
+from tests.support.waiting import wait_until
 
 ANALYSIS = {"interval": "0.5s", "max_error_rate": 0.01}
 PROPAGATION = 2.0  # every replica off the canary within 2 s of the abort
@@ -28,7 +22,7 @@ PROPAGATION = 2.0  # every replica off the canary within 2 s of the abort
 async def test_a_canary_broken_behind_one_replica_is_aborted_on_the_fleet_s_counts(
     tmp_path: Path, redis_server: RedisServer, key_prefix: str,
 ) -> None:
-    async with run_switch_upstreams("stable", "canary") as ups:
+    async with run_upstreams("stable", "canary") as ups:
         cfg = replica_config(ups, redis=redis_server, prefix=key_prefix, analysis=ANALYSIS)
         async with run_replicas(tmp_path, [cfg] * 3) as replicas:
             for r in replicas:

@@ -12,15 +12,10 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from splitproxy.rollout import RouteState
-
-from .conftest import (
-    RedisServer,
-    Replica,
-    replica_config,
-    run_replicas,
-    run_switch_upstreams,
-    write_config,
-)
+from tests.support.processes import RedisServer
+from tests.support.replicas import Replica, replica_config, run_replicas
+from tests.support.service import write_config
+from tests.support.upstream import run_upstreams
 
 STEPS = [{"set_weight": 20}, {"pause": {}}, {"set_weight": 50}, {"pause": {}}]
 SHARED = ("phase", "step", "identity", "run", "pause_reason", "abort_reason", "aborted_at")
@@ -62,7 +57,7 @@ async def test_abort_and_promote_at_once_on_two_replicas_end_aborted_on_both(
 ) -> None:
     client = aioredis.Redis.from_url(redis_server.url)
     try:
-        async with run_switch_upstreams("stable", "canary") as ups:
+        async with run_upstreams("stable", "canary") as ups:
             def config(revision: str) -> dict[str, Any]:
                 return replica_config(ups, redis=redis_server, prefix=key_prefix,
                                       weights={"stable": 100, "canary": 0},
@@ -118,7 +113,7 @@ async def test_a_retry_through_one_replica_sticks_on_every_replica(
     the retried rollout instead of putting the old abort back."""
     client = aioredis.Redis.from_url(redis_server.url)
     try:
-        async with run_switch_upstreams("stable", "canary") as ups:
+        async with run_upstreams("stable", "canary") as ups:
             cfg = replica_config(ups, redis=redis_server, prefix=key_prefix,
                                  weights={"stable": 100, "canary": 0}, rollout={"steps": STEPS})
             async with run_replicas(tmp_path, [cfg] * 2) as (a, b):

@@ -13,17 +13,11 @@ from pathlib import Path
 
 import redis.asyncio as aioredis
 
-from .conftest import (
-    Load,
-    RedisServer,
-    canary_hits,
-    judge_of,
-    plain,
-    replica_config,
-    run_replicas,
-    run_switch_upstreams,
-    wait_until,
-)
+from tests.support.load import Load, plain
+from tests.support.processes import RedisServer
+from tests.support.replicas import canary_hits, judge_of, replica_config, run_replicas
+from tests.support.upstream import run_upstreams
+from tests.support.waiting import wait_until
 
 ANALYSIS = {"interval": "0.5s", "max_error_rate": 0.05}
 
@@ -31,7 +25,7 @@ ANALYSIS = {"interval": "0.5s", "max_error_rate": 0.05}
 async def test_a_healthy_canary_is_judged_once_on_the_exact_sum_of_every_replica_s_counts(
     tmp_path: Path, redis_server: RedisServer, key_prefix: str,
 ) -> None:
-    async with run_switch_upstreams("stable", "canary") as ups:
+    async with run_upstreams("stable", "canary") as ups:
         cfg = replica_config(ups, redis=redis_server, prefix=key_prefix, analysis=ANALYSIS)
         async with run_replicas(tmp_path, [cfg] * 3) as replicas:
             judge = await judge_of(replicas)

@@ -14,8 +14,9 @@ from pathlib import Path
 import pytest
 
 from splitproxy.control.service import Service
-
-from .conftest import RedisServer, Replica, replica_config, run_replicas, run_switch_upstreams
+from tests.support.processes import RedisServer
+from tests.support.replicas import Replica, replica_config, run_replicas
+from tests.support.upstream import run_upstreams
 
 PAUSE = 2.0
 STEPS = [{"set_weight": 10}, {"pause": f"{PAUSE}s"}, {"set_weight": 30}, {"pause": f"{PAUSE}s"},
@@ -94,7 +95,7 @@ async def test_the_lease_passes_on_and_the_steps_continue_when_its_holder_dies(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.INFO, logger="splitproxy.rollout")
-    async with run_switch_upstreams("stable", "canary") as ups:
+    async with run_upstreams("stable", "canary") as ups:
         cfg = replica_config(ups, redis=redis_server, prefix=key_prefix, lease=f"{LEASE}s",
                              weights={"stable": 100, "canary": 0}, rollout={"steps": STEPS})
         async with run_replicas(tmp_path, [cfg] * 3) as replicas:

@@ -14,19 +14,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .conftest import (
-    Load,
-    PrometheusServer,
-    RedisServer,
-    Replica,
-    canary_hits,
-    judge_of,
-    plain,
-    replica_config,
-    run_replicas,
-    run_switch_upstreams,
-    wait_until,
-)
+from tests.support.load import Load, plain
+from tests.support.processes import PrometheusServer, RedisServer
+from tests.support.replicas import Replica, canary_hits, judge_of, replica_config, run_replicas
+from tests.support.upstream import run_upstreams
+from tests.support.waiting import wait_until
 
 
 def analysis(prometheus: PrometheusServer) -> dict[str, Any]:
@@ -42,7 +34,7 @@ async def has_check(r: Replica, result: str, since: float = 0.0) -> bool:
 async def test_prometheus_source_aborts_a_failing_canary_on_both_replicas(
     tmp_path: Path, prometheus: PrometheusServer, redis_server: RedisServer, key_prefix: str,
 ) -> None:
-    async with run_switch_upstreams("stable", "canary") as ups:
+    async with run_upstreams("stable", "canary") as ups:
         cfg = replica_config(ups, redis=redis_server, prefix=key_prefix,
                              analysis=analysis(prometheus))
         async with run_replicas(tmp_path, [cfg] * 2) as replicas:

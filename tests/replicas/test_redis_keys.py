@@ -12,16 +12,11 @@ import redis.asyncio as aioredis
 import yaml
 
 from splitproxy.control.stores import redis_store
-
-from .conftest import (
-    RedisServer,
-    Replica,
-    replica_config,
-    run_replicas,
-    run_switch_upstreams,
-    wait_until,
-    write_config,
-)
+from tests.support.processes import RedisServer
+from tests.support.replicas import Replica, replica_config, run_replicas
+from tests.support.service import write_config
+from tests.support.upstream import run_upstreams
+from tests.support.waiting import wait_until
 
 LEGACY = Path(__file__).parent.parent / "fixtures" / "legacy"
 TWO_WEEKS_MS = 14 * 24 * 3600 * 1000
@@ -67,7 +62,7 @@ async def test_the_current_state_never_expires_and_a_left_one_does(
     monkeypatch.setattr(redis_store, "REFRESH_EVERY", 0.2)
     client = aioredis.Redis.from_url(redis_server.url)
     try:
-        async with run_switch_upstreams("stable", "canary") as ups:
+        async with run_upstreams("stable", "canary") as ups:
             def config(revision: str) -> dict[str, Any]:
                 return replica_config(ups, redis=redis_server, prefix=key_prefix,
                                       rollout={"revision": revision,
@@ -112,7 +107,7 @@ async def test_a_state_lost_by_redis_is_written_again_by_the_replicas(
 ) -> None:
     client = aioredis.Redis.from_url(redis_server.url)
     try:
-        async with run_switch_upstreams("stable", "canary") as ups:
+        async with run_upstreams("stable", "canary") as ups:
             cfg = replica_config(ups, redis=redis_server, prefix=key_prefix)
             async with run_replicas(tmp_path, [cfg] * 2) as (a, b):
                 code, body = await a.act("abort", reason="lost and found")

@@ -10,16 +10,11 @@ import contextlib
 import time
 from pathlib import Path
 
-from .conftest import (
-    Load,
-    RedisServer,
-    canary_hits,
-    plain,
-    replica_config,
-    run_replicas,
-    run_switch_upstreams,
-    wait_until,
-)
+from tests.support.load import Load, plain
+from tests.support.processes import RedisServer
+from tests.support.replicas import canary_hits, replica_config, run_replicas
+from tests.support.upstream import run_upstreams
+from tests.support.waiting import wait_until
 
 RECONVERGE = 12.0  # backoff tops out at 5 s between attempts
 
@@ -27,7 +22,7 @@ RECONVERGE = 12.0  # backoff tops out at 5 s between attempts
 async def test_replicas_serve_through_a_redis_outage_and_converge_after_it(
     tmp_path: Path, redis_server: RedisServer, key_prefix: str,
 ) -> None:
-    async with run_switch_upstreams("stable", "canary") as ups:
+    async with run_upstreams("stable", "canary") as ups:
         cfg = replica_config(ups, redis=redis_server, prefix=key_prefix)
         async with run_replicas(tmp_path, [cfg] * 3) as replicas:
             actor, others = replicas[0], replicas[1:]

@@ -17,8 +17,10 @@ import pytest
 from splitproxy import rollout
 from splitproxy.config.models import Config
 from splitproxy.rollout import Actor, PauseReason, Phase
-
-from .conftest import Harness, ManualClock, MemoryStore, rollout_config, run_hook, wait_until
+from tests.support.configs import rollout_config
+from tests.support.engine import Harness, ManualClock, MemoryStore
+from tests.support.fakes import run_hook
+from tests.support.waiting import wait_until
 
 URLS = {"stable": "http://127.0.0.1:9001", "canary": "http://127.0.0.1:9002"}
 FAST = {"interval": "1s", "max_error_rate": 0.01}

@@ -17,6 +17,7 @@ import yaml
 from aiohttp import web
 
 from splitproxy.cli import demo
+from tests.support.waiting import wait_until
 
 AiohttpClient = Callable[[web.Application], Awaitable[Any]]
 
@@ -111,16 +112,17 @@ async def test_demo_splits_pins_and_stops_cleanly(
         # No cookie jar: a sticky cookie would turn the weighted split into one version.
         async with aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar()) as session:
             url = "http://127.0.0.1:8080/"
-            for _ in range(100):
+
+            async def answering() -> bool:
                 if task.done():
                     task.result()  # start-up failed: raise its error
                 with contextlib.suppress(aiohttp.ClientConnectionError):
                     async with session.get(url) as resp:
                         await resp.read()
-                        break
-                await asyncio.sleep(0.05)
-            else:
-                pytest.fail("the demo proxy did not answer within 5 s")
+                        return True
+                return False
+
+            await wait_until(answering, 5, "the demo proxy to answer", interval=0.05)
             assert "X-Splitproxy-Version: canary" in capsys.readouterr().out
 
             headers = {"X-Splitproxy-Version": "canary"}

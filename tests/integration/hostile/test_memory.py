@@ -18,18 +18,12 @@ import socket
 
 import pytest
 
-from ..conftest import (
-    assert_error,
-    build_request,
-    peak_rss,
-    proxy_config,
-    raw_client,
-    read_request,
-    route,
-    run_proxy,
-    run_raw_upstream,
-    run_upstream,
-)
+from tests.support.configs import proxy_config, route
+from tests.support.memory import peak_rss
+from tests.support.proxy import run_proxy
+from tests.support.rawhttp import assert_error, build_request, raw_client
+from tests.support.rawupstream import read_request, run_raw_upstream
+from tests.support.upstream import run_upstream
 
 MB = 1 << 20
 

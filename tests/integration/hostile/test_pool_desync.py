@@ -13,8 +13,10 @@ import asyncio
 
 import pytest
 
-from ..conftest import proxy_config, raw_client, route, run_proxy, run_raw_upstream
-from .helpers import sequence
+from tests.support.configs import proxy_config, route
+from tests.support.proxy import run_proxy
+from tests.support.rawhttp import raw_client
+from tests.support.rawupstream import read_request, run_raw_upstream, sequence
 
 EVIL = b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nevil"
 
@@ -74,6 +76,4 @@ async def test_head_answer_with_a_body_drops_the_body_and_the_connection() -> No
 
 
 async def _read(reader: asyncio.StreamReader) -> bool:
-    from ..conftest import read_request
-
     return await read_request(reader) is not None

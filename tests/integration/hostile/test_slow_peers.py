@@ -14,19 +14,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 
-from ..conftest import (
-    assert_error,
-    build_request,
-    proxy_config,
-    raw_client,
-    read_request,
-    route,
-    run_proxy,
-    run_raw_upstream,
-    version_errors,
-    wait_for_condition,
-)
-from .helpers import recording_upstream
+from tests.support.configs import proxy_config, route
+from tests.support.proxy import run_proxy, version_errors
+from tests.support.rawhttp import assert_error, build_request, raw_client
+from tests.support.rawupstream import read_request, recording_upstream, run_raw_upstream
+from tests.support.waiting import wait_until
 
 HEAD = b"POST /upload HTTP/1.1\r\nHost: h\r\nContent-Length: 1000\r\n\r\n"
 
@@ -89,7 +81,7 @@ async def test_1000_slow_uploads_hold_no_upstream_connection() -> None:
                     w.write(HEAD + b"x" * 10)
                     writers.append(w)
                 await asyncio.gather(*(w.drain() for w in writers))
-                await wait_for_condition(lambda: len(srv.connections) == 1000 and all(
+                await wait_until(lambda: len(srv.connections) == 1000 and all(
                     c.receiving is not None and c.reads for c in srv.connections), 20.0)
                 assert rec.up is not None and rec.up.connections == 0
                 # One finishes its body: it is proxied at once, on one connection.

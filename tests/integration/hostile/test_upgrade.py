@@ -11,17 +11,10 @@ from __future__ import annotations
 
 import asyncio
 
-from ..conftest import (
-    assert_error,
-    proxied,
-    proxy_config,
-    raw_client,
-    read_request,
-    route,
-    run_proxy,
-    run_raw_upstream,
-)
-from .helpers import recording_upstream
+from tests.support.configs import proxy_config, route
+from tests.support.proxy import proxied, run_proxy
+from tests.support.rawhttp import assert_error, raw_client
+from tests.support.rawupstream import read_request, recording_upstream, run_raw_upstream
 
 UPGRADE = (b"GET /ws HTTP/1.1\r\nHost: h\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
            b"\r\n")
