@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections import Counter
+from functools import partial
 from pathlib import Path
 from typing import Any
 
+from splitproxy.control.service import Service
 from tests.support.configs import proxy_config, route
 from tests.support.load import Load, served_by
 from tests.support.rawhttp import raw_client
@@ -22,6 +25,10 @@ def one_version(*endpoints: str) -> dict[str, Any]:
     return proxy_config([route({"stable": list(endpoints)})])
 
 
+def reloaded(svc: Service, n: int) -> bool:
+    return generation(svc) == n
+
+
 async def test_rolling_update_of_every_endpoint_loses_no_request(tmp_path: Path) -> None:
     async with contextlib.AsyncExitStack() as stack:
         old = [await stack.enter_async_context(run_upstream(f"old{i}")) for i in range(2)]
@@ -30,21 +37,23 @@ async def test_rolling_update_of_every_endpoint_loses_no_request(tmp_path: Path)
         async with running_service(tmp_path, cfg) as (svc, path):
             load = Load.steady(svc.proxy_port, 8, gap=0.0)
             async with load.running():
-                await wait_until(lambda: len(load.answered()) >= 50, WAIT, "load to start")
+                await load.more_answers(50)  # the load has started
                 for i, retiring in enumerate(old):
                     # New pod up, config names it instead of the old one, old pod stopped.
                     new = await stack.enter_async_context(run_upstream(f"new{i}"))
                     live = [u for u in live if u is not retiring] + [new]
                     write_config(path, one_version(*(u.url for u in live)))
-                    await wait_until(lambda n=i + 2: generation(svc) == n, 2.0, "reload")
-                    await asyncio.sleep(0.5)
+                    await wait_until(partial(reloaded, svc, i + 2), 2.0, "reload")
+                    # Every client has had an answer to a request sent after the reload, so
+                    # whatever was sent to the retiring endpoint before it has been answered.
+                    since = time.time()
+                    await wait_until(partial(load.every_client_since, since), WAIT,
+                                     "every client to be answered after the reload")
                     seen = retiring.requests
-                    await asyncio.sleep(0.1)
+                    await load.more_answers(100)
                     assert retiring.requests == seen, f"{retiring.name} still gets requests"
                     await retiring.stop()
-                    ok = len(load.answered())
-                    await wait_until(lambda ok=ok: len(load.answered()) >= ok + 100, WAIT,
-                                     "more traffic")
+                    await load.more_answers(100)
             assert load.failures == [], (len(load.failures), load.failures[:10])
             bad = [h for h in load.hits if h.status != 200]
             assert bad == [], (len(bad), bad[:10])
@@ -105,8 +114,11 @@ async def test_removed_endpoint_idle_connections_are_closed(tmp_path: Path) -> N
             async with raw_client(svc.proxy_port) as c:
                 assert await served_by(c, 3) == {"old": 3}
             assert old.connections == 1  # reused: one pooled connection, idle now
+            # Idle for a while, it is still pooled: the next request reuses it.
             await asyncio.sleep(0.2)
-            assert not closed.is_set()
+            async with raw_client(svc.proxy_port) as c:
+                assert await served_by(c, 1) == {"old": 1}
+            assert old.connections == 1 and not closed.is_set()
 
             write_config(path, one_version(new.url))
             await wait_until(lambda: generation(svc) == 2, 2.0, "reload")
@@ -114,4 +126,4 @@ async def test_removed_endpoint_idle_connections_are_closed(tmp_path: Path) -> N
             await asyncio.wait_for(closed.wait(), 2.0)
             async with raw_client(svc.proxy_port) as c:
                 assert await served_by(c, 3) == {"new": 3}
-            assert requests == 3 and old.connections == 1
+            assert requests == 4 and old.connections == 1

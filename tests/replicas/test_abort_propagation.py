@@ -4,7 +4,6 @@ aborts, and every replica stops sending traffic to the canary within 2 s of the 
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import time
 from pathlib import Path
@@ -53,12 +52,17 @@ async def test_a_canary_broken_behind_one_replica_is_aborted_on_the_fleet_s_coun
 
                 await wait_until(aborted, timeout=20, what="the abort", interval=0.02)
                 decided = await judge.rollout()
-                await asyncio.sleep(PROPAGATION + 1.0)  # the others' clients keep going
+                aborted_at = float(decided["aborted_at"])
+                # The others' clients keep going: 20 answers each to requests sent after
+                # every replica must be off the canary.
+                await wait_until(
+                    lambda: all(len(load.since(aborted_at + PROPAGATION)) >= 20
+                                for load in loads.values()),
+                    timeout=PROPAGATION + 5, what="20 answers each after the propagation bound")
 
             for load in loads.values():
                 assert load.failures == [], load.failures[:5]
 
-            aborted_at = float(decided["aborted_at"])
             assert broke_at <= aborted_at <= seen_at
             assert decided["abort_reason"].startswith("guard: canary error rate ")
             # The judge's own clients never saw a canary error: it judged the fleet's counts.

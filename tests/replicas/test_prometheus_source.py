@@ -96,7 +96,13 @@ async def test_prometheus_source_aborts_a_failing_canary_on_both_replicas(
                 retried_at = time.time()
                 code, body = await other.act("retry")
                 assert code == 200, body
-                await asyncio.sleep(3.5)
+
+                async def judged_twice() -> bool:
+                    checks = (await judge.rollout())["checks"]
+                    return len([c for c in checks if c["time"] > retried_at]) >= 2
+
+                await wait_until(judged_twice, timeout=10, what="two checks after the retry",
+                                 interval=0.1)
                 for r in replicas:
                     ro = await r.rollout()
                     assert ro["phase"] != "aborted", ro

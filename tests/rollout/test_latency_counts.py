@@ -124,7 +124,11 @@ async def test_a_rollout_without_traffic_waits_for_evidence_and_the_cli_says_so(
             engine = svc.controller.engine
             await wait_until(lambda: engine.states["shop"].pause_reason
                              == "waiting for evidence", timeout=5, what="the wait")
-            await asyncio.sleep(2.0)  # twice the pause, and still no traffic
+            # Four more checks (2 s: twice the pause), each without traffic: no step.
+            judged = engine.checks_total.get(("shop", "inconclusive"), 0)
+            await wait_until(
+                lambda: engine.checks_total.get(("shop", "inconclusive"), 0) >= judged + 4,
+                timeout=5, what="four more inconclusive checks")
             assert engine.weights()["shop"]["canary"] == 20
             async with admin(svc) as session:
                 ro = (await status(session))["routes"][0]["rollout"]

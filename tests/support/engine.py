@@ -204,6 +204,11 @@ class Harness:
 
         await wait_until(ticked, what=what)
 
+    async def webhooks_answered(self) -> None:
+        """Until every webhook call the engine made has had its answer (real I/O)."""
+        webhooks = self.engine.webhooks
+        await wait_until(lambda: not webhooks._tasks, what="the webhooks' answers")
+
     def weights(self, name: str = "shop") -> dict[str, int]:
         return self.engine.weights()[name]
 

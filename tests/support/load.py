@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import aiohttp
 
 from .rawhttp import RawClient
-from .waiting import WAIT
+from .waiting import WAIT, wait_until
 
 
 async def served_by(c: RawClient, n: int, target: str = "/") -> Counter[str]:
@@ -105,6 +105,12 @@ class Load:
 
     def answered(self, status: int = 200) -> list[Hit]:
         return [h for h in self.hits if h.status == status]
+
+    async def more_answers(self, n: int, timeout: float = WAIT) -> None:
+        """Waits until `n` more requests than now have been answered 200."""
+        target = len(self.answered()) + n
+        await wait_until(lambda: len(self.answered()) >= target, timeout,
+                         lambda: f"{n} more answers (got {len(self.answered()) - target + n})")
 
     def every_client_since(self, wall: float) -> bool:
         """True once every client loop has had an answer to a request sent after `wall`: what

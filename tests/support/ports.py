@@ -54,3 +54,8 @@ async def accepts(port: int) -> bool:
     with contextlib.suppress(OSError):
         await writer.wait_closed()
     return True
+
+
+async def refuses(port: int) -> bool:
+    """True when a connection to the port is refused (nothing listens)."""
+    return not await accepts(port)

@@ -9,7 +9,7 @@ ones.)
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,6 +17,7 @@ from typing import Any
 import aiohttp
 
 from splitproxy.control.service import Service
+from splitproxy.rollout import RouteState
 
 from .configs import rollout_config
 from .load import Hit
@@ -126,3 +127,36 @@ async def run_replicas(
 
 def canary_hits(hits: Sequence[Hit]) -> list[Hit]:
     return [h for h in hits if h.served_by == "canary"]
+
+
+
+class StoreReads:
+    """From now on, counts each replica's finished reads of the shared rollout state (its sync
+    loop fetches every refresh interval). `await again()` is the positive signal that every
+    replica has looked at the store since, where a test means to show that what they found
+    changed nothing."""
+
+    def __init__(self, replicas: Sequence[Replica]) -> None:
+        self.done = {r.name: 0 for r in replicas}
+        for r in replicas:
+            self._count(r)
+
+    def _count(self, replica: Replica) -> None:
+        store = replica.svc.controller.store
+        fetch = store.fetch
+
+        async def counted(identities: Mapping[str, str]) -> dict[str, RouteState] | None:
+            try:
+                return await fetch(identities)
+            finally:
+                self.done[replica.name] += 1
+
+        store.fetch = counted  # type: ignore[method-assign]
+
+    async def again(self, times: int = 2) -> None:
+        """Until every replica has finished `times` more reads than now (two: what the first
+        one brought has been handled before the second starts)."""
+        marks = dict(self.done)
+        await wait_until(lambda: all(self.done[n] >= marks[n] + times for n in marks),
+                         what=lambda: f"{times} more reads of the store on each: {self.done} "
+                                      f"after {marks}")

@@ -101,3 +101,34 @@ def metric(samples: list[Sample], name: str, **labels: str) -> float | None:
     assert len(found) <= 1, f"{len(found)} samples {name}{labels}"
     return found[0] if found else None
 
+
+
+
+class Reloads:
+    """From now on, watches a service's config reloads: `events` counts the batches of changes
+    its watcher handed over, and `idle()` is true once a reload that started after the last of
+    them has finished. Where a test means to show that a change was ignored, this is the
+    positive signal that it was seen and handled."""
+
+    def __init__(self, svc: Service) -> None:
+        self.events = 0
+        self._handled = 0  # events that a finished reload started after
+        controller = svc.controller
+        on_change, reload_async = controller.watcher.on_change, controller.reload_async
+
+        def counted() -> None:
+            self.events += 1
+            on_change()
+
+        async def reload(force: bool = False) -> bool:
+            started = self.events
+            try:
+                return await reload_async(force)
+            finally:
+                self._handled = max(self._handled, started)
+
+        controller.watcher.on_change = counted
+        controller.reload_async = reload  # type: ignore[method-assign]
+
+    def idle(self) -> bool:
+        return self._handled == self.events

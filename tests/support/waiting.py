@@ -13,11 +13,12 @@ WAIT = 5.0  # default bound for a single network step or condition in these test
 async def wait_until(
     predicate: Callable[[], bool | Awaitable[bool]],
     timeout: float = WAIT,
-    what: str = "condition",
+    what: str | Callable[[], str] = "condition",
     interval: float = 0.01,
 ) -> float:
     """Polls `predicate` (sync or async) every `interval` until it is true; returns the seconds
-    it took. Fails the test after `timeout`."""
+    it took. Fails the test after `timeout`, saying `what` it waited for (a callable: asked
+    then, to show the state it ended in)."""
     loop = asyncio.get_running_loop()
     start = loop.time()
     while True:
@@ -27,5 +28,6 @@ async def wait_until(
         if result:
             return loop.time() - start
         if loop.time() - start > timeout:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+            said = what() if callable(what) else what
+            raise AssertionError(f"timed out after {timeout}s waiting for {said}")
         await asyncio.sleep(interval)
