@@ -24,7 +24,7 @@ lint: $(STAMP)
 	$(BIN)/lint-imports
 
 typecheck: $(STAMP)
-	$(BIN)/mypy splitproxy loadtests
+	$(BIN)/mypy splitproxy loadtests tests
 
 test: lint typecheck
 	$(BIN)/pytest -q

@@ -59,8 +59,8 @@ async def test_readyz_is_503_while_draining_and_in_flight_requests_finish(
                 async with session.get("/healthz") as resp:
                     assert resp.status == 200  # alive, just not ready
                 assert not slow.done()
-                resp = await asyncio.wait_for(slow, WAIT)
-                assert resp.status == 200 and resp.text == "stable"
+                answer = await asyncio.wait_for(slow, WAIT)
+                assert answer.status == 200 and answer.text == "stable"
             await asyncio.wait_for(stopping, WAIT)
 
 
@@ -72,7 +72,7 @@ async def test_status_reports_config_routes_weights_and_realized_split(tmp_path:
 
                 async def window_full() -> bool:
                     versions = (await status(session))["routes"][0]["versions"]
-                    return sum(v["requests_in_window"] for v in versions.values()) == 100
+                    return bool(sum(v["requests_in_window"] for v in versions.values()) == 100)
 
                 await wait_until(window_full, 2.5, "the sampler to see 100 requests")
                 body = await status(session)
@@ -106,7 +106,7 @@ async def test_status_shows_last_reload_time_and_result(tmp_path: Path) -> None:
                 write_config(path, split_config(ups, 50, 50))
 
                 async def reloaded() -> bool:
-                    return (await status(session))["config"]["generation"] == 2
+                    return bool((await status(session))["config"]["generation"] == 2)
 
                 await wait_until(reloaded, 2.0, "reload")
                 body = await status(session)

@@ -35,7 +35,9 @@ from tests.support.waiting import wait_until
 NO_COOKIE = {"pin_header": "X-Splitproxy-Version"}
 
 
-def split_config(ups: dict[str, Upstream], stable: int, canary: int, **sections: Any) -> dict:
+def split_config(
+    ups: dict[str, Upstream], stable: int, canary: int, **sections: Any
+) -> dict[str, Any]:
     return proxy_config(
         [route({n: u.url for n, u in ups.items()}, {"stable": stable, "canary": canary},
                sticky=NO_COOKIE)],

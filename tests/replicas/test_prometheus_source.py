@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -49,7 +50,7 @@ async def test_prometheus_source_aborts_a_failing_canary_on_both_replicas(
 
                 # Healthy: a pass, on numbers Prometheus scraped from both replicas.
                 for r in replicas:  # the judge's checks are shared with every replica
-                    await wait_until(lambda r=r: has_check(r, "pass"), timeout=20,
+                    await wait_until(partial(has_check, r, "pass"), timeout=20,
                                      what=f"a passing Prometheus check on {r.name}",
                                      interval=0.1)
                 ups_series = await prometheus.query('up{job="splitproxy"}')
@@ -75,7 +76,7 @@ async def test_prometheus_source_aborts_a_failing_canary_on_both_replicas(
                     return bool((await r.rollout())["phase"] == "aborted")
 
                 for r in replicas:
-                    await wait_until(lambda r=r: aborted(r), timeout=30,
+                    await wait_until(partial(aborted, r), timeout=30,
                                      what=f"{r.name} to abort", interval=0.1)
                 took = time.time() - broke_at
                 await asyncio.sleep(0.5)

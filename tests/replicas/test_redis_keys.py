@@ -48,7 +48,9 @@ async def test_an_aborted_route_in_format_1_keys_stays_aborted_on_every_replica(
             # Both replicas took the same migrated state: one wrote it, the other adopted it.
             assert (ra["identity"], ra["run"]) == (rb["identity"], rb["run"])
             key = f"{key_prefix}v2:route:shop:{ra['identity']}"
-            stored = json.loads(await client.get(key))
+            raw = await client.get(key)
+            assert raw is not None, key
+            stored = json.loads(raw)
             assert (stored["format"], stored["phase"]) == (2, "aborted")
             assert await client.pttl(key) == -1  # no expiry while the route has this identity
     finally:
@@ -125,7 +127,9 @@ async def test_a_state_lost_by_redis_is_written_again_by_the_replicas(
                     return raw is not None and json.loads(raw)["phase"] == "aborted"
 
                 await wait_until(back, what="the state written again")
-                stored = json.loads(await client.get(key))
+                raw = await client.get(key)
+                assert raw is not None, key
+                stored = json.loads(raw)
                 assert stored["abort_reason"] == "manual: lost and found"
                 # A replica starting now finds the abort.
                 async with run_replicas(tmp_path / "late", [cfg]) as (late,):

@@ -6,6 +6,7 @@ run is judged on traffic from the retry on, not on the errors that caused the ab
 from __future__ import annotations
 
 import contextlib
+from functools import partial
 from pathlib import Path
 
 from tests.support.load import Load, plain
@@ -34,7 +35,7 @@ async def test_a_retry_on_one_replica_after_an_abort_on_another_is_judged_afresh
                                for c in ro["checks"])
 
                 for r in (a, b):  # the judge's checks are shared with every replica
-                    await wait_until(lambda r=r: has_pass(r), timeout=15, interval=0.05,
+                    await wait_until(partial(has_pass, r), timeout=15, interval=0.05,
                                      what=f"a passing check on {r.name}")
 
                 ups["canary"].fail_behind = {a.proxy_port}

@@ -142,9 +142,12 @@ async def test_compare_to_baseline_keeps_a_canary_in_a_shared_outage(harness: Ha
     [test] = h.engine.describe("shop")["guard"]["tests"]
     assert (test["against"], test["canary_events"], test["baseline_events"]) == (
         "stable", 450, 450)
-    await ticks_until(h, lambda: (h.traffic.serve("stable", 30),
-                                  h.traffic.serve("canary", 30, errors=30)) and None,
-                      lambda: h.state().phase == "aborted", 240)
+
+    def canary_fails() -> None:
+        h.traffic.serve("stable", 30)
+        h.traffic.serve("canary", 30, errors=30)
+
+    await ticks_until(h, canary_fails, lambda: h.state().phase == "aborted", 240)
     assert "vs baseline" in (h.state().abort_reason or "")
 
 
@@ -160,9 +163,12 @@ async def test_latency_limits_count_requests_over_the_limit(harness: Harness) ->
     assert (tests["p99"]["events"], tests["p99"]["trials"], tests["p99"]["limit_ms"]) == (
         0, 600, 200.0)
     assert tests["p99"]["outcome"] == "pass"
-    took = await ticks_until(h, lambda: (h.traffic.serve("stable", 30),
-                                         h.traffic.serve("canary", 30, seconds=0.3)) and None,
-                             lambda: h.state().phase == "aborted", 30)
+
+    def canary_slow() -> None:
+        h.traffic.serve("stable", 30)
+        h.traffic.serve("canary", 30, seconds=0.3)
+
+    took = await ticks_until(h, canary_slow, lambda: h.state().phase == "aborted", 30)
     assert took <= 15
     assert "canary p99 (over 200 ms)" in (h.state().abort_reason or "")
 

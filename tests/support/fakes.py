@@ -74,7 +74,7 @@ class FakePrometheus:
                 self.in_flight -= 1
             self.answered += 1
             n = str(1000 * self.answered)
-            result = []
+            result: list[dict[str, Any]] = []
             for v in self.versions:
                 common = {"route": "shop", "version": v, "instance": "a", "job": "x"}
                 result += [
