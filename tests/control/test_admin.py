@@ -6,29 +6,20 @@ from __future__ import annotations
 import asyncio
 import json
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 import pytest
 
 from splitproxy.config.models import ConfigError
 from splitproxy.control.service import Service
-from tests.support.configs import proxy_config, route
+from tests.support.configs import proxy_config, route, split_config
 from tests.support.load import served_by
 from tests.support.rawhttp import raw_client
 from tests.support.service import admin, run_service, running_service, status, write_config
-from tests.support.upstream import Upstream, run_upstream, run_upstreams
+from tests.support.upstream import run_upstream, run_upstreams
 from tests.support.waiting import WAIT, wait_until
 
-NO_COOKIE = {"pin_header": "X-Splitproxy-Version"}
 ADMIN_PATHS = ("/healthz", "/readyz", "/metrics", "/status")
-
-
-def split_config(ups: dict[str, Upstream], stable: int = 90, canary: int = 10) -> dict[str, Any]:
-    return proxy_config(
-        [route({n: u.url for n, u in ups.items()}, {"stable": stable, "canary": canary},
-               sticky=NO_COOKIE)]
-    )
 
 
 async def test_healthz_and_readyz_answer_200_while_serving(tmp_path: Path) -> None:

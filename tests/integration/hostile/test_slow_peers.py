@@ -12,12 +12,15 @@ else the client's connection is cut; counted as a timeout of the version.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 
 from tests.support.configs import proxy_config, route
 from tests.support.proxy import run_proxy, version_errors
 from tests.support.rawhttp import assert_error, build_request, raw_client
-from tests.support.rawupstream import read_request, recording_upstream, run_raw_upstream
+from tests.support.rawupstream import (
+    recording_upstream,
+    respond_with,
+    run_raw_upstream,
+)
 from tests.support.waiting import wait_until
 
 HEAD = b"POST /upload HTTP/1.1\r\nHost: h\r\nContent-Length: 1000\r\n\r\n"
@@ -98,12 +101,7 @@ async def test_1000_slow_uploads_hold_no_upstream_connection() -> None:
 
 async def test_upstream_that_stops_after_the_head_times_out_as_the_versions_fault() -> None:
     """nginx 1.22: proxy_read_timeout cuts the response; the client sees it end short."""
-    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await read_request(reader)
-        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\npartial")
-        await writer.drain()
-        await reader.read()
-
+    handler = respond_with(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\npartial", hold=True)
     async with run_raw_upstream(handler) as up:
         cfg = proxy_config([route({"stable": up.url})], timeouts={"upstream_read": "0.5s"})
         async with run_proxy(cfg) as srv:
@@ -117,13 +115,7 @@ async def test_upstream_that_stops_after_the_head_times_out_as_the_versions_faul
 
 
 async def test_upstream_read_timeout_before_anything_reached_the_client_is_a_504() -> None:
-    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await read_request(reader)
-        writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")  # interim only, then silence
-        await writer.drain()
-        with contextlib.suppress(ConnectionError):
-            await reader.read()
-
+    handler = respond_with(b"HTTP/1.1 100 Continue\r\n\r\n", hold=True)  # then silence
     async with run_raw_upstream(handler) as up:
         cfg = proxy_config([route({"stable": up.url})],
                            timeouts={"upstream_read": "0.5s", "response_header": "0.5s"})
