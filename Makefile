@@ -32,7 +32,7 @@ lint: $(STAMP)
 	$(BIN)/lint-imports
 
 typecheck: $(STAMP)
-	$(BIN)/mypy splitproxy loadtests
+	$(BIN)/mypy splitproxy loadtests tests
 
 test: lint typecheck
 	$(BIN)/pytest -q

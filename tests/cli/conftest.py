@@ -1,5 +1,1 @@
-"""Fixtures for the CLI tests (the helpers are the rollout and integration suites')."""
-
-from integration.conftest import refused_port
-
-__all__ = ["refused_port"]
+"""The CLI tests: their fixtures are the whole suite's (tests/conftest.py: refused_port)."""

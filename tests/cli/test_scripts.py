@@ -15,25 +15,20 @@ from typing import Any
 
 import aiohttp
 from aiohttp import web
-from rollout.conftest import (
-    WAIT,
-    cli,
-    hit,
-    proxy_config,
-    route,
-    run_backends,
-    run_service,
-    wait_until,
-    write_config,
-)
 
 from splitproxy.cli.exitcodes import ExitCode
 from splitproxy.control.service import Service
 from splitproxy.control.status import ActionResult, GuardReport, Status, to_json
-from splitproxy.rollout import guard
+from splitproxy.rollout import Action, guard
+from tests.support.cli import cli
+from tests.support.configs import proxy_config, route
+from tests.support.load import hit
+from tests.support.service import run_service, write_config
+from tests.support.upstream import run_upstreams
+from tests.support.waiting import WAIT, wait_until
 
 # Step 1 sets the canary's weight, step 2 waits for `splitproxy promote`: paused, for good.
-HOLD = [{"set_weight": 20}, {"pause": {}}]
+HOLD: list[dict[str, Any]] = [{"set_weight": 20}, {"pause": {}}]
 PAUSED_LINE = "shop: paused step 1/2: waiting for promote"
 
 
@@ -44,7 +39,7 @@ async def serving(tmp_path: Path, steps: list[dict[str, Any]],
                   ) -> AsyncIterator[tuple[Service, str, dict[str, Any]]]:
     """Route `shop` (stable/canary, with `steps`) and `plain` (no rollout) behind a started
     service; yields it, its admin URL and the config written."""
-    async with run_backends("stable", "canary") as b:
+    async with run_upstreams("stable", "canary") as b:
         shop = route({"stable": b["stable"].url, "canary": b["canary"].url},
                      {"stable": 100, "canary": 0})
         shop["rollout"] = {"steps": steps, "revision": revision}
@@ -150,7 +145,7 @@ async def test_wait_for_ends_at_another_final_phase_with_its_own_code(tmp_path: 
             # It polls: it has seen the pause. Now the rollout aborts under it.
             first = await asyncio.wait_for(proc.stdout.readline(), WAIT)
             assert first.decode() == PAUSED_LINE + "\n"
-            await svc.controller.engine.act("shop", "abort", reason="bad build")
+            await svc.controller.engine.act("shop", Action.ABORT, reason="bad build")
             code = await asyncio.wait_for(proc.wait(), WAIT)
             rest, err = await proc.stdout.read(), await proc.stderr.read()
         finally:
@@ -333,7 +328,8 @@ async def test_the_cli_reads_every_status_field_the_admin_api_sends(tmp_path: Pa
         async def judged() -> bool:
             await hit(svc.proxy_port, 20)
             guard = engine.describe("shop").guard
-            return guard is not None and len(guard.tests) == 4 and engine.states["shop"].checks
+            return guard is not None and len(guard.tests) == 4 \
+                and bool(engine.states["shop"].checks)
 
         await wait_until(judged, what="rate and ratio tests in /status")
         async with session.get(f"{url}/status") as resp:
@@ -347,8 +343,9 @@ async def test_the_cli_reads_every_status_field_the_admin_api_sends(tmp_path: Pa
         store = json.loads(to_json(svc.controller.store_status()))
         del store["pending"]  # the engine's, added to the store's own description
         assert store == json.loads(json.dumps(svc.controller.store.describe()))
-        assert {type(t).__name__ for t in status.routes[1].rollout.guard.tests} == {
-            "RateTest", "RatioTest"}
+        shown = status.routes[1].rollout.guard
+        assert shown is not None
+        assert {type(t).__name__ for t in shown.tests} == {"RateTest", "RatioTest"}
         async with session.post(f"{url}/routes/shop/abort",
                                 headers={"X-Splitproxy-Action": "1"}) as resp:
             answer = await resp.json()

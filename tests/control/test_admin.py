@@ -6,40 +6,20 @@ from __future__ import annotations
 import asyncio
 import json
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 import pytest
 
 from splitproxy.config.models import ConfigError
 from splitproxy.control.service import Service
+from tests.support.configs import proxy_config, route, split_config
+from tests.support.load import served_by
+from tests.support.rawhttp import raw_client
+from tests.support.service import admin, run_service, running_service, status, write_config
+from tests.support.upstream import run_upstream, run_upstreams
+from tests.support.waiting import WAIT, wait_until
 
-from .conftest import (
-    WAIT,
-    Upstream,
-    admin,
-    proxy_config,
-    raw_client,
-    route,
-    run_service,
-    run_upstream,
-    running_service,
-    served_by,
-    status,
-    upstreams,
-    wait_until,
-    write_config,
-)
-
-NO_COOKIE = {"pin_header": "X-Splitproxy-Version"}
 ADMIN_PATHS = ("/healthz", "/readyz", "/metrics", "/status")
-
-
-def split_config(ups: dict[str, Upstream], stable: int = 90, canary: int = 10) -> dict[str, Any]:
-    return proxy_config(
-        [route({n: u.url for n, u in ups.items()}, {"stable": stable, "canary": canary},
-               sticky=NO_COOKIE)]
-    )
 
 
 async def test_healthz_and_readyz_answer_200_while_serving(tmp_path: Path) -> None:
@@ -70,20 +50,20 @@ async def test_readyz_is_503_while_draining_and_in_flight_requests_finish(
                 async with session.get("/healthz") as resp:
                     assert resp.status == 200  # alive, just not ready
                 assert not slow.done()
-                resp = await asyncio.wait_for(slow, WAIT)
-                assert resp.status == 200 and resp.text == "stable"
+                answer = await asyncio.wait_for(slow, WAIT)
+                assert answer.status == 200 and answer.text == "stable"
             await asyncio.wait_for(stopping, WAIT)
 
 
 async def test_status_reports_config_routes_weights_and_realized_split(tmp_path: Path) -> None:
-    async with upstreams("stable", "canary") as ups:
+    async with run_upstreams("stable", "canary") as ups:
         async with running_service(tmp_path, split_config(ups)) as (svc, path):
             async with admin(svc) as session, raw_client(svc.proxy_port) as c:
                 assert await served_by(c, 100) == {"stable": 90, "canary": 10}
 
                 async def window_full() -> bool:
                     versions = (await status(session))["routes"][0]["versions"]
-                    return sum(v["requests_in_window"] for v in versions.values()) == 100
+                    return bool(sum(v["requests_in_window"] for v in versions.values()) == 100)
 
                 await wait_until(window_full, 2.5, "the sampler to see 100 requests")
                 body = await status(session)
@@ -109,7 +89,7 @@ async def test_status_reports_config_routes_weights_and_realized_split(tmp_path:
 
 
 async def test_status_shows_last_reload_time_and_result(tmp_path: Path) -> None:
-    async with upstreams("stable", "canary") as ups:
+    async with run_upstreams("stable", "canary") as ups:
         async with running_service(tmp_path, split_config(ups)) as (svc, path):
             async with admin(svc) as session:
                 before = (await status(session))["config"]["last_reload"]
@@ -117,7 +97,7 @@ async def test_status_shows_last_reload_time_and_result(tmp_path: Path) -> None:
                 write_config(path, split_config(ups, 50, 50))
 
                 async def reloaded() -> bool:
-                    return (await status(session))["config"]["generation"] == 2
+                    return bool((await status(session))["config"]["generation"] == 2)
 
                 await wait_until(reloaded, 2.0, "reload")
                 body = await status(session)

@@ -16,8 +16,10 @@ from pathlib import Path
 import pytest
 
 from splitproxy.config import logsafe
-
-from .conftest import proxy_config, route, run_upstream, running_service
+from tests.support.configs import proxy_config, route
+from tests.support.rawhttp import raw_client
+from tests.support.service import admin, metric, running_service, scrape
+from tests.support.upstream import run_upstream
 
 
 async def _raw(port: int, request: bytes) -> bytes:
@@ -79,8 +81,6 @@ def test_every_log_message_has_its_control_characters_escaped() -> None:
 
 
 async def test_the_proxys_own_503s_are_a_metric_of_their_own(tmp_path: Path) -> None:
-    from .conftest import admin, metric, raw_client, scrape
-
     async with run_upstream("stable") as up:
         cfg = proxy_config([route({"stable": up.url})], limits={"max_connections": 1})
         async with running_service(tmp_path, cfg) as (svc, _):

@@ -17,8 +17,9 @@ import pytest
 from splitproxy.control.adminguard import host_name
 from splitproxy.control.service import Service
 from splitproxy.control.status import AdminStatus
-
-from .conftest import WAIT, proxy_config, route, run_service, wait_until, write_config
+from tests.support.configs import proxy_config, route
+from tests.support.service import run_service, write_config
+from tests.support.waiting import WAIT, wait_until
 
 PROBES = ("/healthz", "/readyz")
 STEPS = {"steps": [{"set_weight": 10}, {"pause": {}}, {"set_weight": 50}, {"pause": {}},
@@ -336,7 +337,7 @@ async def test_a_reload_cannot_remove_the_token_of_a_non_loopback_admin_api(
 
         await wait_until(refused, WAIT, "the reload refused")
         error = svc.controller.status().config.last_reload.error
-        assert "0.0.0.0:0 is not a loopback address" in error
+        assert "0.0.0.0:0 is not a loopback address" in (error or "")
         assert (await call(plain, svc, "GET", "/status"))[0] == 401
         assert (await call(plain, svc, "GET", "/status", bearer("s3cret-token")))[0] == 200
 

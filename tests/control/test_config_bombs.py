@@ -12,7 +12,9 @@ Measured before (issue 9): a 1.35 KB alias bomb froze the proxy for 19 s, a 12 M
 from __future__ import annotations
 
 import asyncio
+from functools import partial
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -20,8 +22,11 @@ import yaml
 from splitproxy.cli import main as cli
 from splitproxy.config import isolate as confproc
 from splitproxy.control.service import Service
-
-from .conftest import proxy_config, raw_client, route, run_upstream, running_service, wait_until
+from tests.support.configs import proxy_config, route
+from tests.support.rawhttp import raw_client
+from tests.support.service import running_service
+from tests.support.upstream import run_upstream
+from tests.support.waiting import wait_until
 
 BOMB = "".join(
     f"{name}: &{name} [{', '.join([f'*{prev}'] * 9 if prev else ['lol'] * 9)}]\n"
@@ -50,6 +55,10 @@ async def _latencies_while(port: int, done: asyncio.Event) -> list[float]:
     return out
 
 
+def reload_errors(svc: Service, n: int) -> bool:
+    return svc.controller.reloads["error"] == n
+
+
 async def test_bad_configs_are_refused_with_file_line_while_serving_goes_on(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     async with run_upstream("stable") as up:
@@ -61,8 +70,7 @@ async def test_bad_configs_are_refused_with_file_line_while_serving_goes_on(
                 measuring = asyncio.create_task(_latencies_while(svc.proxy_port, done))
                 await asyncio.sleep(0.2)
                 path.write_text(text)
-                await wait_until(lambda n=n: svc.controller.reloads["error"] == n, 10.0,
-                                 f"reload error for {name}")
+                await wait_until(partial(reload_errors, svc, n), 10.0, f"reload error for {name}")
                 done.set()
                 latencies = await measuring
                 message = svc.controller.last_error or ""
@@ -75,10 +83,10 @@ async def test_bad_configs_are_refused_with_file_line_while_serving_goes_on(
             assert svc.controller.generation() == 1
 
 
-def _slow_config(cfg: dict[str, object], routes: int) -> str:
+def _slow_config(cfg: dict[str, Any], routes: int) -> str:
     """A valid YAML file that takes the parser a while and fails validation at its end."""
     many = [route({"stable": "http://127.0.0.1:1"}, name=f"r{i}") for i in range(routes)]
-    return yaml.safe_dump({**cfg, "routes": [*cfg["routes"], *many]}) + "bogus_key: 1\n"  # type: ignore[list-item]
+    return yaml.safe_dump({**cfg, "routes": [*cfg["routes"], *many]}) + "bogus_key: 1\n"
 
 
 async def test_a_slow_parse_does_not_stall_the_proxy(tmp_path: Path) -> None:

@@ -26,11 +26,13 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import web
-from rollout.conftest import Load, plain, rollout_config, run_backends
 
 from splitproxy.control.service import Service
-
-from .conftest import WAIT, run_service, wait_until, write_config
+from tests.support.configs import rollout_config
+from tests.support.load import Load, plain
+from tests.support.service import run_service, write_config
+from tests.support.upstream import run_upstreams
+from tests.support.waiting import WAIT, wait_until
 
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 REQUIRED = os.environ.get("SPLITPROXY_REQUIRE_SERVICES") == "1"
@@ -167,7 +169,7 @@ async def test_the_dashboard_shows_a_rollout_and_its_abort_button_reverts_it(
     tmp_path: Path, driver: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("SPLITPROXY_ADMIN_TOKEN", TOKEN)
-    async with run_backends("stable", "canary") as b:
+    async with run_upstreams("stable", "canary") as b:
         cfg = rollout_config(b, weights={"stable": 100, "canary": 0},
                              analysis={"interval": "1s", "max_error_rate": 0.05},
                              rollout={"revision": "v2", "steps": [{"set_weight": 30},
@@ -230,7 +232,7 @@ async def test_the_dashboard_shows_a_rollout_and_its_abort_button_reverts_it(
 async def test_the_dashboard_shows_the_guard_s_abort_with_its_numbers_then_retries(
     tmp_path: Path, driver: Any
 ) -> None:
-    async with run_backends("stable", "canary") as b:
+    async with run_upstreams("stable", "canary") as b:
         cfg = rollout_config(b, weights={"stable": 100, "canary": 0},
                              analysis={"interval": "1s", "max_error_rate": 0.05},
                              rollout={"revision": "v2", "steps": [
@@ -247,7 +249,7 @@ async def test_the_dashboard_shows_the_guard_s_abort_with_its_numbers_then_retri
             await page.wait_text(f"{card} [data-field=phase]", "progressing", "the rollout")
             await page.wait_text(f"{card} ol.timeline li.current", "pause 1h", "step 2")
 
-            b["canary"].mode = "fail"
+            b["canary"].fail_all = True
             # The guard needs a few slices of traffic (3 s and 30 requests each) to be sure.
             await page.wait_text(f"{card} [data-field=phase]", "aborted", "the guard's abort",
                                  timeout=45)
@@ -259,7 +261,7 @@ async def test_the_dashboard_shows_the_guard_s_abort_with_its_numbers_then_retri
             if SCREENSHOT:
                 await page.screenshot(SCREENSHOT)
 
-            b["canary"].mode = "ok"
+            b["canary"].fail_all = False
             run = (await rollout_of(svc))["run"]
             await page.click(f"{card} button[data-action=retry]")
             await page.wait_text(f"{card} [data-field=phase]", "progressing", "the retry")
@@ -281,7 +283,7 @@ async def test_the_page_is_served_without_the_token_and_its_data_is_not(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("SPLITPROXY_ADMIN_TOKEN", TOKEN)
-    async with run_backends("stable", "canary") as b:
+    async with run_upstreams("stable", "canary") as b:
         path = tmp_path / "shop.yaml"
         write_config(path, rollout_config(b, weights={"stable": 90, "canary": 10}))
         async with run_service(path, watch=False) as svc, aiohttp.ClientSession() as session:

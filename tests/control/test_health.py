@@ -13,21 +13,12 @@ from typing import Any
 import aiohttp
 
 from splitproxy.control.service import Service
-
-from .conftest import (
-    admin,
-    metric,
-    proxy_config,
-    raw_client,
-    read_request,
-    route,
-    run_raw_upstream,
-    run_upstream,
-    running_service,
-    scrape,
-    status,
-    wait_until,
-)
+from tests.support.configs import proxy_config, route
+from tests.support.rawhttp import raw_client
+from tests.support.rawupstream import read_request, run_raw_upstream
+from tests.support.service import admin, metric, running_service, scrape, status
+from tests.support.upstream import run_upstream
+from tests.support.waiting import wait_until
 
 
 def two_endpoints(live: str, dead: str, **health: Any) -> dict[str, Any]:

@@ -12,8 +12,9 @@ from pathlib import Path
 
 from splitproxy.cli.health import url_of
 from splitproxy.config.models import AdminConfig
-
-from .conftest import proxy_config, route, run_service, run_upstream, write_config
+from tests.support.configs import proxy_config, route
+from tests.support.service import run_service, write_config
+from tests.support.upstream import run_upstream
 
 
 async def _health(path: Path, *args: str, env: dict[str, str] | None = None

@@ -17,12 +17,14 @@ from typing import Any
 
 import aiohttp
 import yaml
-from integration.conftest import free_port
 
 from splitproxy.config.logformat import JsonFormatter
 from splitproxy.control.reload import reached_through
-
-from .conftest import WAIT, proxy_config, route, run_upstream, wait_until, write_config
+from tests.support.configs import proxy_config, route
+from tests.support.ports import free_port
+from tests.support.service import write_config
+from tests.support.upstream import run_upstream
+from tests.support.waiting import WAIT, wait_until
 
 ACTION = {"X-Splitproxy-Action": "1"}
 STEPS = {"steps": [{"set_weight": 10}, {"pause": {}}, {"set_weight": 100}]}
@@ -122,7 +124,7 @@ async def test_json_logs_parse_one_object_per_line(tmp_path: Path) -> None:
 
             async def refused() -> bool:
                 _, body = await p.get("/status")
-                return json.loads(body)["config"]["last_reload"]["result"] == "error"
+                return bool(json.loads(body)["config"]["last_reload"]["result"] == "error")
 
             await wait_until(refused, WAIT, "the bad reload reported")
     records = json_lines(log)

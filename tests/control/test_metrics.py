@@ -6,38 +6,19 @@ import asyncio
 import math
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 from prometheus_client.samples import Sample
 
 from splitproxy import __version__
+from tests.support.configs import proxy_config, route, split_config
+from tests.support.load import served_by
+from tests.support.rawhttp import raw_client
+from tests.support.service import admin, metric, running_service, scrape, write_config
+from tests.support.upstream import run_upstreams
+from tests.support.waiting import WAIT, wait_until
 
-from .conftest import (
-    WAIT,
-    admin,
-    metric,
-    proxy_config,
-    raw_client,
-    route,
-    running_service,
-    scrape,
-    served_by,
-    upstreams,
-    wait_until,
-    write_config,
-)
-
-NO_COOKIE = {"pin_header": "X-Splitproxy-Version"}
 BOUNDS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 KINDS = {"connect", "timeout", "reset", "protocol"}
-
-
-def split(stable: str, canary: str, **sections: Any) -> dict[str, Any]:
-    return proxy_config(
-        [route({"stable": stable, "canary": canary}, {"stable": 90, "canary": 10},
-               sticky=NO_COOKIE)],
-        **sections,
-    )
 
 
 def buckets(samples: list[Sample], version: str) -> dict[float, float]:
@@ -50,8 +31,8 @@ def buckets(samples: list[Sample], version: str) -> dict[float, float]:
 
 
 async def test_request_counters_histogram_and_gauges(tmp_path: Path) -> None:
-    async with upstreams("stable", "canary") as ups:
-        cfg = split(ups["stable"].url, ups["canary"].url)
+    async with run_upstreams("stable", "canary") as ups:
+        cfg = split_config(ups)
         async with running_service(tmp_path, cfg) as (svc, _), admin(svc) as session:
             async with raw_client(svc.proxy_port) as c:
                 assert await served_by(c, 50) == {"stable": 45, "canary": 5}
@@ -109,7 +90,7 @@ async def test_request_counters_histogram_and_gauges(tmp_path: Path) -> None:
 
 
 async def test_in_flight_gauge_counts_a_slow_request(tmp_path: Path) -> None:
-    async with upstreams("stable") as ups:
+    async with run_upstreams("stable") as ups:
         cfg = proxy_config([route({"stable": ups["stable"].url})])
         async with running_service(tmp_path, cfg) as (svc, _), admin(svc) as session:
             async with raw_client(svc.proxy_port) as c:
@@ -128,9 +109,9 @@ async def test_in_flight_gauge_counts_a_slow_request(tmp_path: Path) -> None:
 async def test_dead_canary_is_blamed_for_its_own_502s(
     tmp_path: Path, refused_port: Callable[[], int]
 ) -> None:
-    async with upstreams("stable") as ups:
+    async with run_upstreams("stable") as ups:
         dead = f"http://127.0.0.1:{refused_port()}"
-        cfg = split(ups["stable"].url, dead)
+        cfg = split_config({"stable": ups["stable"].url, "canary": dead})
         async with running_service(tmp_path, cfg) as (svc, _), admin(svc) as session:
             statuses: dict[int, int] = {}
             for _ in range(20):
@@ -153,8 +134,8 @@ async def test_dead_canary_is_blamed_for_its_own_502s(
 
 
 async def test_metrics_follow_a_reload(tmp_path: Path) -> None:
-    async with upstreams("stable", "canary") as ups:
-        cfg = split(ups["stable"].url, ups["canary"].url)
+    async with run_upstreams("stable", "canary") as ups:
+        cfg = split_config(ups)
         async with running_service(tmp_path, cfg) as (svc, path), admin(svc) as session:
             cfg["routes"][0]["weights"] = {"stable": 25, "canary": 75}
             write_config(path, cfg)

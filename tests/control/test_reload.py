@@ -15,34 +15,22 @@ import pytest
 import yaml
 
 from splitproxy.control.service import Service
-
-from .conftest import (
-    RawClient,
-    Upstream,
+from tests.support.configs import split_config
+from tests.support.load import served_by
+from tests.support.rawhttp import RawClient, raw_client
+from tests.support.service import (
+    Reloads,
     admin,
+    generation,
     metric,
-    proxy_config,
-    raw_client,
-    route,
     run_service,
     running_service,
     scrape,
-    served_by,
     status,
-    upstreams,
-    wait_until,
     write_config,
 )
-
-NO_COOKIE = {"pin_header": "X-Splitproxy-Version"}
-
-
-def split_config(ups: dict[str, Upstream], stable: int, canary: int, **sections: Any) -> dict:
-    return proxy_config(
-        [route({n: u.url for n, u in ups.items()}, {"stable": stable, "canary": canary},
-               sticky=NO_COOKIE)],
-        **sections,
-    )
+from tests.support.upstream import Upstream, run_upstreams
+from tests.support.waiting import wait_until
 
 
 async def only_canary(c: RawClient, n: int = 20) -> bool:
@@ -52,12 +40,8 @@ async def only_canary(c: RawClient, n: int = 20) -> bool:
 
 @pytest.fixture
 async def two() -> AsyncIterator[dict[str, Upstream]]:
-    async with upstreams("stable", "canary") as ups:
+    async with run_upstreams("stable", "canary") as ups:
         yield ups
-
-
-def generation(svc: Service) -> int:
-    return int(svc.controller.status().config.generation)
 
 
 def last_reload(svc: Service) -> dict[str, Any]:
@@ -134,12 +118,13 @@ async def test_kubernetes_configmap_symlink_swap_is_seen(
         assert svc.controller.status().config.path == str(path)
 
 
-async def test_sighup_reloads(tmp_path: Path, two: dict[str, Upstream]) -> None:
+async def test_sighup_reloads(
+    tmp_path: Path, two: dict[str, Upstream], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="splitproxy")
     # No watcher: only the signal can make it notice the new file.
     async with running_service(tmp_path, split_config(two, 90, 10), watch=False) as (svc, path):
         write_config(path, split_config(two, 0, 100))
-        await asyncio.sleep(0.3)
-        assert generation(svc) == 1, "reloaded without a watcher or a signal"
         # Without a handler SIGHUP would end the whole test run: check first.
         assert signal.getsignal(signal.SIGHUP) not in (signal.SIG_DFL, signal.SIG_IGN, None), (
             "Service.start() on the main thread installed no SIGHUP handler"
@@ -149,6 +134,12 @@ async def test_sighup_reloads(tmp_path: Path, two: dict[str, Upstream]) -> None:
                          "(is the SIGHUP handler installed?)")
         async with raw_client(svc.proxy_port) as c:
             assert await only_canary(c)
+        # The signal applied the new file, once: nothing had before it.
+        said = [r.getMessage() for r in caplog.records]
+        sighup = next(i for i, m in enumerate(said) if m.startswith("SIGHUP: reloading"))
+        applied = [i for i, m in enumerate(said) if m.startswith("config generation ")]
+        assert len(applied) == 1 and applied[0] > sighup, said
+        assert svc.controller.reloads == {"success": 1, "error": 0}
 
 
 # --------------------------------------------------------------------------- bad edits
@@ -258,6 +249,7 @@ async def test_burst_of_writes_is_debounced_and_the_last_one_wins(
     tmp_path: Path, two: dict[str, Upstream]
 ) -> None:
     async with running_service(tmp_path, split_config(two, 90, 10)) as (svc, path):
+        reloads = Reloads(svc)
         for canary in (20, 30, 40, 50, 100):
             write_config(path, split_config(two, 100 - canary, canary))
             await asyncio.sleep(0.02)
@@ -265,7 +257,7 @@ async def test_burst_of_writes_is_debounced_and_the_last_one_wins(
             lambda: svc.controller.config.routes[0].weights == {"stable": 0, "canary": 100},
             2.0, "last write applied",
         )
-        await asyncio.sleep(0.5)  # any straggling reload would land by now
+        await wait_until(reloads.idle, 2.0, "every reload of the burst to finish")
         applied = svc.controller.reloads["success"]
         assert 1 <= applied <= 2, f"{applied} reloads for one burst of 5 writes"
         assert generation(svc) == 1 + applied
@@ -304,15 +296,19 @@ async def test_generation_increments_only_on_applied_changes(
     async with running_service(tmp_path, good) as (svc, path), admin(svc) as session:
         assert (await status(session))["config"]["generation"] == 1
 
+        reloads = Reloads(svc)
+
         # Same meaning, different bytes: a comment and a rewritten duration.
         path.write_text("# edited by hand\n" + path.read_text())
         await wait_until(lambda: last_reload(svc)["result"] == "success", 2.0, "comment edit")
-        await asyncio.sleep(0.3)
+        await wait_until(reloads.idle, 2.0, "the comment edit's reloads to finish")
         assert generation(svc) == 1
 
-        # A file touched without change of content.
+        # A file touched without change of content: seen, reloaded, nothing applied.
+        seen = reloads.events
         os.utime(path)
-        await asyncio.sleep(0.5)
+        await wait_until(lambda: reloads.events > seen and reloads.idle(), 2.0,
+                         "the touch to be seen and handled")
         assert generation(svc) == 1
 
         # A bad edit.
@@ -323,7 +319,7 @@ async def test_generation_increments_only_on_applied_changes(
         # A real change.
         write_config(path, split_config(two, 50, 50))
         await wait_until(lambda: generation(svc) == 2, 2.0, "real change")
-        await asyncio.sleep(0.3)
+        await wait_until(reloads.idle, 2.0, "the real change's reloads to finish")
         assert generation(svc) == 2
         samples = await scrape(session)
         assert metric(samples, "splitproxy_config_generation") == 2
@@ -334,9 +330,11 @@ async def test_unrelated_file_in_the_directory_does_not_reload(
     tmp_path: Path, two: dict[str, Upstream]
 ) -> None:
     async with running_service(tmp_path, split_config(two, 90, 10)) as (svc, _):
+        reloads = Reloads(svc)
         (tmp_path / "notes.txt").write_text("hello")
         (tmp_path / "other.yaml").write_text(yaml.safe_dump({"routes": []}))
-        await asyncio.sleep(0.6)
+        await wait_until(lambda: reloads.events > 0 and reloads.idle(), 2.0,
+                         "the other files to be seen and handled")
         assert generation(svc) == 1
         assert svc.controller.reloads == {"success": 0, "error": 0}
         assert last_reload(svc)["result"] is None

@@ -5,123 +5,62 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
-import aiohttp
-
 from splitproxy.control.service import Service
-
-from .conftest import (
-    WAIT,
-    Upstream,
-    proxy_config,
-    raw_client,
-    read_request,
-    route,
-    run_raw_upstream,
-    run_upstream,
-    running_service,
-    served_by,
-    wait_until,
-    write_config,
-)
+from tests.support.configs import proxy_config, route
+from tests.support.load import Load, served_by
+from tests.support.rawhttp import raw_client
+from tests.support.rawupstream import read_request, run_raw_upstream
+from tests.support.service import generation, running_service, write_config
+from tests.support.upstream import run_upstream
+from tests.support.waiting import WAIT, wait_until
 
 
 def one_version(*endpoints: str) -> dict[str, Any]:
     return proxy_config([route({"stable": list(endpoints)})])
 
 
-def generation(svc: Service) -> int:
-    return int(svc.controller.status().config.generation)
-
-
-@contextlib.asynccontextmanager
-async def stoppable_upstream(
-    name: str,
-) -> AsyncIterator[tuple[Upstream, Callable[[], Awaitable[None]]]]:
-    """An upstream and a `stop()` that shuts it down gracefully (aiohttp's runner.cleanup())
-    before the block ends, as a terminating pod does; stopped on exit if still running."""
-    cm = run_upstream(name)
-    up = await cm.__aenter__()
-    stopped = False
-
-    async def stop() -> None:
-        nonlocal stopped
-        if not stopped:
-            stopped = True
-            await cm.__aexit__(None, None, None)
-
-    try:
-        yield up, stop
-    finally:
-        await stop()
-
-
-class SteadyLoad:
-    """`clients` concurrent aiohttp tasks looping GETs through the proxy until the block ends."""
-
-    def __init__(self, port: int, clients: int = 8) -> None:
-        self.url = f"http://127.0.0.1:{port}/"
-        self.clients = clients
-        self.ok = 0
-        self.failures: list[str] = []
-        self.served_by: Counter[str] = Counter()
-
-    async def _loop(self, session: aiohttp.ClientSession, stop: asyncio.Event) -> None:
-        while not stop.is_set():
-            try:
-                async with session.get(self.url) as resp:
-                    body = await resp.text()
-                    if resp.status == 200:
-                        self.ok += 1
-                        self.served_by[resp.headers.get("X-Served-By", "?")] += 1
-                    else:
-                        self.failures.append(f"{resp.status} {body.strip()}")
-            except (aiohttp.ClientError, TimeoutError) as exc:
-                self.failures.append(repr(exc))
-
-    @contextlib.asynccontextmanager
-    async def running(self) -> AsyncIterator[SteadyLoad]:
-        stop = asyncio.Event()
-        timeout = aiohttp.ClientTimeout(total=WAIT)
-        async with aiohttp.ClientSession(timeout=timeout) as session:
-            tasks = [asyncio.create_task(self._loop(session, stop)) for _ in range(self.clients)]
-            try:
-                yield self
-            finally:
-                stop.set()
-                await asyncio.wait_for(asyncio.gather(*tasks), WAIT)
+def reloaded(svc: Service, n: int) -> bool:
+    return generation(svc) == n
 
 
 async def test_rolling_update_of_every_endpoint_loses_no_request(tmp_path: Path) -> None:
     async with contextlib.AsyncExitStack() as stack:
-        old = [await stack.enter_async_context(stoppable_upstream(f"old{i}")) for i in range(2)]
-        live = [up for up, _ in old]
+        old = [await stack.enter_async_context(run_upstream(f"old{i}")) for i in range(2)]
+        live = list(old)
         cfg = one_version(*(u.url for u in live))
         async with running_service(tmp_path, cfg) as (svc, path):
-            load = SteadyLoad(svc.proxy_port)
+            load = Load.steady(svc.proxy_port, 8, gap=0.0)
             async with load.running():
-                await wait_until(lambda: load.ok >= 50, WAIT, "load to start")
-                for i, (retiring, stop) in enumerate(old):
+                await load.more_answers(50)  # the load has started
+                for i, retiring in enumerate(old):
                     # New pod up, config names it instead of the old one, old pod stopped.
-                    new, _ = await stack.enter_async_context(stoppable_upstream(f"new{i}"))
+                    new = await stack.enter_async_context(run_upstream(f"new{i}"))
                     live = [u for u in live if u is not retiring] + [new]
                     write_config(path, one_version(*(u.url for u in live)))
-                    await wait_until(lambda n=i + 2: generation(svc) == n, 2.0, "reload")
-                    await asyncio.sleep(0.5)
+                    await wait_until(partial(reloaded, svc, i + 2), 2.0, "reload")
+                    # Every client has had an answer to a request sent after the reload, so
+                    # whatever was sent to the retiring endpoint before it has been answered.
+                    since = time.time()
+                    await wait_until(partial(load.every_client_since, since), WAIT,
+                                     "every client to be answered after the reload")
                     seen = retiring.requests
-                    await asyncio.sleep(0.1)
+                    await load.more_answers(100)
                     assert retiring.requests == seen, f"{retiring.name} still gets requests"
-                    await stop()
-                    ok = load.ok
-                    await wait_until(lambda ok=ok: load.ok >= ok + 100, WAIT, "more traffic")
+                    await retiring.stop()
+                    await load.more_answers(100)
             assert load.failures == [], (len(load.failures), load.failures[:10])
-            assert load.ok > 300, load.ok
-            assert set(load.served_by) == {"old0", "old1", "new0", "new1"}, load.served_by
-            assert load.served_by["new0"] > 50 and load.served_by["new1"] > 50, load.served_by
+            bad = [h for h in load.hits if h.status != 200]
+            assert bad == [], (len(bad), bad[:10])
+            served = Counter(h.served_by for h in load.answered())
+            assert len(load.answered()) > 300, len(load.answered())
+            assert set(served) == {"old0", "old1", "new0", "new1"}, served
+            assert served["new0"] > 50 and served["new1"] > 50, served
 
 
 async def test_added_endpoint_takes_traffic_at_once(tmp_path: Path) -> None:
@@ -176,8 +115,11 @@ async def test_removed_endpoint_idle_connections_are_closed(tmp_path: Path) -> N
             async with raw_client(svc.proxy_port) as c:
                 assert await served_by(c, 3) == {"old": 3}
             assert old.connections == 1  # reused: one pooled connection, idle now
+            # Idle for a while, it is still pooled: the next request reuses it.
             await asyncio.sleep(0.2)
-            assert not closed.is_set()
+            async with raw_client(svc.proxy_port) as c:
+                assert await served_by(c, 1) == {"old": 1}
+            assert old.connections == 1 and not closed.is_set()
 
             write_config(path, one_version(new.url))
             await wait_until(lambda: generation(svc) == 2, 2.0, "reload")
@@ -185,4 +127,4 @@ async def test_removed_endpoint_idle_connections_are_closed(tmp_path: Path) -> N
             await asyncio.wait_for(closed.wait(), 2.0)
             async with raw_client(svc.proxy_port) as c:
                 assert await served_by(c, 3) == {"new": 3}
-            assert requests == 3 and old.connections == 1
+            assert requests == 4 and old.connections == 1

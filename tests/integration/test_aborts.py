@@ -4,21 +4,11 @@ from __future__ import annotations
 
 import asyncio
 
-from .conftest import (
-    RawHandler,
-    build_request,
-    get,
-    parse_response_bytes,
-    proxy_config,
-    raw_client,
-    read_request,
-    respond_with,
-    route,
-    run_proxy,
-    run_raw_upstream,
-    version_errors,
-    wait_for_condition,
-)
+from tests.support.configs import proxy_config, route
+from tests.support.proxy import run_proxy, version_errors
+from tests.support.rawhttp import build_request, get, parse_response_bytes, raw_client
+from tests.support.rawupstream import RawHandler, read_request, respond_with, run_raw_upstream
+from tests.support.waiting import wait_until
 
 MiB = 1 << 20
 
@@ -98,7 +88,7 @@ async def test_client_gone_mid_request_body_is_an_abort_and_upstream_not_reused_
                 await c.send(build_request("POST", "/upload", {"Content-Length": str(MiB)}))
                 await c.send(b"u" * (100 * 1024))
                 await asyncio.sleep(0.2)
-            await wait_for_condition(lambda: stats.client_aborts == 1, what="client_aborts == 1")
+            await wait_until(lambda: stats.client_aborts == 1, what="client_aborts == 1")
             for i in range(3):
                 resp = await get(srv.port, f"/after/{i}")
                 assert (resp.status, resp.body) == (200, b"ok")
@@ -121,10 +111,10 @@ async def test_client_gone_mid_response_is_an_abort_and_upstream_not_reused_dirt
                 head = await c.read_head()
                 assert head.status == 200
                 await asyncio.wait_for(c.reader.readexactly(100_000), 5)
-            await wait_for_condition(lambda: stats.client_aborts == 1, what="client_aborts == 1")
+            await wait_until(lambda: stats.client_aborts == 1, what="client_aborts == 1")
             for i in range(3):
                 resp = await get(srv.port, f"/after/{i}")
                 assert (resp.status, resp.body) == (200, b"ok")
             assert version_errors(srv) == {}
-            await wait_for_condition(lambda: stats.in_flight == 0, what="in_flight == 0")
+            await wait_until(lambda: stats.in_flight == 0, what="in_flight == 0")
         assert errors == []

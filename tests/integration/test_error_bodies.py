@@ -8,15 +8,10 @@ from collections.abc import Callable
 
 import pytest
 
-from .conftest import (
-    assert_error,
-    get,
-    proxy_config,
-    respond_with,
-    route,
-    run_proxy,
-    run_raw_upstream,
-)
+from tests.support.configs import proxy_config, route
+from tests.support.proxy import run_proxy
+from tests.support.rawhttp import assert_error, get
+from tests.support.rawupstream import respond_with, run_raw_upstream
 
 
 async def test_a_502_names_no_upstream_and_the_log_does(

@@ -6,22 +6,11 @@ import asyncio
 from collections.abc import Callable
 
 from splitproxy.config.models import Config
-
-from .conftest import (
-    assert_error,
-    build_request,
-    get,
-    parse_response_bytes,
-    proxied,
-    proxy_config,
-    raw_client,
-    respond_with,
-    route,
-    run_proxy,
-    run_raw_upstream,
-    run_upstream,
-    version_errors,
-)
+from tests.support.configs import proxy_config, route
+from tests.support.proxy import proxied, run_proxy, version_errors
+from tests.support.rawhttp import assert_error, build_request, get, parse_response_bytes, raw_client
+from tests.support.rawupstream import respond_with, run_raw_upstream
+from tests.support.upstream import run_upstream
 
 PIN = {"pin_header": "X-Splitproxy-Version"}  # off unless configured
 

@@ -4,17 +4,10 @@ from __future__ import annotations
 
 import asyncio
 
-from .conftest import (
-    build_request,
-    get,
-    proxied,
-    proxy_config,
-    raw_client,
-    read_request,
-    route,
-    run_proxy,
-    run_raw_upstream,
-)
+from tests.support.configs import proxy_config, route
+from tests.support.proxy import proxied, run_proxy
+from tests.support.rawhttp import build_request, get, raw_client
+from tests.support.rawupstream import read_request, run_raw_upstream
 
 HOP_BY_HOP = ("keep-alive", "proxy-connection", "te", "trailer", "upgrade", "transfer-encoding")
 

@@ -9,24 +9,15 @@ import signal
 import sys
 from pathlib import Path
 
-import pytest
-
 from splitproxy.config.models import Config
 from splitproxy.dataplane.server import ProxyServer
-
-from .conftest import (
-    WAIT,
-    RawClient,
-    build_request,
-    free_port,
-    get,
-    proxy_config,
-    raw_client,
-    route,
-    run_proxy,
-    run_upstream,
-    wait_for_condition,
-)
+from tests.support.configs import proxy_config, route
+from tests.support.ports import accepts, free_port, refuses
+from tests.support.processes import wait_ready
+from tests.support.proxy import run_proxy
+from tests.support.rawhttp import RawClient, build_request, get, raw_client
+from tests.support.upstream import run_upstream
+from tests.support.waiting import wait_until
 
 
 def assert_cut(data: bytes) -> None:
@@ -90,14 +81,11 @@ async def test_stop_lets_in_flight_request_finish_and_refuses_new_connections() 
         try:
             async with raw_client(srv.port) as c:
                 await c.send(build_request("GET", "/slow?delay=1"))
-                await wait_for_condition(lambda: up.in_flight == 1, what="request at upstream")
+                await wait_until(lambda: up.in_flight == 1, what="request at upstream")
                 loop = asyncio.get_running_loop()
                 start = loop.time()
                 stopping = asyncio.create_task(srv.stop(drain=5.0))
-                await asyncio.sleep(0.1)
-                with pytest.raises(OSError):
-                    _, w = await asyncio.open_connection("127.0.0.1", srv.port)
-                    w.close()
+                await wait_until(lambda: refuses(srv.port), what="new connections refused")
                 resp = await c.read_response()
                 assert (resp.status, resp.body) == (200, b"stable")
                 await asyncio.wait_for(stopping, 3)
@@ -132,7 +120,7 @@ async def test_stop_cuts_requests_still_running_after_the_drain_period() -> None
         await srv.start()
         async with raw_client(srv.port) as c:
             await c.send(build_request("GET", "/slow?delay=4"))
-            await wait_for_condition(lambda: up.in_flight == 1, what="request at upstream")
+            await wait_until(lambda: up.in_flight == 1, what="request at upstream")
             loop = asyncio.get_running_loop()
             start = loop.time()
             await asyncio.wait_for(srv.stop(drain=0.5), 3)
@@ -163,15 +151,13 @@ async def test_sigterm_drains_in_flight_request_and_exits_zero(tmp_path: Path) -
             stderr=asyncio.subprocess.STDOUT,
         )
         try:
-            await wait_accepting(proc, port, tmp_path / "proxy.log")
+            await wait_ready(lambda: accepts(port), exited=lambda: proc.returncode,
+                             log=tmp_path / "proxy.log", what="the proxy to accept connections")
             async with raw_client(port) as c:
                 await c.send(build_request("GET", "/slow?delay=1.5"))
-                await wait_for_condition(lambda: up.in_flight == 1, what="request at upstream")
+                await wait_until(lambda: up.in_flight == 1, what="request at upstream")
                 proc.send_signal(signal.SIGTERM)
-                await asyncio.sleep(0.3)
-                with pytest.raises(OSError):
-                    _, w = await asyncio.open_connection("127.0.0.1", port)
-                    w.close()
+                await wait_until(lambda: refuses(port), what="new connections refused")
                 resp = await c.read_response()
                 assert (resp.status, resp.body) == (200, b"stable")
             code = await asyncio.wait_for(proc.wait(), 10)
@@ -182,20 +168,3 @@ async def test_sigterm_drains_in_flight_request_and_exits_zero(tmp_path: Path) -
                 await proc.wait()
             log.close()
 
-
-async def wait_accepting(proc: asyncio.subprocess.Process, port: int, log: Path) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + 15
-    while True:
-        assert proc.returncode is None, \
-            f"proxy exited early with {proc.returncode}:\n{log.read_text()[-2000:]}"
-        try:
-            _, w = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), WAIT)
-        except OSError:
-            if loop.time() > deadline:
-                raise
-            await asyncio.sleep(0.05)
-            continue
-        w.close()
-        await w.wait_closed()
-        return

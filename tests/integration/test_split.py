@@ -2,54 +2,23 @@
 
 from __future__ import annotations
 
-import contextlib
 from collections import Counter
-from collections.abc import AsyncIterator
 from http.cookies import SimpleCookie
 
 import pytest
 
-from .conftest import (
-    RawClient,
-    Upstream,
-    get,
-    proxy_config,
-    raw_client,
-    route,
-    run_proxy,
-    run_upstream,
-)
+from tests.support.configs import proxy_config, rollout_config, route
+from tests.support.load import served_by
+from tests.support.proxy import run_proxy
+from tests.support.rawhttp import get, raw_client
+from tests.support.upstream import run_upstream, run_upstreams
 
 NO_COOKIE = {"pin_header": "X-Splitproxy-Version", "hash_header": "X-User-Id"}
 
 
-@contextlib.asynccontextmanager
-async def upstreams(*names: str) -> AsyncIterator[dict[str, Upstream]]:
-    async with contextlib.AsyncExitStack() as stack:
-        yield {n: await stack.enter_async_context(run_upstream(n)) for n in names}
-
-
-async def served_by(c: RawClient, n: int, **kw: object) -> Counter[str]:
-    """`n` sequential GETs on one keep-alive connection; counts of X-Served-By."""
-    seen: Counter[str] = Counter()
-    for _ in range(n):
-        resp = await c.request("GET", "/", **kw)
-        assert resp.status == 200, resp.text
-        seen[resp.header("x-served-by") or "?"] += 1
-    return seen
-
-
 async def test_ninety_ten_split_is_exact_over_200_requests() -> None:
-    async with upstreams("stable", "canary") as ups:
-        cfg = proxy_config(
-            [
-                route(
-                    {n: u.url for n, u in ups.items()},
-                    {"stable": 90, "canary": 10},
-                    sticky=NO_COOKIE,
-                )
-            ]
-        )
+    async with run_upstreams("stable", "canary") as ups:
+        cfg = rollout_config(ups, weights={"stable": 90, "canary": 10}, sticky=NO_COOKIE)
         async with run_proxy(cfg) as srv, raw_client(srv.port) as c:
             seen = await served_by(c, 200)
         assert set(seen) <= {"stable", "canary"}
@@ -60,16 +29,8 @@ async def test_ninety_ten_split_is_exact_over_200_requests() -> None:
 
 
 async def test_three_way_split_follows_weights() -> None:
-    async with upstreams("a", "b", "c") as ups:
-        cfg = proxy_config(
-            [
-                route(
-                    {n: u.url for n, u in ups.items()},
-                    {"a": 50, "b": 30, "c": 20},
-                    sticky=NO_COOKIE,
-                )
-            ]
-        )
+    async with run_upstreams("a", "b", "c") as ups:
+        cfg = rollout_config(ups, weights={"a": 50, "b": 30, "c": 20}, sticky=NO_COOKIE)
         async with run_proxy(cfg) as srv, raw_client(srv.port) as c:
             seen = await served_by(c, 100)
         assert 48 <= seen["a"] <= 52, seen
@@ -78,16 +39,8 @@ async def test_three_way_split_follows_weights() -> None:
 
 
 async def test_weight_zero_version_gets_no_unpinned_traffic() -> None:
-    async with upstreams("stable", "canary") as ups:
-        cfg = proxy_config(
-            [
-                route(
-                    {n: u.url for n, u in ups.items()},
-                    {"stable": 100, "canary": 0},
-                    sticky=NO_COOKIE,
-                )
-            ]
-        )
+    async with run_upstreams("stable", "canary") as ups:
+        cfg = rollout_config(ups, weights={"stable": 100, "canary": 0}, sticky=NO_COOKIE)
         async with run_proxy(cfg) as srv:
             async with raw_client(srv.port) as c:
                 seen = await served_by(c, 50)
@@ -99,16 +52,8 @@ async def test_weight_zero_version_gets_no_unpinned_traffic() -> None:
 
 
 async def test_pin_header_reaches_a_weight_zero_version() -> None:
-    async with upstreams("stable", "canary") as ups:
-        cfg = proxy_config(
-            [
-                route(
-                    {n: u.url for n, u in ups.items()},
-                    {"stable": 100, "canary": 0},
-                    sticky=NO_COOKIE,
-                )
-            ]
-        )
+    async with run_upstreams("stable", "canary") as ups:
+        cfg = rollout_config(ups, weights={"stable": 100, "canary": 0}, sticky=NO_COOKIE)
         async with run_proxy(cfg) as srv, raw_client(srv.port) as c:
             seen = await served_by(c, 10, headers={"X-Splitproxy-Version": "canary"})
             assert seen == Counter(canary=10)
@@ -120,16 +65,8 @@ async def test_pin_header_reaches_a_weight_zero_version() -> None:
 
 
 async def test_same_user_id_always_gets_the_same_version() -> None:
-    async with upstreams("stable", "canary") as ups:
-        cfg = proxy_config(
-            [
-                route(
-                    {n: u.url for n, u in ups.items()},
-                    {"stable": 50, "canary": 50},
-                    sticky=NO_COOKIE,
-                )
-            ]
-        )
+    async with run_upstreams("stable", "canary") as ups:
+        cfg = rollout_config(ups, weights={"stable": 50, "canary": 50}, sticky=NO_COOKIE)
         async with run_proxy(cfg) as srv, raw_client(srv.port) as c:
             for user in ("alice", "bob", "carol", "dave"):
                 seen = await served_by(c, 50, headers={"X-User-Id": user})
@@ -137,16 +74,8 @@ async def test_same_user_id_always_gets_the_same_version() -> None:
 
 
 async def test_many_user_ids_split_roughly_by_weight() -> None:
-    async with upstreams("stable", "canary") as ups:
-        cfg = proxy_config(
-            [
-                route(
-                    {n: u.url for n, u in ups.items()},
-                    {"stable": 90, "canary": 10},
-                    sticky=NO_COOKIE,
-                )
-            ]
-        )
+    async with run_upstreams("stable", "canary") as ups:
+        cfg = rollout_config(ups, weights={"stable": 90, "canary": 10}, sticky=NO_COOKIE)
         async with run_proxy(cfg) as srv, raw_client(srv.port) as c:
             seen: Counter[str] = Counter()
             for i in range(400):
@@ -167,7 +96,7 @@ def cookie_value(set_cookie: str, name: str) -> tuple[str, str]:
 
 async def test_sticky_cookie_is_set_and_keeps_the_version() -> None:
     sticky = {**NO_COOKIE, "cookie": "splitproxy-shop"}
-    async with upstreams("stable", "canary") as ups:
+    async with run_upstreams("stable", "canary") as ups:
         cfg = proxy_config(
             [route({n: u.url for n, u in ups.items()}, {"stable": 50, "canary": 50}, sticky=sticky)]
         )
@@ -199,7 +128,7 @@ async def test_sticky_cookie_is_set_and_keeps_the_version() -> None:
 
 async def test_sticky_cookie_for_a_weight_zero_version_is_ignored() -> None:
     sticky = {**NO_COOKIE, "cookie": "splitproxy-shop"}
-    async with upstreams("stable", "canary") as ups:
+    async with run_upstreams("stable", "canary") as ups:
         cfg = proxy_config(
             [route({n: u.url for n, u in ups.items()}, {"stable": 100, "canary": 0}, sticky=sticky)]
         )
@@ -210,7 +139,7 @@ async def test_sticky_cookie_for_a_weight_zero_version_is_ignored() -> None:
 
 
 async def test_routes_match_by_host_and_path_prefix_first_match_wins() -> None:
-    async with upstreams("a", "b", "c", "d") as ups:
+    async with run_upstreams("a", "b", "c", "d") as ups:
         routes = [
             route({"v": ups["a"].url}, name="a", match={"host": "a.example.com"}),
             route(
@@ -265,7 +194,7 @@ TOKEN = "0123456789abcdef0123"
 async def test_the_pin_header_is_opt_in_and_may_require_a_token(
     sticky: dict[str, str], pin: str, expected: str
 ) -> None:
-    async with upstreams("stable", "canary") as ups:
+    async with run_upstreams("stable", "canary") as ups:
         cfg = proxy_config([route({n: u.url for n, u in ups.items()},
                                   {"stable": 100, "canary": 0}, sticky=sticky)])
         async with run_proxy(cfg) as srv, raw_client(srv.port) as c:
@@ -280,7 +209,7 @@ async def test_the_pin_header_is_opt_in_and_may_require_a_token(
 async def test_the_preview_header_is_opt_in_and_honours_the_pin_token(
     token: str | None, value: str, expected: str
 ) -> None:
-    async with upstreams("blue", "green") as ups:
+    async with run_upstreams("blue", "green") as ups:
         r = route({n: u.url for n, u in ups.items()},
                   sticky={"pin_token": token} if token else {})
         del r["weights"]

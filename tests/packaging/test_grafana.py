@@ -6,9 +6,7 @@ query parses as PromQL (promtool, where installed).
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,9 +15,10 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.support.processes import require_binary
+
 ROOT = Path(__file__).parents[2]
 DASHBOARD = ROOT / "config" / "grafana" / "splitproxy.json"
-REQUIRED = os.environ.get("SPLITPROXY_REQUIRE_SERVICES") == "1"
 
 # Samples prometheus_client derives from a family's name: counters, histograms, info.
 SUFFIXES = ("", "_total", "_bucket", "_sum", "_count", "_info")
@@ -123,16 +122,6 @@ def test_variables_exist_and_cover_every_reference(dashboard: dict[str, Any]) ->
     assert used - BUILTINS <= set(variables), sorted(used - BUILTINS - set(variables))
 
 
-def _promtool() -> str:
-    found = shutil.which("promtool")
-    if found is None:
-        reason = "promtool is not installed (apt-get install prometheus)"
-        if REQUIRED:
-            pytest.fail(f"SPLITPROXY_REQUIRE_SERVICES=1 but {reason}", pytrace=False)
-        pytest.skip(reason)
-    return found
-
-
 def test_queries_parse_as_promql(dashboard: dict[str, Any], tmp_path: Path) -> None:
     """Every query as a recording rule (Grafana's variables filled in) for `promtool check
     rules`, which parses each expression."""
@@ -145,7 +134,7 @@ def test_queries_parse_as_promql(dashboard: dict[str, Any], tmp_path: Path) -> N
         rules.append({"record": f"dashboard:query_{i}", "expr": filled})
     path = tmp_path / "rules.yml"
     path.write_text(yaml.safe_dump({"groups": [{"name": "dashboard", "rules": rules}]}))
-    result = subprocess.run([_promtool(), "check", "rules", str(path)],
+    result = subprocess.run([require_binary("promtool"), "check", "rules", str(path)],
                             capture_output=True, text=True, timeout=30)
     index = "\n".join(f"rule {i + 1}: {where}" for i, (where, _) in enumerate(queries))
     assert result.returncode == 0, f"{result.stdout}{result.stderr}\n{index}"

@@ -134,7 +134,7 @@ def test_fleets_do_not_share_a_lease_or_series() -> None:
 def test_config_upstreams_are_services_defined_here(embedded: tuple[Path, Config]) -> None:
     _, config = embedded
     services = {d["metadata"]["name"]: d for d in _of_kind("Service")}
-    urls = [e for r in config.routes for v in r.versions.values() for e in v.endpoints]
+    urls: list[str] = [e for r in config.routes for v in r.versions.values() for e in v.endpoints]
     urls.append(config.state.url)
     for url in urls:
         parts = urlsplit(url)

@@ -4,22 +4,15 @@ aborts, and every replica stops sending traffic to the canary within 2 s of the 
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import time
 from pathlib import Path
 
-from .conftest import (
-    Load,
-    RedisServer,
-    canary_hits,
-    judge_of,
-    plain,
-    replica_config,
-    run_replicas,
-    run_switch_upstreams,
-    wait_until,
-)
+from tests.support.load import Load, plain
+from tests.support.processes import RedisServer
+from tests.support.replicas import canary_hits, judge_of, replica_config, run_replicas
+from tests.support.upstream import run_upstreams
+from tests.support.waiting import wait_until
 
 ANALYSIS = {"interval": "0.5s", "max_error_rate": 0.01}
 PROPAGATION = 2.0  # every replica off the canary within 2 s of the abort
@@ -28,7 +21,7 @@ PROPAGATION = 2.0  # every replica off the canary within 2 s of the abort
 async def test_a_canary_broken_behind_one_replica_is_aborted_on_the_fleet_s_counts(
     tmp_path: Path, redis_server: RedisServer, key_prefix: str,
 ) -> None:
-    async with run_switch_upstreams("stable", "canary") as ups:
+    async with run_upstreams("stable", "canary") as ups:
         cfg = replica_config(ups, redis=redis_server, prefix=key_prefix, analysis=ANALYSIS)
         async with run_replicas(tmp_path, [cfg] * 3) as replicas:
             for r in replicas:
@@ -59,12 +52,17 @@ async def test_a_canary_broken_behind_one_replica_is_aborted_on_the_fleet_s_coun
 
                 await wait_until(aborted, timeout=20, what="the abort", interval=0.02)
                 decided = await judge.rollout()
-                await asyncio.sleep(PROPAGATION + 1.0)  # the others' clients keep going
+                aborted_at = float(decided["aborted_at"])
+                # The others' clients keep going: 20 answers each to requests sent after
+                # every replica must be off the canary.
+                await wait_until(
+                    lambda: all(len(load.since(aborted_at + PROPAGATION)) >= 20
+                                for load in loads.values()),
+                    timeout=PROPAGATION + 5, what="20 answers each after the propagation bound")
 
             for load in loads.values():
                 assert load.failures == [], load.failures[:5]
 
-            aborted_at = float(decided["aborted_at"])
             assert broke_at <= aborted_at <= seen_at
             assert decided["abort_reason"].startswith("guard: canary error rate ")
             # The judge's own clients never saw a canary error: it judged the fleet's counts.

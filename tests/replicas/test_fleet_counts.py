@@ -13,25 +13,20 @@ from pathlib import Path
 
 import redis.asyncio as aioredis
 
-from .conftest import (
-    Load,
-    RedisServer,
-    canary_hits,
-    judge_of,
-    plain,
-    replica_config,
-    run_replicas,
-    run_switch_upstreams,
-    wait_until,
-)
+from tests.support.load import Load, plain
+from tests.support.processes import RedisServer
+from tests.support.replicas import canary_hits, judge_of, replica_config, run_replicas
+from tests.support.upstream import run_upstreams
+from tests.support.waiting import wait_until
 
 ANALYSIS = {"interval": "0.5s", "max_error_rate": 0.05}
 
 
 async def test_a_healthy_canary_is_judged_once_on_the_exact_sum_of_every_replica_s_counts(
-    tmp_path: Path, redis_server: RedisServer, key_prefix: str,
+    tmp_path: Path, redis_server: RedisServer, redis_client: aioredis.Redis,
+    key_prefix: str,
 ) -> None:
-    async with run_switch_upstreams("stable", "canary") as ups:
+    async with run_upstreams("stable", "canary") as ups:
         cfg = replica_config(ups, redis=redis_server, prefix=key_prefix, analysis=ANALYSIS)
         async with run_replicas(tmp_path, [cfg] * 3) as replicas:
             judge = await judge_of(replicas)
@@ -68,13 +63,9 @@ async def test_a_healthy_canary_is_judged_once_on_the_exact_sum_of_every_replica
                     assert await r.metric("splitproxy_analysis_checks_total", route="shop",
                                           result="pass") is None
 
-            client = aioredis.Redis.from_url(redis_server.url)
-            try:
-                keys = [k.decode() async for k in
-                        client.scan_iter(f"{key_prefix}v2:counts:shop:*")]
-                assert len(keys) == 3
-                for key in keys:
-                    ttl = await client.pttl(key)
-                    assert 0 < ttl <= 10_000, (key, ttl)  # refreshed each interval
-            finally:
-                await client.aclose()
+            keys = [k.decode() async for k in
+                    redis_client.scan_iter(f"{key_prefix}v2:counts:shop:*")]
+            assert len(keys) == 3
+            for key in keys:
+                ttl = await redis_client.pttl(key)
+                assert 0 < ttl <= 10_000, (key, ttl)  # refreshed each interval

@@ -14,8 +14,10 @@ from pathlib import Path
 import pytest
 
 from splitproxy.control.service import Service
-
-from .conftest import RedisServer, Replica, replica_config, run_replicas, run_switch_upstreams
+from tests.support.processes import RedisServer
+from tests.support.replicas import Replica, replica_config, run_replicas
+from tests.support.upstream import run_upstreams
+from tests.support.waiting import wait_until
 
 PAUSE = 2.0
 STEPS = [{"set_weight": 10}, {"pause": f"{PAUSE}s"}, {"set_weight": 30}, {"pause": f"{PAUSE}s"},
@@ -94,21 +96,23 @@ async def test_the_lease_passes_on_and_the_steps_continue_when_its_holder_dies(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.INFO, logger="splitproxy.rollout")
-    async with run_switch_upstreams("stable", "canary") as ups:
+    async with run_upstreams("stable", "canary") as ups:
         cfg = replica_config(ups, redis=redis_server, prefix=key_prefix, lease=f"{LEASE}s",
                              weights={"stable": 100, "canary": 0}, rollout={"steps": STEPS})
         async with run_replicas(tmp_path, [cfg] * 3) as replicas:
             async with polling(replicas) as (seen, leaders):
-                loop = asyncio.get_running_loop()
-                deadline = loop.time() + 10
-                leader: Replica | None = None
-                while leader is None:
-                    assert loop.time() < deadline, "no leader at step 3 within 10 s"
-                    await asyncio.sleep(0.02)
+
+                def leading_at_step_3() -> Replica | None:
                     for r in replicas:
                         s = last(seen[r.name])
                         if s is not None and s.leader and s.step == 3:
-                            leader = r
+                            return r
+                    return None
+
+                await wait_until(lambda: leading_at_step_3() is not None, 10,
+                                 "a leader at step 3", interval=0.02)
+                leader = leading_at_step_3()
+                assert leader is not None
                 # Mid-rollout: weight 30, in the middle of the second pause.
                 killed_at = time.time()
                 if how == "crash":
@@ -117,21 +121,20 @@ async def test_the_lease_passes_on_and_the_steps_continue_when_its_holder_dies(
                     await leader.svc.stop(drain=0)
                 rest = [r for r in replicas if r is not leader]
 
-                deadline = loop.time() + 10
-                taken_at = None
-                while not all((s := last(seen[r.name])) is not None and s.phase == "promoted"
-                              and s.t > killed_at for r in rest):
-                    assert loop.time() < deadline, (
-                        f"not promoted on {[r.name for r in rest]} within 10 s of the kill: "
-                        f"{ {r.name: last(seen[r.name]) for r in rest} }")
-                    if taken_at is None:
-                        taken_at = next((s.t for r in rest for s in seen[r.name]
-                                         if s.t > killed_at and s.leader), None)
-                    await asyncio.sleep(0.02)
-                await asyncio.sleep(0.3)
-            if taken_at is None:
-                taken_at = min(s.t for r in rest for s in seen[r.name]
-                               if s.t > killed_at and s.leader)
+                def promoted(r: Replica) -> bool:
+                    s = last(seen[r.name])
+                    return s is not None and s.phase == "promoted" and s.t > killed_at
+
+                await wait_until(
+                    lambda: all(promoted(r) for r in rest), 10,
+                    lambda: f"promoted on {[r.name for r in rest]} after the kill: "
+                            f"{ {r.name: last(seen[r.name]) for r in rest} }",
+                    interval=0.02)
+                # A few more polling rounds: still one leader at most.
+                rounds = len(leaders)
+                await wait_until(lambda: len(leaders) >= rounds + 5, what="5 more rounds")
+            taken_at = min(s.t for r in rest for s in seen[r.name]
+                           if s.t > killed_at and s.leader)
 
             takeover = taken_at - killed_at
             bound = LEASE + 1.0 if how == "crash" else 1.0

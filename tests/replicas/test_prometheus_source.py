@@ -11,22 +11,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
-from .conftest import (
-    Load,
-    PrometheusServer,
-    RedisServer,
-    Replica,
-    canary_hits,
-    judge_of,
-    plain,
-    replica_config,
-    run_replicas,
-    run_switch_upstreams,
-    wait_until,
-)
+from tests.support.load import Load, plain
+from tests.support.processes import PrometheusServer, RedisServer
+from tests.support.replicas import Replica, canary_hits, judge_of, replica_config, run_replicas
+from tests.support.upstream import run_upstreams
+from tests.support.waiting import wait_until
 
 
 def analysis(prometheus: PrometheusServer) -> dict[str, Any]:
@@ -42,7 +35,7 @@ async def has_check(r: Replica, result: str, since: float = 0.0) -> bool:
 async def test_prometheus_source_aborts_a_failing_canary_on_both_replicas(
     tmp_path: Path, prometheus: PrometheusServer, redis_server: RedisServer, key_prefix: str,
 ) -> None:
-    async with run_switch_upstreams("stable", "canary") as ups:
+    async with run_upstreams("stable", "canary") as ups:
         cfg = replica_config(ups, redis=redis_server, prefix=key_prefix,
                              analysis=analysis(prometheus))
         async with run_replicas(tmp_path, [cfg] * 2) as replicas:
@@ -57,7 +50,7 @@ async def test_prometheus_source_aborts_a_failing_canary_on_both_replicas(
 
                 # Healthy: a pass, on numbers Prometheus scraped from both replicas.
                 for r in replicas:  # the judge's checks are shared with every replica
-                    await wait_until(lambda r=r: has_check(r, "pass"), timeout=20,
+                    await wait_until(partial(has_check, r, "pass"), timeout=20,
                                      what=f"a passing Prometheus check on {r.name}",
                                      interval=0.1)
                 ups_series = await prometheus.query('up{job="splitproxy"}')
@@ -83,7 +76,7 @@ async def test_prometheus_source_aborts_a_failing_canary_on_both_replicas(
                     return bool((await r.rollout())["phase"] == "aborted")
 
                 for r in replicas:
-                    await wait_until(lambda r=r: aborted(r), timeout=30,
+                    await wait_until(partial(aborted, r), timeout=30,
                                      what=f"{r.name} to abort", interval=0.1)
                 took = time.time() - broke_at
                 await asyncio.sleep(0.5)
@@ -104,7 +97,13 @@ async def test_prometheus_source_aborts_a_failing_canary_on_both_replicas(
                 retried_at = time.time()
                 code, body = await other.act("retry")
                 assert code == 200, body
-                await asyncio.sleep(3.5)
+
+                async def judged_twice() -> bool:
+                    checks = (await judge.rollout())["checks"]
+                    return len([c for c in checks if c["time"] > retried_at]) >= 2
+
+                await wait_until(judged_twice, timeout=10, what="two checks after the retry",
+                                 interval=0.1)
                 for r in replicas:
                     ro = await r.rollout()
                     assert ro["phase"] != "aborted", ro

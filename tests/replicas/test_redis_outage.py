@@ -10,16 +10,11 @@ import contextlib
 import time
 from pathlib import Path
 
-from .conftest import (
-    Load,
-    RedisServer,
-    canary_hits,
-    plain,
-    replica_config,
-    run_replicas,
-    run_switch_upstreams,
-    wait_until,
-)
+from tests.support.load import Load, plain
+from tests.support.processes import RedisServer
+from tests.support.replicas import canary_hits, replica_config, run_replicas
+from tests.support.upstream import run_upstreams
+from tests.support.waiting import wait_until
 
 RECONVERGE = 12.0  # backoff tops out at 5 s between attempts
 
@@ -27,7 +22,7 @@ RECONVERGE = 12.0  # backoff tops out at 5 s between attempts
 async def test_replicas_serve_through_a_redis_outage_and_converge_after_it(
     tmp_path: Path, redis_server: RedisServer, key_prefix: str,
 ) -> None:
-    async with run_switch_upstreams("stable", "canary") as ups:
+    async with run_upstreams("stable", "canary") as ups:
         cfg = replica_config(ups, redis=redis_server, prefix=key_prefix)
         async with run_replicas(tmp_path, [cfg] * 3) as replicas:
             actor, others = replicas[0], replicas[1:]
@@ -59,14 +54,22 @@ async def test_replicas_serve_through_a_redis_outage_and_converge_after_it(
 
                 # A decision made while the store is gone: applied locally at once.
                 t0 = time.monotonic()
+                acted_at = time.time()
                 code, body = await actor.act("abort", reason="outage drill")
                 act_took = time.monotonic() - t0
                 assert code == 200, body
                 assert body["rollout"]["phase"] == "aborted"
                 assert act_took < 1.0, f"abort took {act_took:.2f}s with Redis down"
                 assert await actor.canary_weight() == 0
-                await asyncio.sleep(2.5)  # long enough for the reconnect backoff to grow
-                for r in others:  # they cannot know yet
+
+                def canary_later(load: Load) -> bool:
+                    return any(h.sent > acted_at + 2.5 for h in canary_hits(load.hits))
+
+                # The others cannot know yet: they go on serving the canary, 2.5 s on (long
+                # enough for the reconnect backoff to grow).
+                await wait_until(lambda: all(canary_later(load) for load in loads[1:]),
+                                 timeout=10, what="the others serving the canary 2.5 s on")
+                for r in others:
                     assert (await r.rollout())["phase"] != "aborted"
                     assert await r.readyz() == 200
                     assert (await r.store())["up"] is False
@@ -85,7 +88,8 @@ async def test_replicas_serve_through_a_redis_outage_and_converge_after_it(
                 reconverged = await wait_until(converged, timeout=RECONVERGE,
                                                what="reconnect and converge", interval=0.05)
                 settled = time.time()
-                await asyncio.sleep(1.0)
+                await wait_until(lambda: all(len(load.since(settled)) >= 50 for load in loads),
+                                 what="50 answers on each replica once converged")
 
             for r, load in zip(replicas, loads, strict=True):
                 assert load.failures == [], (r.name, load.failures[:5])

@@ -6,18 +6,14 @@ run is judged on traffic from the retry on, not on the errors that caused the ab
 from __future__ import annotations
 
 import contextlib
+from functools import partial
 from pathlib import Path
 
-from .conftest import (
-    Load,
-    RedisServer,
-    Replica,
-    plain,
-    replica_config,
-    run_replicas,
-    run_switch_upstreams,
-    wait_until,
-)
+from tests.support.load import Load, plain
+from tests.support.processes import RedisServer
+from tests.support.replicas import Replica, replica_config, run_replicas
+from tests.support.upstream import run_upstreams
+from tests.support.waiting import wait_until
 
 ANALYSIS = {"interval": "0.5s", "max_error_rate": 0.01}
 
@@ -25,7 +21,7 @@ ANALYSIS = {"interval": "0.5s", "max_error_rate": 0.01}
 async def test_a_retry_on_one_replica_after_an_abort_on_another_is_judged_afresh(
     tmp_path: Path, redis_server: RedisServer, key_prefix: str,
 ) -> None:
-    async with run_switch_upstreams("stable", "canary") as ups:
+    async with run_upstreams("stable", "canary") as ups:
         cfg = replica_config(ups, redis=redis_server, prefix=key_prefix, analysis=ANALYSIS)
         async with run_replicas(tmp_path, [cfg] * 2) as (a, b):
             loads = [Load(r.proxy_port, {"plain": plain}, gap=0.005) for r in (a, b)]
@@ -39,7 +35,7 @@ async def test_a_retry_on_one_replica_after_an_abort_on_another_is_judged_afresh
                                for c in ro["checks"])
 
                 for r in (a, b):  # the judge's checks are shared with every replica
-                    await wait_until(lambda r=r: has_pass(r), timeout=15, interval=0.05,
+                    await wait_until(partial(has_pass, r), timeout=15, interval=0.05,
                                      what=f"a passing check on {r.name}")
 
                 ups["canary"].fail_behind = {a.proxy_port}

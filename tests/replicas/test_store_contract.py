@@ -12,8 +12,7 @@ import pytest
 from splitproxy.control.stores.redis_store import RedisStore
 from splitproxy.control.stores.store import FileStore, Loaded, StateStore, Wanted
 from splitproxy.rollout import Phase, RouteState
-
-from .conftest import RedisServer, require_binary
+from tests.support.processes import RedisServer, require_binary
 
 
 @pytest.fixture(params=["file", "redis"])

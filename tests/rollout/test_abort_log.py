@@ -12,8 +12,8 @@ import pytest
 
 from splitproxy.config.logformat import JsonFormatter
 from splitproxy.config.models import Config
-
-from .conftest import Harness, rollout_config
+from tests.support.configs import rollout_config
+from tests.support.engine import Harness
 
 URLS = {"stable": "http://127.0.0.1:9001", "canary": "http://127.0.0.1:9002"}
 FAST = {"interval": "1s", "max_error_rate": 0.01}

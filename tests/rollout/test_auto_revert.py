@@ -8,19 +8,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .conftest import (
-    Load,
-    admin,
-    metric,
-    plain,
-    rollout_config,
-    run_backends,
-    run_service,
-    scrape,
-    status,
-    wait_until,
-    write_config,
-)
+from tests.support.configs import rollout_config
+from tests.support.load import Load, plain
+from tests.support.service import admin, metric, run_service, scrape, status, write_config
+from tests.support.upstream import run_upstreams
+from tests.support.waiting import wait_until
 
 INTERVAL = 1.0
 ANALYSIS = {"interval": f"{INTERVAL}s", "max_error_rate": 0.01}
@@ -43,7 +35,7 @@ def pinned(i: int) -> tuple[str, dict[str, str]]:
 async def test_a_failing_canary_is_out_of_traffic_within_a_few_slices(
     tmp_path: Path,
 ) -> None:
-    async with run_backends("stable", "canary") as b:
+    async with run_upstreams("stable", "canary") as b:
         path = tmp_path / "shop.yaml"
         write_config(path, rollout_config(
             b, weights={"stable": 50, "canary": 50}, sticky=STICKY, analysis=ANALYSIS,
@@ -64,7 +56,7 @@ async def test_a_failing_canary_is_out_of_traffic_within_a_few_slices(
                      "pinned": pinned}
             async with Load(svc.proxy_port, kinds).running() as load:
                 await wait_until(lambda: passes() >= 1, what="a healthy verdict")
-                b["canary"].mode = "fail"
+                b["canary"].fail_all = True
                 await wait_until(lambda: engine.states["shop"].phase == "aborted",
                                  what="the automatic abort", timeout=BUDGET + 5)
                 aborted_at = engine.states["shop"].aborted_at

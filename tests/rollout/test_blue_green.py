@@ -9,22 +9,16 @@ import json
 from pathlib import Path
 from typing import Any
 
-from .conftest import (
-    Backend,
-    Load,
-    hit,
-    plain,
-    rollout_config,
-    run_backends,
-    run_service,
-    wait_until,
-    write_config,
-)
+from tests.support.configs import rollout_config
+from tests.support.load import Load, hit, plain
+from tests.support.service import run_service, write_config
+from tests.support.upstream import Upstream, run_upstreams
+from tests.support.waiting import wait_until
 
 PREVIEW = {"X-Splitproxy-Preview": "1"}
 
 
-def blue_green(b: dict[str, Backend], active: str, **kw: Any) -> dict[str, Any]:
+def blue_green(b: dict[str, Upstream], active: str, **kw: Any) -> dict[str, Any]:
     # The preview header is off unless configured, as the pin header.
     return rollout_config({"blue": b["blue"], "green": b["green"]}, strategy="blue-green",
                           active=active, preview_header="X-Splitproxy-Preview", **kw)
@@ -40,7 +34,7 @@ def switch(path: Path, cfg: dict[str, Any], svc: Any, **route: Any) -> dict[str,
 
 
 async def test_active_color_takes_all_traffic_preview_reaches_the_other(tmp_path: Path) -> None:
-    async with run_backends("blue", "green") as b:
+    async with run_upstreams("blue", "green") as b:
         path = tmp_path / "shop.yaml"
         cfg = blue_green(b, "blue")
         write_config(path, cfg)
@@ -64,8 +58,8 @@ async def test_a_failing_switch_switches_back_and_stays_until_the_config_changes
     tmp_path: Path,
 ) -> None:
     analysis = {"interval": "0.5s", "max_error_rate": 0.01}
-    async with run_backends("blue", "green", "green2") as b:
-        b["green"].mode = "fail"
+    async with run_upstreams("blue", "green", "green2") as b:
+        b["green"].fail_all = True
         path = tmp_path / "shop.yaml"
         cfg = blue_green(b, "blue", analysis=analysis)
         write_config(path, cfg)
@@ -114,8 +108,8 @@ async def test_a_switch_made_while_the_proxy_was_down_then_failing_switches_back
     tmp_path: Path,
 ) -> None:
     analysis = {"interval": "0.5s", "max_error_rate": 0.01}
-    async with run_backends("blue", "green") as b:
-        b["green"].mode = "fail"
+    async with run_upstreams("blue", "green") as b:
+        b["green"].fail_all = True
         path = tmp_path / "shop.yaml"
         cfg = blue_green(b, "blue", analysis=analysis)
         write_config(path, cfg)

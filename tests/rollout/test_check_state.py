@@ -8,11 +8,14 @@ import copy
 from pathlib import Path
 from typing import Any
 
-from .conftest import admin, cli, rollout_config, run_backends, run_service, write_config
+from tests.support.cli import cli
+from tests.support.configs import rollout_config
+from tests.support.service import admin, run_service, write_config
+from tests.support.upstream import run_upstreams
 
 
 async def promoted(tmp_path: Path) -> tuple[Path, dict[str, Any]]:
-    async with run_backends("stable", "canary", "canary2") as b:
+    async with run_upstreams("stable", "canary", "canary2") as b:
         cfg = rollout_config({"stable": b["stable"], "canary": b["canary"]},
                              weights={"stable": 100, "canary": 0},
                              rollout={"revision": "v1", "steps": [{"set_weight": 10},

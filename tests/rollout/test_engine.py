@@ -6,7 +6,6 @@ server on 127.0.0.1. No test here sleeps through an interval.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable
 from datetime import datetime
 from typing import Any
@@ -16,10 +15,14 @@ import pytest
 
 from splitproxy import rollout
 from splitproxy.config.models import Config
+from splitproxy.control.engine import TICK
 from splitproxy.control.status import GuardTest, RateTest, RatioTest
 from splitproxy.rollout import Actor, PauseReason, Phase
-
-from .conftest import Harness, ManualClock, MemoryStore, rollout_config, run_hook, wait_until
+from splitproxy.rollout.fold import GATE_RETRY
+from tests.support.configs import rollout_config
+from tests.support.engine import Harness, ManualClock, MemoryStore
+from tests.support.fakes import run_hook
+from tests.support.waiting import wait_until
 
 URLS = {"stable": "http://127.0.0.1:9001", "canary": "http://127.0.0.1:9002"}
 FAST = {"interval": "1s", "max_error_rate": 0.01}
@@ -152,9 +155,12 @@ async def test_compare_to_baseline_keeps_a_canary_in_a_shared_outage(harness: Ha
     [test] = guard_tests(h)
     assert isinstance(test, RatioTest)
     assert (test.against, test.canary_events, test.baseline_events) == ("stable", 450, 450)
-    await ticks_until(h, lambda: (h.traffic.serve("stable", 30),
-                                  h.traffic.serve("canary", 30, errors=30)) and None,
-                      lambda: h.state().phase == "aborted", 240)
+
+    def canary_fails() -> None:
+        h.traffic.serve("stable", 30)
+        h.traffic.serve("canary", 30, errors=30)
+
+    await ticks_until(h, canary_fails, lambda: h.state().phase == "aborted", 240)
     assert "vs baseline" in (h.state().abort_reason or "")
 
 
@@ -169,9 +175,12 @@ async def test_latency_limits_count_requests_over_the_limit(harness: Harness) ->
     p99 = next(t for t in guard_tests(h) if t.metric == "p99")
     assert isinstance(p99, RateTest)
     assert (p99.events, p99.trials, p99.limit_ms, p99.outcome) == (0, 600, 200.0, "pass")
-    took = await ticks_until(h, lambda: (h.traffic.serve("stable", 30),
-                                         h.traffic.serve("canary", 30, seconds=0.3)) and None,
-                             lambda: h.state().phase == "aborted", 30)
+
+    def canary_slow() -> None:
+        h.traffic.serve("stable", 30)
+        h.traffic.serve("canary", 30, seconds=0.3)
+
+    took = await ticks_until(h, canary_slow, lambda: h.state().phase == "aborted", 30)
     assert took <= 15
     assert "canary p99 (over 200 ms)" in (h.state().abort_reason or "")
 
@@ -337,13 +346,14 @@ async def test_a_pre_step_webhook_answering_503_holds_the_step_until_it_answers_
                              [{"set_weight": 20}, {"pause": {}}]))
         await h.tick_until(lambda: h.engine.describe("shop").gate is not None,
                            "the gate's answer")
-        assert "answered 503" in h.engine.describe("shop").gate
+        assert "answered 503" in (h.engine.describe("shop").gate or "")
         assert (h.weights(), h.state().step) == (STABLE_ONLY, 0)
         [asked] = hook.on("/gate")
         assert (asked["event"], asked["route"], asked["step"]) == ("pre-step", "shop", 0)
 
         await h.tick(1.0)  # held: not asked again before the retry delay
-        await asyncio.sleep(0.05)
+        gate = h.state().gate
+        assert gate is not None and not gate.asking and gate.retry_at > h.wall
         assert len(hook.on("/gate")) == 1 and h.weights() == STABLE_ONLY
 
         hook.answer = 200
@@ -364,11 +374,18 @@ async def test_a_pre_step_webhook_also_holds_a_step_that_follows_a_timed_pause(
         await h.tick_until(lambda: h.weights()["canary"] == 20, "the first step")
         hook.answer = 503
         await h.tick(10.0)  # the pause is over; set_weight 50 must ask the gate first
-        for _ in range(20):
-            await h.tick()
-            await asyncio.sleep(0.01)
+        await h.tick(TICK)  # (the timer tick after the pause's end asks it)
+        await h.tick_until(lambda: h.engine.describe("shop").gate is not None,
+                           "the gate's answer to set_weight 50")
+        assert "answered 503" in (h.engine.describe("shop").gate or "")
+        assert len(hook.on("/gate")) == 2
         assert h.weights()["canary"] == 20, (
             f"set_weight 50 ran without the gate's 2xx; gate asked {len(hook.on('/gate'))}x")
+        # The gate's next answer is a 200: that, and only that, lets set_weight 50 run.
+        hook.answer = 200
+        await h.tick(GATE_RETRY)
+        await h.tick_until(lambda: h.weights()["canary"] == 50, "the step after a 200")
+        assert h.engine.describe("shop").gate is None
 
 
 async def test_an_abort_webhook_gets_route_event_and_reason_as_json(harness: Harness) -> None:
@@ -384,7 +401,7 @@ async def test_an_abort_webhook_gets_route_event_and_reason_as_json(harness: Har
         assert "errors)" in sent["reason"]
         assert sent["weights"] == STABLE_ONLY
         assert sent["last_check"]["result"] == "fail"
-        await asyncio.sleep(0.05)  # let the notifying task read its answer before stop
+        await h.webhooks_answered()  # before the hook stops
 
 
 async def test_a_manual_abort_notifies_with_the_operator_s_reason(harness: Harness) -> None:
@@ -396,7 +413,7 @@ async def test_a_manual_abort_notifies_with_the_operator_s_reason(harness: Harne
         [sent] = hook.on("/notify")
         assert (sent["event"], sent["route"], sent["reason"]) == (
             "abort", "shop", "manual: bad build 1234")
-        await asyncio.sleep(0.05)
+        await h.webhooks_answered()
 
 
 async def test_post_step_webhooks_are_sent_for_every_step(harness: Harness) -> None:
@@ -413,7 +430,7 @@ async def test_post_step_webhooks_are_sent_for_every_step(harness: Harness) -> N
         assert [(p["event"], p["step"], p["weights"]["canary"]) for p in sent] == [
             ("post-step", 1, 20), ("post-step", 2, 50), ("post-step", 3, 50)]
         assert {p["run"] for p in sent} == {h.state().run}
-        await asyncio.sleep(0.05)
+        await h.webhooks_answered()
 
 
 # --------------------------------------------------------------------------- state writes

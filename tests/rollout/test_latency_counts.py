@@ -8,76 +8,28 @@ trickles its body is slow, and `splitproxy status` shows the verdicts and why a 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import socket
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 
-from aiohttp import web
-
 from splitproxy.control.status import RateTest
-
-from .conftest import (
-    Load,
-    admin,
-    cli,
-    metric,
-    plain,
-    rollout_config,
-    run_service,
-    scrape,
-    status,
-    wait_until,
-    write_config,
-)
+from tests.support.cli import cli
+from tests.support.configs import rollout_config
+from tests.support.load import Load, plain
+from tests.support.service import admin, metric, run_service, scrape, status, write_config
+from tests.support.upstream import run_upstreams
+from tests.support.waiting import wait_until
 
 BIG = 8 * 1024 * 1024  # bytes: far beyond every socket and write buffer on the way
-
-
-@contextlib.asynccontextmanager
-async def upstream(name: str, *, delay: float = 0.0) -> AsyncIterator[str]:
-    """`GET /` answers after `delay`; `/big` sends BIG bytes at once; `/trickle` sends ten
-    chunks 60 ms apart (the version itself is slow)."""
-
-    async def small(request: web.Request) -> web.Response:
-        await asyncio.sleep(delay)
-        return web.Response(text=name, headers={"X-Served-By": name})
-
-    async def big(request: web.Request) -> web.Response:
-        return web.Response(body=b"x" * BIG, headers={"X-Served-By": name})
-
-    async def trickle(request: web.Request) -> web.StreamResponse:
-        resp = web.StreamResponse(headers={"X-Served-By": name})
-        await resp.prepare(request)
-        for _ in range(10):
-            await resp.write(b"y" * 1000)
-            await asyncio.sleep(0.06)
-        await resp.write_eof()
-        return resp
-
-    app = web.Application()
-    app.router.add_get("/", small)
-    app.router.add_get("/big", big)
-    app.router.add_get("/trickle", trickle)
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    try:
-        yield f"http://127.0.0.1:{runner.addresses[0][1]}"
-    finally:
-        await runner.cleanup()
 
 
 async def test_a_120_ms_upstream_under_max_p99_ms_200_is_never_counted_slow(
     tmp_path: Path,
 ) -> None:
-    async with upstream("stable", delay=0.12) as stable, \
-            upstream("canary", delay=0.12) as canary:
+    async with run_upstreams("stable", "canary", delay=0.12) as ups:
         path = tmp_path / "shop.yaml"
         write_config(path, rollout_config(
-            {"stable": stable, "canary": canary}, weights={"stable": 50, "canary": 50},
+            ups, weights={"stable": 50, "canary": 50},
             analysis={"interval": "1s", "max_p99_ms": 200}))
         async with run_service(path, watch=False) as svc:
             engine = svc.controller.engine
@@ -134,16 +86,18 @@ def slow_download(port: int, path: str) -> tuple[float, int]:
 async def test_a_slow_client_downloading_a_large_body_does_not_make_the_version_slow(
     tmp_path: Path,
 ) -> None:
-    async with upstream("stable") as stable, upstream("canary") as canary:
+    async with run_upstreams("stable", "canary") as ups:
         path = tmp_path / "shop.yaml"
         write_config(path, rollout_config(
-            {"stable": stable, "canary": canary}, weights={"stable": 0, "canary": 100},
+            ups, weights={"stable": 0, "canary": 100},
             analysis={"interval": "1s", "max_p99_ms": 200}))
         async with run_service(path, watch=False) as svc:
-            seconds, got = await asyncio.to_thread(slow_download, svc.proxy_port, "/big")
+            seconds, got = await asyncio.to_thread(slow_download, svc.proxy_port,
+                                                    f"/download?size={BIG}")
             assert got > BIG and seconds > 1.0  # the client took its time: seconds, not ms
             # A version that is slow itself (0.6 s to send its body) is counted slow.
-            trickled, _ = await asyncio.to_thread(slow_download, svc.proxy_port, "/trickle")
+            trickled, _ = await asyncio.to_thread(slow_download, svc.proxy_port,
+                                                "/chunked?n=11&delay=0.06")
             assert trickled >= 0.5
             async with admin(svc) as session:
                 samples = await scrape(session)
@@ -163,18 +117,22 @@ async def test_a_slow_client_downloading_a_large_body_does_not_make_the_version_
 async def test_a_rollout_without_traffic_waits_for_evidence_and_the_cli_says_so(
     tmp_path: Path,
 ) -> None:
-    async with upstream("stable") as stable, upstream("canary") as canary:
+    async with run_upstreams("stable", "canary") as ups:
         path = tmp_path / "shop.yaml"
         steps = [{"set_weight": 20}, {"pause": "1s"}, {"set_weight": 50}, {"pause": {}}]
         write_config(path, rollout_config(
-            {"stable": stable, "canary": canary}, weights={"stable": 100, "canary": 0},
+            ups, weights={"stable": 100, "canary": 0},
             analysis={"interval": "0.5s", "max_error_rate": 0.01},
             rollout={"steps": steps}))
         async with run_service(path, watch=False) as svc:
             engine = svc.controller.engine
             await wait_until(lambda: engine.states["shop"].pause_reason
                              == "waiting for evidence", timeout=5, what="the wait")
-            await asyncio.sleep(2.0)  # twice the pause, and still no traffic
+            # Four more checks (2 s: twice the pause), each without traffic: no step.
+            judged = engine.checks_total.get(("shop", "inconclusive"), 0)
+            await wait_until(
+                lambda: engine.checks_total.get(("shop", "inconclusive"), 0) >= judged + 4,
+                timeout=5, what="four more inconclusive checks")
             assert engine.weights()["shop"]["canary"] == 20
             async with admin(svc) as session:
                 ro = (await status(session))["routes"][0]["rollout"]

@@ -17,18 +17,11 @@ import pytest
 
 from splitproxy.config.models import ConfigError
 from splitproxy.control.service import Service
-
-from .conftest import (
-    Backend,
-    admin,
-    hit,
-    rollout_config,
-    run_backends,
-    run_service,
-    status,
-    wait_until,
-    write_config,
-)
+from tests.support.configs import rollout_config
+from tests.support.load import hit
+from tests.support.service import admin, run_service, status, write_config
+from tests.support.upstream import Upstream, run_upstreams
+from tests.support.waiting import wait_until
 
 # The first request of a fresh table goes to the heaviest version: the canary, unless aborted.
 CANARY_HEAVY: dict[str, Any] = {
@@ -37,7 +30,7 @@ CANARY_HEAVY: dict[str, Any] = {
 }
 
 
-def shop_config(backends: dict[str, Backend], state: dict[str, str] | None = None,
+def shop_config(backends: dict[str, Upstream], state: dict[str, str] | None = None,
                 **kw: Any) -> dict[str, Any]:
     cfg = rollout_config(backends, **{**CANARY_HEAVY, **kw})
     if state is not None:
@@ -46,7 +39,7 @@ def shop_config(backends: dict[str, Backend], state: dict[str, str] | None = Non
 
 
 async def test_an_abort_survives_a_real_restart(tmp_path: Path) -> None:
-    async with run_backends("stable", "canary") as b:
+    async with run_upstreams("stable", "canary") as b:
         path = tmp_path / "shop.yaml"
         write_config(path, shop_config(b))
         async with run_service(path, watch=False) as svc:
@@ -77,7 +70,7 @@ async def test_an_abort_survives_a_real_restart(tmp_path: Path) -> None:
 
 
 async def test_the_state_file_is_valid_json_beside_the_config(tmp_path: Path) -> None:
-    async with run_backends("stable", "canary") as b:
+    async with run_upstreams("stable", "canary") as b:
         path = tmp_path / "prod.yaml"
         write_config(path, shop_config(b))
         async with run_service(path, watch=False) as svc:
@@ -93,7 +86,7 @@ async def test_the_state_file_is_valid_json_beside_the_config(tmp_path: Path) ->
 
 
 async def test_a_relative_state_path_is_beside_the_config(tmp_path: Path) -> None:
-    async with run_backends("stable", "canary") as b:
+    async with run_upstreams("stable", "canary") as b:
         path = tmp_path / "shop.yaml"
         write_config(path, shop_config(b, state={"path": "var/rollouts.json"}))
         async with run_service(path, watch=False):
@@ -105,7 +98,7 @@ async def test_a_relative_state_path_is_beside_the_config(tmp_path: Path) -> Non
 async def test_a_corrupt_state_file_is_reported_and_treated_as_fresh(
     tmp_path: Path, caplog: pytest.LogCaptureFixture, garbage: str
 ) -> None:
-    async with run_backends("stable", "canary") as b:
+    async with run_upstreams("stable", "canary") as b:
         path = tmp_path / "shop.yaml"
         write_config(path, shop_config(b))
         state_file = tmp_path / "shop.state.json"
@@ -127,7 +120,7 @@ async def test_a_corrupt_state_file_is_reported_and_treated_as_fresh(
 async def test_a_corrupt_state_file_is_reported_in_status(tmp_path: Path) -> None:
     # An abort lost to a corrupt file puts the canary back in traffic: the operator must be
     # able to see why, not only in a log line at start-up.
-    async with run_backends("stable", "canary") as b:
+    async with run_upstreams("stable", "canary") as b:
         path = tmp_path / "shop.yaml"
         write_config(path, shop_config(b))
         (tmp_path / "shop.state.json").write_text("{not json")
@@ -140,7 +133,7 @@ async def test_a_corrupt_state_file_is_reported_in_status(tmp_path: Path) -> Non
 async def test_an_unwritable_state_path_fails_at_start_up_with_a_clear_message(
     tmp_path: Path,
 ) -> None:
-    async with run_backends("stable", "canary") as b:
+    async with run_upstreams("stable", "canary") as b:
         path = tmp_path / "shop.yaml"
         write_config(path, shop_config(b, state={"path": "/proc/forbidden/x.json"}))
         with pytest.raises(ConfigError) as caught:
@@ -180,7 +173,7 @@ async def test_a_failed_state_write_is_retried_until_it_lands_and_the_abort_surv
 ) -> None:
     state_dir = tmp_path / "state"
     state_dir.mkdir()
-    async with run_backends("stable", "canary") as b:
+    async with run_upstreams("stable", "canary") as b:
         path = tmp_path / "shop.yaml"
         write_config(path, shop_config(b, state={"path": "state/shop.json"}))
         async with run_service(path, watch=False) as svc:

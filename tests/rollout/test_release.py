@@ -15,19 +15,12 @@ from typing import Any
 import pytest
 import yaml
 
-from .conftest import (
-    Backend,
-    Load,
-    admin,
-    cli,
-    plain,
-    proxy_config,
-    run_backends,
-    run_service,
-    status,
-    wait_until,
-    write_config,
-)
+from tests.support.cli import cli
+from tests.support.configs import proxy_config
+from tests.support.load import Load, plain
+from tests.support.service import admin, run_service, status, write_config
+from tests.support.upstream import Upstream, run_upstreams
+from tests.support.waiting import wait_until
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 SECTION = "## A release, end to end"
@@ -50,7 +43,7 @@ def readme_blocks() -> dict[str, str]:
     return out
 
 
-def stage(label: str, backends: dict[str, Backend], state: Path) -> dict[str, Any]:
+def stage(label: str, backends: dict[str, Upstream], state: Path) -> dict[str, Any]:
     """The full config for the README block whose label starts with `label`."""
     [block] = [b for name, b in readme_blocks().items() if name.startswith(label)]
     for address, name in ADDRESSES.items():
@@ -106,7 +99,7 @@ async def test_the_readme_release_walkthrough_fails_no_request_and_never_goes_ba
 ) -> None:
     caplog.set_level(logging.WARNING, logger="splitproxy.rollout")
     state = tmp_path / "shop.state.json"
-    async with run_backends("v1", "v2", "v3") as b:
+    async with run_upstreams("v1", "v2", "v3") as b:
         path = tmp_path / "shop.yaml"
         write_config(path, stage("1.", b, state))
         async with run_service(path) as svc, \
@@ -156,7 +149,7 @@ async def test_ending_a_release_too_early_is_flagged_by_check_and_the_reload_not
 ) -> None:
     caplog.set_level(logging.WARNING, logger="splitproxy.rollout")
     state = tmp_path / "shop.state.json"
-    async with run_backends("v1", "v2", "v3") as b:
+    async with run_upstreams("v1", "v2", "v3") as b:
         path = tmp_path / "shop.yaml"
         write_config(path, stage("2.", b, state))
         async with run_service(path) as svc:

@@ -16,18 +16,13 @@ from typing import Any
 
 import pytest
 
-from .conftest import (
-    Backend,
-    admin,
-    hit,
-    rollout_config,
-    run_backends,
-    run_service,
-    wait_until,
-    write_config,
-)
+from tests.support.configs import rollout_config
+from tests.support.load import hit
+from tests.support.service import admin, run_service, write_config
+from tests.support.upstream import Upstream, run_upstreams
+from tests.support.waiting import wait_until
 
-Edit = Callable[[dict[str, Any], dict[str, Backend]], None]
+Edit = Callable[[dict[str, Any], dict[str, Upstream]], None]
 
 
 def shop(cfg: dict[str, Any]) -> dict[str, Any]:
@@ -35,45 +30,45 @@ def shop(cfg: dict[str, Any]) -> dict[str, Any]:
     return route
 
 
-def threshold(cfg: dict[str, Any], b: dict[str, Backend]) -> None:
+def threshold(cfg: dict[str, Any], b: dict[str, Upstream]) -> None:
     shop(cfg)["analysis"]["max_error_rate"] = 0.5
     shop(cfg)["analysis"]["max_p99_ms"] = 900
 
 
-def timeout(cfg: dict[str, Any], b: dict[str, Backend]) -> None:
+def timeout(cfg: dict[str, Any], b: dict[str, Upstream]) -> None:
     cfg["timeouts"]["connect"] = "1s"
     cfg["timeouts"]["response_header"] = "5s"
 
 
-def interval(cfg: dict[str, Any], b: dict[str, Backend]) -> None:
+def interval(cfg: dict[str, Any], b: dict[str, Upstream]) -> None:
     shop(cfg)["analysis"]["interval"] = "30s"
 
 
-def steps(cfg: dict[str, Any], b: dict[str, Backend]) -> None:
+def steps(cfg: dict[str, Any], b: dict[str, Upstream]) -> None:
     shop(cfg)["rollout"]["steps"] = [{"set_weight": 40}, {"pause": {}}]
 
 
-def revision(cfg: dict[str, Any], b: dict[str, Backend]) -> None:
+def revision(cfg: dict[str, Any], b: dict[str, Upstream]) -> None:
     shop(cfg)["rollout"]["revision"] = "v2"
 
 
-def weights(cfg: dict[str, Any], b: dict[str, Backend]) -> None:
+def weights(cfg: dict[str, Any], b: dict[str, Upstream]) -> None:
     shop(cfg)["weights"] = {"stable": 90, "canary": 10}
 
 
-def endpoints(cfg: dict[str, Any], b: dict[str, Backend]) -> None:
+def endpoints(cfg: dict[str, Any], b: dict[str, Upstream]) -> None:
     shop(cfg)["versions"]["canary"]["endpoints"] = [b["canary"].url, b["canary2"].url]
 
 
-def stable_endpoint(cfg: dict[str, Any], b: dict[str, Backend]) -> None:
+def stable_endpoint(cfg: dict[str, Any], b: dict[str, Upstream]) -> None:
     shop(cfg)["versions"]["stable"]["endpoints"] = [b["stable"].url, b["stable2"].url]
 
 
-def version_added(cfg: dict[str, Any], b: dict[str, Backend]) -> None:
+def version_added(cfg: dict[str, Any], b: dict[str, Upstream]) -> None:
     shop(cfg)["versions"]["canary2"] = {"endpoints": [b["canary2"].url]}
 
 
-def base_config(b: dict[str, Backend]) -> dict[str, Any]:
+def base_config(b: dict[str, Upstream]) -> dict[str, Any]:
     return rollout_config(
         {"stable": b["stable"], "canary": b["canary"]},
         weights={"stable": 100, "canary": 0},
@@ -84,9 +79,9 @@ def base_config(b: dict[str, Backend]) -> dict[str, Any]:
 
 
 async def aborted_service_then(
-    tmp_path: Path, edit: Edit, check: Callable[[Any, dict[str, Backend]], Any]
+    tmp_path: Path, edit: Edit, check: Callable[[Any, dict[str, Upstream]], Any]
 ) -> None:
-    async with run_backends("stable", "canary", "canary2", "stable2") as b:
+    async with run_upstreams("stable", "canary", "canary2", "stable2") as b:
         path = tmp_path / "shop.yaml"
         cfg = base_config(b)
         write_config(path, cfg)
@@ -111,7 +106,7 @@ async def aborted_service_then(
 async def test_an_abort_survives_a_reload_that_does_not_change_the_rollout_s_identity(
     tmp_path: Path, edit: Edit
 ) -> None:
-    async def still_aborted(svc: Any, b: dict[str, Backend]) -> None:
+    async def still_aborted(svc: Any, b: dict[str, Upstream]) -> None:
         state = svc.controller.engine.states["shop"]
         assert (state.phase, state.abort_reason) == ("aborted", "manual: canary broken")
         canary_before = b["canary"].requests + b["canary2"].requests
@@ -131,7 +126,7 @@ async def test_an_abort_survives_a_reload_that_does_not_change_the_rollout_s_ide
 async def test_a_reload_that_changes_the_rollout_starts_over_at_step_zero_and_clears_the_abort(
     tmp_path: Path, edit: Edit, canary_weight: int
 ) -> None:
-    async def rearmed(svc: Any, b: dict[str, Backend]) -> None:
+    async def rearmed(svc: Any, b: dict[str, Upstream]) -> None:
         engine = svc.controller.engine
         state = engine.states["shop"]
         assert (state.phase, state.step, state.abort_reason) == ("progressing", 0, None)

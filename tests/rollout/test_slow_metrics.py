@@ -10,23 +10,16 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
-from .conftest import (
-    Backend,
-    FakePrometheus,
-    ManualClock,
-    admin,
-    hit,
-    rollout_config,
-    run_backends,
-    run_fake_prometheus,
-    run_service,
-    status,
-    wait_until,
-    write_config,
-)
+from tests.support.configs import rollout_config
+from tests.support.engine import ManualClock
+from tests.support.fakes import FakePrometheus, run_fake_prometheus
+from tests.support.load import hit
+from tests.support.service import admin, run_service, status, write_config
+from tests.support.upstream import Upstream, run_upstreams
+from tests.support.waiting import wait_until
 
 
-def guarded(b: dict[str, Backend], prometheus: FakePrometheus, **kw: Any) -> dict[str, Any]:
+def guarded(b: dict[str, Upstream], prometheus: FakePrometheus, **kw: Any) -> dict[str, Any]:
     return rollout_config(
         b, weights={"stable": 100, "canary": 0},
         analysis={"source": "prometheus", "prometheus_url": prometheus.url, "interval": "1s"},
@@ -37,7 +30,7 @@ async def test_an_abort_posted_while_prometheus_answers_slowly_stays_aborted(
     tmp_path: Path,
 ) -> None:
     clock = ManualClock()
-    async with run_backends("stable", "canary") as b, run_fake_prometheus(1.0) as prom:
+    async with run_upstreams("stable", "canary") as b, run_fake_prometheus(1.0) as prom:
         path = tmp_path / "shop.yaml"
         write_config(path, guarded(b, prom))
         async with run_service(path, watch=False, clock=clock) as svc:
@@ -74,7 +67,7 @@ async def test_a_slow_prometheus_for_one_route_never_holds_another_route_s_steps
     tmp_path: Path,
 ) -> None:
     clock = ManualClock()
-    async with run_backends("stable", "canary") as b, run_fake_prometheus(1.0) as prom:
+    async with run_upstreams("stable", "canary") as b, run_fake_prometheus(1.0) as prom:
         prom.held = asyncio.Event()  # no answer at all until the end
         cfg = guarded(b, prom)
         other = dict(cfg["routes"][0], name="other", match={"path_prefix": "/other"})

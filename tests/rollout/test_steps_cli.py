@@ -8,18 +8,12 @@ from pathlib import Path
 from typing import Any
 
 from splitproxy.cli.exitcodes import ExitCode
-
-from .conftest import (
-    Backend,
-    cli,
-    hit,
-    proxy_config,
-    route,
-    run_backends,
-    run_service,
-    wait_until,
-    write_config,
-)
+from tests.support.cli import cli
+from tests.support.configs import proxy_config, route
+from tests.support.load import hit
+from tests.support.service import run_service, write_config
+from tests.support.upstream import Upstream, run_upstreams
+from tests.support.waiting import wait_until
 
 STEPS = [
     {"set_weight": 20},
@@ -30,7 +24,7 @@ STEPS = [
 ]
 
 
-def two_routes(b: dict[str, Backend]) -> dict[str, Any]:
+def two_routes(b: dict[str, Upstream]) -> dict[str, Any]:
     shop = route({"stable": b["stable"].url, "canary": b["canary"].url},
                  {"stable": 100, "canary": 0}, sticky={"pin_header": "X-Splitproxy-Version"})
     shop["rollout"] = {"revision": "v2.2", "steps": STEPS}
@@ -42,7 +36,7 @@ def two_routes(b: dict[str, Backend]) -> dict[str, Any]:
 async def test_steps_advance_on_time_wait_for_promote_and_the_cli_drives_them(
     tmp_path: Path,
 ) -> None:
-    async with run_backends("stable", "canary") as b:
+    async with run_upstreams("stable", "canary") as b:
         path = tmp_path / "shop.yaml"
         write_config(path, two_routes(b))
         async with run_service(path, watch=False) as svc:
@@ -107,7 +101,7 @@ async def test_steps_advance_on_time_wait_for_promote_and_the_cli_drives_them(
 
 
 async def test_promote_full_and_pause_resume_through_the_cli(tmp_path: Path) -> None:
-    async with run_backends("stable", "canary") as b:
+    async with run_upstreams("stable", "canary") as b:
         path = tmp_path / "shop.yaml"
         cfg = two_routes(b)
         cfg["routes"][1]["rollout"]["steps"] = [

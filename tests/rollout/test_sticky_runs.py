@@ -9,26 +9,19 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-from integration.conftest import free_port
 
 from splitproxy.control.service import Service
 from splitproxy.routing.choose import choose
-
-from .conftest import (
-    WAIT,
-    Backend,
-    admin,
-    rollout_config,
-    run_backends,
-    run_service,
-    wait_until,
-    write_config,
-)
+from tests.support.configs import rollout_config
+from tests.support.ports import free_port
+from tests.support.service import admin, run_service, write_config
+from tests.support.upstream import Upstream, run_upstreams
+from tests.support.waiting import WAIT, wait_until
 
 STICKY = {"cookie": "sp", "hash_header": "X-User-Id"}
 
 
-def shop(b: dict[str, Backend], revision: str, first: int) -> dict[str, Any]:
+def shop(b: dict[str, Upstream], revision: str, first: int) -> dict[str, Any]:
     return rollout_config(b, weights={"stable": 100, "canary": 0}, sticky=STICKY,
                           rollout={"revision": revision,
                                    "steps": [{"set_weight": first}, {"pause": {}}]})
@@ -48,7 +41,7 @@ async def get(port: int, headers: dict[str, str]) -> tuple[str, str | None]:
 
 
 async def test_a_cookie_of_revision_v1_is_ignored_at_v2_s_first_step(tmp_path: Path) -> None:
-    async with run_backends("stable", "canary") as b:
+    async with run_upstreams("stable", "canary") as b:
         path = tmp_path / "shop.yaml"
         write_config(path, shop(b, "v1", 50))
         async with run_service(path, watch=False) as svc:
@@ -94,7 +87,7 @@ async def test_a_cookie_of_revision_v1_is_ignored_at_v2_s_first_step(tmp_path: P
 async def test_every_worker_process_names_the_current_run_in_its_cookies(
     tmp_path: Path,
 ) -> None:
-    async with run_backends("stable", "canary") as b:
+    async with run_upstreams("stable", "canary") as b:
         path = tmp_path / "shop.yaml"
         cfg = rollout_config(b, weights={"stable": 50, "canary": 50}, sticky={"cookie": "sp"})
         cfg["listen"] = f"127.0.0.1:{free_port()}"  # workers share one port (SO_REUSEPORT)

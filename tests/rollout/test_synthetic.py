@@ -7,18 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import (
-    Load,
-    admin,
-    metric,
-    plain,
-    rollout_config,
-    run_backends,
-    run_service,
-    scrape,
-    wait_until,
-    write_config,
-)
+from tests.support.configs import rollout_config
+from tests.support.load import Load, plain
+from tests.support.service import admin, metric, run_service, scrape, write_config
+from tests.support.upstream import run_upstreams
+from tests.support.waiting import wait_until
 
 # Pinned, so the real and the synthetic clients both reach the canary whatever their rhythm.
 PIN = {"X-Splitproxy-Version": "canary"}
@@ -38,8 +31,8 @@ def pinned(i: int) -> tuple[str, dict[str, str]]:
 async def test_a_canary_failing_only_for_synthetic_requests(
     tmp_path: Path, include: bool
 ) -> None:
-    async with run_backends("stable", "canary") as b:
-        b["canary"].mode = "fail-synthetic"
+    async with run_upstreams("stable", "canary") as b:
+        b["canary"].fail_synthetic = True
         path = tmp_path / "shop.yaml"
         write_config(path, rollout_config(
             b, weights={"stable": 50, "canary": 50},

@@ -14,8 +14,7 @@ import yaml
 
 from splitproxy.config.models import load
 from splitproxy.rollout import legacy_revision
-
-from .conftest import admin, run_service, status
+from tests.support.service import admin, run_service, status
 
 LEGACY = Path(__file__).parent.parent / "fixtures" / "legacy"
 

@@ -84,7 +84,7 @@ def test_minimal_config_gets_defaults() -> None:
 def test_config_is_frozen(tmp_path: Path) -> None:
     config = load(write(tmp_path, BASE))
     with pytest.raises(pydantic.ValidationError):
-        config.listen = "0.0.0.0:80"  # type: ignore[misc]
+        config.listen = "0.0.0.0:80"  # type: ignore[misc,assignment]
 
 
 def test_version_missing_from_weights_is_kept_out_of_the_dict(tmp_path: Path) -> None:

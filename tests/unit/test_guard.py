@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from splitproxy.config.models import Route
-from splitproxy.rollout import Phase, RouteState, machine
+from splitproxy.rollout import Actor, Phase, RouteState, machine
 from splitproxy.rollout.budget import step_alpha
 from splitproxy.rollout.events import Measurement
 from splitproxy.rollout.guard import MAX_SEGMENT, assess, passed, plan, report
@@ -61,7 +61,7 @@ def test_blue_green_judges_the_color_switched_to_and_after_an_abort_still_shows_
                  analysis={"max_error_rate": 0.01, "compare_to_baseline": {}})
     state = state_of(route, previous_active="blue")
     assert keys(route, state) == ["green:error_rate"]  # the old color serves nothing now
-    aborted = machine.abort(state, "x", T0, machine.Actor.GUARD)
+    aborted = machine.abort(state, "x", T0, Actor.GUARD)
     assert keys(route, aborted) == ["green:error_rate"]
 
 

@@ -22,7 +22,6 @@ from splitproxy.rollout.evidence import (
     upper_bound,
 )
 from splitproxy.rollout.sequential import (
-    Outcome,
     RateLimit,
     RateState,
     RatioLimit,
@@ -33,6 +32,7 @@ from splitproxy.rollout.sequential import (
     observe,
     observe_ratio,
 )
+from splitproxy.rollout.verdicts import Outcome
 
 LIMIT = RateLimit(threshold=0.01, alpha=0.01)
 

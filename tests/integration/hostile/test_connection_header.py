@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import json
 
-from ..conftest import proxied, proxy_config, raw_client, route, run_proxy
-from .helpers import recording_upstream
+from tests.support.configs import proxy_config, route
+from tests.support.proxy import proxied, run_proxy
+from tests.support.rawhttp import raw_client
+from tests.support.rawupstream import recording_upstream, respond_with, run_raw_upstream
 
 
 async def test_connection_naming_content_length_cannot_smuggle_a_second_request() -> None:
@@ -62,8 +64,6 @@ async def test_connection_cannot_remove_host_or_forwarding_headers() -> None:
 async def test_response_connection_cannot_unframe_the_body() -> None:
     """Same rule from the upstream: `Connection: Content-Length` in a response does not
     remove its framing (nginx re-frames what it read)."""
-    from ..conftest import respond_with, run_raw_upstream
-
     reply = (b"HTTP/1.1 200 OK\r\nConnection: Content-Length, X-Secret\r\nX-Secret: s\r\n"
              b"Content-Length: 5\r\n\r\nhello")
     async with run_raw_upstream(respond_with(reply, hold=True)) as up:

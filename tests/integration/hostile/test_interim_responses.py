@@ -16,20 +16,10 @@ import asyncio
 import pytest
 
 from splitproxy.dataplane.http.exchange import MAX_INTERIM
-
-from ..conftest import (
-    RawHandler,
-    assert_error,
-    build_request,
-    proxy_config,
-    raw_client,
-    read_request,
-    route,
-    run_proxy,
-    run_raw_upstream,
-    version_errors,
-)
-from .helpers import answer
+from tests.support.configs import proxy_config, route
+from tests.support.proxy import run_proxy, version_errors
+from tests.support.rawhttp import assert_error, build_request, raw_client
+from tests.support.rawupstream import RawHandler, answer, read_request, run_raw_upstream
 
 
 def _interim_then_ok(count: int, closed: asyncio.Event) -> RawHandler:

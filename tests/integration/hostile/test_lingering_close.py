@@ -13,7 +13,8 @@ import asyncio
 
 import pytest
 
-from ..conftest import assert_error, parse_response_bytes, proxied
+from tests.support.proxy import proxied
+from tests.support.rawhttp import assert_error, parse_response_bytes
 
 
 async def _send_all_then_read(port: int, head: bytes, endless: bytes) -> bytes:

@@ -15,19 +15,16 @@ import os
 
 import pytest
 
-from ..conftest import (
-    proxied,
-    raw_client,
-    version_errors,
-    wait_for_condition,
-)
+from tests.support.proxy import proxied, version_errors
+from tests.support.rawhttp import raw_client
+from tests.support.waiting import wait_until
 
 
 async def test_out_of_descriptors_is_a_503_of_the_proxy_not_of_the_version(
         caplog: pytest.LogCaptureFixture) -> None:
     async with proxied() as (up, srv):
         async with raw_client(srv.port) as c:
-            await wait_for_condition(lambda: len(srv.connections) == 1)
+            await wait_until(lambda: len(srv.connections) == 1)
             hog: list[int] = []
             try:
                 with contextlib.suppress(OSError):

@@ -3,7 +3,8 @@ credentials back, an empty Host has no authority to route or forward on)."""
 
 from __future__ import annotations
 
-from ..conftest import assert_error, proxied, raw_client
+from tests.support.proxy import proxied
+from tests.support.rawhttp import assert_error, raw_client
 
 
 async def test_trace_is_refused_with_405_and_not_forwarded() -> None:

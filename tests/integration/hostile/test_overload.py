@@ -17,15 +17,9 @@ from collections.abc import Iterator
 import pytest
 
 from splitproxy.dataplane.http import upstream
-
-from ..conftest import (
-    build_request,
-    proxied,
-    proxy_config,
-    raw_client,
-    route,
-    run_proxy,
-)
+from tests.support.configs import proxy_config, route
+from tests.support.proxy import proxied, run_proxy
+from tests.support.rawhttp import build_request, raw_client
 
 
 async def test_connections_over_the_cap_get_503_with_retry_after() -> None:

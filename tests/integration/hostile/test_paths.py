@@ -16,7 +16,10 @@ from __future__ import annotations
 
 import pytest
 
-from ..conftest import assert_error, proxy_config, raw_client, route, run_proxy, run_upstream
+from tests.support.configs import proxy_config, route
+from tests.support.proxy import run_proxy
+from tests.support.rawhttp import assert_error, raw_client
+from tests.support.upstream import run_upstream
 
 
 @pytest.mark.parametrize(("target", "version", "forwarded"), [

@@ -13,8 +13,11 @@ import asyncio
 
 import pytest
 
-from ..conftest import proxy_config, raw_client, route, run_proxy, run_raw_upstream
-from .helpers import sequence
+from tests.support.configs import proxy_config, route
+from tests.support.proxy import run_proxy
+from tests.support.rawhttp import raw_client
+from tests.support.rawupstream import read_request, run_raw_upstream, sequence
+from tests.support.waiting import WAIT
 
 EVIL = b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nevil"
 
@@ -38,24 +41,29 @@ async def test_bytes_after_a_response_close_the_upstream_connection(first: bytes
 
 async def test_bytes_arriving_while_idle_close_the_connection() -> None:
     count = [0]
+    dropped = asyncio.Event()  # the proxy closed the connection the late bytes came on
 
     async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        while await _read(reader):
-            count[0] += 1
-            n = count[0]
-            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nfirst" if n == 1
-                         else b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nclean")
-            await writer.drain()
-            if n == 1:
-                await asyncio.sleep(0.2)
-                writer.write(EVIL)  # late, while the connection sits in the pool
+        try:
+            while await _read(reader):
+                count[0] += 1
+                n = count[0]
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nfirst" if n == 1
+                             else b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nclean")
                 await writer.drain()
+                if n == 1:
+                    await asyncio.sleep(0.2)
+                    writer.write(EVIL)  # late, while the connection sits in the pool
+                    await writer.drain()
+        finally:
+            if count[0] == 1:
+                dropped.set()
 
     async with run_raw_upstream(handler) as up:
         async with run_proxy(proxy_config([route({"stable": up.url})])) as srv:
             async with raw_client(srv.port) as c:
                 assert (await c.request("GET", "/1")).body == b"first"
-                await asyncio.sleep(0.5)
+                await asyncio.wait_for(dropped.wait(), WAIT)  # it saw the late bytes
                 assert (await c.request("GET", "/2")).body == b"clean"
             assert up.connections == 2
 
@@ -74,6 +82,4 @@ async def test_head_answer_with_a_body_drops_the_body_and_the_connection() -> No
 
 
 async def _read(reader: asyncio.StreamReader) -> bool:
-    from ..conftest import read_request
-
     return await read_request(reader) is not None

@@ -10,6 +10,7 @@ its workers do not act on it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import subprocess
@@ -19,17 +20,21 @@ from pathlib import Path
 import aiohttp
 import yaml
 
-from ..conftest import free_port, proxy_config, raw_client, route, run_upstream, wait_for_condition
+from tests.support.configs import proxy_config, route
+from tests.support.ports import free_port
+from tests.support.rawhttp import raw_client
+from tests.support.upstream import run_upstream
+from tests.support.waiting import wait_until
 
 
 async def _wait_reloaded(admin_port: int) -> None:
     async with aiohttp.ClientSession() as session:
-        for _ in range(200):
+
+        async def reloaded() -> bool:
             async with session.get(f"http://127.0.0.1:{admin_port}/status") as resp:
-                if (await resp.json())["config"]["last_reload"]["result"] == "success":
-                    return
-            await asyncio.sleep(0.05)
-    raise AssertionError("the SIGHUP reload never finished")
+                return bool((await resp.json())["config"]["last_reload"]["result"] == "success")
+
+        await wait_until(reloaded, 10, "the SIGHUP reload to finish", interval=0.05)
 
 
 def _children(pid: int) -> set[int]:
@@ -49,27 +54,25 @@ async def test_sighup_to_the_process_group_keeps_workers_and_requests_in_flight(
         proc = subprocess.Popen(
             [sys.executable, "-m", "splitproxy", "run", "-c", str(path), "--workers", "2"],
             stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        def text() -> str:
+            return (tmp_path / "log").read_text()
+
         try:
-            text = lambda: (tmp_path / "log").read_text()  # noqa: E731
             # Logged once everything runs, the controller's SIGHUP handler included (before
             # it, a SIGHUP is ignored, not fatal).
-            await wait_for_condition(lambda: "admin API on" in text(), 30, "start-up")
+            await wait_until(lambda: "admin API on" in text(), 30, "start-up")
             # Workers, multiprocessing's resource tracker and the config parser's fork server.
             children = _children(proc.pid)
             assert len(children) >= 3
-            clients = [raw_client(port) for _ in range(4)]
-            conns = [await c.__aenter__() for c in clients]
-            try:
+            async with contextlib.AsyncExitStack() as stack:
+                conns = [await stack.enter_async_context(raw_client(port)) for _ in range(4)]
                 for c in conns:
                     await c.send(b"GET /slow?delay=1.5 HTTP/1.1\r\nHost: h\r\n\r\n")
-                await wait_for_condition(lambda: up.in_flight == 4, 10, "requests in flight")
+                await wait_until(lambda: up.in_flight == 4, 10, "requests in flight")
                 os.killpg(proc.pid, signal.SIGHUP)
                 answers = await asyncio.gather(*(c.read_response(timeout=10) for c in conns))
                 assert [a.status for a in answers] == [200] * 4
-            finally:
-                for c in clients:
-                    await c.__aexit__(None, None, None)
-            await wait_for_condition(lambda: "SIGHUP: reloading" in text(), 10, "reload")
+            await wait_until(lambda: "SIGHUP: reloading" in text(), 10, "reload")
             assert proc.poll() is None
             await _wait_reloaded(admin_port)  # the forced reload ran (in a parse child)
             assert _children(proc.pid) == children  # the same processes: none died

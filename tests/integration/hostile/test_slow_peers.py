@@ -12,21 +12,16 @@ else the client's connection is cut; counted as a timeout of the version.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 
-from ..conftest import (
-    assert_error,
-    build_request,
-    proxy_config,
-    raw_client,
-    read_request,
-    route,
-    run_proxy,
+from tests.support.configs import proxy_config, route
+from tests.support.proxy import run_proxy, version_errors
+from tests.support.rawhttp import assert_error, build_request, raw_client
+from tests.support.rawupstream import (
+    recording_upstream,
+    respond_with,
     run_raw_upstream,
-    version_errors,
-    wait_for_condition,
 )
-from .helpers import recording_upstream
+from tests.support.waiting import wait_until
 
 HEAD = b"POST /upload HTTP/1.1\r\nHost: h\r\nContent-Length: 1000\r\n\r\n"
 
@@ -89,7 +84,7 @@ async def test_1000_slow_uploads_hold_no_upstream_connection() -> None:
                     w.write(HEAD + b"x" * 10)
                     writers.append(w)
                 await asyncio.gather(*(w.drain() for w in writers))
-                await wait_for_condition(lambda: len(srv.connections) == 1000 and all(
+                await wait_until(lambda: len(srv.connections) == 1000 and all(
                     c.receiving is not None and c.reads for c in srv.connections), 20.0)
                 assert rec.up is not None and rec.up.connections == 0
                 # One finishes its body: it is proxied at once, on one connection.
@@ -106,12 +101,7 @@ async def test_1000_slow_uploads_hold_no_upstream_connection() -> None:
 
 async def test_upstream_that_stops_after_the_head_times_out_as_the_versions_fault() -> None:
     """nginx 1.22: proxy_read_timeout cuts the response; the client sees it end short."""
-    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await read_request(reader)
-        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\npartial")
-        await writer.drain()
-        await reader.read()
-
+    handler = respond_with(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\npartial", hold=True)
     async with run_raw_upstream(handler) as up:
         cfg = proxy_config([route({"stable": up.url})], timeouts={"upstream_read": "0.5s"})
         async with run_proxy(cfg) as srv:
@@ -125,13 +115,7 @@ async def test_upstream_that_stops_after_the_head_times_out_as_the_versions_faul
 
 
 async def test_upstream_read_timeout_before_anything_reached_the_client_is_a_504() -> None:
-    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await read_request(reader)
-        writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")  # interim only, then silence
-        await writer.drain()
-        with contextlib.suppress(ConnectionError):
-            await reader.read()
-
+    handler = respond_with(b"HTTP/1.1 100 Continue\r\n\r\n", hold=True)  # then silence
     async with run_raw_upstream(handler) as up:
         cfg = proxy_config([route({"stable": up.url})],
                            timeouts={"upstream_read": "0.5s", "response_header": "0.5s"})

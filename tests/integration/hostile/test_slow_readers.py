@@ -20,18 +20,10 @@ import socket
 import pytest
 
 from splitproxy.dataplane.http import downstream
-
-from ..conftest import (
-    WAIT,
-    RawHandler,
-    proxy_config,
-    read_request,
-    route,
-    run_proxy,
-    run_raw_upstream,
-    version_errors,
-    wait_for_condition,
-)
+from tests.support.configs import proxy_config, route
+from tests.support.proxy import run_proxy, version_errors
+from tests.support.rawupstream import RawHandler, read_request, run_raw_upstream
+from tests.support.waiting import WAIT, wait_until
 
 MiB = 1 << 20
 
@@ -84,7 +76,7 @@ async def test_a_client_that_stops_reading_is_cut_and_its_upstream_closed() -> N
             sock = await _stalled_client(srv.port, b"GET /big HTTP/1.1\r\nHost: h\r\n\r\n")
             try:
                 # The proxy stops reading the upstream once the client's buffers are full ...
-                await wait_for_condition(lambda: any(c._write_blocked for c in srv.connections),
+                await wait_until(lambda: any(c._write_blocked for c in srv.connections),
                                          what="the client's output to be paused")
                 # ... and the send timeout closes the upstream connection: a positive signal.
                 await asyncio.wait_for(ended.wait(), WAIT)
@@ -93,10 +85,10 @@ async def test_a_client_that_stops_reading_is_cut_and_its_upstream_closed() -> N
                 sock.close()
             assert reset and received < 1 << 40  # cut, never an answer that looks whole
             stats = srv.stats.get("shop", "stable")
-            await wait_for_condition(lambda: stats.client_aborts == 1, what="a client abort")
+            await wait_until(lambda: stats.client_aborts == 1, what="a client abort")
             assert version_errors(srv) == {}  # the client's fault, never the version's
             assert stats.responses == {} and stats.in_flight == 0
-            await wait_for_condition(lambda: not srv.connections, what="the connection gone")
+            await wait_until(lambda: not srv.connections, what="the connection gone")
             assert up.connections == 1
 
 

@@ -11,17 +11,15 @@ from __future__ import annotations
 
 import asyncio
 
-from ..conftest import (
-    assert_error,
-    proxied,
-    proxy_config,
-    raw_client,
+from tests.support.configs import proxy_config, route
+from tests.support.proxy import proxied, run_proxy
+from tests.support.rawhttp import assert_error, raw_client
+from tests.support.rawupstream import (
     read_request,
-    route,
-    run_proxy,
+    recording_upstream,
+    respond_with,
     run_raw_upstream,
 )
-from .helpers import recording_upstream
 
 UPGRADE = (b"GET /ws HTTP/1.1\r\nHost: h\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
            b"\r\n")
@@ -100,12 +98,8 @@ async def test_unrequested_101_is_a_502_and_never_pooled() -> None:
 
 
 async def test_101_without_upgrade_header_is_a_502() -> None:
-    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await read_request(reader)
-        writer.write(b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\n\r\n")
-        await writer.drain()
-        await reader.read()
-
+    handler = respond_with(b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\n\r\n",
+                           hold=True)
     async with run_raw_upstream(handler) as up:
         async with run_proxy(proxy_config([route({"stable": up.url})])) as srv:
             async with raw_client(srv.port) as c:

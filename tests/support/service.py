@@ -1,68 +1,23 @@
-"""Shared helpers for the control-plane tests: a real `Service` started from a real file.
-
-* `write_config(path, cfg)` — writes a config dict as YAML, in place (open, truncate, write).
-* `running_service(tmp_path, cfg)` — writes the file, starts a `Service` (proxy, admin API,
-  watcher) and stops it on exit.
-* `admin(svc)` — an aiohttp session bound to the admin port; `scrape(svc)` — /metrics parsed
-  with prometheus-client's parser; `metric(...)` — one sample's value.
-* `wait_until(...)` — polls a sync or async predicate with a deadline.
-
-The data-plane helpers (upstreams, raw client, config builders) come from the integration
-suite's conftest and are re-exported here.
-"""
+"""A whole splitproxy under test: a real `Service` (proxy, admin API, file watcher) started from
+a real config file, its admin API and its /metrics."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import inspect
-from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import yaml
-from integration.conftest import (
-    WAIT,
-    RawClient,
-    Upstream,
-    proxy_config,
-    raw_client,
-    read_request,
-    refused_port,
-    route,
-    run_raw_upstream,
-    run_upstream,
-)
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
 from splitproxy.control.clock import SYSTEM, Clock
 from splitproxy.control.service import Service
 
-__all__ = [
-    "WAIT",
-    "RawClient",
-    "Upstream",
-    "admin",
-    "metric",
-    "proxy_config",
-    "raw_client",
-    "read_request",
-    "refused_port",
-    "route",
-    "run_raw_upstream",
-    "run_service",
-    "run_upstream",
-    "running_service",
-    "scrape",
-    "served_by",
-    "status",
-    "upstreams",
-    "wait_until",
-    "write_config",
-]
+from .waiting import WAIT
 
 # Long enough for the watcher's thread to register its inotify watch after `start()`.
 WATCH_SETTLE = 0.2
@@ -71,28 +26,6 @@ WATCH_SETTLE = 0.2
 def write_config(path: Path, cfg: Mapping[str, Any]) -> None:
     """The config as YAML, written in place (the same inode), as `echo > file` would."""
     path.write_text(yaml.safe_dump(dict(cfg), sort_keys=False))
-
-
-async def wait_until(
-    predicate: Callable[[], bool | Awaitable[bool]],
-    timeout: float = WAIT,
-    what: str = "condition",
-    interval: float = 0.01,
-) -> float:
-    """Polls `predicate` (sync or async) until true; returns the seconds it took.
-
-    Fails the test after `timeout`."""
-    loop = asyncio.get_running_loop()
-    start = loop.time()
-    while True:
-        result = predicate()
-        if inspect.isawaitable(result):
-            result = await result
-        if result:
-            return loop.time() - start
-        if loop.time() - start > timeout:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        await asyncio.sleep(interval)
 
 
 @contextlib.asynccontextmanager
@@ -123,11 +56,9 @@ async def running_service(
         yield svc, path
 
 
-@contextlib.asynccontextmanager
-async def upstreams(*names: str) -> AsyncIterator[dict[str, Upstream]]:
-    """Several aiohttp upstreams at once, by name."""
-    async with contextlib.AsyncExitStack() as stack:
-        yield {n: await stack.enter_async_context(run_upstream(n)) for n in names}
+def generation(svc: Service) -> int:
+    """The config generation the service serves (1 at start, +1 per applied change)."""
+    return int(svc.controller.status().config.generation)
 
 
 @contextlib.asynccontextmanager
@@ -174,11 +105,33 @@ def metric(samples: list[Sample], name: str, **labels: str) -> float | None:
     return found[0] if found else None
 
 
-async def served_by(c: RawClient, n: int, target: str = "/") -> Counter[str]:
-    """`n` sequential GETs on one keep-alive connection through the proxy; X-Served-By counts."""
-    seen: Counter[str] = Counter()
-    for _ in range(n):
-        resp = await c.request("GET", target)
-        assert resp.status == 200, resp.text
-        seen[resp.header("x-served-by") or "?"] += 1
-    return seen
+
+
+class Reloads:
+    """From now on, watches a service's config reloads: `events` counts the batches of changes
+    its watcher handed over, and `idle()` is true once a reload that started after the last of
+    them has finished. Where a test means to show that a change was ignored, this is the
+    positive signal that it was seen and handled."""
+
+    def __init__(self, svc: Service) -> None:
+        self.events = 0
+        self._handled = 0  # events that a finished reload started after
+        controller = svc.controller
+        on_change, reload_async = controller.watcher.on_change, controller.reload_async
+
+        def counted() -> None:
+            self.events += 1
+            on_change()
+
+        async def reload(force: bool = False) -> bool:
+            started = self.events
+            try:
+                return await reload_async(force)
+            finally:
+                self._handled = max(self._handled, started)
+
+        controller.watcher.on_change = counted
+        controller.reload_async = reload  # type: ignore[method-assign]
+
+    def idle(self) -> bool:
+        return self._handled == self.events

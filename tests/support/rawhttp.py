@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-WAIT = 5.0  # default bound for a single network step in these tests
+from .waiting import WAIT
 
 
 async def iter_chunked(reader: asyncio.StreamReader) -> AsyncIterator[bytes]:
@@ -182,6 +182,13 @@ async def raw_client(port: int) -> AsyncIterator[RawClient]:
         yield client
     finally:
         await client.close()
+
+
+async def get(port: int, target: str = "/", **kw: Any) -> Response:
+    """One request on a fresh connection."""
+    method = kw.pop("method", "GET")
+    async with raw_client(port) as c:
+        return await c.request(method, target, **kw)
 
 
 def assert_error(resp: Response, status: int) -> None:

@@ -1,37 +1,71 @@
-"""Upstreams for the proxy to talk to: a well-behaved aiohttp one and a raw asyncio one."""
+"""The test upstream: one aiohttp server that answers with its name, counts what it sees, and
+fails, slows down or goes away when a test tells it to.
+
+Every answer carries `X-Served-By: <name>`. Faults are switched at run time by setting fields:
+`fail_all` (every request a 500), `fail_synthetic` (only the synthetic requests the rollout
+guard sends), `fail_behind` (only requests that came through the given proxy ports, told by the
+Host header the proxy forwards), `delay` (latency of the default answer); `await up.stop()`
+shuts it down gracefully before the block ends, as a terminating pod does.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import hashlib
+from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 
 from aiohttp import WSMsgType, web
 from multidict import CIMultiDict
 
-from .rawhttp import WAIT, iter_chunked
+from .waiting import WAIT
 
 BLOCK = bytes(range(256)) * 256  # 64 KiB of known bytes for large bodies
-
-
-# --------------------------------------------------------------------------- aiohttp upstream
+SYNTHETIC = "X-Splitproxy-Synthetic"  # the header on the rollout guard's own requests
 
 
 @dataclass
 class Upstream:
-    """A running aiohttp upstream and what it has seen."""
+    """A running upstream: its faults (set them at run time) and what it has seen."""
 
     name: str
     port: int = 0
+    # faults
+    fail_all: bool = False
+    fail_synthetic: bool = False
+    fail_behind: set[int] = field(default_factory=set)  # proxy ports
+    delay: float = 0.0  # seconds before the default answer
+    # what it has seen
     peers: set[tuple[str, int]] = field(default_factory=set)  # one per TCP connection
     requests: int = 0
     in_flight: int = 0
+    errors: int = 0  # failures it was told to answer
+    by_proxy: Counter[int] = field(default_factory=Counter)  # requests per proxy port
+    runner: web.AppRunner | None = field(default=None, repr=False)
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
+
+    def failing(self, request: web.Request, via: int) -> bool:
+        return (self.fail_all or via in self.fail_behind
+                or (self.fail_synthetic and SYNTHETIC in request.headers))
+
+    async def stop(self) -> None:
+        """Graceful shutdown (aiohttp's runner.cleanup()); again, or at the block's end, a
+        no-op."""
+        runner, self.runner = self.runner, None
+        if runner is not None:
+            await asyncio.wait_for(runner.cleanup(), WAIT)
+
+
+def _proxy_port(request: web.Request) -> int:
+    # The proxy forwards the client's Host (127.0.0.1:<proxy port>) unchanged.
+    host = request.headers.get("X-Forwarded-Host") or request.host
+    _, _, port = host.rpartition(":")
+    return int(port) if port.isdigit() else 0
 
 
 def _upstream_app(up: Upstream) -> web.Application:
@@ -41,12 +75,14 @@ def _upstream_app(up: Upstream) -> web.Application:
     /echo         the request body streamed back (chunked if the request was)
     /sha256       JSON {sha256, size} of the request body; ?stall=S waits before reading
     /download     ?size=N bytes of BLOCK repeated, streamed; &chunked=1 without Content-Length
-    /chunked      ?n=N small parts "part<i>\n" sent as separate chunks, ?delay=S apart
+    /chunked      ?n=N small parts "part<i>\\n" sent as separate chunks, ?delay=S apart
     /status/{c}   an empty response with status c (204, 304, ...)
     /cookies      three Set-Cookie headers a=1, b=2, c=3 in that order
     /slow         ?delay=S seconds, then the default answer
     /ws           WebSocket echo (text and binary)
-    anything else the upstream's name as body, with X-Served-By
+    anything else the upstream's name as body (after `delay`), with X-Path
+
+    A request the faults make fail is answered 500 with the name, whatever its path.
     """
 
     @web.middleware
@@ -55,16 +91,24 @@ def _upstream_app(up: Upstream) -> web.Application:
     ) -> web.StreamResponse:
         if request.transport is not None:
             up.peers.add(request.transport.get_extra_info("peername"))
+        via = _proxy_port(request)
+        up.by_proxy[via] += 1
         up.requests += 1
         up.in_flight += 1
         try:
-            resp = await handler(request)
+            if up.failing(request, via):
+                up.errors += 1
+                resp: web.StreamResponse = web.Response(status=500, text=up.name)
+            else:
+                resp = await handler(request)
         finally:
             up.in_flight -= 1
         resp.headers["X-Served-By"] = up.name
         return resp
 
     async def default(request: web.Request) -> web.Response:
+        if up.delay:
+            await asyncio.sleep(up.delay)
         return web.Response(text=up.name, headers={"X-Path": request.raw_path})
 
     async def headers(request: web.Request) -> web.Response:
@@ -160,156 +204,38 @@ def _upstream_app(up: Upstream) -> web.Application:
     return app
 
 
-@contextlib.asynccontextmanager
-async def run_upstream(name: str) -> AsyncIterator[Upstream]:
-    """An aiohttp upstream answering as `name` on a free port."""
-    up = Upstream(name)
-    runner = web.AppRunner(_upstream_app(up), access_log=None, shutdown_timeout=0.5)
+async def start_app(app: web.Application) -> tuple[web.AppRunner, int]:
+    """An aiohttp application listening on a free 127.0.0.1 port: its runner and the port."""
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
-    up.port = int(runner.addresses[0][1])
+    return runner, int(runner.addresses[0][1])
+
+
+@contextlib.asynccontextmanager
+async def serve_app(app: web.Application) -> AsyncIterator[int]:
+    """`start_app` for the length of the block; yields the port."""
+    runner, port = await start_app(app)
     try:
-        yield up
+        yield port
     finally:
         await asyncio.wait_for(runner.cleanup(), WAIT)
 
 
-# --------------------------------------------------------------------------- raw upstream
-
-RawHandler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
-
-
-@dataclass
-class RawUpstream:
-    """A running `asyncio.start_server` upstream; counts the connections it accepted."""
-
-    port: int = 0
-    connections: int = 0
-    errors: list[BaseException] = field(default_factory=list)  # raised by a handler
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-
 @contextlib.asynccontextmanager
-async def run_raw_upstream(handler: RawHandler) -> AsyncIterator[RawUpstream]:
-    """Runs `handler(reader, writer)` per connection; the writer is closed after it returns.
-
-    A peer that goes away (ConnectionError, IncompleteReadError) ends a handler quietly; any
-    other exception (e.g. `read_request` rejecting what the proxy sent) fails the test on exit.
-    """
-    up = RawUpstream()
-    tasks: set[asyncio.Task[None]] = set()
-    writers: set[asyncio.StreamWriter] = set()
-
-    async def on_connect(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        up.connections += 1
-        writers.add(writer)
-        task = asyncio.current_task()
-        assert task is not None
-        tasks.add(task)
-        try:
-            await handler(reader, writer)
-        except (ConnectionError, asyncio.IncompleteReadError):
-            pass
-        except Exception as exc:
-            up.errors.append(exc)
-        finally:
-            writers.discard(writer)
-            writer.close()
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(writer.wait_closed(), 1)
-
-    server = await asyncio.start_server(on_connect, "127.0.0.1", 0)
-    up.port = int(server.sockets[0].getsockname()[1])
+async def run_upstream(name: str, *, delay: float = 0.0) -> AsyncIterator[Upstream]:
+    """An upstream answering as `name` on a free port; stopped at the end unless it was."""
+    up = Upstream(name, delay=delay)
+    up.runner, up.port = await start_app(_upstream_app(up))
     try:
         yield up
     finally:
-        server.close()
-        for w in list(writers):
-            w.close()
-        for t in list(tasks):
-            t.cancel()
-        if tasks:
-            await asyncio.wait(tasks, timeout=WAIT)
-        await asyncio.wait_for(server.wait_closed(), WAIT)
-    assert not up.errors, f"raw upstream handler failed: {up.errors!r}"
+        await up.stop()
 
 
-@dataclass
-class RawRequest:
-    method: str
-    target: str
-    headers: list[tuple[str, str]]
-    body: bytes
-
-    def header(self, name: str) -> str | None:
-        return next((v for k, v in self.headers if k.lower() == name.lower()), None)
-
-
-async def read_request(reader: asyncio.StreamReader) -> RawRequest | None:
-    """Strictly parses one request (CRLF, Content-Length or chunked); None on a clean EOF.
-
-    Raises ValueError on anything that is not a well-formed request, so a raw upstream can tell
-    a dirty reused connection (left-over body bytes read as a request line) from a clean one.
-    """
-    line = await reader.readline()
-    if not line:
-        return None
-    if not line.endswith(b"\r\n"):
-        raise ValueError(f"request line without CRLF: {line!r}")
-    parts = line[:-2].decode("latin-1").split(" ")
-    if len(parts) != 3 or not parts[2].startswith("HTTP/1."):
-        raise ValueError(f"bad request line: {line!r}")
-    method, target, _ = parts
-    headers = await _read_headers(reader)
-    lower = [(k.lower(), v) for k, v in headers]
-    te = [v for k, v in lower if k == "transfer-encoding"]
-    cl = [v for k, v in lower if k == "content-length"]
-    if te and cl:
-        raise ValueError("request with both Transfer-Encoding and Content-Length")
-    if te:
-        if te != ["chunked"]:
-            raise ValueError(f"unexpected transfer-encoding {te!r}")
-        body = await _read_chunked(reader)
-    elif cl:
-        if len(cl) != 1 or not cl[0].isdigit():
-            raise ValueError(f"bad content-length {cl!r}")
-        body = await reader.readexactly(int(cl[0]))
-    else:
-        body = b""
-    return RawRequest(method, target, headers, body)
-
-
-async def _read_headers(reader: asyncio.StreamReader) -> list[tuple[str, str]]:
-    headers: list[tuple[str, str]] = []
-    while True:
-        line = await reader.readline()
-        if not line.endswith(b"\r\n"):
-            raise ValueError(f"header line without CRLF: {line!r}")
-        if line == b"\r\n":
-            return headers
-        name, sep, value = line[:-2].decode("latin-1").partition(":")
-        if not sep or not name or name != name.strip() or line[:1] in b" \t":
-            raise ValueError(f"bad header line: {line!r}")
-        headers.append((name, value.strip()))
-
-
-async def _read_chunked(reader: asyncio.StreamReader) -> bytes:
-    return b"".join([c async for c in iter_chunked(reader)])
-
-
-def respond_with(data: bytes, *, hold: bool = False) -> RawHandler:
-    """A raw handler: read one request, write `data` as is, then close (or, with `hold`, keep
-    the connection open until the proxy closes it)."""
-
-    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await read_request(reader)
-        writer.write(data)
-        await writer.drain()
-        if hold:
-            await reader.read()
-
-    return handler
+@contextlib.asynccontextmanager
+async def run_upstreams(*names: str, delay: float = 0.0) -> AsyncIterator[dict[str, Upstream]]:
+    """Several upstreams at once, by name."""
+    async with contextlib.AsyncExitStack() as stack:
+        yield {n: await stack.enter_async_context(run_upstream(n, delay=delay)) for n in names}
