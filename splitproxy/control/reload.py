@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
@@ -78,6 +79,9 @@ class ConfigWatcher:
         self._stop = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._directory = Path(os.path.abspath(path.parent))
+        # Events on other files, by name: dropped, but counted, so that "seen and ignored"
+        # can be told from "not seen yet".
+        self.ignored: Counter[str] = Counter()
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run())
@@ -94,7 +98,10 @@ class ConfigWatcher:
         except ValueError:
             return False
         # Read afresh: after a swap the chain goes through a new folder.
-        return bool(rel.parts) and rel.parts[0] in reached_through(self.path)
+        if rel.parts and rel.parts[0] in reached_through(self.path):
+            return True
+        self.ignored[rel.parts[0] if rel.parts else "."] += 1
+        return False
 
     async def _run(self) -> None:
         directory = self._directory
