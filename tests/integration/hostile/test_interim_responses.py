@@ -70,8 +70,7 @@ async def test_one_interim_response_too_many_is_a_502_of_the_version(status: int
         async with run_proxy(proxy_config([route({"stable": up.url})])) as srv:
             async with raw_client(srv.port) as c:
                 resp = await c.request("GET", "/")  # skips the interim heads passed on
-                assert_error(resp, 502)
-                assert b"interim" in resp.body
+                assert_error(resp, 502)  # the body says "upstream error"; the kind is counted
             await asyncio.wait_for(closed.wait(), 5)  # the upstream connection is closed
             assert version_errors(srv) == {"protocol": 1}
             assert srv.stats.get("shop", "stable").responses == {502: 1}
