@@ -8,6 +8,7 @@ from typing import Annotated
 
 from pydantic import AfterValidator, BeforeValidator, Field, Strict, model_validator
 
+from splitproxy.config.metrics import CustomMetric
 from splitproxy.config.units import Frozen, Millis, Name, Timeout, Token
 
 # Settings of the window-based guard (splitproxy 0.1) that no longer exist: each is refused at
@@ -100,6 +101,8 @@ class Analysis(Frozen):
     synthetic_header: Token = "X-Splitproxy-Synthetic"  # marks synthetic load
     include_synthetic: bool = False  # judge synthetic requests too
     history: Annotated[int, Strict(), Field(ge=1, le=1000)] = 20  # checks kept for /status
+    # Custom metrics from Prometheus (`prometheus_url`), judged beside the built-in checks.
+    metrics: tuple[CustomMetric, ...] = ()
     min_requests: Annotated[None, _gone(_REMOVED_ANALYSIS["min_requests"])] = _GONE
     window: Annotated[None, _gone(_REMOVED_ANALYSIS["window"])] = _GONE
     failure_limit: Annotated[None, _gone(_REMOVED_ANALYSIS["failure_limit"])] = _GONE
@@ -108,9 +111,12 @@ class Analysis(Frozen):
     @model_validator(mode="after")
     def _judges_something(self) -> Analysis:
         if self.max_error_rate is None and self.compare_to_baseline is None \
-                and not self.latency_limits():
-            raise ValueError("analysis judges nothing: set max_error_rate, a max_pNN_ms or "
-                             "compare_to_baseline, or remove analysis")
+                and not self.latency_limits() and not self.metrics:
+            raise ValueError("analysis judges nothing: set max_error_rate, a max_pNN_ms, "
+                             "compare_to_baseline or metrics, or remove analysis")
+        names = [m.name for m in self.metrics]
+        if twice := sorted({n for n in names if names.count(n) > 1}):
+            raise ValueError(f"analysis.metrics: the name {twice[0]!r} is used twice")
         return self
 
     def latency_limits(self) -> tuple[tuple[str, float, float], ...]:

@@ -24,7 +24,7 @@ from splitproxy.config.models import Config, ConfigError, load
 from splitproxy.config.yamlload import MAX_CONFIG_BYTES
 from splitproxy.control.clock import SYSTEM, Clock
 from splitproxy.control.engine import RolloutEngine
-from splitproxy.control.metrics import rollout_families
+from splitproxy.control.metrics import notification_family, rollout_families
 from splitproxy.control.reload import ConfigWatcher
 from splitproxy.control.stores.store import StateStore, make_store
 from splitproxy.control.window import Sample, Window
@@ -247,14 +247,14 @@ class Controller:
 
     def rollout_metrics(self) -> Iterable[Metric]:
         engine = self.engine
-        return rollout_families(
+        return [*rollout_families(
             {name: state.phase for name, state in engine.states.items()},
             {name: state.step for name, state in engine.states.items()},
             engine.aborts,
             engine.checks_total,
             self.server.stats.synthetic(),
             bool(self.store_status()["up"]),
-        )
+        ), notification_family(engine.webhooks.notifier.outcomes)]
 
     def status(self) -> dict[str, Any]:
         now = self.clock.monotonic()
