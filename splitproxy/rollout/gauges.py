@@ -157,7 +157,8 @@ class GaugeVerdict:
     log_e_pass: float
 
     def summary(self, name: str) -> str:
-        """E.g. "canary cpu 0.93 (13 of 13 blocks above 0.8) > 0.8: e=720 >= 600"."""
+        """E.g. "canary cpu 0.93 (13 of 13 blocks above) > 0.8: e=720 >= 600 (blocks of
+        60s)"."""
         side = "above" if self.direction == Direction.BELOW else "below"
         limit = (f"x{_num(1 + self.threshold)} the baseline's" if self.paired
                  else _num(self.threshold))
@@ -169,7 +170,7 @@ class GaugeVerdict:
         head = f"{name} {_num(self.mean)}"
         if self.paired and self.base_mean is not None:
             head += f" vs baseline {_num(self.base_mean)}"
-        head += f" ({self.worse} of {self.blocks} blocks {side} {limit})"
+        head += f" ({self.worse} of {self.blocks} blocks {side})"
         below = self.direction == Direction.BELOW
         return _tail(head, self.outcome, limit, self.log_e_fail, self.log_e_pass, self.alpha,
                      self.beta, f"(blocks of {self.block_seconds:g}s)",
