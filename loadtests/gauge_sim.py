@@ -111,13 +111,28 @@ def block_means(x: Floats, block: int) -> Floats:
 
 
 def log_e(wins: Bools) -> Floats:
-    """The sign test's log e-value after each block: the mixture over SIGN_BETS of products of
-    (1 + b) per win and (1 - b) per other block (as `gauges._bets`)."""
+    """The pass side's log e-value after each block: the mixture over SIGN_BETS of products
+    of (1 + b) per win and (1 - b) per other block (as `gauges._bets`)."""
     bets = np.array(SIGN_BETS)
     steps = np.where(wins[..., None], np.log1p(bets), np.log1p(-bets))
     cum = np.cumsum(steps, axis=1)
     top = cum.max(axis=2, keepdims=True)
     out: Floats = (top + np.log(np.exp(cum - top).mean(axis=2, keepdims=True)))[..., 0]
+    return out
+
+
+def fail_log_e(worse: Bools) -> Floats:
+    """The fail side's log e-value after each block: the bets mixed over the block they start
+    at, weights 1/((k+1)(k+2)) (as `gauges._mix_starts`)."""
+    bets = np.array(SIGN_BETS)
+    count, nb = worse.shape
+    e = np.ones((count, bets.size))
+    out = np.empty((count, nb))
+    for n in range(nb):
+        later = 1.0 / (n + 2)
+        f = np.where(worse[:, n, None], 1.0 + bets, 1.0 - bets)
+        e = (e - later) * f + later
+        out[:, n] = np.log(e.mean(axis=1))
     return out
 
 
@@ -151,7 +166,7 @@ def rollouts(rng: np.random.Generator, plan: Plan, process: str, level: float, c
     due = plan.step_seconds // plan.block - 1  # the block whose check ends the timer
     for step in range(plan.steps):
         worse, better = signs(rng, plan, process, level, count, plan.hold_seconds, paired)
-        fail = log_e(worse) >= -math.log(plan.alpha_at(step))
+        fail = fail_log_e(worse) >= -math.log(plan.alpha_at(step))
         ok = log_e(better) >= -math.log(plan.beta)
         ok[:, :due] = False
         nb = worse.shape[1]
@@ -167,7 +182,7 @@ def times_to(rng: np.random.Generator, plan: Plan, process: str, level: Floats |
     """Seconds from the step's start to the check that fails (or passes), inf for never."""
     worse, better = signs(rng, plan, process, level, count, horizon, paired)
     goal = -math.log(plan.alpha_at(0) if fail else plan.beta)
-    hit = log_e(worse if fail else better) >= goal
+    hit = (fail_log_e(worse) if fail else log_e(better)) >= goal
     idx = first(hit, -1).astype(float)
     out: Floats = np.where(idx >= 0, (idx + 1) * plan.block, np.inf)
     return out

@@ -12,8 +12,15 @@ closed block one question: was its mean on the bad side of the limit?
   W = 1 for a block over the limit, each factor 1 + b(2W - 1) has conditional mean <= 1, so
   the product over blocks is a test supermartingale (Ville: it reaches 1/alpha with
   probability <= alpha). A mixture over bets b in `SIGN_BETS` (Waudby-Smith & Ramdas) adapts
-  to how clearly the gauge is over: a canary over the limit in every block fails after
-  (ln(1/alpha) + ln 6) / ln 1.9 blocks, 13 blocks at alpha = 0.01/6.
+  to how clearly the gauge is over. A product over *all* blocks would make a gauge that goes
+  bad late pay for every good block before (a good block multiplies the bet 0.9 by 0.1), so
+  the fail side also mixes over the block the bets start at: start k (0-based) has weight
+  1 / ((k+1)(k+2)), the weights of `budget`'s restarts, summing to 1. Each start's product is
+  a test supermartingale (1 until it starts), and so is their weighted sum: a fault that
+  begins after k good blocks costs ln((k+1)(k+2)) nats, not about 2.3 per good block. A
+  canary over the limit in every block from the start fails after 14 blocks at
+  alpha = 0.01/6; one that turns bad after 10 good blocks, after 20 more (36 with one
+  product over all blocks).
 * **Pass side**: the mirror: blocks *under* the limit, against "at most half are".
 * **Against the baseline** (`paired`): the limit of a block is the baseline's mean over the
   same readings, moved by `margin` x |that mean| in the allowed direction: a paired sign test.
@@ -96,7 +103,9 @@ class GaugeState(_Json):
     base_total: float = 0.0  # paired: the baseline's
     last: float = 0.0  # the last closed block's mean (meaningless while blocks == 0)
     last_limit: float = 0.0  # and the level it was held to
-    log_bets: tuple[float, ...] = field(default=_NO_BETS)  # fail side, per bet
+    # Fail side, per bet: log of sum_k w_k * (product of the bet's factors from block k on),
+    # the not-yet-started starts counting 1 each (`_mix_starts`).
+    log_bets: tuple[float, ...] = field(default=_NO_BETS)
     log_pass: tuple[float, ...] = field(default=_NO_BETS)  # pass side, per bet
 
     def _check(self) -> None:
@@ -110,6 +119,25 @@ def _bets(win: bool) -> tuple[float, ...]:
 
 def _add(a: tuple[float, ...], b: tuple[float, ...]) -> tuple[float, ...]:
     return tuple(x + y for x, y in zip(a, b, strict=True))
+
+
+def _mix_starts(log_e: tuple[float, ...], step: tuple[float, ...],
+                closed: int) -> tuple[float, ...]:
+    """The fail side after block number `closed` (0-based) adds the log factors `step`.
+
+    Per bet, E_n = A_n + T_n: A_n the weighted products of the starts so far, T_n = 1/(n+1)
+    the weight of the starts still to come. Block n starts start n (weight T_n - T_{n+1})
+    and multiplies every started product: E_{n+1} = (E_n - T_{n+1}) * f_n + T_{n+1}."""
+    later = -math.log(closed + 2)  # log T_{n+1}
+    out = []
+    for e, f in zip(log_e, step, strict=True):
+        if e <= later:  # E_n >= T_n > T_{n+1} always; only a damaged state gets here
+            out.append(later)
+            continue
+        started = e + math.log1p(-math.exp(later - e)) + f  # log((E_n - T_{n+1}) f_n)
+        top = max(started, later)
+        out.append(top + math.log(math.exp(started - top) + math.exp(later - top)))
+    return tuple(out)
 
 
 def observe_gauge(limit: GaugeLimit, state: GaugeState, value: float,
@@ -134,7 +162,8 @@ def observe_gauge(limit: GaugeLimit, state: GaugeState, value: float,
     return GaugeState(
         now, 0, 0.0, 0.0, state.blocks + 1, state.worse + worse, state.better + better,
         state.total + mean, state.base_total + (base_mean or 0.0), mean, level,
-        _add(state.log_bets, _bets(worse)), _add(state.log_pass, _bets(better)))
+        _mix_starts(state.log_bets, _bets(worse), state.blocks),
+        _add(state.log_pass, _bets(better)))
 
 
 @dataclass(frozen=True, slots=True)

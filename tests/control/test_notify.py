@@ -13,8 +13,8 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import web
-from control.conftest import WAIT, wait_until
 
+from control.conftest import WAIT, wait_until
 from splitproxy.config.steps import Webhook
 from splitproxy.control import notify
 from splitproxy.control.notify import Notifier, slack_message

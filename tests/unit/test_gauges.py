@@ -23,14 +23,33 @@ ALPHA = 0.01 / 6
 BELOW, ABOVE = Direction.BELOW, Direction.ABOVE
 
 
-def blocks_to(goal: float, wins: int = 0) -> int:
-    """How many consecutive winning blocks the bet mixture needs to reach `goal` (a level)."""
+def fail_e(signs: list[bool]) -> float:
+    """The fail side's e-value after these blocks (True: over the limit), summed explicitly:
+    the mean over bets of sum_k w_k * prod_{i >= k} (1 +- b), w_k = 1/((k+1)(k+2)), plus
+    the weight of the starts still to come, 1/(n+1)."""
+    n = len(signs)
+    total = 0.0
+    for b in SIGN_BETS:
+        for k in range(n):
+            prod = math.prod((1 + b) if w else (1 - b) for w in signs[k:])
+            total += prod / ((k + 1) * (k + 2))
+    return total / len(SIGN_BETS) + 1 / (n + 1)
+
+
+def blocks_to(level: float, before: int = 0) -> int:
+    """Blocks over the limit the fail side needs after `before` good ones."""
     k = 0
-    while True:
+    while fail_e([False] * before + [True] * k) < 1 / level:
         k += 1
-        log_e = math.log(sum((1 + b) ** k for b in SIGN_BETS) / len(SIGN_BETS))
-        if log_e >= -math.log(goal):
-            return k
+    return k
+
+
+def pass_blocks(level: float) -> int:
+    """Blocks under the limit the pass side (a plain product) needs."""
+    k = 0
+    while sum((1 + b) ** k for b in SIGN_BETS) / len(SIGN_BETS) < 1 / level:
+        k += 1
+    return k
 
 
 def feed(limit: GaugeLimit, values: list[float], base: list[float] | None = None,
@@ -58,7 +77,7 @@ def test_blocks_close_on_time_and_readings_only_and_average_their_values() -> No
 
 def test_a_gauge_over_its_limit_in_every_block_fails_after_the_blocks_the_bets_need() -> None:
     need = blocks_to(ALPHA)
-    assert need == 13  # (ln 600 + ln 6) / ln 1.9: the README's figure
+    assert need == 14  # (ln 600 + ln 6 + ln 2) / ln 1.9, about: the README's figure
     limit = GaugeLimit(0.8, BELOW, ALPHA, block_seconds=10.0)
     state = feed(limit, [0.85] * (10 * (need - 1)))
     assert judge_gauge(limit, state).outcome is Outcome.INCONCLUSIVE
@@ -71,9 +90,30 @@ def test_a_gauge_over_its_limit_in_every_block_fails_after_the_blocks_the_bets_n
     assert verdict.to_dict()["fail_at"] == pytest.approx(600)
 
 
+def test_the_fail_side_is_the_explicit_mixture_over_start_blocks() -> None:
+    limit = GaugeLimit(0.8, BELOW, ALPHA, block_seconds=1.0, min_readings=1)
+    signs = [False, True, True, False, False, True, False, True, True, True, True, False]
+    state = feed(limit, [0.9 if w else 0.7 for w in signs])
+    assert judge_gauge(limit, state).log_e_fail == pytest.approx(math.log(fail_e(signs)))
+
+
+def test_a_gauge_that_goes_bad_late_is_not_held_back_by_its_good_blocks() -> None:
+    # After 10 good blocks: 20 bad ones, where the bets' product over all blocks would need
+    # 36 (its bet 0.9 lost a factor 10 per good block, its bet 0.5 a factor 2).
+    late = blocks_to(ALPHA, before=10)
+    assert late == 20
+    product = sum((1 - b) ** 10 * (1 + b) ** 36 for b in SIGN_BETS) / len(SIGN_BETS)
+    assert product >= 1 / ALPHA > sum((1 - b) ** 10 * (1 + b) ** 35 for b in SIGN_BETS) / 6
+    limit = GaugeLimit(0.8, BELOW, ALPHA, block_seconds=1.0, min_readings=1)
+    state = feed(limit, [0.5] * 10 + [0.9] * late)
+    assert judge_gauge(limit, state).outcome is Outcome.FAIL
+    assert judge_gauge(limit, feed(limit, [0.5] * 10 + [0.9] * (late - 1))).outcome \
+        is Outcome.INCONCLUSIVE
+
+
 def test_a_gauge_under_its_limit_passes_and_one_over_now_and_then_only_slows_it() -> None:
     limit = GaugeLimit(0.8, BELOW, ALPHA, beta=0.05, block_seconds=1.0, min_readings=1)
-    clean = judge_gauge(limit, feed(limit, [0.3] * blocks_to(0.05)))
+    clean = judge_gauge(limit, feed(limit, [0.3] * pass_blocks(0.05)))
     assert clean.outcome is Outcome.PASS
     mixed = [0.3, 0.3, 0.9] * 6  # a third of the blocks over: neither side decides soon
     verdict = judge_gauge(limit, feed(limit, mixed))
@@ -83,9 +123,9 @@ def test_a_gauge_under_its_limit_passes_and_one_over_now_and_then_only_slows_it(
 
 def test_direction_above_judges_a_floor_and_ties_count_for_neither_side() -> None:
     limit = GaugeLimit(0.99, ABOVE, ALPHA, block_seconds=1.0, min_readings=1)
-    low = judge_gauge(limit, feed(limit, [0.95] * 13))
+    low = judge_gauge(limit, feed(limit, [0.95] * 14))
     assert low.outcome is Outcome.FAIL
-    assert "(13 of 13 blocks below) < 0.99: e=" in low.summary("canary success")
+    assert "(14 of 14 blocks below) < 0.99: e=" in low.summary("canary success")
     tied = feed(limit, [0.99] * 40)
     assert (tied.blocks, tied.worse, tied.better) == (40, 0, 0)
     assert judge_gauge(limit, tied).outcome is Outcome.INCONCLUSIVE
