@@ -115,6 +115,10 @@ def _guard_lines(name: str, ro: dict[str, Any]) -> list[str]:
         out.append(f"{name}: guard {guard['outcome']} (segment {guard['segment']}, fail at "
                    f"e >= {guard['fail_at']:.0f}, pass at e >= {guard['pass_at']:.0f})")
         out += [f"  {t['summary']}" for t in guard["tests"]]
+        # analysis.metrics, beside the built-in tests: dry-run ones marked, failed reads said.
+        out += [f"  {'[dry run] ' if m['dry_run'] else ''}{m['summary']}"
+                + (f" (last reading: {m['error']})" if m.get("error") else "")
+                for m in guard.get("metrics", [])]
     checks = ro.get("checks", [])[-5:]
     if checks:
         verdicts = " ".join(c["result"] for c in checks)

@@ -19,7 +19,7 @@ metric's sample of one reading.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -165,3 +165,10 @@ def describe(metric: CustomMetric, verdict: Verdict) -> dict[str, Any]:
                    lower=1.0 - out["upper"], upper=1.0 - out["lower"],
                    events=verdict.trials - verdict.events, misses=verdict.events)
     return out
+
+
+def last_errors(checks: Sequence[Mapping[str, Any]]) -> dict[str, str]:
+    """Why each custom metric's latest reading gave nothing, if it did not (from the check
+    history, where `guard.assess` notes it as `metric_errors`)."""
+    errors = checks[-1].get("metric_errors") if checks else None
+    return {str(k): str(v) for k, v in errors.items()} if isinstance(errors, dict) else {}

@@ -5,8 +5,10 @@ the moment (N-way splits included), or for blue/green the color switched to; per
 test per limit: the error rate against `max_error_rate`, the share of requests whose upstream
 time is over each `max_pNN_ms` against its threshold (`config.LATENCY_LIMITS`), and with
 `compare_to_baseline` the same counts against the baseline's over the same time
-(`sequential`). Each test gets its share of the rollout's false-abort budget
-(`budget.step_alpha`: its segment, the segments planned, the tests in it).
+(`sequential`); then each of `analysis.metrics` against its threshold and/or the baseline
+(`custom`: counts as above, gauges by `gauges`' sign test). Each test gets its share of the
+rollout's false-abort budget (`budget.step_alpha`: its segment, the segments planned, the
+tests in it); dry-run metrics are judged at that level but take no share and decide nothing.
 
 The evidence (`RouteState.evidence`, JSON) belongs to one *segment*: a run's step, with what
 is judged in it. It restarts at every step and run, when what is judged changes (a reload
@@ -265,7 +267,9 @@ def _verdicts(p: Plan, evidence: Mapping[str, Any], states: Mapping[str, TestSta
 
 
 def _outcome(verdicts: list[tuple[Test, Verdict]]) -> tuple[Outcome, Test | None, str]:
+    dry = len(verdicts)
     verdicts = [(t, v) for t, v in verdicts if not t.dry_run]  # shown, never decide
+    dry -= len(verdicts)
     for t, v in verdicts:
         if v.outcome is Outcome.FAIL:
             return Outcome.FAIL, t, summary(t, v)
@@ -276,7 +280,8 @@ def _outcome(verdicts: list[tuple[Test, Verdict]]) -> tuple[Outcome, Test | None
         if v.outcome is not Outcome.PASS:
             return Outcome.INCONCLUSIVE, t, summary(t, v)
     if not verdicts:
-        return Outcome.PASS, None, "nothing to judge: no version but the baseline has traffic"
+        return Outcome.PASS, None, "nothing to judge: " + (
+            "only dry-run metrics" if dry else "no version but the baseline has traffic")
     return Outcome.PASS, None, "; ".join(summary(t, v) for t, v in needed)
 
 
@@ -296,24 +301,28 @@ def assess(state: RouteState, m: Measurement, route: Route, now: float) -> Asses
     p = plan(state, route)
     evidence, states = segment_of(state, p, now)
     tallies = m.tallies if m.error is None else None
-    if tallies is not None:
-        alpha = budget.step_alpha(analysis.alpha, int(evidence["segment"]), p.planned,
-                                  tests=p.spending)
-        for t in p.tests:
-            if t.custom is not None:
-                continue  # read on their own, below
-            limit = _limit(t, analysis, alpha)
-            st = states[t.key]
-            events, trials = _counts(t, tallies.get(t.version))
-            if isinstance(limit, RatioLimit):
-                assert isinstance(st, RatioState) and t.against is not None
-                base_events, base_trials = _counts(t, tallies.get(t.against))
-                states[t.key] = observe_ratio(limit, st, events, base_events, trials,
-                                              base_trials, now)
-            else:
-                assert isinstance(st, RateState)
-                states[t.key] = observe(limit, st, events, trials, now)
-    _observe_custom(p, evidence, states, analysis, m, now)
+    alpha = budget.step_alpha(analysis.alpha, int(evidence["segment"]), p.planned,
+                              tests=p.spending)
+    for t in p.tests:
+        st = states[t.key]
+        if t.custom is not None:  # read on its own: a failed query fails only its metric
+            if (sample := m.custom.get(t.custom.name)) is not None:
+                states[t.key] = custom.observe_sample(
+                    t.custom, _custom_limit(t, analysis, alpha), st, sample, t.version,
+                    t.against, now)
+            continue
+        if tallies is None:
+            continue
+        limit = _limit(t, analysis, alpha)
+        events, trials = _counts(t, tallies.get(t.version))
+        if isinstance(limit, RatioLimit):
+            assert isinstance(st, RatioState) and t.against is not None
+            base_events, base_trials = _counts(t, tallies.get(t.against))
+            states[t.key] = observe_ratio(limit, st, events, base_events, trials,
+                                          base_trials, now)
+        else:
+            assert isinstance(st, RateState)
+            states[t.key] = observe(limit, st, events, trials, now)
     verdicts = _verdicts(p, evidence, states, analysis)
     outcome, decided_by, line = _outcome(verdicts)
     evidence = {**evidence, "checks": int(evidence.get("checks", 0)) + 1,
@@ -327,21 +336,9 @@ def assess(state: RouteState, m: Measurement, route: Route, now: float) -> Asses
     }
     if failed := {n: s.error for n, s in sorted(m.custom.items()) if s.error is not None}:
         check["metric_errors"] = failed
+    if dry := [t.key for t, v in verdicts if t.dry_run and v.outcome is Outcome.FAIL]:
+        check["dry_run_failed"] = dry  # what would have aborted (Argo's dryRun)
     return Assessment(evidence, outcome, decided_by, line, check)
-
-
-def _observe_custom(p: Plan, evidence: Mapping[str, Any], states: dict[str, TestState],
-                    analysis: Analysis, m: Measurement, now: float) -> None:
-    """Fold the custom metrics' samples of one reading into their tests."""
-    alpha = budget.step_alpha(analysis.alpha, int(evidence["segment"]), p.planned,
-                              tests=p.spending)
-    for t in p.tests:
-        sample = m.custom.get(t.custom.name) if t.custom is not None else None
-        if t.custom is None or sample is None:
-            continue
-        limit = _custom_limit(t, analysis, alpha)
-        states[t.key] = custom.observe_sample(t.custom, limit, states[t.key], sample,
-                                              t.version, t.against, now)
 
 
 def stale_check(m: Measurement, now: float, why: str) -> dict[str, Any]:
@@ -382,7 +379,7 @@ def report(state: RouteState, route: Route) -> dict[str, Any] | None:
     outcome, decided_by, line = _outcome(verdicts)
     alpha = budget.step_alpha(analysis.alpha, int(ev["segment"]), p.planned,
                               tests=p.spending)
-    errors = _metric_errors(state)
+    errors = custom.last_errors(state.checks)
     return {
         "outcome": str(outcome), "summary": line,
         "decided_by": decided_by.key if decided_by is not None else None,
@@ -400,13 +397,6 @@ def report(state: RouteState, route: Route) -> dict[str, Any] | None:
                      "error": errors.get(t.custom.name)}
                     for t, v in verdicts if t.custom is not None],
     }
-
-
-def _metric_errors(state: RouteState) -> dict[str, str]:
-    """Why each custom metric's latest reading gave nothing, if it did not."""
-    last = state.checks[-1] if state.checks else {}
-    errors = last.get("metric_errors") if isinstance(last, dict) else None
-    return {str(k): str(v) for k, v in errors.items()} if isinstance(errors, dict) else {}
 
 
 def _finite(d: dict[str, Any]) -> dict[str, Any]:
