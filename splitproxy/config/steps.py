@@ -111,6 +111,14 @@ def _distinct(events: tuple[WebhookEvent, ...]) -> tuple[WebhookEvent, ...]:
 class Webhook(Frozen):
     on: Annotated[tuple[WebhookEvent, ...], BeforeValidator(_events),
                   AfterValidator(_distinct)]
+
+    @model_validator(mode="before")
+    @classmethod
+    def _yaml_on(cls, data: object) -> object:
+        # YAML 1.1 (PyYAML) reads an unquoted `on:` key as the boolean true.
+        if isinstance(data, dict) and True in data and "on" not in data:
+            data = {("on" if k is True else k): v for k, v in data.items()}
+        return data
     url: WebhookUrl
     timeout: Timeout = 5.0  # per attempt
     format: WebhookFormat = WebhookFormat.JSON

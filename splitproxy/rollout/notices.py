@@ -79,7 +79,8 @@ def notices(old: RouteState, new: RouteState, route: Route, now: float) -> list[
         send(E.RESUMED, f"resumed at step {new.step + 1}/{n}")
     if same_run and new.step > old.step:
         for i in range(old.step + 1, new.step + 1):  # `step`: the number of the step done
-            send(E.POST_STEP, f"step {i}/{n} done ({describe_step(steps[i - 1])})", step=i,
+            done = describe_step(steps[i - 1])
+            send(E.POST_STEP, f"step {i}/{n} done ({done})", step=i, step_detail=done,
                  id=f"{route.name}/{new.run}/{new.seq}/{E.POST_STEP}/{i}")
     entered = (same_run and new.step > old.step) or (not same_run and n > 0)
     if entered and new.step < n and new.phase in (Phase.PROGRESSING, Phase.PAUSED):

@@ -180,3 +180,27 @@ def test_webhook_settings() -> None:
                          ({"on": "nope"}, "pre-step")]:
         with pytest.raises(ValidationError, match=message):
             Webhook.model_validate({"url": url, **bad})
+
+
+def test_an_unquoted_on_key_in_yaml_is_the_events_not_a_boolean(tmp_path: Any) -> None:
+    from splitproxy.config.models import ConfigError, load
+
+    path = tmp_path / "c.yaml"
+    path.write_text("""routes:
+  - name: shop
+    versions:
+      stable: {endpoints: ["http://127.0.0.1:9001"]}
+      canary: {endpoints: ["http://127.0.0.1:9002"]}
+    weights: {stable: 90, canary: 10}
+    rollout:
+      webhooks:
+        - {on: pre-step, url: "http://127.0.0.1:7000/gate"}
+        - on: [paused, abort]
+          url: http://127.0.0.1:7000/n
+""")
+    rollout = load(path).routes[0].rollout
+    assert rollout is not None
+    assert [h.on for h in rollout.webhooks] == [(E.PRE_STEP,), (E.PAUSED, E.ABORT)]
+    path.write_text(path.read_text().replace("[paused, abort]", "[paused, nope]"))
+    with pytest.raises(ConfigError, match=r"c.yaml:10: routes\[0\].rollout.webhooks\[1\].on"):
+        load(path)
