@@ -203,6 +203,50 @@ def ramp(horizon: int, start: float, stop: float, seconds: int) -> Floats:
     return out
 
 
+def false_aborts(rng: np.random.Generator, plan: Plan, n: int) -> None:
+    print("False aborts over a whole rollout (promoted on evidence), level in sigma:")
+    print("| gauge | at the limit | 0.25 below | 0.5 below |\n| --- | --- | --- | --- |")
+    for process in PROCESSES:
+        cells = [rollouts(rng, plan, process, -d, n) for d in (0.0, 0.25, 0.5)]
+        print(f"| {process} | " + " | ".join(f"{a:.1%} ({p:.0%})" for a, p in cells) + " |")
+
+
+def abort_times(rng: np.random.Generator, plan: Plan, k: int, horizon: int) -> None:
+    print(f"\nTime to abort, median / p95 ({horizon // 3600} h horizon):")
+    print("| gauge | +0.25 | +0.5 | +1 | +2 | rising -1 -> +2 in 10 min |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    for process in PROCESSES:
+        times = [times_to(rng, plan, process, d, k, horizon) for d in (0.25, 0.5, 1.0, 2.0)]
+        # Seconds after the ramp crosses the limit (at 200 s).
+        times.append(times_to(rng, plan, process, ramp(horizon, -1.0, 2.0, 600), k,
+                              horizon) - 200)
+        print(f"| {process} | " + " | ".join(f"{_q(t, 0.5)} / {_q(t, 0.95)}" for t in times)
+              + " |")
+
+
+def pass_times(rng: np.random.Generator, plan: Plan, k: int, horizon: int) -> None:
+    print("\nTime to pass, median / p95:")
+    print("| gauge | 0.25 below | 0.5 below | 1 below |\n| --- | --- | --- | --- |")
+    for process in PROCESSES:
+        times = [times_to(rng, plan, process, -d, k, horizon, fail=False)
+                 for d in (0.25, 0.5, 1.0)]
+        print(f"| {process} | " + " | ".join(f"{_q(t, 0.5)} / {_q(t, 0.95)}" for t in times)
+              + " |")
+
+
+def paired(rng: np.random.Generator, plan: Plan, n: int, k: int, horizon: int) -> None:
+    print("\nAgainst the baseline (margin 0.2, shared load), false aborts / time to abort:")
+    print("| shared load | 1.0x allowed | 0.9x | abort at 1.25x | 1.5x |")
+    print("| --- | --- | --- | --- | --- |")
+    allowed = 1.0 + plan.margin
+    for process in ("independent", "AR, memory 1 block", "load wave 1 h + AR 1/2 block"):
+        fa = [rollouts(rng, plan, process, allowed * r, n, paired=True)[0] for r in (1.0, 0.9)]
+        ta = [times_to(rng, plan, process, allowed * r, k, horizon, paired=True)
+              for r in (1.25, 1.5)]
+        print(f"| {process} | {fa[0]:.1%} | {fa[1]:.1%} | "
+              + " | ".join(f"{_q(t, 0.5)} / {_q(t, 0.95)}" for t in ta) + " |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rollouts", type=int, default=1000)
@@ -212,45 +256,13 @@ def main() -> None:
     plan = Plan(block=args.block)
     rng = np.random.default_rng(args.seed)
     began = time.monotonic()
-    n = args.rollouts
+    n, k, horizon = args.rollouts, max(100, args.rollouts // 2), 7200
     print(f"blocks of {plan.block}s, alpha {plan.alpha} over {plan.steps} steps, "
           f"{n} rollouts per cell, seed {args.seed}\n")
-    print("False aborts over a whole rollout (promoted on evidence), level in sigma:")
-    print("| gauge | at the limit | 0.25 below | 0.5 below |\n| --- | --- | --- | --- |")
-    for process in PROCESSES:
-        cells = [rollouts(rng, plan, process, -d, n) for d in (0.0, 0.25, 0.5)]
-        print(f"| {process} | " + " | ".join(f"{a:.1%} ({p:.0%})" for a, p in cells) + " |")
-    horizon = 7200
-    print("\nTime to abort, median / p95 (2 h horizon):")
-    print("| gauge | +0.25 | +0.5 | +1 | +2 | rising -1 -> +2 in 10 min |")
-    print("| --- | --- | --- | --- | --- | --- |")
-    k = max(100, n // 2)
-    for process in PROCESSES:
-        cells = []
-        for d in (0.25, 0.5, 1.0, 2.0):
-            t = times_to(rng, plan, process, d, k, horizon)
-            cells.append(f"{_q(t, 0.5)} / {_q(t, 0.95)}")
-        # Seconds after the ramp crosses the limit (at 200 s).
-        t = times_to(rng, plan, process, ramp(horizon, -1.0, 2.0, 600), k, horizon) - 200
-        cells.append(f"{_q(t, 0.5)} / {_q(t, 0.95)}")
-        print(f"| {process} | " + " | ".join(cells) + " |")
-    print("\nTime to pass, median / p95:")
-    print("| gauge | 0.25 below | 0.5 below | 1 below |\n| --- | --- | --- | --- |")
-    for process in PROCESSES:
-        cells = [times_to(rng, plan, process, -d, k, horizon, fail=False)
-                 for d in (0.25, 0.5, 1.0)]
-        print(f"| {process} | " + " | ".join(f"{_q(t, 0.5)} / {_q(t, 0.95)}" for t in cells)
-              + " |")
-    print("\nAgainst the baseline (margin 0.2, shared load), false aborts / time to abort:")
-    print("| shared load | 1.0x allowed | 0.9x | abort at 1.25x | 1.5x |")
-    print("| --- | --- | --- | --- | --- |")
-    for process in ("independent", "AR, memory 1 block", "load wave 1 h + AR 1/2 block"):
-        allowed = 1.0 + plan.margin
-        fa = [rollouts(rng, plan, process, allowed * r, n, paired=True)[0] for r in (1.0, 0.9)]
-        ta = [times_to(rng, plan, process, allowed * r, k, horizon, paired=True)
-              for r in (1.25, 1.5)]
-        print(f"| {process} | {fa[0]:.1%} | {fa[1]:.1%} | "
-              + " | ".join(f"{_q(t, 0.5)} / {_q(t, 0.95)}" for t in ta) + " |")
+    false_aborts(rng, plan, n)
+    abort_times(rng, plan, k, horizon)
+    pass_times(rng, plan, k, horizon)
+    paired(rng, plan, n, k, horizon)
     print(f"\n({time.monotonic() - began:.0f} s)")
 
 
