@@ -166,9 +166,11 @@ async def test_a_failed_or_empty_query_is_inconclusive_and_holds_the_step(
         tmp_path: Path, prometheus: PrometheusServer) -> None:
     broken = {**CPU, "name": "broken", "query": 'app_cpu_share{version="{{version}}"',
               "dry_run": True}
+    ambiguous = {**CPU, "name": "ambiguous", "dry_run": True,  # ok and failed: 2 series
+                 "query": 'app_deliveries_total{version="{{version}}"}'}
     steps = {"steps": [{"set_weight": 50}, {"pause": "1s"}, {"set_weight": 100}]}
     async with run_exporter(serve_cpu={"stable"}) as exporter, \
-            setup(tmp_path, prometheus, exporter, analysis(prometheus, CPU, broken),
+            setup(tmp_path, prometheus, exporter, analysis(prometheus, CPU, broken, ambiguous),
                   weights={"stable": 100, "canary": 0}, rollout=steps) as (svc, session):
 
         no_data = "canary: no data (the query returned no series)"
@@ -192,7 +194,12 @@ async def test_a_failed_or_empty_query_is_inconclusive_and_holds_the_step(
         bad = metric_entry(body, "broken")
         assert bad is not None and bad["outcome"] == "inconclusive"
         assert "prometheus query failed" in bad["error"] and "HTTP 400" in bad["error"]
-        assert set(ro["checks"][-1]["metric_errors"]) == {"cpu", "broken"}
+        two = metric_entry(body, "ambiguous")
+        assert two is not None and two["blocks"] == 0
+        assert two["error"] == ("stable: 2 series: aggregate them to one number with sum, avg "
+                                "or max; canary: 2 series: aggregate them to one number with "
+                                "sum, avg or max")
+        assert set(ro["checks"][-1]["metric_errors"]) == {"cpu", "broken", "ambiguous"}
         run = await cli("status", "--admin", f"http://127.0.0.1:{svc.admin_port}")
         assert f"(last reading: {no_data})" in run.out
 

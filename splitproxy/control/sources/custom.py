@@ -106,7 +106,7 @@ class CustomReader:
             elif len(answer) != 1:
                 errors.append(f"{v}: no data (the query returned no series)" if not answer
                               else f"{v}: {len(answer)} series: aggregate them to one number "
-                              "(avg, sum, max by nothing)")
+                              "with sum, avg or max")
             elif not math.isfinite(value := _number(answer[0])):
                 errors.append(f"{v}: no data (the query returned {value})")
             else:
