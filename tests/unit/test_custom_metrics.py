@@ -206,9 +206,9 @@ def test_changing_a_metric_restarts_the_tests() -> None:
 
 # -- the shipped example ---------------------------------------------------------------------
 def _uncomment(text: str, key: str) -> str:
-    """`text` with the commented-out block that starts with `# key:` made live."""
+    """`text` with the commented-out block that starts with `# key` made live."""
     lines = text.splitlines()
-    start = next(i for i, line in enumerate(lines) if line.lstrip() == f"# {key}:")
+    start = next(i for i, line in enumerate(lines) if line.lstrip().startswith(f"# {key}"))
     indent = lines[start][: len(lines[start]) - len(lines[start].lstrip())]
     end = start
     while end < len(lines) and lines[end].startswith(indent + "#"):
@@ -225,10 +225,10 @@ def test_the_commented_examples_of_metrics_and_notifications_load(tmp_path: Any)
 
     example = Path(__file__).parents[2] / "config" / "example.yaml"
     path = tmp_path / "example.yaml"
-    path.write_text(_uncomment(_uncomment(example.read_text(), "metrics"), "webhooks"))
+    path.write_text(_uncomment(_uncomment(example.read_text(), "metrics:"), "- on: all"))
     [route, *_] = load(path).routes
     assert route.analysis is not None and route.rollout is not None
     assert [(m.name, m.counts) for m in route.analysis.metrics] == [("delivery", True),
                                                                   ("cpu", False)]
-    gate, chat = route.rollout.webhooks
+    abort, chat = route.rollout.webhooks
     assert chat.on == NOTIFICATIONS and chat.format == WebhookFormat.SLACK
