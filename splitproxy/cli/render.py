@@ -63,6 +63,10 @@ def _guard_lines(name: str, ro: RolloutStatus) -> list[str]:
         out.append(f"{name}: guard {guard.outcome} (segment {guard.segment}, fail at "
                    f"e >= {guard.fail_at:.0f}, pass at e >= {guard.pass_at:.0f})")
         out += [f"  {t.summary}" for t in guard.tests]
+        # analysis.metrics, beside the built-in tests: dry-run ones marked, failed reads said.
+        out += [f"  {'[dry run] ' if m.dry_run else ''}{m.summary}"
+                + (f" (last reading: {m.error})" if m.error else "")
+                for m in guard.metrics]
     checks = ro.checks[-5:]
     if checks:
         verdicts = " ".join(c.result for c in checks)

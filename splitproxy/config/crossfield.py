@@ -131,12 +131,13 @@ def address_problems(listen: object, admin_listen: object) -> list[Problem]:
     return []
 
 
-def analysis_problems(error_rate: bool, compare: bool, latency: bool) -> list[Problem]:
+def analysis_problems(error_rate: bool, compare: bool, latency: bool,
+                      metrics: bool = False) -> list[Problem]:
     """An `analysis` section judges at least one thing."""
-    if error_rate or compare or latency:
+    if error_rate or compare or latency or metrics:
         return []
-    return [((), "analysis judges nothing: set max_error_rate, a max_pNN_ms or "
-             "compare_to_baseline, or remove analysis")]
+    return [((), "analysis judges nothing: set max_error_rate, a max_pNN_ms, "
+             "compare_to_baseline or metrics, or remove analysis")]
 
 
 def step_problems(set_weight: bool, pause: bool) -> list[Problem]:
@@ -216,7 +217,8 @@ def _route(raw: Mapping[object, object]) -> list[Problem]:
             error_rate="max_error_rate" not in analysis or analysis["max_error_rate"] is not None,
             compare=analysis.get("compare_to_baseline") is not None,
             latency=any(v is not None for k, v in analysis.items()
-                        if isinstance(k, str) and _LATENCY_KEY.fullmatch(k))))
+                        if isinstance(k, str) and _LATENCY_KEY.fullmatch(k)),
+            metrics=bool(analysis.get("metrics"))))
 
     rollout = raw.get("rollout")
     facts = None

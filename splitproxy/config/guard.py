@@ -9,6 +9,7 @@ from typing import Annotated
 from pydantic import AfterValidator, BeforeValidator, Field, Strict, model_validator
 
 from splitproxy.config.crossfield import analysis_problems
+from splitproxy.config.metrics import CustomMetric
 from splitproxy.config.units import Frozen, Millis, Name, Timeout, Token
 from splitproxy.config.yamlload import Located
 
@@ -109,6 +110,8 @@ class Analysis(Frozen):
     synthetic_header: Token = "X-Splitproxy-Synthetic"  # marks synthetic load
     include_synthetic: bool = False  # judge synthetic requests too
     history: Annotated[int, Strict(), Field(ge=1, le=1000)] = 20  # checks kept for /status
+    # Custom metrics from Prometheus (`prometheus_url`), judged beside the built-in checks.
+    metrics: tuple[CustomMetric, ...] = ()
     min_requests: Annotated[None, _gone(_REMOVED_ANALYSIS["min_requests"])] = _GONE
     window: Annotated[None, _gone(_REMOVED_ANALYSIS["window"])] = _GONE
     failure_limit: Annotated[None, _gone(_REMOVED_ANALYSIS["failure_limit"])] = _GONE
@@ -118,8 +121,11 @@ class Analysis(Frozen):
     def _judges_something(self) -> Analysis:
         if problems := analysis_problems(self.max_error_rate is not None,
                                          self.compare_to_baseline is not None,
-                                         bool(self.latency_limits())):
+                                         bool(self.latency_limits()), bool(self.metrics)):
             raise Located(problems)
+        names = [m.name for m in self.metrics]
+        if twice := sorted({n for n in names if names.count(n) > 1}):
+            raise ValueError(f"analysis.metrics: the name {twice[0]!r} is used twice")
         return self
 
     def latency_limits(self) -> tuple[tuple[str, float, float], ...]:

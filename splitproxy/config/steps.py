@@ -73,19 +73,69 @@ class DeployWindow(Frozen):
 
 
 class WebhookEvent(StrEnum):
-    """What a rollout tells the outside world: the one list of event names, for webhooks now
-    and for notifications later."""
+    """What a rollout tells the outside world: the one list of event names, for webhooks and
+    notifications."""
 
     PRE_STEP = "pre-step"  # before a step that changes weights; non-2xx holds it
     POST_STEP = "post-step"  # after every step the rollout passed
     ABORT = "abort"
     PROMOTED = "promoted"
+    STEP_STARTED = "step-started"  # the rollout is at a new step (with the weights it set)
+    PAUSED = "paused"  # and why: manual, waiting for promote or evidence, outside the window
+    RESUMED = "resumed"
+    SWITCHED = "switched"  # blue/green: another color took the traffic (a switch, or back)
+
+
+# Every event but the gate: what `on: all` subscribes to.
+NOTIFICATIONS = tuple(e for e in WebhookEvent if e != WebhookEvent.PRE_STEP)
+
+
+class WebhookFormat(StrEnum):
+    JSON = "json"  # the payload as documented (README: Notifications)
+    SLACK = "slack"  # {"text", "blocks"}: Slack incoming webhooks, Mattermost, Rocket.Chat
+
+
+def _events(value: object) -> object:
+    # `on: abort`, `on: [paused, resumed]` or `on: all` (every notification).
+    if value == "all":
+        return NOTIFICATIONS
+    if isinstance(value, str):
+        return (value,)
+    return value
+
+
+def _distinct(events: tuple[WebhookEvent, ...]) -> tuple[WebhookEvent, ...]:
+    if not events:
+        raise ValueError("name at least one event (or `all`)")
+    return tuple(dict.fromkeys(events))
 
 
 class Webhook(Frozen):
-    on: WebhookEvent
+    on: Annotated[tuple[WebhookEvent, ...], BeforeValidator(_events),
+                  AfterValidator(_distinct)]
+
+    @model_validator(mode="before")
+    @classmethod
+    def _yaml_on(cls, data: object) -> object:
+        # YAML 1.1 (PyYAML) reads an unquoted `on:` key as the boolean true.
+        if isinstance(data, dict) and True in data and "on" not in data:
+            data = {("on" if k is True else k): v for k, v in data.items()}
+        return data
     url: WebhookUrl
-    timeout: Timeout = 5.0
+    timeout: Timeout = 5.0  # per attempt
+    format: WebhookFormat = WebhookFormat.JSON
+    # Notifications: attempts after the first one that failed (a connection error, a timeout,
+    # 408, 429 or 5xx), 0.5 s doubling up to 30 s apart (or as Retry-After says). A pre-step
+    # gate is not retried this way: it is asked again 2 s after any refusal.
+    retries: Annotated[int, Strict(), Field(ge=0, le=20)] = 5
+
+    @model_validator(mode="after")
+    def _gate_gets_json(self) -> Webhook:
+        if WebhookEvent.PRE_STEP in self.on and self.format != WebhookFormat.JSON:
+            raise ValueError("a pre-step gate gets the JSON payload (a chat webhook answers "
+                             "200 to anything and would approve every step): use a hook "
+                             "of its own for `format: slack`")
+        return self
 
 
 class Rollout(Frozen):

@@ -24,7 +24,7 @@ from splitproxy.config.yamlload import MAX_CONFIG_BYTES
 from splitproxy.control.adminguard import AdminGuard
 from splitproxy.control.clock import SYSTEM, Clock
 from splitproxy.control.engine import RolloutEngine
-from splitproxy.control.metrics import rollout_families
+from splitproxy.control.metrics import notification_family, rollout_families
 from splitproxy.control.reload import ConfigWatcher
 from splitproxy.control.status import (
     AdminStatus,
@@ -269,14 +269,14 @@ class Controller:
 
     def rollout_metrics(self) -> Iterable[Metric]:
         engine = self.engine
-        return rollout_families(
+        return [*rollout_families(
             {name: state.phase for name, state in engine.states.items()},
             {name: state.step for name, state in engine.states.items()},
             engine.aborts,
             engine.checks_total,
             self.server.stats.synthetic(),
             self.store_status().up,
-        )
+        ), notification_family(engine.webhooks.notifier.outcomes)]
 
     def status(self) -> Status:
         now = self.clock.monotonic()

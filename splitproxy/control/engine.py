@@ -326,5 +326,7 @@ class RolloutEngine:
             write_pending=pending,
             analysis_source=route.analysis.source if route.analysis else None,
             prometheus=self.readings.queries.get(name),
+            # analysis.metrics: each one's PromQL at the latest reading, and its error
+            metric_queries=self.readings.custom.shown.get(name),
             checks=[Check.model_validate(c) for c in state.checks],
         )

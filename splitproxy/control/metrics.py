@@ -7,7 +7,7 @@ request.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Protocol
 
 from prometheus_client import CollectorRegistry, generate_latest
@@ -209,3 +209,13 @@ def rollout_families(
                            "1 while the rollout state store (file or Redis) is reachable",
                            value=1 if store_up else 0)
     return [phase, step, aborted, judged, synth, synth_timed, synth_slow, up]
+
+
+def notification_family(outcomes: Mapping[tuple[str, str], int]) -> Metric:
+    """Notifications by event and result: delivered, failed (after its retries) or dropped
+    (a receiver's queue was full)."""
+    family = CounterMetricFamily("splitproxy_notifications", "Rollout notifications sent",
+                                 labels=["event", "result"])
+    for (event, result), n in sorted(outcomes.items()):
+        family.add_metric([event, result], n)
+    return family

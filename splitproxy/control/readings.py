@@ -18,6 +18,7 @@ from typing import Any
 from splitproxy.config.guard import Source
 from splitproxy.config.models import Route
 from splitproxy.control.clock import Clock
+from splitproxy.control.sources.custom import CustomReader, Fetched
 from splitproxy.control.sources.measure import (
     FleetSource,
     LocalSource,
@@ -29,7 +30,7 @@ from splitproxy.control.stores.store import StateStore
 from splitproxy.dataplane.stats import VersionStats
 from splitproxy.rollout.events import Event, Measurement
 from splitproxy.rollout.state import Phase, RouteState
-from splitproxy.rollout.tally import CounterDiff
+from splitproxy.rollout.tally import CounterDiff, Series
 from splitproxy.routing.table import latency_limits
 
 log = logging.getLogger("splitproxy.rollout")
@@ -68,6 +69,7 @@ class Readings:
         self._failing: set[str] = set()  # routes whose last reading failed (logged once)
         self._next: dict[str, float] = {}  # monotonic time of the next reading
         self._tasks: dict[str, asyncio.Task[None]] = {}
+        self.custom = CustomReader()  # analysis.metrics, read beside the counters
 
     @property
     def busy(self) -> bool:
@@ -81,6 +83,7 @@ class Readings:
         sets the starting point of the counts."""
         self._generation[name] = self._generation.get(name, 0) + 1
         self._diffs.pop(name, None)
+        self.custom.reset(name)
         self.forget(name)
         self._next[name] = self.clock.monotonic()
 
@@ -94,6 +97,7 @@ class Readings:
             task.cancel()
         for source in self.sources.values():
             await source.close()
+        await self.custom.close()
 
     def start(self, mono: float) -> None:
         """The readings due at `mono` (called on every timer tick)."""
@@ -101,6 +105,7 @@ class Readings:
         if judging and not self.judging:
             # Another replica judged meanwhile: count from now, never what it counted.
             self._diffs.clear()
+            self.custom.reset_all()
             self._generation = {n: g + 1 for n, g in self._generation.items()}
         self.judging = judging
         routes, states = self._current()
@@ -126,15 +131,9 @@ class Readings:
     async def _read(self, name: str, route: Route, run: str, step: int,
                     generation: int) -> None:
         assert route.analysis is not None
-        source = self.sources[route.analysis.source]
-        series = queries = error = None
         try:
-            reading = await asyncio.wait_for(source.read(route), MEASURE_TIMEOUT)
-            series, queries = reading.series, reading.queries
-        except MeasureError as exc:
-            error, queries = str(exc), exc.queries
-        except TimeoutError:
-            error = f"no reading within {MEASURE_TIMEOUT:g}s"
+            (series, queries, error), fetched = await asyncio.gather(
+                self._counters(route), self._custom(route))
         finally:
             self._done(name)
         if self._generation.get(name, 0) != generation:
@@ -146,7 +145,35 @@ class Readings:
             diff = self._diffs.setdefault(name, CounterDiff())
             tallies = diff.apply(series, latency_limits(route), self.clock.monotonic())
         self._note_failure(name, "analysis inconclusive", error)
-        self._post(name, Measurement(run, step, tallies, error, leader=self.store.is_leader()))
+        custom = self.custom.samples(route, fetched, self.clock.monotonic())
+        for metric, sample in custom.items():
+            self._note_failure(name, "analysis inconclusive", sample.error, metric)
+        self._post(name, Measurement(run, step, tallies, error, leader=self.store.is_leader(),
+                                     custom=custom))
+
+    async def _counters(self, route: Route) -> tuple[dict[Series, float] | None,
+                                                     dict[str, str] | None, str | None]:
+        """(the route's cumulative counters, the queries shown, the error) from its source."""
+        assert route.analysis is not None
+        source = self.sources[route.analysis.source]
+        try:
+            reading = await asyncio.wait_for(source.read(route), MEASURE_TIMEOUT)
+            return reading.series, reading.queries, None
+        except MeasureError as exc:
+            return None, exc.queries, str(exc)
+        except TimeoutError:
+            return None, None, f"no reading within {MEASURE_TIMEOUT:g}s"
+
+    async def _custom(self, route: Route) -> dict[str, Fetched]:
+        """analysis.metrics from Prometheus; a reading that takes too long reads as failed."""
+        try:
+            return await asyncio.wait_for(self.custom.fetch(route, self.clock.time()),
+                                          MEASURE_TIMEOUT)
+        except TimeoutError:
+            analysis = route.analysis
+            metrics = analysis.metrics if analysis is not None else ()
+            return {m.name: Fetched({}, error=f"no reading within {MEASURE_TIMEOUT:g}s")
+                    for m in metrics}
 
     async def _publish(self, name: str, route: Route) -> None:
         assert route.analysis is not None
@@ -160,12 +187,14 @@ class Readings:
             self._done(name)
         self._note_failure(name, "counters not shared", error)
 
-    def _note_failure(self, name: str, what: str, error: str | None) -> None:
-        """One log line when a route's readings start failing and one when they work again
-        (each check keeps its own error in the history)."""
-        if error is not None and name not in self._failing:
-            self._failing.add(name)
-            log.warning("rollout route=%s %s: %s", name, what, error)
-        elif error is None and name in self._failing:
-            self._failing.discard(name)
-            log.info("rollout route=%s readings work again", name)
+    def _note_failure(self, name: str, what: str, error: str | None,
+                      metric: str | None = None) -> None:
+        """One log line when a route's readings (or one custom metric's) start failing and one
+        when they work again (each check keeps its own error in the history)."""
+        key, which = (name, "") if metric is None else (f"{name}|{metric}", f" metric={metric}")
+        if error is not None and key not in self._failing:
+            self._failing.add(key)
+            log.warning("rollout route=%s%s %s: %s", name, which, what, error)
+        elif error is None and key in self._failing:
+            self._failing.discard(key)
+            log.info("rollout route=%s%s readings work again", name, which)

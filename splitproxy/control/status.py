@@ -119,6 +119,7 @@ class VersionStatus(_Model):
 
 
 class _GuardTest(_Model):
+    key: str  # the test's name in the plan (version, metric, comparison)
     version: str
     metric: str  # error_rate, p50, p90, p99
     limit_ms: float | None
@@ -169,6 +170,19 @@ GuardTest = Annotated[Annotated[RateTest, Tag("rate")] | Annotated[RatioTest, Ta
                       Discriminator(_test_kind)]
 
 
+class MetricVerdict(_Open):
+    """A custom metric's verdict (`analysis.metrics`); open: counts and gauges differ."""
+
+    key: str
+    name: str
+    version: str
+    against: str | None
+    dry_run: bool
+    outcome: Outcome
+    summary: str
+    error: str | None
+
+
 class GuardReport(_Model):
     """The guard's verdicts for the last segment (`rollout.guard.report`)."""
 
@@ -184,6 +198,7 @@ class GuardReport(_Model):
     fail_at: float
     pass_at: float
     tests: list[GuardTest]
+    metrics: list[MetricVerdict]  # analysis.metrics, beside the built-in tests
 
 
 class Check(_Open):
@@ -213,6 +228,8 @@ class RolloutStatus(_Model):
     write_pending: PendingWrite | None
     analysis_source: Source | None
     prometheus: dict[str, Any] | None  # the last PromQL queries and their error
+    # analysis.metrics: each one's PromQL at the latest reading, and its error
+    metric_queries: dict[str, dict[str, Any]] | None
     checks: list[Check]
 
     @property

@@ -1,7 +1,8 @@
 """Rollout webhooks: pre-step gates (every hook's 2xx lets the step go) and notifications.
 
 Calls run as tasks of their own; a gate's answer comes back to the rollout owner as an event
-through the callback, so a slow hook holds only its own step.
+through the callback, so a slow hook holds only its own step. Notifications are queued per
+receiver and retried with backoff (`notify`), so a dead receiver holds nothing either.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Any
 import aiohttp
 
 from splitproxy.config.steps import Webhook
+from splitproxy.control.notify import Notifier, post
 
 log = logging.getLogger("splitproxy.control.webhooks")
 
@@ -22,19 +24,17 @@ class Webhooks:
     def __init__(self) -> None:
         self._session: aiohttp.ClientSession | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self.notifier = Notifier(self.session)
 
-    async def call(self, hook: Webhook, payload: dict[str, Any]) -> tuple[bool, str]:
-        """POST the payload as JSON; (2xx?, a short description of the outcome)."""
+    def session(self) -> aiohttp.ClientSession:
         if self._session is None:
             self._session = aiohttp.ClientSession()
-        try:
-            async with self._session.post(
-                hook.url, json=payload, timeout=aiohttp.ClientTimeout(total=hook.timeout)
-            ) as resp:
-                ok = 200 <= resp.status < 300
-                return ok, f"{hook.url} answered {resp.status}"
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            return False, f"{hook.url} failed: {type(exc).__name__} {exc}".strip()
+        return self._session
+
+    async def call(self, hook: Webhook, payload: dict[str, Any]) -> tuple[bool, str]:
+        """POST the payload as JSON once; (2xx?, a short description of the outcome)."""
+        attempt = await post(self.session(), hook, payload)
+        return attempt.ok, attempt.detail
 
     def _spawn(self, coro: Any) -> None:
         task: asyncio.Task[None] = asyncio.get_running_loop().create_task(coro)
@@ -42,13 +42,9 @@ class Webhooks:
         task.add_done_callback(self._tasks.discard)
 
     def notify(self, hooks: Sequence[Webhook], payload: dict[str, Any]) -> None:
-        """Tell every hook; the outcome is logged, nothing waits for it."""
+        """Tell every hook (in order per receiver, retried); nothing waits for it."""
         for hook in hooks:
-            self._spawn(self._notify(hook, payload))
-
-    async def _notify(self, hook: Webhook, payload: dict[str, Any]) -> None:
-        ok, detail = await self.call(hook, payload)
-        (log.info if ok else log.warning)("webhook %s: %s", payload.get("event"), detail)
+            self.notifier.send(hook, payload)
 
     def ask(self, hooks: Sequence[Webhook], payload: dict[str, Any],
             answer: Callable[[bool, str], None]) -> None:
@@ -64,6 +60,7 @@ class Webhooks:
     async def close(self) -> None:
         """Waits a moment for notifications in flight (an abort's must not be lost to a
         shutdown), then stops."""
+        await self.notifier.close(1.0)
         if self._tasks:
             await asyncio.wait(self._tasks, timeout=1.0)
         for task in list(self._tasks):

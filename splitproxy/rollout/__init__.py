@@ -8,7 +8,9 @@ events in order and carries out their effects is `splitproxy.control.engine`.
 - `machine`: transitions (start, advance, abort, promote, retry, pause, resume) and weights.
 - `schedule`: deployment windows.
 - `events`: events in, effects out; `fold.apply` maps one to the other.
-- `guard`: the sequential tests: what is judged, the evidence per step, the verdicts.
+- `guard`: the sequential tests: what is judged, the evidence per step, the verdicts;
+  `custom` and `gauges`: custom metrics (`analysis.metrics`) as tests.
+- `notices`: what each decided transition notifies (webhooks, Slack).
 """
 
 from splitproxy.rollout.events import Action, WebhookEvent

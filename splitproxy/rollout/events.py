@@ -13,6 +13,7 @@ from enum import StrEnum
 from typing import Any, Literal
 
 from splitproxy.config.steps import Webhook, WebhookEvent
+from splitproxy.rollout.custom import MetricSample
 from splitproxy.rollout.state import Phase, RouteState
 from splitproxy.rollout.tally import Tally
 
@@ -72,6 +73,8 @@ class Measurement:
     tallies: Mapping[str, Tally] | None = None
     error: str | None = None
     leader: bool = True
+    # `analysis.metrics`, by name: each read on its own (a failed query fails only its metric).
+    custom: Mapping[str, MetricSample] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,7 +8,6 @@ adopted from another replica are not re-sent and do not notify (their maker did)
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Any
 
 from splitproxy.config.models import Route
 from splitproxy.config.steps import WebhookEvent
@@ -24,7 +23,6 @@ from splitproxy.rollout.events import (
     Log,
     Measurement,
     NewRun,
-    Notify,
     PeerUpdate,
     Persist,
     PhaseChanged,
@@ -37,6 +35,7 @@ from splitproxy.rollout.events import (
 )
 from splitproxy.rollout.identity import endpoints, identity, legacy_candidates
 from splitproxy.rollout.machine import ABORTED, PAUSED, PROMOTED, ActionError
+from splitproxy.rollout.notices import hooks_for, notices, payload
 from splitproxy.rollout.state import (
     Actor,
     Gate,
@@ -148,7 +147,7 @@ def _tick(state: RouteState, event: Tick, route: Route, now: float,
     if not event.leader or not machine.has_steps(route) or state.phase == ABORTED:
         return state, []
     allowed: int | None = None
-    hooks = _hooks(route, WebhookEvent.PRE_STEP)
+    hooks = hooks_for(route, WebhookEvent.PRE_STEP)
     if hooks:
         allowed = 0
         if machine.next_step_is_weight(state, route):
@@ -160,7 +159,7 @@ def _tick(state: RouteState, event: Tick, route: Route, now: float,
             elif gate is None or (not gate.asking and now >= gate.retry_at):
                 state = replace(state, gate=Gate(state.run, state.step))
                 effects.append(AskGate(state.run, state.step, hooks,
-                                       _payload(route, state, WebhookEvent.PRE_STEP)))
+                                       payload(route, state, WebhookEvent.PRE_STEP)))
     return machine.advance(state, route, now, weight_steps=allowed,
                            passed=guard.passed(state, route))
 
@@ -243,11 +242,11 @@ def _decided(old: RouteState, new: RouteState, route: Route, now: float, notes: 
         seq = old.seq + 1 if new.identity == old.identity else 0
         new = replace(new, seq=seq, endpoints=endpoints(route))
         out.append(Persist(new))
-    return new, out + effects + _consequences(old, new, route, decided=True)
+    return new, out + effects + _consequences(old, new, route, decided=True, now=now)
 
 
 def _consequences(old: RouteState, new: RouteState, route: Route,
-                  decided: bool) -> list[Effect]:
+                  decided: bool, now: float = 0.0) -> list[Effect]:
     out: list[Effect] = []
     if machine.weights(new, route) != machine.weights(old, route) or new.run != old.run:
         out.append(Rebuild())  # the run is in the sticky cookie
@@ -262,34 +261,5 @@ def _consequences(old: RouteState, new: RouteState, route: Route,
         out.append(PhaseChanged(old.phase, new.phase))
     if not decided:
         return out
-    if new.phase != old.phase and new.phase in (ABORTED, PROMOTED):
-        event = WebhookEvent.ABORT if new.phase == ABORTED else WebhookEvent.PROMOTED
-        if hooks := _hooks(route, event):
-            out.append(Notify(event, hooks, _payload(route, new, event)))
-    if new.run == old.run and new.step > old.step \
-            and (hooks := _hooks(route, WebhookEvent.POST_STEP)):
-        for step in range(old.step + 1, new.step + 1):
-            payload = _payload(route, new, WebhookEvent.POST_STEP)
-            out.append(Notify(WebhookEvent.POST_STEP, hooks, {**payload, "step": step}))
+    out += notices(old, new, route, now)  # every transition decided here, to its hooks
     return out
-
-
-def _hooks(route: Route, event: WebhookEvent) -> tuple[Any, ...]:
-    rollout = route.rollout
-    return tuple(h for h in (rollout.webhooks if rollout else ()) if h.on == event)
-
-
-def _payload(route: Route, state: RouteState, event: WebhookEvent) -> dict[str, Any]:
-    return {
-        "event": str(event),
-        "route": route.name,
-        "run": state.run,
-        "phase": str(state.phase),
-        "step": state.step,
-        "steps": len(route.rollout.steps) if route.rollout else 0,
-        "weights": machine.weights(state, route),
-        "reason": state.abort_reason or (str(state.pause_reason) if state.pause_reason
-                                         else None),
-        "revision": route.rollout.revision if route.rollout else None,
-        "last_check": state.checks[-1] if state.checks else None,
-    }

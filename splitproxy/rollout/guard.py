@@ -5,8 +5,10 @@ the moment (N-way splits included), or for blue/green the color switched to; per
 test per limit: the error rate against `max_error_rate`, the share of requests whose upstream
 time is over each `max_pNN_ms` against its threshold (`config.LATENCY_LIMITS`), and with
 `compare_to_baseline` the same counts against the baseline's over the same time
-(`sequential`). Each test gets its share of the rollout's false-abort budget
-(`budget.step_alpha`: its segment, the segments planned, the tests in it).
+(`sequential`); then each of `analysis.metrics` against its threshold and/or the baseline
+(`custom`: counts as above, gauges by `gauges`' sign test). Each test gets its share of the
+rollout's false-abort budget (`budget.step_alpha`: its segment, the segments planned, the
+tests in it); dry-run metrics are judged at that level but take no share and decide nothing.
 
 The evidence (`RouteState.evidence`, JSON) belongs to one *segment*: a run's step, with what
 is judged in it. It restarts at every step and run, when what is judged changes (a reload
@@ -32,8 +34,9 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from splitproxy.config.guard import Advance, Analysis
+from splitproxy.config.metrics import CustomMetric
 from splitproxy.config.models import Route, Strategy
-from splitproxy.rollout import budget
+from splitproxy.rollout import budget, custom
 from splitproxy.rollout.events import Measurement
 from splitproxy.rollout.machine import effective_active, weights
 from splitproxy.rollout.sequential import (
@@ -53,8 +56,8 @@ from splitproxy.rollout.verdicts import Outcome, RateVerdict, RatioVerdict
 EVIDENCE_VERSION = 1
 MAX_SEGMENT = 3600.0  # seconds: a segment this old restarts (from the alpha reserve)
 
-Verdict = RateVerdict | RatioVerdict
-TestState = RateState | RatioState
+Verdict = RateVerdict | RatioVerdict | custom.Verdict
+TestState = RateState | RatioState | custom.State
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,17 +65,25 @@ class Test:
     """One sequential test: `version`'s `metric` against a limit, or against `against`."""
 
     version: str
-    metric: str  # error_rate, p50, p90, p99
-    threshold: float  # a limit: the rate; a comparison: the relative margin
+    metric: str  # error_rate, p50, p90, p99; `metric:<name>` for analysis.metrics
+    threshold: float  # a limit: the rate (a gauge: the value); a comparison: the margin
     limit: float | None = None  # latency: the upstream time in seconds; None: errors
     against: str | None = None  # a comparison: the baseline version
+    custom: CustomMetric | None = None  # a custom metric (`rollout.custom`)
 
     @property
     def key(self) -> str:
         return f"{self.version}:{self.metric}" + (f"~{self.against}" if self.against else "")
 
     @property
+    def dry_run(self) -> bool:
+        """Shown, never aborts, never holds a step, spends no alpha."""
+        return self.custom is not None and self.custom.dry_run
+
+    @property
     def name(self) -> str:
+        if self.custom is not None:
+            return f"{self.version} {self.custom.name}"
         what = "error rate" if self.limit is None else \
             f"{self.metric} (over {self.limit * 1000:g} ms)"
         return f"{self.version} {what}"
@@ -83,6 +94,12 @@ class Plan:
     tests: tuple[Test, ...]
     planned: int  # segments the rollout plans: one per pause step
     key: str  # what is judged, and how: a change restarts the tests
+
+    @property
+    def spending(self) -> int:
+        """The tests that share the segment's alpha: all but dry-run ones (which never
+        abort; they are judged at the same level, to show what they would have done)."""
+        return max(1, sum(1 for t in self.tests if not t.dry_run))
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,9 +141,16 @@ def plan(state: RouteState, route: Route) -> Plan:
             tests.append(Test(v, "error_rate", compare.margin, None, baseline))
             tests += [Test(v, name, compare.margin, seconds, baseline)
                       for name, seconds, _ in limits]
+        for m in analysis.metrics:
+            if m.threshold is not None:
+                tests.append(Test(v, f"metric:{m.name}", m.threshold, custom=m))
+            if m.compare_to_baseline is not None and baseline is not None:
+                tests.append(Test(v, f"metric:{m.name}", m.compare_to_baseline.margin,
+                                  against=baseline, custom=m))
     steps = route.rollout.steps if route.rollout else ()
     planned = max(1, sum(1 for s in steps if s.pause is not None))
-    what = [[t.key, t.threshold, t.limit] for t in tests]
+    what = [[t.key, t.threshold, t.limit] + ([t.custom.model_dump(mode="json")]
+                                             if t.custom else []) for t in tests]
     key = hashlib.sha256(json.dumps([what, analysis.alpha, analysis.beta, planned])
                          .encode()).hexdigest()[:12]
     return Plan(tuple(tests), planned, key)
@@ -136,8 +160,19 @@ def plan(state: RouteState, route: Route) -> Plan:
 def _fresh(state: RouteState, p: Plan, segment: int, now: float) -> dict[str, Any]:
     return {"v": EVIDENCE_VERSION, "run": state.run, "step": state.step, "segment": segment,
             "key": p.key, "since": now, "checks": 0, "outcome": str(Outcome.INCONCLUSIVE),
-            "tests": {t.key: (RatioState(since=now) if t.against else RateState(since=now))
-                      .to_json() for t in p.tests}}
+            "tests": {t.key: _new_state(t, now).to_json() for t in p.tests}}
+
+
+def _new_state(t: Test, now: float) -> TestState:
+    if t.custom is not None:
+        return custom.new_state(t.custom, t.against is not None, now)
+    return RatioState(since=now) if t.against else RateState(since=now)
+
+
+def _load_state(t: Test, data: Any) -> TestState:
+    if t.custom is not None:
+        return custom.load_state(t.custom, t.against is not None, data)
+    return RatioState.from_json(data) if t.against else RateState.from_json(data)
 
 
 def _spent(evidence: Mapping[str, Any]) -> bool:
@@ -145,7 +180,8 @@ def _spent(evidence: Mapping[str, Any]) -> bool:
     tests = evidence.get("tests")
     if not isinstance(tests, dict):
         return True
-    return any(not isinstance(t, dict) or t.get("slices", 1) != 0 for t in tests.values())
+    return any(not isinstance(t, dict) or t.get("slices", t.get("blocks", 1)) != 0
+               for t in tests.values())
 
 
 def _current(evidence: Mapping[str, Any], state: RouteState, p: Plan) -> bool:
@@ -161,8 +197,7 @@ def _states(evidence: Mapping[str, Any], p: Plan) -> dict[str, TestState] | None
     out: dict[str, TestState] = {}
     try:
         for t in p.tests:
-            data = raw[t.key]
-            out[t.key] = RatioState.from_json(data) if t.against else RateState.from_json(data)
+            out[t.key] = _load_state(t, raw[t.key])
     except (KeyError, ValueError, TypeError, AttributeError):
         return None
     return out
@@ -195,6 +230,11 @@ def _limit(t: Test, analysis: Analysis, alpha: float) -> RateLimit | RatioLimit:
     return RateLimit(threshold=t.threshold, alpha=alpha, beta=analysis.beta)
 
 
+def _custom_limit(t: Test, analysis: Analysis, alpha: float) -> custom.Limit:
+    assert t.custom is not None
+    return custom.limit(t.custom, t.threshold, t.against is not None, alpha, analysis.beta)
+
+
 def _counts(t: Test, tally: Tally | None) -> tuple[int, int]:
     """(events, trials) of one version for one test; events never exceed trials."""
     if tally is None:
@@ -209,11 +249,14 @@ def _counts(t: Test, tally: Tally | None) -> tuple[int, int]:
 def _verdicts(p: Plan, evidence: Mapping[str, Any], states: Mapping[str, TestState],
               analysis: Analysis) -> list[tuple[Test, Verdict]]:
     alpha = budget.step_alpha(analysis.alpha, int(evidence["segment"]), p.planned,
-                              tests=max(1, len(p.tests)))
+                              tests=p.spending)
     out: list[tuple[Test, Verdict]] = []
     for t in p.tests:
-        limit = _limit(t, analysis, alpha)
         st = states[t.key]
+        if t.custom is not None:
+            out.append((t, custom.judge_test(_custom_limit(t, analysis, alpha), st)))
+            continue
+        limit = _limit(t, analysis, alpha)
         if isinstance(limit, RatioLimit):
             assert isinstance(st, RatioState)
             out.append((t, judge_ratio(limit, st)))
@@ -224,6 +267,9 @@ def _verdicts(p: Plan, evidence: Mapping[str, Any], states: Mapping[str, TestSta
 
 
 def _outcome(verdicts: list[tuple[Test, Verdict]]) -> tuple[Outcome, Test | None, str]:
+    dry = len(verdicts)
+    verdicts = [(t, v) for t, v in verdicts if not t.dry_run]  # shown, never decide
+    dry -= len(verdicts)
     for t, v in verdicts:
         if v.outcome is Outcome.FAIL:
             return Outcome.FAIL, t, summary(t, v)
@@ -234,13 +280,17 @@ def _outcome(verdicts: list[tuple[Test, Verdict]]) -> tuple[Outcome, Test | None
         if v.outcome is not Outcome.PASS:
             return Outcome.INCONCLUSIVE, t, summary(t, v)
     if not verdicts:
-        return Outcome.PASS, None, "nothing to judge: no version but the baseline has traffic"
+        return Outcome.PASS, None, "nothing to judge: " + (
+            "only dry-run metrics" if dry else "no version but the baseline has traffic")
     return Outcome.PASS, None, "; ".join(summary(t, v) for t, v in needed)
 
 
 def summary(t: Test, v: Verdict) -> str:
+    if t.custom is not None:
+        return custom.summary(t.custom, t.version, v)
     if isinstance(v, RatioVerdict):
         return v.summary(t.name)
+    assert isinstance(v, RateVerdict)
     return v.summary(t.name, "errors" if t.limit is None else "over")
 
 
@@ -251,21 +301,28 @@ def assess(state: RouteState, m: Measurement, route: Route, now: float) -> Asses
     p = plan(state, route)
     evidence, states = segment_of(state, p, now)
     tallies = m.tallies if m.error is None else None
-    if tallies is not None:
-        alpha = budget.step_alpha(analysis.alpha, int(evidence["segment"]), p.planned,
-                                  tests=max(1, len(p.tests)))
-        for t in p.tests:
-            limit = _limit(t, analysis, alpha)
-            st = states[t.key]
-            events, trials = _counts(t, tallies.get(t.version))
-            if isinstance(limit, RatioLimit):
-                assert isinstance(st, RatioState) and t.against is not None
-                base_events, base_trials = _counts(t, tallies.get(t.against))
-                states[t.key] = observe_ratio(limit, st, events, base_events, trials,
-                                              base_trials, now)
-            else:
-                assert isinstance(st, RateState)
-                states[t.key] = observe(limit, st, events, trials, now)
+    alpha = budget.step_alpha(analysis.alpha, int(evidence["segment"]), p.planned,
+                              tests=p.spending)
+    for t in p.tests:
+        st = states[t.key]
+        if t.custom is not None:  # read on its own: a failed query fails only its metric
+            if (sample := m.custom.get(t.custom.name)) is not None:
+                states[t.key] = custom.observe_sample(
+                    t.custom, _custom_limit(t, analysis, alpha), st, sample, t.version,
+                    t.against, now)
+            continue
+        if tallies is None:
+            continue
+        limit = _limit(t, analysis, alpha)
+        events, trials = _counts(t, tallies.get(t.version))
+        if isinstance(limit, RatioLimit):
+            assert isinstance(st, RatioState) and t.against is not None
+            base_events, base_trials = _counts(t, tallies.get(t.against))
+            states[t.key] = observe_ratio(limit, st, events, base_events, trials,
+                                          base_trials, now)
+        else:
+            assert isinstance(st, RateState)
+            states[t.key] = observe(limit, st, events, trials, now)
     verdicts = _verdicts(p, evidence, states, analysis)
     outcome, decided_by, line = _outcome(verdicts)
     evidence = {**evidence, "checks": int(evidence.get("checks", 0)) + 1,
@@ -277,6 +334,10 @@ def assess(state: RouteState, m: Measurement, route: Route, now: float) -> Asses
         "requests": {v: t.requests for v, t in sorted((tallies or {}).items())},
         "summary": line, "error": m.error,
     }
+    if failed := {n: s.error for n, s in sorted(m.custom.items()) if s.error is not None}:
+        check["metric_errors"] = failed
+    if dry := [t.key for t, v in verdicts if t.dry_run and v.outcome is Outcome.FAIL]:
+        check["dry_run_failed"] = dry  # what would have aborted (Argo's dryRun)
     return Assessment(evidence, outcome, decided_by, line, check)
 
 
@@ -317,17 +378,24 @@ def report(state: RouteState, route: Route) -> dict[str, Any] | None:
     verdicts = _verdicts(p, ev, states, analysis)
     outcome, decided_by, line = _outcome(verdicts)
     alpha = budget.step_alpha(analysis.alpha, int(ev["segment"]), p.planned,
-                              tests=max(1, len(p.tests)))
+                              tests=p.spending)
+    errors = custom.last_errors(state.checks)
     return {
         "outcome": str(outcome), "summary": line,
         "decided_by": decided_by.key if decided_by is not None else None,
         "step": ev.get("step"), "current": _current(ev, state, p),
         "segment": ev["segment"], "since": ev.get("since"), "checks": ev.get("checks"),
         "alpha_per_test": alpha, "fail_at": 1.0 / alpha, "pass_at": 1.0 / analysis.beta,
-        "tests": [{"version": t.version, "metric": t.metric,
+        "tests": [{"key": t.key, "version": t.version, "metric": t.metric,
                    "limit_ms": t.limit * 1000 if t.limit is not None else None,
                    "against": t.against, **_finite(v.to_dict()), "summary": summary(t, v)}
-                  for t, v in verdicts],
+                  for t, v in verdicts if t.custom is None],
+        # analysis.metrics, beside the built-in tests (dry-run ones included, marked).
+        "metrics": [{"key": t.key, "name": t.custom.name, "version": t.version,
+                     "against": t.against,
+                     **_finite(custom.describe(t.custom, v)), "summary": summary(t, v),
+                     "error": errors.get(t.custom.name)}
+                    for t, v in verdicts if t.custom is not None],
     }
 
 

@@ -105,6 +105,18 @@ class CounterDiff:
               now: float) -> dict[str, Tally]:
         """Counts per version since the previous reading (all zero for the first one)."""
         limits = tuple(limits)
+        sums = self.deltas(reading, now)
+        versions = {v for v, _ in sums}
+        return {v: Tally(
+            requests=round(sums.get((v, REQUESTS), 0.0)),
+            errors=round(sums.get((v, ERRORS), 0.0)),
+            timed=round(sums.get((v, TIMED), 0.0)),
+            over={lim: round(sums.get((v, slow_metric(lim)), 0.0)) for lim in limits},
+        ) for v in versions}
+
+    def deltas(self, reading: Mapping[Series, float], now: float) -> dict[tuple[str, str], float]:
+        """What each (version, metric) counted since the previous reading, summed over its
+        series (all zero for the first reading): `apply`'s arithmetic, for any counters."""
         sums: dict[tuple[str, str], float] = {}
         first = not self._primed
         for key, value in reading.items():
@@ -120,10 +132,4 @@ class CounterDiff:
         self._primed = True
         for key in [k for k, (_, at) in self._last.items() if now - at > FORGET_AFTER]:
             del self._last[key]
-        versions = {v for v, _ in sums}
-        return {v: Tally(
-            requests=round(sums.get((v, REQUESTS), 0.0)),
-            errors=round(sums.get((v, ERRORS), 0.0)),
-            timed=round(sums.get((v, TIMED), 0.0)),
-            over={lim: round(sums.get((v, slow_metric(lim)), 0.0)) for lim in limits},
-        ) for v in versions}
+        return sums

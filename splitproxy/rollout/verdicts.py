@@ -120,11 +120,13 @@ class RatioVerdict:
 
 
 def _tail(head: str, outcome: Outcome, limit: str, log_fail: float, log_pass: float,
-          alpha: float, beta: float, counts: str) -> str:
+          alpha: float, beta: float, counts: str, worse: str = ">", better: str = "<") -> str:
+    """`worse`/`better`: how the bad and the good side compare with the limit (a floor, such
+    as a custom metric's success rate, swaps them)."""
     if outcome is Outcome.FAIL:
-        return f"{head} > {limit}: e={_e(log_fail)} >= {_num(1 / alpha)} {counts}"
+        return f"{head} {worse} {limit}: e={_e(log_fail)} >= {_num(1 / alpha)} {counts}"
     if outcome is Outcome.PASS:
-        return f"{head} < {limit}: e={_e(log_pass)} >= {_num(1 / beta)} {counts}"
+        return f"{head} {better} {limit}: e={_e(log_pass)} >= {_num(1 / beta)} {counts}"
     return (f"{head} vs {limit}: inconclusive, fail e={_e(log_fail)} < {_num(1 / alpha)}, "
             f"pass e={_e(log_pass)} < {_num(1 / beta)} {counts}")
 

@@ -1,5 +1,6 @@
-"""Fixtures for the many-replicas tests: real `redis-server` and `prometheus` processes in the
-test's tmp dir, and a key prefix of the test's own. The helpers are in `tests/support/`.
+"""Fixtures for the many-replicas tests: a real `redis-server` in the test's tmp dir (and
+`prometheus`, from tests/conftest.py), and a key prefix of the test's own. The helpers are in
+`tests/support/`.
 """
 
 from __future__ import annotations
@@ -11,23 +12,13 @@ from pathlib import Path
 import pytest
 import redis.asyncio as aioredis
 
-from tests.support.processes import PrometheusServer, RedisServer, require_binary
+from tests.support.processes import RedisServer, require_binary
 
 
 @pytest.fixture
 async def redis_server(tmp_path: Path) -> AsyncIterator[RedisServer]:
     server = RedisServer(require_binary("redis-server"), tmp_path / "redis")
     await server.start()
-    try:
-        yield server
-    finally:
-        await server.stop()
-
-
-@pytest.fixture
-async def prometheus(tmp_path: Path) -> AsyncIterator[PrometheusServer]:
-    """Not started yet: the test calls `await prometheus.start(targets)`; stopped after."""
-    server = PrometheusServer(require_binary("prometheus"), tmp_path / "prometheus")
     try:
         yield server
     finally:

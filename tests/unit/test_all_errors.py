@@ -124,8 +124,8 @@ routes:
     weights: {stable: 1}
     analysis: {alpha: 2, max_error_rate: null}
 """, ["7: routes[0].analysis.alpha: must be <= 0.5",
-      "7: routes[0].analysis: analysis judges nothing: set max_error_rate, a max_pNN_ms "
-      "or compare_to_baseline, or remove analysis"]),
+      "7: routes[0].analysis: analysis judges nothing: set max_error_rate, a max_pNN_ms, "
+      "compare_to_baseline or metrics, or remove analysis"]),
     ("admin on the proxy's (default) address beside a missing route field", """\
 admin: {listen: 127.0.0.1:8080}
 routes:

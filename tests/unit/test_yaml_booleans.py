@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from splitproxy.config.models import load
+from splitproxy.config.steps import WebhookEvent
 
 CONFIG = """\
 routes:
@@ -30,7 +31,8 @@ def test_the_webhook_key_on_is_a_key(tmp_path: Path) -> None:
     rollout = load(path).routes[0].rollout
     assert rollout is not None
     assert [(w.on, w.url) for w in rollout.webhooks] == [
-        ("pre-step", "http://127.0.0.1:7000/gate"), ("abort", "http://127.0.0.1:7000/notify")]
+        ((WebhookEvent.PRE_STEP,), "http://127.0.0.1:7000/gate"),
+        ((WebhookEvent.ABORT,), "http://127.0.0.1:7000/notify")]
 
 
 def test_a_boolean_field_still_takes_yes_and_off(tmp_path: Path) -> None:

@@ -71,12 +71,16 @@ class PrometheusSource:
     def __init__(self) -> None:
         self._session: aiohttp.ClientSession | None = None
 
-    async def instant(self, url: str, promql: str) -> list[dict[str, object]]:
-        """One instant query's result vector; raises on any failure."""
+    async def instant(self, url: str, promql: str,
+                      at: float | None = None) -> list[dict[str, object]]:
+        """One instant query's result vector (evaluated at `at`, Unix time, if given: queries
+        that must agree, such as a ratio's two counters, are read at one instant); raises on
+        any failure."""
         if self._session is None:
             self._session = aiohttp.ClientSession()
+        params = {"query": promql} if at is None else {"query": promql, "time": f"{at:.3f}"}
         async with self._session.get(
-            url.rstrip("/") + "/api/v1/query", params={"query": promql},
+            url.rstrip("/") + "/api/v1/query", params=params,
             timeout=aiohttp.ClientTimeout(total=QUERY_TIMEOUT),
         ) as resp:
             body = await resp.json(content_type=None)
