@@ -28,7 +28,7 @@ from splitproxy.control.metrics import rollout_families
 from splitproxy.control.reload import ConfigWatcher
 from splitproxy.control.stores.store import StateStore, make_store
 from splitproxy.control.window import Sample, Window
-from splitproxy.dataplane.server import DataPlane
+from splitproxy.dataplane.plane import DataPlane
 from splitproxy.dataplane.stats import VersionStats
 from splitproxy.routing import table
 

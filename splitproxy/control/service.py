@@ -14,6 +14,7 @@ from splitproxy.config.models import load
 from splitproxy.control.admin import bound_port, resolve_token, start_admin
 from splitproxy.control.clock import SYSTEM, Clock
 from splitproxy.control.controller import Controller
+from splitproxy.dataplane.plane import DataPlane
 from splitproxy.dataplane.server import ProxyServer
 from splitproxy.dataplane.workers import WorkerPool
 
@@ -27,7 +28,7 @@ class Service:
         self.watch = watch
         config = load(self.path)
         self.token = resolve_token(config.admin, self.path)  # refuses an open admin API
-        self.proxy: ProxyServer | WorkerPool = (
+        self.proxy: DataPlane = (
             ProxyServer(config) if workers == 1 else WorkerPool(config, workers))
         self.controller = Controller(self.path, config, self.proxy, clock=clock)
         self._admin: web.AppRunner | None = None

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 import httptools
 
 from splitproxy.config.paths import BadTarget, needs_normalising, normalise_target
-from splitproxy.dataplane.http.exchange import Exchange
+from splitproxy.dataplane.http.exchange import Exchange, RequestContext
 from splitproxy.dataplane.http.headers import cookie_value, error_response
 from splitproxy.dataplane.http.request import (
     Reject,
@@ -29,7 +29,7 @@ def build_exchange(down: DownstreamProtocol, parser: httptools.HttpRequestParser
                    headers: list[tuple[bytes, bytes]], url: bytes) -> Exchange:
     """A parsed request head -> the exchange that answers it: framing and method checks,
     the normalised target, the route and the version (raises `Reject`)."""
-    server = down.server
+    state = down.state
     now = down.loop.time()
     method = parser.get_method()
     client_11 = parser.get_http_version() == "1.1"
@@ -45,14 +45,14 @@ def build_exchange(down: DownstreamProtocol, parser: httptools.HttpRequestParser
             target = normalise_target(target)
         except BadTarget as exc:
             raise Reject(400, str(exc)) from None
-    runtime = server.runtime
+    runtime = state.runtime
     route = runtime.catch_all
     if route is None:
         path = target.split(b"?", 1)[0].decode("latin-1")
         route = runtime.match("" if runtime.any_host else host_key(head.host), path)
     has_body = head.has_body
     if route is None:
-        server.stats.bad_requests += 1
+        state.stats.bad_requests += 1
         return _local(down, 404, "no route matches this request", client_11, keep_alive, now,
                            has_body)
 
@@ -82,7 +82,7 @@ def build_exchange(down: DownstreamProtocol, parser: httptools.HttpRequestParser
         set_cookie = route.set_cookie[chosen]
 
     local: bytes | None = None
-    limits = server.limits
+    limits = state.limits
     expect, cl = head.expect, head.content_length
     if expect is not None and expect.strip().lower() != b"100-continue":
         local = error_response(417, "only 'Expect: 100-continue' is supported", True)
@@ -90,36 +90,39 @@ def build_exchange(down: DownstreamProtocol, parser: httptools.HttpRequestParser
         local = error_response(413, f"request body larger than {limits.max_body} bytes",
                                True)
     if local is not None:
-        return Exchange(down, version, b"", client_11=client_11, client_keep_alive=False,
-                        local=local, start_time=now, has_body=has_body)
+        return Exchange(down, version, RequestContext(
+            start_time=now, client_11=client_11, keep_alive=False, has_body=has_body),
+            local=local)
 
     upgrade = parser.should_upgrade() and head.upgrade is not None
     if upgrade and has_body:
         # llhttp treats every byte after an upgrade request's head as the new protocol's:
         # a body could not be told apart from it, so such a request is refused.
         raise Reject(400, "an Upgrade request must not carry a body")
-    ex = Exchange(
-        down, version, upstream_head(method, target, head, down.client_ip, upgrade),
-        method_head=method == b"HEAD",
-        client_11=client_11,
-        client_keep_alive=keep_alive,
-        chunked_request=head.chunked,
-        has_body=has_body,
-        upgrade=upgrade,
-        set_cookie=set_cookie,
-        start_time=now,
-        synthetic=entry.synthetic_header is not None and entry.synthetic_header in seen,
-    )
-    ex.continue_100 = expect is not None and client_11
-    if has_body and (cl is None or int(cl) <= limits.body_buffer):
-        ex.body_buffer = limits.body_buffer
-    return ex
+    # Positional, in field order: calling a class with keyword arguments builds a dict
+    # (measured with callgrind: 12 keywords cost 5,000 more instructions than 12 positions,
+    # 4% of a whole proxied request).
+    return Exchange(down, version, RequestContext(
+        upstream_head(method, target, head, down.client_ip, upgrade),  # head
+        now,  # start_time
+        client_11,  # client_11
+        keep_alive,  # keep_alive
+        method == b"HEAD",  # method_head
+        has_body,  # has_body
+        head.chunked,  # chunked
+        upgrade,  # upgrade
+        expect is not None and client_11,  # continue_100
+        limits.body_buffer if has_body and (cl is None or int(cl) <= limits.body_buffer)
+        else 0,  # body_buffer
+        set_cookie,  # set_cookie
+        entry.synthetic_header is not None and entry.synthetic_header in seen,  # synthetic
+    ))
 
 
 def _local(down: DownstreamProtocol, status: int, detail: str, client_11: bool,
            keep_alive: bool, now: float, has_body: bool) -> Exchange:
     # With a body pending that nobody will read, the connection cannot be reused.
     close = has_body or not keep_alive
-    return Exchange(down, None, b"", client_11=client_11, client_keep_alive=not close,
-                    local=error_response(status, detail, close), start_time=now,
-                    has_body=has_body)
+    return Exchange(down, None, RequestContext(
+        start_time=now, client_11=client_11, keep_alive=not close, has_body=has_body),
+        local=error_response(status, detail, close))
