@@ -34,6 +34,8 @@ LINGER = "linger"  # the lingering close ends
 
 
 class ClientConnection(asyncio.Protocol):
+    """The base of `DownstreamProtocol`: everything about the connection but HTTP."""
+
     __slots__ = (
         "state", "loop", "transport", "flow", "client_ip", "deadline", "timer_kind", "broken",
         "lingering", "_linger_bytes", "client_eof",
@@ -101,7 +103,7 @@ class ClientConnection(asyncio.Protocol):
             transport.close()
             if transport.get_write_buffer_size():
                 # close() waits for the client to read what is left, forever if it does not.
-                self.flow.send_watch = True
+                self.flow.watch_send()
 
     def _linger(self) -> None:
         """Close after an answer without resetting the client: send FIN after what is
@@ -124,7 +126,7 @@ class ClientConnection(asyncio.Protocol):
         if transport.get_write_buffer_size():
             # The answer is still going out (the FIN follows it): the lingering time starts
             # once it has, and the send timeout bounds the wait until then.
-            self.flow.send_watch = True
+            self.flow.watch_send()
             self.deadline = 0.0
         else:
             self.deadline = self.loop.time() + LINGER_TIME

@@ -10,8 +10,9 @@ from typing import TYPE_CHECKING
 import httptools
 
 from splitproxy.config.paths import BadTarget, needs_normalising, normalise_target
-from splitproxy.dataplane.http.exchange import Exchange, RequestContext
+from splitproxy.dataplane.http.exchange import Exchange
 from splitproxy.dataplane.http.headers import cookie_value, error_response
+from splitproxy.dataplane.http.lifecycle import RequestContext
 from splitproxy.dataplane.http.request import (
     Reject,
     body_refusal,

@@ -17,10 +17,10 @@ import httptools
 
 from splitproxy.dataplane.http.connection import HEADER, IDLE, LINGER, ClientConnection
 from splitproxy.dataplane.http.dispatch import build_exchange
-from splitproxy.dataplane.http.exchange import Exchange, RequestContext
+from splitproxy.dataplane.http.exchange import Exchange
 from splitproxy.dataplane.http.flow import PIPELINE, UPGRADE, WRITE
 from splitproxy.dataplane.http.headers import error_response
-from splitproxy.dataplane.http.lifecycle import DONE, QUEUED, Lifecycle
+from splitproxy.dataplane.http.lifecycle import DONE, QUEUED, Lifecycle, RequestContext
 from splitproxy.dataplane.http.request import Reject
 from splitproxy.dataplane.http.state import ServerState
 

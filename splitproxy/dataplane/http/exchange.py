@@ -18,8 +18,6 @@ from splitproxy.dataplane.http.lifecycle import (
     SENT,
     STREAMING,
     Lifecycle,
-    Phase,
-    RequestContext,
 )
 from splitproxy.dataplane.http.local import LOCAL_ERRNOS
 from splitproxy.dataplane.http.pool import Overloaded, Pool
@@ -33,8 +31,6 @@ from splitproxy.dataplane.http.response import (
     read_response,
 )
 from splitproxy.dataplane.http.upstream import UpstreamConnection
-
-__all__ = ["MAX_INTERIM", "Exchange", "Phase", "RequestContext"]
 
 # Interim (1xx) responses accepted before the final one; more is the version's protocol error
 # (502). Each head is bounded by limits.max_response_header, their number by this. CPython's

@@ -130,6 +130,10 @@ class ClientFlow:
                 up.resume_reading()
             self.paused_upstream = None
 
+    def watch_send(self) -> None:
+        """Output waits for the client (a close that waits for the buffer to drain)."""
+        self.send_watch = True
+
     def send_progress(self, now: float, timeout: float) -> int:
         """The send timeout (nginx's send_timeout): between two writes the client accepted,
         while output waits for it. Progress is the buffer shrinking: while writing is paused

@@ -3,16 +3,18 @@ cut, or abandoned by the client. The one place where a request's fate is counted
 version's counters, the proxy's own, the endpoint's passive health). `exchange.Exchange`
 adds how it moves a request upstream and the answer back.
 
-The phases, in order (an exchange only moves forward, but for one step back)::
+The phases, in order (an exchange moves forward, but for the two steps back drawn here)::
 
     QUEUED -> [BUFFERING] -> CONNECTING -> SENT -> RESPONDING -> STREAMING -> DONE
-                                            ^          |
-                                            +----------+ the upstream failed before a byte
-                                                         of its answer was written: the
-                                                         client still gets a clean 502/504
+                                   ^         |  ^          |
+                                   +---------+  +----------+
+                     the keep-alive race: one         the upstream failed before a byte
+                     retry on a fresh connection      of its answer was written: the
+                                                      client still gets a clean 502/504
 
 Any phase ends in DONE at once when the exchange fails, the client goes away, or the proxy
-answers by itself (a local answer goes from QUEUED straight to DONE).
+answers by itself (a local answer goes from QUEUED straight to DONE). BUFFERING: a small
+request body is read whole first.
 """
 
 from __future__ import annotations
