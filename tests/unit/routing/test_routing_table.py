@@ -18,7 +18,7 @@ TWO = {"stable": {"endpoints": ["http://127.0.0.1:9001", "http://10.0.0.2:8080"]
 def build(*routes: dict[str, Any], **kwargs: Any) -> RoutingTable:
     config = Config.model_validate({"routes": [
         {"name": f"r{i}", "versions": TWO, "weights": {"stable": 9, "canary": 1}, **r}
-        for i, r in enumerate(routes)]})
+        for i, r in enumerate(routes)]})  # a route's own keys win over these defaults
     return table.build(config, **kwargs)
 
 
@@ -36,7 +36,8 @@ def one(route: dict[str, Any] | None = None, **kwargs: Any) -> RouteEntry:
     ],
 )
 def test_endpoints(url: str, host: str, port: int, key: str) -> None:
-    endpoint = Endpoint.parse(url)
+    (endpoint,) = one({"versions": {"stable": {"endpoints": [url]}},
+                       "weights": {"stable": 1}}).endpoints["stable"]
     assert (endpoint.host, endpoint.port, endpoint.key) == (host, port, key)
 
 
