@@ -42,7 +42,7 @@ from splitproxy.control.status import (
 from splitproxy.control.stores.store import StateStore, make_store
 from splitproxy.control.tasks import cancel_and_wait
 from splitproxy.control.window import Sample, Window
-from splitproxy.dataplane.server import DataPlane
+from splitproxy.dataplane.plane import DataPlane
 from splitproxy.dataplane.stats import VersionStats
 from splitproxy.routing import table
 

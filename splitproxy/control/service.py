@@ -20,6 +20,7 @@ from splitproxy.control.admin import bound_port, start_admin
 from splitproxy.control.adminguard import AdminGuard
 from splitproxy.control.clock import SYSTEM, Clock
 from splitproxy.control.controller import Controller
+from splitproxy.dataplane.plane import DataPlane
 from splitproxy.dataplane.server import ProxyServer
 from splitproxy.dataplane.workers import WorkerPool
 
@@ -34,7 +35,7 @@ class Service:
         self.watch = watch
         config = load(self.path)
         self.guard = AdminGuard(config.admin, self.path)  # refuses an open admin API
-        self.proxy: ProxyServer | WorkerPool = (
+        self.proxy: DataPlane = (
             ProxyServer(config) if workers == 1 else WorkerPool(config, workers))
         self.controller = Controller(self.path, config, self.proxy, clock=clock,
                                      guard=self.guard)

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass
-from typing import Protocol
 
-from splitproxy.config.models import Config
-from splitproxy.dataplane.http.downstream import DownstreamProtocol
+from splitproxy.config.models import Config, Timeouts
+from splitproxy.dataplane.http import health
+from splitproxy.dataplane.http.downstream import DownstreamProtocol, sweep
+from splitproxy.dataplane.http.pool import Pools
 from splitproxy.dataplane.http.runtime import Runtime, compile_table
-from splitproxy.dataplane.http.upstream import Pools
+from splitproxy.dataplane.http.state import ServerState
+from splitproxy.dataplane.plane import EndpointHealth
 from splitproxy.dataplane.stats import Stats
 from splitproxy.routing import table
 
@@ -19,133 +20,128 @@ log = logging.getLogger("splitproxy.dataplane.server")
 UPSTREAM_IDLE_TIMEOUT = 30.0  # below the 60-75 s keep-alive of common upstream servers
 
 
-def split_hostport(value: str) -> tuple[str, int]:
-    host, _, port = value.rpartition(":")
-    return host.strip("[]") or "0.0.0.0", int(port)
-
-
-@dataclass(frozen=True, slots=True)
-class EndpointHealth:
-    route: str
-    version: str
-    endpoint: str  # host:port
-    up: bool
-    failures: int  # consecutive connect failures / resets
-    ejections: int
-
-
-class DataPlane(Protocol):
-    """What the control plane needs of the proxying side: one in-process `ProxyServer`, or
-    the worker processes of `splitproxy run --workers N`."""
-
-    listening: bool
-    draining: bool
-
-    @property
-    def stats(self) -> Stats: ...
-    def reconfigure(self, config: Config, routing: table.RoutingTable) -> None: ...
-    def install(self, routing: table.RoutingTable) -> None: ...
-    def endpoint_health(self) -> list[EndpointHealth]: ...
+def sweep_tick(t: Timeouts) -> float:
+    """How often the sweeper looks: a fifth of the shortest timeout, within [0.05 s, 1 s]."""
+    return min(1.0, max(0.05, min(t.client_header, t.idle, t.response_header, t.client_body,
+                                  t.upstream_read, t.client_send) / 5))
 
 
 class ProxyServer:
-    """One data-plane process: accepts clients on `config.listen` and proxies them."""
+    """One data-plane process: accepts clients on `config.listen` and proxies them; a
+    `plane.DataPlane`. Its connections see only its `ServerState`, made by `start()`."""
 
     def __init__(self, config: Config, reuse_port: bool = False) -> None:
         self.config = config
-        self.timeouts = config.timeouts
-        self.limits = config.limits
         self.stats = Stats()
         self.reuse_port = reuse_port
-        self.connections: set[DownstreamProtocol] = set()
-        self.draining = False
         self.listening = False
-        self.loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]  # set by start()
+        self.port = 0  # the port bound by start(): the real one when the config asks for 0
+        self._state: ServerState | None = None
         self._server: asyncio.Server | None = None
         self._sweeper: asyncio.Task[None] | None = None
         self._pools: Pools | None = None
-        self.runtime: Runtime
+
+    @property
+    def state(self) -> ServerState:
+        if self._state is None:
+            raise RuntimeError("the proxy server is not started")
+        return self._state
+
+    @property
+    def draining(self) -> bool:
+        return self._state is not None and self._state.draining
+
+    @property
+    def runtime(self) -> Runtime:
+        """The compiled routing table requests are routed by now."""
+        return self.state.runtime
+
+    @property
+    def connections(self) -> set[DownstreamProtocol]:
+        return self.state.connections
 
     async def start(self, routing: table.RoutingTable | None = None) -> None:
         """Listen; `routing` is the first table (default: the config's own weights)."""
-        self.loop = asyncio.get_running_loop()
-        self._pools = Pools(self.timeouts.connect, UPSTREAM_IDLE_TIMEOUT)
+        loop = asyncio.get_running_loop()
+        config = self.config
+        self._pools = Pools(loop, config.timeouts.connect, UPSTREAM_IDLE_TIMEOUT)
         self._configure_pools()
-        self.install(routing or table.build(self.config))
-        host, port = self.config.listen.host, self.config.listen.port
-        self._server = await self.loop.create_server(
-            lambda: DownstreamProtocol(self), host, port, backlog=2048, reuse_address=True,
+        runtime = compile_table(routing or table.build(config), self._pools, self.stats,
+                                config.health)
+        state = self._state = ServerState(loop, runtime, config.timeouts, config.limits,
+                                          self.stats)
+        host, port = config.listen.host, config.listen.port
+        self._server = await loop.create_server(
+            lambda: DownstreamProtocol(state), host, port, backlog=2048, reuse_address=True,
             reuse_port=self.reuse_port or None,
         )
-        self.port: int = self._server.sockets[0].getsockname()[1]  # the real one when 0 asked
+        self.port = self._server.sockets[0].getsockname()[1]
         self.listening = True
-        self._sweeper = self.loop.create_task(self._sweep())
+        self._sweeper = loop.create_task(self._sweep(state))
         log.info("proxy listening on %s:%d", host, self.port)
 
-    async def _sweep(self) -> None:
+    async def _sweep(self, state: ServerState) -> None:
         """Enforce client, idle and response timeouts for every connection, a few times a second.
 
         One task instead of a timer per request keeps the hot path free of timer handles; a
         timeout fires up to one tick late.
         """
         while True:
-            t = self.timeouts  # a reload may shorten them
-            tick = min(1.0, max(0.05, min(t.client_header, t.idle, t.response_header,
-                                          t.client_body, t.upstream_read, t.client_send) / 5))
-            await asyncio.sleep(tick)
-            now = self.loop.time()
-            for conn in list(self.connections):
-                conn.check_deadlines(now)
+            await asyncio.sleep(sweep_tick(state.timeouts))  # a reload may shorten them
+            sweep(state.connections, state.loop.time())
 
     def reconfigure(self, config: Config, routing: table.RoutingTable) -> None:
         """A reloaded config: new timeouts, limits and health rules, then the new table."""
         self.config = config
-        self.timeouts = config.timeouts
-        self.limits = config.limits
+        state = self._state
+        if state is not None:
+            state.timeouts = config.timeouts
+            state.limits = config.limits
         self._configure_pools()
         self.install(routing)
 
     def _configure_pools(self) -> None:
         pools = self._pools
         if pools is not None:
-            pools.connect_timeout = self.timeouts.connect
-            pools.wait_timeout = self.timeouts.pool_wait
-            pools.max_waiting = self.limits.max_pending
-            pools.max_response_header = self.limits.max_response_header
+            config = self.config
+            pools.connect_timeout = config.timeouts.connect
+            pools.wait_timeout = config.timeouts.pool_wait
+            pools.max_waiting = config.limits.max_pending
+            pools.max_response_header = config.limits.max_response_header
 
     def install(self, routing: table.RoutingTable) -> None:
         """Swap in a new routing table; requests already routed keep their version."""
-        if self._pools is None:
+        state = self._state
+        if state is None or self._pools is None:
             return  # not started yet: start() installs the first table
-        self.runtime = compile_table(routing, self._pools, self.stats, self.config.health,
-                                     getattr(self, "runtime", None))
-
+        state.runtime = compile_table(routing, self._pools, self.stats, self.config.health,
+                                      state.runtime)
 
     def endpoint_health(self) -> list[EndpointHealth]:
-        return [
-            EndpointHealth(route.entry.name, version.name, pool.endpoint.key, not pool.ejected,
-                           pool.failures, pool.ejections)
-            for route in self.runtime.routes
-            for version in route.versions.values()
-            for pool in version.pools
-        ]
+        state = self._state
+        return health.report(state.runtime.routes) if state is not None else []
 
     async def stop(self, drain: float | None = None) -> None:
         """Stop accepting; let requests in flight finish for up to `drain` seconds; close all."""
+        state = self._state
+        if state is None:
+            return  # never started: nothing listens, nothing to drain
         if drain is None:
-            drain = self.timeouts.drain
+            drain = state.timeouts.drain
         if self._server is not None:
             self._server.close()
         self.listening = False
-        self.draining = True
-        for conn in list(self.connections):
+        state.draining = True
+        connections = state.connections
+        for conn in list(connections):
             conn.drain()
-        deadline = self.loop.time() + drain
+        loop = state.loop
+        deadline = loop.time() + drain
         # A connection in its lingering close has its answer already: it does not hold up
         # the shutdown, and is closed (not reset) below.
-        while any(not c.lingering for c in self.connections) and self.loop.time() < deadline:
+        while any(not c.lingering for c in connections) and loop.time() < deadline:
             await asyncio.sleep(0.02)
-        for conn in list(self.connections):
+        for conn in list(connections):
             if conn.lingering:
                 conn.close_soon()
             else:

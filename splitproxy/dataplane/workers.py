@@ -13,60 +13,28 @@ import asyncio
 import logging
 import multiprocessing
 import signal
-from dataclasses import astuple
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
-from typing import Any
 
 from splitproxy.config import logformat
 from splitproxy.config.models import Config
-from splitproxy.dataplane.server import EndpointHealth, ProxyServer
-from splitproxy.dataplane.stats import Stats, VersionStats
+from splitproxy.dataplane.messages import (
+    FromWorker,
+    Ready,
+    Report,
+    Stop,
+    Stopped,
+    Table,
+    ToWorker,
+)
+from splitproxy.dataplane.plane import EndpointHealth
+from splitproxy.dataplane.stats import Stats
+from splitproxy.dataplane.worker import worker_main
 from splitproxy.routing import table
 
 log = logging.getLogger("splitproxy.dataplane.workers")
 
-REPORT_INTERVAL = 0.25
 START_TIMEOUT = 30.0
-
-Weights = dict[str, dict[str, int]]
-# One VersionStats as plain data: route, version, synthetic, responses, errors,
-# client_aborts, in_flight, latency_counts, latency_sum, timed, over.
-Row = tuple[str, str, bool, dict[int, int], dict[str, int], int, int, list[int], float, int,
-            dict[float, int]]
-
-
-def _weights_of(routing: table.RoutingTable) -> Weights:
-    return {r.name: dict(zip(r.plan.versions, r.plan.weights, strict=True))
-            for r in routing.routes}
-
-
-def _runs_of(routing: table.RoutingTable) -> dict[str, str]:
-    """Each route's rollout run: sticky cookies must name it in every worker."""
-    return {r.name: r.run for r in routing.routes}
-
-
-def _rows(stats: Stats) -> list[Row]:
-    return [
-        (s.route, s.version, s.synthetic, dict(s.responses), dict(s.errors), s.client_aborts,
-         s.in_flight, list(s.latency_counts), s.latency_sum, s.timed, dict(s.over))
-        for s in (*stats.all(), *stats.synthetic())
-    ]
-
-
-def _add(into: VersionStats, row: Row) -> None:
-    _, _, _, responses, errors, aborts, in_flight, latency, latency_sum, timed, over = row
-    for code, n in responses.items():
-        into.responses[code] = into.responses.get(code, 0) + n
-    for kind, n in errors.items():
-        into.errors[kind] = into.errors.get(kind, 0) + n
-    into.client_aborts += aborts
-    into.in_flight += in_flight
-    into.latency_counts = [a + b for a, b in zip(into.latency_counts, latency, strict=True)]
-    into.latency_sum += latency_sum
-    into.timed += timed
-    for limit, n in over.items():
-        into.over[limit] = into.over.get(limit, 0) + n
 
 
 class _Worker:
@@ -74,16 +42,13 @@ class _Worker:
         self.index = index
         self.process = process
         self.conn = conn
-        self.rows: list[Row] = []
-        self.bad_requests = 0
-        self.local: dict[str, int] = {}
-        self.health: list[EndpointHealth] = []
+        self.report = Report((), 0, {}, ())  # the last one it sent
         self.ready = asyncio.get_running_loop().create_future()
         self.stopped = asyncio.get_running_loop().create_future()
 
 
 class WorkerPool:
-    """The data plane as N processes; implements `server.DataPlane` for the controller."""
+    """The data plane as N processes; a `plane.DataPlane` for the controller."""
 
     def __init__(self, config: Config, count: int) -> None:
         if config.listen.port == 0:
@@ -95,26 +60,20 @@ class WorkerPool:
         self.port = config.listen.port
         self._workers: dict[int, _Worker] = {}
         self._routing: table.RoutingTable = table.build(config)
-        self._retired: list[Row] = []  # counters of workers that died, so totals never drop
-        self._retired_bad = 0
-        self._retired_local: dict[str, int] = {}
+        # Counters of workers that died, so totals never drop.
+        self._retired: list[Report] = []
         self._ctx = multiprocessing.get_context("spawn")
 
     # -- DataPlane --------------------------------------------------------------------------
     @property
     def stats(self) -> Stats:
         total = Stats()
-        rows = [*self._retired]
-        for worker in (*self._workers.values(), None):
-            local = worker.local if worker is not None else self._retired_local
-            for kind, n in local.items():
+        for report in (*self._retired, *(w.report for w in self._workers.values())):
+            for kind, n in report.local.items():
                 total.local[kind] = total.local.get(kind, 0) + n
-            if worker is not None:
-                rows += worker.rows
-                total.bad_requests += worker.bad_requests
-        total.bad_requests += self._retired_bad
-        for row in rows:
-            _add(total.get(row[0], row[1], row[2]), row)
+            total.bad_requests += report.bad_requests
+            for c in report.counters:
+                c.add_to(total.get(c.route, c.version, c.synthetic))
         return total
 
     def reconfigure(self, config: Config, routing: table.RoutingTable) -> None:
@@ -123,8 +82,7 @@ class WorkerPool:
 
     def install(self, routing: table.RoutingTable) -> None:
         self._routing = routing
-        message = ("table", self.config, routing.generation, _weights_of(routing),
-                   _runs_of(routing))
+        message = Table.of(self.config, routing)
         for worker in self._workers.values():
             self._send(worker, message)
 
@@ -132,7 +90,7 @@ class WorkerPool:
         """An endpoint is up while no worker has it ejected."""
         merged: dict[tuple[str, str, str], EndpointHealth] = {}
         for worker in self._workers.values():
-            for h in worker.health:
+            for h in worker.report.health:
                 key = (h.route, h.version, h.endpoint)
                 seen = merged.get(key)
                 if seen is None:
@@ -157,9 +115,8 @@ class WorkerPool:
         parent, child = self._ctx.Pipe()
         process = self._ctx.Process(
             target=worker_main,
-            args=(child, self.config, self._routing.generation, _weights_of(self._routing),
-                  _runs_of(self._routing),
-                  index, logging.getLogger().level, logformat.active()),
+            args=(child, Table.of(self.config, self._routing), index,
+                  logging.getLogger().level, logformat.active()),
             name=f"splitproxy-worker-{index}",
         )
         # SIGHUP is for the control plane (reload). Sent to the whole process group (`kill
@@ -180,13 +137,12 @@ class WorkerPool:
     def _on_message(self, worker: _Worker) -> None:
         try:
             while worker.conn.poll():
-                kind, payload = worker.conn.recv()
-                if kind == "stats":
-                    worker.rows, worker.bad_requests, worker.local, health = payload
-                    worker.health = [EndpointHealth(*h) for h in health]
-                elif kind == "ready" and not worker.ready.done():
+                message: FromWorker = worker.conn.recv()
+                if isinstance(message, Report):
+                    worker.report = message
+                elif isinstance(message, Ready) and not worker.ready.done():
                     worker.ready.set_result(None)
-                elif kind == "stopped" and not worker.stopped.done():
+                elif isinstance(message, Stopped) and not worker.stopped.done():
                     worker.stopped.set_result(None)
         except (EOFError, OSError):
             self._lost(worker)
@@ -195,10 +151,7 @@ class WorkerPool:
         asyncio.get_running_loop().remove_reader(worker.conn.fileno())
         worker.conn.close()
         self._workers.pop(worker.index, None)
-        self._retired += worker.rows
-        self._retired_bad += worker.bad_requests
-        for kind, n in worker.local.items():
-            self._retired_local[kind] = self._retired_local.get(kind, 0) + n
+        self._retired.append(worker.report)
         if not worker.stopped.done():
             worker.stopped.set_result(None)
         if not worker.ready.done():
@@ -209,7 +162,7 @@ class WorkerPool:
             worker.process.join(timeout=1)
             self._spawn(worker.index)
 
-    def _send(self, worker: _Worker, message: tuple[Any, ...]) -> None:
+    def _send(self, worker: _Worker, message: ToWorker) -> None:
         try:
             worker.conn.send(message)
         except (OSError, ValueError):
@@ -223,7 +176,7 @@ class WorkerPool:
         self.listening = False
         workers = list(self._workers.values())
         for worker in workers:
-            self._send(worker, ("stop", drain))
+            self._send(worker, Stop(drain))
         try:
             await asyncio.wait_for(
                 asyncio.gather(*(w.stopped for w in workers)), drain + 5.0)
@@ -233,66 +186,3 @@ class WorkerPool:
             worker.process.join(timeout=2)
             if worker.process.is_alive():
                 worker.process.kill()
-
-
-# -- inside a worker process --------------------------------------------------------------------
-def worker_main(conn: Connection, config: Config, generation: int, weights: Weights,
-                runs: dict[str, str],
-                index: int, log_level: int, log_format: logformat.Format = "text") -> None:
-    import uvloop
-
-    logformat.configure(log_format, log_level, worker=index)  # escapes too (logsafe)
-    # Ctrl-C or SIGHUP sent to the whole process group: the parent decides when we stop and
-    # reloads on SIGHUP; a worker ignores both (SIGHUP is blocked until now, see _spawn).
-    signal.signal(signal.SIGHUP, signal.SIG_IGN)
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP})
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    uvloop.run(_serve(conn, config, generation, weights, runs))
-
-
-async def _serve(conn: Connection, config: Config, generation: int, weights: Weights,
-                 runs: dict[str, str]) -> None:
-    loop = asyncio.get_running_loop()
-    server = ProxyServer(config, reuse_port=True)
-    await server.start(table.build(config, generation, weights, runs))
-    stop: asyncio.Future[float] = loop.create_future()
-
-    def on_message() -> None:
-        try:
-            while conn.poll():
-                kind, *args = conn.recv()
-                if kind == "table":
-                    new_config, gen, new_weights, new_runs = args
-                    server.reconfigure(new_config,
-                                       table.build(new_config, gen, new_weights, new_runs))
-                elif kind == "stop" and not stop.done():
-                    stop.set_result(float(args[0]))
-        except (EOFError, OSError):
-            if not stop.done():
-                stop.set_result(config.timeouts.drain)  # the control plane is gone
-
-    def report() -> None:
-        try:
-            health = [astuple(h) for h in server.endpoint_health()]
-            stats = server.stats
-            conn.send(("stats", (_rows(stats), stats.bad_requests, dict(stats.local), health)))
-        except (OSError, ValueError):
-            pass
-
-    def on_sigterm() -> None:
-        if not stop.done():
-            stop.set_result(config.timeouts.drain)
-
-    loop.add_reader(conn.fileno(), on_message)
-    loop.add_signal_handler(signal.SIGTERM, on_sigterm)
-    conn.send(("ready", server.port))
-    while not stop.done():
-        report()
-        await asyncio.wait([stop], timeout=REPORT_INTERVAL)
-    await server.stop(stop.result())
-    report()
-    loop.remove_reader(conn.fileno())
-    try:
-        conn.send(("stopped", None))
-    except (OSError, ValueError):
-        pass

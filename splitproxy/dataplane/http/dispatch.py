@@ -12,14 +12,18 @@ import httptools
 from splitproxy.config.paths import BadTarget, needs_normalising, normalise_target
 from splitproxy.dataplane.http.exchange import Exchange
 from splitproxy.dataplane.http.headers import cookie_value, error_response
+from splitproxy.dataplane.http.lifecycle import RequestContext
 from splitproxy.dataplane.http.request import (
     Reject,
+    body_refusal,
     host_key,
     origin_form,
     read_head,
     upstream_head,
 )
+from splitproxy.dataplane.http.runtime import CompiledRoute
 from splitproxy.routing.choose import choose
+from splitproxy.routing.table import RouteEntry
 
 if TYPE_CHECKING:
     from splitproxy.dataplane.http.downstream import DownstreamProtocol
@@ -29,7 +33,7 @@ def build_exchange(down: DownstreamProtocol, parser: httptools.HttpRequestParser
                    headers: list[tuple[bytes, bytes]], url: bytes) -> Exchange:
     """A parsed request head -> the exchange that answers it: framing and method checks,
     the normalised target, the route and the version (raises `Reject`)."""
-    server = down.server
+    state = down.state
     now = down.loop.time()
     method = parser.get_method()
     client_11 = parser.get_http_version() == "1.1"
@@ -45,81 +49,93 @@ def build_exchange(down: DownstreamProtocol, parser: httptools.HttpRequestParser
             target = normalise_target(target)
         except BadTarget as exc:
             raise Reject(400, str(exc)) from None
-    runtime = server.runtime
+    runtime = state.runtime
     route = runtime.catch_all
     if route is None:
         path = target.split(b"?", 1)[0].decode("latin-1")
         route = runtime.match("" if runtime.any_host else host_key(head.host), path)
     has_body = head.has_body
     if route is None:
-        server.stats.bad_requests += 1
+        state.stats.bad_requests += 1
         return _local(down, 404, "no route matches this request", client_11, keep_alive, now,
-                           has_body)
+                      has_body)
 
     entry = route.entry
     plan = entry.plan
-    pin = seen.get(entry.pin_header) if entry.pin_header is not None else None
-    pin_name = entry.pins.get(pin.strip()) if pin is not None else None
-    if entry.preview_header is not None:
-        preview = seen.get(entry.preview_header)
-        if preview is not None and (entry.preview_token is None or hmac.compare_digest(
-                preview.strip(), entry.preview_token)):
-            pin_name = entry.preview_version  # blue-green preview: the color not serving
-    cookie_name: str | None = None
-    if route.cookie is not None:
-        raw = seen.get(b"cookie")
-        if raw is not None:
-            sticky = cookie_value(raw, route.cookie)  # of the current run only
-            cookie_name = route.sticky.get(sticky) if sticky is not None else None
+    pin_name = pinned(entry, seen) \
+        if entry.pin_header is not None or entry.preview_header is not None else None
+    cookie_name = sticky(route, seen) if route.cookie is not None else None
     hash_key = seen.get(entry.hash_header) if entry.hash_header is not None else None
     chosen = choose(plan, next(entry.counter), pin_name, cookie_name, hash_key)
     if chosen is None:
         return _local(down, 503, f"route {entry.name} has no version with weight > 0",
-                           client_11, keep_alive, now, has_body)
+                      client_11, keep_alive, now, has_body)
     version = route.versions[chosen]
     set_cookie = None
     if route.cookie is not None and cookie_name != chosen and pin_name != chosen:
-        set_cookie = route.set_cookie[chosen]
+        set_cookie = route.set_cookie[chosen]  # earned now: the client keeps this version
 
-    local: bytes | None = None
-    limits = server.limits
+    limits = state.limits
     expect, cl = head.expect, head.content_length
-    if expect is not None and expect.strip().lower() != b"100-continue":
-        local = error_response(417, "only 'Expect: 100-continue' is supported", True)
-    elif limits.max_body is not None and cl is not None and int(cl) > limits.max_body:
-        local = error_response(413, f"request body larger than {limits.max_body} bytes",
-                               True)
-    if local is not None:
-        return Exchange(down, version, b"", client_11=client_11, client_keep_alive=False,
-                        local=local, start_time=now, has_body=has_body)
+    if expect is not None or cl is not None:
+        refused = body_refusal(expect, cl, limits.max_body)
+        if refused is not None:
+            return Exchange(down, version, RequestContext(
+                start_time=now, client_11=client_11, keep_alive=False, has_body=has_body),
+                local=error_response(*refused, True))
 
     upgrade = parser.should_upgrade() and head.upgrade is not None
     if upgrade and has_body:
         # llhttp treats every byte after an upgrade request's head as the new protocol's:
         # a body could not be told apart from it, so such a request is refused.
         raise Reject(400, "an Upgrade request must not carry a body")
-    ex = Exchange(
-        down, version, upstream_head(method, target, head, down.client_ip, upgrade),
-        method_head=method == b"HEAD",
-        client_11=client_11,
-        client_keep_alive=keep_alive,
-        chunked_request=head.chunked,
-        has_body=has_body,
-        upgrade=upgrade,
-        set_cookie=set_cookie,
-        start_time=now,
-        synthetic=entry.synthetic_header is not None and entry.synthetic_header in seen,
-    )
-    ex.continue_100 = expect is not None and client_11
-    if has_body and (cl is None or int(cl) <= limits.body_buffer):
-        ex.body_buffer = limits.body_buffer
-    return ex
+    # Positional, in field order: calling a class with keyword arguments builds a dict
+    # (measured with callgrind: 12 keywords cost 5,000 more instructions than 12 positions,
+    # 4% of a whole proxied request).
+    return Exchange(down, version, RequestContext(
+        upstream_head(method, target, head, down.client_ip, upgrade),  # head
+        now,  # start_time
+        client_11,  # client_11
+        keep_alive,  # keep_alive
+        method == b"HEAD",  # method_head
+        has_body,  # has_body
+        head.chunked,  # chunked
+        upgrade,  # upgrade
+        expect is not None and client_11,  # continue_100
+        limits.body_buffer if has_body and (cl is None or int(cl) <= limits.body_buffer)
+        else 0,  # body_buffer
+        set_cookie,  # set_cookie
+        entry.synthetic_header is not None and entry.synthetic_header in seen,  # synthetic
+    ))
 
 
 def _local(down: DownstreamProtocol, status: int, detail: str, client_11: bool,
            keep_alive: bool, now: float, has_body: bool) -> Exchange:
     # With a body pending that nobody will read, the connection cannot be reused.
     close = has_body or not keep_alive
-    return Exchange(down, None, b"", client_11=client_11, client_keep_alive=not close,
-                    local=error_response(status, detail, close), start_time=now,
-                    has_body=has_body)
+    return Exchange(down, None, RequestContext(
+        start_time=now, client_11=client_11, keep_alive=not close, has_body=has_body),
+        local=error_response(status, detail, close))
+
+
+def pinned(entry: RouteEntry, seen: dict[bytes, bytes]) -> str | None:
+    """The version a request names itself: by the pin header (opt-in; one of `entry.pins`)
+    or, on a blue-green route, by the preview header (with the token, when one is set),
+    which reaches the color not serving."""
+    pin = seen.get(entry.pin_header) if entry.pin_header is not None else None
+    name = entry.pins.get(pin.strip()) if pin is not None else None
+    if entry.preview_header is not None:
+        preview = seen.get(entry.preview_header)
+        if preview is not None and (entry.preview_token is None or hmac.compare_digest(
+                preview.strip(), entry.preview_token)):
+            name = entry.preview_version
+    return name
+
+
+def sticky(route: CompiledRoute, seen: dict[bytes, bytes]) -> str | None:
+    """The version the route's sticky cookie names, if the cookie is of the current run."""
+    raw = seen.get(b"cookie")
+    if raw is None or route.cookie is None:
+        return None
+    value = cookie_value(raw, route.cookie)
+    return route.sticky.get(value) if value is not None else None

@@ -1,36 +1,36 @@
 """One request/response pair: moves a request to an upstream connection and the answer back.
 
 The downstream protocol owns the client socket and the order of exchanges; the upstream
-connection owns the parser of the answer. An exchange is the glue between the two and the one
-place where a request's fate (answered, failed, aborted) is decided and counted.
+connection owns the parser of the answer. An exchange is the glue between the two; its
+phases, what it knows of its request and how it ends are in `lifecycle`, the rules for the
+response head it passes on in `response`.
 """
 
 from __future__ import annotations
 
-import logging
-from typing import TYPE_CHECKING
-
-from splitproxy.dataplane.http.headers import (
-    CONTINUE_100,
-    error_response,
+from splitproxy.dataplane.http.flow import PENDING_HIGH_WATER
+from splitproxy.dataplane.http.headers import CONTINUE_100
+from splitproxy.dataplane.http.lifecycle import (
+    BUFFERING,
+    CONNECTING,
+    DONE,
+    RESPONDING,
+    SENT,
+    STREAMING,
+    Lifecycle,
 )
-from splitproxy.dataplane.http.local import LOCAL_ERRNOS, RETRY_AFTER, local_log
-from splitproxy.dataplane.http.response import head_bytes, read_response
-from splitproxy.dataplane.http.upstream import Overloaded, Pool, UpstreamConnection
-
-if TYPE_CHECKING:
-    from splitproxy.dataplane.http.downstream import DownstreamProtocol
-    from splitproxy.dataplane.http.runtime import VersionRuntime
-
-log = logging.getLogger("splitproxy.exchange")
-
-
-
-
-# How the response body is framed towards the client; DISCARD: it must not have one (HEAD).
-RAW, CHUNKED, DISCARD = 0, 1, 2
-
-PENDING_HIGH_WATER = 256 * 1024
+from splitproxy.dataplane.http.local import LOCAL_ERRNOS
+from splitproxy.dataplane.http.pool import Overloaded, Pool
+from splitproxy.dataplane.http.response import (
+    CHUNKED,
+    DISCARD,
+    RAW,
+    BadResponse,
+    final_head,
+    head_bytes,
+    read_response,
+)
+from splitproxy.dataplane.http.upstream import UpstreamConnection
 
 # Interim (1xx) responses accepted before the final one; more is the version's protocol error
 # (502). Each head is bounded by limits.max_response_header, their number by this. CPython's
@@ -38,107 +38,29 @@ PENDING_HIGH_WATER = 256 * 1024
 MAX_INTERIM = 100
 
 
-class Exchange:
-    """State of one proxied request; created by the downstream protocol per request head."""
+class Exchange(Lifecycle):
+    """One proxied request: the request side is called by the downstream protocol, the
+    response side by the upstream connection, the deadlines by the sweeper."""
 
-    __slots__ = (
-        "down", "version", "head", "method_head", "client_11",
-        "chunked_request", "request_done", "pending", "pending_size", "up", "started",
-        "response_started", "response_status", "response_mode", "close_after", "start_time",
-        "set_cookie", "local", "finished", "upgrade", "head_only_response", "retried", "up_close",
-        "unframed", "continue_100", "deadline", "out", "flushed", "pool", "stats", "_has_body",
-        "_interim", "awaiting_body", "body_buffer", "reads", "_reads_seen",
-        "read_deadline", "sent_at", "held", "paused_at",
-    )
-
-    def __init__(
-        self,
-        down: DownstreamProtocol,
-        version: VersionRuntime | None,
-        head: bytes,
-        *,
-        method_head: bool = False,
-        client_11: bool = True,
-        client_keep_alive: bool = True,
-        chunked_request: bool = False,
-        has_body: bool = False,
-        upgrade: bool = False,
-        set_cookie: bytes | None = None,
-        local: bytes | None = None,
-        synthetic: bool = False,
-        start_time: float = 0.0,
-    ) -> None:
-        self.down = down
-        self.version = version
-        self.head = head
-        self.method_head = method_head
-        self.client_11 = client_11
-        self.chunked_request = chunked_request
-        self._has_body = has_body
-        self.request_done = False
-        self.pending: list[bytes] = []
-        self.pending_size = 0
-        self.up: UpstreamConnection | None = None
-        self.pool: Pool | None = None  # the endpoint chosen, blamed for connect failures
-        self.started = False
-        self.response_started = False
-        self.response_status = 0
-        self.response_mode = RAW
-        self.close_after = not client_keep_alive
-        self.start_time = start_time
-        self.set_cookie = set_cookie
-        self.local = local  # a response the proxy makes itself (errors), sent in order
-        self.finished = False
-        self.upgrade = upgrade
-        self.head_only_response = False
-        self.retried = False
-        self.up_close = False  # the upstream said it closes after this response
-        self.unframed = False  # the response body ends when the upstream closes
-        self.continue_100 = False  # the client waits for "100 Continue" before its body
-        self.deadline = 0.0  # for the upstream's response head; checked by the sweeper
-        # Response bytes gathered while one upstream packet is parsed, written in one call.
-        self.out: list[bytes] = []
-        self.flushed = False  # some of the answer has been written to the client
-        self._interim = 0  # interim (1xx) responses so far; inside one while no final status
-        # Small bodies are read whole before an upstream connection is taken, so a slow
-        # upload holds no upstream connection (nginx buffers request bodies too).
-        self.body_buffer = 0  # up to this many body bytes; set by the downstream
-        self.awaiting_body = False
-        # Upstream packets of this response, and the count the sweeper last saw (read timeout).
-        self.reads = 0
-        self._reads_seen = 0
-        self.read_deadline = 0.0
-        # The upstream time the guard judges: from the request sent (`sent_at`; 0: not sent)
-        # to the answer's last byte read, less the time reading was held for a slow client
-        # (`held`, and `paused_at` while it is held; set by the downstream protocol).
-        self.sent_at = 0.0
-        self.held = 0.0
-        self.paused_at = 0.0
-        # Synthetic load is counted apart so analysis can leave it out.
-        self.stats = (None if version is None
-                      else version.synthetic_stats if synthetic else version.stats)
-        if self.stats is not None:
-            self.stats.in_flight += 1
+    __slots__ = ()
 
     # -- request side (called by the downstream protocol) ------------------------------------
     def start(self) -> None:
         """Begin: answer locally, or send the request to an endpoint of the chosen version."""
-        self.started = True
         if self.local is not None:
             self._finish_local(self.local)
             return
-        version = self.version
-        assert version is not None
-        if self.continue_100:
+        request = self.request
+        if request.continue_100:
             # Sent by the proxy itself, once this exchange's turn has come (never out of order).
             self.down.write(CONTINUE_100)
-        if self.body_buffer and self._has_body and not self.request_done:
-            self.awaiting_body = True  # request_body/request_complete go on
+        if request.body_buffer and request.has_body and not self.request_done:
+            self.phase = BUFFERING  # request_body/request_complete go on
             return
         self._choose_endpoint()
 
     def _choose_endpoint(self) -> None:
-        self.awaiting_body = False
+        self.phase = CONNECTING
         version = self.version
         assert version is not None
         pool = version.next_pool()
@@ -167,11 +89,11 @@ class Exchange:
                     continue
                 break
             except Overloaded as exc:
-                if not self.finished:
+                if self.phase is not DONE:
                     self._fail_locally("overload", str(exc))
                 return
             except (TimeoutError, OSError) as exc:
-                if self.finished:
+                if self.phase is DONE:
                     return
                 if isinstance(exc, OSError) and exc.errno in LOCAL_ERRNOS:
                     self._fail_locally("resource", f"cannot open a connection to "
@@ -189,7 +111,7 @@ class Exchange:
                                   f"{exc.strerror or exc}", count_error=False)
                     return
                 pool = nxt
-        if self.finished:
+        if self.phase is DONE:
             # The client went away while we connected: the fresh connection is clean.
             pool.release(conn)
             return
@@ -197,24 +119,25 @@ class Exchange:
 
     def _attach(self, conn: UpstreamConnection) -> None:
         self.up = conn
+        self.phase = SENT
         conn.start(self)
         transport = conn.transport
         assert transport is not None
         self.sent_at = self.down.loop.time()
         if self.pending:
-            transport.writelines([self.head, *self.pending])
+            transport.writelines([self.request.head, *self.pending])
             self.pending = []
             self.pending_size = 0
-            self.down.resume_reading_for(self)
+            self.down.flow.resume_reading_for(self)
         else:
-            transport.write(self.head)
+            transport.write(self.request.head)
         if self.request_done:
             self._arm_response_timer()
 
     def request_body(self, data: bytes) -> None:
-        if self.finished:
+        if self.phase is DONE:
             return
-        if self.chunked_request:
+        if self.request.chunked:
             chunk = [b"%x\r\n" % len(data), data, b"\r\n"]
         else:
             chunk = [data]
@@ -224,32 +147,34 @@ class Exchange:
             return
         self.pending.extend(chunk)
         self.pending_size += len(data)
-        if self.awaiting_body and self.pending_size > self.body_buffer:
+        if self.phase is BUFFERING and self.pending_size > self.request.body_buffer:
             self._choose_endpoint()  # larger than the buffer: stream the rest
         elif self.pending_size > PENDING_HIGH_WATER:
-            self.down.pause_reading_for(self)
+            self.down.flow.pause_reading_for(self)
 
     def request_complete(self) -> None:
         self.request_done = True
-        if self.finished:
+        if self.phase is DONE:
             return
-        if self.chunked_request:
+        request = self.request
+        if request.chunked:
             up = self.up
             if up is not None and up.transport is not None:
                 up.transport.write(b"0\r\n\r\n")
             else:
                 self.pending.append(b"0\r\n\r\n")
-        if self.awaiting_body:
+        if self.phase is BUFFERING:
             self._choose_endpoint()
         elif self.up is not None:
-            if self._has_body:
+            if request.has_body:
                 # A streamed body: until its last byte the upstream waits for the client.
                 self.sent_at = self.down.loop.time()
             self._arm_response_timer()
 
     def _arm_response_timer(self) -> None:
-        if not self.deadline and not self.upgrade:
-            self.deadline = self.down.loop.time() + self.down.server.timeouts.response_header
+        if not self.deadline and not self.request.upgrade:
+            down = self.down
+            self.deadline = down.loop.time() + down.state.timeouts.response_header
 
     def check_deadline(self, now: float) -> None:
         """The sweeper's tick: the response head's deadline, then the upstream read timeout
@@ -259,12 +184,12 @@ class Exchange:
             self.fail(504, "timeout", "upstream did not answer in time")
             return
         up = self.up
-        if up is None or not self.response_started or self.finished:
+        if up is None or self.phase < RESPONDING or self.phase is DONE:
             return
-        if self.reads != self._reads_seen or not self.read_deadline \
-                or self.down.upstream_paused(up):
-            self._reads_seen = self.reads
-            self.read_deadline = now + self.down.server.timeouts.upstream_read
+        if self.reads != self.reads_seen or not self.read_deadline \
+                or self.down.flow.holds(up.transport):
+            self.reads_seen = self.reads
+            self.read_deadline = now + self.down.state.timeouts.upstream_read
         elif now >= self.read_deadline:
             self.upstream_failed("timeout", "upstream stopped sending the response", 504)
 
@@ -272,81 +197,40 @@ class Exchange:
     def response_head(
         self, status: int, reason: bytes, headers: list[tuple[bytes, bytes]], up_keep_alive: bool
     ) -> None:
-        if self.finished:
+        if self.phase is DONE:
             return
+        request = self.request
         if 100 <= status < 200 and status != 101:
             # Interim answers (103 Early Hints, a stray 100) go to HTTP/1.1 clients as they are.
-            self._interim += 1
-            if self._interim > MAX_INTERIM:
+            self.interim += 1
+            if self.interim > MAX_INTERIM:
                 self.fail(502, "protocol",
                           f"upstream sent more than {MAX_INTERIM} interim (1xx) responses")
                 return
-            if self.client_11 and status != 100:
+            if request.client_11 and status != 100:
                 self.down.write(head_bytes(status, reason, read_response(headers)[0], ()))
             return
         self.deadline = 0.0
         self.response_status = status
-        if self.pool is not None:
-            self.pool.failures = 0
-        self.up_close = not up_keep_alive
-        if status == 101:
-            # A switch nobody asked for, or one that does not say to what (RFC 9110 15.2.2:
-            # a 101 must carry Upgrade), is never passed on nor pooled.
-            if not self.upgrade:
-                self.fail(502, "protocol", "upstream switched protocols without being asked")
-                return
-            if not any(name.lower() == b"upgrade" for name, _ in headers):
-                self.fail(502, "protocol", "upstream sent 101 without an Upgrade header")
-                return
-        elif self.upgrade:
-            # Refused: the upstream was told `Connection: upgrade`; it does not get reused.
-            # The client's connection goes on: what it sent after the request is parsed anew.
-            self.up_close = True
-        kept, chunked, content_length = read_response(headers)
-        extra: list[bytes] = []
-        body_allowed = not (self.method_head or status in (204, 304))
-        if status == 101:
-            # The upgrade headers are hop-by-hop but are the point of this response.
-            extra.extend(
-                name + b": " + value for name, value in headers
-                if name.lower() in (b"upgrade", b"connection")
-            )
-        elif body_allowed:
-            if chunked is None:
-                self.fail(502, "protocol", "upstream used a transfer coding other than chunked")
-                return
-            if content_length is not None and not chunked:
-                extra.append(b"Content-Length: " + content_length)
-            elif self.client_11:
-                self.unframed = not chunked
-                self.response_mode = CHUNKED
-                extra.append(b"Transfer-Encoding: chunked")
-            else:
-                self.unframed = not chunked
-                # An HTTP/1.0 client learns where an unframed body ends from the close.
-                self.close_after = True
-        else:
-            if content_length is not None and self.method_head:
-                extra.append(b"Content-Length: " + content_length)
-            if self.method_head:
-                # The parser cannot know a HEAD answer has no body; finish after this packet.
-                # Body bytes that come anyway are dropped and the connection is not reused.
-                self.head_only_response = True
-                self.response_mode = DISCARD
-        if status != 101:
-            if self.down.draining:
-                self.close_after = True
-            if self.close_after:
-                extra.append(b"Connection: close")
-            elif not self.client_11:
-                extra.append(b"Connection: keep-alive")
-        if self.set_cookie is not None:
-            extra.append(self.set_cookie)
-        self.response_started = True
-        self.out.append(head_bytes(status, reason, kept, extra))
+        pool = self.pool
+        if pool is not None and pool.failures:
+            pool.answered()  # passive health: an answer ends a run of failures
+        # An upgrade refused: the upstream was told `Connection: upgrade`, it is not reused.
+        # The client's connection goes on: what it sent after the request is parsed anew.
+        self.up_close = not up_keep_alive or (request.upgrade and status != 101)
+        try:
+            head, self.response_mode, self.unframed, self.close_after = final_head(
+                status, reason, headers, request.method_head, request.client_11,
+                request.upgrade, self.close_after, self.down.state.draining,
+                request.set_cookie)
+        except BadResponse as exc:
+            self.fail(502, "protocol", str(exc))
+            return
+        self.phase = RESPONDING
+        self.out.append(head)
 
     def response_body(self, data: bytes) -> None:
-        if self.finished or not self.response_status:  # an interim response's body: none
+        if self.phase is DONE or not self.response_status:  # an interim response's body: none
             return
         mode = self.response_mode
         if mode == RAW:
@@ -361,7 +245,8 @@ class Exchange:
         out = self.out
         if out:
             self.out = []
-            self.flushed = True
+            if self.phase is RESPONDING:
+                self.phase = STREAMING
             if len(out) == 1:
                 self.down.write(out[0])
             elif len(out) < 8 and len(out[-1]) < 16384:
@@ -373,13 +258,13 @@ class Exchange:
     def response_message_complete(self) -> None:
         if not self.response_status:
             return  # an interim response ended: the final one follows
-        if self.response_status == 101 and self.upgrade:
+        if self.response_status == 101 and self.request.upgrade:
             return  # the parser raises HttpParserUpgrade next: see upstream_upgraded
-        if not self.head_only_response:
+        if self.response_mode != DISCARD:
             self.response_complete()
 
     def response_complete(self) -> None:
-        if self.finished:
+        if self.phase is DONE:
             return
         if self.response_mode == CHUNKED:
             self.out.append(b"0\r\n\r\n")
@@ -387,11 +272,13 @@ class Exchange:
         up = self.up
         self.up = None
         if up is not None:
-            if self.head_only_response:
+            if self.response_mode == DISCARD:
                 up.reset_parser()
             # A slow client may have paused this connection's reading in the very packet
-            # that ended the answer: never pool a paused connection.
-            self.down.release_upstream_pause(up)
+            # that ended the answer: never pool a paused connection (flow control).
+            flow = self.down.flow
+            if flow.paused_upstream is not None:
+                flow.release(up.transport)
             up.finish(self.request_done and not self.up_close)
         if not self.request_done:
             # The client is still sending a body nobody will read: end the connection.
@@ -401,7 +288,7 @@ class Exchange:
     def upstream_upgraded(self, rest: bytes) -> None:
         """The upstream answered 101: from now on both sides are a byte tunnel."""
         up = self.up
-        if up is None or self.response_status != 101 or not self.upgrade:
+        if up is None or self.response_status != 101 or not self.request.upgrade:
             self.upstream_failed("protocol", "unexpected protocol switch from upstream")
             if up is not None:
                 up.close()
@@ -412,15 +299,14 @@ class Exchange:
         self.down.become_tunnel(up, rest)
 
     def upstream_failed(self, kind: str, detail: str, status: int = 502) -> None:
-        if self.finished:
+        if self.phase is DONE:
             return
-        if self.response_started and not self.flushed:
+        if self.phase is RESPONDING:
             # Nothing of the answer reached the client yet: it can still get a clean error.
             self.out = []
-            self.response_started = False
-            self.set_cookie = None
+            self.phase = SENT
             self.response_mode = RAW
-        if self.response_started:
+        if self.phase is STREAMING:
             self._count_error(kind)
             self._abort_client()
         else:
@@ -429,123 +315,23 @@ class Exchange:
     def upstream_lost(self, got_bytes: bool, reused: bool) -> None:
         """The upstream connection closed while carrying this exchange."""
         self.up = None
-        if self.finished:
+        if self.phase is DONE:
             return
-        if self.response_started:
+        if self.phase >= RESPONDING:
             if self.unframed:
                 self.response_complete()
                 return
             self._count_error("reset")
             self._abort_client()
             return
-        if reused and not got_bytes and not self.retried and not self._has_body \
+        if reused and not got_bytes and not self.retried and not self.request.has_body \
                 and self.pool is not None:
             # The keep-alive race: the upstream closed an idle pooled connection just as we
             # reused it. Not the endpoint's fault, and nothing of the request was consumed:
             # one try on a fresh connection to the same endpoint is safe.
             self.retried = True
+            self.phase = CONNECTING
             self.down.loop.create_task(self._connect(self.pool))
             return
         self.fail(502, "reset", "upstream closed the connection before answering")
 
-    # -- endings -----------------------------------------------------------------------------
-    def fail(self, status: int, kind: str, detail: str, count_error: bool = True) -> None:
-        """Answer with a proxy error, or cut the client if the answer had already begun."""
-        if self.finished:
-            return
-        self.deadline = 0.0
-        if count_error:
-            self._count_error(kind)
-        up = self.up
-        self.up = None
-        if up is not None:
-            up.close()
-        if self.response_started:
-            self._abort_client()
-            return
-        if not self.request_done:
-            self.close_after = True
-        log.debug("%d %s", status, detail)
-        self.response_started = True
-        self.down.write(error_response(status, detail if status < 500 else "upstream error",
-                                       self.close_after))  # upstream details: the log's only
-        self._done(status)
-
-    def _fail_locally(self, kind: str, detail: str) -> None:
-        """A failure of the proxy itself (overload, out of descriptors): 503 with Retry-After,
-        counted in the proxy's own counters; the version's counters, its analysis and its
-        endpoints' health never see it."""
-        stats = self.stats
-        if stats is not None:
-            stats.in_flight -= 1
-            self.stats = None
-        self.down.server.stats.count_local(kind)
-        if kind == "resource":
-            local_log.warning(self.down.loop.time(), detail)
-        if not self.request_done:
-            self.close_after = True
-        self.response_started = True
-        self.down.write(error_response(503, detail if kind == "overload" else "out of resources",
-                                       self.close_after, retry_after=RETRY_AFTER))
-        self._done(503)
-
-    def client_gone(self) -> None:
-        """The client closed its connection before this exchange ended."""
-        if self.finished:
-            return
-        self.deadline = 0.0
-        up = self.up
-        self.up = None
-        if up is not None:
-            up.close()
-        self.finished = True
-        if self.stats is not None:
-            self.stats.client_aborts += 1
-            self.stats.in_flight -= 1
-
-    def _finish_local(self, response: bytes) -> None:
-        if self._has_body and not self.request_done:
-            self.close_after = True  # a body nobody will read is still on its way
-        self.response_started = True
-        self.down.write(response)
-        self._done(int(response[9:12]))
-
-    def _done(self, status: int) -> None:
-        self.finished = True
-        stats = self.stats
-        if stats is not None:
-            stats.in_flight -= 1
-            now = self.down.loop.time()
-            if self.paused_at:  # rare: the exchange ends while held for the client
-                upstream = self._upstream_time(now)
-            else:
-                sent = self.sent_at
-                upstream = now - sent - self.held if sent else -1.0
-            stats.observe(status, now - self.start_time, upstream)
-        self.down.exchange_done(self)
-
-    def _abort_client(self) -> None:
-        # Never a final chunk or a body that looks complete: the client must see the cut.
-        self.finished = True
-        stats = self.stats
-        if stats is not None:
-            stats.in_flight -= 1
-            now = self.down.loop.time()
-            stats.observe(502, now - self.start_time, self._upstream_time(now))
-        self.down.abort()
-
-    def _upstream_time(self, now: float) -> float:
-        """What the version took (negative: the request never reached an upstream)."""
-        if not self.sent_at:
-            return -1.0
-        if self.paused_at:
-            self.held += now - self.paused_at
-            self.paused_at = 0.0
-        return now - self.sent_at - self.held
-
-    def _count_error(self, kind: str) -> None:
-        version = self.version
-        if version is not None and self.stats is not None:
-            self.stats.errors[kind] += 1
-            if self.pool is not None and (kind == "connect" or kind == "reset"):
-                version.record_failure(self.pool)

@@ -120,6 +120,18 @@ def upstream_head(method: bytes, target: bytes, head: RequestHead, client_ip: by
     return b"%s %s HTTP/1.1\r\n%s\r\n\r\n" % (method, target, b"\r\n".join(lines))
 
 
+def body_refusal(expect: bytes | None, content_length: bytes | None,
+                 max_body: int | None) -> tuple[int, str] | None:
+    """A request refused for what it says of its body, before any of it is read: 417 for an
+    Expect other than 100-continue, 413 for a declared length over `max_body` (a chunked
+    body is counted as it comes)."""
+    if expect is not None and expect.strip().lower() != b"100-continue":
+        return 417, "only 'Expect: 100-continue' is supported"
+    if max_body is not None and content_length is not None and int(content_length) > max_body:
+        return 413, f"request body larger than {max_body} bytes"
+    return None
+
+
 def host_key(host: bytes | None) -> str:
     """Lower-case host without port, for route matching (`[::1]:80` -> `[::1]`)."""
     if host is None:

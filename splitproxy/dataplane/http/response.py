@@ -1,10 +1,23 @@
 """A response head, read once: which header lines pass on (hop-by-hop and `Connection`-named
-ones removed, never the framing), the framing the upstream used, and the head written to the
-client. Pure functions; no sockets."""
+ones removed, never the framing), how the body is framed towards the client, whether the
+client connection closes after it, and the head written to the client. Pure functions; no
+sockets."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from splitproxy.dataplane.http.headers import HOP_BY_HOP, connection_tokens
+
+# How the response body is framed towards the client.
+RAW = 0  # as it comes: a Content-Length body, or an HTTP/1.0 client reading up to the close
+CHUNKED = 1  # re-chunked for an HTTP/1.1 client (the parser de-chunks what the upstream sent)
+DISCARD = 2  # none may follow (an answer to HEAD): bytes that come anyway are dropped
+
+
+class BadResponse(Exception):
+    """A response the proxy does not pass on: the client gets a 502, the version a protocol
+    error."""
 
 
 def read_response(
@@ -38,6 +51,66 @@ def read_response(
 _PLAIN_CONNECTION = frozenset({b"keep-alive", b"close", b"upgrade"})
 
 
-def head_bytes(status: int, reason: bytes, lines: list[bytes], extra: object) -> bytes:
-    parts = [b"HTTP/1.1 %d " % status + reason, *lines, *extra]  # type: ignore[misc]
-    return b"\r\n".join(parts) + b"\r\n\r\n"
+def final_head(
+    status: int, reason: bytes, headers: list[tuple[bytes, bytes]], method_head: bool,
+    client_11: bool, upgrade: bool, close: bool, draining: bool, set_cookie: bytes | None,
+) -> tuple[bytes, int, bool, bool]:
+    """The rules for a final response (any but 1xx, or a 101 to an upgrade request).
+
+    `close`: the client connection closes after this answer, as known so far; `upgrade`: the
+    request asked to switch protocols. Returns the head to write, the framing of the body
+    towards the client (RAW, CHUNKED or DISCARD), whether that body ends only when the
+    upstream closes (unframed), and whether the client connection closes after the answer.
+    Raises `BadResponse` for a response that must not reach the client.
+    """
+    if status == 101:
+        # A switch nobody asked for, or one that does not say to what (RFC 9110 15.2.2:
+        # a 101 must carry Upgrade), is never passed on nor pooled.
+        if not upgrade:
+            raise BadResponse("upstream switched protocols without being asked")
+        if not any(name.lower() == b"upgrade" for name, _ in headers):
+            raise BadResponse("upstream sent 101 without an Upgrade header")
+    kept, chunked, content_length = read_response(headers)
+    extra: list[bytes] = []
+    mode = RAW
+    unframed = False
+    if status == 101:
+        # The upgrade headers are hop-by-hop but are the point of this response.
+        extra.extend(
+            name + b": " + value for name, value in headers
+            if name.lower() in (b"upgrade", b"connection")
+        )
+    elif not (method_head or status == 204 or status == 304):  # a body may follow
+        if chunked is None:
+            raise BadResponse("upstream used a transfer coding other than chunked")
+        if content_length is not None and not chunked:
+            extra.append(b"Content-Length: " + content_length)
+        elif client_11:
+            unframed = not chunked
+            mode = CHUNKED
+            extra.append(b"Transfer-Encoding: chunked")
+        else:
+            unframed = not chunked
+            # An HTTP/1.0 client learns where an unframed body ends from the close.
+            close = True
+    elif method_head:
+        if content_length is not None:
+            extra.append(b"Content-Length: " + content_length)
+        # The parser cannot know a HEAD answer has no body; the exchange ends after the
+        # packet with the head. Body bytes that come anyway are dropped and the connection
+        # is not reused.
+        mode = DISCARD
+    if status != 101:
+        if draining:
+            close = True
+        if close:
+            extra.append(b"Connection: close")
+        elif not client_11:
+            extra.append(b"Connection: keep-alive")
+    if set_cookie is not None:
+        extra.append(set_cookie)
+    return head_bytes(status, reason, kept, extra), mode, unframed, close
+
+
+def head_bytes(status: int, reason: bytes, lines: list[bytes], extra: Iterable[bytes]) -> bytes:
+    return b"\r\n".join([b"HTTP/1.1 %d " % status + reason, *lines, *extra]) + b"\r\n\r\n"

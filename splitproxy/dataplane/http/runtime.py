@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
-import logging
 import os
 from dataclasses import dataclass
 
 from splitproxy.config.models import Health
-from splitproxy.dataplane.http.upstream import Pool, Pools
+from splitproxy.dataplane.http.pool import Pool, Pools
 from splitproxy.dataplane.stats import Stats, VersionStats
 from splitproxy.routing.table import RouteEntry, RoutingTable
 
 
 class VersionRuntime:
-    """One version of one route: its endpoints' pools, round-robin position and counters."""
+    """One version of one route: its endpoints' pools, round-robin position, counters and the
+    passive-health rules its endpoints are judged by (`health.record_failure`)."""
 
     __slots__ = ("route", "name", "pools", "stats", "synthetic_stats", "health", "_rr")
 
@@ -31,7 +31,7 @@ class VersionRuntime:
         self._rr = 0
 
     def next_pool(self) -> Pool | None:
-        """Round robin over the endpoints that are not ejected."""
+        """Round robin over the endpoints that are not ejected (see `health`)."""
         pools = self.pools
         n = len(pools)
         for _ in range(n):
@@ -41,24 +41,6 @@ class VersionRuntime:
                 return pool
         return None
 
-    def record_failure(self, pool: Pool) -> None:
-        """A connect failure or reset: enough in a row eject the endpoint, as Envoy's outlier
-        detection does, unless that would leave fewer than `min_healthy` endpoints."""
-        pool.failures += 1
-        health = self.health
-        if pool.ejected or pool.failures < health.consecutive_failures:
-            return
-        healthy = sum(1 for p in self.pools if not p.ejected)
-        if healthy - 1 < health.min_healthy:
-            return
-        period = pool.eject(health.base_ejection, health.max_ejection)
-        log.warning(
-            "ejected endpoint %s of %s/%s for %.0fs after %d consecutive failures",
-            pool.endpoint.key, self.route, self.name, period, health.consecutive_failures,
-        )
-
-
-log = logging.getLogger("splitproxy.health")
 
 # For the benchmark only: what does counting cost? (`loadtests/bench.py` compares both.)
 _NO_STATS = os.environ.get("SPLITPROXY_BENCH_NO_STATS") == "1"

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from splitproxy.dataplane.http import upstream
+from splitproxy.dataplane.http import pool
 from tests.support.configs import proxy_config, route
 from tests.support.proxy import proxied, run_proxy
 from tests.support.rawhttp import build_request, raw_client
@@ -58,7 +58,7 @@ def unaccepting_listener() -> Iterator[int]:
 
 async def test_requests_waiting_for_a_connection_are_capped_and_time_bounded(
         monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(upstream, "MAX_CONNECTING", 1)  # one attempt at a time, to fill
+    monkeypatch.setattr(pool, "MAX_CONNECTING", 1)  # one attempt at a time, to fill
     with unaccepting_listener() as port:
         cfg = proxy_config([route({"stable": f"http://127.0.0.1:{port}"})],
                            timeouts={"connect": "3s", "pool_wait": "0.5s"},

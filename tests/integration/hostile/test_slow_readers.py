@@ -19,7 +19,7 @@ import socket
 
 import pytest
 
-from splitproxy.dataplane.http import downstream
+from splitproxy.dataplane.http import connection
 from tests.support.configs import proxy_config, route
 from tests.support.proxy import run_proxy, version_errors
 from tests.support.rawupstream import RawHandler, read_request, run_raw_upstream
@@ -76,7 +76,7 @@ async def test_a_client_that_stops_reading_is_cut_and_its_upstream_closed() -> N
             sock = await _stalled_client(srv.port, b"GET /big HTTP/1.1\r\nHost: h\r\n\r\n")
             try:
                 # The proxy stops reading the upstream once the client's buffers are full ...
-                await wait_until(lambda: any(c._write_blocked for c in srv.connections),
+                await wait_until(lambda: any(c.flow.write_blocked for c in srv.connections),
                                          what="the client's output to be paused")
                 # ... and the send timeout closes the upstream connection: a positive signal.
                 await asyncio.wait_for(ended.wait(), WAIT)
@@ -116,7 +116,7 @@ async def test_a_client_that_reads_slowly_is_not_cut() -> None:
                 got = 0
                 paused_rounds = 0
                 while got < size:
-                    if any(c._write_blocked for c in srv.connections):
+                    if any(c.flow.write_blocked for c in srv.connections):
                         paused_rounds += 1
                         await asyncio.sleep(0.5)  # a quarter of the timeout, then a burst
                     burst = 0
@@ -139,7 +139,7 @@ async def test_a_closing_answer_is_written_out_before_the_lingering_close(
     last byte arrived: a close that aborted with the end of the answer still in the proxy's
     buffer would drop it under a client still reading. (Guard only: whether the buffer is
     non-empty at that moment depends on the kernel's buffers; here it usually is empty.)"""
-    monkeypatch.setattr(downstream, "LINGER_TIME", 0.2)
+    monkeypatch.setattr(connection, "LINGER_TIME", 0.2)
     size = 12 * MiB
 
     async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

@@ -1,0 +1,43 @@
+"""What a connection may know of its server (as uvicorn's `ServerState`), instead of the
+whole server: the protocols get this, the server owns and updates it."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Coroutine
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+
+from splitproxy.config.models import Limits, Timeouts
+from splitproxy.dataplane.http.runtime import Runtime
+from splitproxy.dataplane.stats import Stats
+
+if TYPE_CHECKING:
+    from splitproxy.dataplane.http.downstream import DownstreamProtocol
+
+T = TypeVar("T")
+
+
+class EventLoop(Protocol):
+    """The two things the protocols ask of the event loop: its clock and a task for a new
+    upstream connection. Tests hand in a fake one and move its clock by hand."""
+
+    def time(self) -> float: ...
+    def create_task(self, coro: Coroutine[Any, Any, T]) -> asyncio.Task[T]: ...
+
+
+class ServerState:
+    """One per server, shared by its connections. The server assigns the fields (a reload, a
+    table swap, the start of a shutdown) and never replaces the object, so a connection reads
+    the current values through the one reference it was given."""
+
+    __slots__ = ("loop", "runtime", "timeouts", "limits", "stats", "connections", "draining")
+
+    def __init__(self, loop: EventLoop, runtime: Runtime, timeouts: Timeouts, limits: Limits,
+                 stats: Stats) -> None:
+        self.loop = loop
+        self.runtime = runtime  # the compiled routing table requests are routed by
+        self.timeouts = timeouts
+        self.limits = limits
+        self.stats = stats
+        self.connections: set[DownstreamProtocol] = set()  # open client connections
+        self.draining = False  # shutting down: every answer closes its connection

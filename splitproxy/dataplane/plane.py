@@ -1,0 +1,46 @@
+"""What the control plane sees of the data plane: one interface, two implementations (one
+in-process `server.ProxyServer`, or the worker processes of `workers.WorkerPool`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+from splitproxy.config.models import Config
+from splitproxy.dataplane.stats import Stats
+from splitproxy.routing.table import RoutingTable
+
+
+@dataclass(frozen=True, slots=True)
+class EndpointHealth:
+    """One endpoint's passive health, as `/status` and the metrics show it."""
+
+    route: str
+    version: str
+    endpoint: str  # host:port
+    up: bool
+    failures: int  # consecutive connect failures / resets
+    ejections: int
+
+
+class DataPlane(Protocol):
+    """The proxying side, as the controller and the service drive it."""
+
+    @property
+    def listening(self) -> bool: ...
+    @property
+    def draining(self) -> bool: ...
+    @property
+    def port(self) -> int: ...
+    @property
+    def stats(self) -> Stats: ...
+
+    async def start(self, routing: RoutingTable) -> None:
+        """Listen and serve `routing`, the first table."""
+
+    async def stop(self, drain: float | None = None) -> None:
+        """Stop accepting; requests in flight get up to `drain` seconds (default: config's)."""
+
+    def reconfigure(self, config: Config, routing: RoutingTable) -> None: ...
+    def install(self, routing: RoutingTable) -> None: ...
+    def endpoint_health(self) -> list[EndpointHealth]: ...

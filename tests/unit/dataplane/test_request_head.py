@@ -1,0 +1,171 @@
+"""request.py: the request head read once, and the head sent upstream. Table-driven, no
+sockets."""
+
+from __future__ import annotations
+
+import pytest
+
+from splitproxy.dataplane.http.request import (
+    Reject,
+    body_refusal,
+    host_key,
+    origin_form,
+    read_head,
+    upstream_head,
+)
+
+Headers = list[tuple[bytes, bytes]]
+
+
+def h(*lines: str) -> Headers:
+    """`"Name: value"` lines -> the (name, value) pairs the parser hands over."""
+    return [(name.encode(), value.encode()) for name, _, value in
+            (line.partition(": ") for line in lines)]
+
+
+@pytest.mark.parametrize(
+    ("headers", "client_11", "detail"),
+    [
+        (h("Host: a", "Host: b"), True, "more than one Host header"),
+        (h("Host:  "), True, "empty Host header"),
+        (h("Accept: */*"), True, "HTTP/1.1 request without Host header"),
+        (h("Host: a", "Transfer-Encoding: gzip"), True, "unsupported or repeated"),
+        (h("Host: a", "Transfer-Encoding: chunked", "Transfer-Encoding: chunked"), True,
+         "unsupported or repeated"),
+    ],
+    ids=["two-hosts", "empty-host", "no-host-11", "gzip", "chunked-twice"],
+)
+def test_ambiguous_or_incomplete_heads_are_refused_with_400(
+        headers: Headers, client_11: bool, detail: str) -> None:
+    with pytest.raises(Reject) as caught:
+        read_head(headers, client_11)
+    assert caught.value.status == 400
+    assert detail in caught.value.detail
+
+
+def test_an_http10_request_may_come_without_host() -> None:
+    assert read_head(h("Accept: */*"), client_11=False).host is None
+
+
+@pytest.mark.parametrize(
+    ("headers", "forwarded"),
+    [
+        (h("Host: a", "Accept: */*"), [b"Host: a", b"Accept: */*"]),
+        # hop-by-hop headers are never forwarded
+        (h("Host: a", "Keep-Alive: 5", "Proxy-Connection: x", "TE: trailers", "Trailer: X"),
+         [b"Host: a"]),
+        # framing is written from what the parser read, never copied
+        (h("Host: a", "Content-Length: 3"), [b"Host: a"]),
+        (h("Host: a", "Transfer-Encoding: chunked"), [b"Host: a"]),
+        # a header the Connection header names goes too; Host and framing cannot be named
+        (h("Host: a", "Connection: x-secret, host, content-length", "X-Secret: 1", "X-Keep: 2"),
+         [b"Host: a", b"X-Keep: 2"]),
+        # forwarding headers the client sent are kept (X-Forwarded-For is extended later)
+        (h("Host: a", "X-Forwarded-Proto: https", "X-Forwarded-Host: b", "X-Forwarded-For: 1"),
+         [b"Host: a", b"X-Forwarded-Proto: https", b"X-Forwarded-Host: b"]),
+    ],
+    ids=["plain", "hop-by-hop", "content-length", "chunked", "connection-named", "forwarding"],
+)
+def test_the_lines_forwarded(headers: Headers, forwarded: list[bytes]) -> None:
+    assert read_head(headers, client_11=True).lines == forwarded
+
+
+@pytest.mark.parametrize(
+    ("headers", "has_body"),
+    [
+        (h("Host: a"), False),
+        (h("Host: a", "Content-Length: 0"), False),
+        (h("Host: a", "Content-Length: 5"), True),
+        (h("Host: a", "Transfer-Encoding: chunked"), True),
+    ],
+)
+def test_has_body(headers: Headers, has_body: bool) -> None:
+    assert read_head(headers, client_11=True).has_body is has_body
+
+
+def test_seen_holds_the_last_value_by_lower_case_name() -> None:
+    head = read_head(h("Host: a", "X-User-Id: 1", "x-user-id: 2"), client_11=True)
+    assert head.seen[b"x-user-id"] == b"2"
+
+
+@pytest.mark.parametrize(
+    ("headers", "client_ip", "upgrade", "expected"),
+    [
+        (h("Host: a"), b"10.0.0.1", False,
+         [b"Host: a", b"X-Forwarded-For: 10.0.0.1", b"X-Forwarded-Proto: http",
+          b"X-Forwarded-Host: a"]),
+        (h("Host: a", "X-Forwarded-For: 1.1.1.1", "X-Forwarded-For: 2.2.2.2"), b"10.0.0.1",
+         False, [b"Host: a", b"X-Forwarded-For: 1.1.1.1, 2.2.2.2, 10.0.0.1",
+                 b"X-Forwarded-Proto: http", b"X-Forwarded-Host: a"]),
+        (h("Host: a", "X-Forwarded-Proto: https", "X-Forwarded-Host: b"), b"10.0.0.1", False,
+         [b"Host: a", b"X-Forwarded-Proto: https", b"X-Forwarded-Host: b",
+          b"X-Forwarded-For: 10.0.0.1"]),
+        (h("Host: a", "Content-Length: 3"), b"10.0.0.1", False,
+         [b"Host: a", b"X-Forwarded-For: 10.0.0.1", b"X-Forwarded-Proto: http",
+          b"X-Forwarded-Host: a", b"Content-Length: 3"]),
+        (h("Host: a", "Transfer-Encoding: chunked"), b"10.0.0.1", False,
+         [b"Host: a", b"X-Forwarded-For: 10.0.0.1", b"X-Forwarded-Proto: http",
+          b"X-Forwarded-Host: a", b"Transfer-Encoding: chunked"]),
+        (h("Host: a", "Connection: Upgrade", "Upgrade: websocket"), b"10.0.0.1", True,
+         [b"Host: a", b"Connection: upgrade", b"Upgrade: websocket",
+          b"X-Forwarded-For: 10.0.0.1", b"X-Forwarded-Proto: http", b"X-Forwarded-Host: a"]),
+        # an Upgrade header without an upgrade (the parser said no) is not forwarded
+        (h("Host: a", "Upgrade: websocket"), b"10.0.0.1", False,
+         [b"Host: a", b"X-Forwarded-For: 10.0.0.1", b"X-Forwarded-Proto: http",
+          b"X-Forwarded-Host: a"]),
+    ],
+    ids=["plain", "xff-extended", "xfp-xfh-kept", "content-length", "chunked", "upgrade",
+         "upgrade-header-only"],
+)
+def test_the_head_sent_upstream(headers: Headers, client_ip: bytes, upgrade: bool,
+                                expected: list[bytes]) -> None:
+    head = read_head(headers, client_11=True)
+    sent = upstream_head(b"GET", b"/p?q=1", head, client_ip, upgrade)
+    assert sent == b"GET /p?q=1 HTTP/1.1\r\n" + b"\r\n".join(expected) + b"\r\n\r\n"
+
+
+@pytest.mark.parametrize(
+    ("host", "key"),
+    [
+        (None, ""),
+        (b"Shop.Example", "shop.example"),
+        (b"shop.example:8080", "shop.example"),
+        (b"[::1]:80", "[::1]"),
+        (b"[FE80::1]", "[fe80::1]"),
+    ],
+)
+def test_host_key(host: bytes | None, key: str) -> None:
+    assert host_key(host) == key
+
+
+@pytest.mark.parametrize(
+    ("url", "target"),
+    [
+        (b"/a/b?c", b"/a/b?c"),
+        (b"*", b"*"),
+        (b"http://shop.example/a?b", b"/a?b"),
+        (b"http://shop.example", b"/"),
+        (b"https://shop.example:8443/x", b"/x"),
+        (b"weird", b"weird"),
+    ],
+)
+def test_origin_form(url: bytes, target: bytes) -> None:
+    assert origin_form(url) == target
+
+
+@pytest.mark.parametrize(
+    ("expect", "content_length", "max_body", "refusal"),
+    [
+        (None, None, None, None),
+        (b"100-continue", b"10", None, None),
+        (b" 100-Continue ", None, None, None),
+        (b"200-ok", None, None, (417, "only 'Expect: 100-continue' is supported")),
+        (None, b"10", 10, None),
+        (None, b"11", 10, (413, "request body larger than 10 bytes")),
+        (b"100-continue", b"11", 10, (413, "request body larger than 10 bytes")),
+        (b"200-ok", b"11", 10, (417, "only 'Expect: 100-continue' is supported")),
+    ],
+)
+def test_body_refusal(expect: bytes | None, content_length: bytes | None, max_body: int | None,
+                      refusal: tuple[int, str] | None) -> None:
+    assert body_refusal(expect, content_length, max_body) == refusal
