@@ -1,0 +1,282 @@
+"""The hot path's cost, counted: CPU instructions per proxied request under callgrind.
+
+    python -m loadtests.costgate                  # measure, compare with the budget, exit 1 if over
+    python -m loadtests.costgate --write-budget   # measure and record the budget
+
+Seconds are noisy on a shared 2-core machine; instructions are not. One data-plane process (the
+same `ProxyServer` a worker runs, nothing of the control plane) runs under valgrind's callgrind
+with instrumentation off; a client warms it up, `callgrind_control` switches counting on, the
+client sends a fixed number of requests on one keep-alive connection, one at a time, and counting
+goes off again. Everything the process executes in between is counted -- Python, uvloop,
+httptools, the kernel-call wrappers in libc -- so a regression in C glue shows as well as one in
+Python. The upstream is a tiny asyncio server in another process (not counted).
+
+Each workload is counted twice on its own connection, over `SHORT` and `LONG` requests; the cost
+per request is the difference divided by the difference in count, which cancels what a
+measurement costs once (the toggles and dumps). What is left varies only with the proxy's timers
+(its timeout sweeper wakes once a second): a few hundred instructions per second of wall time,
+about 0.1% of a run. The budget allows `TOLERANCE` on top of that.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+BUDGET = REPO / "loadtests" / "costgate_budget.json"
+TOLERANCE = 0.03  # a measured cost up to 3% over the budget passes
+WARMUP = 300
+SHORT, LONG = 100, 400
+BODY = b"x" * 4096
+
+
+@dataclass(frozen=True)
+class Workload:
+    name: str
+    request: bytes  # one whole request, sent as is on a keep-alive connection
+    response_body: int  # bytes the upstream answers with
+
+
+def _get(path: str) -> bytes:
+    return f"GET {path} HTTP/1.1\r\nHost: shop.local\r\nUser-Agent: costgate\r\n" \
+           "Accept: */*\r\n\r\n".encode()
+
+
+WORKLOADS = (
+    Workload("get-small", _get("/api/items?id=1"), 64),
+    Workload("post-4k", b"POST /api/orders HTTP/1.1\r\nHost: shop.local\r\nContent-Type: "
+             b"application/json\r\nContent-Length: 4096\r\n\r\n" + BODY, 64),
+    Workload("get-16k", _get("/static/page"), 16384),
+)
+
+
+# --- the processes ----------------------------------------------------------------------------
+
+def _upstream_main(port_file: str) -> None:
+    """A minimal keep-alive HTTP/1.1 server: the body size comes from the path."""
+    sizes = {w.request.split(b" ", 2)[1].split(b"?")[0]: w.response_body for w in WORKLOADS}
+
+    class Upstream(asyncio.Protocol):
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            assert isinstance(transport, asyncio.Transport)
+            self.transport = transport
+            self.buffer = b""
+
+        def data_received(self, data: bytes) -> None:
+            self.buffer += data
+            while (end := self.buffer.find(b"\r\n\r\n")) >= 0:
+                head = self.buffer[:end]
+                match = re.search(rb"(?i)\r\ncontent-length: *(\d+)", head)
+                length = int(match[1]) if match else 0
+                if len(self.buffer) < end + 4 + length:
+                    return
+                self.buffer = self.buffer[end + 4 + length:]
+                path = head.split(b" ", 2)[1].split(b"?")[0]
+                body = b"y" * sizes.get(path, 64)
+                self.transport.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n"
+                                     b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+
+    async def serve() -> None:
+        loop = asyncio.get_running_loop()
+        server = await loop.create_server(Upstream, "127.0.0.1", 0)
+        Path(port_file).write_text(str(server.sockets[0].getsockname()[1]))
+        await asyncio.Event().wait()
+
+    asyncio.run(serve())
+
+
+def _proxy_main(config_path: str, port_file: str) -> None:
+    """One data-plane process, as a worker runs it, and nothing else."""
+    import uvloop
+
+    from splitproxy.config.models import load
+    from splitproxy.dataplane.server import ProxyServer
+
+    async def serve() -> None:
+        server = ProxyServer(load(config_path))
+        await server.start()
+        stop = asyncio.Event()
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+        Path(port_file).write_text(str(server.port))
+        await stop.wait()
+        await server.stop(drain=0.0)
+
+    uvloop.run(serve())
+
+
+def _wait_file(path: Path, proc: subprocess.Popen[bytes], timeout: float) -> int:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if path.exists() and (text := path.read_text()).strip():
+            return int(text)
+        if proc.poll() is not None:
+            raise RuntimeError(f"{proc.args!r} exited with {proc.returncode}")
+        time.sleep(0.05)
+    raise TimeoutError(f"{proc.args!r} did not start in {timeout} s")
+
+
+@contextmanager
+def _process(argv: list[str], env: dict[str, str] | None = None
+             ) -> Iterator[subprocess.Popen[bytes]]:
+    proc = subprocess.Popen(argv, cwd=REPO, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+# --- the client -------------------------------------------------------------------------------
+
+def _exchange(sock: socket.socket, request: bytes) -> None:
+    """Send one request and read its whole answer (Content-Length framed)."""
+    sock.sendall(request)
+    data = b""
+    while (end := data.find(b"\r\n\r\n")) < 0:
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise ConnectionError("proxy closed the connection")
+        data += chunk
+    head = data[:end]
+    if not head.startswith(b"HTTP/1.1 200"):
+        raise RuntimeError(f"unexpected answer: {head[:200]!r}")
+    match = re.search(rb"(?i)\r\ncontent-length: *(\d+)", head)
+    if match is None:
+        raise RuntimeError("answer without Content-Length")
+    missing = end + 4 + int(match[1]) - len(data)
+    while missing > 0:
+        chunk = sock.recv(min(65536, missing))
+        if not chunk:
+            raise ConnectionError("proxy closed the connection mid-body")
+        missing -= len(chunk)
+
+
+def _callgrind_control(option: str, pid: int) -> None:
+    subprocess.run(["callgrind_control", option, str(pid)], check=True, timeout=60,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+_TOTALS = re.compile(r"^(?:summary|totals):\s+(\d+)", re.M)
+
+
+def _config(tmp: Path, upstream_port: int) -> Path:
+    config = tmp / "costgate.yaml"
+    config.write_text(
+        "listen: 127.0.0.1:0\nadmin: {listen: '127.0.0.1:0'}\nroutes:\n"
+        "  - name: shop\n    versions:\n"
+        f"      stable: {{endpoints: ['http://127.0.0.1:{upstream_port}']}}\n"
+        f"      canary: {{endpoints: ['http://127.0.0.1:{upstream_port}']}}\n"
+        "    weights: {stable: 90, canary: 10}\n")
+    return config
+
+
+def _counted(pid: int, out: Path, sock: socket.socket, request: bytes, n: int) -> int:
+    """Instructions for `n` exchanges: counting on from zero, a dump, counting off."""
+    _callgrind_control("--zero", pid)
+    _callgrind_control("--instr=on", pid)
+    for _ in range(n):
+        _exchange(sock, request)
+    _callgrind_control("--dump", pid)
+    _callgrind_control("--instr=off", pid)
+    dumps = sorted(out.parent.glob(out.name + ".*"), key=lambda p: int(p.suffix[1:]))
+    match = _TOTALS.search(dumps[-1].read_text())
+    if match is None:
+        raise RuntimeError(f"no totals in {dumps[-1]}")
+    return int(match[1])
+
+
+def measure(workloads: tuple[Workload, ...] = WORKLOADS) -> dict[str, float]:
+    """Instructions per request, per workload, all in one proxy process under callgrind."""
+    with tempfile.TemporaryDirectory(prefix="costgate-") as name:
+        tmp = Path(name)
+        upstream_file, proxy_file = tmp / "upstream.port", tmp / "proxy.port"
+        out = tmp / "callgrind.out"
+        env = {**os.environ, "PYTHONHASHSEED": "0", "PYTHONDONTWRITEBYTECODE": "1"}
+        with _process([sys.executable, "-m", "loadtests.costgate", "upstream",
+                       str(upstream_file)]) as upstream:
+            config = _config(tmp, _wait_file(upstream_file, upstream, timeout=30))
+            argv = ["valgrind", "--tool=callgrind", "--instr-atstart=no",
+                    f"--callgrind-out-file={out}", "--trace-children=no", sys.executable,
+                    "-m", "loadtests.costgate", "proxy", str(config), str(proxy_file)]
+            with _process(argv, env=env) as proxy:
+                port = _wait_file(proxy_file, proxy, timeout=180)
+                costs: dict[str, float] = {}
+                for w in workloads:
+                    with socket.create_connection(("127.0.0.1", port), timeout=60) as sock:
+                        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                        for _ in range(WARMUP):
+                            _exchange(sock, w.request)
+                        short = _counted(proxy.pid, out, sock, w.request, SHORT)
+                        long = _counted(proxy.pid, out, sock, w.request, LONG)
+                    costs[w.name] = (long - short) / (LONG - SHORT)
+                return costs
+
+
+def compare(measured: dict[str, float], budget: dict[str, float]) -> list[str]:
+    """One line per workload over its budget (empty: within budget)."""
+    over = []
+    for name, cost in measured.items():
+        limit = budget.get(name)
+        if limit is None:
+            over.append(f"{name}: no budget recorded (run with --write-budget)")
+        elif cost > limit * (1 + TOLERANCE):
+            over.append(f"{name}: {cost:,.0f} instructions per request, budget {limit:,.0f} "
+                        f"(+{100 * (cost / limit - 1):.1f}%, tolerance {100 * TOLERANCE:.0f}%)")
+    return over
+
+
+def available() -> bool:
+    return shutil.which("valgrind") is not None and shutil.which("callgrind_control") is not None
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if args[:1] == ["upstream"]:
+        _upstream_main(args[1])
+        return 0
+    if args[:1] == ["proxy"]:
+        _proxy_main(args[1], args[2])
+        return 0
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    p.add_argument("--write-budget", action="store_true",
+                   help=f"record the measured costs as the budget ({BUDGET.name})")
+    opts = p.parse_args(args)
+    if not available():
+        print("costgate: needs valgrind (apt-get install valgrind)", file=sys.stderr)
+        return 2
+    measured = measure()
+    for name, cost in measured.items():
+        print(f"{name:10s} {cost:12,.0f} instructions per request")
+    if opts.write_budget:
+        BUDGET.write_text(json.dumps({k: round(v) for k, v in measured.items()}, indent=2) + "\n")
+        print(f"budget written to {BUDGET}")
+        return 0
+    over = compare(measured, json.loads(BUDGET.read_text()))
+    for line in over:
+        print("over budget:", line, file=sys.stderr)
+    return 1 if over else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
