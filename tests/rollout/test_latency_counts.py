@@ -8,6 +8,7 @@ trickles its body is slow, and `splitproxy status` shows the verdicts and why a 
 from __future__ import annotations
 
 import asyncio
+import gc
 import socket
 import time
 from pathlib import Path
@@ -17,7 +18,7 @@ from tests.support.cli import cli
 from tests.support.configs import rollout_config
 from tests.support.load import Load, plain
 from tests.support.service import admin, metric, run_service, scrape, status, write_config
-from tests.support.upstream import run_upstreams
+from tests.support.upstream import run_upstream_process, run_upstreams
 from tests.support.waiting import wait_until
 
 BIG = 8 * 1024 * 1024  # bytes: far beyond every socket and write buffer on the way
@@ -26,7 +27,10 @@ BIG = 8 * 1024 * 1024  # bytes: far beyond every socket and write buffer on the 
 async def test_a_120_ms_upstream_under_max_p99_ms_200_is_never_counted_slow(
     tmp_path: Path,
 ) -> None:
-    async with run_upstreams("stable", "canary", delay=0.12) as ups:
+    # The upstreams run in a process of their own and the collector waits until the load
+    # is over: what is timed is then the upstream's 120 ms and the proxy's own work, not the
+    # pauses of a test process that also hosts the clients (a full collection took 55-163 ms).
+    async with run_upstream_process("stable", "canary", delay=0.12) as ups:
         path = tmp_path / "shop.yaml"
         write_config(path, rollout_config(
             ups, weights={"stable": 50, "canary": 50},
@@ -42,10 +46,15 @@ async def test_a_120_ms_upstream_under_max_p99_ms_200_is_never_counted_slow(
                 return test
 
             clients = {f"c{i}": plain for i in range(12)}
-            async with Load(svc.proxy_port, clients, gap=0.0).running() as load:
-                # "At most 1% slower than 200 ms" is shown after about 400 clean requests.
-                await wait_until(lambda: getattr(p99(), "outcome", None) == "pass", timeout=30,
-                                 what="the p99 limit's pass")
+            gc.collect()
+            gc.disable()
+            try:
+                async with Load(svc.proxy_port, clients, gap=0.0).running() as load:
+                    # "At most 1% slower than 200 ms" is shown after about 400 clean requests.
+                    await wait_until(lambda: getattr(p99(), "outcome", None) == "pass",
+                                     timeout=30, what="the p99 limit's pass")
+            finally:
+                gc.enable()
             assert not load.failures, load.failures[:3]
             assert engine.states["shop"].phase == "idle"
             test = p99()

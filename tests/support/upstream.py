@@ -13,13 +13,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import sys
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
+import aiohttp
 from aiohttp import WSMsgType, web
 from multidict import CIMultiDict
 
+from .ports import free_port
 from .waiting import WAIT
 
 BLOCK = bytes(range(256)) * 256  # 64 KiB of known bytes for large bodies
@@ -239,3 +243,30 @@ async def run_upstreams(*names: str, delay: float = 0.0) -> AsyncIterator[dict[s
     """Several upstreams at once, by name."""
     async with contextlib.AsyncExitStack() as stack:
         yield {n: await stack.enter_async_context(run_upstream(n, delay=delay)) for n in names}
+
+
+@contextlib.asynccontextmanager
+async def run_upstream_process(*names: str, delay: float = 0.0) -> AsyncIterator[dict[str, str]]:
+    """Upstreams answering their name (`loadtests.upstream`) in a process of their own, each
+    `delay` seconds late; yields name -> URL. For timing tests: an upstream in the test's own
+    event loop answers late whenever that loop is busy, which a real upstream does not."""
+    ports = {name: free_port() for name in names}
+    specs = [f"{name}-1={name}:{port}" for name, port in ports.items()]
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "loadtests.upstream", *specs, stdout=asyncio.subprocess.PIPE,
+        cwd=Path(__file__).resolve().parents[2])
+    try:
+        assert proc.stdout is not None
+        line = await asyncio.wait_for(proc.stdout.readline(), WAIT)
+        assert b'"ready"' in line, line
+        urls = {name: f"http://127.0.0.1:{port}" for name, port in ports.items()}
+        async with aiohttp.ClientSession() as session:
+            for url in urls.values():
+                async with session.post(f"{url}/_control",
+                                        json={"delay_ms": delay * 1000}) as resp:
+                    assert resp.status == 200, await resp.text()
+        yield urls
+    finally:
+        if proc.returncode is None:
+            proc.terminate()
+            await proc.wait()
