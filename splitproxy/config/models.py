@@ -41,6 +41,12 @@ class AdminConfig(Frozen):
     token_file: str | None = None
 
 
+class Logging(Frozen):
+    # One line per request on the `splitproxy.access` logger (README: Metrics); a reload
+    # applies it to connections opened after it.
+    access_log: bool = False
+
+
 class Match(Frozen):
     host: HostName | None = None  # exact, case-insensitive
     path_prefix: PathPrefix = "/"
@@ -226,6 +232,7 @@ class State(Frozen):
 class Config(Frozen):
     listen: Listen = "127.0.0.1:8080"
     admin: AdminConfig = AdminConfig()
+    logging: Logging = Logging()
     routes: tuple[Route, ...] = Field(min_length=1)
     timeouts: Timeouts = Timeouts()
     limits: Limits = Limits()

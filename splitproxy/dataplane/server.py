@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from splitproxy.config.models import Config
+from splitproxy.dataplane.http.accesslog import protocol_for
 from splitproxy.dataplane.http.downstream import DownstreamProtocol
 from splitproxy.dataplane.http.runtime import Runtime, compile_table
 from splitproxy.dataplane.http.upstream import Pools
@@ -74,7 +75,7 @@ class ProxyServer:
         self.install(routing or table.build(self.config))
         host, port = split_hostport(self.config.listen)
         self._server = await self.loop.create_server(
-            lambda: DownstreamProtocol(self), host, port, backlog=2048, reuse_address=True,
+            lambda: protocol_for(self.config)(self), host, port, backlog=2048, reuse_address=True,
             reuse_port=self.reuse_port or None,
         )
         self.port: int = self._server.sockets[0].getsockname()[1]  # the real one when 0 asked

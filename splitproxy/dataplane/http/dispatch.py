@@ -19,6 +19,7 @@ from splitproxy.dataplane.http.request import (
     read_head,
     upstream_head,
 )
+from splitproxy.dataplane.http.requestid import resolve as request_id
 from splitproxy.routing.choose import choose
 
 if TYPE_CHECKING:
@@ -38,6 +39,7 @@ def build_exchange(down: DownstreamProtocol, parser: httptools.HttpRequestParser
         # TRACE would echo the request, cookies and credentials included (nginx: 405).
         raise Reject(405, f"{method.decode('latin-1')} is not supported by a reverse proxy")
     head = read_head(headers, client_11)
+    rid = head.request_id = request_id(head.request_id)
     seen = head.seen
     target = origin_form(url)
     if needs_normalising(target):
@@ -54,7 +56,7 @@ def build_exchange(down: DownstreamProtocol, parser: httptools.HttpRequestParser
     if route is None:
         server.stats.bad_requests += 1
         return _local(down, 404, "no route matches this request", client_11, keep_alive, now,
-                           has_body)
+                      has_body, rid)
 
     entry = route.entry
     plan = entry.plan
@@ -75,7 +77,7 @@ def build_exchange(down: DownstreamProtocol, parser: httptools.HttpRequestParser
     chosen = choose(plan, next(entry.counter), pin_name, cookie_name, hash_key)
     if chosen is None:
         return _local(down, 503, f"route {entry.name} has no version with weight > 0",
-                           client_11, keep_alive, now, has_body)
+                      client_11, keep_alive, now, has_body, rid)
     version = route.versions[chosen]
     set_cookie = None
     if route.cookie is not None and cookie_name != chosen and pin_name != chosen:
@@ -85,13 +87,14 @@ def build_exchange(down: DownstreamProtocol, parser: httptools.HttpRequestParser
     limits = server.limits
     expect, cl = head.expect, head.content_length
     if expect is not None and expect.strip().lower() != b"100-continue":
-        local = error_response(417, "only 'Expect: 100-continue' is supported", True)
+        local = error_response(417, "only 'Expect: 100-continue' is supported", True,
+                               request_id=rid)
     elif limits.max_body is not None and cl is not None and int(cl) > limits.max_body:
         local = error_response(413, f"request body larger than {limits.max_body} bytes",
-                               True)
+                               True, request_id=rid)
     if local is not None:
         return Exchange(down, version, b"", client_11=client_11, client_keep_alive=False,
-                        local=local, start_time=now, has_body=has_body)
+                        local=local, start_time=now, has_body=has_body, request_id=rid)
 
     upgrade = parser.should_upgrade() and head.upgrade is not None
     if upgrade and has_body:
@@ -109,6 +112,7 @@ def build_exchange(down: DownstreamProtocol, parser: httptools.HttpRequestParser
         set_cookie=set_cookie,
         start_time=now,
         synthetic=entry.synthetic_header is not None and entry.synthetic_header in seen,
+        request_id=rid,
     )
     ex.continue_100 = expect is not None and client_11
     if has_body and (cl is None or int(cl) <= limits.body_buffer):
@@ -117,9 +121,9 @@ def build_exchange(down: DownstreamProtocol, parser: httptools.HttpRequestParser
 
 
 def _local(down: DownstreamProtocol, status: int, detail: str, client_11: bool,
-           keep_alive: bool, now: float, has_body: bool) -> Exchange:
+           keep_alive: bool, now: float, has_body: bool, rid: bytes) -> Exchange:
     # With a body pending that nobody will read, the connection cannot be reused.
     close = has_body or not keep_alive
     return Exchange(down, None, b"", client_11=client_11, client_keep_alive=not close,
-                    local=error_response(status, detail, close), start_time=now,
-                    has_body=has_body)
+                    local=error_response(status, detail, close, request_id=rid),
+                    start_time=now, has_body=has_body, request_id=rid)

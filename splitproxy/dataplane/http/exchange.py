@@ -48,7 +48,7 @@ class Exchange:
         "set_cookie", "local", "finished", "upgrade", "head_only_response", "retried", "up_close",
         "unframed", "continue_100", "deadline", "out", "flushed", "pool", "stats", "_has_body",
         "_interim", "awaiting_body", "body_buffer", "reads", "_reads_seen",
-        "read_deadline", "sent_at", "held", "paused_at",
+        "read_deadline", "sent_at", "held", "paused_at", "request_id",
     )
 
     def __init__(
@@ -67,6 +67,7 @@ class Exchange:
         local: bytes | None = None,
         synthetic: bool = False,
         start_time: float = 0.0,
+        request_id: bytes = b"",
     ) -> None:
         self.down = down
         self.version = version
@@ -87,6 +88,7 @@ class Exchange:
         self.close_after = not client_keep_alive
         self.start_time = start_time
         self.set_cookie = set_cookie
+        self.request_id = request_id  # X-Request-Id (b"": a request refused before it had one)
         self.local = local  # a response the proxy makes itself (errors), sent in order
         self.finished = False
         self.upgrade = upgrade
@@ -342,6 +344,8 @@ class Exchange:
                 extra.append(b"Connection: keep-alive")
         if self.set_cookie is not None:
             extra.append(self.set_cookie)
+        if self.request_id:
+            extra.append(b"X-Request-Id: " + self.request_id)
         self.response_started = True
         self.out.append(head_bytes(status, reason, kept, extra))
 
@@ -467,7 +471,8 @@ class Exchange:
             self.close_after = True
         log.debug("%d %s", status, detail)
         self.response_started = True
-        self.down.write(error_response(status, detail, self.close_after))
+        self.down.write(error_response(status, detail, self.close_after,
+                                       request_id=self.request_id))
         self._done(status)
 
     def _fail_locally(self, kind: str, detail: str) -> None:
@@ -484,7 +489,8 @@ class Exchange:
         if not self.request_done:
             self.close_after = True
         self.response_started = True
-        self.down.write(error_response(503, detail, self.close_after, retry_after=RETRY_AFTER))
+        self.down.write(error_response(503, detail, self.close_after, retry_after=RETRY_AFTER,
+                                       request_id=self.request_id))
         self._done(503)
 
     def client_gone(self) -> None:

@@ -6,6 +6,11 @@ from __future__ import annotations
 
 from splitproxy.dataplane.http.headers import HOP_BY_HOP, connection_tokens
 
+# Never passed on: hop-by-hop headers, and the upstream's X-Request-Id (the proxy writes the
+# request's own, the one it sent upstream and logged; an upstream that echoes it would
+# otherwise make two).
+_NOT_PASSED = HOP_BY_HOP | {b"x-request-id"}
+
 
 def read_response(
     headers: list[tuple[bytes, bytes]],
@@ -19,7 +24,7 @@ def read_response(
     length: bytes | None = None
     for name, value in headers:
         lname = name.lower()
-        if lname in HOP_BY_HOP:
+        if lname in _NOT_PASSED:
             if lname == b"transfer-encoding":
                 chunked = True if value.strip().lower() == b"chunked" else None
             elif lname == b"connection" and value.lower() not in _PLAIN_CONNECTION:
