@@ -28,8 +28,10 @@ from splitproxy.control.metrics import rollout_families
 from splitproxy.control.reload import ConfigWatcher
 from splitproxy.control.stores.store import StateStore, make_store
 from splitproxy.control.window import Sample, Window
+from splitproxy.dataplane.procstats import Usage
 from splitproxy.dataplane.server import DataPlane
 from splitproxy.dataplane.stats import VersionStats
+from splitproxy.rollout import Phase
 from splitproxy.routing import table
 
 log = logging.getLogger("splitproxy.control.controller")
@@ -245,6 +247,9 @@ class Controller:
         for h in self.server.endpoint_health():
             yield h.route, h.version, h.endpoint, h.up
 
+    def worker_usage(self) -> list[tuple[int, Usage]]:
+        return self.server.worker_usage()
+
     def rollout_metrics(self) -> Iterable[Metric]:
         engine = self.engine
         return rollout_families(
@@ -254,6 +259,8 @@ class Controller:
             engine.checks_total,
             self.server.stats.synthetic(),
             bool(self.store_status()["up"]),
+            {name: state.aborted_at or 0.0 for name, state in engine.states.items()
+             if state.phase == Phase.ABORTED},
         )
 
     def status(self) -> dict[str, Any]:

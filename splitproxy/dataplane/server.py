@@ -12,6 +12,7 @@ from splitproxy.dataplane.http.accesslog import protocol_for
 from splitproxy.dataplane.http.downstream import DownstreamProtocol
 from splitproxy.dataplane.http.runtime import Runtime, compile_table
 from splitproxy.dataplane.http.upstream import Pools
+from splitproxy.dataplane.procstats import Usage
 from splitproxy.dataplane.stats import Stats
 from splitproxy.routing import table
 
@@ -47,6 +48,7 @@ class DataPlane(Protocol):
     def reconfigure(self, config: Config, routing: table.RoutingTable) -> None: ...
     def install(self, routing: table.RoutingTable) -> None: ...
     def endpoint_health(self) -> list[EndpointHealth]: ...
+    def worker_usage(self) -> list[tuple[int, Usage]]: ...
 
 
 class ProxyServer:
@@ -121,6 +123,10 @@ class ProxyServer:
         self.runtime = compile_table(routing, self._pools, self.stats, self.config.health,
                                      getattr(self, "runtime", None))
 
+
+    def worker_usage(self) -> list[tuple[int, Usage]]:
+        """No worker processes: this process's own use is the control process's."""
+        return []
 
     def endpoint_health(self) -> list[EndpointHealth]:
         return [

@@ -20,6 +20,7 @@ from typing import Any
 
 from splitproxy.config import logsafe
 from splitproxy.config.models import Config
+from splitproxy.dataplane.procstats import Sampler, Usage
 from splitproxy.dataplane.server import EndpointHealth, ProxyServer
 from splitproxy.dataplane.stats import Stats, VersionStats
 from splitproxy.routing import table
@@ -78,6 +79,7 @@ class _Worker:
         self.bad_requests = 0
         self.local: dict[str, int] = {}
         self.health: list[EndpointHealth] = []
+        self.usage: Usage | None = None  # its memory, CPU and descriptors, as it last said
         self.ready = asyncio.get_running_loop().create_future()
         self.stopped = asyncio.get_running_loop().create_future()
 
@@ -143,6 +145,10 @@ class WorkerPool:
                         max(seen.failures, h.failures), max(seen.ejections, h.ejections))
         return list(merged.values())
 
+    def worker_usage(self) -> list[tuple[int, Usage]]:
+        """(worker index, its resource use) of every live worker that has reported."""
+        return [(w.index, w.usage) for w in self._workers.values() if w.usage is not None]
+
     # -- life cycle -------------------------------------------------------------------------
     async def start(self, routing: table.RoutingTable) -> None:
         self._routing = routing
@@ -182,7 +188,8 @@ class WorkerPool:
             while worker.conn.poll():
                 kind, payload = worker.conn.recv()
                 if kind == "stats":
-                    worker.rows, worker.bad_requests, worker.local, health = payload
+                    worker.rows, worker.bad_requests, worker.local, health, worker.usage = \
+                        payload
                     worker.health = [EndpointHealth(*h) for h in health]
                 elif kind == "ready" and not worker.ready.done():
                     worker.ready.set_result(None)
@@ -258,6 +265,7 @@ async def _serve(conn: Connection, config: Config, generation: int, weights: Wei
     server = ProxyServer(config, reuse_port=True)
     await server.start(table.build(config, generation, weights, runs))
     stop: asyncio.Future[float] = loop.create_future()
+    usage = Sampler()
 
     def on_message() -> None:
         try:
@@ -277,7 +285,8 @@ async def _serve(conn: Connection, config: Config, generation: int, weights: Wei
         try:
             health = [astuple(h) for h in server.endpoint_health()]
             stats = server.stats
-            conn.send(("stats", (_rows(stats), stats.bad_requests, dict(stats.local), health)))
+            conn.send(("stats", (_rows(stats), stats.bad_requests, dict(stats.local), health,
+                                 usage.sample())))
         except (OSError, ValueError):
             pass
 

@@ -235,7 +235,9 @@ async def test_the_upstream_sees_what_the_log_says_it_received(
     seen: list[RawRequest] = []
 
     async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        seen.append(await read_request(reader))
+        req = await read_request(reader)
+        assert req is not None
+        seen.append(req)
         writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
         await writer.drain()
 
