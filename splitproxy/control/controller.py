@@ -31,7 +31,7 @@ from splitproxy.control.window import Sample, Window
 from splitproxy.dataplane.procstats import Usage
 from splitproxy.dataplane.server import DataPlane
 from splitproxy.dataplane.stats import VersionStats
-from splitproxy.rollout import Phase
+from splitproxy.rollout import Phase, RouteState
 from splitproxy.routing import table
 
 log = logging.getLogger("splitproxy.control.controller")
@@ -259,8 +259,7 @@ class Controller:
             engine.checks_total,
             self.server.stats.synthetic(),
             bool(self.store_status()["up"]),
-            {name: state.aborted_at or 0.0 for name, state in engine.states.items()
-             if state.phase == Phase.ABORTED},
+            _last_aborts(engine.last_abort, engine.states),
         )
 
     def status(self) -> dict[str, Any]:
@@ -319,6 +318,16 @@ class Controller:
             "realized_window_seconds": round(span, 1),
             "routes": routes,
         }
+
+
+def _last_aborts(seen: dict[str, float], states: dict[str, RouteState]) -> dict[str, float]:
+    """When each route last aborted: as the engine saw it happen, or, for an abort restored
+    from the store (before a restart), its stored time."""
+    last = dict(seen)
+    for name, state in states.items():
+        if state.phase == Phase.ABORTED and state.aborted_at is not None:
+            last[name] = max(last.get(name, 0.0), state.aborted_at)
+    return last
 
 
 def _ms(seconds: float | None) -> float | None:

@@ -82,6 +82,7 @@ class RolloutEngine:
         self.routes: dict[str, Route] = {}
         self.states: dict[str, RouteState] = {}
         self.aborts: dict[str, int] = {}
+        self.last_abort: dict[str, float] = {}  # route -> when its last abort happened
         self.checks_total: dict[tuple[str, str], int] = {}
         self.webhooks = Webhooks()
         self.sync = StateSync(store, clock, self._post, lambda: self.states)
@@ -197,6 +198,7 @@ class RolloutEngine:
             elif isinstance(effect, PhaseChanged):
                 if effect.new == Phase.ABORTED:
                     self.aborts[name] = self.aborts.get(name, 0) + 1
+                    self.last_abort[name] = self.states[name].aborted_at or self.clock.time()
             elif isinstance(effect, Checked):
                 key = (name, effect.result)
                 self.checks_total[key] = self.checks_total.get(key, 0) + 1

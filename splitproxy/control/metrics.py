@@ -206,10 +206,10 @@ def rollout_families(
     checks: dict[tuple[str, str], int],
     synthetic: Iterable[VersionStats],
     store_up: bool,
-    aborted_at: dict[str, float] | None = None,
+    last_abort: dict[str, float] | None = None,
 ) -> list[Metric]:
     """Rollout engine metrics: phase (one series per phase, 1 for the current one), step,
-    aborts, the time of the current abort, analysis checks by result, and synthetic requests
+    aborts and the time of the last one, analysis checks by result, and synthetic requests
     (kept out of analysis)."""
     from splitproxy.rollout import PHASES
 
@@ -221,12 +221,12 @@ def rollout_families(
                              labels=["route"])
     aborted = CounterMetricFamily("splitproxy_rollout_aborts", "Rollouts aborted",
                                   labels=["route"])
-    # The same number on every replica (the abort's time is part of the shared state): one
-    # abort, one value, however often and by however many replicas it is scraped. What the
-    # dashboard's abort annotation reads (as "series value as timestamp").
-    when = GaugeMetricFamily("splitproxy_rollout_aborted_timestamp_seconds",
-                             "When the route's current abort happened (Unix time); 0 while "
-                             "not aborted", labels=["route"])
+    # One abort, one value: the abort's time is part of the shared state, the same on every
+    # replica, kept after a retry, however often it is scraped. The dashboard's abort
+    # annotation reads it as "series value as timestamp": one mark per abort, at its time.
+    when = GaugeMetricFamily("splitproxy_rollout_last_abort_timestamp_seconds",
+                             "When the route's last abort happened (Unix time), as this "
+                             "process saw it; 0 if none since it started", labels=["route"])
     judged = CounterMetricFamily("splitproxy_analysis_checks", "Analysis checks by result",
                                  labels=["route", "result"])
     for route, current in phases.items():
@@ -234,7 +234,7 @@ def rollout_families(
             phase.add_metric([route, name], 1 if name == current else 0)
         step.add_metric([route], steps.get(route, 0))
         aborted.add_metric([route], aborts.get(route, 0))
-        when.add_metric([route], (aborted_at or {}).get(route, 0.0))
+        when.add_metric([route], (last_abort or {}).get(route, 0.0))
     for (route, result), n in sorted(checks.items()):
         judged.add_metric([route, result], n)
     synth = CounterMetricFamily(
