@@ -9,6 +9,7 @@ every query, so a rotated secret applies at once, and never appear in /status or
 
 from __future__ import annotations
 
+import base64
 import json
 import math
 from pathlib import Path
@@ -83,7 +84,8 @@ def authorization(where: PrometheusQuery) -> str | None:
         return "Bearer " + _secret(where.bearer_token_file, "bearer_token_file")
     if where.basic_auth is not None:
         password = _secret(where.basic_auth.password_file, "basic_auth.password_file")
-        return aiohttp.BasicAuth(where.basic_auth.username, password).encode()
+        pair = f"{where.basic_auth.username}:{password}".encode()  # RFC 7617: UTF-8
+        return "Basic " + base64.b64encode(pair).decode("ascii")
     return None
 
 
