@@ -69,7 +69,7 @@ async def test_a_line_has_every_field_and_its_numbers_match_the_wire(
         async with run_proxy(cfg) as srv:
             body = b"x" * 1234
             request = build_request("POST", "/echo?token=secret", {
-                "Connection": "close", "X-Request-Id": "req-42"}, body)
+                "Connection": "close", "X-Request-Id": "Root=1-42"}, body)
             answer = await exchange(srv.port, request)
             assert parse_response_bytes(answer).status == 200
 
@@ -82,7 +82,7 @@ async def test_a_line_has_every_field_and_its_numbers_match_the_wire(
     assert f["upstream"] == f"127.0.0.1:{up.port}"
     assert f["sent"] == len(answer)  # every byte the client got, head and body
     assert f["received"] == len(request)  # request line, headers and body
-    assert f["request_id"] == "req-42"
+    assert f["request_id"] == "Root=1-42"
     assert f["client"] == "127.0.0.1"
     assert f["end"] == "done"
     assert 0 < f["duration_ms"] < 10_000
@@ -90,6 +90,7 @@ async def test_a_line_has_every_field_and_its_numbers_match_the_wire(
     # The text line says the same, in logfmt.
     assert logfmt(record.getMessage()) == {k: str(v) for k, v in f.items()}
     assert "secret" not in record.getMessage()
+    assert ' request_id="Root=1-42" ' in record.getMessage()  # `=` in a value: quoted
 
 
 async def test_a_generated_request_id_is_the_one_logged_and_returned(

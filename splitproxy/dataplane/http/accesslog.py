@@ -150,24 +150,28 @@ class LoggedDownstream(DownstreamProtocol):
         began = ex.start_time or (request.began if request is not None else now)
         version = ex.version
         pool = ex.pool
-        fields: dict[str, object] = {
-            "route": version.route if version is not None else "-",
-            "version": version.name if version is not None else "-",
-            "method": request.method.decode("latin-1") if request is not None else "-",
-            "path": _path(request.path) if request is not None else "-",
-            "status": self._status or CLIENT_CLOSED,
-            "duration_ms": round((now - began) * 1000.0, 3),
-            "upstream": pool.endpoint.key if pool is not None else "-",
-            "sent": self._sent - self._mark,
-            "received": request.received if request is not None else 0,
-            "request_id": ex.request_id.decode("latin-1") if ex.request_id else "-",
-            "client": self.client_ip.decode("latin-1"),
-            "end": end,
-        }
+        route, name = (version.route, version.name) if version is not None else ("-", "-")
+        method, path = ((request.method.decode("latin-1"), _path(request.path))
+                        if request is not None else ("-", "-"))
+        status = self._status or CLIENT_CLOSED
+        duration = round((now - began) * 1000.0, 3)
+        upstream = pool.endpoint.key if pool is not None else "-"
+        sent = self._sent - self._mark
+        received = request.received if request is not None else 0
+        rid = ex.request_id.decode("latin-1") if ex.request_id else "-"
+        client = self.client_ip.decode("latin-1")
         self._mark = self._sent
         self._status = 0
-        log.info(" ".join([f"{k}={_value(v)}" for k, v in fields.items()]),
-                 extra={"access": fields})
+        # Route and version names, methods (tokens), host:port and addresses never need
+        # quoting; the path and a client's request id (`=`) may.
+        log.info(f"route={route} version={name} method={method} path={_value(path)} "
+                 f"status={status} duration_ms={duration} upstream={upstream} sent={sent} "
+                 f"received={received} request_id={_value(rid)} client={client} end={end}",
+                 extra={"access": {
+                     "route": route, "version": name, "method": method, "path": path,
+                     "status": status, "duration_ms": duration, "upstream": upstream,
+                     "sent": sent, "received": received, "request_id": rid,
+                     "client": client, "end": end}})
 
 
 def _path(raw: bytes) -> str:
@@ -175,9 +179,8 @@ def _path(raw: bytes) -> str:
     return text if len(text) <= MAX_PATH else text[:MAX_PATH] + "..."
 
 
-def _value(value: object) -> str:
+def _value(text: str) -> str:
     """A logfmt value: quoted when it holds a space, a quote, `=` or a backslash."""
-    text = str(value)
     if not text or not _QUOTE.isdisjoint(text):
         return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
     return text
