@@ -153,7 +153,9 @@ class LoggedDownstream(DownstreamProtocol):
         route, name = (version.route, version.name) if version is not None else ("-", "-")
         method, path = ((request.method.decode("latin-1"), _path(request.path))
                         if request is not None else ("-", "-"))
-        status = self._status or CLIENT_CLOSED
+        # Nothing written: the client left first (nginx's 499), or the proxy cut an answer
+        # whose head had not gone out yet (counted as 502, as the metrics count it).
+        status = self._status or (CLIENT_CLOSED if end == "client-closed" else 502)
         duration = round((now - began) * 1000.0, 3)
         upstream = pool.endpoint.key if pool is not None else "-"
         sent = self._sent - self._mark
