@@ -10,7 +10,7 @@ and formats lines. A reload that turns it on or off applies to connections opene
 What a line says, and where it comes from:
 * `status`: the final status line written to the client (interim 1xx answers skipped), read
   from the head the exchange writes; `499` (nginx's "client closed request") when the client
-  went away before any answer.
+  went away before any answer, `502` when the proxy cut one before its head went out.
 * `end`: `done`; `cut` when the proxy cut an answer already begun (the upstream failed or
   timed out mid-answer, or shutdown); `client-closed` when the client left before the end.
 * `sent`: bytes written to the client for this request (head, body, chunk framing);
