@@ -313,7 +313,10 @@ def start_splitproxy(children: Children, tmp: Path, upstream: int, name: str = "
                      workers: int = 1, env: dict[str, str] | None = None,
                      analysis: bool = False, extra: str = "") -> int:
     port, admin = free_port(), free_port()
-    config = tmp / f"{name}.yaml"
+    # The config's directory is watched for edits: the proxy's own log (a file in `tmp`) must
+    # not be in it, or every access log line would wake the watcher.
+    config = tmp / f"{name}-config" / "config.yaml"
+    config.parent.mkdir()
     config.write_text(
         textwrap.dedent(
             f"""\
