@@ -215,10 +215,13 @@ class DownstreamProtocol(ClientConnection):
             rx.close_after = True
             rx.fail(status, "protocol", detail, count_error=False)
             return
-        if rx is not None and rx.phase is QUEUED:
+        context = _CLOSING
+        if rx is not None and rx.phase is QUEUED:  # the refusal answers in its place
             self.queue.remove(rx)
             rx.client_gone()
-        ex = Exchange(self, None, _CLOSING, local=error_response(status, detail, True))
+            context = RequestContext(keep_alive=False, request_id=rx.request.request_id)
+        ex = Exchange(self, None, context, local=error_response(
+            status, detail, True, request_id=context.request_id))
         if self.current is None and not self.flow.write_blocked:
             self.current = ex
             ex.start()

@@ -72,6 +72,8 @@ class RequestContext:
     body_buffer: int = 0
     set_cookie: bytes | None = None  # the sticky cookie's Set-Cookie line, if one is due
     synthetic: bool = False  # synthetic load: counted apart so analysis can leave it out
+    # X-Request-Id, returned on every answer (b"": a request refused before it had one).
+    request_id: bytes = b""
 
 
 class Lifecycle:
@@ -141,9 +143,9 @@ class Lifecycle:
             return
         if not self.request_done:
             self.close_after = True
-        log.debug("%d %s", status, detail)
+        log.debug("%d %s", status, detail)  # an upstream's details: the log's only
         self.down.write(error_response(status, detail if status < 500 else "upstream error",
-                                       self.close_after))  # upstream details: the log's only
+                                       self.close_after, request_id=self.request.request_id))
         self._done(status)
 
     def _fail_locally(self, kind: str, detail: str) -> None:
@@ -160,7 +162,8 @@ class Lifecycle:
         if not self.request_done:
             self.close_after = True
         self.down.write(error_response(503, detail if kind == "overload" else "out of resources",
-                                       self.close_after, retry_after=RETRY_AFTER))
+                                       self.close_after, retry_after=RETRY_AFTER,
+                                       request_id=self.request.request_id))
         self._done(503)
 
     def client_gone(self) -> None:

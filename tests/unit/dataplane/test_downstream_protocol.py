@@ -13,8 +13,9 @@ from splitproxy.dataplane.http.connection import LINGER_TIME
 from splitproxy.dataplane.http.lifecycle import STREAMING
 from tests.support.fakeio import FakeServer, config
 
-GET = b"GET /x HTTP/1.1\r\nHost: shop.example\r\n\r\n"
+GET = b"GET /x HTTP/1.1\r\nHost: shop.example\r\nX-Request-Id: t-1\r\n\r\n"
 OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+OK_TO_CLIENT = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX-Request-Id: t-1\r\n\r\nok"
 
 
 def statuses(data: bytes) -> list[int]:
@@ -116,9 +117,10 @@ def test_a_proxied_answer_reaches_the_client_and_the_connection_returns_to_the_p
     conn.data_received(GET)
     assert upstream.take() == (
         b"GET /x HTTP/1.1\r\nHost: shop.example\r\nX-Forwarded-For: 192.0.2.7\r\n"
-        b"X-Forwarded-Proto: http\r\nX-Forwarded-Host: shop.example\r\n\r\n")
+        b"X-Forwarded-Proto: http\r\nX-Forwarded-Host: shop.example\r\n"
+        b"X-Request-Id: t-1\r\n\r\n")  # the client's id, sent on (and returned below)
     up.data_received(OK)
-    assert client.take() == OK
+    assert client.take() == OK_TO_CLIENT
     assert up.pool.idle == [up]
     assert server.stats.get("shop", "stable").responses == {200: 1}
 
@@ -151,13 +153,13 @@ def test_an_upgrade_switches_the_connection_to_a_tunnel(server: FakeServer) -> N
     up, upstream = server.idle_upstream()
     conn, client = server.connect()
     conn.data_received(b"GET /ws HTTP/1.1\r\nHost: shop.example\r\nConnection: upgrade\r\n"
-                       b"Upgrade: websocket\r\n\r\nearly")
+                       b"Upgrade: websocket\r\nX-Request-Id: ws-1\r\n\r\nearly")
     assert b"Connection: upgrade\r\nUpgrade: websocket\r\n" in upstream.take()
     assert not client.is_reading()  # undecided: "early" is held, nothing more is read
     up.data_received(b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\n"
                      b"Upgrade: websocket\r\n\r\nfrom-up")
     assert client.take() == (b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\n"
-                             b"Upgrade: websocket\r\n\r\nfrom-up")
+                             b"Upgrade: websocket\r\nX-Request-Id: ws-1\r\n\r\nfrom-up")
     assert upstream.take() == b"early" and client.is_reading()
     conn.data_received(b"to-up")
     up.data_received(b"more")
@@ -204,7 +206,7 @@ def test_an_idle_connection_closes_quietly_after_idle_time(server: FakeServer) -
     conn, client = server.connect()
     conn.data_received(GET)
     up.data_received(OK)
-    assert client.take() == OK
+    assert client.take() == OK_TO_CLIENT
     server.tick(4.5)
     assert not client.is_closing()
     server.tick(0.5)  # idle: 5 s
