@@ -202,6 +202,12 @@ class DownstreamProtocol(ClientConnection):
         if ex is not None:
             self.receiving = None
             ex.request_complete()
+            if self.current is None and not self.queue and not self.broken \
+                    and self._upgrading is None:
+                # Answered before its request was read to the end (the proxy's own answers,
+                # given from the head): exchange_done found the request still coming and
+                # left the timer to now. The connection waits for the next request.
+                self._arm_timer(IDLE)
 
     def _reject(self, status: int, detail: str) -> None:
         """A fatal request error: answer in order, then close; nothing more is read."""

@@ -100,7 +100,7 @@ class Lifecycle:
         self.pending_size = 0
         self.up: UpstreamConnection | None = None
         self.pool: Pool | None = None  # the endpoint chosen, blamed for connect failures
-        self.response_status = 0
+        self.response_status = 0  # the final status of the answer (0: none yet)
         self.response_mode = RAW
         self.up_close = False  # the upstream said it closes after this response
         self.unframed = False  # the response body ends when the upstream closes
@@ -144,6 +144,9 @@ class Lifecycle:
         if not self.request_done:
             self.close_after = True
         log.debug("%d %s", status, detail)  # an upstream's details: the log's only
+        # The status the client gets, not the upstream's head that failed (a 101 without
+        # Upgrade left there would have the connection wait for a tunnel that never comes).
+        self.response_status = status
         self.down.write(error_response(status, detail if status < 500 else "upstream error",
                                        self.close_after, request_id=self.request.request_id))
         self._done(status)
