@@ -60,12 +60,16 @@ HOST = "127.0.0.1"
 NGINX_PROXY = "nginx-proxy"
 # The order of the table's rows; ratios are taken against NGINX_PROXY.
 TARGETS = ("upstream", "splitproxy", NGINX_PROXY)
-# Optional splitproxy variants (--variants): two workers on one port (SO_REUSEPORT), and one
-# worker that does not count (what the per-version counters behind /metrics cost).
-VARIANTS = {
-    "splitproxy-2w": (2, {}),
-    "splitproxy-nostats": (1, {"SPLITPROXY_BENCH_NO_STATS": "1"}),
+# Optional splitproxy variants (--variants): two workers on one port (SO_REUSEPORT), one
+# worker that does not count (what the per-version counters behind /metrics cost), and one
+# with the access log on (`logging.access_log`, a line per request to its log file, as a
+# log file would take it). Each is (workers, environment, top-level config lines).
+VARIANTS: dict[str, tuple[int, dict[str, str], str]] = {
+    "splitproxy-2w": (2, {}, ""),
+    "splitproxy-nostats": (1, {"SPLITPROXY_BENCH_NO_STATS": "1"}, ""),
+    "splitproxy-accesslog": (1, {}, "logging: {access_log: true}\n"),
 }
+DEFAULT_VARIANTS = ("splitproxy-2w", "splitproxy-nostats")
 START_TIMEOUT = 15.0
 INSTALL_HINT = "apt-get install wrk nginx-light"
 
@@ -307,9 +311,12 @@ ANALYSIS = ("    analysis: {max_error_rate: 0.01, max_p50_ms: 100, max_p90_ms: 1
 
 def start_splitproxy(children: Children, tmp: Path, upstream: int, name: str = "splitproxy",
                      workers: int = 1, env: dict[str, str] | None = None,
-                     analysis: bool = False) -> int:
+                     analysis: bool = False, extra: str = "") -> int:
     port, admin = free_port(), free_port()
-    config = tmp / f"{name}.yaml"
+    # The config's directory is watched for edits: the proxy's own log (a file in `tmp`) must
+    # not be in it, or every access log line would wake the watcher.
+    config = tmp / f"{name}-config" / "config.yaml"
+    config.parent.mkdir()
     config.write_text(
         textwrap.dedent(
             f"""\
@@ -322,7 +329,7 @@ def start_splitproxy(children: Children, tmp: Path, upstream: int, name: str = "
                   canary: {{endpoints: ["http://{HOST}:{upstream}"]}}
                 weights: {{stable: 90, canary: 10}}
             """
-        ) + (ANALYSIS if analysis else "")
+        ) + (ANALYSIS if analysis else "") + extra
     )
     argv = [sys.executable, "-m", "splitproxy", "run", "-c", str(config),
             "--workers", str(workers)]
@@ -423,8 +430,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--idle-connections", type=int, default=10_000,
                    help="idle keep-alive connections for the memory measurement (10000; 0: skip)")
-    p.add_argument("--variants", nargs="*", choices=sorted(VARIANTS), default=sorted(VARIANTS),
-                   help="extra splitproxy targets (default: all; none: --variants)")
+    p.add_argument("--variants", nargs="*", choices=sorted(VARIANTS),
+                   default=list(DEFAULT_VARIANTS),
+                   help="extra splitproxy targets (default: splitproxy-2w splitproxy-nostats; "
+                   "splitproxy-accesslog: the access log on; none: --variants)")
     p.add_argument("--json", metavar="FILE", help="also write every sample and the medians")
     p.add_argument("--analysis", action="store_true",
                    help="guard the splitproxy route with an error-rate and three latency limits")
@@ -489,9 +498,9 @@ def main(argv: list[str] | None = None) -> int:
                 NGINX_PROXY: start_nginx_proxy(children, nginx, tmp, upstream, nginx_conns),
             }
             for variant in args.variants:
-                workers, env = VARIANTS[variant]
+                workers, env, extra = VARIANTS[variant]
                 ports[variant] = start_splitproxy(children, tmp, upstream, variant, workers, env,
-                                                  args.analysis)
+                                                  args.analysis, extra)
             if args.idle_connections:
                 if nofile < args.idle_connections + 256:
                     raise RuntimeError(f"RLIMIT_NOFILE is {nofile}: too low to hold "

@@ -3,15 +3,17 @@ The tests themselves are in `rollout.guard`."""
 
 from __future__ import annotations
 
+import re
 from enum import StrEnum
+from pathlib import PurePath
 from typing import Annotated
 
 from pydantic import AfterValidator, BeforeValidator, Field, Strict, model_validator
 
 from splitproxy.config.crossfield import analysis_problems
 from splitproxy.config.metrics import CustomMetric
-from splitproxy.config.units import Frozen, Millis, Name, Timeout, Token
-from splitproxy.config.yamlload import Located
+from splitproxy.config.units import Frozen, HttpUrl, Millis, Name, Timeout, Token
+from splitproxy.config.yamlload import Located, Problem
 
 # Settings of the window-based guard (splitproxy 0.1) that no longer exist: each is refused at
 # load, at its line, with what to write instead (never silently ignored).
@@ -68,6 +70,60 @@ class CompareToBaseline(Frozen):
     latency_factor: Annotated[None, _gone(_REMOVED_COMPARE["latency_factor"])] = _GONE
 
 
+# Prometheus label names (its data model); `__`-names are Prometheus' own.
+_LABEL_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
+# Labels of splitproxy's own series, which the source reads or sets itself.
+_OWN_LABELS = ("route", "version", "code", "over")
+
+
+def _label_matchers(labels: dict[str, str]) -> dict[str, str]:
+    problems: list[Problem] = []
+    for name in labels:
+        if not _LABEL_NAME.fullmatch(name) or name.startswith("__"):
+            problems.append(((name,), "not a Prometheus label name (letters, digits and '_', "
+                             "not starting with a digit or '__')"))
+        elif name in _OWN_LABELS:
+            problems.append(((name,), f"{name!r} is a label of splitproxy's own series, "
+                             "which the query reads itself: match on the labels Prometheus "
+                             "adds (job, namespace, instance, ...)"))
+    if problems:
+        raise Located(problems)
+    return labels
+
+
+def _absolute(value: str) -> str:
+    if not PurePath(value).is_absolute():
+        raise ValueError(f"must be an absolute path (a mounted secret's), got {value!r}")
+    return value
+
+
+SecretFile = Annotated[str, AfterValidator(_absolute)]
+
+
+class BasicAuth(Frozen):
+    # RFC 7617: the user-id cannot contain a colon (it ends the user-id).
+    username: Annotated[str, Field(min_length=1, pattern=r"^[^:\x00-\x1f\x7f]+$")]
+    password_file: SecretFile  # read at every query: a rotated secret applies at once
+
+
+class PrometheusQuery(Frozen):
+    """Where `source: prometheus` reads, and which of the series it reads: `labels` are
+    added to every query as exact matchers, so two fleets (jobs, namespaces) that serve a
+    route of the same name are never summed together."""
+
+    url: HttpUrl = "http://127.0.0.1:9090"
+    labels: Annotated[dict[str, str], AfterValidator(_label_matchers)] = Field(
+        default_factory=dict)
+    bearer_token_file: SecretFile | None = None  # read at every query, as password_file
+    basic_auth: BasicAuth | None = None
+
+    @model_validator(mode="after")
+    def _one_credential(self) -> PrometheusQuery:
+        if self.bearer_token_file is not None and self.basic_auth is not None:
+            raise Located([(("basic_auth",), "set bearer_token_file or basic_auth, not both")])
+        return self
+
+
 class Advance(StrEnum):
     """When a timed pause of a guarded rollout ends."""
 
@@ -106,11 +162,13 @@ class Analysis(Frozen):
     # Where the numbers come from: this process's own counters (with the Redis store: every
     # replica's, shared through Redis), or Prometheus' raw counters of every replica.
     source: Source = Source.LOCAL
-    prometheus_url: str = "http://127.0.0.1:9090"
+    prometheus: PrometheusQuery = PrometheusQuery()
+    prometheus_url: HttpUrl | None = None  # the older spelling of prometheus.url
     synthetic_header: Token = "X-Splitproxy-Synthetic"  # marks synthetic load
     include_synthetic: bool = False  # judge synthetic requests too
     history: Annotated[int, Strict(), Field(ge=1, le=1000)] = 20  # checks kept for /status
-    # Custom metrics from Prometheus (`prometheus_url`), judged beside the built-in checks.
+    # Custom metrics from Prometheus (`prometheus`: url, labels, auth), judged beside the
+    # built-in checks.
     metrics: tuple[CustomMetric, ...] = ()
     min_requests: Annotated[None, _gone(_REMOVED_ANALYSIS["min_requests"])] = _GONE
     window: Annotated[None, _gone(_REMOVED_ANALYSIS["window"])] = _GONE
@@ -126,7 +184,17 @@ class Analysis(Frozen):
         names = [m.name for m in self.metrics]
         if twice := sorted({n for n in names if names.count(n) > 1}):
             raise ValueError(f"analysis.metrics: the name {twice[0]!r} is used twice")
+        if self.prometheus_url is not None and "url" in self.prometheus.model_fields_set:
+            raise Located([(("prometheus_url",), "set prometheus.url or prometheus_url, not "
+                            "both (prometheus_url is the older spelling of prometheus.url)")])
         return self
+
+    @property
+    def prometheus_query(self) -> PrometheusQuery:
+        """`prometheus`, with `prometheus_url` as its url where that is set."""
+        if self.prometheus_url is None:
+            return self.prometheus
+        return self.prometheus.model_copy(update={"url": self.prometheus_url})
 
     def latency_limits(self) -> tuple[tuple[str, float, float], ...]:
         """(name, limit in seconds, threshold) per configured limit, slowest limit last."""

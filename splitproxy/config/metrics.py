@@ -14,7 +14,9 @@ The tests themselves are in `rollout.custom`; the readings in `control.sources.c
 
 from __future__ import annotations
 
+import json
 import re
+from collections.abc import Mapping
 from enum import StrEnum
 from typing import Annotated
 
@@ -24,7 +26,7 @@ from splitproxy.config.units import Frozen, Name, Timeout
 
 # `{{route}}`, `{{ version }}`: the placeholders a query may use (Flagger's spelling).
 PLACEHOLDER = re.compile(r"\{\{\s*([A-Za-z_]+)\s*\}\}")
-PLACEHOLDERS = ("route", "version", "interval")
+PLACEHOLDERS = ("route", "version", "interval", "labels")
 MAX_QUERY = 4000  # characters: a query is sent on every reading, per version
 
 
@@ -115,8 +117,16 @@ def promql_duration(seconds: float) -> str:
     return f"{round(seconds * 1000)}ms"
 
 
-def render(query: str, route: str, version: str, interval: float) -> str:
+def label_matchers(labels: Mapping[str, str]) -> str:
+    """`analysis.prometheus.labels` as PromQL matchers, each after a comma (`,job="shop"`):
+    what `{{labels}}` becomes, and what the built-in query adds. Empty without labels."""
+    return "".join(f",{name}={json.dumps(value)}" for name, value in sorted(labels.items()))
+
+
+def render(query: str, route: str, version: str, interval: float,
+           labels: Mapping[str, str] | None = None) -> str:
     """The query with its placeholders filled in (names are letters, digits, `_.-`: safe
-    inside PromQL's double quotes)."""
-    values = {"route": route, "version": version, "interval": promql_duration(interval)}
+    inside PromQL's double quotes; label values are quoted)."""
+    values = {"route": route, "version": version, "interval": promql_duration(interval),
+              "labels": label_matchers(labels or {})}
     return PLACEHOLDER.sub(lambda m: values[m[1]], query)

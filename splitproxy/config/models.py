@@ -77,6 +77,9 @@ class Logging(Frozen):
     # text: for a terminal; json: one object per line, for a log pipeline. `splitproxy run
     # --log-format` wins. Read at start-up.
     format: LogFormat = "text"
+    # One line per request on the `splitproxy.access` logger (README: Metrics); a reload
+    # applies it to connections opened after it.
+    access_log: bool = False
 
 
 class Match(Frozen):

@@ -114,9 +114,13 @@ def _host(value: str) -> str:
     return value
 
 
-def _webhook_url(value: str) -> str:
-    parts = urlsplit(value)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
+def _http_url(value: str) -> str:
+    try:
+        parts = urlsplit(value)
+        ok = parts.scheme in ("http", "https") and bool(parts.hostname) and parts.port != 0
+    except ValueError:  # a port that is not a number in 0..65535
+        ok = False
+    if not ok:
         raise ValueError(f"expected an http(s) URL, got {value!r}")
     return value
 
@@ -145,7 +149,8 @@ Positive = Annotated[int, Strict(), Field(ge=1)]
 HostName = Annotated[str, AfterValidator(_host)]
 PathPrefix = Annotated[str, AfterValidator(_path_prefix)]
 Endpoint = EndpointUrl  # parsed once: .address
-WebhookUrl = Annotated[str, AfterValidator(_webhook_url)]
+HttpUrl = Annotated[str, AfterValidator(_http_url)]
+WebhookUrl = HttpUrl
 TOKEN = _TOKEN
 
 

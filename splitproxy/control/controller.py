@@ -43,7 +43,9 @@ from splitproxy.control.stores.store import StateStore, make_store
 from splitproxy.control.tasks import cancel_and_wait
 from splitproxy.control.window import Sample, Window
 from splitproxy.dataplane.plane import DataPlane
+from splitproxy.dataplane.procstats import Usage
 from splitproxy.dataplane.stats import VersionStats
+from splitproxy.rollout import Phase, RouteState
 from splitproxy.routing import table
 
 log = logging.getLogger("splitproxy.control.controller")
@@ -267,6 +269,9 @@ class Controller:
         for h in self.server.endpoint_health():
             yield h.route, h.version, h.endpoint, h.up
 
+    def worker_usage(self) -> list[tuple[int, Usage]]:
+        return self.server.worker_usage()
+
     def rollout_metrics(self) -> Iterable[Metric]:
         engine = self.engine
         return [*rollout_families(
@@ -276,6 +281,7 @@ class Controller:
             engine.checks_total,
             self.server.stats.synthetic(),
             self.store_status().up,
+            _last_aborts(engine.last_abort, engine.states),
         ), notification_family(engine.webhooks.notifier.outcomes)]
 
     def status(self) -> Status:
@@ -345,6 +351,16 @@ def _restart_only(old: Config, new: Config) -> list[tuple[str, str, str]]:
     return [("listen", old.listen, new.listen),
             ("admin.listen", old.admin.listen, new.admin.listen),
             ("logging.format", old.logging.format, new.logging.format)]
+
+
+def _last_aborts(seen: dict[str, float], states: dict[str, RouteState]) -> dict[str, float]:
+    """When each route last aborted: as the engine saw it happen, or, for an abort restored
+    from the store (before a restart), its stored time."""
+    last = dict(seen)
+    for name, state in states.items():
+        if state.phase == Phase.ABORTED and state.aborted_at is not None:
+            last[name] = max(last.get(name, 0.0), state.aborted_at)
+    return last
 
 
 def _ms(seconds: float | None) -> float | None:

@@ -85,6 +85,7 @@ class RolloutEngine:
         self.routes: dict[str, Route] = {}
         self.states: dict[str, RouteState] = {}
         self.aborts: dict[str, int] = {}
+        self.last_abort: dict[str, float] = {}  # route -> when its last abort happened
         self.checks_total: dict[tuple[str, str], int] = {}
         self.webhooks = Webhooks()
         self.guard_log = GuardLog()
@@ -200,6 +201,7 @@ class RolloutEngine:
             elif isinstance(effect, PhaseChanged):
                 if effect.new == Phase.ABORTED:
                     self.aborts[name] = self.aborts.get(name, 0) + 1
+                    self.last_abort[name] = self.states[name].aborted_at or self.clock.time()
                     if judged:
                         self.guard_log.aborted(name, self.states[name], route)
             elif isinstance(effect, Checked):

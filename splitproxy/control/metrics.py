@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Protocol
 
-from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry, ProcessCollector, generate_latest
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
@@ -21,6 +21,7 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from splitproxy import __version__
+from splitproxy.dataplane.procstats import Usage
 from splitproxy.dataplane.stats import LATENCY_BUCKETS, VersionStats
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -36,6 +37,7 @@ class MetricsSource(Protocol):
     def proxy_errors(self) -> dict[str, int]: ...  # the proxy's own 503s, by kind
     def generation(self) -> int: ...
     def rollout_metrics(self) -> Iterable[Metric]: ...
+    def worker_usage(self) -> Iterable[tuple[int, Usage]]: ...  # worker index, its use
 
 
 class SplitproxyCollector(Collector):
@@ -122,6 +124,33 @@ class SplitproxyCollector(Collector):
         info.add_metric([], {"version": __version__})
         yield info
         yield from src.rollout_metrics()
+        yield from worker_families(src.worker_usage())
+
+
+def worker_families(usage: Iterable[tuple[int, Usage]]) -> list[Metric]:
+    """`--workers N`: each worker process's own use, as it reported it with its counters
+    (the control process's is `process_*`, from prometheus-client's ProcessCollector)."""
+    labels = ["worker"]
+    rss = GaugeMetricFamily("splitproxy_worker_resident_memory_bytes",
+                            "Resident memory of each worker process", labels=labels)
+    cpu = CounterMetricFamily("splitproxy_worker_cpu_seconds",
+                              "User and system CPU time of each worker process", labels=labels)
+    fds = GaugeMetricFamily("splitproxy_worker_open_fds",
+                            "Open file descriptors of each worker process", labels=labels)
+    max_fds = GaugeMetricFamily("splitproxy_worker_max_fds",
+                                "Descriptor limit (soft RLIMIT_NOFILE) of each worker process",
+                                labels=labels)
+    started = GaugeMetricFamily("splitproxy_worker_start_time_seconds",
+                                "Start time of each worker process (Unix time): a replaced "
+                                "worker shows as a new value", labels=labels)
+    for index, u in usage:
+        worker = [str(index)]
+        rss.add_metric(worker, u.resident_bytes)
+        cpu.add_metric(worker, u.cpu_seconds)
+        fds.add_metric(worker, u.open_fds)
+        max_fds.add_metric(worker, u.max_fds)
+        started.add_metric(worker, u.start_time)
+    return [rss, cpu, fds, max_fds, started]
 
 
 def _upstream_families(prefix: str) -> tuple[CounterMetricFamily, CounterMetricFamily]:
@@ -160,6 +189,9 @@ def _le(bound: float) -> str:
 def make_registry(source: MetricsSource) -> CollectorRegistry:
     registry = CollectorRegistry(auto_describe=False)
     registry.register(SplitproxyCollector(source))
+    # process_*: this (the control) process's memory, CPU, descriptors and start time; with
+    # one process it is also the data plane's. Nothing where /proc is missing.
+    ProcessCollector(registry=registry)
     return registry
 
 
@@ -174,9 +206,11 @@ def rollout_families(
     checks: dict[tuple[str, str], int],
     synthetic: Iterable[VersionStats],
     store_up: bool,
+    last_abort: dict[str, float] | None = None,
 ) -> list[Metric]:
     """Rollout engine metrics: phase (one series per phase, 1 for the current one), step,
-    aborts, analysis checks by result, and synthetic requests (kept out of analysis)."""
+    aborts and the time of the last one, analysis checks by result, and synthetic requests
+    (kept out of analysis)."""
     from splitproxy.rollout import PHASES
 
     phase = GaugeMetricFamily(
@@ -187,6 +221,12 @@ def rollout_families(
                              labels=["route"])
     aborted = CounterMetricFamily("splitproxy_rollout_aborts", "Rollouts aborted",
                                   labels=["route"])
+    # One abort, one value: the abort's time is part of the shared state, the same on every
+    # replica, kept after a retry, however often it is scraped. The dashboard's abort
+    # annotation reads it as "series value as timestamp": one mark per abort, at its time.
+    when = GaugeMetricFamily("splitproxy_rollout_last_abort_timestamp_seconds",
+                             "When the route's last abort happened (Unix time), as this "
+                             "process saw it; 0 if none since it started", labels=["route"])
     judged = CounterMetricFamily("splitproxy_analysis_checks", "Analysis checks by result",
                                  labels=["route", "result"])
     for route, current in phases.items():
@@ -194,6 +234,7 @@ def rollout_families(
             phase.add_metric([route, name], 1 if name == current else 0)
         step.add_metric([route], steps.get(route, 0))
         aborted.add_metric([route], aborts.get(route, 0))
+        when.add_metric([route], (last_abort or {}).get(route, 0.0))
     for (route, result), n in sorted(checks.items()):
         judged.add_metric([route, result], n)
     synth = CounterMetricFamily(
@@ -208,7 +249,7 @@ def rollout_families(
     up = GaugeMetricFamily("splitproxy_state_store_up",
                            "1 while the rollout state store (file or Redis) is reachable",
                            value=1 if store_up else 0)
-    return [phase, step, aborted, judged, synth, synth_timed, synth_slow, up]
+    return [phase, step, aborted, when, judged, synth, synth_timed, synth_slow, up]
 
 
 def notification_family(outcomes: Mapping[tuple[str, str], int]) -> Metric:

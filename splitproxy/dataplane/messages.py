@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 from splitproxy.config.models import Config
 from splitproxy.dataplane.plane import EndpointHealth
+from splitproxy.dataplane.procstats import Usage
 from splitproxy.dataplane.stats import Stats, VersionStats
 from splitproxy.routing import table
 
@@ -91,17 +92,20 @@ class Counters:
 
 @dataclass(frozen=True, slots=True)
 class Report:
-    """A worker's counters and endpoint health, whole each time (not increments)."""
+    """A worker's counters, endpoint health and resource use, whole each time (not
+    increments)."""
 
     counters: tuple[Counters, ...]
     bad_requests: int
     local: dict[str, int]
     health: tuple[EndpointHealth, ...]
+    usage: Usage | None = None  # its memory, CPU and descriptors (None: no /proc)
 
     @classmethod
-    def of(cls, stats: Stats, health: list[EndpointHealth]) -> Report:
+    def of(cls, stats: Stats, health: list[EndpointHealth], usage: Usage | None = None
+           ) -> Report:
         return cls(tuple(Counters.of(s) for s in (*stats.all(), *stats.synthetic())),
-                   stats.bad_requests, dict(stats.local), tuple(health))
+                   stats.bad_requests, dict(stats.local), tuple(health), usage)
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from splitproxy.config.models import Config
+from splitproxy.dataplane.procstats import Usage
 from splitproxy.dataplane.stats import Stats
 from splitproxy.routing.table import RoutingTable
 
@@ -44,3 +45,6 @@ class DataPlane(Protocol):
     def reconfigure(self, config: Config, routing: RoutingTable) -> None: ...
     def install(self, routing: RoutingTable) -> None: ...
     def endpoint_health(self) -> list[EndpointHealth]: ...
+    def worker_usage(self) -> list[tuple[int, Usage]]:
+        """(worker index, its memory, CPU and descriptors) of every worker process that has
+        reported; none when one process serves and controls (see `process_*`)."""

@@ -7,11 +7,13 @@ import logging
 
 from splitproxy.config.models import Config, Timeouts
 from splitproxy.dataplane.http import health
+from splitproxy.dataplane.http.accesslog import protocol_for
 from splitproxy.dataplane.http.downstream import DownstreamProtocol, sweep
 from splitproxy.dataplane.http.pool import Pools
 from splitproxy.dataplane.http.runtime import Runtime, compile_table
 from splitproxy.dataplane.http.state import ServerState
 from splitproxy.dataplane.plane import EndpointHealth
+from splitproxy.dataplane.procstats import Usage
 from splitproxy.dataplane.stats import Stats
 from splitproxy.routing import table
 
@@ -69,10 +71,10 @@ class ProxyServer:
         runtime = compile_table(routing or table.build(config), self._pools, self.stats,
                                 config.health)
         state = self._state = ServerState(loop, runtime, config.timeouts, config.limits,
-                                          self.stats)
+                                          self.stats, protocol_for(config))
         host, port = config.listen.host, config.listen.port
         self._server = await loop.create_server(
-            lambda: DownstreamProtocol(state), host, port, backlog=2048, reuse_address=True,
+            state.accept, host, port, backlog=2048, reuse_address=True,
             reuse_port=self.reuse_port or None,
         )
         self.port = self._server.sockets[0].getsockname()[1]
@@ -91,12 +93,14 @@ class ProxyServer:
             sweep(state.connections, state.loop.time())
 
     def reconfigure(self, config: Config, routing: table.RoutingTable) -> None:
-        """A reloaded config: new timeouts, limits and health rules, then the new table."""
+        """A reloaded config: new timeouts, limits, health rules and access log (for
+        connections accepted from now on), then the new table."""
         self.config = config
         state = self._state
         if state is not None:
             state.timeouts = config.timeouts
             state.limits = config.limits
+            state.protocol = protocol_for(config)
         self._configure_pools()
         self.install(routing)
 
@@ -116,6 +120,10 @@ class ProxyServer:
             return  # not started yet: start() installs the first table
         state.runtime = compile_table(routing, self._pools, self.stats, self.config.health,
                                       state.runtime)
+
+    def worker_usage(self) -> list[tuple[int, Usage]]:
+        """No worker processes: this process's own use is the control process's."""
+        return []
 
     def endpoint_health(self) -> list[EndpointHealth]:
         state = self._state

@@ -9,6 +9,7 @@ from multiprocessing.connection import Connection
 
 from splitproxy.config import logformat
 from splitproxy.dataplane.messages import Ready, Report, Stop, Stopped, Table
+from splitproxy.dataplane.procstats import Sampler
 from splitproxy.dataplane.server import ProxyServer
 
 REPORT_INTERVAL = 0.25
@@ -34,6 +35,7 @@ async def _serve(conn: Connection, first: Table) -> None:
     server = ProxyServer(config, reuse_port=True)
     await server.start(first.build())
     stop: asyncio.Future[float] = loop.create_future()
+    usage = Sampler()  # at most once a second, whatever the report interval
 
     def on_message() -> None:
         try:
@@ -49,7 +51,7 @@ async def _serve(conn: Connection, first: Table) -> None:
 
     def report() -> None:
         try:
-            conn.send(Report.of(server.stats, server.endpoint_health()))
+            conn.send(Report.of(server.stats, server.endpoint_health(), usage.sample()))
         except (OSError, ValueError):
             pass
 

@@ -28,6 +28,7 @@ from splitproxy.dataplane.messages import (
     ToWorker,
 )
 from splitproxy.dataplane.plane import EndpointHealth
+from splitproxy.dataplane.procstats import Usage
 from splitproxy.dataplane.stats import Stats
 from splitproxy.dataplane.worker import worker_main
 from splitproxy.routing import table
@@ -42,7 +43,7 @@ class _Worker:
         self.index = index
         self.process = process
         self.conn = conn
-        self.report = Report((), 0, {}, ())  # the last one it sent
+        self.report = Report((), 0, {}, ())  # the last one it sent (its usage: None yet)
         self.ready = asyncio.get_running_loop().create_future()
         self.stopped = asyncio.get_running_loop().create_future()
 
@@ -100,6 +101,11 @@ class WorkerPool:
                         h.route, h.version, h.endpoint, seen.up and h.up,
                         max(seen.failures, h.failures), max(seen.ejections, h.ejections))
         return list(merged.values())
+
+    def worker_usage(self) -> list[tuple[int, Usage]]:
+        """(worker index, its resource use) of every live worker that has reported."""
+        return [(w.index, w.report.usage) for w in self._workers.values()
+                if w.report.usage is not None]
 
     # -- life cycle -------------------------------------------------------------------------
     async def start(self, routing: table.RoutingTable) -> None:

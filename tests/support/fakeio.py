@@ -152,7 +152,7 @@ class FakeServer:
         runtime = compile_table(table.build(self.config, runs=runs), self.pools, self.stats,
                                 self.config.health)
         self.state = ServerState(self.loop, runtime, self.config.timeouts, self.config.limits,
-                                 self.stats)
+                                 self.stats, DownstreamProtocol)
 
     def connect(self) -> tuple[DownstreamProtocol, FakeTransport]:
         conn = DownstreamProtocol(self.state)

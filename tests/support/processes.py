@@ -15,7 +15,7 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
 
@@ -190,16 +190,20 @@ class PrometheusServer(_Process):
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    async def start(self, targets: Sequence[str]) -> None:
-        """Scrapes `targets` (host:port, /metrics) every second; returns once /-/ready."""
+    async def start(self, targets: Sequence[str],
+                    labels: Mapping[str, Mapping[str, str]] | None = None) -> None:
+        """Scrapes `targets` (host:port, /metrics) every second, each with its `labels` (as a
+        namespace or a job would tell fleets apart); returns once /-/ready."""
         self.targets = list(targets)
+        labels = labels or {}
         config = {
             "global": {"scrape_interval": "1s", "evaluation_interval": "1s",
                        "scrape_timeout": "1s"},
             "scrape_configs": [{
                 "job_name": "splitproxy",
                 "metrics_path": "/metrics",
-                "static_configs": [{"targets": self.targets}],
+                "static_configs": [{"targets": [t], "labels": dict(labels.get(t, {}))}
+                                   for t in self.targets],
             }],
         }
         config_path = self.workdir / "prometheus.yml"
@@ -221,6 +225,17 @@ class PrometheusServer(_Process):
     async def query(self, promql: str) -> list[dict[str, Any]]:
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5.0)) as session:
             async with session.get(f"{self.url}/api/v1/query", params={"query": promql}) as r:
+                body = await r.json()
+        assert body["status"] == "success", body
+        result: list[dict[str, Any]] = body["data"]["result"]
+        return result
+
+    async def query_range(self, promql: str, start: float, end: float,
+                          step: float) -> list[dict[str, Any]]:
+        """A range query, as Grafana sends for a panel or an annotation."""
+        params = {"query": promql, "start": repr(start), "end": repr(end), "step": repr(step)}
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5.0)) as session:
+            async with session.get(f"{self.url}/api/v1/query_range", params=params) as r:
                 body = await r.json()
         assert body["status"] == "success", body
         result: list[dict[str, Any]] = body["data"]["result"]

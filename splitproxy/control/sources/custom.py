@@ -22,6 +22,7 @@ from typing import Any
 
 import aiohttp
 
+from splitproxy.config.guard import PrometheusQuery
 from splitproxy.config.metrics import CustomMetric, render
 from splitproxy.config.models import Route
 from splitproxy.control.sources.prometheus import PrometheusSource
@@ -80,20 +81,21 @@ class CustomReader:
         if analysis is None or not analysis.metrics:
             return {}
         versions = list(route.versions)
-        got = await asyncio.gather(*(self._fetch(analysis.prometheus_url, route.name, m,
-                                                 versions, at) for m in analysis.metrics))
+        where = analysis.prometheus_query
+        got = await asyncio.gather(*(self._fetch(where, route.name, m, versions, at)
+                                     for m in analysis.metrics))
         out = {m.name: f for m, f in zip(analysis.metrics, got, strict=True)}
         self.shown[route.name] = {n: {"queries": f.queries, "error": f.error}
                                   for n, f in out.items()}
         return out
 
-    async def _fetch(self, url: str, route: str, m: CustomMetric, versions: Sequence[str],
-                     at: float) -> Fetched:
+    async def _fetch(self, where: PrometheusQuery, route: str, m: CustomMetric,
+                     versions: Sequence[str], at: float) -> Fetched:
         if m.events is not None and m.total is not None:
-            return await self._counts(url, route, m, m.events, m.total, versions, at)
+            return await self._counts(where, route, m, m.events, m.total, versions, at)
         assert m.query is not None
-        queries = {v: render(m.query, route, v, m.interval) for v in versions}
-        answers = await asyncio.gather(*(self._one(url, q, at) for q in queries.values()),
+        queries = {v: render(m.query, route, v, m.interval, where.labels) for v in versions}
+        answers = await asyncio.gather(*(self._one(where, q, at) for q in queries.values()),
                                        return_exceptions=True)
         values: dict[str, float] = {}
         errors: list[str] = []
@@ -113,13 +115,13 @@ class CustomReader:
                 values[v] = value
         return Fetched(queries, values=values, error="; ".join(errors) or None)
 
-    async def _counts(self, url: str, route: str, m: CustomMetric, events: str, total: str,
-                      versions: Sequence[str], at: float) -> Fetched:
-        jobs = [(v, which, render(q, route, v, m.interval))
+    async def _counts(self, where: PrometheusQuery, route: str, m: CustomMetric, events: str,
+                      total: str, versions: Sequence[str], at: float) -> Fetched:
+        jobs = [(v, which, render(q, route, v, m.interval, where.labels))
                 for v in versions for which, q in ((EVENTS, events), (TOTAL, total))]
         queries = {f"{v} {which}": q for v, which, q in jobs}
         try:
-            answers = await asyncio.gather(*(self._one(url, q, at) for _, _, q in jobs))
+            answers = await asyncio.gather(*(self._one(where, q, at) for _, _, q in jobs))
             series: dict[Series, float] = {}
             for (v, which, _), answer in zip(jobs, answers, strict=True):
                 for item in answer:
@@ -134,8 +136,9 @@ class CustomReader:
                            "for any version")
         return Fetched(queries, series=series)
 
-    async def _one(self, url: str, promql: str, at: float) -> list[dict[str, object]]:
-        return await self.prometheus.instant(url, promql, at)
+    async def _one(self, where: PrometheusQuery, promql: str,
+                   at: float) -> list[dict[str, object]]:
+        return await self.prometheus.instant(where, promql, at)
 
     def samples(self, route: Route, fetched: dict[str, Fetched],
                 mono: float) -> dict[str, MetricSample]:

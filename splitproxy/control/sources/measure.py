@@ -111,7 +111,7 @@ class PromSource:
         analysis = route.analysis
         assert analysis is not None
         series, shown, error = await self.prometheus.counters(
-            analysis.prometheus_url, route.name, analysis.include_synthetic)
+            analysis.prometheus_query, route.name, analysis.include_synthetic)
         if error is not None or series is None:
             raise MeasureError(error or "no answer", shown)
         return Reading(series, shown)

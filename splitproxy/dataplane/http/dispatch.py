@@ -21,6 +21,7 @@ from splitproxy.dataplane.http.request import (
     read_head,
     upstream_head,
 )
+from splitproxy.dataplane.http.requestid import resolve as request_id
 from splitproxy.dataplane.http.runtime import CompiledRoute
 from splitproxy.routing.choose import choose
 from splitproxy.routing.table import RouteEntry
@@ -42,6 +43,7 @@ def build_exchange(down: DownstreamProtocol, parser: httptools.HttpRequestParser
         # TRACE would echo the request, cookies and credentials included (nginx: 405).
         raise Reject(405, f"{method.decode('latin-1')} is not supported by a reverse proxy")
     head = read_head(headers, client_11)
+    rid = head.request_id = request_id(head.request_id)
     seen = head.seen
     target = origin_form(url)
     if needs_normalising(target):
@@ -58,7 +60,7 @@ def build_exchange(down: DownstreamProtocol, parser: httptools.HttpRequestParser
     if route is None:
         state.stats.bad_requests += 1
         return _local(down, 404, "no route matches this request", client_11, keep_alive, now,
-                      has_body)
+                      has_body, rid)
 
     entry = route.entry
     plan = entry.plan
@@ -69,7 +71,7 @@ def build_exchange(down: DownstreamProtocol, parser: httptools.HttpRequestParser
     chosen = choose(plan, next(entry.counter), pin_name, cookie_name, hash_key)
     if chosen is None:
         return _local(down, 503, f"route {entry.name} has no version with weight > 0",
-                      client_11, keep_alive, now, has_body)
+                      client_11, keep_alive, now, has_body, rid)
     version = route.versions[chosen]
     set_cookie = None
     if route.cookie is not None and cookie_name != chosen and pin_name != chosen:
@@ -81,8 +83,8 @@ def build_exchange(down: DownstreamProtocol, parser: httptools.HttpRequestParser
         refused = body_refusal(expect, cl, limits.max_body)
         if refused is not None:
             return Exchange(down, version, RequestContext(
-                start_time=now, client_11=client_11, keep_alive=False, has_body=has_body),
-                local=error_response(*refused, True))
+                start_time=now, client_11=client_11, keep_alive=False, has_body=has_body,
+                request_id=rid), local=error_response(*refused, True, request_id=rid))
 
     upgrade = parser.should_upgrade() and head.upgrade is not None
     if upgrade and has_body:
@@ -106,16 +108,17 @@ def build_exchange(down: DownstreamProtocol, parser: httptools.HttpRequestParser
         else 0,  # body_buffer
         set_cookie,  # set_cookie
         entry.synthetic_header is not None and entry.synthetic_header in seen,  # synthetic
+        rid,  # request_id
     ))
 
 
 def _local(down: DownstreamProtocol, status: int, detail: str, client_11: bool,
-           keep_alive: bool, now: float, has_body: bool) -> Exchange:
+           keep_alive: bool, now: float, has_body: bool, rid: bytes) -> Exchange:
     # With a body pending that nobody will read, the connection cannot be reused.
     close = has_body or not keep_alive
     return Exchange(down, None, RequestContext(
-        start_time=now, client_11=client_11, keep_alive=not close, has_body=has_body),
-        local=error_response(status, detail, close))
+        start_time=now, client_11=client_11, keep_alive=not close, has_body=has_body,
+        request_id=rid), local=error_response(status, detail, close, request_id=rid))
 
 
 def pinned(entry: RouteEntry, seen: dict[bytes, bytes]) -> str | None:

@@ -202,6 +202,12 @@ class DownstreamProtocol(ClientConnection):
         if ex is not None:
             self.receiving = None
             ex.request_complete()
+            if self.current is None and not self.queue and not self.broken \
+                    and self._upgrading is None:
+                # Answered before its request was read to the end (the proxy's own answers,
+                # given from the head): exchange_done found the request still coming and
+                # left the timer to now. The connection waits for the next request.
+                self._arm_timer(IDLE)
 
     def _reject(self, status: int, detail: str) -> None:
         """A fatal request error: answer in order, then close; nothing more is read."""
@@ -215,10 +221,13 @@ class DownstreamProtocol(ClientConnection):
             rx.close_after = True
             rx.fail(status, "protocol", detail, count_error=False)
             return
-        if rx is not None and rx.phase is QUEUED:
+        context = _CLOSING
+        if rx is not None and rx.phase is QUEUED:  # the refusal answers in its place
             self.queue.remove(rx)
             rx.client_gone()
-        ex = Exchange(self, None, _CLOSING, local=error_response(status, detail, True))
+            context = RequestContext(keep_alive=False, request_id=rx.request.request_id)
+        ex = Exchange(self, None, context, local=error_response(
+            status, detail, True, request_id=context.request_id))
         if self.current is None and not self.flow.write_blocked:
             self.current = ex
             ex.start()

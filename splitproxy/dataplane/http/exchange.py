@@ -222,7 +222,7 @@ class Exchange(Lifecycle):
             head, self.response_mode, self.unframed, self.close_after = final_head(
                 status, reason, headers, request.method_head, request.client_11,
                 request.upgrade, self.close_after, self.down.state.draining,
-                request.set_cookie)
+                request.set_cookie, request.request_id)
         except BadResponse as exc:
             self.fail(502, "protocol", str(exc))
             return

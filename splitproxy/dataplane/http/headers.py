@@ -47,7 +47,8 @@ def connection_tokens(value: bytes) -> set[bytes]:
     return tokens - _CONNECTION_OPTIONS - NEVER_NOMINATED
 
 
-def error_response(status: int, detail: str, close: bool, retry_after: int | None = None) -> bytes:
+def error_response(status: int, detail: str, close: bool, retry_after: int | None = None,
+                   request_id: bytes = b"") -> bytes:
     """A complete short text/plain response made by the proxy itself."""
     phrase = HTTPStatus(status).phrase
     body = f"{status} {phrase}: {detail}\n".encode("latin-1", "replace")
@@ -61,6 +62,8 @@ def error_response(status: int, detail: str, close: bool, retry_after: int | Non
         head += f"Retry-After: {retry_after}\r\n"
     if close:
         head += "Connection: close\r\n"
+    if request_id:
+        return head.encode("latin-1") + b"X-Request-Id: " + request_id + b"\r\n\r\n" + body
     return head.encode("latin-1") + b"\r\n" + body
 
 

@@ -72,6 +72,8 @@ class RequestContext:
     body_buffer: int = 0
     set_cookie: bytes | None = None  # the sticky cookie's Set-Cookie line, if one is due
     synthetic: bool = False  # synthetic load: counted apart so analysis can leave it out
+    # X-Request-Id, returned on every answer (b"": a request refused before it had one).
+    request_id: bytes = b""
 
 
 class Lifecycle:
@@ -98,7 +100,7 @@ class Lifecycle:
         self.pending_size = 0
         self.up: UpstreamConnection | None = None
         self.pool: Pool | None = None  # the endpoint chosen, blamed for connect failures
-        self.response_status = 0
+        self.response_status = 0  # the final status of the answer (0: none yet)
         self.response_mode = RAW
         self.up_close = False  # the upstream said it closes after this response
         self.unframed = False  # the response body ends when the upstream closes
@@ -141,9 +143,12 @@ class Lifecycle:
             return
         if not self.request_done:
             self.close_after = True
-        log.debug("%d %s", status, detail)
+        log.debug("%d %s", status, detail)  # an upstream's details: the log's only
+        # The status the client gets, not the upstream's head that failed (a 101 without
+        # Upgrade left there would have the connection wait for a tunnel that never comes).
+        self.response_status = status
         self.down.write(error_response(status, detail if status < 500 else "upstream error",
-                                       self.close_after))  # upstream details: the log's only
+                                       self.close_after, request_id=self.request.request_id))
         self._done(status)
 
     def _fail_locally(self, kind: str, detail: str) -> None:
@@ -160,7 +165,8 @@ class Lifecycle:
         if not self.request_done:
             self.close_after = True
         self.down.write(error_response(503, detail if kind == "overload" else "out of resources",
-                                       self.close_after, retry_after=RETRY_AFTER))
+                                       self.close_after, retry_after=RETRY_AFTER,
+                                       request_id=self.request.request_id))
         self._done(503)
 
     def client_gone(self) -> None:

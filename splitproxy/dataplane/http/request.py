@@ -12,7 +12,7 @@ _SPECIAL = frozenset(
     {
         b"host", b"content-length", b"transfer-encoding", b"connection", b"keep-alive",
         b"proxy-connection", b"te", b"trailer", b"upgrade", b"expect", b"x-forwarded-for",
-        b"x-forwarded-proto", b"x-forwarded-host",
+        b"x-forwarded-proto", b"x-forwarded-host", b"x-request-id",
     }
 )
 
@@ -38,6 +38,7 @@ class RequestHead:
     upgrade: bytes | None = None
     has_xfp: bool = False
     has_xfh: bool = False
+    request_id: bytes | None = None  # the client's X-Request-Id; b"": sent more than once
     named: set[bytes] = field(default_factory=set)  # headers the Connection header names
 
     @property
@@ -91,6 +92,8 @@ def read_head(headers: list[tuple[bytes, bytes]], client_11: bool) -> RequestHea
         elif lname == b"x-forwarded-host":
             head.has_xfh = True
             lines.append(name + b": " + value)
+        elif lname == b"x-request-id":
+            head.request_id = value if head.request_id is None else b""
         # else: keep-alive, proxy-connection, te, trailer: hop-by-hop, not forwarded
     if head.host is None and client_11:
         raise Reject(400, "HTTP/1.1 request without Host header")
@@ -113,6 +116,8 @@ def upstream_head(method: bytes, target: bytes, head: RequestHead, client_ip: by
         lines.append(b"X-Forwarded-Proto: http")
     if not head.has_xfh and head.host is not None:
         lines.append(b"X-Forwarded-Host: " + head.host)
+    if head.request_id:
+        lines.append(b"X-Request-Id: " + head.request_id)
     if head.chunked:
         lines.append(b"Transfer-Encoding: chunked")
     elif head.content_length is not None:

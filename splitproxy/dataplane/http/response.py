@@ -9,6 +9,11 @@ from collections.abc import Iterable
 
 from splitproxy.dataplane.http.headers import HOP_BY_HOP, connection_tokens
 
+# Never passed on: hop-by-hop headers, and the upstream's X-Request-Id (the proxy writes the
+# request's own, the one it sent upstream and logged; an upstream that echoes it would
+# otherwise make two).
+_NOT_PASSED = HOP_BY_HOP | {b"x-request-id"}
+
 # How the response body is framed towards the client.
 RAW = 0  # as it comes: a Content-Length body, or an HTTP/1.0 client reading up to the close
 CHUNKED = 1  # re-chunked for an HTTP/1.1 client (the parser de-chunks what the upstream sent)
@@ -32,7 +37,7 @@ def read_response(
     length: bytes | None = None
     for name, value in headers:
         lname = name.lower()
-        if lname in HOP_BY_HOP:
+        if lname in _NOT_PASSED:
             if lname == b"transfer-encoding":
                 chunked = True if value.strip().lower() == b"chunked" else None
             elif lname == b"connection" and value.lower() not in _PLAIN_CONNECTION:
@@ -54,13 +59,16 @@ _PLAIN_CONNECTION = frozenset({b"keep-alive", b"close", b"upgrade"})
 def final_head(
     status: int, reason: bytes, headers: list[tuple[bytes, bytes]], method_head: bool,
     client_11: bool, upgrade: bool, close: bool, draining: bool, set_cookie: bytes | None,
+    request_id: bytes = b"",
 ) -> tuple[bytes, int, bool, bool]:
     """The rules for a final response (any but 1xx, or a 101 to an upgrade request).
 
     `close`: the client connection closes after this answer, as known so far; `upgrade`: the
-    request asked to switch protocols. Returns the head to write, the framing of the body
-    towards the client (RAW, CHUNKED or DISCARD), whether that body ends only when the
-    upstream closes (unframed), and whether the client connection closes after the answer.
+    request asked to switch protocols; `request_id`: the request's X-Request-Id, returned to
+    the client (the upstream's own is never passed on). Returns the head to write, the
+    framing of the body towards the client (RAW, CHUNKED or DISCARD), whether that body ends
+    only when the upstream closes (unframed), and whether the client connection closes after
+    the answer.
     Raises `BadResponse` for a response that must not reach the client.
     """
     if status == 101:
@@ -109,6 +117,8 @@ def final_head(
             extra.append(b"Connection: keep-alive")
     if set_cookie is not None:
         extra.append(set_cookie)
+    if request_id:
+        extra.append(b"X-Request-Id: " + request_id)
     return head_bytes(status, reason, kept, extra), mode, unframed, close
 
 

@@ -30,14 +30,23 @@ class ServerState:
     table swap, the start of a shutdown) and never replaces the object, so a connection reads
     the current values through the one reference it was given."""
 
-    __slots__ = ("loop", "runtime", "timeouts", "limits", "stats", "connections", "draining")
+    __slots__ = ("loop", "runtime", "timeouts", "limits", "stats", "protocol", "connections",
+                 "draining")
 
     def __init__(self, loop: EventLoop, runtime: Runtime, timeouts: Timeouts, limits: Limits,
-                 stats: Stats) -> None:
+                 stats: Stats, protocol: type[DownstreamProtocol]) -> None:
         self.loop = loop
         self.runtime = runtime  # the compiled routing table requests are routed by
         self.timeouts = timeouts
         self.limits = limits
         self.stats = stats
+        # The class of a new client connection: the plain one, or the one that writes the
+        # access log (`accesslog.protocol_for`). Chosen per connection when it is accepted,
+        # so the choice costs nothing per request; a reload applies to new connections.
+        self.protocol = protocol
         self.connections: set[DownstreamProtocol] = set()  # open client connections
         self.draining = False  # shutting down: every answer closes its connection
+
+    def accept(self) -> DownstreamProtocol:
+        """The protocol factory of the listening socket: one new client connection."""
+        return self.protocol(self)

@@ -6,7 +6,9 @@ between two reads of a request body: 408 and close. Bodies up to `limits.body_bu
 are read whole before an upstream connection is taken, so slow uploads hold no upstream
 connection. `timeouts.upstream_read` (default 60 s, nginx's proxy_read_timeout) bounds the
 time between two reads of a response after its head: 504 if nothing reached the client yet,
-else the client's connection is cut; counted as a timeout of the version.
+else the client's connection is cut; counted as a timeout of the version. A kept-alive
+connection that sends nothing after an answer, the upstream's or the proxy's own (404, ...),
+is closed after `timeouts.idle` (nginx's keepalive_timeout).
 """
 
 from __future__ import annotations
@@ -123,3 +125,14 @@ async def test_upstream_read_timeout_before_anything_reached_the_client_is_a_504
             async with raw_client(srv.port) as c:
                 assert_error(await c.request("GET", "/"), 504)
             assert version_errors(srv) == {"timeout": 1}
+
+
+async def test_a_client_idle_after_the_proxys_own_answer_is_closed_after_idle_time() -> None:
+    """nginx 1.22 (measured, `return 404` and keepalive_timeout 3s): the connection is closed
+    3 s after the 404. splitproxy: the same after `timeouts.idle`, whoever answered."""
+    cfg = proxy_config([route({"stable": "http://127.0.0.1:9"}, match={"path_prefix": "/api"})],
+                       timeouts={"idle": "0.5s"})
+    async with run_proxy(cfg) as srv, raw_client(srv.port) as c:
+        assert_error(await c.request("GET", "/elsewhere"), 404)
+        assert await c.read_until_close() == b""  # the close comes, with nothing before it
+        await wait_until(lambda: not srv.connections, what="the connection gone")

