@@ -129,8 +129,8 @@ class Route(Frozen):
     @field_validator("weights")
     @classmethod
     def _known_versions(
-        cls, weights: dict[str, int] | None, info: ValidationInfo
-    ) -> dict[str, int] | None:
+        cls, weights: dict[str, float] | None, info: ValidationInfo
+    ) -> dict[str, float] | None:
         versions = info.data.get("versions")
         known = UNKNOWN if versions is None else tuple(versions)  # None: reported already
         if problems := weight_problems(known, info.data.get("strategy", "canary"), weights):
@@ -149,7 +149,7 @@ class Route(Frozen):
         return self
 
     @property
-    def configured_weights(self) -> dict[str, int]:
+    def configured_weights(self) -> dict[str, float]:
         """Weights as configured: blue-green gives the active color everything."""
         if self.weights is not None:
             return {v: self.weights.get(v, 0) for v in self.versions}
@@ -281,7 +281,7 @@ def admin_listen(path: str | Path) -> tuple[HostPort, list[str]]:
     return load_model(path, _AdminOnly).admin.listen, problems
 
 
-def _percent(weight: int, total: int) -> str:
+def _percent(weight: float, total: float) -> str:
     share = 100 * weight / total
     return "<0.1%" if 0 < share < 0.05 else f"{share:.1f}%"
 

@@ -220,7 +220,7 @@ class Controller:
 
     def _table(self) -> table.RoutingTable:
         self.table = table.build(self.config, self._generation, self.engine.weights(),
-                                 self.engine.runs())
+                                 self.engine.runs(), self.engine.header_routes())
         return self.table
 
     def rebuild(self) -> None:
@@ -258,7 +258,7 @@ class Controller:
     def version_stats(self) -> Iterable[VersionStats]:
         return self.server.stats.all()
 
-    def weights(self) -> Iterable[tuple[str, str, int]]:
+    def weights(self) -> Iterable[tuple[str, str, float]]:
         for route in self.table.routes:
             for version, weight in zip(route.plan.versions, route.plan.weights, strict=True):
                 yield route.name, version, weight

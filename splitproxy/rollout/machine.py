@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+from splitproxy.config.headerroute import HeaderRoute
 from splitproxy.config.models import Route, Strategy
 from splitproxy.rollout.identity import endpoints, identity
 from splitproxy.rollout.schedule import in_window
@@ -56,7 +57,18 @@ def effective_active(state: RouteState, route: Route) -> str | None:
     return route.active
 
 
-def weights(state: RouteState, route: Route) -> dict[str, int]:
+def header_routes(state: RouteState, route: Route) -> tuple[HeaderRoute, ...]:
+    """The header/cookie routes in force: those of the steps already carried out, while the
+    rollout runs (progressing or paused). None after an abort or the promotion, where all
+    traffic is on one version anyway, nor before their step."""
+    rollout = route.rollout
+    if rollout is None or state.phase not in (PROGRESSING, PAUSED):
+        return ()
+    return tuple(s.set_header_route for s in rollout.steps[:state.step]
+                 if s.set_header_route is not None)
+
+
+def weights(state: RouteState, route: Route) -> dict[str, float]:
     """The weights traffic gets now."""
     if route.strategy == Strategy.BLUE_GREEN:
         active = effective_active(state, route) or route.active
@@ -68,9 +80,11 @@ def weights(state: RouteState, route: Route) -> dict[str, int]:
         return {v: 100 if v == canary else 0 for v in route.versions}
     if state.weight is None or canary is None:
         return route.configured_weights
-    out = dict.fromkeys(route.versions, 0)
+    out: dict[str, float] = dict.fromkeys(route.versions, 0)
     out[canary] = state.weight
-    out[route.baseline] = 100 - state.weight
+    # Rounded to the hundredths weights are made of (100 - 0.07 is 99.93000000000001).
+    rest = round(100 - state.weight, 2)
+    out[route.baseline] = int(rest) if rest == int(rest) else rest
     return out
 
 
@@ -114,6 +128,11 @@ def advance(
                 weight_steps -= 1
             state = replace(state, weight=step.set_weight, step=state.step + 1, step_started=now)
             events.append(f"step {state.step}: set_weight {step.set_weight}")
+            continue
+        if step.set_header_route is not None:
+            state = replace(state, step=state.step + 1, step_started=now)
+            events.append(f"step {state.step}: set_header_route "
+                          f"{step.set_header_route.describe()}")
             continue
         assert step.pause is not None
         duration = step.pause.duration

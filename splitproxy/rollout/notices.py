@@ -105,7 +105,7 @@ def notices(old: RouteState, new: RouteState, route: Route, now: float) -> list[
     return out
 
 
-def _weights(weights: dict[str, int]) -> str:
+def _weights(weights: dict[str, float]) -> str:
     return ", ".join(f"{v} {w}" for v, w in weights.items())
 
 

@@ -65,7 +65,8 @@ class RouteState:
     phase: Phase = Phase.IDLE
     step: int = 0  # index of the step being carried out (== len(steps) when done)
     step_started: float = 0.0  # wall clock, so a pause survives a restart
-    weight: int | None = None  # canary weight set by the last set_weight step
+    weight: float | None = None  # canary weight set by the last set_weight step (a whole
+    # number is an int, so states of integer weights are stored as before)
     pause_reason: PauseReason | None = None
     abort_reason: str | None = None
     aborted_at: float | None = None
