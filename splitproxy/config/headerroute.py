@@ -46,24 +46,26 @@ def regex_problem(pattern: str) -> str | None:
         return "backreferences are refused (they can take exponential time)"
     quantifiers = 0
     i, n = 0, len(pattern)
-    in_class = False
+    class_from = -1  # inside a character class: where its members start; else -1
+    after_group = False  # the last thing read closed a group
     while i < n:
         c = pattern[i]
         if c == "\\":
             i += 2
+            after_group = False
             continue
-        if in_class:
-            in_class = c != "]" or pattern[i - 1] == "["
+        if class_from >= 0:
+            if c == "]" and i > class_from:  # a `]` first in a class is a member
+                class_from = -1
         elif c == "[":
-            in_class = True
-            if pattern[i + 1:i + 2] == "^":
-                i += 1
+            class_from = i + 2 if pattern[i + 1:i + 2] == "^" else i + 1
         elif c in "*+{":
             quantifiers += 1
-            if i > 0 and pattern[i - 1] == ")":
+            if after_group:
                 return ("a quantified group is refused (nested quantifiers and quantified "
                         "alternations backtrack exponentially): quantify single characters "
                         "or classes")
+        after_group = c == ")" and class_from < 0
         i += 1
     if quantifiers > MAX_QUANTIFIERS:
         return (f"at most {MAX_QUANTIFIERS} quantifiers (*, +, {{...}}) are accepted: each "

@@ -31,6 +31,8 @@ def hooks_for(route: Route, event: WebhookEvent) -> tuple[Webhook, ...]:
 def describe_step(step: Step) -> str:
     if step.set_weight is not None:
         return f"set_weight {step.set_weight}"
+    if step.set_header_route is not None:
+        return f"set_header_route {step.set_header_route.describe()}"
     assert step.pause is not None
     duration = step.pause.duration
     return "pause until promoted" if duration is None else f"pause {duration:g}s"

@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import math
 from bisect import bisect_right
+from collections.abc import Mapping
 from dataclasses import dataclass
 from operator import itemgetter
 
@@ -49,7 +50,7 @@ class RoutePlan:
 
 
 def make_plan(
-    name: str, versions: tuple[str, ...], weights: dict[str, float], baseline: str,
+    name: str, versions: tuple[str, ...], weights: Mapping[str, float], baseline: str,
     canary: str | None = None,
 ) -> RoutePlan:
     if len(set(versions)) != len(versions):
