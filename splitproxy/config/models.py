@@ -27,7 +27,7 @@ from splitproxy.config.crossfield import (
     weight_problems,
 )
 from splitproxy.config.guard import Analysis
-from splitproxy.config.steps import Rollout
+from splitproxy.config.steps import PreSwitch, Rollout
 from splitproxy.config.units import (
     TOKEN,
     Duration,
@@ -125,6 +125,8 @@ class Route(Frozen):
     preview_header: Token = None
     analysis: Analysis | None = None
     rollout: Rollout | None = None
+    # Blue-green: a change of `active` is validated first (README: Blue/green).
+    pre_switch: PreSwitch | None = None
 
     @field_validator("weights")
     @classmethod
@@ -146,6 +148,12 @@ class Route(Frozen):
         facts = RouteFacts(tuple(self.versions), self.strategy, self.active, baseline, rollout)
         if problems := route_problems(facts):
             raise Located(problems)
+        if self.pre_switch is not None:
+            if self.strategy != Strategy.BLUE_GREEN:
+                raise Located([(("pre_switch",), "only for strategy blue-green")])
+            if self.pre_switch.analysis and self.analysis is None:
+                raise Located([(("pre_switch", "analysis"),
+                                "judges with the route's `analysis`: configure one")])
         return self
 
     @property

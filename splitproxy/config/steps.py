@@ -10,7 +10,7 @@ from pydantic import AfterValidator, BeforeValidator, Field, Strict, model_valid
 
 from splitproxy.config.crossfield import step_problems
 from splitproxy.config.headerroute import HeaderRoute
-from splitproxy.config.units import Frozen, Name, Timeout, WebhookUrl, Weight
+from splitproxy.config.units import Duration, Frozen, Name, Timeout, WebhookUrl, Weight
 from splitproxy.config.yamlload import Located
 
 _DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
@@ -156,6 +156,16 @@ class Webhook(Frozen):
                              "200 to anything and would approve every step): use a hook "
                              "of its own for `format: slack`")
         return self
+
+
+class PreSwitch(Frozen):
+    """Blue-green: what a change of `active` must pass before the traffic moves (Argo's
+    prePromotionAnalysis). The new color is checked for an endpoint not ejected at every
+    tick; for `duration` it takes only preview traffic; with `analysis: true` the route's
+    guard judges that preview traffic and must pass. Until then the old color serves."""
+
+    duration: Annotated[Duration, Field(ge=0)] = 0.0
+    analysis: bool = False  # the route's `analysis` judges the preview traffic first
 
 
 class Rollout(Frozen):

@@ -88,6 +88,9 @@ class RolloutEngine:
         self.store = store
         self.clock = clock
         self._rebuild = rebuild  # swaps in a routing table made from `weights()` and `runs()`
+        # The (route, version) pairs with no endpoint up, for the pre-switch checks; the
+        # controller sets it (the data plane knows the endpoints' health).
+        self.all_down: Callable[[], frozenset[tuple[str, str]]] = frozenset
         self.config: Config | None = None
         self.routes: dict[str, Route] = {}
         self.states: dict[str, RouteState] = {}
@@ -272,7 +275,7 @@ class RolloutEngine:
         k = 0
         while True:
             self.readings.start(self.clock.monotonic())
-            self._post(None, Tick(leader=self.store.is_leader()))
+            self._post(None, Tick(leader=self.store.is_leader(), down=self.all_down()))
             # Ticks on a fixed grid: a late one does not push the others back.
             k = max(k + 1, math.floor((self.clock.monotonic() - start) / TICK) + 1)
             await self.clock.sleep(max(0.0, start + k * TICK - self.clock.monotonic()))
@@ -342,4 +345,5 @@ class RolloutEngine:
             checks=[Check.model_validate(c) for c in state.checks],
             header_routes=[HeaderRouteStatus.model_validate(h.model_dump(mode="json"))
                            for h in machine.header_routes(state, route)],
+            switching_to=route.active if machine.validating(state) else None,
         )

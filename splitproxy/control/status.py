@@ -245,6 +245,9 @@ class RolloutStatus(_Model):
     # The current step's header/cookie routes; empty before their step, after an abort and
     # at promotion. Defaulted: an older proxy's answer has none.
     header_routes: list[HeaderRouteStatus] = []
+    # Blue-green: the color a change of `active` is validating (`pre_switch`) while the
+    # previous one serves; None otherwise.
+    switching_to: str | None = None
 
     @property
     def note(self) -> str | None:

@@ -28,11 +28,23 @@ def has_steps(route: Route) -> bool:
     return route.rollout is not None and bool(route.rollout.steps)
 
 
+def validating(state: RouteState) -> bool:
+    """Blue-green: a switch waiting for its pre-switch checks; the previous color serves."""
+    return state.phase == PAUSED and state.pause_reason == PauseReason.VALIDATING
+
+
 def serving(state: RouteState) -> str | None:
     """Blue-green: the color that took the traffic under this state (None: unknown)."""
-    if state.phase == ABORTED and state.previous_active is not None:
+    if (state.phase == ABORTED or validating(state)) and state.previous_active is not None:
         return state.previous_active
     return state.active
+
+
+def _first_phase(route: Route, prev_active: str | None) -> tuple[Phase, PauseReason | None]:
+    if route.strategy == Strategy.BLUE_GREEN and prev_active is not None \
+            and route.pre_switch is not None:
+        return PAUSED, PauseReason.VALIDATING
+    return (PROGRESSING if has_steps(route) else IDLE), None
 
 
 def start(route: Route, now: float, run: str, previous: RouteState | None = None) -> RouteState:
@@ -45,14 +57,15 @@ def start(route: Route, now: float, run: str, previous: RouteState | None = None
     if route.strategy == Strategy.BLUE_GREEN and previous is not None:
         before = serving(previous)
         prev_active = before if before != route.active and before in route.versions else None
-    return RouteState(identity(route), run, phase=PROGRESSING if has_steps(route) else IDLE,
+    phase, reason = _first_phase(route, prev_active)
+    return RouteState(identity(route), run, phase=phase, pause_reason=reason,
                       step_started=now, run_started=now, active=route.active,
                       previous_active=prev_active, endpoints=endpoints(route),
                       checks=previous.checks if previous is not None else ())
 
 
 def effective_active(state: RouteState, route: Route) -> str | None:
-    if state.phase == ABORTED and state.previous_active is not None:
+    if (state.phase == ABORTED or validating(state)) and state.previous_active is not None:
         return state.previous_active
     return route.active
 
@@ -203,8 +216,32 @@ def retry(state: RouteState, route: Route, now: float, run: str) -> RouteState:
     if state.phase != ABORTED:
         raise ActionError(f"only an aborted rollout can be retried (it is {state.phase})")
     fresh = start(route, now, run)
-    # Blue/green: the retried switch is watched again, with the same color to fall back to.
-    return replace(fresh, previous_active=state.previous_active, checks=state.checks)
+    # Blue/green: the retried switch is validated and watched again, with the same color to
+    # fall back to.
+    phase, reason = _first_phase(route, state.previous_active)
+    return replace(fresh, previous_active=state.previous_active, checks=state.checks,
+                   phase=phase, pause_reason=reason)
+
+
+def switch_checked(state: RouteState, route: Route, now: float, all_down: bool,
+                   passed: bool) -> tuple[RouteState, list[str]]:
+    """Blue-green, while validating: the new color's pre-switch checks at one tick.
+    `all_down`: none of its endpoints is up (all ejected); `passed`: the guard passed its
+    preview traffic (or does not judge it). A color without a healthy endpoint holds the
+    switch (aborted: the previous color keeps serving, `retry` checks again); after
+    `pre_switch.duration`, a pass switches."""
+    pre = route.pre_switch
+    if not validating(state) or pre is None:
+        return state, []
+    if all_down:
+        reason = (f"pre-switch: {route.active} has no healthy endpoint (all ejected); "
+                  f"{state.previous_active} keeps serving")
+        return abort(state, reason, now, Actor.GUARD), [f"switch held: {reason}"]
+    if now - state.step_started < pre.duration or not passed:
+        return state, []
+    done = replace(state, phase=IDLE, pause_reason=None, step_started=now)
+    return done, [f"pre-switch checks passed: switched from {state.previous_active} to "
+                  f"{route.active}"]
 
 
 def pause(state: RouteState, route: Route) -> RouteState:

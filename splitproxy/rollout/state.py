@@ -32,6 +32,9 @@ class PauseReason(StrEnum):
     # A timed pause is over but the guard has not passed the step (advance: on-pass): it
     # goes on at the first check that passes.
     WAITING = "waiting for evidence"
+    # Blue-green: `active` changed and the new color is being checked (`pre_switch`); the
+    # previous color serves until the checks pass (a failed check aborts: held).
+    VALIDATING = "validating the new color"
 
 
 # Pause reasons of older states, read as today's.
