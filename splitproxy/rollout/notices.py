@@ -90,7 +90,8 @@ def notices(old: RouteState, new: RouteState, route: Route, now: float) -> list[
              f"; weights {_weights(machine.weights(new, route))}")
     if new.phase == Phase.PAUSED and (old.phase != Phase.PAUSED or not same_run
                                       or old.pause_reason != new.pause_reason):
-        send(E.PAUSED, f"paused at step {new.step + 1}/{n}: {new.pause_reason}")
+        where = f" at step {new.step + 1}/{n}" if n else ""  # blue-green has no steps
+        send(E.PAUSED, f"paused{where}: {new.pause_reason}")
     if new.phase == Phase.ABORTED and (old.phase != Phase.ABORTED or not same_run):
         by_guard = new.aborted_by == Actor.GUARD
         send(E.ABORT, f"ABORTED: {new.abort_reason}; weights "
