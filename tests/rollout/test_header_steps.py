@@ -7,6 +7,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from splitproxy.cli.render import render
+from splitproxy.control.status import Status
 from tests.support.configs import rollout_config
 from tests.support.load import hit
 from tests.support.service import admin, run_service, status, write_config
@@ -43,6 +45,9 @@ async def test_a_header_step_routes_matching_requests_at_weight_0_until_abort(
                 {"header": None, "cookie": "canary", "match": "exact", "value": "always"}]
             versions = body["routes"][0]["versions"]
             assert versions["canary"]["effective_weight"] == 0
+            shown = render(Status.model_validate(body))  # what `splitproxy status` prints
+            assert "shop: to the canary: header X-Tester regex 'qa-[0-9]+'" in shown
+            assert "shop: to the canary: cookie canary exact 'always'" in shown
 
             assert await hit(svc.proxy_port, 20) == {"stable": 20}
             assert await hit(svc.proxy_port, 10, TESTER) == {"canary": 10}

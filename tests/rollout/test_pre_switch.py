@@ -9,6 +9,8 @@ import copy
 from pathlib import Path
 from typing import Any
 
+from splitproxy.cli.render import render
+from splitproxy.control.status import Status
 from tests.support.configs import rollout_config
 from tests.support.load import Load, hit, plain
 from tests.support.ports import refusing_ports
@@ -48,9 +50,13 @@ async def test_a_switch_to_a_color_without_healthy_endpoints_is_held(tmp_path: P
             async with run_service(path, watch=False) as svc, admin(svc) as session:
                 engine = svc.controller.engine
                 cfg = switched(path, cfg, svc, active="green")
-                ro = (await status(session))["routes"][0]["rollout"]
+                body = await status(session)
+                ro = body["routes"][0]["rollout"]
                 assert (ro["phase"], ro["pause_reason"], ro["switching_to"]) == (
                     "paused", "validating the new color", "green")
+                shown = render(Status.model_validate(body))  # `splitproxy status`
+                assert "shop: paused: validating the new color" in shown
+                assert "shop: validating the switch to green" in shown
                 assert await hit(svc.proxy_port, 20) == {"blue": 20}  # blue still serves
                 # Preview traffic (a tester, the load-test harness) meets green's dead endpoint.
                 assert await hit(svc.proxy_port, 5, PREVIEW) == {"? 502": 5}
