@@ -259,6 +259,8 @@ def resume(state: RouteState, now: float) -> RouteState:
     if state.phase != PAUSED or state.pause_reason != PauseReason.MANUAL:
         hint = ("the guard decides when it has the evidence; promote skips the wait (blind)"
                 if state.pause_reason == PauseReason.WAITING
+                else "the switch happens when its pre-switch checks pass; abort stops it"
+                if state.pause_reason == PauseReason.VALIDATING
                 else "use promote to pass a `pause: {}` step")
         raise ActionError(f"only a manually paused rollout resumes; {hint}")
     return replace(state, phase=PROGRESSING, pause_reason=None, step_started=now)

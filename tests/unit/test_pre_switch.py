@@ -5,7 +5,11 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+from pydantic import ValidationError
+
 from splitproxy.config.models import Route
+from splitproxy.config.steps import PreSwitch
 from splitproxy.rollout import Phase, RouteState
 from splitproxy.rollout.events import Act, Action, Reconfigure, Restore, Tick
 from splitproxy.rollout.fold import apply
@@ -71,3 +75,14 @@ def test_without_pre_switch_a_switch_is_immediate() -> None:
     state, _ = apply(None, Restore(None, None), blue, T0, "r1")
     state, _ = apply(state, Reconfigure(), green, T0 + 1, "r2")
     assert state.phase == Phase.IDLE and weights(state, green)["green"] == 100
+
+
+def test_pre_switch_is_refused_where_it_cannot_apply() -> None:
+    canary = {"name": "shop", "weights": {"a": 1, "b": 0}, "pre_switch": {},
+              "versions": {"a": {"endpoints": ["http://127.0.0.1:1"]},
+                           "b": {"endpoints": ["http://127.0.0.1:2"]}}}
+    with pytest.raises(ValidationError, match="only for strategy blue-green"):
+        Route.model_validate(canary)
+    with pytest.raises(ValidationError, match="judges with the route's `analysis`"):
+        route("green", pre_switch={"analysis": True})
+    assert route("green", pre_switch={"duration": "1m"}).pre_switch == PreSwitch(duration=60)
