@@ -2,7 +2,7 @@
 
     python -m loadtests.scenarios steady-split            # one scenario, full length
     python -m loadtests.scenarios bad-canary --short      # the CI version (< 40 s)
-    python -m loadtests.scenarios all                     # all seven, one after another
+    python -m loadtests.scenarios all                     # all eight, one after another
     python -m loadtests.scenarios --list
 
 Each run starts fault-injectable upstreams (`loadtests.upstream`) and splitproxy as
@@ -54,6 +54,7 @@ SLOW_MS, P99_LIMIT_MS = 800, 400
 # interval * failure_limit + 1 = 3 s, with no bound at all on its false aborts.
 REVERT_S = 13.0 + GUARD_INTERVAL + 1.0
 FAULT_AT = 0.4  # share of the run before the fault: time for the abort and for the after
+EPOCH_S = 0.5  # answers in flight when /status showed a switch: their color is either
 
 
 def route(run: Run, versions: dict[str, list[str]], **fields: Any) -> dict[str, Any]:
@@ -233,6 +234,64 @@ def blue_green_switch(run: Run) -> None:
     run.facts["switch_applied_ms"] = 1000 * (edit["applied"] - edit["time"])
 
 
+# --- 5b. validated-switch ----------------------------------------------------------------------
+
+
+def validated_switch(run: Run) -> None:
+    """`active: blue` -> `active: green` with `pre_switch` under load: green fails its preview
+    traffic, so the switch is held (no user reaches green, the reason in /status); green is
+    fixed and announced by a new revision, validated again on its preview, and switched to.
+    Testers send the preview header throughout."""
+    run.start_upstreams({"blue-1": "blue", "green-1": "green"})
+    assert run.upstreams is not None
+    run.upstreams.control("green-1", error_rate=1.0)
+
+    def routes(active: str, revision: str) -> list[dict[str, Any]]:
+        return [route(run, {"blue": ["blue-1"], "green": ["green-1"]}, strategy="blue-green",
+                      active=active, sticky=STICKY, preview_header="X-Splitproxy-Preview",
+                      analysis={**GUARD, "max_error_rate": 0.05},
+                      pre_switch={"duration": "2s", "analysis": True},
+                      rollout={"revision": revision})]
+
+    run.start_proxy(routes("blue", "1"))
+    run.start_load(mix={USER: 6, COOKIE: 2, ANON: 1, PINNED: 3},
+                   pin_header="X-Splitproxy-Preview", pin_version="1")
+    run.at(run.duration * 0.1)
+    held = run.edit(routes("green", "1"), "active: green (green failing)")
+    # The guard's time to abort a version failing every request (REVERT_S), and some.
+    run.at(max(run.duration * 0.6, run.duration * 0.1 + REVERT_S + 1.0))
+    run.upstreams.control("green-1", error_rate=0.0)
+    fixed = run.edit(routes("green", "2"), "green fixed: revision 2")
+    finish(run)
+    assert run.status is not None
+    rows = run.status.rows
+    while_held = [r for r in rows if held["applied"] <= r["t"] < fixed["time"]]
+    first = next((r for r in while_held if r["aborted"]), None)
+    reason = str(first["abort_reason"]) if first is not None else ""
+    run.expect("the switch to a failing green is held", reason.startswith("pre-switch guard:"),
+               (f"{first['t'] - held['time']:.1f}s after the edit; " if first else "")
+               + f"reason in /status: {reason!r}")
+    run.facts["held_after_s"] = None if first is None else first["t"] - held["time"]
+    users = [s for s in run.samples if s.kind != PINNED]
+    early = [s for s in users if held["time"] <= s.t < fixed["time"] and s.version == "green"]
+    run.expect("no user reached green while it was validated and held", not early,
+               f"{len(early)} unpinned requests answered by green before the fix")
+    switched = next((r["t"] for r in rows if r["t"] > fixed["time"]
+                     and r["weights"].get("green") == 100), None)
+    run.expect("the fixed green is validated and switched to", switched is not None,
+               f"{switched - fixed['time']:.1f}s after the fix (pre_switch duration 2s)"
+               if switched is not None else f"last /status: {run.status.last}")
+    late = [s for s in users if switched is not None and s.t > switched + EPOCH_S
+            and s.version != "green"]
+    run.expect("only green answers users after the switch", switched is not None and not late,
+               f"{len(late)} unpinned requests after the switch answered by another color")
+    bad = [s for s in users if not s.ok]
+    run.expect("0 failed user requests", not bad,
+               f"{len(bad)} of {len(users)} unpinned requests failed")
+    run.facts["validation_s"] = None if switched is None else switched - fixed["time"]
+    run.facts["preview_errors"] = sum(1 for s in run.samples if s.kind == PINNED and not s.ok)
+
+
 # --- 6. rolling-endpoints -----------------------------------------------------------------------
 
 
@@ -402,6 +461,7 @@ SCENARIOS = {s.name: s for s in (
     Scenario("bad-canary", bad_canary, 30, 24),
     Scenario("slow-canary", slow_canary, 30, 24),
     Scenario("blue-green-switch", blue_green_switch, 30, 14),
+    Scenario("validated-switch", validated_switch, 40, 30),
     Scenario("rolling-endpoints", rolling_endpoints, 30, 18),
     Scenario("healthy-canary", healthy_canary, 60, 30),
 )}

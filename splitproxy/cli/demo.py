@@ -127,6 +127,8 @@ def describe_steps(route: Route) -> str:
     for step in rollout.steps if rollout is not None else ():
         if step.set_weight is not None:
             parts.append(f"canary {step.set_weight}%")
+        elif step.set_header_route is not None:
+            parts.append(f"canary for {step.set_header_route.describe()}")
         elif step.pause is not None and step.pause.duration is not None:
             parts.append(f"pause {step.pause.duration:g}s")
         else:

@@ -46,6 +46,11 @@ def render(status: Status, routes: list[RouteStatus] | None = None) -> str:
             first = False
         if ro.note:
             notes.append(f"{route.name}: {phase}: {ro.note}")
+        if ro.switching_to:
+            notes.append(f"{route.name}: validating the switch to {ro.switching_to}")
+        notes += [f"{route.name}: to the canary: "
+                  + (f"header {h.header}" if h.header else f"cookie {h.cookie}")
+                  + f" {h.match} {h.value!r}" for h in ro.header_routes]
         notes += _guard_lines(route.name, ro)
     widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
     lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()

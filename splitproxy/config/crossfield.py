@@ -54,7 +54,7 @@ class RouteFacts:
 
 
 def weight_problems(versions: tuple[str, ...] | Unknown, strategy: str | Unknown,
-                    weights: Mapping[str, int | Unknown] | None) -> list[Problem]:
+                    weights: Mapping[str, float | Unknown] | None) -> list[Problem]:
     """A route's `weights`: required for a canary, every key a version, total > 0."""
     if weights is None:
         return [((), "required")] if strategy == "canary" else []
@@ -140,17 +140,18 @@ def analysis_problems(error_rate: bool, compare: bool, latency: bool,
              "compare_to_baseline or metrics, or remove analysis")]
 
 
-def step_problems(set_weight: bool, pause: bool) -> list[Problem]:
+def step_problems(set_weight: bool, pause: bool, header_route: bool = False) -> list[Problem]:
     """A rollout step does one thing."""
-    if set_weight == pause:
-        return [((), "a step is either `set_weight: N` or `pause: ...`")]
+    if set_weight + pause + header_route != 1:
+        return [((), "a step is one of `set_weight: N`, `pause: ...` or "
+                 "`set_header_route: {...}`")]
     return []
 
 
 # ------------------------------------------------------------------- the raw data, rechecked
 
 _NAME: TypeAdapter[str] = TypeAdapter(Name)
-_WEIGHT: TypeAdapter[int] = TypeAdapter(Weight)
+_WEIGHT: TypeAdapter[float] = TypeAdapter(Weight)
 _LISTEN: TypeAdapter[object] = TypeAdapter(Listen)
 _LATENCY_KEY = re.compile(r"max_p\d+_ms")  # the limits of `guard.LATENCY_LIMITS`
 
@@ -164,7 +165,7 @@ def _name(raw: Mapping[object, object], key: str) -> str | None | Unknown:
         return UNKNOWN
 
 
-def _weight(value: object) -> int | Unknown:
+def _weight(value: object) -> float | Unknown:
     try:
         return _WEIGHT.validate_python(value)
     except ValidationError:
@@ -230,7 +231,8 @@ def _route(raw: Mapping[object, object]) -> list[Problem]:
         for j, step in enumerate(steps if isinstance(steps, list) else ()):
             if isinstance(step, Mapping):
                 problems += _under(("rollout", "steps", j), step_problems(
-                    step.get("set_weight") is not None, step.get("pause") is not None))
+                    step.get("set_weight") is not None, step.get("pause") is not None,
+                    step.get("set_header_route") is not None))
 
     problems += route_problems(RouteFacts(versions, strategy, _name(raw, "active"), baseline,
                                           facts))

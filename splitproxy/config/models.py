@@ -27,7 +27,7 @@ from splitproxy.config.crossfield import (
     weight_problems,
 )
 from splitproxy.config.guard import Analysis
-from splitproxy.config.steps import Rollout
+from splitproxy.config.steps import PreSwitch, Rollout
 from splitproxy.config.units import (
     TOKEN,
     Duration,
@@ -128,12 +128,14 @@ class Route(Frozen):
     preview_header: Token = None
     analysis: Analysis | None = None
     rollout: Rollout | None = None
+    # Blue-green: a change of `active` is validated first (README: Blue/green).
+    pre_switch: PreSwitch | None = None
 
     @field_validator("weights")
     @classmethod
     def _known_versions(
-        cls, weights: dict[str, int] | None, info: ValidationInfo
-    ) -> dict[str, int] | None:
+        cls, weights: dict[str, float] | None, info: ValidationInfo
+    ) -> dict[str, float] | None:
         versions = info.data.get("versions")
         known = UNKNOWN if versions is None else tuple(versions)  # None: reported already
         if problems := weight_problems(known, info.data.get("strategy", "canary"), weights):
@@ -149,10 +151,16 @@ class Route(Frozen):
         facts = RouteFacts(tuple(self.versions), self.strategy, self.active, baseline, rollout)
         if problems := route_problems(facts):
             raise Located(problems)
+        if self.pre_switch is not None:
+            if self.strategy != Strategy.BLUE_GREEN:
+                raise Located([(("pre_switch",), "only for strategy blue-green")])
+            if self.pre_switch.analysis and self.analysis is None:
+                raise Located([(("pre_switch", "analysis"),
+                                "judges with the route's `analysis`: configure one")])
         return self
 
     @property
-    def configured_weights(self) -> dict[str, int]:
+    def configured_weights(self) -> dict[str, float]:
         """Weights as configured: blue-green gives the active color everything."""
         if self.weights is not None:
             return {v: self.weights.get(v, 0) for v in self.versions}
@@ -284,7 +292,7 @@ def admin_listen(path: str | Path) -> tuple[HostPort, list[str]]:
     return load_model(path, _AdminOnly).admin.listen, problems
 
 
-def _percent(weight: int, total: int) -> str:
+def _percent(weight: float, total: float) -> str:
     share = 100 * weight / total
     return "<0.1%" if 0 < share < 0.05 else f"{share:.1f}%"
 

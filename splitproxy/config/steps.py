@@ -9,7 +9,8 @@ from typing import Annotated
 from pydantic import AfterValidator, BeforeValidator, Field, Strict, model_validator
 
 from splitproxy.config.crossfield import step_problems
-from splitproxy.config.units import Frozen, Name, Timeout, WebhookUrl
+from splitproxy.config.headerroute import HeaderRoute
+from splitproxy.config.units import Duration, Frozen, Name, Timeout, WebhookUrl, Weight
 from splitproxy.config.yamlload import Located
 
 _DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
@@ -46,19 +47,38 @@ def _day(value: str) -> str:
     return value.lower()
 
 
+def _percent(value: float) -> float:
+    if value > 100:
+        raise ValueError("must be <= 100")
+    return value
+
+
 class Pause(Frozen):
     duration: Timeout | None = None  # None: until `splitproxy promote`
 
 
 class Step(Frozen):
-    set_weight: Annotated[int, Strict(), Field(ge=0, le=100)] | None = None
+    # Percent of the traffic, down to 0.01 (Argo's sub-1% steps).
+    set_weight: Annotated[Weight, AfterValidator(_percent)] | None = None
     pause: Annotated[Pause, BeforeValidator(_pause)] | None = None
+    # From this step on (until abort or promotion), matching requests go to the canary.
+    set_header_route: HeaderRoute | None = None
 
     @model_validator(mode="after")
     def _one_action(self) -> Step:
-        if problems := step_problems(self.set_weight is not None, self.pause is not None):
+        if problems := step_problems(self.set_weight is not None, self.pause is not None,
+                                     self.set_header_route is not None):
             raise Located(problems)
         return self
+
+    def identity_dump(self) -> dict[str, object]:
+        """What a rollout's identity hashes of this step: the fields of before header routes
+        exactly as they dumped then (so no rollout restarts on upgrade), a header route only
+        where there is one."""
+        data = self.model_dump()
+        if data["set_header_route"] is None:
+            del data["set_header_route"]
+        return data
 
 
 class DeployWindow(Frozen):
@@ -136,6 +156,16 @@ class Webhook(Frozen):
                              "200 to anything and would approve every step): use a hook "
                              "of its own for `format: slack`")
         return self
+
+
+class PreSwitch(Frozen):
+    """Blue-green: what a change of `active` must pass before the traffic moves (Argo's
+    prePromotionAnalysis). The new color is checked for an endpoint not ejected at every
+    tick; for `duration` it takes only preview traffic; with `analysis: true` the route's
+    guard judges that preview traffic and must pass. Until then the old color serves."""
+
+    duration: Annotated[Duration, Field(ge=0)] = 0.0
+    analysis: bool = False  # the route's `analysis` judges the preview traffic first
 
 
 class Rollout(Frozen):

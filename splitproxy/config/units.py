@@ -9,7 +9,15 @@ from fractions import Fraction
 from typing import Annotated
 from urllib.parse import urlsplit
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, Strict
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainValidator,
+    Strict,
+)
 
 from splitproxy.config.address import EndpointUrl, HostPort
 from splitproxy.config.paths import normalise_prefix
@@ -125,6 +133,22 @@ def _http_url(value: str) -> str:
     return value
 
 
+def weight(value: object) -> float:
+    """A weight: a number >= 0 in steps of 0.01 (`true` and strings are not weights). A whole
+    number stays an `int`, so configs, stored states and identities written with integer
+    weights read, dump and hash exactly as before fractions were accepted."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"expected a number, got {type(value).__name__}")
+    if not math.isfinite(value) or value < 0:
+        raise ValueError("must be >= 0")
+    if isinstance(value, int):
+        return value
+    hundredths = round(value * 100)
+    if abs(value * 100 - hundredths) > 1e-6:
+        raise ValueError(f"weights go down to 0.01, got {value!r}")
+    return hundredths // 100 if hundredths % 100 == 0 else hundredths / 100
+
+
 def _path_prefix(value: str) -> str:
     # Requests are matched on their normalised path (see `paths`); the prefix is normalised
     # the same way once, here, so `/api/./v1` and `/api//v1` mean what they say.
@@ -142,7 +166,7 @@ Timeout = Annotated[Duration, Field(gt=0)]
 Name = Annotated[str, AfterValidator(_name)]
 Token = Annotated[str | None, AfterValidator(_token)]
 Listen = HostPort  # parsed once: .host, .port
-Weight = Annotated[int, Strict(), Field(ge=0)]  # `true` is not a weight
+Weight = Annotated[float, PlainValidator(weight)]  # see `weight`
 
 Millis = Annotated[float, Field(gt=0)]
 Positive = Annotated[int, Strict(), Field(ge=1)]

@@ -76,6 +76,7 @@ class Controller:
         self.watcher = ConfigWatcher(path, self._on_file_change)
         self.store = store if store is not None else make_store(config, path)
         self.engine = RolloutEngine(self.store, self._counters, self.rebuild, clock)
+        self.engine.all_down = self._all_down
         self._sampler: asyncio.Task[None] | None = None
         self._reloading: asyncio.Task[None] | None = None
         self._again = False  # another reload was asked for while one ran
@@ -222,7 +223,7 @@ class Controller:
 
     def _table(self) -> table.RoutingTable:
         self.table = table.build(self.config, self._generation, self.engine.weights(),
-                                 self.engine.runs())
+                                 self.engine.runs(), self.engine.header_routes())
         return self.table
 
     def rebuild(self) -> None:
@@ -260,10 +261,20 @@ class Controller:
     def version_stats(self) -> Iterable[VersionStats]:
         return self.server.stats.all()
 
-    def weights(self) -> Iterable[tuple[str, str, int]]:
+    def weights(self) -> Iterable[tuple[str, str, float]]:
         for route in self.table.routes:
             for version, weight in zip(route.plan.versions, route.plan.weights, strict=True):
                 yield route.name, version, weight
+
+    def _all_down(self) -> frozenset[tuple[str, str]]:
+        """The (route, version) pairs without a healthy endpoint: each one ejected, or failing
+        as often as ejects (`min_healthy` keeps the last ones in rotation: they still fail)."""
+        limit = self.config.health.consecutive_failures
+        up: dict[tuple[str, str], bool] = {}
+        for h in self.server.endpoint_health():
+            key = (h.route, h.version)
+            up[key] = up.get(key, False) or (h.up and h.failures < limit)
+        return frozenset(k for k, healthy in up.items() if not healthy)
 
     def endpoints(self) -> Iterable[tuple[str, str, str, bool]]:
         for h in self.server.endpoint_health():

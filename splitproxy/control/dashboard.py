@@ -52,10 +52,12 @@ def plan(config: Config) -> dict[str, Any]:
     """What /status does not say: every route's steps, for the timeline."""
     routes = {}
     for route in config.routes:
-        steps: list[dict[str, float | None]] = []
+        steps: list[dict[str, float | str | None]] = []
         for step in route.rollout.steps if route.rollout is not None else ():
             if step.set_weight is not None:
                 steps.append({"set_weight": step.set_weight})
+            elif step.set_header_route is not None:
+                steps.append({"set_header_route": step.set_header_route.describe()})
             else:
                 assert step.pause is not None
                 steps.append({"pause": step.pause.duration})

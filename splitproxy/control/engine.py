@@ -19,12 +19,19 @@ import secrets
 from collections.abc import Callable, Iterable, Iterator
 
 from splitproxy.config.guard import Source
+from splitproxy.config.headerroute import HeaderRoute
 from splitproxy.config.models import Config, Route, Strategy
 from splitproxy.control.clock import SYSTEM, Clock
 from splitproxy.control.guardlog import GuardLog
 from splitproxy.control.readings import Readings, default_sources
 from splitproxy.control.sources.measure import MetricSource
-from splitproxy.control.status import Check, GuardReport, PendingWrite, RolloutStatus
+from splitproxy.control.status import (
+    Check,
+    GuardReport,
+    HeaderRouteStatus,
+    PendingWrite,
+    RolloutStatus,
+)
 from splitproxy.control.stores.store import StateStore, Wanted
 from splitproxy.control.sync import StateSync
 from splitproxy.control.tasks import cancel_and_wait
@@ -81,6 +88,9 @@ class RolloutEngine:
         self.store = store
         self.clock = clock
         self._rebuild = rebuild  # swaps in a routing table made from `weights()` and `runs()`
+        # The (route, version) pairs with no endpoint up, for the pre-switch checks; the
+        # controller sets it (the data plane knows the endpoints' health).
+        self.all_down: Callable[[], frozenset[tuple[str, str]]] = frozenset
         self.config: Config | None = None
         self.routes: dict[str, Route] = {}
         self.states: dict[str, RouteState] = {}
@@ -130,8 +140,12 @@ class RolloutEngine:
         self.routes = {r.name: r for r in config.routes}
 
     # -- what the data plane gets -----------------------------------------------------------
-    def weights(self) -> dict[str, dict[str, int]]:
+    def weights(self) -> dict[str, dict[str, float]]:
         return {n: machine.weights(self.states[n], r) for n, r in self.routes.items()}
+
+    def header_routes(self) -> dict[str, tuple[HeaderRoute, ...]]:
+        """The header/cookie routes of each route's current step."""
+        return {n: machine.header_routes(self.states[n], r) for n, r in self.routes.items()}
 
     def runs(self) -> dict[str, str]:
         """The run each route's sticky cookies belong to."""
@@ -263,7 +277,7 @@ class RolloutEngine:
         k = 0
         while True:
             self.readings.start(self.clock.monotonic())
-            self._post(None, Tick(leader=self.store.is_leader()))
+            self._post(None, Tick(leader=self.store.is_leader(), down=self.all_down()))
             # Ticks on a fixed grid: a late one does not push the others back.
             k = max(k + 1, math.floor((self.clock.monotonic() - start) / TICK) + 1)
             await self.clock.sleep(max(0.0, start + k * TICK - self.clock.monotonic()))
@@ -331,4 +345,7 @@ class RolloutEngine:
             # analysis.metrics: each one's PromQL at the latest reading, and its error
             metric_queries=self.readings.custom.shown.get(name),
             checks=[Check.model_validate(c) for c in state.checks],
+            header_routes=[HeaderRouteStatus.model_validate(h.model_dump(mode="json"))
+                           for h in machine.header_routes(state, route)],
+            switching_to=route.active if machine.validating(state) else None,
         )

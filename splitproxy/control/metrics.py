@@ -31,7 +31,7 @@ class MetricsSource(Protocol):
     """What the collector reads; the controller provides it."""
 
     def version_stats(self) -> Iterable[VersionStats]: ...
-    def weights(self) -> Iterable[tuple[str, str, int]]: ...  # route, version, effective
+    def weights(self) -> Iterable[tuple[str, str, float]]: ...  # route, version, effective
     def endpoints(self) -> Iterable[tuple[str, str, str, bool]]: ...  # route, version, ep, up
     def reload_counts(self) -> dict[str, int]: ...
     def proxy_errors(self) -> dict[str, int]: ...  # the proxy's own 503s, by kind

@@ -105,8 +105,9 @@ class EndpointStatus(_Model):
 
 
 class VersionStatus(_Model):
-    configured_weight: int
-    effective_weight: int
+    # Percents down to 0.01: a whole number stays an int in the JSON, as it always was.
+    configured_weight: int | float
+    effective_weight: int | float
     configured_share: float
     realized_share: float | None  # over the realized window; None before any request
     requests_in_window: int
@@ -207,6 +208,16 @@ class Check(_Open):
     result: Outcome
 
 
+class HeaderRouteStatus(_Model):
+    """A header/cookie route in force (`set_header_route`): matching requests go to the
+    canary whatever its weight."""
+
+    header: str | None
+    cookie: str | None
+    match: str  # exact, prefix, regex
+    value: str
+
+
 class RolloutStatus(_Model):
     strategy: Strategy
     phase: Phase
@@ -231,6 +242,12 @@ class RolloutStatus(_Model):
     # analysis.metrics: each one's PromQL at the latest reading, and its error
     metric_queries: dict[str, dict[str, Any]] | None
     checks: list[Check]
+    # The current step's header/cookie routes; empty before their step, after an abort and
+    # at promotion. Defaulted: an older proxy's answer has none.
+    header_routes: list[HeaderRouteStatus] = []
+    # Blue-green: the color a change of `active` is validating (`pre_switch`) while the
+    # previous one serves; None otherwise.
+    switching_to: str | None = None
 
     @property
     def note(self) -> str | None:

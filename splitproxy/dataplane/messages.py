@@ -6,25 +6,28 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from splitproxy.config.headerroute import HeaderRoute
 from splitproxy.config.models import Config
 from splitproxy.dataplane.plane import EndpointHealth
 from splitproxy.dataplane.procstats import Usage
 from splitproxy.dataplane.stats import Stats, VersionStats
 from splitproxy.routing import table
 
-Weights = dict[str, dict[str, int]]  # route -> version -> weight
+Weights = dict[str, dict[str, float]]  # route -> version -> weight
 
 
 # -- control process -> worker ---------------------------------------------------------------
 @dataclass(frozen=True, slots=True)
 class Table:
     """A routing table as the worker rebuilds it: the config, the generation, the effective
-    weights and each route's rollout run (sticky cookies must name it in every worker)."""
+    weights, each route's rollout run (sticky cookies must name it in every worker) and the
+    header routes of its current step."""
 
     config: Config
     generation: int
     weights: Weights
     runs: dict[str, str]
+    header_routes: dict[str, tuple[HeaderRoute, ...]]
 
     @classmethod
     def of(cls, config: Config, routing: table.RoutingTable) -> Table:
@@ -34,10 +37,12 @@ class Table:
             {r.name: dict(zip(r.plan.versions, r.plan.weights, strict=True))
              for r in routing.routes},
             {r.name: r.run for r in routing.routes},
+            {r.name: r.header_routes for r in routing.routes if r.header_routes},
         )
 
     def build(self) -> table.RoutingTable:
-        return table.build(self.config, self.generation, self.weights, self.runs)
+        return table.build(self.config, self.generation, self.weights, self.runs,
+                           self.header_routes)
 
 
 @dataclass(frozen=True, slots=True)

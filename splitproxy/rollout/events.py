@@ -56,9 +56,11 @@ class Act:
 
 @dataclass(frozen=True, slots=True)
 class Tick:
-    """The timer: due steps, window changes, gates. `leader`: this replica keeps the time."""
+    """The timer: due steps, window changes, gates, pre-switch checks. `leader`: this replica
+    keeps the time; `down`: the (route, version) pairs with no endpoint up (all ejected)."""
 
     leader: bool
+    down: frozenset[tuple[str, str]] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)

@@ -143,7 +143,16 @@ def _act(state: RouteState, event: Act, route: Route, now: float, run: str) -> R
 def _tick(state: RouteState, event: Tick, route: Route, now: float,
           effects: list[Effect]) -> tuple[RouteState, list[str]]:
     """Due steps, on the replica that keeps the time. Each weight step first asks the
-    pre-step webhooks, once per step and run; an approval is spent by its step."""
+    pre-step webhooks, once per step and run; an approval is spent by its step. A blue-green
+    switch being validated is checked instead."""
+    if machine.validating(state):
+        if not event.leader:
+            return state, []
+        pre = route.pre_switch
+        judged = pre is not None and pre.analysis
+        return machine.switch_checked(
+            state, route, now, (route.name, route.active) in event.down,
+            guard.passed(state, route) if judged else True)
     if not event.leader or not machine.has_steps(route) or state.phase == ABORTED:
         return state, []
     allowed: int | None = None
@@ -184,11 +193,14 @@ def _measured(state: RouteState, m: Measurement, route: Route, now: float,
     analysis = route.analysis
     if analysis is None or not m.leader:
         return state, []  # only the lease holder judges
-    if (m.run, m.step) != (state.run, state.step) or state.phase == ABORTED:
+    unjudged = machine.validating(state) and not (
+        route.pre_switch is not None and route.pre_switch.analysis)
+    if (m.run, m.step) != (state.run, state.step) or state.phase == ABORTED or unjudged:
         # Measured in an earlier run or step, or landed after an abort: history only.
         why = "the rollout is aborted" if m.run == state.run and state.phase == ABORTED \
             else "measured in an earlier run" if m.run != state.run \
-            else "measured in an earlier step"
+            else "measured in an earlier step" if m.step != state.step \
+            else "validating a switch without pre-switch analysis"
         effects.append(Checked(str(Outcome.INCONCLUSIVE)))
         checks = (*state.checks, guard.stale_check(m, now, why))[-analysis.history:]
         return replace(state, checks=checks), []
@@ -198,7 +210,8 @@ def _measured(state: RouteState, m: Measurement, route: Route, now: float,
                   checks=(*state.checks, a.check)[-analysis.history:])
     if a.outcome is Outcome.FAIL and new.phase != PROMOTED:
         # Promoted is final: the guard reports, as Argo Rollouts ends analysis on completion.
-        reason = f"guard: {a.summary}"
+        what = "pre-switch guard" if machine.validating(new) else "guard"
+        reason = f"{what}: {a.summary}"
         return machine.abort(new, reason, now, Actor.GUARD), [f"aborted: {reason}"]
     if a.outcome is Outcome.PASS and new.phase == PAUSED \
             and new.pause_reason == PauseReason.WAITING:
@@ -248,7 +261,8 @@ def _decided(old: RouteState, new: RouteState, route: Route, now: float, notes: 
 def _consequences(old: RouteState, new: RouteState, route: Route,
                   decided: bool, now: float = 0.0) -> list[Effect]:
     out: list[Effect] = []
-    if machine.weights(new, route) != machine.weights(old, route) or new.run != old.run:
+    if machine.weights(new, route) != machine.weights(old, route) or new.run != old.run \
+            or machine.header_routes(new, route) != machine.header_routes(old, route):
         out.append(Rebuild())  # the run is in the sticky cookie
     if new.run != old.run:
         out.append(NewRun(new.run))

@@ -38,7 +38,7 @@ from splitproxy.config.metrics import CustomMetric
 from splitproxy.config.models import Route, Strategy
 from splitproxy.rollout import budget, custom
 from splitproxy.rollout.events import Measurement
-from splitproxy.rollout.machine import effective_active, weights
+from splitproxy.rollout.machine import effective_active, validating, weights
 from splitproxy.rollout.sequential import (
     RateLimit,
     RateState,
@@ -119,6 +119,8 @@ def judged(state: RouteState, route: Route) -> tuple[list[str], str | None]:
         # What was judged until the abort moved the weights (for /status and the reason).
         state = replace(state, phase=Phase.PROGRESSING)
     if route.strategy == Strategy.BLUE_GREEN:
+        if validating(state):  # the new color, on its preview traffic (`pre_switch`)
+            return [state.active or route.baseline], None
         # The old color serves nothing after the switch: there is no comparison to make.
         return [effective_active(state, route) or route.baseline], None
     now = weights(state, route)

@@ -29,7 +29,7 @@ def identity(route: Route) -> str:
         "canary": route.canary,
         "strategy": route.strategy,
         "active": route.active,
-        "steps": [s.model_dump() for s in rollout.steps] if rollout else [],
+        "steps": [s.identity_dump() for s in rollout.steps] if rollout else [],
         "revision": rollout.revision if rollout else None,
     })
 
@@ -50,7 +50,7 @@ def legacy_revision(route: Route, active: str | None = None) -> str:
         "versions": {k: list(v.endpoints) for k, v in route.versions.items()},
         "weights": route.weights,
         "active": route.active,
-        "steps": [s.model_dump() for s in rollout.steps] if rollout else None,
+        "steps": [s.identity_dump() for s in rollout.steps] if rollout else None,
         "revision": rollout.revision if rollout else None,
         "canary": route.canary,
     }

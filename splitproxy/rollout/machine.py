@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+from splitproxy.config.headerroute import HeaderRoute
 from splitproxy.config.models import Route, Strategy
 from splitproxy.rollout.identity import endpoints, identity
 from splitproxy.rollout.schedule import in_window
@@ -27,11 +28,23 @@ def has_steps(route: Route) -> bool:
     return route.rollout is not None and bool(route.rollout.steps)
 
 
+def validating(state: RouteState) -> bool:
+    """Blue-green: a switch waiting for its pre-switch checks; the previous color serves."""
+    return state.phase == PAUSED and state.pause_reason == PauseReason.VALIDATING
+
+
 def serving(state: RouteState) -> str | None:
     """Blue-green: the color that took the traffic under this state (None: unknown)."""
-    if state.phase == ABORTED and state.previous_active is not None:
+    if (state.phase == ABORTED or validating(state)) and state.previous_active is not None:
         return state.previous_active
     return state.active
+
+
+def _first_phase(route: Route, prev_active: str | None) -> tuple[Phase, PauseReason | None]:
+    if route.strategy == Strategy.BLUE_GREEN and prev_active is not None \
+            and route.pre_switch is not None:
+        return PAUSED, PauseReason.VALIDATING
+    return (PROGRESSING if has_steps(route) else IDLE), None
 
 
 def start(route: Route, now: float, run: str, previous: RouteState | None = None) -> RouteState:
@@ -44,19 +57,31 @@ def start(route: Route, now: float, run: str, previous: RouteState | None = None
     if route.strategy == Strategy.BLUE_GREEN and previous is not None:
         before = serving(previous)
         prev_active = before if before != route.active and before in route.versions else None
-    return RouteState(identity(route), run, phase=PROGRESSING if has_steps(route) else IDLE,
+    phase, reason = _first_phase(route, prev_active)
+    return RouteState(identity(route), run, phase=phase, pause_reason=reason,
                       step_started=now, run_started=now, active=route.active,
                       previous_active=prev_active, endpoints=endpoints(route),
                       checks=previous.checks if previous is not None else ())
 
 
 def effective_active(state: RouteState, route: Route) -> str | None:
-    if state.phase == ABORTED and state.previous_active is not None:
+    if (state.phase == ABORTED or validating(state)) and state.previous_active is not None:
         return state.previous_active
     return route.active
 
 
-def weights(state: RouteState, route: Route) -> dict[str, int]:
+def header_routes(state: RouteState, route: Route) -> tuple[HeaderRoute, ...]:
+    """The header/cookie routes in force: those of the steps already carried out, while the
+    rollout runs (progressing or paused). None after an abort or the promotion, where all
+    traffic is on one version anyway, nor before their step."""
+    rollout = route.rollout
+    if rollout is None or state.phase not in (PROGRESSING, PAUSED):
+        return ()
+    return tuple(s.set_header_route for s in rollout.steps[:state.step]
+                 if s.set_header_route is not None)
+
+
+def weights(state: RouteState, route: Route) -> dict[str, float]:
     """The weights traffic gets now."""
     if route.strategy == Strategy.BLUE_GREEN:
         active = effective_active(state, route) or route.active
@@ -68,9 +93,11 @@ def weights(state: RouteState, route: Route) -> dict[str, int]:
         return {v: 100 if v == canary else 0 for v in route.versions}
     if state.weight is None or canary is None:
         return route.configured_weights
-    out = dict.fromkeys(route.versions, 0)
+    out: dict[str, float] = dict.fromkeys(route.versions, 0)
     out[canary] = state.weight
-    out[route.baseline] = 100 - state.weight
+    # Rounded to the hundredths weights are made of (100 - 0.07 is 99.93000000000001).
+    rest = round(100 - state.weight, 2)
+    out[route.baseline] = int(rest) if rest == int(rest) else rest
     return out
 
 
@@ -114,6 +141,11 @@ def advance(
                 weight_steps -= 1
             state = replace(state, weight=step.set_weight, step=state.step + 1, step_started=now)
             events.append(f"step {state.step}: set_weight {step.set_weight}")
+            continue
+        if step.set_header_route is not None:
+            state = replace(state, step=state.step + 1, step_started=now)
+            events.append(f"step {state.step}: set_header_route "
+                          f"{step.set_header_route.describe()}")
             continue
         assert step.pause is not None
         duration = step.pause.duration
@@ -184,8 +216,32 @@ def retry(state: RouteState, route: Route, now: float, run: str) -> RouteState:
     if state.phase != ABORTED:
         raise ActionError(f"only an aborted rollout can be retried (it is {state.phase})")
     fresh = start(route, now, run)
-    # Blue/green: the retried switch is watched again, with the same color to fall back to.
-    return replace(fresh, previous_active=state.previous_active, checks=state.checks)
+    # Blue/green: the retried switch is validated and watched again, with the same color to
+    # fall back to.
+    phase, reason = _first_phase(route, state.previous_active)
+    return replace(fresh, previous_active=state.previous_active, checks=state.checks,
+                   phase=phase, pause_reason=reason)
+
+
+def switch_checked(state: RouteState, route: Route, now: float, all_down: bool,
+                   passed: bool) -> tuple[RouteState, list[str]]:
+    """Blue-green, while validating: the new color's pre-switch checks at one tick.
+    `all_down`: none of its endpoints is up (all ejected); `passed`: the guard passed its
+    preview traffic (or does not judge it). A color without a healthy endpoint holds the
+    switch (aborted: the previous color keeps serving, `retry` checks again); after
+    `pre_switch.duration`, a pass switches."""
+    pre = route.pre_switch
+    if not validating(state) or pre is None:
+        return state, []
+    if all_down:
+        reason = (f"pre-switch: {route.active} has no healthy endpoint (all ejected); "
+                  f"{state.previous_active} keeps serving")
+        return abort(state, reason, now, Actor.GUARD), [f"switch held: {reason}"]
+    if now - state.step_started < pre.duration or not passed:
+        return state, []
+    done = replace(state, phase=IDLE, pause_reason=None, step_started=now)
+    return done, [f"pre-switch checks passed: switched from {state.previous_active} to "
+                  f"{route.active}"]
 
 
 def pause(state: RouteState, route: Route) -> RouteState:
@@ -203,6 +259,8 @@ def resume(state: RouteState, now: float) -> RouteState:
     if state.phase != PAUSED or state.pause_reason != PauseReason.MANUAL:
         hint = ("the guard decides when it has the evidence; promote skips the wait (blind)"
                 if state.pause_reason == PauseReason.WAITING
+                else "the switch happens when its pre-switch checks pass; abort stops it"
+                if state.pause_reason == PauseReason.VALIDATING
                 else "use promote to pass a `pause: {}` step")
         raise ActionError(f"only a manually paused rollout resumes; {hint}")
     return replace(state, phase=PROGRESSING, pause_reason=None, step_started=now)

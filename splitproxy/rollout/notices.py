@@ -31,6 +31,8 @@ def hooks_for(route: Route, event: WebhookEvent) -> tuple[Webhook, ...]:
 def describe_step(step: Step) -> str:
     if step.set_weight is not None:
         return f"set_weight {step.set_weight}"
+    if step.set_header_route is not None:
+        return f"set_header_route {step.set_header_route.describe()}"
     assert step.pause is not None
     duration = step.pause.duration
     return "pause until promoted" if duration is None else f"pause {duration:g}s"
@@ -88,7 +90,8 @@ def notices(old: RouteState, new: RouteState, route: Route, now: float) -> list[
              f"; weights {_weights(machine.weights(new, route))}")
     if new.phase == Phase.PAUSED and (old.phase != Phase.PAUSED or not same_run
                                       or old.pause_reason != new.pause_reason):
-        send(E.PAUSED, f"paused at step {new.step + 1}/{n}: {new.pause_reason}")
+        where = f" at step {new.step + 1}/{n}" if n else ""  # blue-green has no steps
+        send(E.PAUSED, f"paused{where}: {new.pause_reason}")
     if new.phase == Phase.ABORTED and (old.phase != Phase.ABORTED or not same_run):
         by_guard = new.aborted_by == Actor.GUARD
         send(E.ABORT, f"ABORTED: {new.abort_reason}; weights "
@@ -105,7 +108,7 @@ def notices(old: RouteState, new: RouteState, route: Route, now: float) -> list[
     return out
 
 
-def _weights(weights: dict[str, int]) -> str:
+def _weights(weights: dict[str, float]) -> str:
     return ", ".join(f"{v} {w}" for v, w in weights.items())
 
 

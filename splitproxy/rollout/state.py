@@ -32,6 +32,9 @@ class PauseReason(StrEnum):
     # A timed pause is over but the guard has not passed the step (advance: on-pass): it
     # goes on at the first check that passes.
     WAITING = "waiting for evidence"
+    # Blue-green: `active` changed and the new color is being checked (`pre_switch`); the
+    # previous color serves until the checks pass (a failed check aborts: held).
+    VALIDATING = "validating the new color"
 
 
 # Pause reasons of older states, read as today's.
@@ -65,7 +68,8 @@ class RouteState:
     phase: Phase = Phase.IDLE
     step: int = 0  # index of the step being carried out (== len(steps) when done)
     step_started: float = 0.0  # wall clock, so a pause survives a restart
-    weight: int | None = None  # canary weight set by the last set_weight step
+    weight: float | None = None  # canary weight set by the last set_weight step (a whole
+    # number is an int, so states of integer weights are stored as before)
     pause_reason: PauseReason | None = None
     abort_reason: str | None = None
     aborted_at: float | None = None

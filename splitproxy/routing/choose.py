@@ -5,7 +5,7 @@ The routing order, per route (README "Routing order" says the same):
 1. Pin header (only when `sticky.pin_header` is configured; with `sticky.pin_token` only as
    `<version>:<token>`): that version, even at weight 0. Blue-green's preview header works
    the same way and reaches the color not serving.
-2. Header/cookie routes of the current step (a later issue; none yet).
+2. Header/cookie routes of the current step (`steer`): the canary, even at weight 0.
 3. Sticky cookie `<version>.<run>`: that version while the cookie's run is the rollout's
    current run and the version has weight > 0. A cookie of another run (an older revision, a
    retry, a blue-green switch) or of a version out of traffic is ignored.
@@ -20,10 +20,15 @@ from __future__ import annotations
 import hashlib
 import math
 from bisect import bisect_right
+from collections.abc import Mapping
 from dataclasses import dataclass
 from operator import itemgetter
 
 BUCKETS = 10_000
+# Weights are percents down to 0.01; they are scaled to integer hundredths (basis points of
+# a 100 total) before the gcd, so 99.5/0.5 is the exact sequence 199:1 and a 0.01 share owns
+# exactly one bucket of 10,000. Whole-number weights give the same schedule as before.
+SCALE = 100
 # Caps the schedule's length (one full period) so a table build stays cheap and bounded.
 MAX_PERIOD = 100_000
 
@@ -36,15 +41,17 @@ class RoutePlan:
 
     name: str
     versions: tuple[str, ...]  # in config order
-    weights: tuple[int, ...]  # effective weights, parallel to `versions`
+    weights: tuple[float, ...]  # effective weights, parallel to `versions`
     baseline: str  # owns the highest buckets; the others take the lowest, in config order
     schedule: tuple[str, ...]  # low-variance weighted sequence; empty when every weight is 0
     bucket_bounds: tuple[tuple[int, str], ...]  # ascending (exclusive upper bound, version)
     live: frozenset[str]  # versions with weight > 0
+    canary: str | None = None  # where requests matching a header route of the step go
 
 
 def make_plan(
-    name: str, versions: tuple[str, ...], weights: dict[str, int], baseline: str
+    name: str, versions: tuple[str, ...], weights: Mapping[str, float], baseline: str,
+    canary: str | None = None,
 ) -> RoutePlan:
     if len(set(versions)) != len(versions):
         raise ValueError(f"route {name!r}: duplicate version names in {versions!r}")
@@ -56,14 +63,18 @@ def make_plan(
     ws = tuple(weights.get(v, 0) for v in versions)
     if any(w < 0 for w in ws):
         raise ValueError(f"route {name!r}: negative weight in {weights!r}")
+    if canary is not None and canary not in versions:
+        raise ValueError(f"route {name!r}: canary {canary!r} is not one of {versions!r}")
+    units = tuple(round(w * SCALE) for w in ws)
     return RoutePlan(
         name=name,
         versions=versions,
         weights=ws,
         baseline=baseline,
-        schedule=_schedule(versions, ws),
-        bucket_bounds=_bucket_bounds(versions, ws, baseline),
-        live=frozenset(v for v, w in zip(versions, ws, strict=True) if w > 0),
+        schedule=_schedule(versions, units),
+        bucket_bounds=_bucket_bounds(versions, units, baseline),
+        live=frozenset(v for v, u in zip(versions, units, strict=True) if u > 0),
+        canary=canary,
     )
 
 
@@ -151,15 +162,20 @@ def pin_values(versions: tuple[str, ...], token: str | None) -> dict[bytes, str]
 
 
 def choose(
-    plan: RoutePlan, seq: int, pin: str | None, cookie: str | None, hash_key: bytes | None
+    plan: RoutePlan, seq: int, pin: str | None, cookie: str | None, hash_key: bytes | None,
+    steer: bool = False,
 ) -> str | None:
     """The version for one request, or None when no version may take it (all weights 0).
 
     `pin` and `cookie` are versions already resolved from the request (a pin honoured, a
-    cookie of the current run), or None."""
+    cookie of the current run), or None; `steer`: the request matches a header route of the
+    current step (`steer.steered`)."""
     # Pins reach weight-0 versions on purpose: that is how a blue/green preview is tested.
     if pin is not None and pin in plan.versions:
         return pin
+    # So do header routes: testers reach the canary before it takes any weight.
+    if steer and plan.canary is not None:
+        return plan.canary
     if not plan.live:
         return None
     # A cookie for a version that lost its weight (e.g. after an abort) must not keep users there.

@@ -7,8 +7,10 @@ import math
 from dataclasses import dataclass, field
 
 from splitproxy.config.address import EndpointUrl
+from splitproxy.config.headerroute import HeaderRoute
 from splitproxy.config.models import Config, Route, Strategy
 from splitproxy.routing.choose import RoutePlan, make_plan, pin_values, sticky_value
+from splitproxy.routing.steer import Rule, compile_rules
 
 NO_RUN = "0"  # the run of a table built without rollout state (no engine: tests, tools)
 
@@ -46,6 +48,9 @@ class RouteEntry:
     preview_header: bytes | None  # blue-green: requests carrying it reach `preview_version`
     preview_token: bytes | None  # ... only when its value is this (sticky.pin_token)
     preview_version: str | None
+    # The header/cookie routes of the rollout's current step, as configured and compiled.
+    header_routes: tuple[HeaderRoute, ...]
+    steer_rules: tuple[Rule, ...]
     # Feeds the weighted sequence; shared by every request of this route in this table.
     counter: itertools.count[int] = field(default_factory=itertools.count)
 
@@ -66,10 +71,12 @@ def _lower(name: str | None) -> bytes | None:
 
 
 def build_route(
-    route: Route, weights: dict[str, int] | None = None, run: str = NO_RUN
+    route: Route, weights: dict[str, float] | None = None, run: str = NO_RUN,
+    header_routes: tuple[HeaderRoute, ...] = (),
 ) -> RouteEntry:
     """`weights`: the effective weights (a rollout's), when they differ from the config's;
-    `run`: the rollout run sticky cookies must name."""
+    `run`: the rollout run sticky cookies must name; `header_routes`: those of the rollout's
+    current step (their requests go to the canary)."""
     versions = tuple(route.versions)
     sticky = route.sticky
     token = sticky.pin_token
@@ -82,7 +89,8 @@ def build_route(
         name=route.name,
         host=route.match.host.lower() if route.match.host else None,
         path_prefix=route.match.path_prefix,
-        plan=make_plan(route.name, versions, weights, baseline=route.baseline),
+        plan=make_plan(route.name, versions, weights, baseline=route.baseline,
+                       canary=route.canary if header_routes else None),
         endpoints={
             v: tuple(Endpoint.of(url) for url in cfg.endpoints)
             for v, cfg in route.versions.items()
@@ -99,6 +107,8 @@ def build_route(
         preview_header=_lower(route.preview_header) if preview is not None else None,
         preview_token=token.encode("latin-1") if token else None,
         preview_version=preview,
+        header_routes=header_routes,
+        steer_rules=compile_rules(header_routes),
     )
 
 
@@ -111,12 +121,15 @@ def latency_limits(route: Route) -> tuple[float, ...]:
 
 
 def build(
-    config: Config, generation: int = 1, weights: dict[str, dict[str, int]] | None = None,
+    config: Config, generation: int = 1, weights: dict[str, dict[str, float]] | None = None,
     runs: dict[str, str] | None = None,
+    header_routes: dict[str, tuple[HeaderRoute, ...]] | None = None,
 ) -> RoutingTable:
     """The table for a config; `weights` per route name overrides the configured weights,
-    `runs` names each route's rollout run."""
+    `runs` names each route's rollout run, `header_routes` its current step's header routes."""
     weights = weights or {}
     runs = runs or {}
+    header_routes = header_routes or {}
     return RoutingTable(generation, tuple(
-        build_route(r, weights.get(r.name), runs.get(r.name, NO_RUN)) for r in config.routes))
+        build_route(r, weights.get(r.name), runs.get(r.name, NO_RUN),
+                    header_routes.get(r.name, ())) for r in config.routes))

@@ -61,7 +61,7 @@ def run_scenario(name: str, report_dir: Path) -> tuple[int, str]:
 
 
 @pytest.mark.parametrize("name", ["steady-split", "bad-canary", "blue-green-switch",
-                                  "healthy-canary"])
+                                  "validated-switch", "healthy-canary"])
 def test_short_scenario_meets_every_expectation(name: str, tmp_path: Path) -> None:
     code, out = run_scenario(name, tmp_path)
     assert code == 0, f"{name} --short exited {code}:\n{out}"

@@ -44,7 +44,7 @@ async def test_steps_advance_on_time_wait_for_promote_and_the_cli_drives_them(
             started = loop.time()
             admin_url = f"http://127.0.0.1:{svc.admin_port}"
 
-            def canary_weight() -> int:
+            def canary_weight() -> float:
                 return dict(((r, v), w) for r, v, w in svc.controller.weights())[
                     ("shop", "canary")]
 

@@ -162,7 +162,7 @@ class Harness:
         self.store = store or MemoryStore()
         self.clock = clock or ManualClock()
         self.traffic = Traffic()
-        self.installed: list[dict[str, dict[str, int]]] = []
+        self.installed: list[dict[str, dict[str, float]]] = []
         self.engine = RolloutEngine(self.store, self.traffic.counters, self._rebuild,
                                     self.clock, sources)
 
@@ -210,7 +210,7 @@ class Harness:
         webhooks = self.engine.webhooks
         await wait_until(lambda: not webhooks._tasks, what="the webhooks' answers")
 
-    def weights(self, name: str = "shop") -> dict[str, int]:
+    def weights(self, name: str = "shop") -> dict[str, float]:
         return self.engine.weights()[name]
 
     def state(self, name: str = "shop") -> RouteState:

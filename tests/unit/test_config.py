@@ -128,16 +128,16 @@ ERROR_CASES = [
         ["10: routes[0].weights: total weight must be > 0"],
     ),
     (
-        "weight not integer",
+        "weight finer than 0.01",
         "canary: 10",
-        "canary: 1.5",
-        ["12: routes[0].weights.canary: expected an integer"],
+        "canary: 1.505",
+        ["12: routes[0].weights.canary: weights go down to 0.01, got 1.505"],
     ),
     (
         "weight bool",
         "canary: 10",
         "canary: yes",
-        ["12: routes[0].weights.canary: expected an integer"],
+        ["12: routes[0].weights.canary: expected a number, got str"],
     ),
     ("unknown key top level", "limits:", "limit:", ["14: limit: unknown key"]),
     (

@@ -164,7 +164,7 @@ def test_all_weights_zero_routes_nowhere_unless_pinned(
 
 def test_missing_weights_count_as_zero() -> None:
     plan = make_plan("web", ("stable", "canary"), {"stable": 5}, "stable")
-    assert plan.weights == (5, 0)
+    assert list(plan.weights) == [5, 0]
     assert plan.live == {"stable"}
 
 

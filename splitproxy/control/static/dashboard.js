@@ -196,6 +196,7 @@
 
   function stepLabel(step) {
     if (step.set_weight !== undefined && step.set_weight !== null) return step.set_weight + "%";
+    if (step.set_header_route !== undefined) return "route " + step.set_header_route;
     if (step.pause === null) return "until promote";
     return "pause " + duration(step.pause);
   }

@@ -24,6 +24,7 @@ from splitproxy.dataplane.http.request import (
 from splitproxy.dataplane.http.requestid import resolve as request_id
 from splitproxy.dataplane.http.runtime import CompiledRoute
 from splitproxy.routing.choose import choose
+from splitproxy.routing.steer import steered
 from splitproxy.routing.table import RouteEntry
 
 if TYPE_CHECKING:
@@ -68,14 +69,18 @@ def build_exchange(down: DownstreamProtocol, parser: httptools.HttpRequestParser
         if entry.pin_header is not None or entry.preview_header is not None else None
     cookie_name = sticky(route, seen) if route.cookie is not None else None
     hash_key = seen.get(entry.hash_header) if entry.hash_header is not None else None
-    chosen = choose(plan, next(entry.counter), pin_name, cookie_name, hash_key)
+    steer = steered(entry.steer_rules, seen) if entry.steer_rules else False
+    chosen = choose(plan, next(entry.counter), pin_name, cookie_name, hash_key, steer)
     if chosen is None:
         return _local(down, 503, f"route {entry.name} has no version with weight > 0",
                       client_11, keep_alive, now, has_body, rid)
     version = route.versions[chosen]
     set_cookie = None
-    if route.cookie is not None and cookie_name != chosen and pin_name != chosen:
-        set_cookie = route.set_cookie[chosen]  # earned now: the client keeps this version
+    if route.cookie is not None and cookie_name != chosen and pin_name != chosen \
+            and not steer:
+        # Earned now: the client keeps this version. A header route earns nothing: without
+        # its header the client is placed as everyone else.
+        set_cookie = route.set_cookie[chosen]
 
     limits = state.limits
     expect, cl = head.expect, head.content_length

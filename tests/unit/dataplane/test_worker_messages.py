@@ -8,6 +8,7 @@ import pickle
 
 import pytest
 
+from splitproxy.config.headerroute import HeaderRoute, MatchKind
 from splitproxy.config.models import Config
 from splitproxy.dataplane.messages import Counters, Ready, Report, Stop, Stopped, Table
 from splitproxy.dataplane.plane import EndpointHealth
@@ -63,6 +64,17 @@ def test_a_table_rebuilds_the_same_routing_in_the_worker() -> None:
     (before,), (after,) = routing.routes, rebuilt.routes
     assert after.plan == before.plan
     assert after.run == "r3" and after.cookie_values == before.cookie_values
+
+
+def test_a_table_carries_fractional_weights_and_header_routes_to_the_worker() -> None:
+    tester = HeaderRoute(header="X-Tester", match=MatchKind.REGEX, value="qa-[0-9]+")
+    routing = table.build(CONFIG, 8, {"shop": {"stable": 99.5, "canary": 0.5}}, {"shop": "r4"},
+                          {"shop": (tester,)})
+    rebuilt = pickle.loads(pickle.dumps(Table.of(CONFIG, routing))).build()
+    (before,), (after,) = routing.routes, rebuilt.routes
+    assert after.plan == before.plan and after.plan.weights == (99.5, 0.5)
+    assert after.header_routes == (tester,) and after.plan.canary == "canary"
+    assert after.steer_rules == before.steer_rules
 
 
 def test_reports_of_two_workers_add_up() -> None:
