@@ -28,6 +28,13 @@ from splitproxy.config.crossfield import (
 )
 from splitproxy.config.guard import Analysis
 from splitproxy.config.steps import Rollout
+from splitproxy.config.tls import (
+    Listener,
+    Listeners,
+    UpstreamTls,
+    listener_problems,
+    listeners_text,
+)
 from splitproxy.config.units import (
     TOKEN,
     Duration,
@@ -108,6 +115,7 @@ class Sticky(Frozen):
 
 class VersionConfig(Frozen):
     endpoints: tuple[Endpoint, ...] = Field(min_length=1)
+    tls: UpstreamTls | None = None  # for its https:// endpoints (default: verified, system CAs)
 
 
 
@@ -229,7 +237,7 @@ class State(Frozen):
 
 
 class Config(Frozen):
-    listen: Listen = HostPort("127.0.0.1:8080")
+    listen: Listeners = (Listener(address=HostPort("127.0.0.1:8080")),)
     admin: AdminConfig = AdminConfig()
     logging: Logging = Logging()
     routes: tuple[Route, ...] = Field(min_length=1)
@@ -247,13 +255,16 @@ class Config(Frozen):
 
     @model_validator(mode="after")
     def _distinct_ports(self) -> Config:
-        if problems := address_problems(self.listen, self.admin.listen):
+        problems = [p for lst in self.listen for p in address_problems(lst.address,
+                                                                       self.admin.listen)]
+        problems += [(("listen",), message) for message in listener_problems(self.listen)]
+        if problems:
             raise Located(problems)
         return self
 
 
 def _recheck(data: Mapping[object, object]) -> list[Problem]:
-    return recheck(data, Config.model_fields["listen"].default,
+    return recheck(data, Config.model_fields["listen"].default[0].address,
                    AdminConfig.model_fields["listen"].default)
 
 
@@ -288,7 +299,7 @@ def _percent(weight: int, total: int) -> str:
 
 def describe(config: Config) -> str:
     """Human summary of what the proxy would do, for `splitproxy check`."""
-    lines = [f"listen {config.listen}, admin {config.admin.listen}"]
+    lines = [f"listen {listeners_text(config.listen)}, admin {config.admin.listen}"]
     for route in config.routes:
         host = route.match.host or "any host"
         lines.append(f"route {route.name}: {host}, path prefix {route.match.path_prefix}")

@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 
 from splitproxy.config.models import Config, Timeouts
 from splitproxy.dataplane.http import health
 from splitproxy.dataplane.http.downstream import DownstreamProtocol, sweep
+from splitproxy.dataplane.http.listener import ListenerInfo
 from splitproxy.dataplane.http.pool import Pools
 from splitproxy.dataplane.http.runtime import Runtime, compile_table
 from splitproxy.dataplane.http.state import ServerState
 from splitproxy.dataplane.plane import EndpointHealth
 from splitproxy.dataplane.stats import Stats
+from splitproxy.dataplane.tls import ServerTls
 from splitproxy.routing import table
 
 log = logging.getLogger("splitproxy.dataplane.server")
@@ -27,7 +30,7 @@ def sweep_tick(t: Timeouts) -> float:
 
 
 class ProxyServer:
-    """One data-plane process: accepts clients on `config.listen` and proxies them; a
+    """One data-plane process: accepts clients on every `config.listen` address, proxies them; a
     `plane.DataPlane`. Its connections see only its `ServerState`, made by `start()`."""
 
     def __init__(self, config: Config, reuse_port: bool = False) -> None:
@@ -36,8 +39,11 @@ class ProxyServer:
         self.reuse_port = reuse_port
         self.listening = False
         self.port = 0  # the port bound by start(): the real one when the config asks for 0
+        self.ports: list[int] = []  # every listener's, in the order of `listen`
+        self.tls: list[ServerTls | None] = []  # every listener's TLS contexts
         self._state: ServerState | None = None
-        self._server: asyncio.Server | None = None
+        self._servers: list[asyncio.Server] = []
+        self._tls_checker: asyncio.Task[None] | None = None
         self._sweeper: asyncio.Task[None] | None = None
         self._pools: Pools | None = None
 
@@ -70,15 +76,48 @@ class ProxyServer:
                                 config.health)
         state = self._state = ServerState(loop, runtime, config.timeouts, config.limits,
                                           self.stats)
-        host, port = config.listen.host, config.listen.port
-        self._server = await loop.create_server(
-            lambda: DownstreamProtocol(state), host, port, backlog=2048, reuse_address=True,
-            reuse_port=self.reuse_port or None,
-        )
-        self.port = self._server.sockets[0].getsockname()[1]
+        self.tls = [ServerTls(lst.tls) if lst.tls is not None else None
+                    for lst in config.listen]
+        https = next((i for i, lst in enumerate(config.listen) if lst.tls is not None), None)
+        try:
+            for index, lst in enumerate(config.listen):
+                server_tls = self.tls[index]
+                # A redirect names the TLS listener's port, bound before when it asks for 0.
+                redirect = None
+                if lst.redirect_to_https and https is not None:
+                    redirect = (self.ports[https] if https < index
+                                else config.listen[https].address.port)
+                info = ListenerInfo(lst.scheme.encode(), redirect, server_tls is not None)
+                server = await loop.create_server(
+                    _factory(state, info), lst.address.host, lst.address.port, backlog=2048,
+                    reuse_address=True, reuse_port=self.reuse_port or None,
+                    ssl=server_tls.context if server_tls is not None else None,
+                    # A handshake is part of the request head's time (asyncio's default: 60 s).
+                    ssl_handshake_timeout=config.timeouts.client_header
+                    if server_tls is not None else None,
+                )
+                self._servers.append(server)
+                self.ports.append(server.sockets[0].getsockname()[1])
+                log.info("proxy listening on %s://%s:%d", lst.scheme, lst.address.host,
+                         self.ports[-1])
+        except BaseException:
+            for server in self._servers:
+                server.close()
+            raise
+        self.port = self.ports[0]
         self.listening = True
         self._sweeper = loop.create_task(self._sweep(state))
-        log.info("proxy listening on %s:%d", host, self.port)
+        if any(self.tls):
+            self._tls_checker = loop.create_task(self._check_certificates())
+
+    async def _check_certificates(self) -> None:
+        """Reload certificates whose files changed (a stat per file per tick)."""
+        while True:
+            intervals = [t.tls.reload_interval for t in self.tls if t is not None]
+            await asyncio.sleep(min(intervals))
+            for server_tls in self.tls:
+                if server_tls is not None:
+                    server_tls.check()
 
     async def _sweep(self, state: ServerState) -> None:
         """Enforce client, idle and response timeouts for every connection, a few times a second.
@@ -97,6 +136,10 @@ class ProxyServer:
         if state is not None:
             state.timeouts = config.timeouts
             state.limits = config.limits
+        # Addresses need a restart; a listener's certificates and TLS policy do not.
+        for server_tls, lst in zip(self.tls, config.listen, strict=False):
+            if server_tls is not None and lst.tls is not None:
+                server_tls.update(lst.tls)
         self._configure_pools()
         self.install(routing)
 
@@ -128,8 +171,10 @@ class ProxyServer:
             return  # never started: nothing listens, nothing to drain
         if drain is None:
             drain = state.timeouts.drain
-        if self._server is not None:
-            self._server.close()
+        for server in self._servers:
+            server.close()
+        if self._tls_checker is not None:
+            self._tls_checker.cancel()
         self.listening = False
         state.draining = True
         connections = state.connections
@@ -152,3 +197,11 @@ class ProxyServer:
             self._pools.close()
         await asyncio.sleep(0)
         log.info("proxy stopped")
+
+
+def _factory(state: ServerState, info: ListenerInfo) -> Callable[[], DownstreamProtocol]:
+    def make() -> DownstreamProtocol:
+        protocol = DownstreamProtocol(state)
+        protocol.listener = info
+        return protocol
+    return make

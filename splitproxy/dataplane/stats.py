@@ -14,7 +14,9 @@ LATENCY_BUCKETS: tuple[float, ...] = (
 )
 
 # Upstream failure kinds, as in splitproxy_upstream_errors_total{kind}.
-ERROR_KINDS = ("connect", "timeout", "reset", "protocol")
+# "tls": the handshake with an https:// endpoint failed (certificate refused, no shared
+# protocol or cipher), told apart from "connect" because the fix is a setting, not a network.
+ERROR_KINDS = ("connect", "timeout", "reset", "protocol", "tls")
 
 # The proxy's own 503s: "overload" (client connections, requests waiting for an upstream
 # connection, or waiting too long), "resource" (out of descriptors, buffers, memory, ports).

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 from splitproxy.config.address import EndpointUrl
 from splitproxy.config.models import Config, Route, Strategy
+from splitproxy.config.tls import UpstreamTls
 from splitproxy.routing.choose import RoutePlan, make_plan, pin_values, sticky_value
 
 NO_RUN = "0"  # the run of a table built without rollout state (no engine: tests, tools)
@@ -17,14 +18,20 @@ NO_RUN = "0"  # the run of a table built without rollout state (no engine: tests
 class Endpoint:
     host: str
     port: int
+    tls: UpstreamTls | None = None  # an https:// endpoint: how it is reached
 
     @property
     def key(self) -> str:
         return f"{self.host}:{self.port}"
 
     @classmethod
-    def of(cls, url: EndpointUrl) -> Endpoint:
-        return cls(url.address.host, url.address.port)
+    def of(cls, url: EndpointUrl, tls: UpstreamTls | None = None) -> Endpoint:
+        if not url.secure:
+            return cls(url.address.host, url.address.port)
+        return cls(url.address.host, url.address.port, tls or DEFAULT_UPSTREAM_TLS)
+
+
+DEFAULT_UPSTREAM_TLS = UpstreamTls()
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,7 +91,7 @@ def build_route(
         path_prefix=route.match.path_prefix,
         plan=make_plan(route.name, versions, weights, baseline=route.baseline),
         endpoints={
-            v: tuple(Endpoint.of(url) for url in cfg.endpoints)
+            v: tuple(Endpoint.of(url, cfg.tls) for url in cfg.endpoints)
             for v, cfg in route.versions.items()
         },
         pin_header=_lower(sticky.pin_header),

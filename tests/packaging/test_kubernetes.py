@@ -112,7 +112,7 @@ def test_embedded_config_is_a_fleet_config(embedded: tuple[Path, Config]) -> Non
     """Shared state in the Redis of redis.yaml, analysis from Prometheus, listeners on the pod
     IP with the token the pods mount."""
     _, config = embedded
-    assert config.listen == "0.0.0.0:8080"
+    assert config.listen[0].address == "0.0.0.0:8080"
     assert config.admin.listen == "0.0.0.0:9901"
     assert config.admin.token_file == "/etc/splitproxy/admin-token"
     assert config.state.backend == "redis"
