@@ -79,14 +79,14 @@ class ProxyServer:
         self.tls = [ServerTls(lst.tls) if lst.tls is not None else None
                     for lst in config.listen]
         https = next((i for i, lst in enumerate(config.listen) if lst.tls is not None), None)
+        ports: dict[int, int] = {}
+        # TLS listeners first: a redirect names the TLS port, the real one when it asked for 0.
+        order = sorted(range(len(config.listen)), key=lambda i: config.listen[i].tls is None)
         try:
-            for index, lst in enumerate(config.listen):
+            for index in order:
+                lst = config.listen[index]
                 server_tls = self.tls[index]
-                # A redirect names the TLS listener's port, bound before when it asks for 0.
-                redirect = None
-                if lst.redirect_to_https and https is not None:
-                    redirect = (self.ports[https] if https < index
-                                else config.listen[https].address.port)
+                redirect = ports[https] if lst.redirect_to_https and https is not None else None
                 info = ListenerInfo(lst.scheme.encode(), redirect, server_tls is not None)
                 server = await loop.create_server(
                     _factory(state, info), lst.address.host, lst.address.port, backlog=2048,
@@ -97,13 +97,14 @@ class ProxyServer:
                     if server_tls is not None else None,
                 )
                 self._servers.append(server)
-                self.ports.append(server.sockets[0].getsockname()[1])
+                ports[index] = server.sockets[0].getsockname()[1]
                 log.info("proxy listening on %s://%s:%d", lst.scheme, lst.address.host,
-                         self.ports[-1])
+                         ports[index])
         except BaseException:
             for server in self._servers:
                 server.close()
             raise
+        self.ports = [ports[i] for i in range(len(config.listen))]
         self.port = self.ports[0]
         self.listening = True
         self._sweeper = loop.create_task(self._sweep(state))

@@ -52,8 +52,6 @@ def server_context(tls: ListenerTls, cert: Path, key: Path) -> ssl.SSLContext:
 
 def _mtimes(tls: ListenerTls) -> tuple[tuple[int, int], ...]:
     files = [p for c in tls.certificates for p in (c.cert, c.key)]
-    if tls.client_ca is not None:
-        files.append(tls.client_ca)
     stamps = []
     for path in files:
         try:
@@ -106,23 +104,26 @@ class ServerTls:
         self._stamps = _mtimes(tls)
         self.reloads = 0  # certificate sets loaded after the first
         self.failures = 0  # reloads refused
-        self.context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        self.context.minimum_version = _VERSIONS[tls.min_version]
-        self.context.set_alpn_protocols(ALPN)
-        self.context.sni_callback = self._on_sni
-        # The base context needs a certificate of its own for OpenSSL to start a handshake;
-        # the callback moves every handshake to the table's context before it is used.
+        # OpenSSL takes the protocol versions, ciphers and client verification of a handshake
+        # from the context the socket was made with; moving it to another context in the SNI
+        # callback changes only the certificate and key. So those settings are this one's,
+        # read at start, and only certificates are reloaded.
         first = tls.certificates[0]
-        self.context.load_cert_chain(first.cert, first.key)
+        self.context = server_context(tls, first.cert, first.key)
+        self.context.sni_callback = self._on_sni
 
     def _on_sni(self, sock: ssl.SSLObject, name: str | None, _: ssl.SSLContext) -> None:
         sock.context = self._table.pick(name)
 
     def update(self, tls: ListenerTls) -> None:
-        """A reloaded config's settings for this listener (new files, names, policy)."""
-        if tls != self.tls:
+        """A reloaded config's certificates for this listener (files, names); its policy
+        (versions, ciphers, client verification) waits for a restart, see __init__."""
+        if tls.certificates != self.tls.certificates:
             self._stamps = ()
-            self.tls = tls
+            self.tls = self.tls.model_copy(update={"certificates": tls.certificates})
+        if tls.model_copy(update={"certificates": ()}) != self.tls.model_copy(
+                update={"certificates": ()}):
+            log.warning("tls: a listener's TLS policy changed; it applies after a restart")
         self.check()
 
     def check(self) -> bool:
@@ -154,7 +155,7 @@ def _reason(tls: ListenerTls, exc: Exception) -> str:
     for cert in tls.certificates:
         if (problem := load_problem(cert.cert, cert.key)) is not None:
             return problem
-    return f"{tls.client_ca}: {exc}" if tls.client_ca is not None else str(exc)
+    return str(exc)
 
 
 @functools.lru_cache(maxsize=64)
