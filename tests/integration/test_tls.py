@@ -22,6 +22,7 @@ from tests.support.tls import CertFiles, client_context, issue, peer_names, tls_
 from tests.support.upstream import Upstream, run_upstream
 from tests.support.waiting import wait_until
 
+
 def tls_listener(*certs: dict[str, Any], **tls: Any) -> dict[str, Any]:
     return {"address": "127.0.0.1:0", "tls": {"certificates": list(certs),
                                               "reload_interval": "0.05s", **tls}}
