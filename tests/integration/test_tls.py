@@ -56,8 +56,14 @@ async def test_a_plaintext_and_a_tls_listener_forward_their_own_scheme(
             async with tls_client(tls_port, client_context(ca_file)) as c:
                 secure = await c.request("GET", "/headers")
                 alpn = c.writer.get_extra_info("ssl_object").selected_alpn_protocol()
+                claimed = await c.request("GET", "/headers",
+                                          headers={"X-Forwarded-Proto": "http"})
+            behind_lb = await get(plain_port, "/headers", headers={"X-Forwarded-Proto": "https"})
     assert headers_of(plain.body)["x-forwarded-proto"] == ["http"]
     assert headers_of(secure.body)["x-forwarded-proto"] == ["https"]
+    # TLS ended here: the proxy knows the scheme; on plaintext a load balancer's value stays.
+    assert headers_of(claimed.body)["x-forwarded-proto"] == ["https"]
+    assert headers_of(behind_lb.body)["x-forwarded-proto"] == ["https"]
     assert alpn == "http/1.1"
 
 

@@ -111,6 +111,10 @@ def upstream_head(method: bytes, target: bytes, head: RequestHead, client_ip: by
         lines.append(b"Upgrade: " + head.upgrade)
     xff = head.xff
     lines.append(b"X-Forwarded-For: " + (xff + b", " + client_ip if xff is not None else client_ip))
+    if head.has_xfp and scheme == b"https":
+        # This proxy ended the TLS: it knows the scheme, a client's claim is replaced.
+        lines = [ln for ln in lines if ln[:18].lower() != b"x-forwarded-proto:"]
+        head.has_xfp = False
     if not head.has_xfp:
         lines.append(b"X-Forwarded-Proto: " + scheme)
     if identity is not None:
