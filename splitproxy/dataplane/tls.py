@@ -16,7 +16,7 @@ import ssl
 from dataclasses import dataclass
 from pathlib import Path
 
-from splitproxy.config.tls import ClientAuth, ListenerTls, TlsVersion, UpstreamTls
+from splitproxy.config.tls import ClientAuth, ListenerTls, TlsVersion, UpstreamTls, load_problem
 
 log = logging.getLogger("splitproxy.tls")
 
@@ -134,10 +134,9 @@ class ServerTls:
         try:
             table = _build(self.tls)
         except (ssl.SSLError, OSError, ValueError) as exc:
-            if self._stamps != stamps:
-                self.failures += 1
-                log.error("tls: certificate reload refused, the old certificates keep "
-                          "serving: %s", _reason(self.tls, exc))
+            self.failures += 1
+            log.error("tls: certificate reload refused, the old certificates keep serving: %s",
+                      _reason(self.tls, exc))
             self._stamps = stamps  # reported once per change, not every tick
             return False
         self._table = table
@@ -150,8 +149,6 @@ class ServerTls:
 
 def _reason(tls: ListenerTls, exc: Exception) -> str:
     """Which file failed and why: each is loaded alone to name the culprit."""
-    from splitproxy.config.tls import load_problem
-
     for cert in tls.certificates:
         if (problem := load_problem(cert.cert, cert.key)) is not None:
             return problem

@@ -172,7 +172,7 @@ def replace(files: CertFiles, new: CertFiles) -> None:
 
 
 async def test_certificates_are_replaced_under_load_without_losing_a_request(
-        tmp_path: Path, ca: trustme.CA) -> None:
+        tmp_path: Path, ca: trustme.CA, caplog: pytest.LogCaptureFixture) -> None:
     site = issue(ca, tmp_path, "site", "localhost")
     renewed = issue(ca, tmp_path, "renewed", "localhost", "renewed.example")
     ca_file = write_ca(ca, tmp_path)
@@ -211,3 +211,6 @@ async def test_certificates_are_replaced_under_load_without_losing_a_request(
     assert failures == []
     assert set(statuses) == {200}
     assert names == after_bad == ["localhost", "renewed.example"]
+    # Reported as a bad config edit is: the file and the reason.
+    (refused,) = [r.getMessage() for r in caplog.records if "reload refused" in r.getMessage()]
+    assert f"{site.cert}: does not load" in refused, refused
