@@ -111,6 +111,9 @@ class Sticky(Frozen):
     cookie: Token = None
     # The cookie names the version and the rollout run; it also expires after this long.
     cookie_max_age: Annotated[Duration, Field(gt=0)] = 86400.0
+    # mTLS: a verified client certificate's subject (as sent in X-Client-Cert-Subject) ->
+    # the version it always reaches, before any other rule.
+    identity_pins: dict[str, Name] = {}
 
 
 class VersionConfig(Frozen):
@@ -153,6 +156,15 @@ class Route(Frozen):
         baseline = self.analysis.baseline if self.analysis is not None else None
         facts = RouteFacts(tuple(self.versions), self.strategy, self.active, baseline, rollout)
         if problems := route_problems(facts):
+            raise Located(problems)
+        return self
+
+    @model_validator(mode="after")
+    def _identity_pins(self) -> Route:
+        problems = [(("sticky", "identity_pins", who), f"unknown version {version!r}")
+                    for who, version in self.sticky.identity_pins.items()
+                    if version not in self.versions]
+        if problems:
             raise Located(problems)
         return self
 

@@ -55,6 +55,8 @@ class RouteEntry:
     preview_version: str | None
     # Feeds the weighted sequence; shared by every request of this route in this table.
     counter: itertools.count[int] = field(default_factory=itertools.count)
+    # A verified client certificate's subject -> version (sticky.identity_pins, mTLS).
+    identity_pins: dict[bytes, str] = field(default_factory=dict)
 
     def matches(self, host: str, path: str) -> bool:
         if self.host is not None and host != self.host:
@@ -106,6 +108,7 @@ def build_route(
         preview_header=_lower(route.preview_header) if preview is not None else None,
         preview_token=token.encode("latin-1") if token else None,
         preview_version=preview,
+        identity_pins={k.encode("utf-8"): v for k, v in sticky.identity_pins.items()},
     )
 
 

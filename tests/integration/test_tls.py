@@ -214,3 +214,27 @@ async def test_certificates_are_replaced_under_load_without_losing_a_request(
     # Reported as a bad config edit is: the file and the reason.
     (refused,) = [r.getMessage() for r in caplog.records if "reload refused" in r.getMessage()]
     assert f"{site.cert}: does not load" in refused, refused
+
+
+async def test_an_identity_pin_sends_that_client_to_its_version(
+        tmp_path: Path, ca: trustme.CA) -> None:
+    site = issue(ca, tmp_path, "site", "localhost")
+    ca_file = write_ca(ca, tmp_path)
+    tester = issue(ca, tmp_path, "tester", "qa.internal", common_name="qa-bot",
+                   organization_name="acme", organization_unit_name="qa")
+    someone = issue(ca, tmp_path, "someone", "user.internal", common_name="someone")
+    async with run_upstream("stable") as stable, run_upstream("canary") as canary:
+        cfg = proxy_config(
+            [route({"stable": stable.url, "canary": canary.url}, {"stable": 1, "canary": 0},
+                   sticky={"pin_header": "X-Splitproxy-Version",
+                           "identity_pins": {"CN=qa-bot,OU=qa,O=acme": "canary"}})],
+            listen=[tls_listener(site.listener(), client_ca=str(ca_file))])
+        async with run_proxy(cfg) as srv:
+            served = {}
+            for name, cert in (("tester", tester), ("someone", someone)):
+                async with tls_client(srv.ports[0], client_context(ca_file, cert)) as c:
+                    # A header pin cannot move a pinned identity.
+                    resp = await c.request("GET", "/", headers={
+                        "X-Splitproxy-Version": "stable"})
+                    served[name] = resp.header("x-served-by")
+    assert served == {"tester": "canary", "someone": "stable"}

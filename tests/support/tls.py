@@ -39,13 +39,14 @@ def write_ca(ca: trustme.CA, directory: Path, name: str = "ca.pem") -> Path:
 
 
 def issue(ca: trustme.CA, directory: Path, stem: str, *identities: str,
-          common_name: str | None = None, expired: bool = False) -> CertFiles:
-    """A leaf certificate for `identities` (host names or IPs) written as stem.pem/stem.key."""
-    kw: dict[str, Any] = {}
+          common_name: str | None = None, expired: bool = False, **subject: str) -> CertFiles:
+    """A leaf certificate for `identities` (host names or IPs) written as stem.pem/stem.key;
+    `subject`: trustme's organization_name / organization_unit_name."""
+    kw: dict[str, Any] = dict(subject)
     if expired:
         now = datetime.datetime.now(datetime.UTC)
-        kw = {"not_before": now - datetime.timedelta(days=10),
-              "not_after": now - datetime.timedelta(days=1)}
+        kw |= {"not_before": now - datetime.timedelta(days=10),
+               "not_after": now - datetime.timedelta(days=1)}
     leaf = ca.issue_cert(*identities, common_name=common_name, **kw)
     files = CertFiles(directory / f"{stem}.pem", directory / f"{stem}.key")
     with open(files.cert, "wb") as f:

@@ -131,3 +131,16 @@ routes:
     weights: {{stable: 1}}
 """))
     assert len(problems) == 1 and f"{bad}: not a CA bundle" in problems[0], problems
+
+
+def test_an_identity_pin_names_a_version(tmp_path: Path) -> None:
+    problems = errors(write(tmp_path, "", """\
+routes:
+  - name: shop
+    versions:
+      stable: {endpoints: ["http://127.0.0.1:9001"]}
+    weights: {stable: 1}
+    sticky: {identity_pins: {"CN=qa-bot": canary}}
+"""))
+    assert problems == ["routes[0].sticky.identity_pins.CN=qa-bot: unknown version 'canary'"], \
+        problems

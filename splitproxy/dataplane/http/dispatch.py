@@ -74,6 +74,9 @@ def build_exchange(down: DownstreamProtocol, parser: httptools.HttpRequestParser
     plan = entry.plan
     pin_name = pinned(entry, seen) \
         if entry.pin_header is not None or entry.preview_header is not None else None
+    if identity is not None and entry.identity_pins:
+        # A verified identity outranks a header anyone can send.
+        pin_name = entry.identity_pins.get(identity, pin_name)
     cookie_name = sticky(route, seen) if route.cookie is not None else None
     hash_key = seen.get(entry.hash_header) if entry.hash_header is not None else None
     chosen = choose(plan, next(entry.counter), pin_name, cookie_name, hash_key)
