@@ -161,9 +161,10 @@ class Route(Frozen):
 
     @model_validator(mode="after")
     def _identity_pins(self) -> Route:
-        problems = [(("sticky", "identity_pins", who), f"unknown version {version!r}")
-                    for who, version in self.sticky.identity_pins.items()
-                    if version not in self.versions]
+        problems: list[Problem] = [
+            (("sticky", "identity_pins", who), f"unknown version {version!r}")
+            for who, version in self.sticky.identity_pins.items()
+            if version not in self.versions]
         if problems:
             raise Located(problems)
         return self
