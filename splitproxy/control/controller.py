@@ -256,6 +256,9 @@ class Controller:
     def proxy_errors(self) -> dict[str, int]:
         return dict(self.server.stats.local)
 
+    def tls_reloads(self) -> dict[str, int]:
+        return dict(self.server.stats.tls_reloads)
+
     def version_stats(self) -> Iterable[VersionStats]:
         return self.server.stats.all()
 

@@ -4,7 +4,7 @@ sends `Ready`, then a `Report` four times a second, and `Stopped` when it is don
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from splitproxy.config.models import Config
 from splitproxy.dataplane.plane import EndpointHealth
@@ -97,11 +97,13 @@ class Report:
     bad_requests: int
     local: dict[str, int]
     health: tuple[EndpointHealth, ...]
+    tls_reloads: dict[str, int] = field(default_factory=dict)
 
     @classmethod
     def of(cls, stats: Stats, health: list[EndpointHealth]) -> Report:
         return cls(tuple(Counters.of(s) for s in (*stats.all(), *stats.synthetic())),
-                   stats.bad_requests, dict(stats.local), tuple(health))
+                   stats.bad_requests, dict(stats.local), tuple(health),
+                   dict(stats.tls_reloads))
 
 
 @dataclass(frozen=True, slots=True)

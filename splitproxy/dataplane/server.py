@@ -119,6 +119,12 @@ class ProxyServer:
             for server_tls in self.tls:
                 if server_tls is not None:
                     server_tls.check()
+            self._count_reloads()
+
+    def _count_reloads(self) -> None:
+        present = [t for t in self.tls if t is not None]
+        self.stats.tls_reloads = {"success": sum(t.reloads for t in present),
+                                  "error": sum(t.failures for t in present)}
 
     async def _sweep(self, state: ServerState) -> None:
         """Enforce client, idle and response timeouts for every connection, a few times a second.
@@ -141,6 +147,7 @@ class ProxyServer:
         for server_tls, lst in zip(self.tls, config.listen, strict=False):
             if server_tls is not None and lst.tls is not None:
                 server_tls.update(lst.tls)
+        self._count_reloads()
         self._configure_pools()
         self.install(routing)
 

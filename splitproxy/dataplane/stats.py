@@ -86,6 +86,9 @@ class Stats:
         self.bad_requests = 0  # 4xx answered before a route/version was chosen
         # The proxy's own failures, by kind (LOCAL_KINDS): never any version's.
         self.local: dict[str, int] = dict.fromkeys(LOCAL_KINDS, 0)
+        # Certificate sets reloaded after their files changed, by result (success, error):
+        # written by the server's certificate check, not the hot path.
+        self.tls_reloads: dict[str, int] = {"success": 0, "error": 0}
 
     def count_local(self, kind: str) -> None:
         self.local[kind] = self.local.get(kind, 0) + 1

@@ -73,6 +73,8 @@ class WorkerPool:
         for report in (*self._retired, *(w.report for w in self._workers.values())):
             for kind, n in report.local.items():
                 total.local[kind] = total.local.get(kind, 0) + n
+            for result, n in report.tls_reloads.items():
+                total.tls_reloads[result] = total.tls_reloads.get(result, 0) + n
             total.bad_requests += report.bad_requests
             for c in report.counters:
                 c.add_to(total.get(c.route, c.version, c.synthetic))

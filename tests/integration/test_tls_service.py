@@ -14,7 +14,14 @@ from splitproxy.control.service import Service
 from tests.support.configs import proxy_config, route
 from tests.support.ports import free_port
 from tests.support.rawhttp import get
-from tests.support.service import generation, running_service, write_config
+from tests.support.service import (
+    admin,
+    generation,
+    metric,
+    running_service,
+    scrape,
+    write_config,
+)
 from tests.support.tls import client_context, issue, peer_names, tls_client, write_ca
 from tests.support.upstream import run_upstream
 from tests.support.waiting import wait_until
@@ -25,7 +32,8 @@ def listeners(plain: int, secure: int, cert: dict[str, Any]) -> list[dict[str, A
             {"address": f"127.0.0.1:{secure}", "tls": {"certificates": [cert]}}]
 
 
-async def test_every_worker_serves_every_listener(tmp_path: Path) -> None:
+async def test_every_worker_serves_every_listener_and_counts_a_refused_reload(
+        tmp_path: Path) -> None:
     ca = trustme.CA()
     site = issue(ca, tmp_path, "site", "localhost")
     ca_file = write_ca(ca, tmp_path)
@@ -47,10 +55,22 @@ async def test_every_worker_serves_every_listener(tmp_path: Path) -> None:
                     assert r.status == 200
                     pairs = json.loads(r.body)["headers"]
                     protos |= {v for k, v in pairs if k.lower() == "x-forwarded-proto"}
+            # A broken certificate: each worker refuses it, the metric sums them.
+            site.cert.write_text("not a certificate")
+            async with admin(svc) as session:
+
+                async def refused() -> bool:
+                    samples = await scrape(session)
+                    return metric(samples, "splitproxy_tls_certificate_reloads_total",
+                                  result="error") == 2
+
+                await wait_until(refused, 10, "both workers' refusals in /metrics")
+            async with tls_client(secure, client_context(ca_file)) as c:
+                assert (await c.request("GET", "/")).status == 200  # the old one serves on
         finally:
             await svc.stop(drain=1.0)
     assert protos == {"http", "https"}
-    assert up.requests == 20
+    assert up.requests == 21
 
 
 async def test_a_reload_naming_new_certificate_files_serves_them(tmp_path: Path) -> None:
