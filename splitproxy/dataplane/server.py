@@ -7,6 +7,7 @@ import logging
 from collections.abc import Callable
 
 from splitproxy.config.models import Config, Timeouts
+from splitproxy.config.tls import Listener
 from splitproxy.dataplane.http import health
 from splitproxy.dataplane.http.downstream import DownstreamProtocol, sweep
 from splitproxy.dataplane.http.listener import ListenerInfo
@@ -44,6 +45,7 @@ class ProxyServer:
         self._state: ServerState | None = None
         self._servers: list[asyncio.Server] = []
         self._tls_checker: asyncio.Task[None] | None = None
+        self._bound: tuple[Listener, ...] = ()  # the listeners start() bound
         self._sweeper: asyncio.Task[None] | None = None
         self._pools: Pools | None = None
 
@@ -76,6 +78,7 @@ class ProxyServer:
                                 config.health)
         state = self._state = ServerState(loop, runtime, config.timeouts, config.limits,
                                           self.stats)
+        self._bound = config.listen
         self.tls = [ServerTls(lst.tls) if lst.tls is not None else None
                     for lst in config.listen]
         https = next((i for i, lst in enumerate(config.listen) if lst.tls is not None), None)
@@ -143,9 +146,10 @@ class ProxyServer:
         if state is not None:
             state.timeouts = config.timeouts
             state.limits = config.limits
-        # Addresses need a restart; a listener's certificates and TLS policy do not.
-        for server_tls, lst in zip(self.tls, config.listen, strict=False):
-            if server_tls is not None and lst.tls is not None:
+        # Addresses need a restart; a listener's certificates do not (its TLS policy does,
+        # see ServerTls.update). Matched by address: a changed list waits for the restart.
+        for server_tls, bound, lst in zip(self.tls, self._bound, config.listen, strict=False):
+            if server_tls is not None and lst.tls is not None and lst.address == bound.address:
                 server_tls.update(lst.tls)
         self._count_reloads()
         self._configure_pools()
