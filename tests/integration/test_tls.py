@@ -17,7 +17,7 @@ import trustme
 from splitproxy.dataplane.server import ProxyServer
 from tests.support.configs import proxy_config, route
 from tests.support.proxy import run_proxy
-from tests.support.rawhttp import get
+from tests.support.rawhttp import get, raw_client
 from tests.support.tls import CertFiles, client_context, issue, peer_names, tls_client, write_ca
 from tests.support.upstream import Upstream, run_upstream
 from tests.support.waiting import wait_until
@@ -239,3 +239,16 @@ async def test_an_identity_pin_sends_that_client_to_its_version(
                         "X-Splitproxy-Version": "stable"})
                     served[name] = resp.header("x-served-by")
     assert served == {"tester": "canary", "someone": "stable"}
+
+
+async def test_a_client_that_never_finishes_its_handshake_is_closed(
+        tmp_path: Path, ca: trustme.CA) -> None:
+    """The handshake counts against timeouts.client_header (asyncio's own default is 60 s)."""
+    site = issue(ca, tmp_path, "site", "localhost")
+    async with run_upstream("stable") as up:
+        cfg = config(up, tls_listener(site.listener()))
+        cfg["timeouts"]["client_header"] = "0.3s"
+        async with run_proxy(cfg) as srv:
+            async with raw_client(srv.ports[0]) as c:
+                await c.send(b"\x16\x03\x01")  # the start of a ClientHello, and no more
+                assert await c.is_closed(timeout=5)  # not after asyncio's 60 s
