@@ -21,6 +21,7 @@ import os
 import re
 import resource
 import signal
+import ssl
 import subprocess
 import sys
 import time
@@ -95,13 +96,13 @@ class Starter(Protocol):
 
 
 def measure_idle(children: Starter, name: str, pid: int, port: int,
-                 connections: int) -> dict[str, Any]:
+                 connections: int, tls: bool = False) -> dict[str, Any]:
     """RSS of `pid`'s process tree before and while `connections` idle keep-alive connections
     are held open to `port` by an `idle_clients.py` helper; sizes in MB (10^6 bytes)."""
     before, _ = rss_tree(pid)
     helper = f"idle-{name}"
     argv = [sys.executable, str(Path(__file__).resolve()), str(port),
-            "--connections", str(connections)]
+            "--connections", str(connections)] + (["--tls"] if tls else [])
     proc = children.start(helper, argv)
     log = children.logdir / f"{helper}.log"
     deadline = time.monotonic() + 60.0 + connections / 500
@@ -157,10 +158,12 @@ def memory_markdown(rows: list[dict[str, Any]]) -> str:
 
 
 async def _one(port: int, gate: asyncio.Semaphore,
-               held: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]]) -> bool:
+               held: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]],
+               tls: ssl.SSLContext | None = None) -> bool:
     async with gate:
         try:
-            reader, writer = await asyncio.wait_for(asyncio.open_connection(HOST, port), 10)
+            reader, writer = await asyncio.wait_for(asyncio.open_connection(
+                HOST, port, ssl=tls, server_hostname="localhost" if tls else None), 10)
             writer.write(REQUEST)
             head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
             length = 0
@@ -179,10 +182,15 @@ async def _one(port: int, gate: asyncio.Semaphore,
         return True
 
 
-async def hold(port: int, connections: int, concurrency: int) -> int:
+async def hold(port: int, connections: int, concurrency: int, tls: bool = False) -> int:
     gate = asyncio.Semaphore(concurrency)
     held: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
-    results = await asyncio.gather(*(_one(port, gate, held) for _ in range(connections)))
+    ctx = None
+    if tls:  # the benchmark's own throwaway certificate: nothing to verify
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+    results = await asyncio.gather(*(_one(port, gate, held, ctx) for _ in range(connections)))
     opened = sum(results)
     print(f"ready opened={opened} failed={connections - opened}", flush=True)
     stop = asyncio.Event()
@@ -203,13 +211,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("port", type=int)
     p.add_argument("--connections", type=int, default=10_000)
     p.add_argument("--concurrency", type=int, default=200, help="connections opened at a time")
+    p.add_argument("--tls", action="store_true", help="TLS connections (certificate unchecked)")
     args = p.parse_args(argv)
     limit = raise_nofile(args.connections + 256)
     if limit < args.connections + 16:
         sys.stderr.write(f"RLIMIT_NOFILE is {limit}: cannot hold {args.connections}\n")
         return 2
     sys.stderr.write(f"idle_clients: pid {os.getpid()}, RLIMIT_NOFILE {limit}\n")
-    return asyncio.run(hold(args.port, args.connections, args.concurrency))
+    return asyncio.run(hold(args.port, args.connections, args.concurrency, args.tls))
 
 
 if __name__ == "__main__":

@@ -71,16 +71,18 @@ class HostPort(str):
 
 
 class EndpointUrl(str):
-    """An upstream endpoint, `http://host[:port]` without path or query; `address` is its host
-    (lower case, no brackets) and port (80 when the URL names none)."""
+    """An upstream endpoint, `http://host[:port]` or `https://host[:port]` without path or
+    query; `address` is its host (lower case, no brackets) and port (80 or 443 when the URL
+    names none); `secure` is true for https."""
 
     address: HostPort
+    secure: bool
 
     def __new__(cls, text: str) -> EndpointUrl:
         try:
             parts = urlsplit(text)
             # .port raises for a port that is not a number in 0..65535; none at all means 80.
-            ok = parts.scheme == "http" and bool(parts.hostname) and parts.port != 0
+            ok = parts.scheme in ("http", "https") and bool(parts.hostname) and parts.port != 0
         except ValueError:
             ok = False
         if not ok or parts.username:
@@ -89,7 +91,8 @@ class EndpointUrl(str):
             raise ValueError(f"endpoint {text!r} must not have a path or query")
         self = super().__new__(cls, text)
         assert parts.hostname is not None
-        self.address = HostPort.of(parts.hostname, parts.port or 80)
+        self.secure = parts.scheme == "https"
+        self.address = HostPort.of(parts.hostname, parts.port or (443 if self.secure else 80))
         return self
 
     @classmethod

@@ -28,6 +28,13 @@ from splitproxy.config.crossfield import (
 )
 from splitproxy.config.guard import Analysis
 from splitproxy.config.steps import PreSwitch, Rollout
+from splitproxy.config.tls import (
+    Listener,
+    Listeners,
+    UpstreamTls,
+    listener_problems,
+    listeners_text,
+)
 from splitproxy.config.units import (
     TOKEN,
     Duration,
@@ -107,10 +114,14 @@ class Sticky(Frozen):
     cookie: Token = None
     # The cookie names the version and the rollout run; it also expires after this long.
     cookie_max_age: Annotated[Duration, Field(gt=0)] = 86400.0
+    # mTLS: a verified client certificate's subject (as sent in X-Client-Cert-Subject) ->
+    # the version it always reaches, before any other rule.
+    identity_pins: dict[str, Name] = {}
 
 
 class VersionConfig(Frozen):
     endpoints: tuple[Endpoint, ...] = Field(min_length=1)
+    tls: UpstreamTls | None = None  # for its https:// endpoints (default: verified, system CAs)
 
 
 
@@ -157,6 +168,16 @@ class Route(Frozen):
             if self.pre_switch.analysis and self.analysis is None:
                 raise Located([(("pre_switch", "analysis"),
                                 "judges with the route's `analysis`: configure one")])
+        return self
+
+    @model_validator(mode="after")
+    def _identity_pins(self) -> Route:
+        problems: list[Problem] = [
+            (("sticky", "identity_pins", who), f"unknown version {version!r}")
+            for who, version in self.sticky.identity_pins.items()
+            if version not in self.versions]
+        if problems:
+            raise Located(problems)
         return self
 
     @property
@@ -240,7 +261,7 @@ class State(Frozen):
 
 
 class Config(Frozen):
-    listen: Listen = HostPort("127.0.0.1:8080")
+    listen: Listeners = (Listener(address=HostPort("127.0.0.1:8080")),)
     admin: AdminConfig = AdminConfig()
     logging: Logging = Logging()
     routes: tuple[Route, ...] = Field(min_length=1)
@@ -258,13 +279,16 @@ class Config(Frozen):
 
     @model_validator(mode="after")
     def _distinct_ports(self) -> Config:
-        if problems := address_problems(self.listen, self.admin.listen):
+        problems = [p for lst in self.listen for p in address_problems(lst.address,
+                                                                       self.admin.listen)]
+        problems += [(("listen",), message) for message in listener_problems(self.listen)]
+        if problems:
             raise Located(problems)
         return self
 
 
 def _recheck(data: Mapping[object, object]) -> list[Problem]:
-    return recheck(data, Config.model_fields["listen"].default,
+    return recheck(data, Config.model_fields["listen"].default[0].address,
                    AdminConfig.model_fields["listen"].default)
 
 
@@ -299,7 +323,7 @@ def _percent(weight: float, total: float) -> str:
 
 def describe(config: Config) -> str:
     """Human summary of what the proxy would do, for `splitproxy check`."""
-    lines = [f"listen {config.listen}, admin {config.admin.listen}"]
+    lines = [f"listen {listeners_text(config.listen)}, admin {config.admin.listen}"]
     for route in config.routes:
         host = route.match.host or "any host"
         lines.append(f"route {route.name}: {host}, path prefix {route.match.path_prefix}")

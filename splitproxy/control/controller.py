@@ -20,6 +20,7 @@ from prometheus_client.core import Metric
 from splitproxy.config import isolate
 from splitproxy.config.isolate import load_in_child
 from splitproxy.config.models import Config, ConfigError, load
+from splitproxy.config.tls import listeners_text
 from splitproxy.config.yamlload import MAX_CONFIG_BYTES
 from splitproxy.control.adminguard import AdminGuard
 from splitproxy.control.clock import SYSTEM, Clock
@@ -258,6 +259,9 @@ class Controller:
     def proxy_errors(self) -> dict[str, int]:
         return dict(self.server.stats.local)
 
+    def tls_reloads(self) -> dict[str, int]:
+        return dict(self.server.stats.tls_reloads)
+
     def version_stats(self) -> Iterable[VersionStats]:
         return self.server.stats.all()
 
@@ -359,7 +363,8 @@ class Controller:
 
 def _restart_only(old: Config, new: Config) -> list[tuple[str, str, str]]:
     """(field, old value, new value) of the settings a reload does not apply."""
-    return [("listen", old.listen, new.listen),
+    # A listener's address and scheme; its certificates and TLS settings are reloaded.
+    return [("listen", listeners_text(old.listen), listeners_text(new.listen)),
             ("admin.listen", old.admin.listen, new.admin.listen),
             ("logging.format", old.logging.format, new.logging.format)]
 

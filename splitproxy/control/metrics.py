@@ -35,6 +35,7 @@ class MetricsSource(Protocol):
     def endpoints(self) -> Iterable[tuple[str, str, str, bool]]: ...  # route, version, ep, up
     def reload_counts(self) -> dict[str, int]: ...
     def proxy_errors(self) -> dict[str, int]: ...  # the proxy's own 503s, by kind
+    def tls_reloads(self) -> dict[str, int]: ...  # certificate reloads, by result
     def generation(self) -> int: ...
     def rollout_metrics(self) -> Iterable[Metric]: ...
     def worker_usage(self) -> Iterable[tuple[int, Usage]]: ...  # worker index, its use
@@ -116,6 +117,14 @@ class SplitproxyCollector(Collector):
         for kind, n in src.proxy_errors().items():
             own.add_metric([kind], n)
         yield own
+        certs = CounterMetricFamily(
+            "splitproxy_tls_certificate_reloads",
+            "TLS listeners' certificate sets reloaded after their files changed, by result "
+            "(error: refused, the old ones serve on)", labels=["result"],
+        )
+        for result, n in src.tls_reloads().items():
+            certs.add_metric([result], n)
+        yield certs
         yield GaugeMetricFamily(
             "splitproxy_config_generation", "Generation of the config being served",
             value=src.generation(),

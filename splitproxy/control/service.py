@@ -14,8 +14,8 @@ from typing import TypeVar
 from aiohttp import web
 
 from splitproxy.config import logformat
-from splitproxy.config.address import HostPort
 from splitproxy.config.models import load
+from splitproxy.config.tls import listeners_text
 from splitproxy.control.admin import bound_port, start_admin
 from splitproxy.control.adminguard import AdminGuard
 from splitproxy.control.clock import SYSTEM, Clock
@@ -55,7 +55,8 @@ class Service:
         config = self.controller.config
         routing = await self.controller.prepare()
         try:
-            await _listening(self.proxy.start(routing), "listen", config.listen)
+            await _listening(self.proxy.start(routing), "listen",
+                             listeners_text(config.listen))
             self._admin = await _listening(start_admin(self.controller, self.guard),
                                            "admin.listen", config.admin.listen)
         except BaseException:
@@ -77,7 +78,7 @@ class ListenError(Exception):
     binding it needs a privilege the process lacks."""
 
 
-async def _listening(start: Awaitable[T], what: str, address: HostPort) -> T:
+async def _listening(start: Awaitable[T], what: str, address: str) -> T:
     try:
         return await start
     except OSError as exc:

@@ -4,7 +4,7 @@ sends `Ready`, then a `Report` four times a second, and `Stopped` when it is don
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from splitproxy.config.headerroute import HeaderRoute
 from splitproxy.config.models import Config
@@ -105,12 +105,14 @@ class Report:
     local: dict[str, int]
     health: tuple[EndpointHealth, ...]
     usage: Usage | None = None  # its memory, CPU and descriptors (None: no /proc)
+    tls_reloads: dict[str, int] = field(default_factory=dict)  # certificate reloads
 
     @classmethod
     def of(cls, stats: Stats, health: list[EndpointHealth], usage: Usage | None = None
            ) -> Report:
         return cls(tuple(Counters.of(s) for s in (*stats.all(), *stats.synthetic())),
-                   stats.bad_requests, dict(stats.local), tuple(health), usage)
+                   stats.bad_requests, dict(stats.local), tuple(health), usage,
+                   dict(stats.tls_reloads))
 
 
 @dataclass(frozen=True, slots=True)

@@ -4,17 +4,21 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 
 from splitproxy.config.models import Config, Timeouts
+from splitproxy.config.tls import Listener
 from splitproxy.dataplane.http import health
 from splitproxy.dataplane.http.accesslog import protocol_for
 from splitproxy.dataplane.http.downstream import DownstreamProtocol, sweep
+from splitproxy.dataplane.http.listener import ListenerInfo
 from splitproxy.dataplane.http.pool import Pools
 from splitproxy.dataplane.http.runtime import Runtime, compile_table
 from splitproxy.dataplane.http.state import ServerState
 from splitproxy.dataplane.plane import EndpointHealth
 from splitproxy.dataplane.procstats import Usage
 from splitproxy.dataplane.stats import Stats
+from splitproxy.dataplane.tls import ServerTls
 from splitproxy.routing import table
 
 log = logging.getLogger("splitproxy.dataplane.server")
@@ -29,7 +33,7 @@ def sweep_tick(t: Timeouts) -> float:
 
 
 class ProxyServer:
-    """One data-plane process: accepts clients on `config.listen` and proxies them; a
+    """One data-plane process: accepts clients on every `config.listen` address, proxies them; a
     `plane.DataPlane`. Its connections see only its `ServerState`, made by `start()`."""
 
     def __init__(self, config: Config, reuse_port: bool = False) -> None:
@@ -38,8 +42,12 @@ class ProxyServer:
         self.reuse_port = reuse_port
         self.listening = False
         self.port = 0  # the port bound by start(): the real one when the config asks for 0
+        self.ports: list[int] = []  # every listener's, in the order of `listen`
+        self.tls: list[ServerTls | None] = []  # every listener's TLS contexts
         self._state: ServerState | None = None
-        self._server: asyncio.Server | None = None
+        self._servers: list[asyncio.Server] = []
+        self._tls_checker: asyncio.Task[None] | None = None
+        self._bound: tuple[Listener, ...] = ()  # the listeners start() bound
         self._sweeper: asyncio.Task[None] | None = None
         self._pools: Pools | None = None
 
@@ -72,15 +80,56 @@ class ProxyServer:
                                 config.health)
         state = self._state = ServerState(loop, runtime, config.timeouts, config.limits,
                                           self.stats, protocol_for(config))
-        host, port = config.listen.host, config.listen.port
-        self._server = await loop.create_server(
-            state.accept, host, port, backlog=2048, reuse_address=True,
-            reuse_port=self.reuse_port or None,
-        )
-        self.port = self._server.sockets[0].getsockname()[1]
+        self._bound = config.listen
+        self.tls = [ServerTls(lst.tls) if lst.tls is not None else None
+                    for lst in config.listen]
+        https = next((i for i, lst in enumerate(config.listen) if lst.tls is not None), None)
+        ports: dict[int, int] = {}
+        # TLS listeners first: a redirect names the TLS port, the real one when it asked for 0.
+        order = sorted(range(len(config.listen)), key=lambda i: config.listen[i].tls is None)
+        try:
+            for index in order:
+                lst = config.listen[index]
+                server_tls = self.tls[index]
+                redirect = ports[https] if lst.redirect_to_https and https is not None else None
+                info = ListenerInfo(lst.scheme.encode(), redirect, server_tls is not None)
+                server = await loop.create_server(
+                    _factory(state, info), lst.address.host, lst.address.port, backlog=2048,
+                    reuse_address=True, reuse_port=self.reuse_port or None,
+                    ssl=server_tls.context if server_tls is not None else None,
+                    # A handshake is part of the request head's time (asyncio's default: 60 s).
+                    ssl_handshake_timeout=config.timeouts.client_header
+                    if server_tls is not None else None,
+                )
+                self._servers.append(server)
+                ports[index] = server.sockets[0].getsockname()[1]
+                log.info("proxy listening on %s://%s:%d", lst.scheme, lst.address.host,
+                         ports[index])
+        except BaseException:
+            for server in self._servers:
+                server.close()
+            raise
+        self.ports = [ports[i] for i in range(len(config.listen))]
+        self.port = self.ports[0]
         self.listening = True
         self._sweeper = loop.create_task(self._sweep(state))
-        log.info("proxy listening on %s:%d", host, self.port)
+        if any(self.tls):
+            self._tls_checker = loop.create_task(self._check_certificates())
+
+    async def _check_certificates(self) -> None:
+        """Reload certificates whose files changed (a stat per file per tick)."""
+        while True:
+            intervals = [t.tls.reload_interval for t in self.tls if t is not None]
+            await asyncio.sleep(min(intervals))
+            for server_tls in self.tls:
+                if server_tls is not None:
+                    server_tls.check()
+            self._count_reloads()
+
+    def _count_reloads(self) -> None:
+        present = [t for t in self.tls if t is not None]
+        self.stats.tls_reloads = {"success": sum(t.reloads for t in present),
+                                  "error": sum(t.failures for t in present)}
 
     async def _sweep(self, state: ServerState) -> None:
         """Enforce client, idle and response timeouts for every connection, a few times a second.
@@ -101,6 +150,12 @@ class ProxyServer:
             state.timeouts = config.timeouts
             state.limits = config.limits
             state.protocol = protocol_for(config)
+        # Addresses need a restart; a listener's certificates do not (its TLS policy does,
+        # see ServerTls.update). Matched by address: a changed list waits for the restart.
+        for server_tls, bound, lst in zip(self.tls, self._bound, config.listen, strict=False):
+            if server_tls is not None and lst.tls is not None and lst.address == bound.address:
+                server_tls.update(lst.tls)
+        self._count_reloads()
         self._configure_pools()
         self.install(routing)
 
@@ -136,8 +191,10 @@ class ProxyServer:
             return  # never started: nothing listens, nothing to drain
         if drain is None:
             drain = state.timeouts.drain
-        if self._server is not None:
-            self._server.close()
+        for server in self._servers:
+            server.close()
+        if self._tls_checker is not None:
+            self._tls_checker.cancel()
         self.listening = False
         state.draining = True
         connections = state.connections
@@ -160,3 +217,11 @@ class ProxyServer:
             self._pools.close()
         await asyncio.sleep(0)
         log.info("proxy stopped")
+
+
+def _factory(state: ServerState, info: ListenerInfo) -> Callable[[], DownstreamProtocol]:
+    def make() -> DownstreamProtocol:
+        protocol = state.accept()  # the access log's class when it is on
+        protocol.listener = info
+        return protocol
+    return make

@@ -14,7 +14,9 @@ LATENCY_BUCKETS: tuple[float, ...] = (
 )
 
 # Upstream failure kinds, as in splitproxy_upstream_errors_total{kind}.
-ERROR_KINDS = ("connect", "timeout", "reset", "protocol")
+# "tls": the handshake with an https:// endpoint failed (certificate refused, no shared
+# protocol or cipher), told apart from "connect" because the fix is a setting, not a network.
+ERROR_KINDS = ("connect", "timeout", "reset", "protocol", "tls")
 
 # The proxy's own 503s: "overload" (client connections, requests waiting for an upstream
 # connection, or waiting too long), "resource" (out of descriptors, buffers, memory, ports).
@@ -84,6 +86,9 @@ class Stats:
         self.bad_requests = 0  # 4xx answered before a route/version was chosen
         # The proxy's own failures, by kind (LOCAL_KINDS): never any version's.
         self.local: dict[str, int] = dict.fromkeys(LOCAL_KINDS, 0)
+        # Certificate sets reloaded after their files changed, by result (success, error):
+        # written by the server's certificate check, not the hot path.
+        self.tls_reloads: dict[str, int] = {"success": 0, "error": 0}
 
     def count_local(self, kind: str) -> None:
         self.local[kind] = self.local.get(kind, 0) + 1

@@ -18,6 +18,7 @@ from multiprocessing.process import BaseProcess
 
 from splitproxy.config import logformat
 from splitproxy.config.models import Config
+from splitproxy.config.tls import listeners_text
 from splitproxy.dataplane.messages import (
     FromWorker,
     Ready,
@@ -52,13 +53,14 @@ class WorkerPool:
     """The data plane as N processes; a `plane.DataPlane` for the controller."""
 
     def __init__(self, config: Config, count: int) -> None:
-        if config.listen.port == 0:
+        if any(lst.address.port == 0 for lst in config.listen):
             raise ValueError("--workers > 1 needs a fixed listen port, not port 0")
         self.config = config
         self.count = count
         self.listening = False
         self.draining = False
-        self.port = config.listen.port
+        self.port = config.listen[0].address.port
+        self.ports = [lst.address.port for lst in config.listen]
         self._workers: dict[int, _Worker] = {}
         self._routing: table.RoutingTable = table.build(config)
         # Counters of workers that died, so totals never drop.
@@ -72,6 +74,8 @@ class WorkerPool:
         for report in (*self._retired, *(w.report for w in self._workers.values())):
             for kind, n in report.local.items():
                 total.local[kind] = total.local.get(kind, 0) + n
+            for result, n in report.tls_reloads.items():
+                total.tls_reloads[result] = total.tls_reloads.get(result, 0) + n
             total.bad_requests += report.bad_requests
             for c in report.counters:
                 c.add_to(total.get(c.route, c.version, c.synthetic))
@@ -115,7 +119,7 @@ class WorkerPool:
         await asyncio.wait_for(
             asyncio.gather(*(w.ready for w in self._workers.values())), START_TIMEOUT)
         self.listening = True
-        log.info("%d workers listening on %s", self.count, self.config.listen)
+        log.info("%d workers listening on %s", self.count, listeners_text(self.config.listen))
 
     def _spawn(self, index: int) -> None:
         parent, child = self._ctx.Pipe()

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from splitproxy.config.address import EndpointUrl
 from splitproxy.config.headerroute import HeaderRoute
 from splitproxy.config.models import Config, Route, Strategy
+from splitproxy.config.tls import UpstreamTls
 from splitproxy.routing.choose import RoutePlan, make_plan, pin_values, sticky_value
 from splitproxy.routing.steer import Rule, compile_rules
 
@@ -19,14 +20,20 @@ NO_RUN = "0"  # the run of a table built without rollout state (no engine: tests
 class Endpoint:
     host: str
     port: int
+    tls: UpstreamTls | None = None  # an https:// endpoint: how it is reached
 
     @property
     def key(self) -> str:
         return f"{self.host}:{self.port}"
 
     @classmethod
-    def of(cls, url: EndpointUrl) -> Endpoint:
-        return cls(url.address.host, url.address.port)
+    def of(cls, url: EndpointUrl, tls: UpstreamTls | None = None) -> Endpoint:
+        if not url.secure:
+            return cls(url.address.host, url.address.port)
+        return cls(url.address.host, url.address.port, tls or DEFAULT_UPSTREAM_TLS)
+
+
+DEFAULT_UPSTREAM_TLS = UpstreamTls()
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +60,8 @@ class RouteEntry:
     steer_rules: tuple[Rule, ...]
     # Feeds the weighted sequence; shared by every request of this route in this table.
     counter: itertools.count[int] = field(default_factory=itertools.count)
+    # A verified client certificate's subject -> version (sticky.identity_pins, mTLS).
+    identity_pins: dict[bytes, str] = field(default_factory=dict)
 
     def matches(self, host: str, path: str) -> bool:
         if self.host is not None and host != self.host:
@@ -92,7 +101,7 @@ def build_route(
         plan=make_plan(route.name, versions, weights, baseline=route.baseline,
                        canary=route.canary if header_routes else None),
         endpoints={
-            v: tuple(Endpoint.of(url) for url in cfg.endpoints)
+            v: tuple(Endpoint.of(url, cfg.tls) for url in cfg.endpoints)
             for v, cfg in route.versions.items()
         },
         pin_header=_lower(sticky.pin_header),
@@ -109,6 +118,7 @@ def build_route(
         preview_version=preview,
         header_routes=header_routes,
         steer_rules=compile_rules(header_routes),
+        identity_pins={k.encode("utf-8"): v for k, v in sticky.identity_pins.items()},
     )
 
 

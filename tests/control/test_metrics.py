@@ -18,7 +18,7 @@ from tests.support.upstream import run_upstreams
 from tests.support.waiting import WAIT, wait_until
 
 BOUNDS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
-KINDS = {"connect", "timeout", "reset", "protocol"}
+KINDS = {"connect", "timeout", "reset", "protocol", "tls"}
 
 
 def buckets(samples: list[Sample], version: str) -> dict[float, float]:

@@ -230,7 +230,7 @@ def test_default_config_is_the_containers(stages: list[Stage]) -> None:
     copies = {i.words()[-1]: i.words()[:-1] for i in _final(stages).all("COPY")}
     assert copies[CONFIG_PATH] == ["config/docker.yaml"]
     config = load(ROOT / "config/docker.yaml")
-    assert config.listen == f"0.0.0.0:{PROXY_PORT}"
+    assert config.listen[0].address == f"0.0.0.0:{PROXY_PORT}"
     assert config.admin.listen == f"0.0.0.0:{ADMIN_PORT}"
     assert config.admin.token_file == "/etc/splitproxy/admin-token"
     assert config.state.backend == "file"

@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 
 import kubernetes_validate
 import pytest
+import trustme
 import yaml
 
 from splitproxy.config.models import Config, load
@@ -71,8 +72,8 @@ def test_the_documented_apply_creates_no_secret() -> None:
     """`kubectl apply -f config/kubernetes/` must not overwrite the Secret the operator made
     with a placeholder anyone can read here."""
     assert not _of_kind("Secret"), [d["metadata"]["name"] for d in _of_kind("Secret")]
-    (secret,) = [d for _, d in EXAMPLES if d["kind"] == "Secret"]
-    assert secret["metadata"]["name"] == "splitproxy-admin-token"
+    secrets = {d["metadata"]["name"] for _, d in EXAMPLES if d["kind"] == "Secret"}
+    assert secrets == {"splitproxy-admin-token", "splitproxy-edge-tls"}
     text = (EXAMPLE_DIR / "secret.yaml").read_text()
     assert "kubectl create secret generic splitproxy-admin-token" in text
     assert "openssl rand" in text
@@ -93,10 +94,22 @@ def test_manifest_is_valid_against_the_kubernetes_schema(doc: Doc, version: str)
 CONFIGMAPS = [d for d in DOCS if d["kind"] == "ConfigMap" and "config.yaml" in d.get("data", {})]
 
 
+TLS_DIR = "/etc/splitproxy-tls/"  # the edge's TLS Secret, mounted (edge.yaml)
+
+
 @pytest.fixture(params=CONFIGMAPS, ids=[d["metadata"]["name"] for d in CONFIGMAPS])
 def embedded(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[Path, Config]:
+    """The config as the pod reads it: with the TLS Secret's files in place (a certificate
+    from trustme where the Secret is mounted), since a config whose certificate does not load
+    is refused."""
+    text = request.param["data"]["config.yaml"]
+    if TLS_DIR in text:
+        leaf = trustme.CA().issue_cert("shop.example.com")
+        leaf.cert_chain_pems[0].write_to_path(str(tmp_path / "tls.crt"))
+        leaf.private_key_pem.write_to_path(str(tmp_path / "tls.key"))
+        text = text.replace(TLS_DIR, f"{tmp_path}/")
     path = tmp_path / "config.yaml"
-    path.write_text(request.param["data"]["config.yaml"])
+    path.write_text(text)
     return path, load(path)
 
 
@@ -112,7 +125,8 @@ def test_embedded_config_is_a_fleet_config(embedded: tuple[Path, Config]) -> Non
     """Shared state in the Redis of redis.yaml, analysis from Prometheus, listeners on the pod
     IP with the token the pods mount."""
     _, config = embedded
-    assert config.listen == "0.0.0.0:8080"
+    assert config.listen[0].address == "0.0.0.0:8080"
+    assert all(lst.address.host == "0.0.0.0" for lst in config.listen)
     assert config.admin.listen == "0.0.0.0:9901"
     assert config.admin.token_file == "/etc/splitproxy/admin-token"
     assert config.state.backend == "redis"
@@ -255,7 +269,11 @@ def test_splitproxy_pod(name: str, meta: Doc, spec: Doc, container: Doc) -> None
     assert "secret" in files["admin-token"]
     configmap = _named("ConfigMap", files["config.yaml"]["configMap"]["name"])
     config = yaml.safe_load(configmap["data"]["config.yaml"])
-    assert config["listen"].endswith(f":{ports['http']}")
+    listen = config["listen"] if isinstance(config["listen"], list) else [config["listen"]]
+    addresses = [lst if isinstance(lst, str) else lst["address"] for lst in listen]
+    assert addresses[0].endswith(f":{ports['http']}")
+    if len(addresses) > 1:  # the edge: TLS on the https port
+        assert addresses[1].endswith(f":{ports['https']}") and "tls" in listen[1]
     assert config["admin"]["listen"].endswith(f":{ports['admin']}")
 
     # Shutdown: preStop sleep, then at most `drain`, inside the grace period.

@@ -16,7 +16,7 @@ def route(
     *,
     name: str = "shop",
     match: Mapping[str, str] | None = None,
-    sticky: Mapping[str, str] | None = None,
+    sticky: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """One route dict; `versions` maps version -> endpoint URL(s). Default weights: all equal."""
     r: dict[str, Any] = {

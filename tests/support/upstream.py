@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import ssl
 import sys
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -48,10 +49,11 @@ class Upstream:
     errors: int = 0  # failures it was told to answer
     by_proxy: Counter[int] = field(default_factory=Counter)  # requests per proxy port
     runner: web.AppRunner | None = field(default=None, repr=False)
+    scheme: str = "http"  # https: served with the ssl context run_upstream was given
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{self.scheme}://127.0.0.1:{self.port}"
 
     def failing(self, request: web.Request, via: int) -> bool:
         return (self.fail_all or via in self.fail_behind
@@ -208,11 +210,12 @@ def _upstream_app(up: Upstream) -> web.Application:
     return app
 
 
-async def start_app(app: web.Application) -> tuple[web.AppRunner, int]:
+async def start_app(app: web.Application,
+                    ssl_context: ssl.SSLContext | None = None) -> tuple[web.AppRunner, int]:
     """An aiohttp application listening on a free 127.0.0.1 port: its runner and the port."""
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
     await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
+    site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=ssl_context)
     await site.start()
     return runner, int(runner.addresses[0][1])
 
@@ -228,10 +231,12 @@ async def serve_app(app: web.Application) -> AsyncIterator[int]:
 
 
 @contextlib.asynccontextmanager
-async def run_upstream(name: str, *, delay: float = 0.0) -> AsyncIterator[Upstream]:
-    """An upstream answering as `name` on a free port; stopped at the end unless it was."""
-    up = Upstream(name, delay=delay)
-    up.runner, up.port = await start_app(_upstream_app(up))
+async def run_upstream(name: str, *, delay: float = 0.0,
+                       ssl_context: ssl.SSLContext | None = None) -> AsyncIterator[Upstream]:
+    """An upstream answering as `name` on a free port (over TLS with `ssl_context`); stopped
+    at the end unless it was."""
+    up = Upstream(name, delay=delay, scheme="https" if ssl_context is not None else "http")
+    up.runner, up.port = await start_app(_upstream_app(up), ssl_context)
     try:
         yield up
     finally:

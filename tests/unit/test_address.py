@@ -62,7 +62,7 @@ def test_the_config_parses_addresses_once_and_they_survive_pickling() -> None:
     })
     again = pickle.loads(pickle.dumps(config))
     assert again == config
-    assert (again.listen.host, again.listen.port) == ("0.0.0.0", 8080)
+    assert (again.listen[0].address.host, again.listen[0].address.port) == ("0.0.0.0", 8080)
     assert (again.admin.listen.host, again.admin.listen.port) == ("::1", 9901)
     [endpoint] = again.routes[0].versions["stable"].endpoints
     assert isinstance(endpoint, EndpointUrl) and endpoint.address.port == 9001

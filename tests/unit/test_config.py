@@ -51,7 +51,7 @@ def edited(old: str, new: str) -> str:
 
 def test_reference_config_loads_typed_values(tmp_path: Path) -> None:
     config = load(write(tmp_path, BASE))
-    assert config.listen == "127.0.0.1:8080"
+    assert config.listen[0].address == "127.0.0.1:8080"
     assert config.admin.listen == "127.0.0.1:9901"
     (route,) = config.routes
     assert route.name == "shop"
@@ -68,7 +68,7 @@ def test_reference_config_loads_typed_values(tmp_path: Path) -> None:
 
 def test_minimal_config_gets_defaults() -> None:
     config = load(FIXTURES / "config_minimal.yaml")
-    assert config.listen == "127.0.0.1:8080"
+    assert config.listen[0].address == "127.0.0.1:8080"
     assert config.admin.listen == "127.0.0.1:9901"
     assert config.routes[0].match.host is None
     assert config.routes[0].match.path_prefix == "/"
@@ -240,12 +240,12 @@ ERROR_CASES = [
         ["8: routes[0].versions.canary.endpoints: must not be empty"],
     ),
     (
-        "endpoint https",
+        "endpoint ftp",
         '"http://127.0.0.1:9002"',
-        '"https://127.0.0.1:9002"',
+        '"ftp://127.0.0.1:9002"',
         [
             "8: routes[0].versions.canary.endpoints[0]: "
-            "expected an endpoint like http://127.0.0.1:9001, got 'https://127.0.0.1:9002'"
+            "expected an endpoint like http://127.0.0.1:9001, got 'ftp://127.0.0.1:9002'"
         ],
     ),
     (

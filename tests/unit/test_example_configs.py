@@ -25,7 +25,7 @@ def test_example_config_loads(path: Path) -> None:
 
 def test_demo_config_is_what_splitproxy_demo_expects() -> None:
     config = load(CONFIG_DIR / "demo.yaml")
-    assert (config.listen, config.admin.listen) == ("127.0.0.1:8080", "127.0.0.1:9901")
+    assert (config.listen[0].address, config.admin.listen) == ("127.0.0.1:8080", "127.0.0.1:9901")
     (route,) = config.routes
     assert route.name == "demo"
     assert route.match.host is None

@@ -14,6 +14,7 @@ from typing import cast
 
 from splitproxy.dataplane.http.flow import SENT_ALL, STALLED, WRITE_HIGH_WATER, ClientFlow
 from splitproxy.dataplane.http.headers import error_response
+from splitproxy.dataplane.http.listener import PLAIN, ListenerInfo, peer_identity
 from splitproxy.dataplane.http.state import ServerState
 
 log = logging.getLogger("splitproxy.downstream")
@@ -38,7 +39,7 @@ class ClientConnection(asyncio.Protocol):
 
     __slots__ = (
         "state", "loop", "transport", "flow", "client_ip", "deadline", "timer_kind", "broken",
-        "lingering", "_linger_bytes", "client_eof",
+        "lingering", "_linger_bytes", "client_eof", "listener", "identity",
     )
 
     def __init__(self, state: ServerState) -> None:
@@ -55,6 +56,8 @@ class ClientConnection(asyncio.Protocol):
         self.lingering = False
         self._linger_bytes = 0
         self.client_eof = False
+        self.listener: ListenerInfo = PLAIN  # set by the listener's protocol factory
+        self.identity: bytes | None = None  # the verified client certificate's subject
 
     def _accept(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports are not asyncio.Transport subclasses, only alike.
@@ -62,6 +65,8 @@ class ClientConnection(asyncio.Protocol):
         tcp.set_write_buffer_limits(high=WRITE_HIGH_WATER)
         peer = transport.get_extra_info("peername")
         self.client_ip = peer[0].encode("latin-1") if peer else b"unknown"
+        if self.listener.tls:
+            self.identity = peer_identity(transport)
 
     def _refuse_overload(self) -> None:
         """Too many client connections: a clear, cheap answer now rather than a client that

@@ -13,6 +13,7 @@ from splitproxy.config.paths import BadTarget, needs_normalising, normalise_targ
 from splitproxy.dataplane.http.exchange import Exchange
 from splitproxy.dataplane.http.headers import cookie_value, error_response
 from splitproxy.dataplane.http.lifecycle import RequestContext
+from splitproxy.dataplane.http.listener import CLIENT_CERT_HEADER, redirect_response
 from splitproxy.dataplane.http.request import (
     Reject,
     body_refusal,
@@ -52,6 +53,15 @@ def build_exchange(down: DownstreamProtocol, parser: httptools.HttpRequestParser
             target = normalise_target(target)
         except BadTarget as exc:
             raise Reject(400, str(exc)) from None
+    listener = down.listener
+    if listener.redirect_port is not None:
+        close = head.has_body or not keep_alive
+        return Exchange(down, None, RequestContext(
+            start_time=now, client_11=client_11, keep_alive=not close, has_body=head.has_body),
+            local=redirect_response(head.host, target, listener.redirect_port, close))
+    identity = down.identity
+    if identity is not None:
+        seen[CLIENT_CERT_HEADER] = identity  # routing may hash or pin on it
     runtime = state.runtime
     route = runtime.catch_all
     if route is None:
@@ -67,6 +77,9 @@ def build_exchange(down: DownstreamProtocol, parser: httptools.HttpRequestParser
     plan = entry.plan
     pin_name = pinned(entry, seen) \
         if entry.pin_header is not None or entry.preview_header is not None else None
+    if identity is not None and entry.identity_pins:
+        # A verified identity outranks a header anyone can send.
+        pin_name = entry.identity_pins.get(identity, pin_name)
     cookie_name = sticky(route, seen) if route.cookie is not None else None
     hash_key = seen.get(entry.hash_header) if entry.hash_header is not None else None
     steer = steered(entry.steer_rules, seen) if entry.steer_rules else False
@@ -100,7 +113,8 @@ def build_exchange(down: DownstreamProtocol, parser: httptools.HttpRequestParser
     # (measured with callgrind: 12 keywords cost 5,000 more instructions than 12 positions,
     # 4% of a whole proxied request).
     return Exchange(down, version, RequestContext(
-        upstream_head(method, target, head, down.client_ip, upgrade),  # head
+        upstream_head(method, target, head, down.client_ip, upgrade, listener.scheme,
+                      identity),  # head
         now,  # start_time
         client_11,  # client_11
         keep_alive,  # keep_alive

@@ -8,6 +8,9 @@ response head it passes on in `response`.
 
 from __future__ import annotations
 
+import ssl
+
+from splitproxy.dataplane.http import health
 from splitproxy.dataplane.http.flow import PENDING_HIGH_WATER
 from splitproxy.dataplane.http.headers import CONTINUE_100
 from splitproxy.dataplane.http.lifecycle import (
@@ -99,7 +102,10 @@ class Exchange(Lifecycle):
                     self._fail_locally("resource", f"cannot open a connection to "
                                        f"{pool.endpoint.key}: {exc.strerror or exc}")
                     return
-                self._count_error("connect")
+                kind = "tls" if isinstance(exc, ssl.SSLError) else "connect"
+                self._count_error(kind)
+                if kind == "tls":
+                    health.record_failure(version, pool)  # an endpoint that refuses us
                 tries += 1
                 nxt = version.next_pool() if tries < len(version.pools) else None
                 if nxt is None or nxt is pool:
@@ -107,7 +113,7 @@ class Exchange(Lifecycle):
                         self.fail(504, "connect", f"connect to {pool.endpoint.key} timed out",
                                   count_error=False)
                     else:
-                        self.fail(502, "connect", f"cannot connect to {pool.endpoint.key}: "
+                        self.fail(502, kind, f"cannot connect to {pool.endpoint.key}: "
                                   f"{exc.strerror or exc}", count_error=False)
                     return
                 pool = nxt

@@ -9,6 +9,7 @@ from collections import deque
 
 from splitproxy.dataplane.http.health import PassiveHealth
 from splitproxy.dataplane.http.upstream import UpstreamConnection
+from splitproxy.dataplane.tls import client_context, server_hostname
 from splitproxy.routing.table import Endpoint
 
 log = logging.getLogger("splitproxy.upstream")
@@ -97,9 +98,21 @@ class Pool(PassiveHealth):
 
     async def connect(self) -> UpstreamConnection:
         """A new connection; raises OSError or asyncio.TimeoutError."""
+        endpoint = self.endpoint
+        tls = endpoint.tls
+        if tls is None:
+            _, proto = await asyncio.wait_for(
+                self.loop.create_connection(
+                    lambda: UpstreamConnection(self), endpoint.host, endpoint.port
+                ),
+                self.owner.connect_timeout,
+            )
+            return proto
+        # The handshake is part of the connect timeout; a failed one raises ssl.SSLError.
         _, proto = await asyncio.wait_for(
             self.loop.create_connection(
-                lambda: UpstreamConnection(self), self.endpoint.host, self.endpoint.port
+                lambda: UpstreamConnection(self), endpoint.host, endpoint.port,
+                ssl=client_context(tls), server_hostname=server_hostname(tls, endpoint.host),
             ),
             self.owner.connect_timeout,
         )

@@ -12,7 +12,7 @@ _SPECIAL = frozenset(
     {
         b"host", b"content-length", b"transfer-encoding", b"connection", b"keep-alive",
         b"proxy-connection", b"te", b"trailer", b"upgrade", b"expect", b"x-forwarded-for",
-        b"x-forwarded-proto", b"x-forwarded-host", b"x-request-id",
+        b"x-forwarded-proto", b"x-forwarded-host", b"x-request-id", b"x-client-cert-subject",
     }
 )
 
@@ -94,6 +94,8 @@ def read_head(headers: list[tuple[bytes, bytes]], client_11: bool) -> RequestHea
             lines.append(name + b": " + value)
         elif lname == b"x-request-id":
             head.request_id = value if head.request_id is None else b""
+        elif lname == b"x-client-cert-subject":
+            del seen[lname]  # only the proxy says who a client is (`listener`)
         # else: keep-alive, proxy-connection, te, trailer: hop-by-hop, not forwarded
     if head.host is None and client_11:
         raise Reject(400, "HTTP/1.1 request without Host header")
@@ -103,7 +105,7 @@ def read_head(headers: list[tuple[bytes, bytes]], client_11: bool) -> RequestHea
 
 
 def upstream_head(method: bytes, target: bytes, head: RequestHead, client_ip: bytes,
-                  upgrade: bool) -> bytes:
+                  upgrade: bool, scheme: bytes = b"http", identity: bytes | None = None) -> bytes:
     """The request head sent to the upstream (always HTTP/1.1 keep-alive), `target` in origin
     form; the one place that writes the forwarded request's framing."""
     lines = head.lines
@@ -112,8 +114,14 @@ def upstream_head(method: bytes, target: bytes, head: RequestHead, client_ip: by
         lines.append(b"Upgrade: " + head.upgrade)
     xff = head.xff
     lines.append(b"X-Forwarded-For: " + (xff + b", " + client_ip if xff is not None else client_ip))
+    if head.has_xfp and scheme == b"https":
+        # This proxy ended the TLS: it knows the scheme, a client's claim is replaced.
+        lines = [ln for ln in lines if ln[:18].lower() != b"x-forwarded-proto:"]
+        head.has_xfp = False
     if not head.has_xfp:
-        lines.append(b"X-Forwarded-Proto: http")
+        lines.append(b"X-Forwarded-Proto: " + scheme)
+    if identity is not None:
+        lines.append(b"X-Client-Cert-Subject: " + identity)
     if not head.has_xfh and head.host is not None:
         lines.append(b"X-Forwarded-Host: " + head.host)
     if head.request_id:
