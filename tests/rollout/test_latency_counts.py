@@ -24,7 +24,7 @@ from tests.support.waiting import wait_until
 BIG = 8 * 1024 * 1024  # bytes: far beyond every socket and write buffer on the way
 
 
-async def test_a_120_ms_upstream_under_max_p99_ms_200_is_never_counted_slow(
+async def test_a_120_ms_upstream_under_max_p99_ms_200_is_counted_slow_only_when_it_was(
     tmp_path: Path,
 ) -> None:
     # The upstreams run in a process of their own and the collector waits until the load
@@ -51,14 +51,22 @@ async def test_a_120_ms_upstream_under_max_p99_ms_200_is_never_counted_slow(
             try:
                 async with Load(svc.proxy_port, clients, gap=0.0).running() as load:
                     # "At most 1% slower than 200 ms" is shown after about 400 clean requests.
-                    await wait_until(lambda: getattr(p99(), "outcome", None) == "pass",
-                                     timeout=30, what="the p99 limit's pass")
+                    await wait_until(lambda: getattr(p99(), "trials", 0) >= 500, timeout=60,
+                                     what="500 canary requests timed")
             finally:
                 gc.enable()
             assert not load.failures, load.failures[:3]
             assert engine.states["shop"].phase == "idle"
             test = p99()
-            assert test is not None and test.events == 0 and test.trials >= 300, test
+            assert test is not None and test.trials >= 300, test
+            # Counted over 200 ms only when it was: a request's upstream time lies inside the
+            # round trip its client saw, so no more are counted slow than clients waited over
+            # 200 ms for (none on a quiet machine; a starved one delays a few).
+            waited = {v: sum(1 for h in load.hits if h.served_by == v and h.done - h.sent > 0.2)
+                      for v in ("stable", "canary")}
+            assert test.events <= waited["canary"], (test, waited)
+            if waited["canary"] == 0:  # every answer was fast: the counts prove the limit
+                assert test.outcome == "pass", test
             async with admin(svc) as session:
                 samples = await scrape(session)
             for version in ("stable", "canary"):
@@ -67,8 +75,9 @@ async def test_a_120_ms_upstream_under_max_p99_ms_200_is_never_counted_slow(
                 answered = metric(samples, "splitproxy_requests_total", route="shop",
                                   version=version, code="200")
                 assert timed == answered and answered is not None and answered > 100
-                assert metric(samples, "splitproxy_upstream_slow_requests_total", route="shop",
-                              version=version, over="0.2") == 0
+                slow = metric(samples, "splitproxy_upstream_slow_requests_total", route="shop",
+                              version=version, over="0.2")
+                assert slow is not None and slow <= waited[version], (version, slow, waited)
             # The histogram (what clients saw, for dashboards) has them in its 250 ms bucket:
             # the old guard read p99 ~ 248 ms off it and aborted.
             assert metric(samples, "splitproxy_request_duration_seconds_bucket", route="shop",
