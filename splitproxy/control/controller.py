@@ -284,6 +284,12 @@ class Controller:
         for h in self.server.endpoint_health():
             yield h.route, h.version, h.endpoint, h.up
 
+    def endpoint_checks(self) -> Iterable[tuple[str, str, str, str, bool]]:
+        for h in self.server.endpoint_health():
+            yield h.route, h.version, h.endpoint, "passive", h.passive_up
+            if h.active != "off":
+                yield h.route, h.version, h.endpoint, "active", h.active == "up"
+
     def worker_usage(self) -> list[tuple[int, Usage]]:
         return self.server.worker_usage()
 
@@ -311,6 +317,10 @@ class Controller:
                 up=h.up,
                 consecutive_failures=h.failures,
                 ejections=h.ejections,
+                passive="up" if h.passive_up else "ejected",
+                active=h.active,
+                active_last_result=h.last_result,
+                active_last_error=h.last_error,
             ))
         stats = self.server.stats
         for entry in self.table.routes:
