@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from pydantic import Field, Strict, ValidationInfo, field_validator
+from pydantic import Field, Strict, field_validator
 
 from splitproxy.config.units import Frozen, Positive, Timeout
 
@@ -14,8 +14,10 @@ class HealthCheck(Frozen):
     """How an endpoint is probed, and how many results in a row change its state."""
 
     path: str = "/healthz"
+    # The next probe starts `interval` after the previous one ended: probes of one endpoint
+    # never overlap, whatever the timeout.
     interval: Timeout = 5.0
-    timeout: Timeout = 1.0
+    timeout: Timeout = 1.0  # for the connection and the status line
     healthy_threshold: Positive = 2  # successes in a row that bring an endpoint back
     unhealthy_threshold: Positive = 2  # failures in a row that take it out
     # Statuses that count as a success; none: any 2xx or 3xx.
@@ -27,11 +29,3 @@ class HealthCheck(Frozen):
         if not path.startswith("/") or any(c in path for c in " \r\n\t"):
             raise ValueError("must start with / and hold no spaces or line breaks")
         return path
-
-    @field_validator("timeout")
-    @classmethod
-    def _below_interval(cls, timeout: float, info: ValidationInfo) -> float:
-        interval = info.data.get("interval")
-        if interval is not None and timeout > interval:
-            raise ValueError(f"must not exceed interval ({interval:g}s): probes would overlap")
-        return timeout
