@@ -170,7 +170,8 @@ def _tick(state: RouteState, event: Tick, route: Route, now: float,
                 effects.append(AskGate(state.run, state.step, hooks,
                                        payload(route, state, WebhookEvent.PRE_STEP)))
     return machine.advance(state, route, now, weight_steps=allowed,
-                           passed=guard.passed(state, route))
+                           passed=guard.passed(state, route),
+                           canary_down=(route.name, route.canary) in event.down)
 
 
 def _gate_answer(state: RouteState, event: GateAnswer, now: float) -> tuple[RouteState, list[str]]:
