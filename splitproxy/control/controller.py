@@ -25,7 +25,11 @@ from splitproxy.config.yamlload import MAX_CONFIG_BYTES
 from splitproxy.control.adminguard import AdminGuard
 from splitproxy.control.clock import SYSTEM, Clock
 from splitproxy.control.engine import RolloutEngine
-from splitproxy.control.metrics import notification_family, rollout_families
+from splitproxy.control.metrics import (
+    baseline_down_family,
+    notification_family,
+    rollout_families,
+)
 from splitproxy.control.reload import ConfigWatcher
 from splitproxy.control.status import (
     AdminStatus,
@@ -303,7 +307,8 @@ class Controller:
             self.server.stats.synthetic(),
             self.store_status().up,
             _last_aborts(engine.last_abort, engine.states),
-        ), notification_family(engine.webhooks.notifier.outcomes)]
+        ), notification_family(engine.webhooks.notifier.outcomes),
+            baseline_down_family(engine.aborts_onto_down)]
 
     def status(self) -> Status:
         now = self.clock.monotonic()

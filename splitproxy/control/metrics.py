@@ -279,3 +279,13 @@ def notification_family(outcomes: Mapping[tuple[str, str], int]) -> Metric:
     for (event, result), n in sorted(outcomes.items()):
         family.add_metric([event, result], n)
     return family
+
+
+def baseline_down_family(counts: dict[str, int]) -> CounterMetricFamily:
+    """Aborts that shifted traffic onto a baseline with no healthy endpoint, per route."""
+    family = CounterMetricFamily(
+        "splitproxy_rollout_aborts_onto_unhealthy_baseline",
+        "Aborts that sent traffic to a baseline with no healthy endpoint", labels=["route"])
+    for route, n in counts.items():
+        family.add_metric([route], n)
+    return family
