@@ -15,11 +15,13 @@ import aiohttp
 from aiohttp import web
 
 from splitproxy.control.service import Service
+from splitproxy.dataplane.workers import WorkerPool
 from tests.support.configs import proxy_config, route
+from tests.support.ports import free_port
 from tests.support.rawhttp import raw_client
-from tests.support.service import admin, metric, running_service, scrape, status
+from tests.support.service import admin, metric, running_service, scrape, status, write_config
 from tests.support.upstream import serve_app
-from tests.support.waiting import wait_until
+from tests.support.waiting import WAIT, wait_until
 
 # A generous timeout: a loaded machine must not fail the healthy endpoint's probes.
 CHECK = {"path": "/healthz", "interval": "50ms", "timeout": "2s",
@@ -168,3 +170,37 @@ async def test_a_probe_timeout_counts_as_a_failure(tmp_path: Path) -> None:
         seen = a.client_requests
         assert await get_n(svc.proxy_port, 10) == {200: 10}
         assert a.client_requests == seen
+
+
+async def test_with_workers_each_worker_probes_and_takes_the_endpoint_out(
+    tmp_path: Path,
+) -> None:
+    async with run_health_upstream("a") as a, run_health_upstream("b") as b:
+        cfg = config(a, b)
+        cfg["listen"] = f"127.0.0.1:{free_port()}"  # workers share one port (SO_REUSEPORT)
+        path = tmp_path / "config.yaml"
+        write_config(path, cfg)
+        svc = Service(path, watch=False, workers=2)
+        await asyncio.wait_for(svc.start(), WAIT * 2)
+        try:
+            pool = svc.proxy
+            assert isinstance(pool, WorkerPool)
+
+            def every_worker(state: str) -> bool:
+                views = [next((h.active for h in w.report.health if h.endpoint == a.key), "")
+                         for w in pool._workers.values()]
+                return len(views) == 2 and all(v == state for v in views)
+
+            await wait_until(lambda: every_worker("up"), what="both workers probing a")
+            a.health_status = 503
+            a.client_status = 500
+            await wait_until(lambda: every_worker("down"), what="a down in both workers")
+            seen = a.client_requests
+            assert await get_n(svc.proxy_port, 30) == {200: 30}
+            assert a.client_requests == seen
+            async with admin(svc) as session:
+                ep = await endpoint(session, a.url)
+            assert (ep["up"], ep["active"], ep["active_last_error"]) == (
+                False, "down", "status 503"), ep
+        finally:
+            await asyncio.wait_for(svc.stop(drain=1.0), WAIT * 2)
