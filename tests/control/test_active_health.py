@@ -19,7 +19,15 @@ from splitproxy.dataplane.workers import WorkerPool
 from tests.support.configs import proxy_config, route
 from tests.support.ports import free_port
 from tests.support.rawhttp import raw_client
-from tests.support.service import admin, metric, running_service, scrape, status, write_config
+from tests.support.service import (
+    admin,
+    generation,
+    metric,
+    running_service,
+    scrape,
+    status,
+    write_config,
+)
 from tests.support.upstream import serve_app
 from tests.support.waiting import WAIT, wait_until
 
@@ -204,3 +212,24 @@ async def test_with_workers_each_worker_probes_and_takes_the_endpoint_out(
                 False, "down", "status 503"), ep
         finally:
             await asyncio.wait_for(svc.stop(drain=1.0), WAIT * 2)
+
+
+async def test_a_reload_without_the_check_stops_probing_and_brings_the_endpoint_back(
+    tmp_path: Path,
+) -> None:
+    async with run_health_upstream("a") as a, run_health_upstream("b") as b:
+        cfg = config(a, b)
+        async with running_service(tmp_path, cfg) as (svc, path):
+            a.health_status = 503
+            await wait_until(lambda: active(svc, a) == "down", what="a out of rotation")
+            del cfg["routes"][0]["health_check"]
+            write_config(path, cfg)
+            await wait_until(lambda: generation(svc) == 2, what="the reload")
+            assert active(svc, a) == "off"
+            assert await get_n(svc.proxy_port, 10) == {200: 10}
+            assert a.client_requests == 5  # back in the round robin
+            # No probe task is left: a new check on the same endpoint starts from up.
+            cfg["routes"][0]["health_check"] = {**CHECK, "path": "/other"}
+            write_config(path, cfg)
+            await wait_until(lambda: generation(svc) == 3, what="the second reload")
+            assert active(svc, a) == "up"
