@@ -14,7 +14,9 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
+from splitproxy.cli.render import render
 from splitproxy.control.service import Service
+from splitproxy.control.status import Status
 from splitproxy.dataplane.workers import WorkerPool
 from tests.support.configs import proxy_config, route
 from tests.support.ports import free_port
@@ -143,6 +145,8 @@ async def test_endpoint_failing_its_check_is_out_before_a_client_request_fails(
         ep = await endpoint(session, a.url)
         assert (ep["up"], ep["active"], ep["passive"], ep["active_last_result"],
                 ep["active_last_error"]) == (False, "down", "up", "failure", "status 503"), ep
+        shown = render(Status.model_validate(await status(session)))  # `splitproxy status`
+        assert f"shop/stable: {a.url} down on its health check (status 503)" in shown
         samples = await scrape(session)
         assert metric(samples, "splitproxy_endpoint_healthy", endpoint=a.key,
                       check="active") == 0
