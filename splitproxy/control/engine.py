@@ -47,6 +47,7 @@ from splitproxy.rollout.events import (
     Event,
     GateAnswer,
     Log,
+    Measurement,
     NewRun,
     Notify,
     Persist,
@@ -191,7 +192,9 @@ class RolloutEngine:
         old = self.states.get(name)
         # A run starts only at a restore, a reload or an action (a retry).
         run = new_run() if isinstance(event, (Restore, Reconfigure, Act)) else ""
-        new, effects = fold.apply(old, event, route, self.clock.time(), run)
+        # Only an approval or a pass can carry out steps off the timer: they need `down` too.
+        down = self.all_down() if isinstance(event, GateAnswer | Measurement) else frozenset()
+        new, effects = fold.apply(old, event, route, self.clock.time(), run, down)
         self.states[name] = new
         return new, self._carry_out(name, route, effects)
 
