@@ -44,6 +44,8 @@ def render(status: Status, routes: list[RouteStatus] | None = None) -> str:
                 _cell(v.p99_ms_in_window), f"{up}/{len(v.endpoints)}",
             ))
             first = False
+            notes += [f"{route.name}/{name}: {e.url} down on its health check"
+                      f" ({e.active_last_error})" for e in v.endpoints if e.active == "down"]
         if ro.note:
             notes.append(f"{route.name}: {phase}: {ro.note}")
         if ro.switching_to:

@@ -27,6 +27,7 @@ from splitproxy.config.crossfield import (
     weight_problems,
 )
 from splitproxy.config.guard import Analysis
+from splitproxy.config.healthcheck import HealthCheck
 from splitproxy.config.steps import PreSwitch, Rollout
 from splitproxy.config.tls import (
     Listener,
@@ -122,6 +123,7 @@ class Sticky(Frozen):
 class VersionConfig(Frozen):
     endpoints: tuple[Endpoint, ...] = Field(min_length=1)
     tls: UpstreamTls | None = None  # for its https:// endpoints (default: verified, system CAs)
+    health_check: HealthCheck | None = None  # active probes (default: the route's)
 
 
 
@@ -141,6 +143,7 @@ class Route(Frozen):
     rollout: Rollout | None = None
     # Blue-green: a change of `active` is validated first (README: Blue/green).
     pre_switch: PreSwitch | None = None
+    health_check: HealthCheck | None = None  # active probes of every version without its own
 
     @field_validator("weights")
     @classmethod

@@ -25,7 +25,11 @@ from splitproxy.config.yamlload import MAX_CONFIG_BYTES
 from splitproxy.control.adminguard import AdminGuard
 from splitproxy.control.clock import SYSTEM, Clock
 from splitproxy.control.engine import RolloutEngine
-from splitproxy.control.metrics import notification_family, rollout_families
+from splitproxy.control.metrics import (
+    baseline_down_family,
+    notification_family,
+    rollout_families,
+)
 from splitproxy.control.reload import ConfigWatcher
 from splitproxy.control.status import (
     AdminStatus,
@@ -284,6 +288,12 @@ class Controller:
         for h in self.server.endpoint_health():
             yield h.route, h.version, h.endpoint, h.up
 
+    def endpoint_checks(self) -> Iterable[tuple[str, str, str, str, bool]]:
+        for h in self.server.endpoint_health():
+            yield h.route, h.version, h.endpoint, "passive", h.passive_up
+            if h.active != "off":
+                yield h.route, h.version, h.endpoint, "active", h.active == "up"
+
     def worker_usage(self) -> list[tuple[int, Usage]]:
         return self.server.worker_usage()
 
@@ -297,7 +307,8 @@ class Controller:
             self.server.stats.synthetic(),
             self.store_status().up,
             _last_aborts(engine.last_abort, engine.states),
-        ), notification_family(engine.webhooks.notifier.outcomes)]
+        ), notification_family(engine.webhooks.notifier.outcomes),
+            baseline_down_family(engine.aborts_onto_down)]
 
     def status(self) -> Status:
         now = self.clock.monotonic()
@@ -311,6 +322,10 @@ class Controller:
                 up=h.up,
                 consecutive_failures=h.failures,
                 ejections=h.ejections,
+                passive="up" if h.passive_up else "ejected",
+                active=h.active,
+                active_last_result=h.last_result,
+                active_last_error=h.last_error,
             ))
         stats = self.server.stats
         for entry in self.table.routes:

@@ -47,6 +47,7 @@ from splitproxy.rollout.events import (
     Event,
     GateAnswer,
     Log,
+    Measurement,
     NewRun,
     Notify,
     Persist,
@@ -95,6 +96,8 @@ class RolloutEngine:
         self.routes: dict[str, Route] = {}
         self.states: dict[str, RouteState] = {}
         self.aborts: dict[str, int] = {}
+        # Aborts that shifted traffic onto a baseline with no endpoint up (README: Active health).
+        self.aborts_onto_down: dict[str, int] = {}
         self.last_abort: dict[str, float] = {}  # route -> when its last abort happened
         self.checks_total: dict[tuple[str, str], int] = {}
         self.webhooks = Webhooks()
@@ -189,9 +192,21 @@ class RolloutEngine:
         old = self.states.get(name)
         # A run starts only at a restore, a reload or an action (a retry).
         run = new_run() if isinstance(event, (Restore, Reconfigure, Act)) else ""
-        new, effects = fold.apply(old, event, route, self.clock.time(), run)
+        # Only an approval or a pass can carry out steps off the timer: they need `down` too.
+        down = self.all_down() if isinstance(event, GateAnswer | Measurement) else frozenset()
+        new, effects = fold.apply(old, event, route, self.clock.time(), run, down)
         self.states[name] = new
         return new, self._carry_out(name, route, effects)
+
+    def _check_baseline(self, name: str, route: Route) -> None:
+        """An abort sends everything to the baseline: say so loudly when it has no endpoint up
+        (clients get 503s, or the 502s of its last endpoints), as the abort itself stands."""
+        baseline = route.baseline
+        if (name, baseline) in self.all_down():
+            self.aborts_onto_down[name] = self.aborts_onto_down.get(name, 0) + 1
+            log.error("rollout route=%s aborted onto baseline %s, which has no healthy "
+                      "endpoint: requests to it fail until one is back", name, baseline,
+                      extra={"route": name})
 
     def _carry_out(self, name: str, route: Route,
                    effects: list[Effect]) -> asyncio.Future[bool] | None:
@@ -215,6 +230,7 @@ class RolloutEngine:
             elif isinstance(effect, PhaseChanged):
                 if effect.new == Phase.ABORTED:
                     self.aborts[name] = self.aborts.get(name, 0) + 1
+                    self._check_baseline(name, route)
                     self.last_abort[name] = self.states[name].aborted_at or self.clock.time()
                     if judged:
                         self.guard_log.aborted(name, self.states[name], route)

@@ -33,6 +33,8 @@ class MetricsSource(Protocol):
     def version_stats(self) -> Iterable[VersionStats]: ...
     def weights(self) -> Iterable[tuple[str, str, float]]: ...  # route, version, effective
     def endpoints(self) -> Iterable[tuple[str, str, str, bool]]: ...  # route, version, ep, up
+    # route, version, endpoint, check ("active" only where a health_check applies), healthy
+    def endpoint_checks(self) -> Iterable[tuple[str, str, str, str, bool]]: ...
     def reload_counts(self) -> dict[str, int]: ...
     def proxy_errors(self) -> dict[str, int]: ...  # the proxy's own 503s, by kind
     def tls_reloads(self) -> dict[str, int]: ...  # certificate reloads, by result
@@ -102,6 +104,14 @@ class SplitproxyCollector(Collector):
         for route, version, endpoint, is_up in src.endpoints():
             up.add_metric([route, version, endpoint], 1 if is_up else 0)
         yield up
+        healthy = GaugeMetricFamily(
+            "splitproxy_endpoint_healthy",
+            "1 while an endpoint passes a check: passive (not ejected) or active (its probe)",
+            labels=["route", "version", "endpoint", "check"],
+        )
+        for route, version, endpoint, check, ok in src.endpoint_checks():
+            healthy.add_metric([route, version, endpoint, check], 1 if ok else 0)
+        yield healthy
 
         reloads = CounterMetricFamily(
             "splitproxy_config_reloads", "Config reloads by result", labels=["result"]
@@ -268,4 +278,14 @@ def notification_family(outcomes: Mapping[tuple[str, str], int]) -> Metric:
                                  labels=["event", "result"])
     for (event, result), n in sorted(outcomes.items()):
         family.add_metric([event, result], n)
+    return family
+
+
+def baseline_down_family(counts: dict[str, int]) -> CounterMetricFamily:
+    """Aborts that shifted traffic onto a baseline with no healthy endpoint, per route."""
+    family = CounterMetricFamily(
+        "splitproxy_rollout_aborts_onto_unhealthy_baseline",
+        "Aborts that sent traffic to a baseline with no healthy endpoint", labels=["route"])
+    for route, n in counts.items():
+        family.add_metric([route], n)
     return family

@@ -99,9 +99,13 @@ def store_status(described: Mapping[str, Any],
 
 class EndpointStatus(_Model):
     url: str
-    up: bool
+    up: bool  # in rotation: both checks allow it
     consecutive_failures: int
     ejections: int
+    passive: str = "up"  # "up" or "ejected"
+    active: str = "off"  # "up", "down", or "off" without a health_check
+    active_last_result: str = "none"  # "success", "failure", "none" before the first probe
+    active_last_error: str | None = None
 
 
 class VersionStatus(_Model):

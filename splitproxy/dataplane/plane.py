@@ -14,14 +14,18 @@ from splitproxy.routing.table import RoutingTable
 
 @dataclass(frozen=True, slots=True)
 class EndpointHealth:
-    """One endpoint's passive health, as `/status` and the metrics show it."""
+    """One endpoint's health, passive and active, as `/status` and the metrics show it."""
 
     route: str
     version: str
     endpoint: str  # host:port
-    up: bool
+    up: bool  # in rotation: neither ejected (passive) nor failing its active check
     failures: int  # consecutive connect failures / resets
     ejections: int
+    passive_up: bool = True  # not ejected
+    active: str = "off"  # "up", "down", or "off" when no health_check applies
+    last_result: str = "none"  # of the last probe: "success", "failure", "none"
+    last_error: str | None = None  # of the last failed probe
 
 
 class DataPlane(Protocol):

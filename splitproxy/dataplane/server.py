@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 from splitproxy.config.models import Config, Timeouts
 from splitproxy.config.tls import Listener
-from splitproxy.dataplane.http import health
+from splitproxy.dataplane.http import probe
 from splitproxy.dataplane.http.accesslog import protocol_for
 from splitproxy.dataplane.http.downstream import DownstreamProtocol, sweep
 from splitproxy.dataplane.http.listener import ListenerInfo
@@ -50,6 +50,7 @@ class ProxyServer:
         self._bound: tuple[Listener, ...] = ()  # the listeners start() bound
         self._sweeper: asyncio.Task[None] | None = None
         self._pools: Pools | None = None
+        self._prober: probe.Prober | None = None
 
     @property
     def state(self) -> ServerState:
@@ -113,6 +114,8 @@ class ProxyServer:
         self.port = self.ports[0]
         self.listening = True
         self._sweeper = loop.create_task(self._sweep(state))
+        self._prober = probe.Prober(self._pools)
+        self._prober.configure(config)
         if any(self.tls):
             self._tls_checker = loop.create_task(self._check_certificates())
 
@@ -158,6 +161,8 @@ class ProxyServer:
         self._count_reloads()
         self._configure_pools()
         self.install(routing)
+        if self._prober is not None:
+            self._prober.configure(config)
 
     def _configure_pools(self) -> None:
         pools = self._pools
@@ -182,7 +187,7 @@ class ProxyServer:
 
     def endpoint_health(self) -> list[EndpointHealth]:
         state = self._state
-        return health.report(state.runtime.routes) if state is not None else []
+        return probe.report(state.runtime.routes, self._prober) if state is not None else []
 
     async def stop(self, drain: float | None = None) -> None:
         """Stop accepting; let requests in flight finish for up to `drain` seconds; close all."""
@@ -213,6 +218,8 @@ class ProxyServer:
                 conn.abort()
         if self._sweeper is not None:
             self._sweeper.cancel()
+        if self._prober is not None:
+            self._prober.close()
         if self._pools is not None:
             self._pools.close()
         await asyncio.sleep(0)

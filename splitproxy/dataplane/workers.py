@@ -92,7 +92,7 @@ class WorkerPool:
             self._send(worker, message)
 
     def endpoint_health(self) -> list[EndpointHealth]:
-        """An endpoint is up while no worker has it ejected."""
+        """An endpoint is up while no worker has it out of rotation (`merge_health`)."""
         merged: dict[tuple[str, str, str], EndpointHealth] = {}
         for worker in self._workers.values():
             for h in worker.report.health:
@@ -101,9 +101,7 @@ class WorkerPool:
                 if seen is None:
                     merged[key] = h
                 else:
-                    merged[key] = EndpointHealth(
-                        h.route, h.version, h.endpoint, seen.up and h.up,
-                        max(seen.failures, h.failures), max(seen.ejections, h.ejections))
+                    merged[key] = merge_health(seen, h)
         return list(merged.values())
 
     def worker_usage(self) -> list[tuple[int, Usage]]:
@@ -196,3 +194,15 @@ class WorkerPool:
             worker.process.join(timeout=2)
             if worker.process.is_alive():
                 worker.process.kill()
+
+
+def merge_health(a: EndpointHealth, b: EndpointHealth) -> EndpointHealth:
+    """Two workers' views of one endpoint: out (ejected, or down on the active check) if out in
+    either, as each worker probes and judges on its own; the failing side's last probe shown."""
+    worse = b if (b.active == "down" or b.last_result == "failure") and a.active != "down" else a
+    active = "down" if "down" in (a.active, b.active) else a.active if a.active != "off" \
+        else b.active
+    return EndpointHealth(
+        a.route, a.version, a.endpoint, a.up and b.up, max(a.failures, b.failures),
+        max(a.ejections, b.ejections), a.passive_up and b.passive_up, active,
+        worse.last_result, worse.last_error)

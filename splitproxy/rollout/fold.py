@@ -50,10 +50,12 @@ GATE_RETRY = 2.0  # a pre-step webhook that said no is asked again after this lo
 
 
 def apply(
-    state: RouteState | None, event: Event, route: Route, now: float, run: str
+    state: RouteState | None, event: Event, route: Route, now: float, run: str,
+    down: frozenset[tuple[str, str]] = frozenset(),
 ) -> tuple[RouteState, list[Effect]]:
     """The successor of `state` after `event`; raises ActionError for an action that does
-    not apply (the state is then unchanged)."""
+    not apply (the state is then unchanged). `down`: the (route, version) pairs with no
+    endpoint in rotation now, for the steps an approval or a pass lets through at once."""
     if isinstance(event, Restore):
         return _restore(event, route, now, run)
     assert state is not None, f"{type(event).__name__} before the route was restored"
@@ -68,11 +70,11 @@ def apply(
     elif isinstance(event, Tick):
         new, notes = _tick(state, event, route, now, effects)
     elif isinstance(event, Measurement):
-        new, notes = _measured(state, event, route, now, effects)
+        new, notes = _measured(state, event, route, now, effects, down)
     else:
         new, notes = _gate_answer(state, event, now)
         if event.ok and event.leader:
-            new, steps = _tick(new, Tick(leader=True), route, now, effects)
+            new, steps = _tick(new, Tick(leader=True, down=down), route, now, effects)
             notes += steps
     return _decided(state, new, route, now, notes, effects)
 
@@ -170,7 +172,8 @@ def _tick(state: RouteState, event: Tick, route: Route, now: float,
                 effects.append(AskGate(state.run, state.step, hooks,
                                        payload(route, state, WebhookEvent.PRE_STEP)))
     return machine.advance(state, route, now, weight_steps=allowed,
-                           passed=guard.passed(state, route))
+                           passed=guard.passed(state, route),
+                           canary_down=(route.name, route.canary) in event.down)
 
 
 def _gate_answer(state: RouteState, event: GateAnswer, now: float) -> tuple[RouteState, list[str]]:
@@ -187,7 +190,8 @@ def _gate_answer(state: RouteState, event: GateAnswer, now: float) -> tuple[Rout
 
 
 def _measured(state: RouteState, m: Measurement, route: Route, now: float,
-              effects: list[Effect]) -> tuple[RouteState, list[str]]:
+              effects: list[Effect], down: frozenset[tuple[str, str]] = frozenset(),
+              ) -> tuple[RouteState, list[str]]:
     """One check: fold the counts into the tests; a failing test aborts, a pass lets a pause
     that waits for evidence go on (at this very check)."""
     analysis = route.analysis
@@ -215,7 +219,7 @@ def _measured(state: RouteState, m: Measurement, route: Route, now: float,
         return machine.abort(new, reason, now, Actor.GUARD), [f"aborted: {reason}"]
     if a.outcome is Outcome.PASS and new.phase == PAUSED \
             and new.pause_reason == PauseReason.WAITING:
-        return _tick(new, Tick(leader=True), route, now, effects)
+        return _tick(new, Tick(leader=True, down=down), route, now, effects)
     return new, []
 
 

@@ -103,12 +103,14 @@ def weights(state: RouteState, route: Route) -> dict[str, float]:
 
 def advance(
     state: RouteState, route: Route, now: float, weight_steps: int | None = None,
-    passed: bool = True,
+    passed: bool = True, canary_down: bool = False,
 ) -> tuple[RouteState, list[str]]:
     """Carry out steps that are due, at most `weight_steps` of them `set_weight` steps (a
     pre-step webhook gates each one). A timed pause ends when its time is up and `passed`
     (the guard passed the step at its latest check, or does not gate); until then it waits
-    for evidence. Returns the new state and what happened."""
+    for evidence. A weight step above 0 waits while `canary_down` (no endpoint of the canary
+    in rotation): paused, `no healthy endpoint`, until one is. Returns the new state and what
+    happened."""
     rollout = route.rollout
     events: list[str] = []
     if rollout is None or state.phase in (ABORTED, PROMOTED, IDLE):
@@ -121,6 +123,9 @@ def advance(
         elif state.pause_reason == PauseReason.WAITING and passed:
             state = replace(state, phase=PROGRESSING, pause_reason=None)
             events.append(f"step {state.step + 1}: the guard passed")
+        elif state.pause_reason == PauseReason.NO_HEALTHY and not canary_down:
+            state = replace(state, phase=PROGRESSING, pause_reason=None)
+            events.append(f"step {state.step + 1}: {route.canary} has a healthy endpoint again")
         else:
             return state, events
     steps = rollout.steps
@@ -135,6 +140,11 @@ def advance(
             break
         step = steps[state.step]
         if step.set_weight is not None:
+            if canary_down and step.set_weight > 0:
+                state = replace(state, phase=PAUSED, pause_reason=PauseReason.NO_HEALTHY)
+                events.append(f"step {state.step + 1}: set_weight {step.set_weight} waits: "
+                              f"{route.canary} has no healthy endpoint")
+                break
             if weight_steps is not None:
                 if weight_steps <= 0:
                     break
@@ -247,7 +257,7 @@ def switch_checked(state: RouteState, route: Route, now: float, all_down: bool,
 def pause(state: RouteState, route: Route) -> RouteState:
     """Hold where it is. A rollout held by the deployment window or waiting for evidence may
     be paused too: it then stays paused, until `resume`."""
-    held = (PauseReason.OUTSIDE_WINDOW, PauseReason.WAITING)
+    held = (PauseReason.OUTSIDE_WINDOW, PauseReason.WAITING, PauseReason.NO_HEALTHY)
     if has_steps(route) and (state.phase == PROGRESSING
                              or (state.phase == PAUSED and state.pause_reason in held)):
         return replace(state, phase=PAUSED, pause_reason=PauseReason.MANUAL)

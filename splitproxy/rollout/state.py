@@ -35,6 +35,9 @@ class PauseReason(StrEnum):
     # Blue-green: `active` changed and the new color is being checked (`pre_switch`); the
     # previous color serves until the checks pass (a failed check aborts: held).
     VALIDATING = "validating the new color"
+    # The next weight step would send traffic to a canary without a healthy endpoint (all
+    # ejected, or down on their active check): it goes on once one is healthy again.
+    NO_HEALTHY = "no healthy endpoint"
 
 
 # Pause reasons of older states, read as today's.

@@ -73,7 +73,7 @@ def record_failure(version: VersionRuntime, pool: Pool) -> None:
     rules = version.health
     if pool.ejected or pool.failures < rules.consecutive_failures:
         return
-    healthy = sum(1 for p in version.pools if not p.ejected)
+    healthy = sum(1 for p in version.pools if not p.ejected and not p.probe_down)
     if healthy - 1 < rules.min_healthy:
         return
     period = pool.eject(pool.loop, rules.base_ejection, rules.max_ejection, pool.endpoint.key)
@@ -87,8 +87,9 @@ def record_failure(version: VersionRuntime, pool: Pool) -> None:
 def report(routes: tuple[CompiledRoute, ...]) -> list[EndpointHealth]:
     """Every endpoint of every version, as `/status` shows it."""
     return [
-        EndpointHealth(route.entry.name, version.name, pool.endpoint.key, not pool.ejected,
-                       pool.failures, pool.ejections)
+        EndpointHealth(route.entry.name, version.name, pool.endpoint.key,
+                       not pool.ejected and not pool.probe_down, pool.failures, pool.ejections,
+                       passive_up=not pool.ejected)
         for route in routes
         for version in route.versions.values()
         for pool in version.pools

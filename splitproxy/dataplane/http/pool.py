@@ -34,7 +34,8 @@ class Pool(PassiveHealth):
     """One endpoint: idle keep-alive connections (newest first); its passive health
     (`health.PassiveHealth`) is part of it, read per request as `pool.ejected`."""
 
-    __slots__ = ("endpoint", "idle", "loop", "owner", "retired", "connecting", "waiters")
+    __slots__ = ("endpoint", "idle", "loop", "owner", "retired", "connecting", "waiters",
+                 "probe_down")
 
     def __init__(self, endpoint: Endpoint, owner: Pools) -> None:
         super().__init__()
@@ -47,6 +48,7 @@ class Pool(PassiveHealth):
         # Requests waiting for a connection: resolved with a released one, or with None
         # meaning "an attempt slot is free: connect yourself".
         self.waiters: deque[asyncio.Future[UpstreamConnection | None]] = deque()
+        self.probe_down = False  # failing its active health check (`probe.Prober`)
 
     def take_idle(self) -> UpstreamConnection | None:
         idle = self.idle
@@ -171,6 +173,10 @@ class Pools:
             if endpoint not in keep:
                 self._pools.pop(endpoint).retire()
                 log.info("endpoint %s removed: draining", endpoint.key)
+
+    def find(self, endpoint: Endpoint) -> Pool | None:
+        """The endpoint's pool if the routing table names it; never makes one."""
+        return self._pools.get(endpoint)
 
     def get(self, endpoint: Endpoint) -> Pool:
         pool = self._pools.get(endpoint)

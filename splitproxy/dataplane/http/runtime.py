@@ -31,13 +31,14 @@ class VersionRuntime:
         self._rr = 0
 
     def next_pool(self) -> Pool | None:
-        """Round robin over the endpoints that are not ejected (see `health`)."""
+        """Round robin over the endpoints neither ejected (`health`) nor failing their
+        active check (`probe`)."""
         pools = self.pools
         n = len(pools)
         for _ in range(n):
             self._rr += 1
             pool = pools[self._rr % n]
-            if not pool.ejected:
+            if not pool.ejected and not pool.probe_down:
                 return pool
         return None
 

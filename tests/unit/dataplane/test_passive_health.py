@@ -117,6 +117,7 @@ def test_report(server: FakeServer) -> None:
     fail(version, 0, 3)
     fail(version, 1, 1)
     assert health.report(server.state.runtime.routes) == [
-        EndpointHealth("shop", "stable", "127.0.0.1:9001", up=False, failures=0, ejections=1),
+        EndpointHealth("shop", "stable", "127.0.0.1:9001", up=False, failures=0, ejections=1,
+                       passive_up=False),
         EndpointHealth("shop", "stable", "127.0.0.1:9002", up=True, failures=1, ejections=0),
     ]
