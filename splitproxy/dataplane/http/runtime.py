@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from splitproxy.config.models import Health
 from splitproxy.dataplane.http.pool import Pool, Pools
+from splitproxy.dataplane.http.shadow import Shadow, shadow_of
 from splitproxy.dataplane.stats import Stats, VersionStats
 from splitproxy.routing.table import RouteEntry, RoutingTable
 
@@ -60,6 +61,7 @@ class CompiledRoute:
     cookie: bytes | None  # the sticky cookie's name
     set_cookie: dict[str, bytes]  # version -> its Set-Cookie header line, made once per table
     sticky: dict[bytes, str]  # cookie value of the current run -> version
+    mirror: Shadow | None = None  # the route's shadow traffic (None: the route has none)
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,7 +111,8 @@ def compile_table(table: RoutingTable, pools: Pools, stats: Stats, health: Healt
             % (cookie, value, entry.cookie_max_age)
             for value, version in entry.cookie_values.items()
         } if cookie else {}
-        routes.append(CompiledRoute(entry, versions, cookie, set_cookie, entry.cookie_values))
+        routes.append(CompiledRoute(entry, versions, cookie, set_cookie, entry.cookie_values,
+                                    shadow_of(entry, versions, stats)))
     pools.retain({ep for e in table.routes for eps in e.endpoints.values() for ep in eps})
     first = routes[0] if routes else None
     catch_all = first if first and first.entry.host is None and \
