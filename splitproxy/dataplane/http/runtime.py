@@ -89,6 +89,7 @@ def compile_table(table: RoutingTable, pools: Pools, stats: Stats, health: Healt
     before = {(r.entry.name, name): v for r in previous.routes for name, v in r.versions.items()
               } if previous is not None else {}
     routes = []
+    mirrors = {r.entry.name: r.mirror for r in previous.routes} if previous is not None else {}
     for entry in table.routes:
         versions = {}
         for name in entry.plan.versions:
@@ -112,7 +113,8 @@ def compile_table(table: RoutingTable, pools: Pools, stats: Stats, health: Healt
             for value, version in entry.cookie_values.items()
         } if cookie else {}
         routes.append(CompiledRoute(entry, versions, cookie, set_cookie, entry.cookie_values,
-                                    shadow_of(entry, versions, stats)))
+                                    shadow_of(entry, versions, stats,
+                                              mirrors.get(entry.name))))
     pools.retain({ep for e in table.routes for eps in e.endpoints.values() for ep in eps})
     first = routes[0] if routes else None
     catch_all = first if first and first.entry.host is None and \

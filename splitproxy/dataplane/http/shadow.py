@@ -61,10 +61,16 @@ class Shadow:
         return True
 
 
-def shadow_of(entry: RouteEntry, versions: dict[str, VersionRuntime], stats: Stats
-              ) -> Shadow | None:
-    """The route's mirror for a new routing table (None: it has none)."""
+def shadow_of(entry: RouteEntry, versions: dict[str, VersionRuntime], stats: Stats,
+              previous: Shadow | None = None) -> Shadow | None:
+    """The route's mirror for a new routing table (None: it has none). The same mirror in
+    the table before goes on, its copies in flight still counted against its bound and its
+    percent spread where it was: a rollout step or a reload must not let a burst through."""
     mirror = entry.mirror
     if mirror is None or mirror.to not in versions:
         return None
+    if previous is not None and previous.config == mirror:
+        previous.version = versions[mirror.to]
+        previous.stats = stats
+        return previous
     return Shadow(entry.name, mirror, versions[mirror.to], stats)
