@@ -43,3 +43,26 @@ def test_bad_settings_are_refused_with_the_field(mirror: dict[str, Any], says: s
     with pytest.raises(ValidationError) as err:
         route(**mirror)
     assert says in str(err.value)
+
+
+def test_a_shadow_only_version_is_judged_on_the_custom_metrics_alone() -> None:
+    """At weight 0 the canary serves nobody: the built-in counts have nothing of it, but a
+    custom metric (its shadow match rate) does; with the mirror gone, nothing is judged."""
+    from splitproxy.rollout import machine
+    from splitproxy.rollout.guard import plan
+
+    matching = {"name": "shadow", "direction": "above", "threshold": 0.99,
+                "events": 'm{to="{{version}}",result="match"}',
+                "total": 'm{to="{{version}}"}'}
+    data: dict[str, Any] = {
+        "name": "shop",
+        "versions": {"stable": {"endpoints": ["http://127.0.0.1:9011"]},
+                     "canary": {"endpoints": ["http://127.0.0.1:9012"]}},
+        "weights": {"stable": 100, "canary": 0},
+        "analysis": {"max_error_rate": 0.01, "metrics": [matching]},
+        "mirror": {"to": "canary"}}
+    shadowed = Route.model_validate(data)
+    keys = [t.key for t in plan(machine.start(shadowed, 0.0, "r1"), shadowed).tests]
+    assert keys == ["canary:metric:shadow"]
+    plain = Route.model_validate({**data, "mirror": None})
+    assert plan(machine.start(plain, 0.0, "r1"), plain).tests == ()
