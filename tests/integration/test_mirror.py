@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import socket
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -15,7 +16,7 @@ from typing import Any
 from splitproxy.dataplane.server import ProxyServer
 from tests.support.configs import proxy_config, route
 from tests.support.proxy import run_proxy
-from tests.support.rawhttp import get
+from tests.support.rawhttp import get, raw_client
 from tests.support.rawupstream import RawRequest, read_request, run_raw_upstream
 from tests.support.waiting import wait_until
 
@@ -195,11 +196,55 @@ async def test_percent_mirrors_that_share_of_requests() -> None:
 
 
 async def test_a_shadow_that_refuses_connections_is_an_error_not_the_clients() -> None:
-    async with serving(json_reply("p")) as s:
-        dead = s.url
-    async with serving(json_reply("p")) as p, \
-            run_proxy(proxy_config([mirrored_route(p.url, dead)])) as srv:
-        resp = await get(srv.port, "/")
-        await wait_until(lambda: total(srv) == 1)
+    # Bound and never listening, held for the whole test: connections to it are refused
+    # (a port merely closed could be taken by the primary's upstream meanwhile).
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{held.getsockname()[1]}"
+        async with serving(json_reply("p")) as p, \
+                run_proxy(proxy_config([mirrored_route(p.url, dead)])) as srv:
+            resp = await get(srv.port, "/")
+            await wait_until(lambda: total(srv) == 1)
     assert resp.status == 200
     assert counts(srv) == {"error": 1}
+
+
+async def test_under_concurrent_load_a_hanging_shadow_costs_clients_nothing() -> None:
+    """Eight keep-alive clients at once, each alternating a mirrored and a plain request to
+    the same primary, while the shadow answers nothing: every answer is the primary's, none
+    waits for a copy, and every copy is counted dropped."""
+    clients, rounds = 8, 25
+    async with serving(json_reply("primary")) as p, serving(None) as s:
+        plain = {**route({"primary": p.url}), "name": "plain",
+                 "match": {"path_prefix": "/plain"}}
+        cfg = proxy_config([plain, mirrored_route(p.url, s.url, timeout="3s",
+                                                  max_in_flight=16)])
+        async with run_proxy(cfg) as srv:
+            loop = asyncio.get_running_loop()
+            mirrored_ms: list[float] = []
+            plain_ms: list[float] = []
+
+            async def client() -> None:
+                async with raw_client(srv.port) as c:
+                    for _ in range(rounds):
+                        for target, into in (("/m", mirrored_ms), ("/plain", plain_ms)):
+                            start = loop.time()
+                            resp = await c.request("GET", target)
+                            into.append((loop.time() - start) * 1000)
+                            assert resp.status == 200
+                            assert resp.header("x-served-by") == "primary"
+
+            await asyncio.wait_for(asyncio.gather(*(client() for _ in range(clients))), 10)
+            n = clients * rounds
+            # All served while sixteen copies were still held by the shadow.
+            assert counts(srv) == {"dropped": n - 16}
+            await wait_until(lambda: counts(srv).get("dropped", 0) == n, timeout=10,
+                             what=lambda: f"counts {counts(srv)}")
+    mirrored_ms.sort()
+    plain_ms.sort()
+    print(f"{clients} clients: p50/p99/max with a hanging shadow "
+          f"{mirrored_ms[n // 2]:.2f}/{mirrored_ms[n * 99 // 100]:.2f}/{mirrored_ms[-1]:.2f} ms"
+          f", plain {plain_ms[n // 2]:.2f}/{plain_ms[n * 99 // 100]:.2f}/{plain_ms[-1]:.2f} ms")
+    assert mirrored_ms[-1] < 3000  # none waited the copy's timeout
+    assert len(s.requests) == 16
+    assert len(p.requests) == 2 * n
