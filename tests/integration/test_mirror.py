@@ -248,3 +248,16 @@ async def test_under_concurrent_load_a_hanging_shadow_costs_clients_nothing() ->
     assert mirrored_ms[-1] < 3000  # none waited the copy's timeout
     assert len(s.requests) == 16
     assert len(p.requests) == 2 * n
+
+
+async def test_requests_the_shadow_version_answers_itself_are_not_copied() -> None:
+    async with serving(json_reply("p")) as p, serving(json_reply("s")) as s:
+        r = route({"primary": p.url, "shadow": s.url}, {"primary": 1, "shadow": 1})
+        r["mirror"] = {"to": "shadow"}
+        async with run_proxy(proxy_config([r])) as srv:
+            answers = [await get(srv.port, "/") for _ in range(10)]
+            await wait_until(lambda: total(srv) == 5)
+    assert sorted(a.header("x-served-by") or "" for a in answers) == ["p"] * 5 + ["s"] * 5
+    # Ten requests reached the shadow version: five as the primary, five as copies.
+    assert sorted(r.header("x-splitproxy-shadow") or "" for r in s.requests) == \
+        [""] * 5 + ["1"] * 5

@@ -39,7 +39,8 @@ def mirrored(shadow: Shadow, down: DownstreamProtocol, version: VersionRuntime,
              request: RequestContext, method: bytes, content_length: bytes | None
              ) -> Exchange:
     """The exchange for a request of a mirrored route (dispatch's hook)."""
-    if not shadow.wanted(method, request, content_length):
+    if version is shadow.version or not shadow.wanted(method, request, content_length):
+        # A request the shadow version answers itself is not copied to it again.
         return Exchange(down, version, request)
     if shadow.in_flight >= shadow.config.max_in_flight:
         shadow.count("dropped")
