@@ -28,6 +28,7 @@ from splitproxy.config.crossfield import (
 )
 from splitproxy.config.guard import Analysis
 from splitproxy.config.healthcheck import HealthCheck
+from splitproxy.config.mirror import Mirror
 from splitproxy.config.steps import PreSwitch, Rollout
 from splitproxy.config.tls import (
     Listener,
@@ -144,6 +145,7 @@ class Route(Frozen):
     # Blue-green: a change of `active` is validated first (README: Blue/green).
     pre_switch: PreSwitch | None = None
     health_check: HealthCheck | None = None  # active probes of every version without its own
+    mirror: Mirror | None = None  # shadow traffic to a version (README: Shadow traffic)
 
     @field_validator("weights")
     @classmethod
@@ -179,6 +181,8 @@ class Route(Frozen):
             (("sticky", "identity_pins", who), f"unknown version {version!r}")
             for who, version in self.sticky.identity_pins.items()
             if version not in self.versions]
+        if self.mirror is not None and self.mirror.to not in self.versions:
+            problems.append((("mirror", "to"), f"unknown version {self.mirror.to!r}"))
         if problems:
             raise Located(problems)
         return self

@@ -266,6 +266,9 @@ class Controller:
     def tls_reloads(self) -> dict[str, int]:
         return dict(self.server.stats.tls_reloads)
 
+    def shadow_counts(self) -> dict[tuple[str, str, str], int]:
+        return dict(self.server.stats.shadow)
+
     def version_stats(self) -> Iterable[VersionStats]:
         return self.server.stats.all()
 

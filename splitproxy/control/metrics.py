@@ -38,6 +38,7 @@ class MetricsSource(Protocol):
     def reload_counts(self) -> dict[str, int]: ...
     def proxy_errors(self) -> dict[str, int]: ...  # the proxy's own 503s, by kind
     def tls_reloads(self) -> dict[str, int]: ...  # certificate reloads, by result
+    def shadow_counts(self) -> dict[tuple[str, str, str], int]: ...  # route, to, result
     def generation(self) -> int: ...
     def rollout_metrics(self) -> Iterable[Metric]: ...
     def worker_usage(self) -> Iterable[tuple[int, Usage]]: ...  # worker index, its use
@@ -135,6 +136,15 @@ class SplitproxyCollector(Collector):
         for result, n in src.tls_reloads().items():
             certs.add_metric([result], n)
         yield certs
+        shadow = CounterMetricFamily(
+            "splitproxy_shadow_requests",
+            "Shadow copies (a route's mirror) by the version copied to and the comparison's "
+            "result: match, mismatch, dropped (slow shadow, bound reached), error",
+            labels=["route", "to", "result"],
+        )
+        for (route, to, result), n in sorted(src.shadow_counts().items()):
+            shadow.add_metric([route, to, result], n)
+        yield shadow
         yield GaugeMetricFamily(
             "splitproxy_config_generation", "Generation of the config being served",
             value=src.generation(),

@@ -106,13 +106,14 @@ class Report:
     health: tuple[EndpointHealth, ...]
     usage: Usage | None = None  # its memory, CPU and descriptors (None: no /proc)
     tls_reloads: dict[str, int] = field(default_factory=dict)  # certificate reloads
+    shadow: dict[tuple[str, str, str], int] = field(default_factory=dict)  # mirror results
 
     @classmethod
     def of(cls, stats: Stats, health: list[EndpointHealth], usage: Usage | None = None
            ) -> Report:
         return cls(tuple(Counters.of(s) for s in (*stats.all(), *stats.synthetic())),
                    stats.bad_requests, dict(stats.local), tuple(health), usage,
-                   dict(stats.tls_reloads))
+                   dict(stats.tls_reloads), dict(stats.shadow))
 
 
 @dataclass(frozen=True, slots=True)

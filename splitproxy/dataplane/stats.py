@@ -89,6 +89,8 @@ class Stats:
         # Certificate sets reloaded after their files changed, by result (success, error):
         # written by the server's certificate check, not the hot path.
         self.tls_reloads: dict[str, int] = {"success": 0, "error": 0}
+        # Shadow copies by (route, version copied to, result): dataplane.http.mirror.
+        self.shadow: dict[tuple[str, str, str], int] = {}
 
     def count_local(self, kind: str) -> None:
         self.local[kind] = self.local.get(kind, 0) + 1

@@ -76,6 +76,8 @@ class WorkerPool:
                 total.local[kind] = total.local.get(kind, 0) + n
             for result, n in report.tls_reloads.items():
                 total.tls_reloads[result] = total.tls_reloads.get(result, 0) + n
+            for key, n in report.shadow.items():
+                total.shadow[key] = total.shadow.get(key, 0) + n
             total.bad_requests += report.bad_requests
             for c in report.counters:
                 c.add_to(total.get(c.route, c.version, c.synthetic))

@@ -143,12 +143,13 @@ def plan(state: RouteState, route: Route) -> Plan:
             tests.append(Test(v, "error_rate", compare.margin, None, baseline))
             tests += [Test(v, name, compare.margin, seconds, baseline)
                       for name, seconds, _ in limits]
-        for m in analysis.metrics:
-            if m.threshold is not None:
-                tests.append(Test(v, f"metric:{m.name}", m.threshold, custom=m))
-            if m.compare_to_baseline is not None and baseline is not None:
-                tests.append(Test(v, f"metric:{m.name}", m.compare_to_baseline.margin,
-                                  against=baseline, custom=m))
+        tests += _metric_tests(v, analysis, baseline)
+    shadow = route.mirror.to if route.mirror is not None else None
+    if shadow is not None and shadow not in versions and shadow != route.baseline:
+        # A version that only gets the mirror's copies: the proxy's own counts see none of
+        # its traffic, the custom metrics can (the shadow's match rate, README: Shadow
+        # traffic), so it is judged on those before it serves anyone.
+        tests += _metric_tests(shadow, analysis, baseline)
     steps = route.rollout.steps if route.rollout else ()
     planned = max(1, sum(1 for s in steps if s.pause is not None))
     what = [[t.key, t.threshold, t.limit] + ([t.custom.model_dump(mode="json")]
@@ -156,6 +157,17 @@ def plan(state: RouteState, route: Route) -> Plan:
     key = hashlib.sha256(json.dumps([what, analysis.alpha, analysis.beta, planned])
                          .encode()).hexdigest()[:12]
     return Plan(tuple(tests), planned, key)
+
+
+def _metric_tests(v: str, analysis: Analysis, baseline: str | None) -> list[Test]:
+    tests = []
+    for m in analysis.metrics:
+        if m.threshold is not None:
+            tests.append(Test(v, f"metric:{m.name}", m.threshold, custom=m))
+        if m.compare_to_baseline is not None and baseline is not None:
+            tests.append(Test(v, f"metric:{m.name}", m.compare_to_baseline.margin,
+                              against=baseline, custom=m))
+    return tests
 
 
 # -- evidence ---------------------------------------------------------------------------------

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 from splitproxy.config.address import EndpointUrl
 from splitproxy.config.headerroute import HeaderRoute
+from splitproxy.config.mirror import Mirror
 from splitproxy.config.models import Config, Route, Strategy
 from splitproxy.config.tls import UpstreamTls
 from splitproxy.routing.choose import RoutePlan, make_plan, pin_values, sticky_value
@@ -62,6 +63,7 @@ class RouteEntry:
     counter: itertools.count[int] = field(default_factory=itertools.count)
     # A verified client certificate's subject -> version (sticky.identity_pins, mTLS).
     identity_pins: dict[bytes, str] = field(default_factory=dict)
+    mirror: Mirror | None = None  # shadow traffic (dataplane.http.mirror)
 
     def matches(self, host: str, path: str) -> bool:
         if self.host is not None and host != self.host:
@@ -119,6 +121,7 @@ def build_route(
         header_routes=header_routes,
         steer_rules=compile_rules(header_routes),
         identity_pins={k.encode("utf-8"): v for k, v in sticky.identity_pins.items()},
+        mirror=route.mirror,
     )
 
 

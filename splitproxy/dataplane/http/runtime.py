@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from splitproxy.config.models import Health
 from splitproxy.dataplane.http.pool import Pool, Pools
+from splitproxy.dataplane.http.shadow import Shadow, shadow_of
 from splitproxy.dataplane.stats import Stats, VersionStats
 from splitproxy.routing.table import RouteEntry, RoutingTable
 
@@ -61,6 +62,7 @@ class CompiledRoute:
     cookie: bytes | None  # the sticky cookie's name
     set_cookie: dict[str, bytes]  # version -> its Set-Cookie header line, made once per table
     sticky: dict[bytes, str]  # cookie value of the current run -> version
+    mirror: Shadow | None = None  # the route's shadow traffic (None: the route has none)
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,6 +90,7 @@ def compile_table(table: RoutingTable, pools: Pools, stats: Stats, health: Healt
     before = {(r.entry.name, name): v for r in previous.routes for name, v in r.versions.items()
               } if previous is not None else {}
     routes = []
+    mirrors = {r.entry.name: r.mirror for r in previous.routes} if previous is not None else {}
     for entry in table.routes:
         versions = {}
         for name in entry.plan.versions:
@@ -110,7 +113,9 @@ def compile_table(table: RoutingTable, pools: Pools, stats: Stats, health: Healt
             % (cookie, value, entry.cookie_max_age)
             for value, version in entry.cookie_values.items()
         } if cookie else {}
-        routes.append(CompiledRoute(entry, versions, cookie, set_cookie, entry.cookie_values))
+        routes.append(CompiledRoute(entry, versions, cookie, set_cookie, entry.cookie_values,
+                                    shadow_of(entry, versions, stats,
+                                              mirrors.get(entry.name))))
     pools.retain({ep for e in table.routes for eps in e.endpoints.values() for ep in eps})
     first = routes[0] if routes else None
     catch_all = first if first and first.entry.host is None and \
