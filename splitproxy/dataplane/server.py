@@ -223,6 +223,7 @@ class ProxyServer:
         if self._pools is not None:
             self._pools.close()
         await asyncio.sleep(0)
+        state.access_lines.close()  # the lines of the connections just closed too
         log.info("proxy stopped")
 
 

@@ -18,7 +18,7 @@ from typing import Any
 import aiohttp
 import yaml
 
-from splitproxy.config.logformat import JsonFormatter
+from splitproxy.config.logformat import TEXT, JsonFormatter, TextFormatter
 from splitproxy.control.reload import reached_through
 from tests.support.configs import proxy_config, route
 from tests.support.ports import free_port
@@ -140,6 +140,38 @@ async def test_json_logs_parse_one_object_per_line(tmp_path: Path) -> None:
     assert all(r["time"].endswith("Z") and "T" in r["time"] for r in records)
 
 
+async def test_the_access_log_in_json_and_in_text_from_workers_loses_no_line(
+        tmp_path: Path) -> None:
+    """The access log's batched lines reach stderr in either format, from every worker, and
+    a SIGTERM right after the last answer loses none of them (the stop hands them over)."""
+    async with run_upstream("stable") as up:
+        for fmt in ("json", "text"):
+            path = tmp_path / fmt / "config.yaml"
+            path.parent.mkdir()
+            cfg = config(up.url, logging={"format": fmt, "access_log": True})
+            write_config(path, cfg)
+            log = tmp_path / f"{fmt}.log"
+            async with splitproxy_run(path, log, "--workers", "2"):
+                async with aiohttp.ClientSession() as client:
+                    for n in range(20):
+                        async with client.get(f"http://{cfg['listen']}/n{n}?token=x",
+                                              headers={"X-Request-Id": f"id-{n}"}) as resp:
+                            assert resp.status == 200
+            if fmt == "json":
+                access = [r for r in json_lines(log) if r["logger"] == "splitproxy.access"]
+                assert sorted(r["access"]["request_id"] for r in access) == sorted(
+                    f"id-{n}" for n in range(20))
+                assert all(r["access"]["path"].startswith("/n") and r["worker"] in (0, 1)
+                           and f"request_id={r['access']['request_id']} " in r["message"]
+                           for r in access)
+            else:
+                text = [ln for ln in log.read_text().splitlines()
+                          if " INFO splitproxy.access[w" in ln]
+                assert sorted(ln.split(" request_id=")[1].split()[0] for ln in text) == sorted(
+                    f"id-{n}" for n in range(20))
+                assert not any("token" in ln for ln in text)
+
+
 async def test_logging_format_from_the_config_and_the_flag_wins(tmp_path: Path) -> None:
     async with run_upstream("stable") as up:
         path = tmp_path / "config.yaml"
@@ -155,6 +187,21 @@ async def test_logging_format_from_the_config_and_the_flag_wins(tmp_path: Path) 
         lines = flagged.read_text().splitlines()
         assert any(" INFO splitproxy.control.service: admin API on " in ln for ln in lines)
         assert not any(ln.startswith("{") for ln in lines), lines
+
+
+def test_the_text_formatter_writes_what_logging_would_with_its_second_kept() -> None:
+    """TextFormatter renders the date and seconds once a second: the lines are the ones
+    logging.Formatter writes, at every millisecond, across second and minute boundaries."""
+    ours, plain = TextFormatter(TEXT), logging.Formatter(TEXT)
+    start = 1_700_000_058.0
+    for created in (start, start + 0.0004, start + 0.999, start + 1.0, start + 1.5,
+                    start + 2.001, start + 61.25, start + 1.7, start + 3600.5):
+        record = logging.LogRecord("splitproxy.access", logging.INFO, __file__, 1, "line",
+                                   None, None)
+        record.created = created
+        record.msecs = int((created - int(created)) * 1000) + 0.0
+        assert ours.format(record) == plain.format(record), created
+    assert ours.formatTime(record, "%H") == plain.formatTime(record, "%H")
 
 
 def test_json_formatter_carries_extra_fields_and_keeps_a_traceback_on_one_line() -> None:

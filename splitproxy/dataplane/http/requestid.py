@@ -3,9 +3,10 @@ not; sent upstream, returned to the client (the upstream's own is replaced), wri
 access log.
 
 A made id is a per-process random prefix and a counter, shaped as a UUID (version 4, so
-systems that check the format accept it): 0.26 µs, where `os.urandom(16).hex()` takes 0.56 µs
-and `uuid.uuid4()` 2.6 µs (measured with timeit on the 2-core development machine). Ids are
-unique, not secret: the prefix has 72 random bits per process, the counter 48 bits.
+systems that check the format accept it): 0.16 µs, where `os.urandom(16).hex()` takes 0.49 µs
+and `uuid.uuid4()` 1.8 µs (measured with timeit on the 2-core development machine). Ids are
+unique, not secret: the prefix has 72 random bits per process, the counter 48 bits (then a
+new prefix).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import itertools
 import os
 import re
+from binascii import hexlify
 
 HEADER = b"X-Request-Id"
 MAX_LENGTH = 200  # Heroku's router accepts 20-200 characters; Rails keeps up to 255
@@ -46,14 +48,20 @@ def _reseed() -> None:
 os.register_at_fork(after_in_child=_reseed)
 
 
-def new_id() -> bytes:
-    """A fresh id, `xxxxxxxx-xxxx-4xxx-Vxxx-<12 hex digits of the counter>`."""
-    return b"%s%012x" % (_PREFIX, next(_COUNTER))
-
-
 def resolve(given: bytes | None) -> bytes:
     """The request's id: the client's when it sent one sane id (at most MAX_LENGTH letters,
     digits and `._:@+=/-`), else a new one. `b""` stands for "sent more than once"."""
     if given is not None and _SANE.fullmatch(given):
         return given
-    return new_id()
+    try:
+        # Made here, not by a call to new_id: once per request. Two C calls take a third of
+        # the instructions of `b"%s%012x" % (_PREFIX, n)` (callgrind).
+        return _PREFIX + hexlify(next(_COUNTER).to_bytes(6, "big"))
+    except OverflowError:  # 2**48 ids made: a new prefix, the counter from 1
+        _reseed()
+        return resolve(None)
+
+
+def new_id() -> bytes:
+    """A fresh id, `xxxxxxxx-xxxx-4xxx-Vxxx-<12 hex digits of the counter>`."""
+    return resolve(None)

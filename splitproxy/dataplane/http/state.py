@@ -4,10 +4,11 @@ whole server: the protocols get this, the server owns and updates it."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from splitproxy.config.models import Limits, Timeouts
+from splitproxy.dataplane.http.accesslines import AccessLines
 from splitproxy.dataplane.http.runtime import Runtime
 from splitproxy.dataplane.stats import Stats
 
@@ -17,12 +18,18 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 
 
+class Timer(Protocol):
+    def cancel(self) -> None: ...
+
+
 class EventLoop(Protocol):
-    """The two things the protocols ask of the event loop: its clock and a task for a new
-    upstream connection. Tests hand in a fake one and move its clock by hand."""
+    """What the protocols ask of the event loop: its clock, a task for a new upstream
+    connection, and a timer (the access log's flush). Tests hand in a fake one and move its
+    clock by hand."""
 
     def time(self) -> float: ...
     def create_task(self, coro: Coroutine[Any, Any, T]) -> asyncio.Task[T]: ...
+    def call_later(self, delay: float, callback: Callable[[], object]) -> Timer: ...
 
 
 class ServerState:
@@ -30,8 +37,8 @@ class ServerState:
     table swap, the start of a shutdown) and never replaces the object, so a connection reads
     the current values through the one reference it was given."""
 
-    __slots__ = ("loop", "runtime", "timeouts", "limits", "stats", "protocol", "connections",
-                 "draining")
+    __slots__ = ("loop", "runtime", "timeouts", "limits", "stats", "protocol", "access_lines",
+                 "connections", "draining")
 
     def __init__(self, loop: EventLoop, runtime: Runtime, timeouts: Timeouts, limits: Limits,
                  stats: Stats, protocol: type[DownstreamProtocol]) -> None:
@@ -44,6 +51,7 @@ class ServerState:
         # access log (`accesslog.protocol_for`). Chosen per connection when it is accepted,
         # so the choice costs nothing per request; a reload applies to new connections.
         self.protocol = protocol
+        self.access_lines = AccessLines(loop)  # what LoggedDownstream connections log
         self.connections: set[DownstreamProtocol] = set()  # open client connections
         self.draining = False  # shutting down: every answer closes its connection
 

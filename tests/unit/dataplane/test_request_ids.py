@@ -1,0 +1,35 @@
+"""requestid: a sane id from the client is kept, anything else replaced by a made one, shaped
+as a version-4 UUID, unique per process (a new prefix when the counter runs out)."""
+
+from __future__ import annotations
+
+import itertools
+import uuid
+
+import pytest
+
+from splitproxy.dataplane.http import requestid
+
+
+@pytest.mark.parametrize("given", [b"8f14e45f-ceea-467f-a0d7-6d0a1b6a5a11", b"Root=1-5759e988",
+                                   b"a" * 200, b"x"])
+def test_a_sane_id_is_kept(given: bytes) -> None:
+    assert requestid.resolve(given) is given
+
+
+@pytest.mark.parametrize("given", [None, b"", b"a" * 201, b"two words", b'quo"te', b"semi;colon",
+                                   b"caf\xe9"])
+def test_anything_else_gets_a_made_one(given: bytes | None) -> None:
+    made = requestid.resolve(given)
+    assert made != given and uuid.UUID(made.decode()).version == 4
+
+
+def test_made_ids_count_up_and_a_spent_counter_takes_a_new_prefix(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    first, second = requestid.new_id(), requestid.new_id()
+    assert first[:24] == second[:24] and int(second[24:], 16) == int(first[24:], 16) + 1
+    monkeypatch.setattr(requestid, "_COUNTER", itertools.count(2**48 - 1))
+    last = requestid.new_id()
+    renewed = requestid.new_id()
+    assert last.endswith(b"-ffffffffffff") and renewed.endswith(b"-000000000001")
+    assert renewed[:24] != last[:24] and uuid.UUID(renewed.decode()).version == 4
