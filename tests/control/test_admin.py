@@ -82,7 +82,9 @@ async def test_status_reports_config_routes_weights_and_realized_split(tmp_path:
         assert (stable["effective_weight"], canary["effective_weight"]) == (90, 10)
         assert (stable["realized_share"], canary["realized_share"]) == (0.9, 0.1)
         assert stable["endpoints"] == [
-            {"url": ups["stable"].url, "up": True, "consecutive_failures": 0, "ejections": 0}
+            {"url": ups["stable"].url, "up": True, "consecutive_failures": 0, "ejections": 0,
+             "passive": "up", "active": "off", "active_last_result": "none",
+             "active_last_error": None}
         ]
         assert canary["endpoints"][0]["url"] == ups["canary"].url
         assert canary["endpoints"][0]["up"] is True
