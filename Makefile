@@ -35,7 +35,7 @@ typecheck: $(STAMP)
 	$(BIN)/mypy splitproxy loadtests tests
 
 test: lint typecheck
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q -n 2 --dist loadfile
 
 # A benchmark, not a test: needs wrk and nginx (apt-get install wrk nginx-light).
 bench: $(STAMP)

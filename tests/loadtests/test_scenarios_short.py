@@ -60,8 +60,11 @@ def run_scenario(name: str, report_dir: Path) -> tuple[int, str]:
     return proc.returncode, out
 
 
-@pytest.mark.parametrize("name", ["steady-split", "bad-canary", "blue-green-switch",
-                                  "validated-switch", "healthy-canary"])
+# In `make test`: the harness proving the split, and the headline (a bad canary reverted).
+# The other scenarios' behaviour is tested in tests/rollout without locust (blue/green,
+# pre_switch, the guard's quiet on a healthy canary); they run at full length with
+# `make loadtest`, which keeps `make test` within its 10 minutes on 2 cores.
+@pytest.mark.parametrize("name", ["steady-split", "bad-canary"])
 def test_short_scenario_meets_every_expectation(name: str, tmp_path: Path) -> None:
     code, out = run_scenario(name, tmp_path)
     assert code == 0, f"{name} --short exited {code}:\n{out}"
