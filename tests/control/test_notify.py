@@ -17,6 +17,7 @@ from aiohttp import web
 from splitproxy.config.steps import Webhook
 from splitproxy.control import notify
 from splitproxy.control.notify import Notifier, slack_message
+from tests.support.upstream import serve_app
 from tests.support.waiting import WAIT, wait_until
 
 
@@ -55,17 +56,13 @@ class Receiver:
 @contextlib.asynccontextmanager
 async def run_receiver(**kw: Any) -> AsyncIterator[Receiver]:
     rec = Receiver(**kw)
-    runner = web.AppRunner(rec.app(), access_log=None, shutdown_timeout=0.5)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    rec.port = int(runner.addresses[0][1])
-    try:
-        yield rec
-    finally:
-        if rec.release is not None:
-            rec.release.set()
-        await runner.cleanup()
+    async with serve_app(rec.app()) as port:
+        rec.port = port
+        try:
+            yield rec
+        finally:
+            if rec.release is not None:
+                rec.release.set()
 
 
 @contextlib.asynccontextmanager

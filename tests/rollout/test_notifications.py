@@ -17,7 +17,7 @@ from aiohttp import web
 from tests.support.configs import rollout_config
 from tests.support.load import Load, plain
 from tests.support.service import admin, metric, run_service, scrape, write_config
-from tests.support.upstream import run_upstreams
+from tests.support.upstream import run_upstreams, serve_app
 from tests.support.waiting import wait_until
 
 
@@ -57,16 +57,12 @@ class Receiver:
 @contextlib.asynccontextmanager
 async def run_receiver(**kw: Any) -> AsyncIterator[Receiver]:
     rec = Receiver(**kw)
-    runner = web.AppRunner(rec.app(), access_log=None, shutdown_timeout=0.5)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    rec.port = int(runner.addresses[0][1])
-    try:
-        yield rec
-    finally:
-        rec.release.set()
-        await runner.cleanup()
+    async with serve_app(rec.app()) as port:
+        rec.port = port
+        try:
+            yield rec
+        finally:
+            rec.release.set()
 
 
 async def test_every_transition_is_notified_in_order_and_retried_without_holding_anything(
