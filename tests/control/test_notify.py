@@ -7,62 +7,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
 import pytest
-from aiohttp import web
 
 from splitproxy.config.steps import Webhook
 from splitproxy.control import notify
 from splitproxy.control.notify import Notifier, slack_message
-from tests.support.upstream import serve_app
+from tests.support.fakes import run_receiver
 from tests.support.waiting import WAIT, wait_until
-
-
-@dataclass
-class Receiver:
-    """Answers each POST with the next of `script` (then 200), optionally held until
-    `release` is set; keeps (headers, body) of every attempt."""
-
-    script: list[int] = field(default_factory=list)
-    retry_after: str | None = None
-    release: asyncio.Event | None = None
-    got: list[tuple[dict[str, str], dict[str, Any]]] = field(default_factory=list)
-    port: int = 0
-
-    def url(self, path: str = "/hook") -> str:
-        return f"http://127.0.0.1:{self.port}{path}"
-
-    def bodies(self) -> list[dict[str, Any]]:
-        return [b for _, b in self.got]
-
-    def app(self) -> web.Application:
-        async def receive(request: web.Request) -> web.Response:
-            body = await request.json()
-            self.got.append((dict(request.headers), body))
-            if self.release is not None:
-                await self.release.wait()
-            status = self.script.pop(0) if self.script else 200
-            headers = {"Retry-After": self.retry_after} if self.retry_after else {}
-            return web.Response(status=status, text="ok", headers=headers)
-
-        app = web.Application()
-        app.router.add_post("/{tail:.*}", receive)
-        return app
-
-
-@contextlib.asynccontextmanager
-async def run_receiver(**kw: Any) -> AsyncIterator[Receiver]:
-    rec = Receiver(**kw)
-    async with serve_app(rec.app()) as port:
-        rec.port = port
-        try:
-            yield rec
-        finally:
-            if rec.release is not None:
-                rec.release.set()
 
 
 @contextlib.asynccontextmanager
@@ -103,10 +57,10 @@ async def test_a_500_is_retried_with_backoff_until_the_receiver_takes_it() -> No
         await wait_until(lambda: n.outcomes[("abort", "delivered")] == 1,
                          what="the notification delivered")
         assert delays.asked == [0.5, 1.0, 2.0]  # 0.5 s doubling
-        attempts = [h["X-Splitproxy-Attempt"] for h, _ in rec.got]
+        attempts = [h["X-Splitproxy-Attempt"] for h in rec.headers()]
         assert attempts == ["1", "2", "3", "4"]
-        assert {h["X-Splitproxy-Delivery"] for h, _ in rec.got} == {"shop/r1/7/abort"}
-        assert {h["X-Splitproxy-Event"] for h, _ in rec.got} == {"abort"}
+        assert {h["X-Splitproxy-Delivery"] for h in rec.headers()} == {"shop/r1/7/abort"}
+        assert {h["X-Splitproxy-Event"] for h in rec.headers()} == {"abort"}
         assert rec.bodies()[-1] == payload()  # the JSON format is the payload itself
 
 
@@ -137,7 +91,7 @@ async def test_notifications_keep_their_order_per_receiver_and_a_stuck_one_holds
 ) -> None:
     delays = Delays()
     async with run_receiver(script=[500, 500]) as rec, notifier(delays) as n, \
-            run_receiver(release=asyncio.Event()) as stuck:
+            run_receiver(hold_all=True) as stuck:
         n.send(hook(stuck.url(), timeout="60s"), payload("paused"))
         for event in ("paused", "resumed", "promoted"):
             n.send(hook(rec.url()), payload(event))  # returns at once
@@ -153,7 +107,7 @@ async def test_notifications_keep_their_order_per_receiver_and_a_stuck_one_holds
 async def test_a_receiver_that_never_answers_fills_only_its_own_bounded_queue(
         monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(notify, "MAX_QUEUE", 3)
-    async with run_receiver(release=asyncio.Event()) as held, notifier() as n:
+    async with run_receiver(hold_all=True) as held, notifier() as n:
         n.send(hook(held.url()), payload("e0"))
         await wait_until(lambda: len(held.got) == 1, what="the first attempt in flight")
         for i in range(1, 6):
@@ -173,7 +127,7 @@ async def test_close_waits_a_moment_for_what_is_queued() -> None:
             n = Notifier(lambda: session, Delays())
             n.send(hook(rec.url()), payload())
             await n.close(WAIT)
-        assert [h["X-Splitproxy-Attempt"] for h, _ in rec.got] == ["1", "2"]
+        assert [h["X-Splitproxy-Attempt"] for h in rec.headers()] == ["1", "2"]
 
 
 async def test_slack_format_is_an_incoming_webhook_message() -> None:
@@ -184,7 +138,7 @@ async def test_slack_format_is_an_incoming_webhook_message() -> None:
     async with run_receiver() as rec, notifier() as n:
         n.send(hook(rec.url(), format="slack"), body)
         await wait_until(lambda: len(rec.got) == 1, what="the Slack message")
-    [(headers, got)] = rec.got
+    [(_, headers, got)] = rec.got
     assert got == slack_message(body)
     assert got["text"] == ":rotating_light: shop: abort"  # what a notification shows
     assert set(got) == {"text", "blocks"}

@@ -5,71 +5,21 @@ receiver that never answers holds nothing up."""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-from aiohttp import web
 
 from tests.support.configs import rollout_config
+from tests.support.fakes import run_receiver
 from tests.support.load import Load, plain
 from tests.support.service import admin, metric, run_service, scrape, write_config
-from tests.support.upstream import run_upstreams, serve_app
+from tests.support.upstream import run_upstreams
 from tests.support.waiting import wait_until
-
-
-@dataclass
-class Receiver:
-    """Keeps every attempt per path; answers 500 to the first attempt on `/json` of the
-    events in `fail_first`, and holds every request to `/stuck` until the test ends."""
-
-    fail_first: set[str] = field(default_factory=set)
-    got: list[tuple[str, dict[str, str], dict[str, Any]]] = field(default_factory=list)
-    release: asyncio.Event = field(default_factory=asyncio.Event)
-    port: int = 0
-
-    def url(self, path: str) -> str:
-        return f"http://127.0.0.1:{self.port}{path}"
-
-    def on(self, path: str) -> list[dict[str, Any]]:
-        return [b for p, _, b in self.got if p == path]
-
-    def app(self) -> web.Application:
-        async def receive(request: web.Request) -> web.Response:
-            body = await request.json()
-            self.got.append((request.path, dict(request.headers), body))
-            if request.path == "/stuck":
-                await self.release.wait()
-            event = request.headers.get("X-Splitproxy-Event", "")
-            if request.path == "/json" and event in self.fail_first \
-                    and request.headers["X-Splitproxy-Attempt"] == "1":
-                return web.Response(status=500, text="try again")
-            return web.Response(text="ok")
-
-        app = web.Application()
-        app.router.add_post("/{tail:.*}", receive)
-        return app
-
-
-@contextlib.asynccontextmanager
-async def run_receiver(**kw: Any) -> AsyncIterator[Receiver]:
-    rec = Receiver(**kw)
-    async with serve_app(rec.app()) as port:
-        rec.port = port
-        try:
-            yield rec
-        finally:
-            rec.release.set()
 
 
 async def test_every_transition_is_notified_in_order_and_retried_without_holding_anything(
     tmp_path: Path,
 ) -> None:
     async with run_upstreams("stable", "canary") as b, \
-            run_receiver(fail_first={"abort"}) as rec:
+            run_receiver(fail_first={"abort"}, fail_path="/json", hold={"/stuck"}) as rec:
         hooks = [{"on": "all", "url": rec.url("/json")},
                  {"on": ["abort", "promoted"], "url": rec.url("/slack"), "format": "slack"},
                  {"on": "all", "url": rec.url("/stuck"), "timeout": "60s"}]
