@@ -104,7 +104,8 @@ class Receiver:
     """A notification receiver that scripts its answers: each POST gets the next status of
     `script` (then 200, with `Retry-After: retry_after` if set); the first attempt of an
     event in `fail_first` (on `fail_path` only, if set) gets 500; requests to a path in
-    `hold` (every path, with `hold_all`) wait for `release`. Keeps (path, headers, body) of every attempt."""
+    `hold` (every path, with `hold_all`) wait for `release`. Keeps (path, headers, body) of
+    every attempt."""
 
     script: list[int] = field(default_factory=list)
     retry_after: str | None = None
