@@ -63,7 +63,7 @@ async def test_passive_health_ejects_the_https_endpoint_only(tmp_path: Path) -> 
 
             async def ejected() -> bool:
                 await get(port, "/")
-                return (await rows(session))[secure]["passive"] == "ejected"
+                return bool((await rows(session))[secure]["passive"] == "ejected")
 
             await wait_until(ejected, what="the https endpoint ejected")
             shown = await rows(session)
@@ -90,8 +90,8 @@ async def test_active_checks_of_the_two_schemes_stay_apart(tmp_path: Path, worke
 
             async def checked() -> bool:
                 shown = await rows(session)
-                return shown[secure]["active"] == "down" and \
-                    shown[plain]["active_last_result"] == "success"
+                return bool(shown[secure]["active"] == "down"
+                            and shown[plain]["active_last_result"] == "success")
 
             await wait_until(checked, 10, "the https endpoint down, the http one up")
             shown = await rows(session)

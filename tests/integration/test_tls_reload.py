@@ -117,7 +117,8 @@ async def test_a_certificate_file_that_does_not_load_is_reported_until_a_good_on
     assert body["config"]["last_reload"]["result"] is None  # the config itself is fine
     assert f"certificates of {listener} REFUSED" in text and str(site.cert) in text, text
     assert metric(samples, "splitproxy_tls_certificates_refused", listener=listener) == 1
-    assert metric(samples, "splitproxy_tls_certificate_reloads_total", result="error") >= 1
+    assert (metric(samples, "splitproxy_tls_certificate_reloads_total", result="error")
+            or 0) >= 1
     assert served_meanwhile == ["localhost"]
     assert cleared["config"]["certificates_refused"] == []
     assert cleared["config"]["certificate_reloads"]["success"] >= 1
