@@ -116,9 +116,10 @@ class ServerTls:
         # The socket's context: its sni_callback moves every handshake onto a certificate's
         # context. OpenSSL 3.0 takes a handshake's protocol versions and client verification
         # mode from this one (copied when the connection's SSL object is made), and its TLS
-        # 1.2 ciphers and client CA store from the context chosen by SNI (measured with
-        # trustme, see tests/integration/test_tls_policy.py). So a policy change is applied
-        # to both: this one in place (`_apply_policy`), the chosen ones built anew.
+        # 1.2 ciphers and client CA store from the context chosen by SNI (tried with trustme
+        # certificates; tests/integration/test_tls_policy.py holds both to it). So a policy
+        # change is applied to both: this one in place (`_apply_policy`), the chosen ones
+        # built anew.
         first = tls.certificates[0]
         self.context = server_context(tls, first.cert, first.key)
         self.context.sni_callback = self._on_sni

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import os
 import ssl
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -219,3 +220,22 @@ async def test_client_certificate_settings_apply_on_reload(
     assert on_first == {"none": False, "first": True, "second": False}
     assert on_second == {"none": False, "first": False, "second": True}
     assert off == everyone
+
+
+async def test_the_default_policy_refuses_tls_1_1_and_cbc_suites(tmp_path: Path) -> None:
+    """TLS 1.2+ and, for 1.2, ECDHE with AEAD only (Mozilla intermediate)."""
+    ca = trustme.CA()
+    site = issue(ca, tmp_path, "site", "localhost")
+    ca_file = write_ca(ca, tmp_path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # an old client, on purpose
+        tls11 = client(ca_file, version=ssl.TLSVersion.TLSv1_1, cipher="DEFAULT:@SECLEVEL=0")
+    cbc = client(ca_file, version=ssl.TLSVersion.TLSv1_2, cipher="ECDHE-ECDSA-AES128-SHA256")
+    port = free_port()
+    async with run_upstream("stable") as up:
+        async with running_service(tmp_path, tls_config(up.url, port, site), watch=False):
+            served = {name: await answers(port, ctx) for name, ctx in (
+                ("1.1", tls11), ("1.2 cbc", cbc),
+                ("1.2 gcm", client(ca_file, version=ssl.TLSVersion.TLSv1_2, cipher=AES128)),
+                ("1.3", client(ca_file, version=ssl.TLSVersion.TLSv1_3)))}
+    assert served == {"1.1": False, "1.2 cbc": False, "1.2 gcm": True, "1.3": True}
