@@ -136,6 +136,26 @@ async def test_mtls_accepts_the_configured_ca_and_sends_the_identity_upstream(
     assert up.requests == 1  # the refused clients reached nothing
 
 
+async def test_optional_client_auth_serves_clients_without_a_certificate_anonymously(
+        tmp_path: Path, ca: trustme.CA) -> None:
+    site = issue(ca, tmp_path, "site", "localhost")
+    ca_file = write_ca(ca, tmp_path)
+    client = issue(ca, tmp_path, "client", "client.internal", common_name="checkout")
+    async with run_upstream("stable") as up:
+        cfg = config(up, tls_listener(site.listener(), client_ca=str(ca_file),
+                                      client_auth="optional"))
+        async with run_proxy(cfg) as srv:
+            seen = {}
+            for name, cert in (("with", client), ("without", None)):
+                async with tls_client(srv.ports[0], client_context(ca_file, cert)) as c:
+                    resp = await c.request("GET", "/headers", headers={
+                        "X-Client-Cert-Subject": "CN=admin"})
+                    assert resp.status == 200
+                    seen[name] = headers_of(resp.body).get("x-client-cert-subject")
+    assert seen["with"] is not None and seen["with"][0].startswith("CN=checkout,")
+    assert seen["without"] is None  # anonymous, and the claimed identity removed
+
+
 async def test_the_identity_header_is_stripped_on_plaintext_listeners() -> None:
     async with run_upstream("stable") as up:
         async with run_proxy(config(up, {"address": "127.0.0.1:0"})) as srv:
