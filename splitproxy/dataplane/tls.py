@@ -152,6 +152,8 @@ class ServerTls:
                       reason)
             self._stamps = stamps  # reported once per change, not every tick
             return False
+        # Cannot fail: _build just applied the same settings to contexts of its own. Both
+        # swaps happen between two handshakes (one thread), never during one's callback.
         _apply_policy(self.context, self.tls)
         self._table = table
         self._stamps = stamps
