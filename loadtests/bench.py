@@ -47,8 +47,10 @@ from pathlib import Path
 from typing import Any
 
 try:
+    from loadtests import nginxconf
     from loadtests.idle_clients import measure_idle, memory_markdown, raise_nofile
 except ImportError:  # run as `python loadtests/bench.py`: loadtests/ itself is on sys.path
+    import nginxconf  # type: ignore[import-not-found,no-redef]
     from idle_clients import (  # type: ignore[no-redef,import-not-found]
         measure_idle,
         memory_markdown,
@@ -217,37 +219,11 @@ def wait_ready(children: Children, name: str, proc: subprocess.Popen[bytes], por
 # --- the three servers -------------------------------------------------------------------------
 
 
-def _nginx_conf(tmp: Path, name: str, http_block: str, connections: int = 4096) -> Path:
-    temp = tmp / f"{name}-temp"
-    temp.mkdir()
-    conf = tmp / f"{name}.conf"
-    paths = "\n".join(
-        f"    {kind}_temp_path {temp / kind};"
-        for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
-    )
-    conf.write_text(
-        f"worker_processes 1;\n"
-        f"worker_rlimit_nofile {2 * connections};\n"
-        f"pid {tmp / name}.pid;\n"
-        f"error_log {tmp / name}-error.log warn;\n"
-        f"events {{ worker_connections {connections}; }}\n"
-        f"http {{\n"
-        f"    access_log off;\n"
-        # wrk keeps its connections for the whole run: nginx's default of 1000 requests per
-        # connection would make it reconnect, which splitproxy never asks for.
-        f"    keepalive_requests 100000000;\n"
-        f"{paths}\n"
-        f"{textwrap.indent(textwrap.dedent(http_block).strip(), '    ')}\n"
-        f"}}\n"
-    )
-    return conf
-
-
 def start_nginx(
     children: Children, nginx: str, tmp: Path, name: str, http_block: str, connections: int = 4096
 ) -> int:
     port = free_port()
-    conf = _nginx_conf(tmp, name, http_block.replace("{port}", str(port)), connections)
+    conf = nginxconf.main_conf(tmp, name, http_block.replace("{port}", str(port)), connections)
     argv = [nginx, "-e", str(tmp / f"{name}-error.log"), "-p", str(tmp), "-c", str(conf)]
     argv += ["-g", "daemon off;"]
     proc = children.start(name, argv)
@@ -256,13 +232,7 @@ def start_nginx(
 
 
 def start_nginx_upstream(children: Children, nginx: str, tmp: Path) -> int:
-    block = """
-        server {
-            listen 127.0.0.1:{port};
-            location / { return 200 "ok\\n"; }
-        }
-    """
-    return start_nginx(children, nginx, tmp, "upstream", block)
+    return start_nginx(children, nginx, tmp, "upstream", nginxconf.UPSTREAM)
 
 
 def start_aiohttp_upstream(children: Children) -> int:
@@ -280,27 +250,7 @@ def start_aiohttp_upstream(children: Children) -> int:
 def start_nginx_proxy(
     children: Children, nginx: str, tmp: Path, upstream: int, connections: int = 4096
 ) -> int:
-    # The same header work splitproxy does: Host passed through, X-Forwarded-* added.
-    block = f"""
-        upstream backend {{
-            server {HOST}:{upstream};
-            keepalive 64;
-            keepalive_requests 100000000;
-        }}
-        server {{
-            listen 127.0.0.1:{{port}};
-            location / {{
-                proxy_pass http://backend;
-                proxy_http_version 1.1;
-                proxy_set_header Connection "";
-                proxy_set_header Host $http_host;
-                proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
-                proxy_set_header X-Forwarded-Proto $scheme;
-                proxy_set_header X-Forwarded-Host $host;
-            }}
-        }}
-    """
-    return start_nginx(children, nginx, tmp, NGINX_PROXY, block, connections)
+    return start_nginx(children, nginx, tmp, NGINX_PROXY, nginxconf.proxy(upstream), connections)
 
 
 # `--analysis`: the route is guarded with three latency limits, so every request is also

@@ -33,10 +33,11 @@ from pathlib import Path
 from typing import Any
 
 try:
-    from loadtests import bench
+    from loadtests import bench, nginxconf
     from loadtests.idle_clients import measure_idle, memory_markdown, raise_nofile
 except ImportError:  # run as `python loadtests/bench_tls.py`
     import bench  # type: ignore[import-not-found,no-redef]
+    import nginxconf  # type: ignore[import-not-found,no-redef]
     from idle_clients import (  # type: ignore[import-not-found,no-redef]
         measure_idle,
         memory_markdown,
@@ -84,31 +85,8 @@ def start_splitproxy_tls(children: bench.Children, tmp: Path, upstream: int, cer
 def start_nginx_tls(children: bench.Children, nginx: str, tmp: Path, upstream: int, cert: Path,
                     key: Path, connections: int) -> tuple[int, int]:
     secure = bench.free_port()
-    # The same policy as splitproxy's: TLS 1.2+, Mozilla intermediate, no tickets, no cache.
-    block = f"""
-        upstream backend {{
-            server {HOST}:{upstream};
-            keepalive 64;
-            keepalive_requests 100000000;
-        }}
-        server {{
-            listen 127.0.0.1:{{port}};
-            listen 127.0.0.1:{secure} ssl;
-            ssl_certificate {cert};
-            ssl_certificate_key {key};
-            ssl_protocols TLSv1.2 TLSv1.3;
-            ssl_session_tickets off;
-            location / {{
-                proxy_pass http://backend;
-                proxy_http_version 1.1;
-                proxy_set_header Connection "";
-                proxy_set_header Host $http_host;
-                proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
-                proxy_set_header X-Forwarded-Proto $scheme;
-                proxy_set_header X-Forwarded-Host $host;
-            }}
-        }}
-    """
+    block = nginxconf.proxy(upstream, [f"{HOST}:{{port}}", f"{HOST}:{secure} ssl"],
+                            nginxconf.tls(cert, key))
     plain = bench.start_nginx(children, nginx, tmp, bench.NGINX_PROXY, block, connections)
     return plain, secure
 

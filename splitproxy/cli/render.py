@@ -21,6 +21,8 @@ def render(status: Status, routes: list[RouteStatus] | None = None) -> str:
     lines = [
         f"config {config.path} generation {config.generation}"
         + (f"  LAST RELOAD FAILED: {last.error}" if last.result == "error" else ""),
+        *(f"certificates of {c.listener} REFUSED, the previous ones serve: {c.error}"
+          for c in config.certificates_refused),
         f"window {status.realized_window_seconds}s",
         "",
     ]

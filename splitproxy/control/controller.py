@@ -33,6 +33,7 @@ from splitproxy.control.metrics import (
 from splitproxy.control.reload import ConfigWatcher
 from splitproxy.control.status import (
     AdminStatus,
+    CertificatesRefused,
     ConfigStatus,
     EndpointStatus,
     FileStoreStatus,
@@ -266,6 +267,12 @@ class Controller:
     def tls_reloads(self) -> dict[str, int]:
         return dict(self.server.stats.tls_reloads)
 
+    def tls_refused(self) -> dict[str, bool]:
+        """Every TLS listener: whether its certificate files on disk are refused now."""
+        refused = self.server.stats.tls_refused
+        return {lst.address: lst.address in refused
+                for lst in self.config.listen if lst.tls is not None}
+
     def shadow_counts(self) -> dict[tuple[str, str, str], int]:
         return dict(self.server.stats.shadow)
 
@@ -321,7 +328,7 @@ class Controller:
         health: dict[tuple[str, str], list[EndpointStatus]] = {}
         for h in self.server.endpoint_health():
             health.setdefault((h.route, h.version), []).append(EndpointStatus(
-                url=f"http://{h.endpoint}",
+                url=h.endpoint if "://" in h.endpoint else f"http://{h.endpoint}",
                 up=h.up,
                 consecutive_failures=h.failures,
                 ejections=h.ejections,
@@ -369,6 +376,10 @@ class Controller:
                 reloads=dict(self.reloads),
                 restart_needed=[RestartNeeded.model_validate(r)
                                 for r in self.restart_needed()],
+                certificate_reloads=self.tls_reloads(),
+                certificates_refused=[
+                    CertificatesRefused(listener=p.listener, error=p.error, since=p.since)
+                    for p in stats.tls_refused.values()],
             ),
             admin=AdminStatus.model_validate(self.guard.describe())
             if self.guard is not None else None,

@@ -38,6 +38,7 @@ class MetricsSource(Protocol):
     def reload_counts(self) -> dict[str, int]: ...
     def proxy_errors(self) -> dict[str, int]: ...  # the proxy's own 503s, by kind
     def tls_reloads(self) -> dict[str, int]: ...  # certificate reloads, by result
+    def tls_refused(self) -> dict[str, bool]: ...  # TLS listener -> its files refused now
     def shadow_counts(self) -> dict[tuple[str, str, str], int]: ...  # route, to, result
     def generation(self) -> int: ...
     def rollout_metrics(self) -> Iterable[Metric]: ...
@@ -136,6 +137,14 @@ class SplitproxyCollector(Collector):
         for result, n in src.tls_reloads().items():
             certs.add_metric([result], n)
         yield certs
+        refused = GaugeMetricFamily(
+            "splitproxy_tls_certificates_refused",
+            "1 while a TLS listener's certificate files on disk do not load (its previous "
+            "certificates serve on), 0 once they do", labels=["listener"],
+        )
+        for listener, now in src.tls_refused().items():
+            refused.add_metric([listener], 1 if now else 0)
+        yield refused
         shadow = CounterMetricFamily(
             "splitproxy_shadow_requests",
             "Shadow copies (a route's mirror) by the version copied to and the comparison's "

@@ -41,12 +41,25 @@ class RestartNeeded(_Model):
     configured: str
 
 
+class CertificatesRefused(_Model):
+    """A TLS listener whose certificate files changed and do not load: its previous
+    certificates serve on until a set that loads arrives (then the entry goes)."""
+
+    listener: str  # its address
+    error: str  # the file and the reason
+    since: float  # wall clock
+
+
 class ConfigStatus(_Model):
     path: str
     generation: int
     last_reload: LastReload
     reloads: dict[str, int]  # result -> count
     restart_needed: list[RestartNeeded] = []  # the controller's `restart_needed()`
+    # Certificate files reloaded after they changed on disk (not config edits): by result,
+    # and the listeners refused now. Defaulted: an older proxy's answer has neither.
+    certificate_reloads: dict[str, int] = {}
+    certificates_refused: list[CertificatesRefused] = []
 
 
 class AdminStatus(_Model):

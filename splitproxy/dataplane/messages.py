@@ -10,7 +10,7 @@ from splitproxy.config.headerroute import HeaderRoute
 from splitproxy.config.models import Config
 from splitproxy.dataplane.plane import EndpointHealth
 from splitproxy.dataplane.procstats import Usage
-from splitproxy.dataplane.stats import Stats, VersionStats
+from splitproxy.dataplane.stats import CertificateProblem, Stats, VersionStats
 from splitproxy.routing import table
 
 Weights = dict[str, dict[str, float]]  # route -> version -> weight
@@ -107,13 +107,15 @@ class Report:
     usage: Usage | None = None  # its memory, CPU and descriptors (None: no /proc)
     tls_reloads: dict[str, int] = field(default_factory=dict)  # certificate reloads
     shadow: dict[tuple[str, str, str], int] = field(default_factory=dict)  # mirror results
+    # listener -> its certificate files refused now (a state, not a count)
+    tls_refused: dict[str, CertificateProblem] = field(default_factory=dict)
 
     @classmethod
     def of(cls, stats: Stats, health: list[EndpointHealth], usage: Usage | None = None
            ) -> Report:
         return cls(tuple(Counters.of(s) for s in (*stats.all(), *stats.synthetic())),
                    stats.bad_requests, dict(stats.local), tuple(health), usage,
-                   dict(stats.tls_reloads), dict(stats.shadow))
+                   dict(stats.tls_reloads), dict(stats.shadow), dict(stats.tls_refused))
 
 
 @dataclass(frozen=True, slots=True)

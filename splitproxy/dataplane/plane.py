@@ -18,7 +18,7 @@ class EndpointHealth:
 
     route: str
     version: str
-    endpoint: str  # host:port
+    endpoint: str  # host:port for http://, the URL for https:// (`Endpoint.name`)
     up: bool  # in rotation: neither ejected (passive) nor failing its active check
     failures: int  # consecutive connect failures / resets
     ejections: int

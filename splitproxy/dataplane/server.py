@@ -17,7 +17,7 @@ from splitproxy.dataplane.http.runtime import Runtime, compile_table
 from splitproxy.dataplane.http.state import ServerState
 from splitproxy.dataplane.plane import EndpointHealth
 from splitproxy.dataplane.procstats import Usage
-from splitproxy.dataplane.stats import Stats
+from splitproxy.dataplane.stats import CertificateProblem, Stats
 from splitproxy.dataplane.tls import ServerTls
 from splitproxy.routing import table
 
@@ -82,7 +82,7 @@ class ProxyServer:
         state = self._state = ServerState(loop, runtime, config.timeouts, config.limits,
                                           self.stats, protocol_for(config))
         self._bound = config.listen
-        self.tls = [ServerTls(lst.tls) if lst.tls is not None else None
+        self.tls = [ServerTls(lst.tls, lst.address) if lst.tls is not None else None
                     for lst in config.listen]
         https = next((i for i, lst in enumerate(config.listen) if lst.tls is not None), None)
         ports: dict[int, int] = {}
@@ -133,6 +133,9 @@ class ProxyServer:
         present = [t for t in self.tls if t is not None]
         self.stats.tls_reloads = {"success": sum(t.reloads for t in present),
                                   "error": sum(t.failures for t in present)}
+        self.stats.tls_refused = {
+            t.listener: CertificateProblem(t.listener, t.problem, t.problem_since)
+            for t in present if t.problem is not None}
 
     async def _sweep(self, state: ServerState) -> None:
         """Enforce client, idle and response timeouts for every connection, a few times a second.
@@ -153,8 +156,8 @@ class ProxyServer:
             state.timeouts = config.timeouts
             state.limits = config.limits
             state.protocol = protocol_for(config)
-        # Addresses need a restart; a listener's certificates do not (its TLS policy does,
-        # see ServerTls.update). Matched by address: a changed list waits for the restart.
+        # Addresses need a restart; a listener's certificates and TLS policy do not (see
+        # ServerTls.update). Matched by address: a changed list waits for the restart.
         for server_tls, bound, lst in zip(self.tls, self._bound, config.listen, strict=False):
             if server_tls is not None and lst.tls is not None and lst.address == bound.address:
                 server_tls.update(lst.tls)

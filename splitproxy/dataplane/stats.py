@@ -7,6 +7,7 @@ happen elsewhere, at scrape or check time.
 from __future__ import annotations
 
 import bisect
+from dataclasses import dataclass
 
 # Upper bounds in seconds, 1 ms to 10 s, as Prometheus `le` buckets (+Inf is implicit).
 LATENCY_BUCKETS: tuple[float, ...] = (
@@ -78,6 +79,15 @@ class VersionStats:
         return sum(self.responses.values())
 
 
+@dataclass(frozen=True, slots=True)
+class CertificateProblem:
+    """A TLS listener whose certificate files changed and do not load: the old ones serve."""
+
+    listener: str  # its address
+    error: str  # the file and the reason
+    since: float  # wall clock: when the files on disk were first refused
+
+
 class Stats:
     """All counters, keyed by (route, version, synthetic); created on first use and kept."""
 
@@ -89,6 +99,9 @@ class Stats:
         # Certificate sets reloaded after their files changed, by result (success, error):
         # written by the server's certificate check, not the hot path.
         self.tls_reloads: dict[str, int] = {"success": 0, "error": 0}
+        # The listeners whose files on disk are refused now, by address (cleared by a set
+        # that loads).
+        self.tls_refused: dict[str, CertificateProblem] = {}
         # Shadow copies by (route, version copied to, result): dataplane.http.mirror.
         self.shadow: dict[tuple[str, str, str], int] = {}
 

@@ -13,6 +13,7 @@ import functools
 import logging
 import os
 import ssl
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -52,6 +53,8 @@ def server_context(tls: ListenerTls, cert: Path, key: Path) -> ssl.SSLContext:
 
 def _mtimes(tls: ListenerTls) -> tuple[tuple[int, int], ...]:
     files = [p for c in tls.certificates for p in (c.cert, c.key)]
+    if tls.client_ca is not None:
+        files.append(tls.client_ca)  # a rotated client CA bundle is loaded again too
     stamps = []
     for path in files:
         try:
@@ -96,18 +99,27 @@ def _build(tls: ListenerTls) -> _Table:
 class ServerTls:
     """A TLS listener's contexts: `context` is handed to the listening socket once; `check()`
     reloads the certificates whose files changed, keeping the old ones when the new do not
-    load (logged with the file and the reason, as a bad config edit)."""
+    load (logged with the file and the reason, and kept in `problem` until a set loads, as a
+    bad config edit is); `update()` applies a reloaded config's certificates and policy."""
 
-    def __init__(self, tls: ListenerTls) -> None:
+    def __init__(self, tls: ListenerTls, listener: str = "") -> None:
         self.tls = tls
+        self.listener = listener  # its address, for reports
         self._table = _build(tls)  # raises at start: a listener without certificates is none
         self._stamps = _mtimes(tls)
         self.reloads = 0  # certificate sets loaded after the first
         self.failures = 0  # reloads refused
-        # OpenSSL takes the protocol versions, ciphers and client verification of a handshake
-        # from the context the socket was made with; moving it to another context in the SNI
-        # callback changes only the certificate and key. So those settings are this one's,
-        # read at start, and only certificates are reloaded.
+        # Why the files on disk do not serve (the file and the reason), since when (wall
+        # clock); None while what is on disk is what serves.
+        self.problem: str | None = None
+        self.problem_since = 0.0
+        # The socket's context: its sni_callback moves every handshake onto a certificate's
+        # context. OpenSSL 3.0 takes a handshake's protocol versions and client verification
+        # mode from this one (copied when the connection's SSL object is made), and its TLS
+        # 1.2 ciphers and client CA store from the context chosen by SNI (tried with trustme
+        # certificates; tests/integration/test_tls_policy.py holds both to it). So a policy
+        # change is applied to both: this one in place (`_apply_policy`), the chosen ones
+        # built anew.
         first = tls.certificates[0]
         self.context = server_context(tls, first.cert, first.key)
         self.context.sni_callback = self._on_sni
@@ -116,18 +128,15 @@ class ServerTls:
         sock.context = self._table.pick(name)
 
     def update(self, tls: ListenerTls) -> None:
-        """A reloaded config's certificates for this listener (files, names); its policy
-        (versions, ciphers, client verification) waits for a restart, see __init__."""
-        if tls.certificates != self.tls.certificates:
-            self._stamps = ()
-            self.tls = self.tls.model_copy(update={"certificates": tls.certificates})
-        if tls.model_copy(update={"certificates": ()}) != self.tls.model_copy(
-                update={"certificates": ()}):
-            log.warning("tls: a listener's TLS policy changed; it applies after a restart")
+        """A reloaded config's settings for this listener: certificates, names and policy
+        (versions, ciphers, client verification) serve the next handshake once they load."""
+        if tls != self.tls:
+            self.tls = tls
+            self._stamps = ()  # load again, even if no file changed
         self.check()
 
     def check(self) -> bool:
-        """Reload if a file changed; True when a new certificate set now serves."""
+        """Reload if a file (or the settings) changed; True when a new set now serves."""
         stamps = _mtimes(self.tls)
         if stamps == self._stamps:
             return False
@@ -135,16 +144,36 @@ class ServerTls:
             table = _build(self.tls)
         except (ssl.SSLError, OSError, ValueError) as exc:
             self.failures += 1
+            reason = _reason(self.tls, exc)
+            if self.problem is None:
+                self.problem_since = time.time()
+            self.problem = reason
             log.error("tls: certificate reload refused, the old certificates keep serving: %s",
-                      _reason(self.tls, exc))
+                      reason)
             self._stamps = stamps  # reported once per change, not every tick
             return False
+        # Cannot fail: _build just applied the same settings to contexts of its own. Both
+        # swaps happen between two handshakes (one thread), never during one's callback.
+        _apply_policy(self.context, self.tls)
         self._table = table
         self._stamps = stamps
         self.reloads += 1
+        if self.problem is not None:
+            log.info("tls: the certificate files load again: %s no longer refused",
+                     self.listener or "the listener")
+        self.problem = None
         log.info("tls: certificates reloaded (%s)",
                  ", ".join(str(c.cert) for c in self.tls.certificates))
         return True
+
+
+def _apply_policy(ctx: ssl.SSLContext, tls: ListenerTls) -> None:
+    """The listener's policy on the socket's own context, for connections accepted from now
+    on (each connection's SSL object copies it when made). Its client CA store is not
+    replaced (OpenSSL offers no removal): verification uses the chosen context's store."""
+    ctx.minimum_version = _VERSIONS[tls.min_version]
+    ctx.set_ciphers(tls.ciphers or DEFAULT_CIPHERS)
+    ctx.verify_mode = _VERIFY[tls.verify]
 
 
 def _reason(tls: ListenerTls, exc: Exception) -> str:

@@ -81,6 +81,13 @@ class WorkerPool:
             total.bad_requests += report.bad_requests
             for c in report.counters:
                 c.add_to(total.get(c.route, c.version, c.synthetic))
+        # A refusal is a state of the files on disk: a live worker's report says it (each
+        # worker checks the files itself), since the first one saw it.
+        for report in (w.report for w in self._workers.values()):
+            for listener, problem in report.tls_refused.items():
+                seen = total.tls_refused.get(listener)
+                if seen is None or problem.since < seen.since:
+                    total.tls_refused[listener] = problem
         return total
 
     def reconfigure(self, config: Config, routing: table.RoutingTable) -> None:

@@ -27,6 +27,17 @@ class Endpoint:
     def key(self) -> str:
         return f"{self.host}:{self.port}"
 
+    @property
+    def name(self) -> str:
+        """How reports tell endpoints apart: `host:port` for http:// (as it always was),
+        the URL for https://, so an http and an https endpoint on one host:port never share
+        a row, a metric series or a worker's merged health."""
+        return f"https://{self.key}" if self.tls is not None else self.key
+
+    @property
+    def url(self) -> str:
+        return f"https://{self.key}" if self.tls is not None else f"http://{self.key}"
+
     @classmethod
     def of(cls, url: EndpointUrl, tls: UpstreamTls | None = None) -> Endpoint:
         if not url.secure:

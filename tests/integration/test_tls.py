@@ -136,6 +136,26 @@ async def test_mtls_accepts_the_configured_ca_and_sends_the_identity_upstream(
     assert up.requests == 1  # the refused clients reached nothing
 
 
+async def test_optional_client_auth_serves_clients_without_a_certificate_anonymously(
+        tmp_path: Path, ca: trustme.CA) -> None:
+    site = issue(ca, tmp_path, "site", "localhost")
+    ca_file = write_ca(ca, tmp_path)
+    client = issue(ca, tmp_path, "client", "client.internal", common_name="checkout")
+    async with run_upstream("stable") as up:
+        cfg = config(up, tls_listener(site.listener(), client_ca=str(ca_file),
+                                      client_auth="optional"))
+        async with run_proxy(cfg) as srv:
+            seen = {}
+            for name, cert in (("with", client), ("without", None)):
+                async with tls_client(srv.ports[0], client_context(ca_file, cert)) as c:
+                    resp = await c.request("GET", "/headers", headers={
+                        "X-Client-Cert-Subject": "CN=admin"})
+                    assert resp.status == 200
+                    seen[name] = headers_of(resp.body).get("x-client-cert-subject")
+    assert seen["with"] is not None and seen["with"][0].startswith("CN=checkout,")
+    assert seen["without"] is None  # anonymous, and the claimed identity removed
+
+
 async def test_the_identity_header_is_stripped_on_plaintext_listeners() -> None:
     async with run_upstream("stable") as up:
         async with run_proxy(config(up, {"address": "127.0.0.1:0"})) as srv:
@@ -179,6 +199,8 @@ async def test_certificates_are_replaced_under_load_without_losing_a_request(
     failures: list[BaseException] = []
     statuses: list[int] = []
 
+    kept: list[int] = []  # requests answered on connections opened before the swap
+
     async def client(srv: ProxyServer, stop: asyncio.Event) -> None:
         while not stop.is_set():
             try:  # a new connection each time: every request is a new handshake
@@ -187,17 +209,28 @@ async def test_certificates_are_replaced_under_load_without_losing_a_request(
             except Exception as exc:
                 failures.append(exc)
 
+    async def keep_alive(srv: ProxyServer, stop: asyncio.Event) -> None:
+        try:  # one connection for the whole test: it keeps the certificate it started with
+            async with tls_client(srv.ports[0], client_context(ca_file)) as c:
+                while not stop.is_set():
+                    statuses.append((await c.request("GET", "/")).status)
+                    kept.append(1)
+        except Exception as exc:
+            failures.append(exc)
+
     async with run_upstream("stable") as up:
         async with run_proxy(config(up, tls_listener(site.listener()))) as srv:
             server_tls = srv.tls[0]
             assert server_tls is not None
             stop = asyncio.Event()
-            tasks = [asyncio.create_task(client(srv, stop)) for _ in range(8)]
+            tasks = [asyncio.create_task(client(srv, stop)) for _ in range(6)]
+            tasks += [asyncio.create_task(keep_alive(srv, stop)) for _ in range(2)]
             await wait_until(lambda: len(statuses) > 50, what="traffic before the swap")
             replace(site, renewed)
             await wait_until(lambda: server_tls.reloads == 1, what="the reload")
-            after = len(statuses)
-            await wait_until(lambda: len(statuses) > after + 50, what="traffic after it")
+            after, kept_before = len(statuses), len(kept)
+            await wait_until(lambda: len(statuses) > after + 50 and len(kept) > kept_before + 10,
+                             what="traffic after it, new and kept-alive connections")
             async with tls_client(srv.ports[0], client_context(ca_file)) as c:
                 names = peer_names(c)
             # A broken certificate is refused: the renewed one keeps serving.

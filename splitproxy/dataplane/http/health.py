@@ -76,18 +76,18 @@ def record_failure(version: VersionRuntime, pool: Pool) -> None:
     healthy = sum(1 for p in version.pools if not p.ejected and not p.probe_down)
     if healthy - 1 < rules.min_healthy:
         return
-    period = pool.eject(pool.loop, rules.base_ejection, rules.max_ejection, pool.endpoint.key)
+    period = pool.eject(pool.loop, rules.base_ejection, rules.max_ejection, pool.endpoint.name)
     pool.close_idle()
     log.warning(
         "ejected endpoint %s of %s/%s for %.0fs after %d consecutive failures",
-        pool.endpoint.key, version.route, version.name, period, rules.consecutive_failures,
+        pool.endpoint.name, version.route, version.name, period, rules.consecutive_failures,
     )
 
 
 def report(routes: tuple[CompiledRoute, ...]) -> list[EndpointHealth]:
     """Every endpoint of every version, as `/status` shows it."""
     return [
-        EndpointHealth(route.entry.name, version.name, pool.endpoint.key,
+        EndpointHealth(route.entry.name, version.name, pool.endpoint.name,
                        not pool.ejected and not pool.probe_down, pool.failures, pool.ejections,
                        passive_up=not pool.ejected)
         for route in routes

@@ -172,7 +172,7 @@ class Pools:
         for endpoint in list(self._pools):
             if endpoint not in keep:
                 self._pools.pop(endpoint).retire()
-                log.info("endpoint %s removed: draining", endpoint.key)
+                log.info("endpoint %s removed: draining", endpoint.name)
 
     def find(self, endpoint: Endpoint) -> Pool | None:
         """The endpoint's pool if the routing table names it; never makes one."""

@@ -126,7 +126,7 @@ class Prober:
             if state.down and state.successes >= check.healthy_threshold:
                 state.down = False
                 log.info("endpoint %s passes its health check %s again: back in rotation",
-                         endpoint.key, check.path)
+                         endpoint.name, check.path)
         else:
             state.failures += 1
             state.successes = 0
@@ -135,7 +135,7 @@ class Prober:
             if not state.down and state.failures >= check.unhealthy_threshold:
                 state.down = True
                 log.warning("endpoint %s failed its health check %s %d times in a row (%s): "
-                            "out of rotation", endpoint.key, check.path, state.failures, error)
+                            "out of rotation", endpoint.name, check.path, state.failures, error)
         # Set on the pool every time: a pool made again after a reload starts as up.
         pool = self.pools.find(endpoint)
         if pool is not None:
@@ -154,10 +154,13 @@ def report(routes: tuple[CompiledRoute, ...], prober: Prober | None) -> list[End
     rows = health.report(routes)
     if prober is None or not prober.states:
         return rows
-    by_key = {endpoint.key: state for endpoint, state in prober.states.items()}
+    # By the endpoint itself (host, port and TLS settings), in the rows' order: never by
+    # host:port, which an http:// and an https:// endpoint may share.
+    pools = [pool for route in routes for version in route.versions.values()
+             for pool in version.pools]
     out = []
-    for row in rows:
-        state = by_key.get(row.endpoint)
+    for row, pool in zip(rows, pools, strict=True):
+        state = prober.states.get(pool.endpoint)
         out.append(row if state is None else replace(
             row, active="down" if state.down else "up", last_result=state.last_result,
             last_error=state.last_error))
