@@ -8,7 +8,7 @@ Rules: TRACE is 405; a Host that is empty, repeated or holds a character no host
 to proxies) must name the Host header's host (port aside), else 400; without a Host header
 (HTTP/1.0) its authority is the Host, routed on and forwarded. A trailing dot names the same
 host (`shop.example.com.`). `*` is a target for OPTIONS only; a request line other than
-HTTP/1.x is 505.
+HTTP/1.x is 505, a method llhttp does not know 400.
 """
 
 from __future__ import annotations
@@ -116,11 +116,13 @@ async def test_an_absolute_target_and_its_host_route_as_one_name(
     (b"GET http://user@shop.example.com/ HTTP/1.1\r\nHost: shop.example.com\r\n\r\n", 400),
     (b"GET * HTTP/1.1\r\nHost: shop.example.com\r\n\r\n", 400),
     (b"GET / HTTP/2.0\r\nHost: shop.example.com\r\n\r\n", 505),
+    (b"FOO / HTTP/1.1\r\nHost: shop.example.com\r\n\r\n", 400),
 ])
-async def test_targets_and_versions_nginx_refuses_are_refused(
+async def test_targets_methods_and_versions_that_are_refused(
         request_bytes: bytes, status: int) -> None:
     """nginx 1.22 (measured): 400 for a userinfo in the target and for `GET *`, 505 for
-    HTTP/2.0 (llhttp would read it as HTTP/1.x)."""
+    HTTP/2.0 (llhttp would read it as HTTP/1.x); it forwards a method it does not know, which
+    llhttp refuses (splitproxy: 400)."""
     async with two_hosts() as (shop, other, srv):
         async with raw_client(srv.port) as c:
             await c.send(request_bytes)
