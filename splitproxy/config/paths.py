@@ -3,8 +3,8 @@
 Rule (README, "Path normalisation"): percent-escapes of unreserved characters are decoded
 (`%77` -> `w`, `%2e` -> `.`), other escapes are kept with upper-case hex (`%2f` -> `%2F`, never a
 separator), repeated slashes are merged, and `.`/`..` segments are removed (RFC 3986 5.2.4).
-A `..` that climbs above the root, or a `%` not followed by two hex digits, is refused with 400,
-as nginx refuses `/../x`. The query is passed as received.
+A `..` that climbs above the root, a `%` not followed by two hex digits, or an encoded NUL
+(`%00`) is refused with 400, as nginx refuses `/../x` and `%00`. The query is passed as received.
 
 Pure and dependency-free: the config normalises its `path_prefix` with it, the data plane each
 request target that needs it.
@@ -39,6 +39,9 @@ def normalise_path(path: bytes) -> bytes:
     if b"%" in path:
         if _BAD_ESCAPE.search(path):
             raise BadTarget("malformed percent-escape in the request target")
+        if b"%00" in path:
+            # A NUL cuts the path short in C code behind the upstream (nginx: 400 as well).
+            raise BadTarget("an encoded NUL (%00) in the request path")
         path = _ESCAPE.sub(_unescape, path)
     segments = path.split(b"/")[1:]
     out: list[bytes] = []

@@ -34,6 +34,9 @@ SHAPES: dict[str, bytes] = {
     "obs-fold-tab": b"GET / HTTP/1.1\r\nHost: shop.example.com\r\nX-A: 1\r\n\t2\r\n\r\n",
     "space-before-colon": b"GET / HTTP/1.1\r\nHost: shop.example.com\r\nX-A : 1\r\n\r\n",
     "te-space-before-colon": HEAD + b"Transfer-Encoding : chunked\r\n\r\n0\r\n\r\n",
+    # RFC 9112 6.1: an HTTP/1.0 hop in front reads no chunked framing (nginx 1.22: 400 too)
+    "te-in-http10": b"POST / HTTP/1.0\r\nHost: shop.example.com\r\nConnection: keep-alive\r\n"
+    b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
 }
 
 

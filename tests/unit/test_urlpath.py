@@ -32,7 +32,7 @@ def test_normal_form(target: bytes, normal: bytes) -> None:
 
 
 @pytest.mark.parametrize("target", [b"/..", b"/../a", b"/a/../../b", b"/%2e%2e/", b"/%zz",
-                                    b"/a%2", b"/%"])
+                                    b"/a%2", b"/%", b"/a/%00", b"/a%00.txt?q"])
 def test_ambiguous_targets_are_refused(target: bytes) -> None:
     with pytest.raises(BadTarget):
         normalise_target(target)

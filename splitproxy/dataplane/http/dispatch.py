@@ -17,9 +17,9 @@ from splitproxy.dataplane.http.listener import CLIENT_CERT_HEADER, redirect_resp
 from splitproxy.dataplane.http.mirror import mirrored
 from splitproxy.dataplane.http.request import (
     Reject,
+    absolute_target,
     body_refusal,
     host_key,
-    origin_form,
     read_head,
     upstream_head,
 )
@@ -40,7 +40,11 @@ def build_exchange(down: DownstreamProtocol, parser: httptools.HttpRequestParser
     state = down.state
     now = down.loop.time()
     method = parser.get_method()
-    client_11 = parser.get_http_version() == "1.1"
+    http_version = parser.get_http_version()
+    client_11 = http_version == "1.1"
+    if not client_11 and http_version != "1.0" and http_version != "0.9":
+        # llhttp reads "HTTP/2.0" (a prior-knowledge h2 client) like 1.x (nginx: 505).
+        raise Reject(505, f"HTTP/{http_version} is not served here: HTTP/1.1 only")
     keep_alive = parser.should_keep_alive()
     if method == b"CONNECT" or method == b"TRACE":
         # TRACE would echo the request, cookies and credentials included (nginx: 405).
@@ -48,7 +52,7 @@ def build_exchange(down: DownstreamProtocol, parser: httptools.HttpRequestParser
     head = read_head(headers, client_11)
     rid = head.request_id = request_id(head.request_id)
     seen = head.seen
-    target = origin_form(url)
+    target = url if url[:1] == b"/" else absolute_target(url, head, method)
     if needs_normalising(target):
         try:
             target = normalise_target(target)

@@ -44,6 +44,7 @@ async def test_request_riding_a_refused_upgrade_is_answered_as_a_request() -> No
 
 
 async def test_bytes_after_upgrade_reach_the_upstream_only_after_its_101() -> None:
+    """nginx 1.22 (measured): the same; the bytes reach the upstream after its 101."""
     got: list[bytes] = []
     switched = asyncio.Event()
 
@@ -70,6 +71,8 @@ async def test_bytes_after_upgrade_reach_the_upstream_only_after_its_101() -> No
 
 
 async def test_upgrade_with_a_body_is_refused() -> None:
+    """nginx 1.22 (measured) forwards it, body and Upgrade header, and relays a 200 answer.
+    splitproxy is stricter: llhttp cannot tell such a body from new-protocol bytes."""
     async with proxied() as (up, srv):
         async with raw_client(srv.port) as c:
             await c.send(b"POST /ws HTTP/1.1\r\nHost: h\r\nConnection: Upgrade\r\n"

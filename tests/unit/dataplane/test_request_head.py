@@ -7,9 +7,9 @@ import pytest
 
 from splitproxy.dataplane.http.request import (
     Reject,
+    absolute_target,
     body_refusal,
     host_key,
-    origin_form,
     read_head,
     upstream_head,
 )
@@ -32,8 +32,14 @@ def h(*lines: str) -> Headers:
         (h("Host: a", "Transfer-Encoding: gzip"), True, "unsupported or repeated"),
         (h("Host: a", "Transfer-Encoding: chunked", "Transfer-Encoding: chunked"), True,
          "unsupported or repeated"),
+        (h("Host: a", "Transfer-Encoding: chunked"), False, "Transfer-Encoding in an HTTP 1.0"),
+        (h("Host: a/../b"), True, "invalid Host header"),
+        (h("Host: a b"), True, "invalid Host header"),
+        (h("Host: a@b"), True, "invalid Host header"),
+        (h("Host: a\\b"), True, "invalid Host header"),
     ],
-    ids=["two-hosts", "empty-host", "no-host-11", "gzip", "chunked-twice"],
+    ids=["two-hosts", "empty-host", "no-host-11", "gzip", "chunked-twice", "te-in-http10",
+         "host-path", "host-space", "host-userinfo", "host-backslash"],
 )
 def test_ambiguous_or_incomplete_heads_are_refused_with_400(
         headers: Headers, client_11: bool, detail: str) -> None:
@@ -41,6 +47,12 @@ def test_ambiguous_or_incomplete_heads_are_refused_with_400(
         read_head(headers, client_11)
     assert caught.value.status == 400
     assert detail in caught.value.detail
+
+
+@pytest.mark.parametrize("host", ["shop.example", "shop.example:8080", "[::1]:80", "10.0.0.1",
+                                  "xn--bcher-kva.example", "a_b.example.", "%41.example"])
+def test_hosts_of_every_legal_shape_are_accepted(host: str) -> None:
+    assert read_head(h(f"Host: {host}"), client_11=True).host == host.encode()
 
 
 def test_an_http10_request_may_come_without_host() -> None:
@@ -60,11 +72,15 @@ def test_an_http10_request_may_come_without_host() -> None:
         # a header the Connection header names goes too; Host and framing cannot be named
         (h("Host: a", "Connection: x-secret, host, content-length", "X-Secret: 1", "X-Keep: 2"),
          [b"Host: a", b"X-Keep: 2"]),
+        # a header the proxy owns, spelt with `_` (read as `-` by CGI/WSGI), is dropped
+        (h("Host: a", "X_Client_Cert_Subject: CN=x", "x_forwarded_for: 1", "Content_Length: 5",
+           "My_Header: 1"), [b"Host: a", b"My_Header: 1"]),
         # forwarding headers the client sent are kept (X-Forwarded-For is extended later)
         (h("Host: a", "X-Forwarded-Proto: https", "X-Forwarded-Host: b", "X-Forwarded-For: 1"),
          [b"Host: a", b"X-Forwarded-Proto: https", b"X-Forwarded-Host: b"]),
     ],
-    ids=["plain", "hop-by-hop", "content-length", "chunked", "connection-named", "forwarding"],
+    ids=["plain", "hop-by-hop", "content-length", "chunked", "connection-named", "underscores",
+         "forwarding"],
 )
 def test_the_lines_forwarded(headers: Headers, forwarded: list[bytes]) -> None:
     assert read_head(headers, client_11=True).lines == forwarded
@@ -132,6 +148,8 @@ def test_the_head_sent_upstream(headers: Headers, client_ip: bytes, upgrade: boo
         (b"shop.example:8080", "shop.example"),
         (b"[::1]:80", "[::1]"),
         (b"[FE80::1]", "[fe80::1]"),
+        (b"Shop.Example.", "shop.example"),  # the same name, fully qualified
+        (b"shop.example.:80", "shop.example"),
     ],
 )
 def test_host_key(host: bytes | None, key: str) -> None:
@@ -141,16 +159,47 @@ def test_host_key(host: bytes | None, key: str) -> None:
 @pytest.mark.parametrize(
     ("url", "target"),
     [
-        (b"/a/b?c", b"/a/b?c"),
-        (b"*", b"*"),
         (b"http://shop.example/a?b", b"/a?b"),
         (b"http://shop.example", b"/"),
-        (b"https://shop.example:8443/x", b"/x"),
-        (b"weird", b"weird"),
+        (b"http://shop.example?q=1", b"/?q=1"),
+        (b"https://SHOP.example:8443/x", b"/x"),  # port and case aside, the same host
+        (b"http://shop.example./x", b"/x"),
     ],
 )
-def test_origin_form(url: bytes, target: bytes) -> None:
-    assert origin_form(url) == target
+def test_absolute_form_naming_the_host_becomes_origin_form(url: bytes, target: bytes) -> None:
+    head = read_head(h("Host: shop.example"), client_11=True)
+    assert absolute_target(url, head, b"GET") == target
+    assert head.host == b"shop.example" and head.lines == [b"Host: shop.example"]
+
+
+def test_absolute_form_without_host_gives_the_host() -> None:
+    head = read_head(h("Accept: */*"), client_11=False)
+    assert absolute_target(b"http://shop.example:81/x", head, b"GET") == b"/x"
+    assert head.host == b"shop.example:81"
+    assert head.lines == [b"Host: shop.example:81", b"Accept: */*"]
+
+
+@pytest.mark.parametrize(
+    ("url", "method", "detail"),
+    [
+        (b"http://other.example/x", b"GET", "another host than the Host header"),
+        (b"http://shop.example@other.example/x", b"GET", "invalid authority"),
+        (b"http:///x", b"GET", "invalid authority"),
+        (b"weird", b"GET", "neither a path nor an absolute URL"),
+        (b"*", b"GET", "for OPTIONS only"),
+    ],
+)
+def test_targets_that_disagree_with_host_or_have_no_meaning_are_400(
+        url: bytes, method: bytes, detail: str) -> None:
+    head = read_head(h("Host: shop.example"), client_11=True)
+    with pytest.raises(Reject) as caught:
+        absolute_target(url, head, method)
+    assert caught.value.status == 400 and detail in caught.value.detail
+
+
+def test_asterisk_is_the_target_of_options() -> None:
+    head = read_head(h("Host: shop.example"), client_11=True)
+    assert absolute_target(b"*", head, b"OPTIONS") == b"*"
 
 
 @pytest.mark.parametrize(
