@@ -88,6 +88,8 @@ class H2Pool:
         """A new stream carrying `headers` (pseudo-headers first); `deadline`: a loop time the
         whole stream must end by (the gRPC deadline), 0 for none. See the module docstring
         for what it raises."""
+        if self.health.retired:
+            self.retire()  # the endpoint left the config: its HTTP/1.1 pool drains too
         if self.retired:
             raise Overloaded("endpoint removed from the config")
         waited = False
@@ -97,6 +99,8 @@ class H2Pool:
             conn = self._pick()
             if conn is not None:
                 stream = conn.open(headers, end_stream, handler)
+                if stream is None:
+                    continue  # out of stream ids: that connection goes away
                 timeouts = self.owner.timeouts
                 stream.arm(timeouts.response_header, timeouts.upstream_read, deadline)
                 return stream
@@ -193,10 +197,11 @@ class H2Pool:
         self.capacity_changed()
 
     def close_idle(self, older_than: float | None = None) -> None:
+        """Close connections without streams (idle longer than `older_than`), saying GOAWAY."""
         now = self.loop.time()
         for conn in list(self.conns):
             if not conn.streams and (older_than is None or now - conn.idle_since > older_than):
-                conn.close()
+                conn.go_away()
 
     def retire(self) -> None:
         """Removed from the config: streams in flight finish, nothing new is opened."""
@@ -231,6 +236,8 @@ class H2Pools:
         """The HTTP/2 pool of `health`'s endpoint (made on first use)."""
         pool = self._pools.get(health.endpoint)
         if pool is None or pool.health is not health:
+            if pool is not None:
+                pool.retire()  # the endpoint left the config and came back: a new record
             pool = self._pools[health.endpoint] = H2Pool(health, self)
             if self._sweeper is None:
                 self._sweeper = self.loop.create_task(self._sweep())
@@ -246,8 +253,12 @@ class H2Pools:
         while True:
             idle = self.timeouts.idle
             await asyncio.sleep(min(5.0, idle))
-            for pool in self._pools.values():
-                pool.close_idle(idle)
+            for endpoint, pool in list(self._pools.items()):
+                if pool.health.retired:  # left the config (`Pools.retain`)
+                    del self._pools[endpoint]
+                    pool.retire()
+                else:
+                    pool.close_idle(idle)
 
     def close(self) -> None:
         """Shutdown: every connection says GOAWAY and closes once its streams ended."""

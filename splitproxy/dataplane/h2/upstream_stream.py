@@ -111,21 +111,24 @@ class UpstreamStream:
 
     # -- sending (the request) ---------------------------------------------------------------
     def send_data(self, data: bytes, end_stream: bool = False) -> None:
-        """Queue request body; it is framed as the upstream's windows allow (`on_sent`)."""
-        if self.ended or self.out_end:
+        """Queue request body; it is framed as the upstream's windows allow (`on_sent`).
+        The caller bounds what it queues: a proxy grants its client credit from `on_sent`."""
+        if self.ended or self.out_end or self.done_sending:
             return
         if data:
             self.out.append(data)
             self.out_size += len(data)
         self.out_end = end_stream
+        self.conn.sending[self.stream_id] = self
         self.conn.pump()
 
     def send_trailers(self, trailers: Headers) -> None:
         """End the request with trailers (after the queued body)."""
-        if self.ended or self.out_end:
+        if self.ended or self.out_end or self.done_sending:
             return
         self.out_trailers = trailers
         self.out_end = True
+        self.conn.sending[self.stream_id] = self
         self.conn.pump()
 
     async def drain(self, below: int = 0) -> None:
@@ -206,6 +209,10 @@ class UpstreamStream:
         self.status = status
         self.headers = headers
         self.response_deadline = 0.0
+        if self._timer is not None:  # from the head's deadline to the read timeout
+            self._timer.cancel()
+            self.last_read = self.conn.loop.time()
+            self._rearm(self.last_read)
         if self.handler is not None:
             self.handler.on_response(status, headers, end_stream)
         else:
