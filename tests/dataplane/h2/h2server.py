@@ -163,7 +163,7 @@ class _ServerProtocol(asyncio.Protocol):
             if knobs.goaway_at and self.streams_here == knobs.goaway_at:
                 # Written as a raw frame: the server's own h2 would close on its own GOAWAY.
                 frame = hyperframe.frame.GoAwayFrame(0)
-                frame.last_stream_id = sid - 2
+                frame.last_stream_id = max(0, sid - 2)
                 frame.error_code = 0
                 self.flush()
                 assert self.transport is not None
