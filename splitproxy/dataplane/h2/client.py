@@ -27,6 +27,7 @@ from splitproxy.dataplane.h2.upstream_stream import (
     StreamError,
     StreamHandler,
     UpstreamStream,
+    checked,
 )
 
 if TYPE_CHECKING:
@@ -62,8 +63,13 @@ class H2ClientConnection(asyncio.Protocol):
     def __init__(self, pool: H2Pool, max_header_list: int) -> None:
         self.pool = pool
         self.loop: asyncio.AbstractEventLoop = pool.loop
+        # Outbound headers are normalised and validated by `checked`, before h2's encoder
+        # sees them: h2 validates lazily while encoding, so a header refused half-way would
+        # leave entries in the HPACK table the upstream never received.
         config = h2.config.H2Configuration(client_side=True, header_encoding=None,
-                                           validate_inbound_headers=True)
+                                           validate_inbound_headers=True,
+                                           normalize_outbound_headers=False,
+                                           validate_outbound_headers=False)
         self.h2 = h2.connection.H2Connection(config)
         self.h2.local_settings = h2.settings.Settings(client=True, initial_values={
             h2.settings.SettingCodes.ENABLE_PUSH: 0,
@@ -234,8 +240,9 @@ class H2ClientConnection(asyncio.Protocol):
     def open(self, headers: Headers, end_stream: bool,
              handler: StreamHandler | None) -> UpstreamStream | None:
         """A new stream (the pool checked `available`); None when this connection ran out of
-        stream ids (it goes away; the pool picks another); raises StreamError when h2
-        refuses the headers (upper-case or connection-specific names, RFC 9113 8.2)."""
+        stream ids (it goes away; the pool picks another); raises StreamError when the
+        headers cannot be sent (see `checked`)."""
+        headers = checked(headers, trailers=False)
         try:
             stream_id = self.h2.get_next_available_stream_id()
         except h2.exceptions.NoAvailableStreamIDError:
@@ -245,6 +252,8 @@ class H2ClientConnection(asyncio.Protocol):
         try:
             self.h2.send_headers(stream_id, headers, end_stream=end_stream)
         except (h2.exceptions.ProtocolError, ValueError) as exc:
+            # Checked already: the encoder's state is in doubt, so no new stream here.
+            self.go_away()
             raise StreamError(EndKind.PROTOCOL, f"request not sendable: {exc}") from None
         stream.done_sending = end_stream
         self.streams[stream_id] = stream

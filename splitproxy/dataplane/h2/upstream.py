@@ -1,7 +1,9 @@
 """HTTP/2 to upstreams: one multiplexed connection pool per endpoint (`H2Pool`), all of them in
 one `H2Pools`, kept across routing-table swaps as the HTTP/1.1 pools are.
 
-API (everything runs on the event loop; nothing blocks)::
+The data plane's entry is `version_stream.VersionStream` (one request to a version, with
+the endpoint choice, retries and counting of the HTTP/1.1 path); below it, this API
+(everything runs on the event loop; nothing blocks)::
 
     h2pools = H2Pools(loop, config.timeouts, config.limits)      # once per worker
     pool = version.next_pool()                     # the HTTP/1.1 `Pool`: health, probes
@@ -15,6 +17,9 @@ API (everything runs on the event loop; nothing blocks)::
 or, without a handler, `await stream.response()`, `async for chunk in stream`,
 `stream.trailers`, `await stream.closed()` (see `upstream_stream`).
 
+`headers` are HTTP/2 request headers, pseudo-headers first; h2 drops connection-specific
+ones (`connection`, `keep-alive`, `transfer-encoding`, ...), lower-cases names, and refuses
+what it cannot send (`te` other than `trailers`, RFC 9113 8.2) as a `StreamError`.
 `open_stream` raises `OSError` or `TimeoutError` (no connection: the endpoint's failure, as
 with HTTP/1.1), `Overloaded` (every connection full and too many waiting: the proxy's own
 503), `NotH2` (an `auto` endpoint chose HTTP/1.1 by ALPN: use the HTTP/1.1 pool) and

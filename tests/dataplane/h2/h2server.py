@@ -49,6 +49,7 @@ class ServerState:
     sent: dict[int, int] = field(default_factory=dict)  # stream id -> body bytes sent
     blocked: set[int] = field(default_factory=set)  # streams waiting for the client's window
     paths: list[str] = field(default_factory=list)
+    request_headers: list[list[tuple[bytes, bytes]]] = field(default_factory=list)
     resets: list[int] = field(default_factory=list)  # RST_STREAM codes the client sent
     request_trailers: list[list[tuple[bytes, bytes]]] = field(default_factory=list)
     closed: int = 0  # connections closed
@@ -157,6 +158,7 @@ class _ServerProtocol(asyncio.Protocol):
             self.streams_here += 1
             state.open_now += 1
             state.max_open = max(state.max_open, state.open_now)
+            state.request_headers.append(list(event.headers or []))
             headers = dict(event.headers or [])
             path = headers[b":path"].decode()
             state.paths.append(path)

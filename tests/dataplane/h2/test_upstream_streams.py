@@ -30,6 +30,12 @@ async def test_request_trailers_follow_the_body() -> None:
         await stream.response()
         assert await stream.body() == b"abc"
         assert server.state.request_trailers == [[(b"x-checksum", b"1")]]
+        bad = await pool.open_stream(request("/echo", "POST"))
+        with pytest.raises(StreamError, match="not sendable"):
+            bad.send_trailers([(b":status", b"200")])
+        bad.send_data(b"", end_stream=True)
+        await bad.response()
+        assert await bad.body() == b""
 
 
 async def test_an_answer_before_the_requests_end_resets_the_rest() -> None:
@@ -157,3 +163,18 @@ async def test_an_endpoint_removed_from_the_config_drains() -> None:
         await held.response()
         assert await held.body() == b"held"
         await wait_until(lambda: server.state.closed == 1, what="the drained connection closed")
+
+
+async def test_request_headers_are_made_valid_http2_or_refused() -> None:
+    server = H2TestServer()
+    async with server.serve() as port, h2_pool(port) as pool:
+        with pytest.raises(StreamError) as info:
+            await pool.open_stream(request("/size/1", extra=[(b"te", b"gzip")]),
+                                   end_stream=True)
+        assert info.value.kind == EndKind.PROTOCOL
+        # Connection-specific headers are dropped, names lower-cased (RFC 9113 8.2.2).
+        extra = [(b"connection", b"keep-alive"), (b"X-Upper", b"1"), (b"te", b"trailers")]
+        stream = await pool.open_stream(request("/size/1", extra=extra), end_stream=True)
+        assert await stream.closed() is None  # the connection is unharmed
+        (sent,) = server.state.request_headers
+        assert sent[4:] == [(b"x-upper", b"1"), (b"te", b"trailers")]
