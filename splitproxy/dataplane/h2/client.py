@@ -82,6 +82,8 @@ class H2ClientConnection(asyncio.Protocol):
         self.sending: dict[int, UpstreamStream] = {}
         self._pumping = False
         self._pump_again = False
+        self._receiving = False  # inside data_received: it writes at its end
+        self._flush_soon = False  # a write is scheduled for this loop iteration
         self.settings_known = False  # the upstream's first SETTINGS arrived
         self.going_away = False  # GOAWAY received or sent: no new streams
         self.closed = False
@@ -97,8 +99,9 @@ class H2ClientConnection(asyncio.Protocol):
 
     @property
     def available(self) -> bool:
-        return not (self.going_away or self.closed) and len(self.streams) < self.max_streams \
-            and self.h2.open_outbound_streams < self.max_streams
+        # Our count, not h2's open_outbound_streams (which walks every stream): a stream
+        # leaves `streams` only once h2 has it closed too (ended, or reset by us).
+        return not (self.going_away or self.closed) and len(self.streams) < self.max_streams
 
     # -- asyncio.Protocol -------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -118,8 +121,12 @@ class H2ClientConnection(asyncio.Protocol):
             self._flush()  # h2 queued a GOAWAY saying why
             self._fail_all(EndKind.PROTOCOL, f"upstream broke HTTP/2: {exc}")
             return
-        for event in events:
-            self._event(event)
+        self._receiving = True  # what the events produce (acks, resets) goes out in one write
+        try:
+            for event in events:
+                self._event(event)
+        finally:
+            self._receiving = False
         self.pump()
         self._flush()
 
@@ -214,7 +221,7 @@ class H2ClientConnection(asyncio.Protocol):
                 self.h2.reset_stream(stream.stream_id, 0 if error is None else 0x8)
             except h2.exceptions.StreamClosedError:
                 pass
-            self._flush()
+            self._flush_later()
         stream._end(error)
         if self.going_away:
             self._close_if_done()
@@ -257,7 +264,7 @@ class H2ClientConnection(asyncio.Protocol):
             raise StreamError(EndKind.PROTOCOL, f"request not sendable: {exc}") from None
         stream.done_sending = end_stream
         self.streams[stream_id] = stream
-        self._flush()
+        self._flush_later()
         return stream
 
     def pump(self) -> None:
@@ -319,7 +326,7 @@ class H2ClientConnection(asyncio.Protocol):
             except h2.exceptions.StreamClosedError:
                 pass  # the upstream answered and closed it already
             stream.done_sending = True
-            self._flush()
+            self._flush_later()
         self.sending.pop(sid, None)  # nothing queued: `send_data` puts it back
 
     def ack(self, stream: UpstreamStream, n: int) -> None:
@@ -327,7 +334,7 @@ class H2ClientConnection(asyncio.Protocol):
         always (h2 skips the stream's window once it is closed)."""
         if not self.closed:
             self.h2.acknowledge_received_data(n, stream.stream_id)
-            self._flush()
+            self._flush_later()
 
     def reset_stream(self, stream: UpstreamStream, code: int) -> None:
         if self.streams.pop(stream.stream_id, None) is None:
@@ -338,7 +345,7 @@ class H2ClientConnection(asyncio.Protocol):
                 self.h2.reset_stream(stream.stream_id, code)
             except h2.exceptions.StreamClosedError:
                 pass
-            self._flush()
+            self._flush_later()
         if not self.streams:
             self.idle_since = self.loop.time()
         if self.going_away:
@@ -377,7 +384,17 @@ class H2ClientConnection(asyncio.Protocol):
         for stream in streams:
             stream._end(StreamError(EndKind.RESET, "upstream connection closed"))
 
+    def _flush_later(self) -> None:
+        """Write what h2 queued at the end of this callback or this loop iteration: streams
+        opened and credit returned in one tick leave in one write (counted: a small unary
+        gRPC call took 2 writes to the upstream socket, now 1)."""
+        if self._receiving or self._flush_soon:
+            return
+        self._flush_soon = True
+        self.loop.call_soon(self._flush)
+
     def _flush(self) -> None:
+        self._flush_soon = False
         data = self.h2.data_to_send()
         if data and self.transport is not None and not self.closed:
             self.transport.write(data)
