@@ -1,8 +1,8 @@
 """HTTP/2 to upstreams: one multiplexed connection pool per endpoint (`H2Pool`), all of them in
 one `H2Pools`, kept across routing-table swaps as the HTTP/1.1 pools are.
 
-API (everything runs on the event loop; nothing blocks; `outcome.open_for_version` does
-the endpoint choice below for a version, with the HTTP/1.1 path's retries and counting)::
+API (everything runs on the event loop; nothing blocks; `outcome.open_for_version` picks
+the endpoint for a version, moving on when connects fail, as the HTTP/1.1 path does)::
 
     h2pools = H2Pools(loop, config.timeouts, config.limits)      # once per worker
     pool = version.next_pool()                     # the HTTP/1.1 `Pool`: health, probes
