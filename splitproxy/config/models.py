@@ -140,6 +140,10 @@ class VersionConfig(Frozen):
         return self
 
 
+_H2_PROBE = ("active health checks probe over HTTP/1.1 and this version speaks h2 only: "
+             "leave it to passive health (README: HTTP/2 and gRPC) or use protocol auto")
+
+
 class Route(Frozen):
     name: Name
     match: Match = Match()
@@ -196,6 +200,22 @@ class Route(Frozen):
             if version not in self.versions]
         if self.mirror is not None and self.mirror.to not in self.versions:
             problems.append((("mirror", "to"), f"unknown version {self.mirror.to!r}"))
+        if problems:
+            raise Located(problems)
+        return self
+
+    @model_validator(mode="after")
+    def _probes_speak_http1(self) -> Route:
+        # Active health checks probe with an HTTP/1.1 GET: an HTTP/2-only upstream (a gRPC
+        # server resets it) would be taken out of rotation by its own probe.
+        problems: list[Problem] = []
+        for name, version in self.versions.items():
+            if version.protocol != UpstreamProtocol.H2:
+                continue
+            if version.health_check is not None:
+                problems.append((("versions", name, "health_check"), _H2_PROBE))
+            elif self.health_check is not None:
+                problems.append((("health_check",), f"applies to version {name}: {_H2_PROBE}"))
         if problems:
             raise Located(problems)
         return self

@@ -54,7 +54,7 @@ def checks_of(config: Config) -> dict[Endpoint, HealthCheck]:
             if check is None:
                 continue
             for url in version.endpoints:
-                wanted.setdefault(Endpoint.of(url, version.tls), check)
+                wanted.setdefault(Endpoint.of(url, version.tls, version.protocol.value), check)
     return wanted
 
 

@@ -9,6 +9,7 @@ import pytest
 
 from splitproxy.config.grpc import DEFAULT_ERROR_CODES, GrpcCode, UpstreamProtocol
 from splitproxy.config.models import ConfigError, load
+from splitproxy.dataplane.http.probe import checks_of
 from splitproxy.routing.table import build
 
 # Line numbers matter: the cases below point at them.
@@ -93,3 +94,25 @@ def test_bad_grpc_error_codes_are_refused_at_their_line(
     path = write(tmp_path, BASE + f"    grpc:\n      error_codes: {codes}\n")
     (problem,) = errors(path)
     assert problem.startswith(f"{path}:8: routes[0].grpc.{message}"), problem
+
+
+def test_an_h2_version_has_no_active_health_check(tmp_path: Path) -> None:
+    own = BASE.replace("protocol: h2}", "protocol: h2, health_check: {path: /healthz}}")
+    path = write(tmp_path, own)
+    (problem,) = errors(path)
+    assert problem.startswith(
+        f"{path}:5: routes[0].versions.canary.health_check: active health checks probe over "
+        "HTTP/1.1 and this version speaks h2 only"), problem
+    path = write(tmp_path, BASE + "    health_check: {path: /healthz}\n")
+    (problem,) = errors(path)
+    assert problem.startswith(f"{path}:7: routes[0].health_check: applies to version canary: "
+                              "active health checks"), problem
+
+
+def test_an_auto_versions_probe_reaches_its_endpoints_health(tmp_path: Path) -> None:
+    text = BASE.replace('"http://127.0.0.1:9002"], protocol: h2',
+                        '"https://127.0.0.1:9002"], protocol: auto, '
+                        'health_check: {path: /healthz}')
+    config = load(write(tmp_path, text))
+    (endpoint,) = checks_of(config)
+    assert endpoint in build(config).routes[0].endpoints["canary"]  # the pool's key
