@@ -140,10 +140,6 @@ class VersionConfig(Frozen):
         return self
 
 
-_H2_PROBE = ("active health checks probe over HTTP/1.1 and this version speaks h2 only: "
-             "leave it to passive health (README: HTTP/2 and gRPC) or use protocol auto")
-
-
 class Route(Frozen):
     name: Name
     match: Match = Match()
@@ -205,17 +201,18 @@ class Route(Frozen):
         return self
 
     @model_validator(mode="after")
-    def _probes_speak_http1(self) -> Route:
-        # Active health checks probe with an HTTP/1.1 GET: an HTTP/2-only upstream (a gRPC
-        # server resets it) would be taken out of rotation by its own probe.
+    def _grpc_probes_need_h2(self) -> Route:
         problems: list[Problem] = []
         for name, version in self.versions.items():
-            if version.protocol != UpstreamProtocol.H2:
+            check = version.health_check or self.health_check
+            if check is None or check.grpc_service is None \
+                    or version.protocol != UpstreamProtocol.HTTP1:
                 continue
-            if version.health_check is not None:
-                problems.append((("versions", name, "health_check"), _H2_PROBE))
-            elif self.health_check is not None:
-                problems.append((("health_check",), f"applies to version {name}: {_H2_PROBE}"))
+            where: tuple[str, ...] = ("versions", name, "health_check", "grpc_service")
+            if version.health_check is None:
+                where = ("health_check", "grpc_service")
+            problems.append((where, f"a gRPC health check needs HTTP/2: version {name} has "
+                                    "protocol http1 (set protocol: h2)"))
         if problems:
             raise Located(problems)
         return self

@@ -39,11 +39,26 @@ def grpc_request(method: str, authority: str, extra: list[tuple[bytes, bytes]] |
             (b"content-type", b"application/grpc"), (b"te", b"trailers"), *(extra or [])]
 
 
+# `health`: grpc.health.v1's service name -> HealthCheckResponse.status (1 SERVING,
+# 2 NOT_SERVING); a name not listed is NOT_FOUND, as the standard health service answers.
+
+
 class _Echo(grpc.GenericRpcHandler):  # type: ignore[misc]
-    def __init__(self, release: threading.Event) -> None:
+    def __init__(self, release: threading.Event, health: dict[str, int] | None) -> None:
         self.release = release
+        self.health = health
 
     def service(self, details: Any) -> Any:
+        if details.method == "/grpc.health.v1.Health/Check" and self.health is not None:
+            health = self.health
+
+            def check(req: bytes, ctx: Any) -> bytes:
+                service = req[2:].decode() if req else ""
+                if service not in health:
+                    ctx.abort(grpc.StatusCode.NOT_FOUND, "unknown service")
+                return b"\x08" + bytes((health[service],))
+            return grpc.unary_unary_rpc_method_handler(
+                check, request_deserializer=None, response_serializer=None)
         method = details.method.rsplit("/", 1)[-1]
         ident = {"request_deserializer": None, "response_serializer": None}
         if method == "Unary":
@@ -73,11 +88,12 @@ class _Echo(grpc.GenericRpcHandler):  # type: ignore[misc]
 
 
 @contextlib.contextmanager
-def grpc_server() -> Iterator[tuple[int, threading.Event]]:
-    """The server on 127.0.0.1 (h2c): its port, and the event that releases `Slow` calls."""
+def grpc_server(health: dict[str, int] | None = None) -> Iterator[tuple[int, threading.Event]]:
+    """The server on 127.0.0.1 (h2c): its port, and the event that releases `Slow` calls;
+    with `health`, a grpc.health.v1 service answering from it (changes apply at once)."""
     release = threading.Event()
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=8))
-    server.add_generic_rpc_handlers((_Echo(release),))
+    server.add_generic_rpc_handlers((_Echo(release, health),))
     port = server.add_insecure_port("127.0.0.1:0")
     server.start()
     try:

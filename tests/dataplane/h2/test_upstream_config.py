@@ -96,17 +96,16 @@ def test_bad_grpc_error_codes_are_refused_at_their_line(
     assert problem.startswith(f"{path}:8: routes[0].grpc.{message}"), problem
 
 
-def test_an_h2_version_has_no_active_health_check(tmp_path: Path) -> None:
-    own = BASE.replace("protocol: h2}", "protocol: h2, health_check: {path: /healthz}}")
-    path = write(tmp_path, own)
+def test_a_grpc_health_check_needs_an_http2_version(tmp_path: Path) -> None:
+    h2_check = BASE.replace("protocol: h2}", "protocol: h2, health_check: {grpc_service: ''}}")
+    config = load(write(tmp_path, h2_check))
+    check = config.routes[0].versions["canary"].health_check
+    assert check is not None and check.grpc_service == ""
+    path = write(tmp_path, BASE + "    health_check: {grpc_service: orders}\n")
     (problem,) = errors(path)
-    assert problem.startswith(
-        f"{path}:5: routes[0].versions.canary.health_check: active health checks probe over "
-        "HTTP/1.1 and this version speaks h2 only"), problem
-    path = write(tmp_path, BASE + "    health_check: {path: /healthz}\n")
-    (problem,) = errors(path)
-    assert problem.startswith(f"{path}:7: routes[0].health_check: applies to version canary: "
-                              "active health checks"), problem
+    assert problem == (
+        f"{path}:7: routes[0].health_check.grpc_service: a gRPC health check needs HTTP/2: "
+        "version stable has protocol http1 (set protocol: h2)"), problem
 
 
 def test_an_auto_versions_probe_reaches_its_endpoints_health(tmp_path: Path) -> None:
