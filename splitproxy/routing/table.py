@@ -119,6 +119,7 @@ def build_route(
         run=run,
         cookie_values={sticky_value(v, run).encode("latin-1"): v for v in versions},
         cookie_max_age=max(1, math.ceil(sticky.cookie_max_age)),
+        grpc_error_codes=frozenset(int(code) for code in route.grpc.error_codes),
         synthetic_header=_lower(route.analysis.synthetic_header) if route.analysis else None,
         latency_limits=latency_limits(route),
         preview_header=_lower(route.preview_header) if preview is not None else None,
@@ -128,7 +129,6 @@ def build_route(
         steer_rules=compile_rules(header_routes),
         identity_pins={k.encode("utf-8"): v for k, v in sticky.identity_pins.items()},
         mirror=route.mirror,
-        grpc_error_codes=frozenset(int(code) for code in route.grpc.error_codes),
     )
 
 
