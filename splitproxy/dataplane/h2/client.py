@@ -308,7 +308,7 @@ class H2ClientConnection(asyncio.Protocol):
             end = not stream.out and stream.out_end and stream.out_trailers is None
             h2c.send_data(sid, chunk, end_stream=end)
             if end:
-                stream.done_sending = True
+                stream.request_sent()
                 self.sending.pop(sid, None)
             self._flush()  # the transport pauses us (pause_writing) when it is full
             stream.sent(len(chunk))
@@ -325,7 +325,7 @@ class H2ClientConnection(asyncio.Protocol):
                     h2c.end_stream(sid)
             except h2.exceptions.StreamClosedError:
                 pass  # the upstream answered and closed it already
-            stream.done_sending = True
+            stream.request_sent()
             self._flush_later()
         self.sending.pop(sid, None)  # nothing queued: `send_data` puts it back
 

@@ -146,19 +146,26 @@ class H2Pool:
         self._connecting = future
         try:
             conn = await self._open_connection()
-        except BaseException as exc:
+        except asyncio.CancelledError:
+            # This request's task was cancelled: the others waiting on the attempt are not.
+            future.set_exception(ConnectionError("connection attempt abandoned"))
+            future.exception()
+            raise
+        except Exception as exc:
             future.set_exception(exc)
             future.exception()  # retrieved: nobody else may be waiting for it
             raise
         else:
             future.set_result(conn)
+            if self.retired:
+                conn.go_away()  # removed from the config meanwhile: closes, nothing on it
+                raise Overloaded("endpoint removed from the config")
             if conn.alpn not in (None, "h2"):
                 conn.close()
                 self.not_h2_until = self.loop.time() + ALPN_RECHECK
                 raise NotH2(f"{self.endpoint.key} chose {conn.alpn} by ALPN")
             self.not_h2_until = 0.0
-            if not self.retired:
-                self.conns.append(conn)
+            self.conns.append(conn)
         finally:
             self._connecting = None
             self.capacity_changed()

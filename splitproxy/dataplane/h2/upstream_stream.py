@@ -98,7 +98,8 @@ class UpstreamStream:
     __slots__ = ("conn", "stream_id", "handler", "status", "headers", "trailers", "error",
                  "ended", "out", "out_size", "out_end", "out_trailers", "sent_bytes",
                  "unacked", "done_sending", "last_read", "deadline", "response_deadline",
-                 "got_response", "read_timeout", "_timer", "_events", "_waiter", "_drained")
+                 "got_response", "read_timeout", "response_timeout", "_timer", "_events",
+                 "_waiter", "_drained")
 
     def __init__(self, conn: H2ClientConnection, stream_id: int,
                  handler: StreamHandler | None) -> None:
@@ -123,6 +124,7 @@ class UpstreamStream:
         self.response_deadline = 0.0  # loop time the response head must come by
         self.got_response = False
         self.read_timeout = 0.0  # between two reads of the body; 0: none
+        self.response_timeout = 0.0  # for the head, from the request's end
         self._timer: asyncio.TimerHandle | None = None
         # Awaitable mode only.
         self._events: deque[tuple[str, object]] | None = None if handler else deque()
@@ -169,21 +171,34 @@ class UpstreamStream:
 
     # -- deadlines ---------------------------------------------------------------------------
     def arm(self, response_timeout: float, read_timeout: float, deadline: float = 0.0) -> None:
-        """The response head must come within `response_timeout`, each read within
-        `read_timeout` of the last (unless the consumer holds credit: then the upstream
-        waits for us, not we for it), and everything by `deadline` (a loop time; 0: none)."""
+        """The response head must come within `response_timeout` of the request's end (while
+        the client still sends, the upstream waits for it, as for HTTP/1.1), each read within
+        `read_timeout` of the last (unless the consumer holds credit: then the upstream waits
+        for us, not we for it), and everything by `deadline` (a loop time; 0: none)."""
         now = self.conn.loop.time()
-        self.response_deadline = now + response_timeout
+        self.response_timeout = response_timeout
+        if self.done_sending:
+            self.response_deadline = now + response_timeout
         self.read_timeout = read_timeout
         self.deadline = deadline
         self._rearm(now)
+
+    def request_sent(self) -> None:
+        """The request's end went out: the response head's timeout starts."""
+        self.done_sending = True
+        if not self.got_response and self.response_timeout and not self.ended:
+            now = self.conn.loop.time()
+            self.response_deadline = now + self.response_timeout
+            if self._timer is not None:
+                self._timer.cancel()
+            self._rearm(now)
 
     def _rearm(self, now: float) -> None:
         if self.ended:
             return
         due = 0.0
         if not self.got_response:
-            due = self.response_deadline
+            due = self.response_deadline  # 0 while the request is still being sent
         elif self.read_timeout:
             due = self.last_read + self.read_timeout
         if self.deadline and (not due or self.deadline < due):
@@ -198,7 +213,8 @@ class UpstreamStream:
         now = self.conn.loop.time()
         if self.deadline and now >= self.deadline:
             self.conn.time_out(self, "deadline exceeded")
-        elif not self.got_response and now >= self.response_deadline:
+        elif not self.got_response and self.response_deadline and \
+                now >= self.response_deadline:
             self.conn.time_out(self, "upstream did not answer in time")
         elif self.got_response and now >= self.last_read + self.read_timeout:
             if self.unacked:

@@ -5,7 +5,8 @@ that holds its window shut) and counters for what the tests assert.
 Paths: `/echo` streams the request body back as it arrives; `/size/N` answers N bytes;
 `/trailers` answers a body and trailers; `/hold` answers once `release()` is called;
 `/grpc-error` a trailers-only gRPC UNAVAILABLE; `/stall` a head and 5 bytes, then nothing;
-`/die` a head, then the connection is cut. Every answer carries `x-conn` (the
+`/die` a head, then the connection is cut; `/after-body` answers the number of body bytes
+once the request has ended. Every answer carries `x-conn` (the
 connection's number) and `x-stream` (the stream id).
 """
 
@@ -110,6 +111,7 @@ class _ServerProtocol(asyncio.Protocol):
         self.streams_here = 0
         self.out: dict[int, _Out] = {}
         self.echo: set[int] = set()
+        self.after_body: set[int] = set()  # answered once the request's body has ended
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -189,6 +191,11 @@ class _ServerProtocol(asyncio.Protocol):
             sid = event.stream_id
             if sid in self.echo and sid in self.out:
                 self.out[sid].end = True
+            if sid in self.after_body and sid in self.out:
+                got = b"%d" % state.received.get(sid, 0)
+                self.conn.send_headers(sid, [(b":status", b"200")])
+                self.out[sid].data += got
+                self.out[sid].end = True
         elif isinstance(event, E.StreamReset):
             sid = event.stream_id
             state.resets.append(int(event.error_code or 0))
@@ -220,6 +227,8 @@ class _ServerProtocol(asyncio.Protocol):
                                          (b"content-type", b"application/grpc"),
                                          (b"grpc-status", b"14"), *base], end_stream=True)
             self.done(sid)
+        elif path == "/after-body":
+            self.after_body.add(sid)
         elif path == "/stall":
             self.conn.send_headers(sid, [(b":status", b"200"), *base])
             out.data += b"first"

@@ -178,3 +178,18 @@ async def test_request_headers_are_made_valid_http2_or_refused() -> None:
         assert await stream.closed() is None  # the connection is unharmed
         (sent,) = server.state.request_headers
         assert sent[4:] == [(b"x-upper", b"1"), (b"te", b"trailers")]
+
+
+async def test_the_response_timeout_starts_at_the_requests_end() -> None:
+    server = H2TestServer()
+    async with server.serve() as port, \
+            h2_pool(port, timeouts=Timeouts(response_header=0.2)) as pool:
+        loop = asyncio.get_running_loop()
+        stream = await pool.open_stream(request("/after-body", "POST"))
+        opened = loop.time()
+        stream.send_data(b"a" * 10)
+        # The client is slow to send: longer than the response timeout, and not cut for it.
+        await wait_until(lambda: loop.time() - opened > 0.5, what="a slow upload")
+        stream.send_data(b"b" * 5, end_stream=True)
+        await stream.response()
+        assert await stream.body() == b"15"
