@@ -13,6 +13,9 @@ from splitproxy.config.units import Frozen, Positive, Timeout
 class HealthCheck(Frozen):
     """How an endpoint is probed, and how many results in a row change its state."""
 
+    # gRPC health checking (grpc.health.v1.Health/Check) of this service instead of a GET of
+    # `path`; "" asks about the server as a whole. For versions with protocol h2 or auto.
+    grpc_service: str | None = None
     path: str = "/healthz"
     # The next probe starts `interval` after the previous one ended: probes of one endpoint
     # never overlap, whatever the timeout.

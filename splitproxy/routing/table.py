@@ -22,6 +22,9 @@ class Endpoint:
     host: str
     port: int
     tls: UpstreamTls | None = None  # an https:// endpoint: how it is reached
+    # How it is spoken to: "http1", "h2" or "auto" (h2 if ALPN picks it); the version's
+    # `protocol`. Part of the key: a changed protocol is a new pool.
+    protocol: str = "http1"
 
     @property
     def key(self) -> str:
@@ -39,10 +42,11 @@ class Endpoint:
         return f"https://{self.key}" if self.tls is not None else f"http://{self.key}"
 
     @classmethod
-    def of(cls, url: EndpointUrl, tls: UpstreamTls | None = None) -> Endpoint:
+    def of(cls, url: EndpointUrl, tls: UpstreamTls | None = None,
+           protocol: str = "http1") -> Endpoint:
         if not url.secure:
-            return cls(url.address.host, url.address.port)
-        return cls(url.address.host, url.address.port, tls or DEFAULT_UPSTREAM_TLS)
+            return cls(url.address.host, url.address.port, None, protocol)
+        return cls(url.address.host, url.address.port, tls or DEFAULT_UPSTREAM_TLS, protocol)
 
 
 DEFAULT_UPSTREAM_TLS = UpstreamTls()
@@ -75,6 +79,8 @@ class RouteEntry:
     # A verified client certificate's subject -> version (sticky.identity_pins, mTLS).
     identity_pins: dict[bytes, str] = field(default_factory=dict)
     mirror: Mirror | None = None  # shadow traffic (dataplane.http.mirror)
+    # grpc-status values that count as errors of the version (routes[].grpc.error_codes).
+    grpc_error_codes: frozenset[int] = frozenset()
 
     def matches(self, host: str, path: str) -> bool:
         if self.host is not None and host != self.host:
@@ -114,7 +120,7 @@ def build_route(
         plan=make_plan(route.name, versions, weights, baseline=route.baseline,
                        canary=route.canary if header_routes else None),
         endpoints={
-            v: tuple(Endpoint.of(url, cfg.tls) for url in cfg.endpoints)
+            v: tuple(Endpoint.of(url, cfg.tls, cfg.protocol.value) for url in cfg.endpoints)
             for v, cfg in route.versions.items()
         },
         pin_header=_lower(sticky.pin_header),
@@ -124,6 +130,7 @@ def build_route(
         run=run,
         cookie_values={sticky_value(v, run).encode("latin-1"): v for v in versions},
         cookie_max_age=max(1, math.ceil(sticky.cookie_max_age)),
+        grpc_error_codes=frozenset(int(code) for code in route.grpc.error_codes),
         synthetic_header=_lower(route.analysis.synthetic_header) if route.analysis else None,
         latency_limits=latency_limits(route),
         preview_header=_lower(route.preview_header) if preview is not None else None,

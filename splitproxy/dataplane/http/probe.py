@@ -25,6 +25,7 @@ from splitproxy.config.healthcheck import HealthCheck
 from splitproxy.config.models import Config
 from splitproxy.dataplane.http import health
 from splitproxy.dataplane.http.pool import Pools
+from splitproxy.dataplane.http.probe_h2 import probe_h2
 from splitproxy.dataplane.http.runtime import CompiledRoute
 from splitproxy.dataplane.plane import EndpointHealth
 from splitproxy.dataplane.tls import client_context, server_hostname
@@ -54,7 +55,7 @@ def checks_of(config: Config) -> dict[Endpoint, HealthCheck]:
             if check is None:
                 continue
             for url in version.endpoints:
-                wanted.setdefault(Endpoint.of(url, version.tls), check)
+                wanted.setdefault(Endpoint.of(url, version.tls, version.protocol.value), check)
     return wanted
 
 
@@ -114,7 +115,9 @@ class Prober:
 
     async def _run(self, endpoint: Endpoint, check: HealthCheck) -> None:
         while True:
-            self.record(endpoint, check, await probe(endpoint, check))
+            # A version spoken to over HTTP/2 is probed over HTTP/2 (`probe_h2`).
+            self.record(endpoint, check, await (probe(endpoint, check) if endpoint.protocol
+                                                == "http1" else probe_h2(endpoint, check)))
             await asyncio.sleep(check.interval)
 
     def record(self, endpoint: Endpoint, check: HealthCheck, error: str | None) -> None:
