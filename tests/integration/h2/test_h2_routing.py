@@ -66,3 +66,35 @@ async def test_many_streams_on_one_connection_are_split_by_weight() -> None:
     assert bodies.count(b"canary") == 10
     assert srv.stats.get("shop", "canary").responses == {200: 10}
     assert srv.stats.get("shop", "stable").responses == {200: 90}
+
+
+STICKY = {"pin_header": "X-Splitproxy-Version", "cookie": "splitproxy-shop"}
+
+
+async def test_h2_pin_header_and_sticky_cookie_choose_the_version() -> None:
+    async with run_upstreams("stable", "canary") as ups:
+        cfg = proxy_config([route({n: u.url for n, u in ups.items()},
+                                  {"stable": 100, "canary": 0}, sticky=STICKY)])
+        async with run_proxy(cfg) as srv, h2_client(srv.port) as client:
+            pinned = await client.get("/", [("x-splitproxy-version", "canary")])
+            earned = await client.get("/")
+            cookie = earned.headers["set-cookie"].split(";", 1)[0]
+            kept = [await client.get("/", [("cookie", "other=1"), ("cookie", cookie)])
+                    for _ in range(5)]
+    assert pinned.body == b"canary"
+    assert earned.body == b"stable" and cookie.startswith("splitproxy-shop=")
+    assert {r.body for r in kept} == {b"stable"}
+    assert all("set-cookie" not in r.headers for r in kept)  # already earned: not set again
+    assert srv.stats.get("shop", "canary").responses == {200: 1}
+    assert srv.stats.get("shop", "stable").responses == {200: 6}
+
+
+async def test_h2_no_route_and_proxy_errors_are_answered_on_the_stream() -> None:
+    cfg = proxy_config([route({"stable": "http://127.0.0.1:1"}, match={"path_prefix": "/api"})])
+    async with run_proxy(cfg) as srv, h2_client(srv.port) as client:
+        missing = await client.get("/nowhere")
+        refused = await client.get("/api/x")
+        again = await client.get("/nowhere")  # the connection goes on after errors
+    assert missing.status == 404 and missing.headers["x-splitproxy-error"] == "1"
+    assert refused.status == 502
+    assert again.status == 404
