@@ -105,7 +105,7 @@ class H2Client:
             resp.headers = hdrs
         elif isinstance(event, ev.DataReceived) and resp is not None:
             resp.body += event.data or b""
-            self.conn.acknowledge_received_data(event.flow_controlled_length or 0, sid)
+            self.conn.acknowledge_received_data(event.flow_controlled_length or 0, sid or 0)
         elif isinstance(event, ev.TrailersReceived) and resp is not None:
             resp.trailers = {k.decode(): v.decode() for k, v in event.headers or []}
         elif isinstance(event, ev.StreamEnded) and resp is not None:

@@ -31,7 +31,7 @@ MAX_PINGS = 1000
 MIN_RESETS = 100
 
 
-def settings(max_header_list: int) -> dict[SettingCodes | int, int]:
+def settings(max_header_list: int) -> dict[SettingCodes, int]:
     """What the server announces in its first SETTINGS frame."""
     return {
         SettingCodes.MAX_CONCURRENT_STREAMS: MAX_CONCURRENT_STREAMS,

@@ -11,7 +11,6 @@ can take (a local error, a redirect, a cut) reaches the client the same way.
 
 from __future__ import annotations
 
-import asyncio
 from collections import deque
 from typing import TYPE_CHECKING
 
@@ -183,7 +182,3 @@ class H2Stream:
         if self.blocked_since and now - self.blocked_since >= send_timeout:
             # The client's window stayed shut: this stream, not the connection, is cut.
             self.abort()
-
-
-def transport_of(up: UpstreamConnection | None) -> asyncio.Transport | None:
-    return up.transport if up is not None else None
