@@ -26,6 +26,7 @@ from hyperframe.frame import GoAwayFrame
 from splitproxy.dataplane.h2 import limits
 from splitproxy.dataplane.h2.request import Malformed, read_request
 from splitproxy.dataplane.h2.stream import H2Stream
+from splitproxy.dataplane.http.accesslog import CLIENT_CLOSED, LoggedDownstream, log_request
 from splitproxy.dataplane.http.connection import HEADER, IDLE, LINGER, ClientConnection
 from splitproxy.dataplane.http.dispatch import build_exchange
 from splitproxy.dataplane.http.exchange import Exchange
@@ -75,7 +76,7 @@ class _Facts:
 class H2Server(ClientConnection):
     """One HTTP/2 client connection (see the module docstring)."""
 
-    __slots__ = ("h2", "streams", "flood", "goaway_id", "_in_events", "peer_goaway")
+    __slots__ = ("h2", "streams", "flood", "goaway_id", "_in_events", "peer_goaway", "logged")
 
     def __init__(self, state: ServerState) -> None:
         super().__init__(state)
@@ -85,6 +86,8 @@ class H2Server(ClientConnection):
         self.goaway_id: int | None = None  # GOAWAY sent: streams above this are refused
         self._in_events = False  # handling a read: its writes go out together at the end
         self.peer_goaway = False
+        # The access log is on (chosen per connection, as for HTTP/1.1: `accesslog`).
+        self.logged = issubclass(state.protocol, LoggedDownstream)
 
     # -- asyncio.Protocol -------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -149,6 +152,8 @@ class H2Server(ClientConnection):
         streams = list(self.streams.values())
         self.streams.clear()
         for stream in streams:
+            if not stream.finished:
+                self._log(stream, "client-closed")
             stream.client_gone()
 
     def pause_writing(self) -> None:
@@ -218,6 +223,11 @@ class H2Server(ClientConnection):
             return
         stream = H2Stream(self, sid)
         stream.grpc = request.grpc
+        stream.method = request.method
+        stream.path = request.path.split(b"?", 1)[0]
+        # As an HTTP/1.1 head would count: request line, "name: value\r\n" lines, "\r\n".
+        stream.received = len(request.method) + len(request.path) + 14 + sum(
+            len(n) + len(v) + 4 for n, v in request.headers)
         self.streams[sid] = stream
         down = cast("DownstreamProtocol", stream)  # the `down` an Exchange writes to
         try:
@@ -274,6 +284,7 @@ class H2Server(ClientConnection):
             return
         if not stream.finished:
             self.flood.resets += 1  # reset before its answer was complete: rapid reset counts
+            self._log(stream, "client-closed")
         stream.client_gone()
         self._idle_check()
 
@@ -311,6 +322,7 @@ class H2Server(ClientConnection):
         if stream.ended:
             h2.end_stream(sid)
             stream.finished = True
+            self._log(stream, "done")
             if not stream.request_done:
                 # The answer is complete and nobody reads the rest of the body (RFC 9113 8.1).
                 h2.reset_stream(sid, ErrorCodes.NO_ERROR)
@@ -319,6 +331,7 @@ class H2Server(ClientConnection):
 
     def reset(self, stream: H2Stream, code: int) -> None:
         if not stream.finished:
+            self._log(stream, "cut")
             stream.finished = True
             self.h2.reset_stream(stream.sid, code)
             stream.client_gone()
@@ -343,6 +356,17 @@ class H2Server(ClientConnection):
         elif not self.timer_kind:
             self._arm_timer(IDLE)
 
+    def _log(self, stream: H2Stream, end: str) -> None:
+        ex = stream.exchange
+        if not self.logged or stream.logged or ex is None:
+            return
+        stream.logged = True
+        now = self.loop.time()
+        status = stream.status or (CLIENT_CLOSED if end == "client-closed" else 502)
+        log_request(self.state, ex, stream.method, stream.path, status,
+                    now - (ex.request.start_time or now), stream.sent, stream.received,
+                    self.client_ip, end)
+
     def _flush(self) -> None:
         if self._in_events:
             return
@@ -363,6 +387,8 @@ class H2Server(ClientConnection):
         streams = list(self.streams.values())
         self.streams.clear()
         for stream in streams:
+            if not stream.finished:
+                self._log(stream, "client-closed")
             stream.finished = True
             stream.client_gone()
         self._close()

@@ -60,7 +60,8 @@ class H2Stream:
     __slots__ = (
         "conn", "sid", "state", "loop", "flow", "client_ip", "listener", "identity", "exchange",
         "grpc", "parser", "_headers", "out", "ended", "finished", "unacked", "body_bytes",
-        "request_done", "blocked_since", "status",
+        "request_done", "blocked_since", "status", "method", "path", "received", "sent",
+        "logged",
     )
 
     def __init__(self, conn: H2Server, sid: int) -> None:
@@ -84,11 +85,19 @@ class H2Stream:
         self.request_done = False
         self.blocked_since = 0.0  # when `out` began waiting for the client's window
         self.status = 0  # the final status sent (0: no head yet)
+        # For the access log: the request's method and path (no query), bytes received (head
+        # as HTTP/1.1 would count it, and body) and sent (the answer as the exchange wrote it).
+        self.method = b""
+        self.path = b""
+        self.received = 0
+        self.sent = 0
+        self.logged = False
 
     # -- what the exchange calls (the `down` of an Exchange) -----------------------------------
     def write(self, data: bytes) -> None:
         if self.finished:
             return
+        self.sent += len(data)
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserError:
@@ -140,6 +149,7 @@ class H2Stream:
         """Body bytes of this stream; their window goes back to the client unless the
         exchange holds them (flow control ties the client's sending to the upstream's reads)."""
         self.unacked += flow_len
+        self.received += len(data)
         ex = self.exchange
         if ex is not None:
             ex.request_body(data)
