@@ -8,6 +8,7 @@ from collections.abc import Callable
 
 from splitproxy.config.models import Config, Timeouts
 from splitproxy.config.tls import Listener
+from splitproxy.dataplane.h2.server import adopt
 from splitproxy.dataplane.http import probe
 from splitproxy.dataplane.http.accesslog import protocol_for
 from splitproxy.dataplane.http.downstream import DownstreamProtocol, sweep
@@ -81,6 +82,7 @@ class ProxyServer:
                                 config.health)
         state = self._state = ServerState(loop, runtime, config.timeouts, config.limits,
                                           self.stats, protocol_for(config))
+        state.http2 = adopt  # h2c by prior knowledge and ALPN h2 on every listener
         self._bound = config.listen
         self.tls = [ServerTls(lst.tls) if lst.tls is not None else None
                     for lst in config.listen]

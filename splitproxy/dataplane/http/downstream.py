@@ -65,8 +65,8 @@ class DownstreamProtocol(ClientConnection):
     # -- asyncio.Protocol -------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._accept(transport)
-        if self.listener.tls and _alpn(transport) == "h2":
-            _to_h2(self, transport, b"")
+        if self.listener.tls and _alpn(transport) == "h2" and self.state.http2 is not None:
+            self.state.http2(self, transport, b"")
             return
         state = self.state
         state.connections.add(self)
@@ -130,9 +130,9 @@ class DownstreamProtocol(ClientConnection):
         else is returned whole, to be parsed as HTTP/1.1."""
         data = self._held + data
         self._held = b""
-        if data.startswith(H2_PREFACE):
+        if data.startswith(H2_PREFACE) and self.state.http2 is not None:
             if self.transport is not None:
-                _to_h2(self, self.transport, data)
+                self.state.http2(self, self.transport, data)
             return b""
         if H2_PREFACE.startswith(data):
             self._held = data
@@ -358,13 +358,6 @@ class DownstreamProtocol(ClientConnection):
 def _alpn(transport: asyncio.BaseTransport) -> str | None:
     ssl_object = transport.get_extra_info("ssl_object")
     return ssl_object.selected_alpn_protocol() if ssl_object is not None else None
-
-
-def _to_h2(down: DownstreamProtocol, transport: asyncio.BaseTransport, data: bytes) -> None:
-    # Imported here: a connection that speaks HTTP/1.1 never loads the HTTP/2 stack.
-    from splitproxy.dataplane.h2.server import adopt
-
-    adopt(down, transport, data)
 
 
 def sweep(connections: Iterable[DownstreamProtocol], now: float) -> None:
