@@ -26,6 +26,7 @@ from splitproxy.config.crossfield import (
     route_problems,
     weight_problems,
 )
+from splitproxy.config.grpc import Grpc, UpstreamProtocol
 from splitproxy.config.guard import Analysis
 from splitproxy.config.healthcheck import HealthCheck
 from splitproxy.config.mirror import Mirror
@@ -125,7 +126,18 @@ class VersionConfig(Frozen):
     endpoints: tuple[Endpoint, ...] = Field(min_length=1)
     tls: UpstreamTls | None = None  # for its https:// endpoints (default: verified, system CAs)
     health_check: HealthCheck | None = None  # active probes (default: the route's)
+    # How its endpoints are spoken to: http1, h2 (prior knowledge on http://, ALPN h2 on
+    # https://) or auto (https:// only: h2 when ALPN picks it, else HTTP/1.1).
+    protocol: UpstreamProtocol = UpstreamProtocol.HTTP1
 
+    @model_validator(mode="after")
+    def _auto_needs_tls(self) -> VersionConfig:
+        if self.protocol == UpstreamProtocol.AUTO:
+            plain = [e for e in self.endpoints if not e.secure]
+            if plain:
+                raise Located([(("protocol",), "auto chooses by TLS ALPN: only for https:// "
+                                f"endpoints, not {plain[0]} (use h2 or http1)")])
+        return self
 
 
 class Route(Frozen):
@@ -146,6 +158,7 @@ class Route(Frozen):
     pre_switch: PreSwitch | None = None
     health_check: HealthCheck | None = None  # active probes of every version without its own
     mirror: Mirror | None = None  # shadow traffic to a version (README: Shadow traffic)
+    grpc: Grpc = Grpc()  # which grpc-status codes count as errors (README: HTTP/2 and gRPC)
 
     @field_validator("weights")
     @classmethod

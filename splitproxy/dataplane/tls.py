@@ -27,9 +27,12 @@ DEFAULT_CIPHERS = (
     "ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-RSA-AES256-GCM-SHA384:"
     "ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305"
 )
-ALPN = ["http/1.1"]  # h2 once the data plane speaks HTTP/2
 # What a TLS listener offers clients, preferred first: HTTP/2 (`dataplane.h2`), then HTTP/1.1.
 SERVER_ALPN = ["h2", "http/1.1"]
+# What a client context offers upstream: HTTP/1.1 only for the HTTP/1.1 pools (an h2-capable
+# upstream must not pick h2 for a connection that will speak HTTP/1.1); the HTTP/2 pools ask
+# for ("h2",), or ("h2", "http/1.1") for `protocol: auto` (`dataplane.h2.upstream`).
+UPSTREAM_ALPN = ("http/1.1",)
 
 _VERSIONS = {TlsVersion.V1_2: ssl.TLSVersion.TLSv1_2, TlsVersion.V1_3: ssl.TLSVersion.TLSv1_3}
 _VERIFY = {ClientAuth.NONE: ssl.CERT_NONE, ClientAuth.OPTIONAL: ssl.CERT_OPTIONAL,
@@ -158,8 +161,9 @@ def _reason(tls: ListenerTls, exc: Exception) -> str:
 
 
 @functools.lru_cache(maxsize=64)
-def client_context(tls: UpstreamTls) -> ssl.SSLContext:
-    """The context for an endpoint's `tls` settings, made once per distinct settings."""
+def client_context(tls: UpstreamTls, alpn: tuple[str, ...] = UPSTREAM_ALPN) -> ssl.SSLContext:
+    """The context for an endpoint's `tls` settings offering the `alpn` protocols, made once
+    per distinct pair."""
     if tls.verify:
         ctx = ssl.create_default_context(cafile=str(tls.ca_file) if tls.ca_file else None)
     else:
@@ -167,7 +171,7 @@ def client_context(tls: UpstreamTls) -> ssl.SSLContext:
         ctx.check_hostname = False
         ctx.verify_mode = ssl.CERT_NONE
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-    ctx.set_alpn_protocols(ALPN)
+    ctx.set_alpn_protocols(list(alpn))
     if tls.cert is not None:
         ctx.load_cert_chain(tls.cert, tls.key)
     return ctx

@@ -22,16 +22,20 @@ class Endpoint:
     host: str
     port: int
     tls: UpstreamTls | None = None  # an https:// endpoint: how it is reached
+    # How it is spoken to: "http1", "h2" or "auto" (h2 if ALPN picks it); the version's
+    # `protocol`. Part of the key: a changed protocol is a new pool.
+    protocol: str = "http1"
 
     @property
     def key(self) -> str:
         return f"{self.host}:{self.port}"
 
     @classmethod
-    def of(cls, url: EndpointUrl, tls: UpstreamTls | None = None) -> Endpoint:
+    def of(cls, url: EndpointUrl, tls: UpstreamTls | None = None,
+           protocol: str = "http1") -> Endpoint:
         if not url.secure:
-            return cls(url.address.host, url.address.port)
-        return cls(url.address.host, url.address.port, tls or DEFAULT_UPSTREAM_TLS)
+            return cls(url.address.host, url.address.port, None, protocol)
+        return cls(url.address.host, url.address.port, tls or DEFAULT_UPSTREAM_TLS, protocol)
 
 
 DEFAULT_UPSTREAM_TLS = UpstreamTls()
@@ -64,6 +68,8 @@ class RouteEntry:
     # A verified client certificate's subject -> version (sticky.identity_pins, mTLS).
     identity_pins: dict[bytes, str] = field(default_factory=dict)
     mirror: Mirror | None = None  # shadow traffic (dataplane.http.mirror)
+    # grpc-status values that count as errors of the version (routes[].grpc.error_codes).
+    grpc_error_codes: frozenset[int] = frozenset()
 
     def matches(self, host: str, path: str) -> bool:
         if self.host is not None and host != self.host:
@@ -103,7 +109,7 @@ def build_route(
         plan=make_plan(route.name, versions, weights, baseline=route.baseline,
                        canary=route.canary if header_routes else None),
         endpoints={
-            v: tuple(Endpoint.of(url, cfg.tls) for url in cfg.endpoints)
+            v: tuple(Endpoint.of(url, cfg.tls, cfg.protocol.value) for url in cfg.endpoints)
             for v, cfg in route.versions.items()
         },
         pin_header=_lower(sticky.pin_header),
@@ -122,6 +128,7 @@ def build_route(
         steer_rules=compile_rules(header_routes),
         identity_pins={k.encode("utf-8"): v for k, v in sticky.identity_pins.items()},
         mirror=route.mirror,
+        grpc_error_codes=frozenset(int(code) for code in route.grpc.error_codes),
     )
 
 

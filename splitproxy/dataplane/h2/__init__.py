@@ -1,3 +1,5 @@
-"""HTTP/2 downstream (the `h2` library's state machine on our own transport): `server` is the
-connection protocol, `stream` the per-stream glue to the HTTP/1.1 exchange machinery,
-`request` the checks of a request's header block, `limits` the settings and flood counters."""
+"""HTTP/2 and gRPC. Downstream: `server` (the connection protocol), `stream` (one stream as
+the HTTP/1.1 exchange machinery sees a client), `request` (a request header block's checks),
+`limits` (settings and flood counters), `forward` (a stream proxied to an HTTP/2 upstream).
+Upstream: `upstream` (a multiplexed pool per endpoint), `client`, `upstream_stream`,
+`outcome` (what a failure counts against), `grpc` (status, timeouts, trailers-only errors)."""
