@@ -24,6 +24,7 @@ from h2.settings import Settings
 from hyperframe.frame import GoAwayFrame
 
 from splitproxy.dataplane.h2 import limits
+from splitproxy.dataplane.h2.forward import forward_for
 from splitproxy.dataplane.h2.request import Malformed, read_request
 from splitproxy.dataplane.h2.stream import H2Stream
 from splitproxy.dataplane.http.accesslog import CLIENT_CLOSED, LoggedDownstream, log_request
@@ -39,6 +40,7 @@ from splitproxy.dataplane.http.state import ServerState
 if TYPE_CHECKING:
     import httptools
 
+    from splitproxy.dataplane.h2.upstream import H2Pools
     from splitproxy.dataplane.http.downstream import DownstreamProtocol
 
 log = logging.getLogger("splitproxy.h2")
@@ -76,10 +78,12 @@ class _Facts:
 class H2Server(ClientConnection):
     """One HTTP/2 client connection (see the module docstring)."""
 
-    __slots__ = ("h2", "streams", "flood", "goaway_id", "_in_events", "peer_goaway", "logged")
+    __slots__ = ("h2", "streams", "flood", "goaway_id", "_in_events", "peer_goaway", "logged",
+                 "pools")
 
-    def __init__(self, state: ServerState) -> None:
+    def __init__(self, state: ServerState, pools: H2Pools | None = None) -> None:
         super().__init__(state)
+        self.pools = pools  # the HTTP/2 upstream pools (None: every version over HTTP/1.1)
         self.h2 = H2Connection(config=_CONFIG)
         self.streams: dict[int, H2Stream] = {}
         self.flood = limits.FloodCounter(0.0)
@@ -241,6 +245,15 @@ class H2Server(ClientConnection):
         stream.exchange = exchange
         if end:
             stream.request_done = True
+        pools = self.pools
+        forward = forward_for(stream, exchange, pools, request) \
+            if pools is not None and type(exchange) is Exchange else None
+        if forward is not None:
+            stream.forward = forward
+            forward.start()
+            if end:
+                forward.request_complete()
+            return
         exchange.start()
         if end:
             exchange.request_complete()
@@ -258,6 +271,8 @@ class H2Server(ClientConnection):
             stream.body_bytes += len(data)
             if stream.body_bytes > max_body:
                 ex = stream.exchange
+                if stream.forward is not None:
+                    stream.forward.drop()
                 if ex is not None and ex.phase < RESPONDING:
                     ex.fail(413, "protocol", f"request body larger than {max_body} bytes",
                             count_error=False)
@@ -272,8 +287,11 @@ class H2Server(ClientConnection):
         if stream is None:
             return
         stream.request_done = True
+        forward = stream.forward
         ex = stream.exchange
-        if ex is not None:
+        if forward is not None:
+            forward.request_complete()
+        elif ex is not None:
             ex.request_complete()
         if stream.finished:
             self._forget(stream)
@@ -289,10 +307,18 @@ class H2Server(ClientConnection):
         self._idle_check()
 
     # -- output (called by the streams) ---------------------------------------------------------
-    def send_headers(self, stream: H2Stream, fields: list[tuple[bytes, bytes]]) -> None:
+    def send_headers(self, stream: H2Stream, fields: list[tuple[bytes, bytes]],
+                     end_stream: bool = False) -> None:
+        """A response head; with `end_stream` the whole answer (gRPC's trailers-only)."""
         if stream.finished:
             return
-        self.h2.send_headers(stream.sid, fields)
+        self.h2.send_headers(stream.sid, fields, end_stream=end_stream)
+        if end_stream:
+            stream.finished = True
+            self._log(stream, "done")
+            if not stream.request_done:
+                self.h2.reset_stream(stream.sid, ErrorCodes.NO_ERROR)
+            self._forget(stream)
         self._flush()
 
     def push(self, stream: H2Stream) -> None:
@@ -314,13 +340,20 @@ class H2Server(ClientConnection):
             if len(chunk) <= window:
                 out.popleft()
                 h2.send_data(sid, chunk)
+                sent = len(chunk)
             else:
                 h2.send_data(sid, chunk[:window])
                 out[0] = chunk[window:]
+                sent = window
+            if stream.forward is not None:
+                stream.forward.credit(sent)  # the upstream's window follows the client's
         if stream.blocked_since and not self.flow.write_blocked:
             stream.drained()
         if stream.ended:
-            h2.end_stream(sid)
+            if stream.trailers is not None:
+                h2.send_headers(sid, stream.trailers, end_stream=True)
+            else:
+                h2.end_stream(sid)
             stream.finished = True
             self._log(stream, "done")
             if not stream.request_done:
@@ -431,13 +464,14 @@ class H2Server(ClientConnection):
         self._goaway(ErrorCodes.NO_ERROR, self.h2.highest_inbound_stream_id)
 
 
-def adopt(old: DownstreamProtocol, transport: asyncio.BaseTransport, data: bytes) -> None:
+def adopt(old: DownstreamProtocol, transport: asyncio.BaseTransport, data: bytes,
+          pools: H2Pools | None = None) -> None:
     """Hand a connection whose first bytes are the HTTP/2 preface (or whose TLS handshake
     chose `h2`) from the HTTP/1.1 protocol to an `H2Server`."""
     state = old.state
     state.connections.discard(old)
     old._cancel_timer()
-    new = H2Server(state)
+    new = H2Server(state, pools)
     new.listener = old.listener
     transport.set_protocol(new)
     new.connection_made(transport)

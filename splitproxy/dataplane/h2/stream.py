@@ -12,13 +12,16 @@ can take (a local error, a redirect, a cut) reaches the client the same way.
 from __future__ import annotations
 
 from collections import deque
+from http import HTTPStatus
 from typing import TYPE_CHECKING
 
 import httptools
 
+from splitproxy.dataplane.h2 import grpc
 from splitproxy.dataplane.http.flow import ClientFlow
 
 if TYPE_CHECKING:
+    from splitproxy.dataplane.h2.forward import H2Forward
     from splitproxy.dataplane.h2.server import H2Server
     from splitproxy.dataplane.http.exchange import Exchange
     from splitproxy.dataplane.http.lifecycle import Lifecycle
@@ -27,6 +30,14 @@ if TYPE_CHECKING:
 # Never sent in HTTP/2 (RFC 9113 8.2.2); the HTTP/1.1 framing the exchange wrote is undone here.
 _DROPPED = frozenset({b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding",
                       b"upgrade", b"te", b"trailer"})
+
+
+# The kind of failure behind each status the proxy answers itself (`grpc.failure_code`).
+_KINDS = {502: "connect", 503: "connect", 504: "timeout", 404: "protocol", 413: "protocol"}
+
+
+class _Discard:
+    """Parser callbacks that keep nothing (the body of an answer already given)."""
 
 
 class StreamFlow(ClientFlow):
@@ -61,7 +72,7 @@ class H2Stream:
         "conn", "sid", "state", "loop", "flow", "client_ip", "listener", "identity", "exchange",
         "grpc", "parser", "_headers", "out", "ended", "finished", "unacked", "body_bytes",
         "request_done", "blocked_since", "status", "method", "path", "received", "sent",
-        "logged",
+        "logged", "forward", "trailers",
     )
 
     def __init__(self, conn: H2Server, sid: int) -> None:
@@ -74,6 +85,9 @@ class H2Stream:
         self.identity = conn.identity
         self.flow = StreamFlow(self)
         self.exchange: Exchange | None = None
+        # Set when the version speaks HTTP/2: the request goes there, not through `exchange`.
+        self.forward: H2Forward | None = None
+        self.trailers: list[tuple[bytes, bytes]] | None = None  # sent after `out`, with END
         self.grpc = False
         self.parser = httptools.HttpResponseParser(self)
         self._headers: list[tuple[bytes, bytes]] = []
@@ -131,6 +145,10 @@ class H2Stream:
 
     def on_headers_complete(self) -> None:
         status = self.parser.get_status_code()
+        if self.grpc and status >= 400 and any(
+                n.lower() == b"x-splitproxy-error" for n, _ in self._headers):
+            self._grpc_error(status)
+            return
         fields = [(b":status", b"%d" % status)]
         for name, value in self._headers:
             lname = name.lower()
@@ -140,6 +158,21 @@ class H2Stream:
             self.status = status
         self.conn.send_headers(self, fields)
 
+    def _grpc_error(self, status: int) -> None:
+        """A gRPC call the proxy fails itself is answered as gRPC does: trailers-only, with
+        the code of the failure (`grpc.failure_code`), never an HTTP error page."""
+        ex = self.exchange
+        kind = _KINDS.get(status, "protocol")
+        if ex is not None and ex.local is None and status == 503 and ex.stats is None:
+            kind = "overload"  # the proxy's own 503 (`Lifecycle._fail_locally`)
+        self.status = status
+        extra = [(b"x-splitproxy-error", b"1")]
+        if ex is not None and ex.request.request_id:
+            extra.append((b"x-request-id", ex.request.request_id))
+        fields = grpc.failure_headers(kind, status, HTTPStatus(status).phrase, extra)
+        self.conn.send_headers(self, fields, True)
+        self.parser = httptools.HttpResponseParser(_Discard())  # its body: not for gRPC
+
     def on_body(self, body: bytes) -> None:
         self.out.append(body)
         self.conn.push(self)
@@ -148,8 +181,16 @@ class H2Stream:
     def request_body(self, data: bytes, flow_len: int) -> None:
         """Body bytes of this stream; their window goes back to the client unless the
         exchange holds them (flow control ties the client's sending to the upstream's reads)."""
-        self.unacked += flow_len
         self.received += len(data)
+        forward = self.forward
+        if forward is not None:
+            # Credit comes back as the upstream takes the bytes (`H2Forward.on_sent`); the
+            # padding at once.
+            if flow_len > len(data):
+                self.conn.ack(self, flow_len - len(data))
+            forward.request_body(data)
+            return
+        self.unacked += flow_len
         ex = self.exchange
         if ex is not None:
             ex.request_body(data)
@@ -179,7 +220,10 @@ class H2Stream:
         self.finished = True
         ex = self.exchange
         self.exchange = None
-        if ex is not None:
+        forward = self.forward
+        if forward is not None:
+            forward.client_gone()
+        elif ex is not None:
             ex.client_gone()
         up = self.flow.paused_upstream
         if up is not None:
