@@ -32,8 +32,9 @@ _DROPPED = frozenset({b"connection", b"keep-alive", b"proxy-connection", b"trans
                       b"upgrade", b"te", b"trailer"})
 
 
-# The kind of failure behind each status the proxy answers itself (`grpc.failure_code`).
-_KINDS = {502: "connect", 503: "connect", 504: "timeout", 404: "protocol", 413: "protocol"}
+# The kind of failure behind a status the proxy answers itself (`grpc.failure_code`); the
+# others (404 no route, 413 too large, ...) are mapped by their HTTP status.
+_KINDS = {502: "connect", 503: "connect", 504: "timeout"}
 
 
 class _Discard:
@@ -162,7 +163,7 @@ class H2Stream:
         """A gRPC call the proxy fails itself is answered as gRPC does: trailers-only, with
         the code of the failure (`grpc.failure_code`), never an HTTP error page."""
         ex = self.exchange
-        kind = _KINDS.get(status, "protocol")
+        kind = _KINDS.get(status, "")
         if ex is not None and ex.local is None and status == 503 and ex.stats is None:
             kind = "overload"  # the proxy's own 503 (`Lifecycle._fail_locally`)
         self.status = status

@@ -158,3 +158,11 @@ async def test_the_guard_aborts_a_grpc_canary_that_starts_failing(tmp_path: Path
     assert engine.weights()["shop"]["canary"] == 0
     assert {code for code, _ in after} == {"OK"}
     assert all(a.startswith(b"stable:") for _, a in after)
+
+
+async def test_a_grpc_call_without_a_route_is_unimplemented() -> None:
+    r = h2_route({"stable": "http://127.0.0.1:1"}, {"stable": 1})
+    r["match"] = {"path_prefix": "/other.Service/"}
+    async with run_proxy(proxy_config([r])) as srv:
+        [(code, detail)] = await asyncio.to_thread(calls, srv.port, 1)
+    assert code == "UNIMPLEMENTED"

@@ -98,3 +98,16 @@ async def test_h2_no_route_and_proxy_errors_are_answered_on_the_stream() -> None
     assert missing.status == 404 and missing.headers["x-splitproxy-error"] == "1"
     assert refused.status == 502
     assert again.status == 404
+
+
+async def test_h2_head_chunked_and_empty_answers_are_framed_right() -> None:
+    async with proxied() as (up, srv), h2_client(srv.port) as client:
+        head = await client.response(client.request("HEAD", "/download?size=5000"))
+        chunked = await client.get("/chunked?n=5")
+        empty = await client.get("/status/204")
+        big = await client.get("/download?size=3000000&chunked=1")
+    assert head.status == 200 and head.body == b""
+    assert chunked.body == b"".join(b"part%d\n" % i for i in range(5))
+    assert "transfer-encoding" not in chunked.headers
+    assert empty.status == 204 and empty.body == b""
+    assert big.status == 200 and len(big.body) == 3_000_000
