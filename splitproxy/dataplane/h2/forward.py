@@ -267,9 +267,7 @@ class H2Forward:
         self.stream.trailers = [(n, v) for n, v in trailers if n[:1] != b":"]
 
     def on_sent(self, n: int) -> None:
-        stream = self.stream
-        if not stream.finished:
-            stream.conn.ack(stream, n)
+        self.stream.give_back(n)
 
     def on_end(self, error: StreamError | None) -> None:
         ex = self.ex

@@ -446,9 +446,9 @@ class H2Server(ClientConnection):
     def check_deadlines(self, now: float) -> None:
         if self.deadline and now >= self.deadline:
             self._on_timer()
-        send_timeout = self.state.timeouts.client_send
+        timeouts = self.state.timeouts
         for stream in list(self.streams.values()):
-            stream.check_deadlines(now, send_timeout)
+            stream.check_deadlines(now, timeouts.client_send, timeouts.client_body)
         if self.flow.send_watch:
             self._check_send_progress(now)
 

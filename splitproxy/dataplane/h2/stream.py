@@ -19,6 +19,7 @@ import httptools
 
 from splitproxy.dataplane.h2 import grpc
 from splitproxy.dataplane.http.flow import ClientFlow
+from splitproxy.dataplane.http.lifecycle import RESPONDING
 
 if TYPE_CHECKING:
     from splitproxy.dataplane.h2.forward import H2Forward
@@ -73,7 +74,7 @@ class H2Stream:
         "conn", "sid", "state", "loop", "flow", "client_ip", "listener", "identity", "exchange",
         "grpc", "parser", "_headers", "out", "ended", "finished", "unacked", "body_bytes",
         "request_done", "blocked_since", "status", "method", "path", "received", "sent",
-        "logged", "forward", "trailers",
+        "logged", "forward", "trailers", "reads", "_reads_seen", "_body_deadline",
     )
 
     def __init__(self, conn: H2Server, sid: int) -> None:
@@ -107,6 +108,10 @@ class H2Stream:
         self.received = 0
         self.sent = 0
         self.logged = False
+        # The request-body timeout (as HTTP/1.1's): DATA frames read, as the sweeper last saw.
+        self.reads = 0
+        self._reads_seen = 0
+        self._body_deadline = 0.0
 
     # -- what the exchange calls (the `down` of an Exchange) -----------------------------------
     def write(self, data: bytes) -> None:
@@ -183,12 +188,14 @@ class H2Stream:
         """Body bytes of this stream; their window goes back to the client unless the
         exchange holds them (flow control ties the client's sending to the upstream's reads)."""
         self.received += len(data)
+        self.reads += 1
         forward = self.forward
         if forward is not None:
-            # Credit comes back as the upstream takes the bytes (`H2Forward.on_sent`); the
-            # padding at once.
+            # Credit comes back as the upstream takes the bytes (`give_back`); the padding at
+            # once.
             if flow_len > len(data):
                 self.conn.ack(self, flow_len - len(data))
+            self.unacked += len(data)
             forward.request_body(data)
             return
         self.unacked += flow_len
@@ -197,6 +204,14 @@ class H2Stream:
             ex.request_body(data)
         if not self.flow.paused_by:
             self.release_window()
+
+    def give_back(self, n: int) -> None:
+        """The HTTP/2 upstream took `n` bytes of this stream's body: the client may send as
+        much more."""
+        n = min(n, self.unacked)
+        if n > 0 and not self.finished:
+            self.unacked -= n
+            self.conn.ack(self, n)
 
     def release_window(self) -> None:
         if self.unacked and not self.finished:
@@ -230,10 +245,32 @@ class H2Stream:
         if up is not None:
             self.flow.release(up)
 
-    def check_deadlines(self, now: float, send_timeout: float) -> None:
+    def check_deadlines(self, now: float, send_timeout: float, body_timeout: float) -> None:
         ex = self.exchange
-        if ex is not None:
+        if ex is not None and self.forward is None:
             ex.check_deadline(now)
         if self.blocked_since and now - self.blocked_since >= send_timeout:
             # The client's window stayed shut: this stream, not the connection, is cut.
+            self.abort()
+            return
+        if self.request_done or self.finished:
+            return
+        # Between two DATA frames, while the client may send (its credit all given back):
+        # time the proxy or the upstream holds it does not count (as for HTTP/1.1).
+        if self.reads != self._reads_seen or self.unacked or self.flow.paused_by \
+                or not self._body_deadline:
+            self._reads_seen = self.reads
+            self._body_deadline = now + body_timeout
+        elif now >= self._body_deadline:
+            self._body_timed_out()
+
+    def _body_timed_out(self) -> None:
+        self.state.stats.bad_requests += 1
+        forward = self.forward
+        if forward is not None:
+            forward.drop()
+        ex = self.exchange
+        if ex is not None and ex.phase < RESPONDING:
+            ex.fail(408, "protocol", "request body not received in time", count_error=False)
+        else:
             self.abort()
