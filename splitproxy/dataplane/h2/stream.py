@@ -35,7 +35,7 @@ _DROPPED = frozenset({b"connection", b"keep-alive", b"proxy-connection", b"trans
 
 # The kind of failure behind a status the proxy answers itself (`grpc.failure_code`); the
 # others (404 no route, 413 too large, ...) are mapped by their HTTP status.
-_KINDS = {502: "connect", 503: "connect", 504: "timeout"}
+_KINDS = {502: "connect", 503: "connect", 504: "timeout", 408: "timeout"}
 
 
 class _Discard:
