@@ -22,6 +22,7 @@ they measure, the same for both targets, so read the ratios.
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import signal
@@ -32,8 +33,9 @@ import sys
 import tempfile
 import textwrap
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 try:
     from loadtests import bench
@@ -44,6 +46,23 @@ except ImportError:  # run as `python loadtests/bench_h2.py`
 
 HOST = bench.HOST
 SPLITPROXY = "splitproxy"
+
+NginxConf = Callable[[Path, str, str, int], Path]
+
+
+def _nginx_conf_writer() -> NginxConf:
+    """The benches' nginx.conf writer: `loadtests/nginxconf.main_conf` on main, bench.py's
+    `_nginx_conf` before it (looked up by name, so this file checks against either; once
+    merged, `from loadtests.nginxconf import main_conf` is all it needs)."""
+    for name in ("loadtests.nginxconf", "nginxconf"):  # as a module, or run as a script
+        try:
+            return cast(NginxConf, vars(importlib.import_module(name))["main_conf"])
+        except ImportError:
+            continue
+    return cast(NginxConf, vars(bench)["_nginx_conf"])
+
+
+nginx_conf = _nginx_conf_writer()
 
 
 def wait_port(children: bench.Children, name: str, proc: subprocess.Popen[bytes],
@@ -77,7 +96,7 @@ def start_nginx_h2(children: bench.Children, nginx: str, tmp: Path, name: str, u
             }}
         }}
     """
-    conf = bench._nginx_conf(tmp, name, block, connections)
+    conf = nginx_conf(tmp, name, block, connections)
     argv = [nginx, "-e", str(tmp / f"{name}-error.log"), "-p", str(tmp), "-c", str(conf),
             "-g", "daemon off;"]
     proc = children.start(name, argv)
