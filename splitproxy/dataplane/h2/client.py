@@ -27,6 +27,7 @@ from splitproxy.dataplane.h2.upstream_stream import (
     StreamError,
     StreamHandler,
     UpstreamStream,
+    checked,
 )
 
 if TYPE_CHECKING:
@@ -62,8 +63,13 @@ class H2ClientConnection(asyncio.Protocol):
     def __init__(self, pool: H2Pool, max_header_list: int) -> None:
         self.pool = pool
         self.loop: asyncio.AbstractEventLoop = pool.loop
+        # Outbound headers are normalised and validated by `checked`, before h2's encoder
+        # sees them: h2 validates lazily while encoding, so a header refused half-way would
+        # leave entries in the HPACK table the upstream never received.
         config = h2.config.H2Configuration(client_side=True, header_encoding=None,
-                                           validate_inbound_headers=True)
+                                           validate_inbound_headers=True,
+                                           normalize_outbound_headers=False,
+                                           validate_outbound_headers=False)
         self.h2 = h2.connection.H2Connection(config)
         self.h2.local_settings = h2.settings.Settings(client=True, initial_values={
             h2.settings.SettingCodes.ENABLE_PUSH: 0,
@@ -72,6 +78,12 @@ class H2ClientConnection(asyncio.Protocol):
         })
         self.transport: asyncio.Transport | None = None
         self.streams: dict[int, UpstreamStream] = {}
+        # Streams with request body or an end still to frame: what `pump` looks at.
+        self.sending: dict[int, UpstreamStream] = {}
+        self._pumping = False
+        self._pump_again = False
+        self._receiving = False  # inside data_received: it writes at its end
+        self._flush_soon = False  # a write is scheduled for this loop iteration
         self.settings_known = False  # the upstream's first SETTINGS arrived
         self.going_away = False  # GOAWAY received or sent: no new streams
         self.closed = False
@@ -87,8 +99,9 @@ class H2ClientConnection(asyncio.Protocol):
 
     @property
     def available(self) -> bool:
-        return not (self.going_away or self.closed) and len(self.streams) < self.max_streams \
-            and self.h2.open_outbound_streams < self.max_streams
+        # Our count, not h2's open_outbound_streams (which walks every stream): a stream
+        # leaves `streams` only once h2 has it closed too (ended, or reset by us).
+        return not (self.going_away or self.closed) and len(self.streams) < self.max_streams
 
     # -- asyncio.Protocol -------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -108,8 +121,12 @@ class H2ClientConnection(asyncio.Protocol):
             self._flush()  # h2 queued a GOAWAY saying why
             self._fail_all(EndKind.PROTOCOL, f"upstream broke HTTP/2: {exc}")
             return
-        for event in events:
-            self._event(event)
+        self._receiving = True  # what the events produce (acks, resets) goes out in one write
+        try:
+            for event in events:
+                self._event(event)
+        finally:
+            self._receiving = False
         self.pump()
         self._flush()
 
@@ -194,6 +211,7 @@ class H2ClientConnection(asyncio.Protocol):
     def _finish(self, stream: UpstreamStream, error: StreamError | None) -> None:
         if self.streams.pop(stream.stream_id, None) is None:
             return
+        self.sending.pop(stream.stream_id, None)
         if not self.streams:
             self.idle_since = self.loop.time()
         if not stream.done_sending and not self.closed:
@@ -203,7 +221,7 @@ class H2ClientConnection(asyncio.Protocol):
                 self.h2.reset_stream(stream.stream_id, 0 if error is None else 0x8)
             except h2.exceptions.StreamClosedError:
                 pass
-            self._flush()
+            self._flush_later()
         stream._end(error)
         if self.going_away:
             self._close_if_done()
@@ -214,85 +232,120 @@ class H2ClientConnection(asyncio.Protocol):
         self.going_away = True
         streams = list(self.streams.values())
         self.streams.clear()
+        self.sending.clear()
         for stream in streams:
             stream._end(StreamError(kind, detail))
         self.close()
 
     def _close_if_done(self) -> None:
-        if not self.streams and self.going_away:
+        if not self.streams and self.going_away and not self.closed:
+            self.h2.close_connection()
+            self._flush()
             self.close()
 
     # -- used by streams and the pool -------------------------------------------------------
     def open(self, headers: Headers, end_stream: bool,
-             handler: StreamHandler | None) -> UpstreamStream:
-        """A new stream (the pool checked `available`); raises StreamError when h2 refuses."""
-        stream_id = self.h2.get_next_available_stream_id()
+             handler: StreamHandler | None) -> UpstreamStream | None:
+        """A new stream (the pool checked `available`); None when this connection ran out of
+        stream ids (it goes away; the pool picks another); raises StreamError when the
+        headers cannot be sent (see `checked`)."""
+        headers = checked(headers, trailers=False)
+        try:
+            stream_id = self.h2.get_next_available_stream_id()
+        except h2.exceptions.NoAvailableStreamIDError:
+            self.go_away()
+            return None
         stream = UpstreamStream(self, stream_id, handler)
         try:
             self.h2.send_headers(stream_id, headers, end_stream=end_stream)
         except (h2.exceptions.ProtocolError, ValueError) as exc:
+            # Checked already: the encoder's state is in doubt, so no new stream here.
+            self.go_away()
             raise StreamError(EndKind.PROTOCOL, f"request not sendable: {exc}") from None
         stream.done_sending = end_stream
         self.streams[stream_id] = stream
-        self._flush()
+        self._flush_later()
         return stream
 
     def pump(self) -> None:
-        """Frame queued request body as far as the windows and the socket allow."""
+        """Frame queued request body as far as the windows and the socket allow. Re-entrant
+        calls (a consumer's `on_sent` sending more) only ask for one more round."""
+        if self._pumping:
+            self._pump_again = True
+            return
+        self._pumping = True
+        try:
+            self._pump_again = True
+            while self._pump_again and not self._stopped():
+                self._pump_again = False
+                for stream in list(self.sending.values()):
+                    if self._stopped():
+                        break
+                    self._pump_stream(stream)
+        finally:
+            self._pumping = False
+
+    def _stopped(self) -> bool:
+        return self.paused or self.closed
+
+    def _pump_stream(self, stream: UpstreamStream) -> None:
         h2c = self.h2
-        for stream in list(self.streams.values()):
-            if self.paused or self.closed:
-                return
-            if not stream.out and not stream.out_end:
-                continue
-            sid = stream.stream_id
-            while stream.out and not self.paused:
-                room = min(h2c.local_flow_control_window(sid), h2c.max_outbound_frame_size)
-                if room <= 0:
-                    break
-                chunk = stream.out[0]
-                if len(chunk) > room:
-                    stream.out[0] = chunk[room:]
-                    chunk = chunk[:room]
-                else:
-                    stream.out.popleft()
-                stream.out_size -= len(chunk)
-                end = not stream.out and stream.out_end and stream.out_trailers is None
-                h2c.send_data(sid, chunk, end_stream=end)
-                if end:
-                    stream.out_end = False
-                    stream.done_sending = True
-                self._flush()  # the transport pauses us (pause_writing) when it is full
-                stream.sent(len(chunk))
-            if not stream.out and stream.out_end:
-                stream.out_end = False
-                try:
-                    if stream.out_trailers is not None:
-                        h2c.send_headers(sid, stream.out_trailers, end_stream=True)
-                        stream.out_trailers = None
-                    else:
-                        h2c.end_stream(sid)
-                except h2.exceptions.StreamClosedError:
-                    pass  # the upstream answered and closed it already
+        sid = stream.stream_id
+        if stream.ended:
+            self.sending.pop(sid, None)
+            return
+        while stream.out and not self.paused:
+            room = min(h2c.local_flow_control_window(sid), h2c.max_outbound_frame_size)
+            if room <= 0:
+                return  # a WINDOW_UPDATE pumps again
+            chunk = stream.out[0]
+            if len(chunk) > room:
+                stream.out[0] = chunk[room:]
+                chunk = chunk[:room]
+            else:
+                stream.out.popleft()
+            stream.out_size -= len(chunk)
+            end = not stream.out and stream.out_end and stream.out_trailers is None
+            h2c.send_data(sid, chunk, end_stream=end)
+            if end:
                 stream.done_sending = True
-                self._flush()
+                self.sending.pop(sid, None)
+            self._flush()  # the transport pauses us (pause_writing) when it is full
+            stream.sent(len(chunk))
+            if end:
+                return
+        if stream.out or self.paused:
+            return
+        if stream.out_end:
+            try:
+                if stream.out_trailers is not None:
+                    h2c.send_headers(sid, stream.out_trailers, end_stream=True)
+                    stream.out_trailers = None
+                else:
+                    h2c.end_stream(sid)
+            except h2.exceptions.StreamClosedError:
+                pass  # the upstream answered and closed it already
+            stream.done_sending = True
+            self._flush_later()
+        self.sending.pop(sid, None)  # nothing queued: `send_data` puts it back
 
     def ack(self, stream: UpstreamStream, n: int) -> None:
         """Credit `n` consumed bytes back: to the stream while it is open, to the connection
         always (h2 skips the stream's window once it is closed)."""
         if not self.closed:
             self.h2.acknowledge_received_data(n, stream.stream_id)
-            self._flush()
+            self._flush_later()
 
     def reset_stream(self, stream: UpstreamStream, code: int) -> None:
         if self.streams.pop(stream.stream_id, None) is None:
             return
+        self.sending.pop(stream.stream_id, None)
         if not self.closed:
             try:
                 self.h2.reset_stream(stream.stream_id, code)
             except h2.exceptions.StreamClosedError:
                 pass
-            self._flush()
+            self._flush_later()
         if not self.streams:
             self.idle_since = self.loop.time()
         if self.going_away:
@@ -307,12 +360,13 @@ class H2ClientConnection(asyncio.Protocol):
             stream._end(StreamError(EndKind.TIMEOUT, detail))
 
     def go_away(self) -> None:
-        """Retire: streams in flight finish, then the connection closes."""
+        """Retire: streams in flight finish, then the connection says GOAWAY and closes.
+        (Sent only then: h2 refuses every frame after its own GOAWAY, and a client's GOAWAY
+        only tells the server it opens nothing more, which `going_away` already ensures.)"""
         if self.closed:
             return
         self.going_away = True
-        self.h2.close_connection()
-        self._flush()
+        self.pool.forget(self)
         self._close_if_done()
 
     def close(self) -> None:
@@ -326,10 +380,21 @@ class H2ClientConnection(asyncio.Protocol):
     def _fail_all_quietly(self) -> None:
         streams = list(self.streams.values())
         self.streams.clear()
+        self.sending.clear()
         for stream in streams:
             stream._end(StreamError(EndKind.RESET, "upstream connection closed"))
 
+    def _flush_later(self) -> None:
+        """Write what h2 queued at the end of this callback or this loop iteration: streams
+        opened and credit returned in one tick leave in one write (counted: a small unary
+        gRPC call took 2 writes to the upstream socket, now 1)."""
+        if self._receiving or self._flush_soon:
+            return
+        self._flush_soon = True
+        self.loop.call_soon(self._flush)
+
     def _flush(self) -> None:
+        self._flush_soon = False
         data = self.h2.data_to_send()
         if data and self.transport is not None and not self.closed:
             self.transport.write(data)

@@ -1,7 +1,8 @@
 """HTTP/2 to upstreams: one multiplexed connection pool per endpoint (`H2Pool`), all of them in
 one `H2Pools`, kept across routing-table swaps as the HTTP/1.1 pools are.
 
-API (everything runs on the event loop; nothing blocks)::
+API (everything runs on the event loop; nothing blocks; `outcome.open_for_version` picks
+the endpoint for a version, moving on when connects fail, as the HTTP/1.1 path does)::
 
     h2pools = H2Pools(loop, config.timeouts, config.limits)      # once per worker
     pool = version.next_pool()                     # the HTTP/1.1 `Pool`: health, probes
@@ -15,6 +16,9 @@ API (everything runs on the event loop; nothing blocks)::
 or, without a handler, `await stream.response()`, `async for chunk in stream`,
 `stream.trailers`, `await stream.closed()` (see `upstream_stream`).
 
+`headers` are HTTP/2 request headers, pseudo-headers first; h2 drops connection-specific
+ones (`connection`, `keep-alive`, `transfer-encoding`, ...), lower-cases names, and refuses
+what it cannot send (`te` other than `trailers`, RFC 9113 8.2) as a `StreamError`.
 `open_stream` raises `OSError` or `TimeoutError` (no connection: the endpoint's failure, as
 with HTTP/1.1), `Overloaded` (every connection full and too many waiting: the proxy's own
 503), `NotH2` (an `auto` endpoint chose HTTP/1.1 by ALPN: use the HTTP/1.1 pool) and
@@ -88,6 +92,8 @@ class H2Pool:
         """A new stream carrying `headers` (pseudo-headers first); `deadline`: a loop time the
         whole stream must end by (the gRPC deadline), 0 for none. See the module docstring
         for what it raises."""
+        if self.health.retired:
+            self.retire()  # the endpoint left the config: its HTTP/1.1 pool drains too
         if self.retired:
             raise Overloaded("endpoint removed from the config")
         waited = False
@@ -97,6 +103,8 @@ class H2Pool:
             conn = self._pick()
             if conn is not None:
                 stream = conn.open(headers, end_stream, handler)
+                if stream is None:
+                    continue  # out of stream ids: that connection goes away
                 timeouts = self.owner.timeouts
                 stream.arm(timeouts.response_header, timeouts.upstream_read, deadline)
                 return stream
@@ -193,10 +201,11 @@ class H2Pool:
         self.capacity_changed()
 
     def close_idle(self, older_than: float | None = None) -> None:
+        """Close connections without streams (idle longer than `older_than`), saying GOAWAY."""
         now = self.loop.time()
         for conn in list(self.conns):
             if not conn.streams and (older_than is None or now - conn.idle_since > older_than):
-                conn.close()
+                conn.go_away()
 
     def retire(self) -> None:
         """Removed from the config: streams in flight finish, nothing new is opened."""
@@ -231,6 +240,8 @@ class H2Pools:
         """The HTTP/2 pool of `health`'s endpoint (made on first use)."""
         pool = self._pools.get(health.endpoint)
         if pool is None or pool.health is not health:
+            if pool is not None:
+                pool.retire()  # the endpoint left the config and came back: a new record
             pool = self._pools[health.endpoint] = H2Pool(health, self)
             if self._sweeper is None:
                 self._sweeper = self.loop.create_task(self._sweep())
@@ -246,8 +257,12 @@ class H2Pools:
         while True:
             idle = self.timeouts.idle
             await asyncio.sleep(min(5.0, idle))
-            for pool in self._pools.values():
-                pool.close_idle(idle)
+            for endpoint, pool in list(self._pools.items()):
+                if pool.health.retired:  # left the config (`Pools.retain`)
+                    del self._pools[endpoint]
+                    pool.retire()
+                else:
+                    pool.close_idle(idle)
 
     def close(self) -> None:
         """Shutdown: every connection says GOAWAY and closes once its streams ended."""

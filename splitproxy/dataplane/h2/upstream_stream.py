@@ -18,7 +18,10 @@ import asyncio
 from collections import deque
 from collections.abc import AsyncIterator
 from enum import StrEnum
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Protocol, cast
+
+import h2.exceptions
+import h2.utilities
 
 if TYPE_CHECKING:
     from splitproxy.dataplane.h2.client import H2ClientConnection
@@ -49,6 +52,23 @@ class StreamError(Exception):
         self.retryable = retryable
         self.refused = refused
         self.error_code = error_code
+
+
+_REQUEST = h2.utilities.HeaderValidationFlags(
+    is_client=True, is_trailer=False, is_response_header=False, is_push_promise=False)
+_TRAILERS = _REQUEST._replace(is_trailer=True)
+
+
+def checked(headers: Headers, trailers: bool) -> Headers:
+    """`headers` as h2 would send them: connection-specific ones dropped, names lower-cased
+    (RFC 9113 8.2.2); raises StreamError for what cannot be sent at all (pseudo-headers
+    missing, repeated or after regular ones, in trailers, `te` other than `trailers`)."""
+    flags = _TRAILERS if trailers else _REQUEST
+    try:
+        return cast(Headers, list(h2.utilities.validate_outbound_headers(
+            h2.utilities.normalize_outbound_headers(headers, flags), flags)))
+    except (h2.exceptions.ProtocolError, ValueError) as exc:
+        raise StreamError(EndKind.PROTOCOL, f"request not sendable: {exc}") from None
 
 
 class StreamHandler(Protocol):
@@ -111,21 +131,25 @@ class UpstreamStream:
 
     # -- sending (the request) ---------------------------------------------------------------
     def send_data(self, data: bytes, end_stream: bool = False) -> None:
-        """Queue request body; it is framed as the upstream's windows allow (`on_sent`)."""
-        if self.ended or self.out_end:
+        """Queue request body; it is framed as the upstream's windows allow (`on_sent`).
+        The caller bounds what it queues: a proxy grants its client credit from `on_sent`."""
+        if self.ended or self.out_end or self.done_sending:
             return
         if data:
             self.out.append(data)
             self.out_size += len(data)
         self.out_end = end_stream
+        self.conn.sending[self.stream_id] = self
         self.conn.pump()
 
     def send_trailers(self, trailers: Headers) -> None:
-        """End the request with trailers (after the queued body)."""
-        if self.ended or self.out_end:
+        """End the request with trailers (after the queued body); raises StreamError for
+        trailers that cannot be sent (pseudo-headers)."""
+        if self.ended or self.out_end or self.done_sending:
             return
-        self.out_trailers = trailers
+        self.out_trailers = checked(trailers, trailers=True)
         self.out_end = True
+        self.conn.sending[self.stream_id] = self
         self.conn.pump()
 
     async def drain(self, below: int = 0) -> None:
@@ -206,6 +230,10 @@ class UpstreamStream:
         self.status = status
         self.headers = headers
         self.response_deadline = 0.0
+        if self._timer is not None:  # from the head's deadline to the read timeout
+            self._timer.cancel()
+            self.last_read = self.conn.loop.time()
+            self._rearm(self.last_read)
         if self.handler is not None:
             self.handler.on_response(status, headers, end_stream)
         else:

@@ -4,7 +4,8 @@ that holds its window shut) and counters for what the tests assert.
 
 Paths: `/echo` streams the request body back as it arrives; `/size/N` answers N bytes;
 `/trailers` answers a body and trailers; `/hold` answers once `release()` is called;
-`/grpc-error` a trailers-only gRPC UNAVAILABLE. Every answer carries `x-conn` (the
+`/grpc-error` a trailers-only gRPC UNAVAILABLE; `/stall` a head and 5 bytes, then nothing;
+`/die` a head, then the connection is cut. Every answer carries `x-conn` (the
 connection's number) and `x-stream` (the stream id).
 """
 
@@ -48,6 +49,11 @@ class ServerState:
     sent: dict[int, int] = field(default_factory=dict)  # stream id -> body bytes sent
     blocked: set[int] = field(default_factory=set)  # streams waiting for the client's window
     paths: list[str] = field(default_factory=list)
+    request_headers: list[list[tuple[bytes, bytes]]] = field(default_factory=list)
+    resets: list[int] = field(default_factory=list)  # RST_STREAM codes the client sent
+    request_trailers: list[list[tuple[bytes, bytes]]] = field(default_factory=list)
+    closed: int = 0  # connections closed
+    goaways: int = 0  # GOAWAY frames the client sent
 
 
 class _Out:
@@ -114,6 +120,7 @@ class _ServerProtocol(asyncio.Protocol):
         self.flush()
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self.server.state.closed += 1
         for f in self.server.held:
             if not f.done():
                 f.cancel()
@@ -151,13 +158,14 @@ class _ServerProtocol(asyncio.Protocol):
             self.streams_here += 1
             state.open_now += 1
             state.max_open = max(state.max_open, state.open_now)
+            state.request_headers.append(list(event.headers or []))
             headers = dict(event.headers or [])
             path = headers[b":path"].decode()
             state.paths.append(path)
             if knobs.goaway_at and self.streams_here == knobs.goaway_at:
                 # Written as a raw frame: the server's own h2 would close on its own GOAWAY.
                 frame = hyperframe.frame.GoAwayFrame(0)
-                frame.last_stream_id = sid - 2
+                frame.last_stream_id = max(0, sid - 2)
                 frame.error_code = 0
                 self.flush()
                 assert self.transport is not None
@@ -183,8 +191,13 @@ class _ServerProtocol(asyncio.Protocol):
                 self.out[sid].end = True
         elif isinstance(event, E.StreamReset):
             sid = event.stream_id
+            state.resets.append(int(event.error_code or 0))
             if sid is not None and self.out.pop(sid, None) is not None:
                 state.open_now -= 1
+        elif isinstance(event, E.TrailersReceived):
+            state.request_trailers.append(list(event.headers or []))
+        elif isinstance(event, E.ConnectionTerminated):
+            state.goaways += 1
 
     def respond(self, sid: int, path: str, request_ended: bool) -> None:
         base = [(b"x-conn", b"%d" % self.number), (b"x-stream", b"%d" % sid)]
@@ -207,6 +220,14 @@ class _ServerProtocol(asyncio.Protocol):
                                          (b"content-type", b"application/grpc"),
                                          (b"grpc-status", b"14"), *base], end_stream=True)
             self.done(sid)
+        elif path == "/stall":
+            self.conn.send_headers(sid, [(b":status", b"200"), *base])
+            out.data += b"first"
+        elif path == "/die":
+            self.conn.send_headers(sid, [(b":status", b"200"), *base])
+            self.flush()
+            assert self.transport is not None
+            self.transport.abort()
         elif path == "/hold":
             waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
             self.server.held.append(waiter)

@@ -5,7 +5,11 @@ from __future__ import annotations
 import pytest
 
 from splitproxy.config.grpc import GrpcCode
+from splitproxy.control.window import Sample
 from splitproxy.dataplane.h2 import grpc as g
+from splitproxy.dataplane.stats import VersionStats
+from splitproxy.rollout.tally import ERRORS as ERRORS_SERIES
+from splitproxy.rollout.tally import REQUESTS, series_of
 
 ERRORS = frozenset({2, 4, 12, 13, 14, 15})
 
@@ -96,3 +100,14 @@ def test_a_malformed_escape_is_kept() -> None:
     assert g.percent_decode(b"50%") == "50%"
     assert g.percent_decode(b"%4") == "%4"
     assert g.percent_decode(b"%41%zz") == "A%zz"
+
+
+def test_the_guards_counts_see_a_configured_grpc_error_as_an_error() -> None:
+    stats = VersionStats("svc", "canary")
+    g.record(stats, 200, GrpcCode.OK, ERRORS, 0.01, 0.01)
+    g.record(stats, 200, GrpcCode.NOT_FOUND, ERRORS, 0.01, 0.01)
+    g.record(stats, 200, GrpcCode.UNAVAILABLE, ERRORS, 0.01, 0.01)
+    sample = Sample.of(stats)
+    assert (sample.requests, sample.errors) == (3, 1)
+    series = series_of([stats], "svc", (), synthetic=False)
+    assert (series[("canary", REQUESTS, "")], series[("canary", ERRORS_SERIES, "")]) == (3, 1)

@@ -4,54 +4,16 @@ to the version's next endpoint; a GOAWAY above the last stream id blames nobody.
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 
 import pytest
 
-from splitproxy.config.models import Health, Limits, Timeouts
+from splitproxy.config.models import Health
 from splitproxy.dataplane.h2 import outcome
-from splitproxy.dataplane.h2.upstream import H2Pools
 from splitproxy.dataplane.h2.upstream_stream import EndKind, StreamError
-from splitproxy.dataplane.http.pool import Pools
-from splitproxy.dataplane.http.runtime import VersionRuntime
-from splitproxy.dataplane.stats import Stats
-from splitproxy.routing.table import Endpoint
 
 from .h2server import H2TestServer, ServerKnobs
-from .pools import request
-
-
-class Version:
-    """A version of two or more endpoints as the data plane compiles it, with HTTP/2 pools."""
-
-    def __init__(self, ports: list[int], health: Health) -> None:
-        loop = asyncio.get_running_loop()
-        timeouts = Timeouts()
-        self.pools = Pools(loop, timeouts.connect, timeouts.idle)
-        self.h2pools = H2Pools(loop, timeouts, Limits())
-        self.stats = Stats()
-        self.version = VersionRuntime(
-            "svc", "canary",
-            tuple(self.pools.get(Endpoint("127.0.0.1", p, None, "h2")) for p in ports),
-            self.stats, health)
-
-    def close(self) -> None:
-        self.h2pools.close()
-        self.pools.close()
-
-
-@pytest.fixture
-async def make_version() -> AsyncIterator[Callable[[list[int], Health], Version]]:
-    made: list[Version] = []
-
-    def make(ports: list[int], health: Health) -> Version:
-        made.append(Version(ports, health))
-        return made[-1]
-
-    yield make
-    for v in made:
-        v.close()
+from .pools import Version, request
 
 
 async def test_a_refused_connect_counts_and_the_next_endpoint_answers(
