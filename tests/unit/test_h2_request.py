@@ -87,3 +87,7 @@ def test_flood_counter_trips_each_limit_and_resets_with_its_window() -> None:
     assert counter.over() is None  # a third of the streams cancelled: a client's right
     counter.opened = limits.MIN_RESETS + 1
     assert counter.over() == "rapid reset"
+
+
+def test_grpc_web_is_not_grpc() -> None:
+    assert not read_request([*BASE, (b"content-type", b"application/grpc-web")], False).grpc

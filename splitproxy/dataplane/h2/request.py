@@ -82,8 +82,11 @@ def read_request(block: list[tuple[bytes, bytes]], end_stream: bool) -> H2Reques
                 raise Malformed(f"invalid content-length {value!r}")
             length = int(value)
             continue
-        if name == b"content-type" and value.startswith(b"application/grpc"):
-            grpc = True
+        if name == b"content-type":
+            ct = value.lower()
+            # gRPC, not gRPC-Web (whose trailers travel in the body): as `grpc.is_grpc`.
+            grpc = ct == b"application/grpc" or ct.startswith((b"application/grpc+",
+                                                               b"application/grpc;"))
         headers.append((name, value))
     method = pseudo.get(b":method")
     path = pseudo.get(b":path")

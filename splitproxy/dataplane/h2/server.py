@@ -254,6 +254,12 @@ class H2Server(ClientConnection):
             if end:
                 forward.request_complete()
             return
+        if request.grpc and exchange.local is None and exchange.version is not None:
+            # Never downgraded: without HTTP/2 to the version the call's trailers (its status)
+            # would be lost. Counted as the version's 502: a misconfigured canary fails.
+            exchange.fail(502, "protocol", f"gRPC needs protocol h2 on version "
+                          f"{exchange.version.name}", count_error=False)
+            return
         exchange.start()
         if end:
             exchange.request_complete()

@@ -166,3 +166,12 @@ async def test_a_grpc_call_without_a_route_is_unimplemented() -> None:
     async with run_proxy(proxy_config([r])) as srv:
         [(code, detail)] = await asyncio.to_thread(calls, srv.port, 1)
     assert code == "UNIMPLEMENTED"
+
+
+async def test_a_grpc_call_is_never_downgraded_to_an_http1_version() -> None:
+    with grpc_version("stable") as (stable, _):
+        cfg = proxy_config([route({"stable": stable})])  # protocol left at http1
+        async with run_proxy(cfg) as srv:
+            [(code, detail)] = await asyncio.to_thread(calls, srv.port, 1)
+    assert code == "UNAVAILABLE"
+    assert srv.stats.get("shop", "stable").responses == {502: 1}
