@@ -205,7 +205,7 @@ class H2Server(ClientConnection):
             self.peer_goaway = True
             if not self.streams:
                 self._close()
-        # TrailersReceived: an HTTP/1.1 upstream has no place for request trailers; dropped.
+        # TrailersReceived: request trailers (gRPC clients send none) are dropped (README).
 
     def _request(self, event: ev.RequestReceived) -> None:
         sid = event.stream_id
