@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import Callable
 
 from splitproxy.config.models import Config, Timeouts
 from splitproxy.config.tls import Listener
+from splitproxy.dataplane.h2.server import adopt
+from splitproxy.dataplane.h2.upstream import H2Pools
 from splitproxy.dataplane.http import probe
 from splitproxy.dataplane.http.accesslog import protocol_for
 from splitproxy.dataplane.http.downstream import DownstreamProtocol, sweep
@@ -50,6 +53,7 @@ class ProxyServer:
         self._bound: tuple[Listener, ...] = ()  # the listeners start() bound
         self._sweeper: asyncio.Task[None] | None = None
         self._pools: Pools | None = None
+        self._h2pools: H2Pools | None = None  # HTTP/2 upstreams (versions' `protocol`)
         self._prober: probe.Prober | None = None
 
     @property
@@ -81,6 +85,9 @@ class ProxyServer:
                                 config.health)
         state = self._state = ServerState(loop, runtime, config.timeouts, config.limits,
                                           self.stats, protocol_for(config))
+        self._h2pools = H2Pools(loop, config.timeouts, config.limits)
+        # h2c by prior knowledge and ALPN h2 on every listener.
+        state.http2 = functools.partial(adopt, pools=self._h2pools)
         self._bound = config.listen
         self.tls = [ServerTls(lst.tls, lst.address) if lst.tls is not None else None
                     for lst in config.listen]
@@ -163,6 +170,8 @@ class ProxyServer:
                 server_tls.update(lst.tls)
         self._count_reloads()
         self._configure_pools()
+        if self._h2pools is not None:
+            self._h2pools.update(config.timeouts, config.limits)
         self.install(routing)
         if self._prober is not None:
             self._prober.configure(config)
@@ -183,6 +192,9 @@ class ProxyServer:
             return  # not started yet: start() installs the first table
         state.runtime = compile_table(routing, self._pools, self.stats, self.config.health,
                                       state.runtime)
+        if self._h2pools is not None:
+            self._h2pools.retain({ep for e in routing.routes for eps in e.endpoints.values()
+                                  for ep in eps})
 
     def worker_usage(self) -> list[tuple[int, Usage]]:
         """No worker processes: this process's own use is the control process's."""
@@ -225,6 +237,8 @@ class ProxyServer:
             self._prober.close()
         if self._pools is not None:
             self._pools.close()
+        if self._h2pools is not None:
+            self._h2pools.close()
         await asyncio.sleep(0)
         state.access_lines.close()  # the lines of the connections just closed too
         log.info("proxy stopped")

@@ -28,7 +28,8 @@ DEFAULT_CIPHERS = (
     "ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-RSA-AES256-GCM-SHA384:"
     "ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305"
 )
-ALPN = ["http/1.1"]  # h2 once the data plane speaks HTTP/2
+# What a TLS listener offers clients, preferred first: HTTP/2 (`dataplane.h2`), then HTTP/1.1.
+SERVER_ALPN = ["h2", "http/1.1"]
 # What a client context offers upstream: HTTP/1.1 only for the HTTP/1.1 pools (an h2-capable
 # upstream must not pick h2 for a connection that will speak HTTP/1.1); the HTTP/2 pools ask
 # for ("h2",), or ("h2", "http/1.1") for `protocol: auto` (`dataplane.h2.upstream`).
@@ -44,7 +45,7 @@ def server_context(tls: ListenerTls, cert: Path, key: Path) -> ssl.SSLContext:
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = _VERSIONS[tls.min_version]
     ctx.set_ciphers(tls.ciphers or DEFAULT_CIPHERS)
-    ctx.set_alpn_protocols(ALPN)
+    ctx.set_alpn_protocols(SERVER_ALPN)
     # Tickets off: their keys would live only in this process (and one per worker), so a
     # resumed session fails over to a full handshake anyway; TLS 1.3 keeps its own tickets.
     ctx.options |= ssl.OP_NO_TICKET | ssl.OP_CIPHER_SERVER_PREFERENCE

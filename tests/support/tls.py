@@ -56,8 +56,10 @@ def issue(ca: trustme.CA, directory: Path, stem: str, *identities: str,
     return files
 
 
-def client_context(ca_file: Path | None, cert: CertFiles | None = None) -> ssl.SSLContext:
-    """A client context trusting `ca_file` (None: no verification), with a client cert."""
+def client_context(ca_file: Path | None, cert: CertFiles | None = None,
+                   alpn: tuple[str, ...] = ("http/1.1",)) -> ssl.SSLContext:
+    """A client context trusting `ca_file` (None: no verification), with a client cert,
+    offering `alpn` (the raw HTTP/1.1 client by default; the proxy prefers h2 when offered)."""
     if ca_file is None:
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
         ctx.check_hostname = False
@@ -66,7 +68,7 @@ def client_context(ca_file: Path | None, cert: CertFiles | None = None) -> ssl.S
         ctx = ssl.create_default_context(cafile=str(ca_file))
     if cert is not None:
         ctx.load_cert_chain(cert.cert, cert.key)
-    ctx.set_alpn_protocols(["h2", "http/1.1"])
+    ctx.set_alpn_protocols(list(alpn))
     return ctx
 
 

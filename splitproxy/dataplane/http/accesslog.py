@@ -141,31 +141,38 @@ class LoggedDownstream(DownstreamProtocol):
             request, self._pending = self._pending, None
         now = self.loop.time()
         began = ex.request.start_time or (request.began if request is not None else now)
-        version = ex.version
-        pool = ex.pool
-        route, name = (version.route, version.name) if version is not None else ("-", "-")
-        method, path = ((request.method.decode("latin-1"), _path(request.path))
-                        if request is not None else ("-", "-"))
-        # Nothing written: the client left first (nginx's 499), or the proxy cut an answer
-        # whose head had not gone out yet (counted as 502, as the metrics count it).
         status = self._status or (CLIENT_CLOSED if end == "client-closed" else 502)
-        duration = round((now - began) * 1000.0, 3)
-        upstream = pool.endpoint.key if pool is not None else "-"
         sent = self._sent - self._mark
-        received = request.received if request is not None else 0
-        rid = ex.request.request_id.decode("latin-1") if ex.request.request_id else "-"
-        client = self.client_ip.decode("latin-1")
         self._mark = self._sent
         self._status = 0
-        # Route and version names, methods (tokens), host:port and addresses never need
-        # quoting; the path and a client's request id (`=`) may.
-        self.state.access_lines.add(
-            f"route={route} version={name} method={method} path={_value(path)} "
-            f"status={status} duration_ms={duration} upstream={upstream} sent={sent} "
-            f"received={received} request_id={_value(rid)} client={client} end={end}",
-            {"route": route, "version": name, "method": method, "path": path,
-             "status": status, "duration_ms": duration, "upstream": upstream, "sent": sent,
-             "received": received, "request_id": rid, "client": client, "end": end})
+        log_request(self.state, ex, request.method if request is not None else None,
+                    request.path if request is not None else b"", status, now - began, sent,
+                    request.received if request is not None else 0, self.client_ip, end)
+
+
+def log_request(state: ServerState, ex: Lifecycle, method: bytes | None, path: bytes,
+                status: int, seconds: float, sent: int, received: int, client_ip: bytes,
+                end: str) -> None:
+    """One access-log line (also for HTTP/2 streams, `dataplane.h2`). `status`: the final
+    status written (0 is not passed: 499 or 502 as the module says); `method` None: unknown."""
+    version = ex.version
+    pool = ex.pool
+    route, name = (version.route, version.name) if version is not None else ("-", "-")
+    method_s, path_s = ((method.decode("latin-1"), _path(path)) if method is not None
+                        else ("-", "-"))
+    duration = round(seconds * 1000.0, 3)
+    upstream = pool.endpoint.key if pool is not None else "-"
+    rid = ex.request.request_id.decode("latin-1") if ex.request.request_id else "-"
+    client = client_ip.decode("latin-1")
+    # Route and version names, methods (tokens), host:port and addresses never need
+    # quoting; the path and a client's request id (`=`) may.
+    state.access_lines.add(
+        f"route={route} version={name} method={method_s} path={_value(path_s)} "
+        f"status={status} duration_ms={duration} upstream={upstream} sent={sent} "
+        f"received={received} request_id={_value(rid)} client={client} end={end}",
+        {"route": route, "version": name, "method": method_s, "path": path_s,
+         "status": status, "duration_ms": duration, "upstream": upstream, "sent": sent,
+         "received": received, "request_id": rid, "client": client, "end": end})
 
 
 def _path(raw: bytes) -> str:

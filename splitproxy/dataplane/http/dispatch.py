@@ -109,11 +109,12 @@ def build_exchange(down: DownstreamProtocol, parser: httptools.HttpRequestParser
                 start_time=now, client_11=client_11, keep_alive=False, has_body=has_body,
                 request_id=rid), local=error_response(*refused, True, request_id=rid))
 
-    upgrade = parser.should_upgrade() and head.upgrade is not None
+    upgrade = parser.should_upgrade()
     if upgrade and has_body:
         # llhttp treats every byte after an upgrade request's head as the new protocol's:
         # a body could not be told apart from it, so such a request is refused.
         raise Reject(400, "an Upgrade request must not carry a body")
+    upgrade = upgrade and head.upgrade is not None  # not when only h2c was asked (ignored)
     # Positional, in field order: calling a class with keyword arguments builds a dict
     # (measured with callgrind: 12 keywords cost 5,000 more instructions than 12 positions,
     # 4% of a whole proxied request).

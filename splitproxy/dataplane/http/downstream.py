@@ -30,6 +30,9 @@ if TYPE_CHECKING:
     from splitproxy.dataplane.http.upstream import UpstreamConnection
 
 _CLOSING = RequestContext(keep_alive=False)  # a fatal error's answer: the connection ends
+# The HTTP/2 client preface (RFC 9113 3.4): a connection that starts with it speaks h2c by
+# prior knowledge, and is handed to the HTTP/2 protocol (`dataplane.h2.server.adopt`).
+H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 
 
 class DownstreamProtocol(ClientConnection):
@@ -62,6 +65,9 @@ class DownstreamProtocol(ClientConnection):
     # -- asyncio.Protocol -------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._accept(transport)
+        if self.listener.tls and _alpn(transport) == "h2" and self.state.http2 is not None:
+            self.state.http2(self, transport, b"")
+            return
         state = self.state
         state.connections.add(self)
         if len(state.connections) > state.limits.max_connections:
@@ -82,6 +88,12 @@ class DownstreamProtocol(ClientConnection):
             self._held += data  # arrived before the pause took effect
             return
         self.reads += 1
+        # The one HTTP/2 check on this path: the first packet of a connection (or the held
+        # start of a preface that came in pieces).
+        if self.reads == 1 and (data[:3] == b"PRI" or self._held):
+            data = self._h2c(data)
+            if not data:
+                return
         if self.in_head or self.receiving is None:
             self._head_bytes += len(data)
         while True:
@@ -111,6 +123,22 @@ class DownstreamProtocol(ClientConnection):
             break
         if self.in_head and self._head_bytes > self.state.limits.max_header:
             self._reject(431, "request head too large")
+
+    def _h2c(self, data: bytes) -> bytes:
+        """The first bytes of a connection that may begin the HTTP/2 preface: hand the
+        connection over, or hold a preface's start until the rest comes (both: b""). Anything
+        else is returned whole, to be parsed as HTTP/1.1."""
+        data = self._held + data
+        self._held = b""
+        if data.startswith(H2_PREFACE) and self.state.http2 is not None:
+            if self.transport is not None:
+                self.state.http2(self, self.transport, data)
+            return b""
+        if H2_PREFACE.startswith(data):
+            self._held = data
+            self.reads = 0
+            return b""
+        return data
 
     def _upgrade_pending(self) -> bool:
         return self._upgrading is not None
@@ -325,6 +353,11 @@ class DownstreamProtocol(ClientConnection):
             self.broken = True
             self.write(error_response(408, "request head not received in time", True))
         self._close()
+
+
+def _alpn(transport: asyncio.BaseTransport) -> str | None:
+    ssl_object = transport.get_extra_info("ssl_object")
+    return ssl_object.selected_alpn_protocol() if ssl_object is not None else None
 
 
 def sweep(connections: Iterable[DownstreamProtocol], now: float) -> None:

@@ -103,7 +103,7 @@ def read_head(headers: list[tuple[bytes, bytes]], client_11: bool) -> RequestHea
         elif lname == b"connection":
             head.named |= connection_tokens(value)
         elif lname == b"upgrade":
-            head.upgrade = value
+            head.upgrade = _without_h2c(value)
         elif lname == b"expect":
             head.expect = value
         elif lname == b"x-forwarded-for":
@@ -124,6 +124,17 @@ def read_head(headers: list[tuple[bytes, bytes]], client_11: bool) -> RequestHea
     if head.named:
         head.lines = [ln for ln in lines if ln.split(b":", 1)[0].lower() not in head.named]
     return head
+
+
+def _without_h2c(value: bytes) -> bytes | None:
+    """`Upgrade` less `h2c` (None: nothing left). The HTTP/1.1-to-h2c upgrade (RFC 7540 3.2,
+    dropped by RFC 9113) is ignored, never passed to the upstream: a 101 from an h2c upstream
+    would make a blind tunnel of the connection, past routing. A client that wants HTTP/2
+    speaks it by prior knowledge or ALPN (`dataplane.h2`)."""
+    if b"h2c" not in value.lower():
+        return value
+    rest = [t for t in (p.strip() for p in value.split(b",")) if t and t.lower() != b"h2c"]
+    return b", ".join(rest) or None
 
 
 def upstream_head(method: bytes, target: bytes, head: RequestHead, client_ip: bytes,

@@ -38,7 +38,7 @@ class ServerState:
     the current values through the one reference it was given."""
 
     __slots__ = ("loop", "runtime", "timeouts", "limits", "stats", "protocol", "access_lines",
-                 "connections", "draining")
+                 "connections", "draining", "http2")
 
     def __init__(self, loop: EventLoop, runtime: Runtime, timeouts: Timeouts, limits: Limits,
                  stats: Stats, protocol: type[DownstreamProtocol]) -> None:
@@ -54,6 +54,10 @@ class ServerState:
         self.access_lines = AccessLines(loop)  # what LoggedDownstream connections log
         self.connections: set[DownstreamProtocol] = set()  # open client connections
         self.draining = False  # shutting down: every answer closes its connection
+        # Takes over a connection that speaks HTTP/2 (`dataplane.h2.server.adopt`, set by the
+        # server: the HTTP/1.1 package never imports the HTTP/2 one). None: HTTP/1.1 only.
+        self.http2: Callable[[DownstreamProtocol, asyncio.BaseTransport, bytes], None] | None \
+            = None
 
     def accept(self) -> DownstreamProtocol:
         """The protocol factory of the listening socket: one new client connection."""

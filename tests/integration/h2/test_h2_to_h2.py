@@ -1,0 +1,79 @@
+"""HTTP/2 from the client to an HTTP/2 upstream (`protocol: h2`), through the proxy: trailers
+intact, bodies streamed both ways under both sides' flow control, a client's reset passed
+upstream, a refused stream sent again, a trailers-only answer passed as it came."""
+
+from __future__ import annotations
+
+from h2.errors import ErrorCodes
+
+from tests.dataplane.h2.h2server import H2TestServer, ServerKnobs
+from tests.support.configs import proxy_config, route
+from tests.support.h2client import h2_client
+from tests.support.proxy import run_proxy
+from tests.support.waiting import wait_until
+
+
+def h2_config(port: int) -> dict[str, object]:
+    r = route({"stable": f"http://127.0.0.1:{port}"})
+    r["versions"]["stable"]["protocol"] = "h2"
+    return proxy_config([r])
+
+
+async def test_trailers_and_headers_pass_through_and_are_counted() -> None:
+    upstream = H2TestServer()
+    async with upstream.serve() as port, run_proxy(h2_config(port)) as srv, \
+            h2_client(srv.port) as client:
+        resp = await client.get("/trailers", [("x-a", "1")])
+        only = await client.get("/grpc-error")
+    assert resp.status == 200 and resp.body == b"body"
+    assert resp.trailers == {"grpc-status": "0", "x-trailer": "yes"}
+    assert "x-request-id" in resp.headers and resp.headers["x-stream"] == "1"
+    sent = dict(upstream.state.request_headers[0])
+    assert sent[b"x-a"] == b"1" and sent[b"x-forwarded-for"] == b"127.0.0.1"
+    assert sent[b":authority"] == b"localhost" and b"host" not in sent
+    # Trailers-only, as the upstream sent it (not a gRPC request: counted as its status).
+    assert only.status == 200 and only.headers["grpc-status"] == "14" and only.body == b""
+    assert srv.stats.get("shop", "stable").responses == {200: 2}
+
+
+async def test_a_large_body_streams_both_ways_under_both_windows() -> None:
+    payload = bytes(range(256)) * 8192  # 2 MiB: many windows on both sides
+    upstream = H2TestServer()
+    async with upstream.serve() as port, run_proxy(h2_config(port)) as srv, \
+            h2_client(srv.port) as client:
+        sid = client.request("POST", "/echo", body=None, end=False)
+        sent = 0
+        while sent < len(payload):
+            await client.wait_for(lambda: client.conn.local_flow_control_window(sid) > 0)
+            n = min(client.conn.local_flow_control_window(sid),
+                    client.conn.max_outbound_frame_size, len(payload) - sent)
+            client.conn.send_data(sid, payload[sent:sent + n],
+                                  end_stream=sent + n == len(payload))
+            client.flush()
+            sent += n
+        resp = await client.response(sid)
+    assert resp.status == 200 and resp.body == payload
+
+
+async def test_a_client_reset_cancels_the_upstream_stream() -> None:
+    upstream = H2TestServer()
+    async with upstream.serve() as port, run_proxy(h2_config(port)) as srv, \
+            h2_client(srv.port) as client:
+        sid = client.request("GET", "/hold")
+        await wait_until(lambda: upstream.state.streams == 1, what="the upstream stream")
+        client.conn.reset_stream(sid, ErrorCodes.CANCEL)
+        client.flush()
+        await wait_until(lambda: bool(upstream.state.resets), what="the upstream reset")
+        after = await client.get("/size/10")
+    assert upstream.state.resets == [ErrorCodes.CANCEL]
+    assert after.status == 200 and after.body == b"x" * 10
+    assert srv.stats.get("shop", "stable").client_aborts == 1
+
+
+async def test_a_refused_stream_is_sent_again() -> None:
+    upstream = H2TestServer(ServerKnobs(refuse=1))
+    async with upstream.serve() as port, run_proxy(h2_config(port)) as srv, \
+            h2_client(srv.port) as client:
+        resp = await client.response(client.request("POST", "/echo", body=b"again"))
+    assert resp.status == 200 and resp.body == b"again"
+    assert upstream.state.refused == 1
