@@ -261,3 +261,22 @@ async def test_requests_the_shadow_version_answers_itself_are_not_copied() -> No
     # Ten requests reached the shadow version: five as the primary, five as copies.
     assert sorted(r.header("x-splitproxy-shadow") or "" for r in s.requests) == \
         [""] * 5 + ["1"] * 5
+
+
+async def test_a_client_cannot_pass_for_shadow_traffic() -> None:
+    """A client's own `X-Splitproxy-Shadow` is removed: the primary never sees one, the copy
+    carries the proxy's marker once; on a route without a mirror it is removed as well."""
+    forged = [("X-Splitproxy-Shadow", "1"), ("x-splitproxy-shadow", "forged")]
+    async with serving(json_reply("p")) as p, serving(json_reply("s")) as s, \
+            serving(json_reply("plain")) as plain:
+        plain_route = route({"v1": plain.url}, {"v1": 100})
+        plain_route.update(name="plain", match={"path_prefix": "/plain"})
+        async with run_proxy(proxy_config([plain_route, mirrored_route(p.url, s.url)])
+                             ) as srv:
+            for target in ("/", "/plain/x"):
+                assert (await get(srv.port, target, headers=forged)).status == 200
+            await wait_until(lambda: total(srv) == 1, what=lambda: f"counts {counts(srv)}")
+    assert [r.header("x-splitproxy-shadow") for r in p.requests] == [None]
+    assert [r.header("x-splitproxy-shadow") for r in plain.requests] == [None]
+    (copy,) = s.requests
+    assert [v for k, v in copy.headers if k.lower() == "x-splitproxy-shadow"] == ["1"]

@@ -30,6 +30,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("splitproxy.mirror")
 
+# Named by headers.SHADOW_MARKER, which is removed from every client request first.
 SHADOW_HEADER = b"X-Splitproxy-Shadow: 1"
 # Bodies are kept whole (for JSON normalisation) up to this; beyond, only hashed as bytes.
 COMPARE_CAP = 1 << 20
