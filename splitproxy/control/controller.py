@@ -228,7 +228,8 @@ class Controller:
 
     def _table(self) -> table.RoutingTable:
         self.table = table.build(self.config, self._generation, self.engine.weights(),
-                                 self.engine.runs(), self.engine.header_routes())
+                                 self.engine.runs(), self.engine.header_routes(),
+                                 self.engine.mirrors())
         return self.table
 
     def rebuild(self) -> None:

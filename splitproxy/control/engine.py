@@ -21,6 +21,7 @@ from dataclasses import replace
 
 from splitproxy.config.guard import Source
 from splitproxy.config.headerroute import HeaderRoute
+from splitproxy.config.mirror import Mirror
 from splitproxy.config.models import Config, Route, Strategy
 from splitproxy.config.steps import WebhookEvent
 from splitproxy.control.clock import SYSTEM, Clock
@@ -31,6 +32,7 @@ from splitproxy.control.status import (
     Check,
     GuardReport,
     HeaderRouteStatus,
+    MirrorStatus,
     PendingWrite,
     RolloutStatus,
 )
@@ -151,6 +153,10 @@ class RolloutEngine:
     def header_routes(self) -> dict[str, tuple[HeaderRoute, ...]]:
         """The header/cookie routes of each route's current step."""
         return {n: machine.header_routes(self.states[n], r) for n, r in self.routes.items()}
+
+    def mirrors(self) -> dict[str, Mirror | None]:
+        """The shadow traffic in force on each route (a `set_mirror` step's, or its own)."""
+        return {n: machine.mirror(self.states[n], r) for n, r in self.routes.items()}
 
     def runs(self) -> dict[str, str]:
         """The run each route's sticky cookies belong to."""
@@ -384,5 +390,6 @@ class RolloutEngine:
             checks=[Check.model_validate(c) for c in state.checks],
             header_routes=[HeaderRouteStatus.model_validate(h.model_dump(mode="json"))
                            for h in machine.header_routes(state, route)],
+            mirror=MirrorStatus.of(machine.mirror(state, route)),
             switching_to=route.active if machine.validating(state) else None,
         )

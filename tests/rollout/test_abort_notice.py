@@ -41,7 +41,7 @@ async def test_an_abort_onto_a_baseline_without_a_healthy_endpoint_is_notified_l
                              what="stable down on its health check")
             async with session.post("/routes/shop/abort", params={"reason": "bad build"}) as r:
                 assert r.status == 200, await r.text()
-            await wait_until(lambda: rec.on("/json") and rec.on("/slack"),
+            await wait_until(lambda: bool(rec.on("/json") and rec.on("/slack")),
                              what="the abort's notifications")
             samples = await scrape(session)
         (body,) = rec.on("/json")
@@ -65,7 +65,7 @@ async def test_an_abort_onto_a_healthy_baseline_says_so_without_a_warning(
             await wait_until(lambda: engine.states["shop"].step == 1, what="set_weight 50")
             async with session.post("/routes/shop/abort", params={"reason": "bad build"}) as r:
                 assert r.status == 200, await r.text()
-            await wait_until(lambda: rec.on("/json") and rec.on("/slack"),
+            await wait_until(lambda: bool(rec.on("/json") and rec.on("/slack")),
                              what="the abort's notifications")
         (body,) = rec.on("/json")
         assert (body["revert_to"], body["revert_to_healthy"]) == ("stable", True)
