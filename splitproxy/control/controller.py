@@ -26,6 +26,7 @@ from splitproxy.control.adminguard import AdminGuard
 from splitproxy.control.clock import SYSTEM, Clock
 from splitproxy.control.engine import RolloutEngine
 from splitproxy.control.metrics import (
+    analysis_metric_families,
     baseline_down_family,
     notification_family,
     rollout_families,
@@ -312,7 +313,8 @@ class Controller:
             self.store_status().up,
             _last_aborts(engine.last_abort, engine.states),
         ), notification_family(engine.webhooks.notifier.outcomes),
-            baseline_down_family(engine.aborts_onto_down)]
+            baseline_down_family(engine.aborts_onto_down),
+            *analysis_metric_families(engine.metric_readings())]
 
     def status(self) -> Status:
         now = self.clock.monotonic()

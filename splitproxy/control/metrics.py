@@ -23,6 +23,7 @@ from prometheus_client.registry import Collector
 from splitproxy import __version__
 from splitproxy.dataplane.procstats import Usage
 from splitproxy.dataplane.stats import LATENCY_BUCKETS, VersionStats
+from splitproxy.rollout.verdicts import Outcome
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -299,3 +300,34 @@ def baseline_down_family(counts: dict[str, int]) -> CounterMetricFamily:
     for route, n in counts.items():
         family.add_metric([route], n)
     return family
+
+
+# A custom metric's verdict at the latest check (`analysis.metrics`), for the dashboard:
+# (route, version, metric name, outcome, estimate or None, threshold or None).
+MetricReading = tuple[str, str, str, str, float | None, float | None]
+
+
+def analysis_metric_families(readings: Iterable[MetricReading]) -> list[Metric]:
+    """Custom metrics beside the built-in checks: each one's verdict (1 for the current
+    outcome, as the rollout phase), its estimate and the threshold it is judged against (a
+    comparison with the baseline has none)."""
+    verdict = GaugeMetricFamily(
+        "splitproxy_analysis_metric_verdict",
+        "1 for the outcome of each custom metric (analysis.metrics) at the latest check",
+        labels=["route", "version", "metric", "outcome"])
+    estimate = GaugeMetricFamily(
+        "splitproxy_analysis_metric_estimate",
+        "Each custom metric's estimate at the latest check (a rate or the gauge's value)",
+        labels=["route", "version", "metric"])
+    threshold = GaugeMetricFamily(
+        "splitproxy_analysis_metric_threshold",
+        "The threshold each custom metric is judged against", labels=["route", "version",
+                                                                      "metric"])
+    for route, version, name, outcome, est, limit in readings:
+        for each in Outcome:
+            verdict.add_metric([route, version, name, each], 1 if each == outcome else 0)
+        if est is not None:
+            estimate.add_metric([route, version, name], est)
+        if limit is not None:
+            threshold.add_metric([route, version, name], limit)
+    return [verdict, estimate, threshold]

@@ -144,7 +144,10 @@ def plan(state: RouteState, route: Route) -> Plan:
             tests += [Test(v, name, compare.margin, seconds, baseline)
                       for name, seconds, _ in limits]
         tests += _metric_tests(v, analysis, baseline)
-    copies = mirror(state, route)  # a `set_mirror` step's, or the route's own
+    # A `set_mirror` step's copies, or the route's own; after an abort, those of before it
+    # (what was judged, as `judged` keeps the weights of before it).
+    copies = mirror(replace(state, phase=Phase.PROGRESSING) if state.phase == Phase.ABORTED
+                    else state, route)
     shadow = copies.to if copies is not None else None
     if shadow is not None and shadow not in versions and shadow != route.baseline:
         # A version that only gets the mirror's copies: the proxy's own counts see none of
