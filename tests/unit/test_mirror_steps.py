@@ -10,8 +10,10 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
+from splitproxy.cli.demo import describe_steps
 from splitproxy.config.mirror import Mirror
-from splitproxy.config.models import Route
+from splitproxy.config.models import Config, Route
+from splitproxy.control.dashboard import plan
 from splitproxy.rollout import Actor, Phase, abort, advance, identity, promote, start
 from splitproxy.rollout.events import Act, Action, Rebuild, Tick
 from splitproxy.rollout.fold import apply
@@ -103,3 +105,10 @@ def test_rollouts_without_mirror_steps_keep_their_identity() -> None:
     dumped = [s.identity_dump() for s in make_route(steps).rollout.steps]  # type: ignore
     assert all("set_mirror" not in d and "set_header_route" not in d for d in dumped)
     assert "set_mirror" in ROUTE.rollout.steps[1].identity_dump()
+
+
+def test_the_dashboard_and_the_demo_name_the_mirror_steps() -> None:
+    config = Config(routes=(ROUTE,))
+    steps = plan(config)["routes"]["shop"]["steps"]
+    assert steps[1] == {"set_mirror": "10% to the canary"} and steps[3] == {"set_mirror": "off"}
+    assert "mirror 10% to the canary" in describe_steps(ROUTE)
