@@ -5,6 +5,8 @@ promotion each stop them; `/status` and `splitproxy status` show the mirror in f
 
 from __future__ import annotations
 
+import asyncio
+import itertools
 from pathlib import Path
 from typing import Any
 
@@ -13,11 +15,13 @@ import pytest
 from splitproxy.cli.render import render
 from splitproxy.control.service import Service
 from splitproxy.control.status import Status
+from splitproxy.dataplane.workers import WorkerPool
 from tests.support.configs import rollout_config
+from tests.support.ports import free_port
 from tests.support.rawhttp import get
 from tests.support.service import admin, run_service, status, write_config
 from tests.support.shadowing import Served, json_reply, serving
-from tests.support.waiting import wait_until
+from tests.support.waiting import WAIT, wait_until
 
 
 def copies(svc: Service) -> int:
@@ -101,3 +105,38 @@ async def test_an_abort_and_the_promotion_stop_the_copies(
             if action == "abort":  # after the promotion the canary answers itself
                 await send(svc, stable, "after", 3)
         assert len(canary.requests) == 3
+
+
+async def test_with_workers_every_worker_copies_from_the_step_on(tmp_path: Path) -> None:
+    """The mirror in force reaches the worker processes with the routing table: each worker
+    copies the requests it serves (100%: every one) and reports the comparisons."""
+    async with serving(json_reply("stable")) as stable, \
+            serving(json_reply("stable")) as canary:
+        cfg = config(stable, canary, [{"set_mirror": 100}, {"pause": {}}])
+        cfg["listen"] = f"127.0.0.1:{free_port()}"  # workers share one port (SO_REUSEPORT)
+        path = tmp_path / "shop.yaml"
+        write_config(path, cfg)
+        svc = Service(path, watch=False, workers=2)
+        await asyncio.wait_for(svc.start(), WAIT * 2)
+        try:
+            pool = svc.proxy
+            assert isinstance(pool, WorkerPool)
+            engine = svc.controller.engine
+            await wait_until(lambda: engine.states["shop"].step == 1, what="set_mirror 100")
+
+            workers = list(pool._workers.values())
+            rounds = itertools.count()
+
+            async def both_copy() -> bool:
+                await send(svc, stable, f"warm-{next(rounds)}", 10)
+                return len(workers) == 2 and all(
+                    w.report is not None and w.report.shadow.get(("shop", "canary", "match"))
+                    for w in workers)
+
+            await wait_until(both_copy, what="both workers copying (their reports)")
+            await send(svc, stable, "all", 20)
+            await wait_until(lambda: sum(r.target.startswith("/all/") for r in canary.requests)
+                             == 20, what="a copy of each of the 20 requests")
+            assert all(r.header("x-splitproxy-shadow") == "1" for r in canary.requests)
+        finally:
+            await asyncio.wait_for(svc.stop(drain=1.0), WAIT * 2)
