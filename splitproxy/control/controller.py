@@ -28,6 +28,7 @@ from splitproxy.control.engine import RolloutEngine
 from splitproxy.control.metrics import (
     analysis_metric_families,
     baseline_down_family,
+    metric_readings,
     notification_family,
     rollout_families,
 )
@@ -314,7 +315,7 @@ class Controller:
             _last_aborts(engine.last_abort, engine.states),
         ), notification_family(engine.webhooks.notifier.outcomes),
             baseline_down_family(engine.aborts_onto_down),
-            *analysis_metric_families(engine.metric_readings())]
+            *analysis_metric_families(metric_readings(engine.routes, engine.states))]
 
     def status(self) -> Status:
         now = self.clock.monotonic()

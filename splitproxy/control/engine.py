@@ -26,7 +26,6 @@ from splitproxy.config.models import Config, Route, Strategy
 from splitproxy.config.steps import WebhookEvent
 from splitproxy.control.clock import SYSTEM, Clock
 from splitproxy.control.guardlog import GuardLog
-from splitproxy.control.metrics import MetricReading
 from splitproxy.control.readings import Readings, default_sources
 from splitproxy.control.sources.measure import MetricSource
 from splitproxy.control.status import (
@@ -353,20 +352,6 @@ class RolloutEngine:
         return state
 
     # -- reporting --------------------------------------------------------------------------
-    def metric_readings(self) -> list[MetricReading]:
-        """Every custom metric's verdict, estimate and threshold at its route's latest check
-        (for /metrics; /status has the whole report)."""
-        out: list[MetricReading] = []
-        for name, route in self.routes.items():
-            if route.analysis is None or not route.analysis.metrics:
-                continue
-            report = guard.report(self.states[name], route)
-            for m in report["metrics"] if report is not None else ():
-                limit = m.get("threshold") if m.get("against") is None else None
-                out.append((name, m["version"], m["name"], m["outcome"], m.get("estimate"),
-                            limit))
-        return out
-
     def pending_writes(self) -> dict[str, PendingWrite]:
         return self.sync.pending()
 
