@@ -222,6 +222,9 @@ class ProxyServer:
             self._prober.close()
         if self._pools is not None:
             self._pools.close()
+        for route in state.runtime.routes:
+            if route.mirror is not None:
+                route.mirror.close()
         await asyncio.sleep(0)
         state.access_lines.close()  # the lines of the connections just closed too
         log.info("proxy stopped")

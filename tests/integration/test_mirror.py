@@ -10,7 +10,9 @@ import json
 import socket
 from typing import Any
 
+from splitproxy.config.models import Config
 from splitproxy.dataplane.server import ProxyServer
+from splitproxy.routing import table
 from tests.support.configs import proxy_config, route
 from tests.support.proxy import run_proxy
 from tests.support.rawhttp import get, raw_client
@@ -242,3 +244,53 @@ async def test_a_client_cannot_pass_for_shadow_traffic() -> None:
     assert [r.header("x-splitproxy-shadow") for r in plain.requests] == [None]
     (copy,) = s.requests
     assert [v for k, v in copy.headers if k.lower() == "x-splitproxy-shadow"] == ["1"]
+
+
+async def one_by_one(srv: ProxyServer, n: int) -> None:
+    """`n` requests, each sent once the copy of the one before was compared."""
+    for i in range(n):
+        await get(srv.port, f"/{i}")
+        await wait_until(lambda: total(srv) == i + 1)  # noqa: B023 -- awaited at once
+
+
+async def test_copies_reuse_their_own_kept_alive_connection() -> None:
+    """Sequential copies to a keep-alive shadow go over one connection of the mirror's own;
+    the proxy's stop closes it."""
+    async with serving(json_reply("p")) as p, serving(json_reply("p")) as s:
+        async with run_proxy(proxy_config([mirrored_route(p.url, s.url)])) as srv:
+            await one_by_one(srv, 10)
+            (route,) = srv.runtime.routes
+            shadow = route.mirror
+            assert shadow is not None and sum(len(c) for c in shadow.idle.values()) == 1
+        assert shadow.closed and not shadow.idle
+    assert counts(srv) == {"match": 10}
+    assert (len(s.requests), s.connections) == (10, 1)
+
+
+async def test_a_kept_connection_the_shadow_closed_is_replaced_not_an_error() -> None:
+    """A shadow that closes a kept-alive connection as the next copy arrives on it, without
+    answering (its keep-alive timeout passed just then): the copy is sent again on a new
+    connection, as any HTTP client does, reaches it and is compared."""
+    async with serving(json_reply("p")) as p, \
+            serving(json_reply("p"), one_per_connection=True) as s:
+        async with run_proxy(proxy_config([mirrored_route(p.url, s.url)])) as srv:
+            await one_by_one(srv, 10)
+    assert counts(srv) == {"match": 10}
+    assert (len(s.requests), s.connections) == (10, 10)
+
+
+async def test_a_changed_mirror_closes_the_old_ones_connections() -> None:
+    async with serving(json_reply("p")) as p, serving(json_reply("p")) as s:
+        config = proxy_config([mirrored_route(p.url, s.url)])
+        async with run_proxy(config) as srv:
+            await get(srv.port, "/")
+            await wait_until(lambda: total(srv) == 1)
+            (route,) = srv.runtime.routes
+            old = route.mirror
+            assert old is not None and old.idle
+            # A rollout step (or a reload) that changes the mirror: a new routing table.
+            changed = Config.model_validate(proxy_config([mirrored_route(p.url, s.url,
+                                                                         percent=50)]))
+            srv.install(table.build(changed, 2))
+            assert old.closed and not old.idle
+            assert srv.runtime.routes[0].mirror is not old

@@ -19,15 +19,25 @@ Reply = Callable[[RawRequest], tuple[int, bytes, bytes]]  # status, body, extra 
 class Served:
     url: str = ""
     requests: list[RawRequest] = field(default_factory=list)
+    connections: int = 0
 
 
 @contextlib.asynccontextmanager
-async def serving(reply: Reply | None) -> AsyncIterator[Served]:
-    """An upstream answering `reply(request)`; None: reads requests and never answers."""
+async def serving(reply: Reply | None, one_per_connection: bool = False
+                  ) -> AsyncIterator[Served]:
+    """An upstream answering `reply(request)`; None: reads requests and never answers.
+    `one_per_connection`: answers one request per connection (without a `Connection:
+    close`) and closes the connection when the next one arrives on it, unanswered and not
+    recorded: a server whose keep-alive timeout passed just as the request came."""
     served = Served()
 
     async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        served.connections += 1
+        answered = 0
         while (req := await read_request(reader)) is not None:
+            if one_per_connection and answered:
+                return
+            answered += 1
             served.requests.append(req)
             if reply is None:
                 await reader.read()  # hangs until the proxy gives up
