@@ -287,36 +287,38 @@ class Mirroring:
     percent: float
 
 
-def _nginx_mirror(mirror: Mirroring | None) -> tuple[str, str, str]:
-    """(http-level, location / and server-level) directives of nginx's mirror. `mirror` takes
-    no variables, so a share below 100% is the usual recipe: every request makes the mirror
-    subrequest, and `split_clients` lets `percent` of them through; the rest end at once with
-    a 204 that goes nowhere (nginx discards a mirror subrequest's answer)."""
+def nginx_mirror(mirror: Mirroring | None) -> tuple[str, str]:
+    """(http-level, server-level) directives of nginx's mirror, to put around the proxy block.
+    `mirror` takes no variables, so a share below 100% is the usual recipe: every request
+    makes the mirror subrequest, and `split_clients` lets `percent` of them through; the rest
+    end at once with a 204 that goes nowhere (nginx discards a mirror subrequest's answer).
+    At server level it applies to `location /`; nginx never mirrors a subrequest, so the
+    internal location does not mirror itself."""
     if mirror is None:
-        return "", "", ""
+        return "", ""
     pick = (f'split_clients "$request_id" $mirrored {{ {mirror.percent:g}% 1; * ""; }}'
             if mirror.percent < 100 else "map $uri $mirrored { default 1; }")
     http = f"""
-        upstream shadow {{
-            server {HOST}:{mirror.shadow};
-            keepalive 64;
-            keepalive_requests 100000000;
-        }}
-        {pick}
-    """
-    location = "mirror /_mirror;"
+upstream shadow {{
+    server {HOST}:{mirror.shadow};
+    keepalive 64;
+    keepalive_requests 100000000;
+}}
+{pick}
+"""
     server = """
-            location = /_mirror {
-                internal;
-                if ($mirrored = "") { return 204; }
-                proxy_pass http://shadow$request_uri;
-                proxy_http_version 1.1;
-                proxy_set_header Connection "";
-                proxy_set_header Host $http_host;
-                proxy_set_header X-Splitproxy-Shadow 1;
-            }
-    """
-    return http, location, server
+mirror /_mirror;
+location = /_mirror {
+    internal;
+    if ($mirrored = "") { return 204; }
+    proxy_pass http://shadow$request_uri;
+    proxy_http_version 1.1;
+    proxy_set_header Connection "";
+    proxy_set_header Host $http_host;
+    proxy_set_header X-Splitproxy-Shadow 1;
+}
+"""
+    return http, server
 
 
 def start_nginx_proxy(
@@ -324,18 +326,16 @@ def start_nginx_proxy(
     name: str = NGINX_PROXY, mirror: Mirroring | None = None,
 ) -> int:
     # The same header work splitproxy does: Host passed through, X-Forwarded-* added.
-    mirror_http, mirror_location, mirror_server = _nginx_mirror(mirror)
+    mirror_http, mirror_server = nginx_mirror(mirror)
     block = f"""
         upstream backend {{
             server {HOST}:{upstream};
             keepalive 64;
             keepalive_requests 100000000;
         }}
-        {textwrap.dedent(mirror_http).strip()}
         server {{
             listen 127.0.0.1:{{port}};
             location / {{
-                {mirror_location}
                 proxy_pass http://backend;
                 proxy_http_version 1.1;
                 proxy_set_header Connection "";
@@ -344,10 +344,13 @@ def start_nginx_proxy(
                 proxy_set_header X-Forwarded-Proto $scheme;
                 proxy_set_header X-Forwarded-Host $host;
             }}
-            {textwrap.dedent(mirror_server).strip()}
         }}
     """
-    return start_nginx(children, nginx, tmp, name, block, connections)
+    if mirror_server:  # main's nginxconf.proxy(upstream, server=...) takes these as they are
+        head, tail = block.rsplit("}", 1)
+        block = f"{head}{textwrap.indent(mirror_server.strip(), '    ')}\n}}{tail}"
+    return start_nginx(children, nginx, tmp, name, textwrap.dedent(mirror_http)
+                       + textwrap.dedent(block), connections)
 
 
 # `--analysis`: the route is guarded with three latency limits, so every request is also
