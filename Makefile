@@ -41,7 +41,7 @@ test: lint typecheck
 bench: $(STAMP)
 	$(BIN)/python loadtests/bench.py $(BENCH_ARGS)
 
-# Load-test scenarios end to end (all six: about 3.5 minutes); JSON + PNG in loadtests/reports/.
+# Load-test scenarios end to end (all nine: about 6 minutes); JSON + PNG in loadtests/reports/.
 # One scenario: make loadtest LOADTEST=bad-canary; the CI lengths: make loadtest LOADTEST_ARGS=--short
 LOADTEST ?= all
 loadtest: $(STAMP)

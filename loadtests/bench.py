@@ -231,8 +231,9 @@ def start_nginx(
     return port
 
 
-def start_nginx_upstream(children: Children, nginx: str, tmp: Path) -> int:
-    return start_nginx(children, nginx, tmp, "upstream", nginxconf.UPSTREAM)
+def start_nginx_upstream(children: Children, nginx: str, tmp: Path, name: str = "upstream"
+                         ) -> int:
+    return start_nginx(children, nginx, tmp, name, nginxconf.UPSTREAM)
 
 
 def start_aiohttp_upstream(children: Children) -> int:
@@ -247,10 +248,57 @@ def start_aiohttp_upstream(children: Children) -> int:
     return port
 
 
+@dataclass(frozen=True, slots=True)
+class Mirroring:
+    """Shadow traffic for a proxy under test: a copy of `percent` of the requests to the
+    upstream on port `shadow` (splitproxy's `mirror`, nginx's `mirror` directive)."""
+
+    shadow: int
+    percent: float
+
+
+def nginx_mirror(mirror: Mirroring | None) -> tuple[str, str]:
+    """(http-level, server-level) directives of nginx's mirror, to put around the proxy block.
+    `mirror` takes no variables, so a share below 100% is the usual recipe: every request
+    makes the mirror subrequest, and `split_clients` lets `percent` of them through; the rest
+    end at once with a 204 that goes nowhere (nginx discards a mirror subrequest's answer).
+    At server level it applies to `location /`; nginx never mirrors a subrequest, so the
+    internal location does not mirror itself."""
+    if mirror is None:
+        return "", ""
+    pick = (f'split_clients "$request_id" $mirrored {{ {mirror.percent:g}% 1; * ""; }}'
+            if mirror.percent < 100 else "map $uri $mirrored { default 1; }")
+    http = f"""
+upstream shadow {{
+    server {HOST}:{mirror.shadow};
+    keepalive 64;
+    keepalive_requests 100000000;
+}}
+{pick}
+"""
+    server = """
+mirror /_mirror;
+location = /_mirror {
+    internal;
+    if ($mirrored = "") { return 204; }
+    proxy_pass http://shadow$request_uri;
+    proxy_http_version 1.1;
+    proxy_set_header Connection "";
+    proxy_set_header Host $http_host;
+    proxy_set_header X-Splitproxy-Shadow 1;
+}
+"""
+    return http, server
+
+
 def start_nginx_proxy(
-    children: Children, nginx: str, tmp: Path, upstream: int, connections: int = 4096
+    children: Children, nginx: str, tmp: Path, upstream: int, connections: int = 4096,
+    name: str = NGINX_PROXY, mirror: Mirroring | None = None,
 ) -> int:
-    return start_nginx(children, nginx, tmp, NGINX_PROXY, nginxconf.proxy(upstream), connections)
+    # The same header work splitproxy does (nginxconf.proxy), with the mirror around it.
+    mirror_http, mirror_server = nginx_mirror(mirror)
+    return start_nginx(children, nginx, tmp, name,
+                       mirror_http + nginxconf.proxy(upstream, server=mirror_server), connections)
 
 
 # `--analysis`: the route is guarded with three latency limits, so every request is also
@@ -261,8 +309,17 @@ ANALYSIS = ("    analysis: {max_error_rate: 0.01, max_p50_ms: 100, max_p90_ms: 1
 
 def start_splitproxy(children: Children, tmp: Path, upstream: int, name: str = "splitproxy",
                      workers: int = 1, env: dict[str, str] | None = None,
-                     analysis: bool = False, extra: str = "") -> int:
+                     analysis: bool = False, extra: str = "",
+                     mirror: Mirroring | None = None) -> int:
+    """`mirror`: the canary (weight 0) is the shadow upstream and gets copies, the stable
+    version takes every request; else a 90/10 split over the one upstream."""
     port, admin = free_port(), free_port()
+    canary, weights, copies = upstream, "{stable: 90, canary: 10}", ""
+    if mirror is not None:
+        canary, weights = mirror.shadow, "{stable: 100, canary: 0}"
+        # Bounded as nginx's is not: high enough that a fast shadow never hits it.
+        copies = (f"    mirror: {{to: canary, percent: {mirror.percent:g}, "
+                  "max_in_flight: 1024}\n")
     # The config's directory is watched for edits: the proxy's own log (a file in `tmp`) must
     # not be in it, or every access log line would wake the watcher.
     config = tmp / f"{name}-config" / "config.yaml"
@@ -276,10 +333,10 @@ def start_splitproxy(children: Children, tmp: Path, upstream: int, name: str = "
               - name: bench
                 versions:
                   stable: {{endpoints: ["http://{HOST}:{upstream}"]}}
-                  canary: {{endpoints: ["http://{HOST}:{upstream}"]}}
-                weights: {{stable: 90, canary: 10}}
+                  canary: {{endpoints: ["http://{HOST}:{canary}"]}}
+                weights: {weights}
             """
-        ) + (ANALYSIS if analysis else "") + extra
+        ) + copies + (ANALYSIS if analysis else "") + extra
     )
     argv = [sys.executable, "-m", "splitproxy", "run", "-c", str(config),
             "--workers", str(workers)]

@@ -2,7 +2,7 @@
 
     python -m loadtests.scenarios steady-split            # one scenario, full length
     python -m loadtests.scenarios bad-canary --short      # the CI version (< 40 s)
-    python -m loadtests.scenarios all                     # all eight, one after another
+    python -m loadtests.scenarios all                     # all nine, one after another
     python -m loadtests.scenarios --list
 
 Each run starts fault-injectable upstreams (`loadtests.upstream`) and splitproxy as
@@ -41,6 +41,7 @@ from loadtests import analysis, locustfile, report, runner
 from loadtests.analysis import ANON, COOKIE, PINNED, USER, Sample
 from loadtests.harness import StatusLog
 from loadtests.runner import Run, say
+from loadtests.shadow_diff import shadow_diff
 
 REPORTS = Path(__file__).resolve().parent / "reports"
 STICKY = {"hash_header": "X-User-Id", "cookie": "splitproxy"}
@@ -464,6 +465,7 @@ SCENARIOS = {s.name: s for s in (
     Scenario("validated-switch", validated_switch, 40, 30),
     Scenario("rolling-endpoints", rolling_endpoints, 30, 18),
     Scenario("healthy-canary", healthy_canary, 60, 30),
+    Scenario("shadow-diff", shadow_diff, 30, None),  # loadtests/shadow_diff.py
 )}
 
 

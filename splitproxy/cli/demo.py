@@ -129,6 +129,8 @@ def describe_steps(route: Route) -> str:
             parts.append(f"canary {step.set_weight}%")
         elif step.set_header_route is not None:
             parts.append(f"canary for {step.set_header_route.describe()}")
+        elif step.set_mirror is not None:
+            parts.append(f"mirror {step.set_mirror.describe()}")
         elif step.pause is not None and step.pause.duration is not None:
             parts.append(f"pause {step.pause.duration:g}s")
         else:

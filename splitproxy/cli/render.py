@@ -55,6 +55,9 @@ def render(status: Status, routes: list[RouteStatus] | None = None) -> str:
         notes += [f"{route.name}: to the canary: "
                   + (f"header {h.header}" if h.header else f"cookie {h.cookie}")
                   + f" {h.match} {h.value!r}" for h in ro.header_routes]
+        if ro.mirror is not None:
+            notes.append(f"{route.name}: mirror: {ro.mirror.percent:g}% copied to "
+                         f"{ro.mirror.to}")
         notes += _guard_lines(route.name, ro)
     widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
     lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()

@@ -140,11 +140,12 @@ def analysis_problems(error_rate: bool, compare: bool, latency: bool,
              "compare_to_baseline or metrics, or remove analysis")]
 
 
-def step_problems(set_weight: bool, pause: bool, header_route: bool = False) -> list[Problem]:
+def step_problems(set_weight: bool, pause: bool, header_route: bool = False,
+                  mirror: bool = False) -> list[Problem]:
     """A rollout step does one thing."""
-    if set_weight + pause + header_route != 1:
-        return [((), "a step is one of `set_weight: N`, `pause: ...` or "
-                 "`set_header_route: {...}`")]
+    if set_weight + pause + header_route + mirror != 1:
+        return [((), "a step is one of `set_weight: N`, `pause: ...`, "
+                 "`set_header_route: {...}` or `set_mirror: {...}`")]
     return []
 
 
@@ -232,7 +233,8 @@ def _route(raw: Mapping[object, object]) -> list[Problem]:
             if isinstance(step, Mapping):
                 problems += _under(("rollout", "steps", j), step_problems(
                     step.get("set_weight") is not None, step.get("pause") is not None,
-                    step.get("set_header_route") is not None))
+                    step.get("set_header_route") is not None,
+                    step.get("set_mirror") is not None))
 
     problems += route_problems(RouteFacts(versions, strategy, _name(raw, "active"), baseline,
                                           facts))

@@ -7,7 +7,7 @@ from typing import Annotated
 
 from pydantic import Field, Strict, field_validator
 
-from splitproxy.config.units import Frozen, Positive, Timeout
+from splitproxy.config.units import Frozen, HostName, Positive, Timeout
 
 
 class HealthCheck(Frozen):
@@ -25,6 +25,10 @@ class HealthCheck(Frozen):
     unhealthy_threshold: Positive = 2  # failures in a row that take it out
     # Statuses that count as a success; none: any 2xx or 3xx.
     expect_status: tuple[Annotated[int, Strict(), Field(ge=100, le=599)], ...] = ()
+    # The probe's Host header (Envoy's `host`), for an upstream that serves the health path
+    # on one virtual host only. Default: the endpoint's `tls.server_name` when set, else the
+    # endpoint's own host and port as written in its URL.
+    host: HostName | None = None
 
     @field_validator("path")
     @classmethod

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import Field, field_validator
+from pydantic import BeforeValidator, Field, field_validator
 
 from splitproxy.config.units import Frozen, Name, Positive, Size, Timeout
 
@@ -28,12 +28,45 @@ class Compare(Frozen):
         return tuple(n.strip().lower() for n in names)
 
 
-class Mirror(Frozen):
-    to: Name  # a version of this route
-    percent: Annotated[float, Field(gt=0, le=100)] = 100.0
+class _Copying(Frozen):
+    """How copies are made and compared: the same for a route's `mirror` and a step's."""
+
     methods: tuple[Method, ...] = ("GET", "HEAD")
     # A request whose body is larger is never mirrored (nor one with a chunked body).
     max_body: Size = 65536
     timeout: Timeout = 2.0  # for the whole copy: connect, send, answer
     max_in_flight: Positive = 64  # copies in progress per route; beyond: dropped
     compare: Compare = Compare()
+
+
+class Mirror(_Copying):
+    to: Name  # a version of this route
+    percent: Annotated[float, Field(gt=0, le=100)] = 100.0
+
+
+def _shorthand(value: object) -> object:
+    # `set_mirror: 10` is `set_mirror: {percent: 10}`; `set_mirror: 0` turns it off.
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return {"percent": value}
+    return value
+
+
+class MirrorStep(_Copying):
+    """A rollout step's shadow traffic (Argo's `setMirrorRoute`): from that step on, until a
+    later `set_mirror`, the abort or the promotion, `percent` of the route's requests are
+    copied to the rollout's canary; 0 turns the copies off."""
+
+    percent: Annotated[float, Field(ge=0, le=100)]
+
+    def mirror(self, canary: str) -> Mirror | None:
+        """The route's mirror while this step is in force (None: no copies)."""
+        if self.percent == 0:
+            return None
+        return Mirror(to=canary, **self.model_dump(exclude={"percent"}),
+                      percent=self.percent)
+
+    def describe(self) -> str:
+        return "off" if self.percent == 0 else f"{self.percent:g}% to the canary"
+
+
+StepMirror = Annotated[MirrorStep, BeforeValidator(_shorthand)]

@@ -10,6 +10,7 @@ from pydantic import AfterValidator, BeforeValidator, Field, Strict, model_valid
 
 from splitproxy.config.crossfield import step_problems
 from splitproxy.config.headerroute import HeaderRoute
+from splitproxy.config.mirror import StepMirror
 from splitproxy.config.units import Duration, Frozen, Name, Timeout, WebhookUrl, Weight
 from splitproxy.config.yamlload import Located
 
@@ -63,21 +64,25 @@ class Step(Frozen):
     pause: Annotated[Pause, BeforeValidator(_pause)] | None = None
     # From this step on (until abort or promotion), matching requests go to the canary.
     set_header_route: HeaderRoute | None = None
+    # From this step on (until a later one, abort or promotion), copies go to the canary.
+    set_mirror: StepMirror | None = None
 
     @model_validator(mode="after")
     def _one_action(self) -> Step:
         if problems := step_problems(self.set_weight is not None, self.pause is not None,
-                                     self.set_header_route is not None):
+                                     self.set_header_route is not None,
+                                     self.set_mirror is not None):
             raise Located(problems)
         return self
 
     def identity_dump(self) -> dict[str, object]:
         """What a rollout's identity hashes of this step: the fields of before header routes
-        exactly as they dumped then (so no rollout restarts on upgrade), a header route only
-        where there is one."""
+        and mirror steps exactly as they dumped then (so no rollout restarts on upgrade), a
+        header route or a mirror only where there is one."""
         data = self.model_dump()
-        if data["set_header_route"] is None:
-            del data["set_header_route"]
+        for added in ("set_header_route", "set_mirror"):
+            if data[added] is None:
+                del data[added]
         return data
 
 

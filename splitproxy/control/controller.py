@@ -26,7 +26,9 @@ from splitproxy.control.adminguard import AdminGuard
 from splitproxy.control.clock import SYSTEM, Clock
 from splitproxy.control.engine import RolloutEngine
 from splitproxy.control.metrics import (
+    analysis_metric_families,
     baseline_down_family,
+    metric_readings,
     notification_family,
     rollout_families,
 )
@@ -229,7 +231,8 @@ class Controller:
 
     def _table(self) -> table.RoutingTable:
         self.table = table.build(self.config, self._generation, self.engine.weights(),
-                                 self.engine.runs(), self.engine.header_routes())
+                                 self.engine.runs(), self.engine.header_routes(),
+                                 self.engine.mirrors())
         return self.table
 
     def rebuild(self) -> None:
@@ -318,7 +321,8 @@ class Controller:
             self.store_status().up,
             _last_aborts(engine.last_abort, engine.states),
         ), notification_family(engine.webhooks.notifier.outcomes),
-            baseline_down_family(engine.aborts_onto_down)]
+            baseline_down_family(engine.aborts_onto_down),
+            *analysis_metric_families(metric_readings(engine.routes, engine.states))]
 
     def status(self) -> Status:
         now = self.clock.monotonic()

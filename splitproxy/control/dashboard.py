@@ -58,6 +58,8 @@ def plan(config: Config) -> dict[str, Any]:
                 steps.append({"set_weight": step.set_weight})
             elif step.set_header_route is not None:
                 steps.append({"set_header_route": step.set_header_route.describe()})
+            elif step.set_mirror is not None:
+                steps.append({"set_mirror": step.set_mirror.describe()})
             else:
                 assert step.pause is not None
                 steps.append({"pause": step.pause.duration})

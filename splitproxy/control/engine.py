@@ -17,10 +17,13 @@ import logging
 import math
 import secrets
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import replace
 
 from splitproxy.config.guard import Source
 from splitproxy.config.headerroute import HeaderRoute
+from splitproxy.config.mirror import Mirror
 from splitproxy.config.models import Config, Route, Strategy
+from splitproxy.config.steps import WebhookEvent
 from splitproxy.control.clock import SYSTEM, Clock
 from splitproxy.control.guardlog import GuardLog
 from splitproxy.control.readings import Readings, default_sources
@@ -29,6 +32,7 @@ from splitproxy.control.status import (
     Check,
     GuardReport,
     HeaderRouteStatus,
+    MirrorStatus,
     PendingWrite,
     RolloutStatus,
 )
@@ -150,6 +154,10 @@ class RolloutEngine:
         """The header/cookie routes of each route's current step."""
         return {n: machine.header_routes(self.states[n], r) for n, r in self.routes.items()}
 
+    def mirrors(self) -> dict[str, Mirror | None]:
+        """The shadow traffic in force on each route (a `set_mirror` step's, or its own)."""
+        return {n: machine.mirror(self.states[n], r) for n, r in self.routes.items()}
+
     def runs(self) -> dict[str, str]:
         """The run each route's sticky cookies belong to."""
         return {n: self.states[n].run for n in self.routes}
@@ -198,15 +206,32 @@ class RolloutEngine:
         self.states[name] = new
         return new, self._carry_out(name, route, effects)
 
+    def _revert_target(self, name: str, route: Route) -> tuple[str, bool]:
+        """The version an abort sent everything to (the baseline; blue/green: the color
+        switched back to), and whether it has an endpoint up."""
+        weights = machine.weights(self.states[name], route)
+        target = max(weights, key=lambda v: weights[v])
+        return target, (name, target) not in self.all_down()
+
     def _check_baseline(self, name: str, route: Route) -> None:
         """An abort sends everything to the baseline: say so loudly when it has no endpoint up
         (clients get 503s, or the 502s of its last endpoints), as the abort itself stands."""
-        baseline = route.baseline
-        if (name, baseline) in self.all_down():
+        baseline, healthy = self._revert_target(name, route)
+        if not healthy:
             self.aborts_onto_down[name] = self.aborts_onto_down.get(name, 0) + 1
             log.error("rollout route=%s aborted onto baseline %s, which has no healthy "
                       "endpoint: requests to it fail until one is back", name, baseline,
                       extra={"route": name})
+
+    def _abort_notice(self, name: str, route: Route, notice: Notify) -> Notify:
+        """An abort's notification names the version it reverted to and whether that one has
+        a healthy endpoint: an operator must know at once when the revert target is bad too."""
+        target, healthy = self._revert_target(name, route)
+        payload = {**notice.payload, "revert_to": target, "revert_to_healthy": healthy}
+        if not healthy:
+            payload["message"] = (f"{payload.get('message', name)}. WARNING: {target} has no "
+                                  "healthy endpoint: its requests fail until one is back")
+        return replace(notice, payload=payload)
 
     def _carry_out(self, name: str, route: Route,
                    effects: list[Effect]) -> asyncio.Future[bool] | None:
@@ -242,6 +267,8 @@ class RolloutEngine:
                 self.readings.new_run(name)
                 self.guard_log.forget(name)
             elif isinstance(effect, Notify):
+                if effect.event == WebhookEvent.ABORT:
+                    effect = self._abort_notice(name, route, effect)
                 self.webhooks.notify(effect.hooks, effect.payload)
             elif isinstance(effect, AskGate):
                 self._ask_gate(name, effect)
@@ -363,5 +390,6 @@ class RolloutEngine:
             checks=[Check.model_validate(c) for c in state.checks],
             header_routes=[HeaderRouteStatus.model_validate(h.model_dump(mode="json"))
                            for h in machine.header_routes(state, route)],
+            mirror=MirrorStatus.of(machine.mirror(state, route)),
             switching_to=route.active if machine.validating(state) else None,
         )

@@ -21,8 +21,11 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from splitproxy import __version__
+from splitproxy.config.models import Route
 from splitproxy.dataplane.procstats import Usage
 from splitproxy.dataplane.stats import LATENCY_BUCKETS, VersionStats
+from splitproxy.rollout import RouteState, guard
+from splitproxy.rollout.verdicts import Outcome
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -308,3 +311,49 @@ def baseline_down_family(counts: dict[str, int]) -> CounterMetricFamily:
     for route, n in counts.items():
         family.add_metric([route], n)
     return family
+
+
+# A custom metric's verdict at the latest check (`analysis.metrics`), for the dashboard:
+# (route, version, metric name, outcome, estimate or None, threshold or None).
+MetricReading = tuple[str, str, str, str, float | None, float | None]
+
+
+def metric_readings(routes: Mapping[str, Route], states: Mapping[str, RouteState]
+                    ) -> list[MetricReading]:
+    """Every custom metric's verdict, estimate and threshold in its route's latest guard
+    report (/status has the whole report); no threshold for a comparison with the baseline."""
+    out: list[MetricReading] = []
+    for name, route in routes.items():
+        if route.analysis is None or not route.analysis.metrics or name not in states:
+            continue
+        report = guard.report(states[name], route)
+        for m in report["metrics"] if report is not None else ():
+            limit = m.get("threshold") if m.get("against") is None else None
+            out.append((name, m["version"], m["name"], m["outcome"], m.get("estimate"), limit))
+    return out
+
+
+def analysis_metric_families(readings: Iterable[MetricReading]) -> list[Metric]:
+    """Custom metrics beside the built-in checks: each one's verdict (1 for the current
+    outcome, as the rollout phase), its estimate and the threshold it is judged against (a
+    comparison with the baseline has none)."""
+    verdict = GaugeMetricFamily(
+        "splitproxy_analysis_metric_verdict",
+        "1 for the outcome of each custom metric (analysis.metrics) at the latest check",
+        labels=["route", "version", "metric", "outcome"])
+    estimate = GaugeMetricFamily(
+        "splitproxy_analysis_metric_estimate",
+        "Each custom metric's estimate at the latest check (a rate or the gauge's value)",
+        labels=["route", "version", "metric"])
+    threshold = GaugeMetricFamily(
+        "splitproxy_analysis_metric_threshold",
+        "The threshold each custom metric is judged against", labels=["route", "version",
+                                                                      "metric"])
+    for route, version, name, outcome, est, limit in readings:
+        for each in Outcome:
+            verdict.add_metric([route, version, name, each], 1 if each == outcome else 0)
+        if est is not None:
+            estimate.add_metric([route, version, name], est)
+        if limit is not None:
+            threshold.add_metric([route, version, name], limit)
+    return [verdict, estimate, threshold]

@@ -13,6 +13,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, TypeAdapter
 
 from splitproxy.config.guard import Source
+from splitproxy.config.mirror import Mirror
 from splitproxy.config.models import Backend, Strategy
 from splitproxy.rollout import Action, Actor, PauseReason, Phase
 from splitproxy.rollout.verdicts import Outcome
@@ -235,6 +236,18 @@ class HeaderRouteStatus(_Model):
     value: str
 
 
+class MirrorStatus(_Model):
+    """The shadow traffic in force on the route: a `set_mirror` step's, or the route's own
+    `mirror`."""
+
+    to: str
+    percent: float
+
+    @classmethod
+    def of(cls, mirror: Mirror | None) -> MirrorStatus | None:
+        return None if mirror is None else cls(to=mirror.to, percent=mirror.percent)
+
+
 class RolloutStatus(_Model):
     strategy: Strategy
     phase: Phase
@@ -262,6 +275,9 @@ class RolloutStatus(_Model):
     # The current step's header/cookie routes; empty before their step, after an abort and
     # at promotion. Defaulted: an older proxy's answer has none.
     header_routes: list[HeaderRouteStatus] = []
+    # The shadow traffic in force (a `set_mirror` step's, else the route's `mirror`); None:
+    # no copies. Defaulted: an older proxy's answer has none.
+    mirror: MirrorStatus | None = None
     # Blue-green: the color a change of `active` is validating (`pre_switch`) while the
     # previous one serves; None otherwise.
     switching_to: str | None = None

@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from splitproxy.config.headerroute import HeaderRoute
+from splitproxy.config.mirror import Mirror
 from splitproxy.config.models import Config
 from splitproxy.dataplane.plane import EndpointHealth
 from splitproxy.dataplane.procstats import Usage
@@ -20,14 +21,16 @@ Weights = dict[str, dict[str, float]]  # route -> version -> weight
 @dataclass(frozen=True, slots=True)
 class Table:
     """A routing table as the worker rebuilds it: the config, the generation, the effective
-    weights, each route's rollout run (sticky cookies must name it in every worker) and the
-    header routes of its current step."""
+    weights, each route's rollout run (sticky cookies must name it in every worker), the
+    header routes of its current step and the shadow traffic in force (a `set_mirror` step
+    may differ from the config's `mirror`)."""
 
     config: Config
     generation: int
     weights: Weights
     runs: dict[str, str]
     header_routes: dict[str, tuple[HeaderRoute, ...]]
+    mirrors: dict[str, Mirror | None] = field(default_factory=dict)
 
     @classmethod
     def of(cls, config: Config, routing: table.RoutingTable) -> Table:
@@ -38,11 +41,12 @@ class Table:
              for r in routing.routes},
             {r.name: r.run for r in routing.routes},
             {r.name: r.header_routes for r in routing.routes if r.header_routes},
+            {r.name: r.mirror for r in routing.routes},
         )
 
     def build(self) -> table.RoutingTable:
         return table.build(self.config, self.generation, self.weights, self.runs,
-                           self.header_routes)
+                           self.header_routes, self.mirrors)
 
 
 @dataclass(frozen=True, slots=True)

@@ -239,6 +239,9 @@ class ProxyServer:
             self._pools.close()
         if self._h2pools is not None:
             self._h2pools.close()
+        for route in state.runtime.routes:
+            if route.mirror is not None:
+                route.mirror.close()
         await asyncio.sleep(0)
         state.access_lines.close()  # the lines of the connections just closed too
         log.info("proxy stopped")

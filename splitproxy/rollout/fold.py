@@ -266,7 +266,8 @@ def _consequences(old: RouteState, new: RouteState, route: Route,
                   decided: bool, now: float = 0.0) -> list[Effect]:
     out: list[Effect] = []
     if machine.weights(new, route) != machine.weights(old, route) or new.run != old.run \
-            or machine.header_routes(new, route) != machine.header_routes(old, route):
+            or machine.header_routes(new, route) != machine.header_routes(old, route) \
+            or machine.mirror(new, route) != machine.mirror(old, route):
         out.append(Rebuild())  # the run is in the sticky cookie
     if new.run != old.run:
         out.append(NewRun(new.run))

@@ -38,7 +38,7 @@ from splitproxy.config.metrics import CustomMetric
 from splitproxy.config.models import Route, Strategy
 from splitproxy.rollout import budget, custom
 from splitproxy.rollout.events import Measurement
-from splitproxy.rollout.machine import effective_active, validating, weights
+from splitproxy.rollout.machine import effective_active, mirror, validating, weights
 from splitproxy.rollout.sequential import (
     RateLimit,
     RateState,
@@ -144,7 +144,11 @@ def plan(state: RouteState, route: Route) -> Plan:
             tests += [Test(v, name, compare.margin, seconds, baseline)
                       for name, seconds, _ in limits]
         tests += _metric_tests(v, analysis, baseline)
-    shadow = route.mirror.to if route.mirror is not None else None
+    # A `set_mirror` step's copies, or the route's own; after an abort, those of before it
+    # (what was judged, as `judged` keeps the weights of before it).
+    copies = mirror(replace(state, phase=Phase.PROGRESSING) if state.phase == Phase.ABORTED
+                    else state, route)
+    shadow = copies.to if copies is not None else None
     if shadow is not None and shadow not in versions and shadow != route.baseline:
         # A version that only gets the mirror's copies: the proxy's own counts see none of
         # its traffic, the custom metrics can (the shadow's match rate, README: Shadow

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from splitproxy.config.headerroute import HeaderRoute
+from splitproxy.config.mirror import Mirror
 from splitproxy.config.models import Route, Strategy
 from splitproxy.rollout.identity import endpoints, identity
 from splitproxy.rollout.schedule import in_window
@@ -79,6 +80,19 @@ def header_routes(state: RouteState, route: Route) -> tuple[HeaderRoute, ...]:
         return ()
     return tuple(s.set_header_route for s in rollout.steps[:state.step]
                  if s.set_header_route is not None)
+
+
+def mirror(state: RouteState, route: Route) -> Mirror | None:
+    """The shadow traffic in force: that of the latest `set_mirror` step carried out while the
+    rollout runs (progressing or paused; None if it turned copies off), else the route's own
+    `mirror` (before the first such step, after an abort and at promotion)."""
+    rollout, canary = route.rollout, route.canary
+    if rollout is None or canary is None or state.phase not in (PROGRESSING, PAUSED):
+        return route.mirror
+    for step in reversed(rollout.steps[:state.step]):
+        if step.set_mirror is not None:
+            return step.set_mirror.mirror(canary)
+    return route.mirror
 
 
 def weights(state: RouteState, route: Route) -> dict[str, float]:
@@ -156,6 +170,10 @@ def advance(
             state = replace(state, step=state.step + 1, step_started=now)
             events.append(f"step {state.step}: set_header_route "
                           f"{step.set_header_route.describe()}")
+            continue
+        if step.set_mirror is not None:
+            state = replace(state, step=state.step + 1, step_started=now)
+            events.append(f"step {state.step}: set_mirror {step.set_mirror.describe()}")
             continue
         assert step.pause is not None
         duration = step.pause.duration

@@ -33,6 +33,8 @@ def describe_step(step: Step) -> str:
         return f"set_weight {step.set_weight}"
     if step.set_header_route is not None:
         return f"set_header_route {step.set_header_route.describe()}"
+    if step.set_mirror is not None:
+        return f"set_mirror {step.set_mirror.describe()}"
     assert step.pause is not None
     duration = step.pause.duration
     return "pause until promoted" if duration is None else f"pause {duration:g}s"

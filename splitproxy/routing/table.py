@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import math
 from dataclasses import dataclass, field
+from types import EllipsisType
 
 from splitproxy.config.address import EndpointUrl
 from splitproxy.config.headerroute import HeaderRoute
@@ -101,10 +102,12 @@ def _lower(name: str | None) -> bytes | None:
 def build_route(
     route: Route, weights: dict[str, float] | None = None, run: str = NO_RUN,
     header_routes: tuple[HeaderRoute, ...] = (),
+    mirror: Mirror | None | EllipsisType = ...,
 ) -> RouteEntry:
     """`weights`: the effective weights (a rollout's), when they differ from the config's;
     `run`: the rollout run sticky cookies must name; `header_routes`: those of the rollout's
-    current step (their requests go to the canary)."""
+    current step (their requests go to the canary); `mirror`: the shadow traffic in force (a
+    rollout's `set_mirror` step; None: none), `...`: the route's own."""
     versions = tuple(route.versions)
     sticky = route.sticky
     token = sticky.pin_token
@@ -139,7 +142,7 @@ def build_route(
         header_routes=header_routes,
         steer_rules=compile_rules(header_routes),
         identity_pins={k.encode("utf-8"): v for k, v in sticky.identity_pins.items()},
-        mirror=route.mirror,
+        mirror=route.mirror if mirror is ... else mirror,
     )
 
 
@@ -155,12 +158,16 @@ def build(
     config: Config, generation: int = 1, weights: dict[str, dict[str, float]] | None = None,
     runs: dict[str, str] | None = None,
     header_routes: dict[str, tuple[HeaderRoute, ...]] | None = None,
+    mirrors: dict[str, Mirror | None] | None = None,
 ) -> RoutingTable:
     """The table for a config; `weights` per route name overrides the configured weights,
-    `runs` names each route's rollout run, `header_routes` its current step's header routes."""
+    `runs` names each route's rollout run, `header_routes` its current step's header routes,
+    `mirrors` its shadow traffic in force (a route left out: its own `mirror`)."""
     weights = weights or {}
     runs = runs or {}
     header_routes = header_routes or {}
+    mirrors = mirrors or {}
     return RoutingTable(generation, tuple(
         build_route(r, weights.get(r.name), runs.get(r.name, NO_RUN),
-                    header_routes.get(r.name, ())) for r in config.routes))
+                    header_routes.get(r.name, ()), mirrors.get(r.name, ...))
+        for r in config.routes))

@@ -6,55 +6,19 @@ costs the clients nothing and its copies are dropped; large bodies are never cop
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import socket
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
 from typing import Any
 
+from splitproxy.config.models import Config
 from splitproxy.dataplane.server import ProxyServer
+from splitproxy.routing import table
 from tests.support.configs import proxy_config, route
 from tests.support.proxy import run_proxy
 from tests.support.rawhttp import get, raw_client
-from tests.support.rawupstream import RawRequest, read_request, run_raw_upstream
+from tests.support.rawupstream import RawRequest
+from tests.support.shadowing import Reply, json_reply, serving
 from tests.support.waiting import wait_until
-
-Reply = Callable[[RawRequest], tuple[int, bytes, bytes]]  # status, body, extra header lines
-
-
-@dataclass
-class Served:
-    url: str = ""
-    requests: list[RawRequest] = field(default_factory=list)
-
-
-@contextlib.asynccontextmanager
-async def serving(reply: Reply | None) -> AsyncIterator[Served]:
-    """An upstream answering `reply(request)`; None: reads requests and never answers."""
-    served = Served()
-
-    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        while (req := await read_request(reader)) is not None:
-            served.requests.append(req)
-            if reply is None:
-                await reader.read()  # hangs until the proxy gives up
-                return
-            status, body, extra = reply(req)
-            writer.write(b"HTTP/1.1 %d X\r\nContent-Length: %d\r\n%s\r\n" % (
-                status, len(body), extra) + body)
-            await writer.drain()
-
-    async with run_raw_upstream(handler) as up:
-        served.url = up.url
-        yield served
-
-
-def json_reply(who: str, status: int = 200, **fields: Any) -> Reply:
-    def reply(req: RawRequest) -> tuple[int, bytes, bytes]:
-        body = json.dumps({"path": req.target, "generated_at": who, **fields}).encode()
-        return status, body, b"X-Served-By: " + who.encode() + b"\r\n"
-    return reply
 
 
 def mirrored_route(primary: str, shadow: str, **mirror: Any) -> dict[str, Any]:
@@ -261,3 +225,72 @@ async def test_requests_the_shadow_version_answers_itself_are_not_copied() -> No
     # Ten requests reached the shadow version: five as the primary, five as copies.
     assert sorted(r.header("x-splitproxy-shadow") or "" for r in s.requests) == \
         [""] * 5 + ["1"] * 5
+
+
+async def test_a_client_cannot_pass_for_shadow_traffic() -> None:
+    """A client's own `X-Splitproxy-Shadow` is removed: the primary never sees one, the copy
+    carries the proxy's marker once; on a route without a mirror it is removed as well."""
+    forged = [("X-Splitproxy-Shadow", "1"), ("x-splitproxy-shadow", "forged")]
+    async with serving(json_reply("p")) as p, serving(json_reply("s")) as s, \
+            serving(json_reply("plain")) as plain:
+        plain_route = route({"v1": plain.url}, {"v1": 100})
+        plain_route.update(name="plain", match={"path_prefix": "/plain"})
+        async with run_proxy(proxy_config([plain_route, mirrored_route(p.url, s.url)])
+                             ) as srv:
+            for target in ("/", "/plain/x"):
+                assert (await get(srv.port, target, headers=forged)).status == 200
+            await wait_until(lambda: total(srv) == 1, what=lambda: f"counts {counts(srv)}")
+    assert [r.header("x-splitproxy-shadow") for r in p.requests] == [None]
+    assert [r.header("x-splitproxy-shadow") for r in plain.requests] == [None]
+    (copy,) = s.requests
+    assert [v for k, v in copy.headers if k.lower() == "x-splitproxy-shadow"] == ["1"]
+
+
+async def one_by_one(srv: ProxyServer, n: int) -> None:
+    """`n` requests, each sent once the copy of the one before was compared."""
+    for i in range(n):
+        await get(srv.port, f"/{i}")
+        await wait_until(lambda: total(srv) == i + 1)  # noqa: B023 -- awaited at once
+
+
+async def test_copies_reuse_their_own_kept_alive_connection() -> None:
+    """Sequential copies to a keep-alive shadow go over one connection of the mirror's own;
+    the proxy's stop closes it."""
+    async with serving(json_reply("p")) as p, serving(json_reply("p")) as s:
+        async with run_proxy(proxy_config([mirrored_route(p.url, s.url)])) as srv:
+            await one_by_one(srv, 10)
+            (route,) = srv.runtime.routes
+            shadow = route.mirror
+            assert shadow is not None and sum(len(c) for c in shadow.idle.values()) == 1
+        assert shadow.closed and not shadow.idle
+    assert counts(srv) == {"match": 10}
+    assert (len(s.requests), s.connections) == (10, 1)
+
+
+async def test_a_kept_connection_the_shadow_closed_is_replaced_not_an_error() -> None:
+    """A shadow that closes a kept-alive connection as the next copy arrives on it, without
+    answering (its keep-alive timeout passed just then): the copy is sent again on a new
+    connection, as any HTTP client does, reaches it and is compared."""
+    async with serving(json_reply("p")) as p, \
+            serving(json_reply("p"), one_per_connection=True) as s:
+        async with run_proxy(proxy_config([mirrored_route(p.url, s.url)])) as srv:
+            await one_by_one(srv, 10)
+    assert counts(srv) == {"match": 10}
+    assert (len(s.requests), s.connections) == (10, 10)
+
+
+async def test_a_changed_mirror_closes_the_old_ones_connections() -> None:
+    async with serving(json_reply("p")) as p, serving(json_reply("p")) as s:
+        config = proxy_config([mirrored_route(p.url, s.url)])
+        async with run_proxy(config) as srv:
+            await get(srv.port, "/")
+            await wait_until(lambda: total(srv) == 1)
+            (route,) = srv.runtime.routes
+            old = route.mirror
+            assert old is not None and old.idle
+            # A rollout step (or a reload) that changes the mirror: a new routing table.
+            changed = Config.model_validate(proxy_config([mirrored_route(p.url, s.url,
+                                                                         percent=50)]))
+            srv.install(table.build(changed, 2))
+            assert old.closed and not old.idle
+            assert srv.runtime.routes[0].mirror is not old

@@ -19,7 +19,7 @@ from tests.support.configs import rollout_config
 from tests.support.exporter import Exporter, metric_entry, ramp, run_exporter
 from tests.support.load import Load, plain
 from tests.support.processes import PrometheusServer
-from tests.support.service import admin, run_service, status, write_config
+from tests.support.service import admin, metric, run_service, scrape, status, write_config
 from tests.support.upstream import run_upstreams
 from tests.support.waiting import wait_until
 
@@ -154,6 +154,16 @@ async def test_a_dry_run_metric_is_judged_and_shown_but_never_aborts(
         assert any(c.get("dry_run_failed") == ["canary:metric:cpu"] for c in ro["checks"])
         run = await cli("status", "--admin", f"http://127.0.0.1:{svc.admin_port}")
         assert "  [dry run] canary cpu " in run.out
+        # /metrics, for the dashboard: the gauge's verdict, its value and its threshold.
+        samples = await scrape(session)
+        shown = {"route": "shop", "version": "canary", "metric": "cpu"}
+        assert metric(samples, "splitproxy_analysis_metric_verdict", outcome="fail",
+                      **shown) == 1
+        assert metric(samples, "splitproxy_analysis_metric_verdict", outcome="pass",
+                      **shown) == 0
+        assert metric(samples, "splitproxy_analysis_metric_threshold", **shown) == 0.6
+        estimate = metric(samples, "splitproxy_analysis_metric_estimate", **shown)
+        assert estimate is not None and estimate > 0.6
 
 
 async def test_a_failed_or_empty_query_is_inconclusive_and_holds_the_step(

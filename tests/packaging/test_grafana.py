@@ -100,6 +100,16 @@ def test_the_panels_the_issue_asks_for(dashboard: dict[str, Any]) -> None:
         "Memory (RSS)": "splitproxy_worker_resident_memory_bytes",
         "CPU": "splitproxy_worker_cpu_seconds_total",
         "Open file descriptors": "splitproxy_worker_open_fds",
+        # issue 15: shadow traffic, custom metrics, active health, notifications
+        "Shadow copies by result": "by (route, to, result)",
+        "Shadow match rate": 'result=~"match|mismatch"',
+        "Shadow copies dropped or failed": 'result=~"dropped|error"',
+        "Custom metrics: estimate and threshold": "splitproxy_analysis_metric_threshold",
+        "Custom metric verdicts": "splitproxy_analysis_metric_verdict",
+        "Endpoint health by check": "by (route, version, endpoint, check)",
+        "Aborts onto an unhealthy baseline":
+            "splitproxy_rollout_aborts_onto_unhealthy_baseline_total",
+        "Notifications": "splitproxy_notifications_total",
     }
     for title, needle in want.items():
         assert needle in exprs.get(title, ""), title

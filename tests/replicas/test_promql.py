@@ -6,13 +6,13 @@ gives one Grafana annotation per abort, at the abort's time."""
 from __future__ import annotations
 
 import functools
-import json
 import math
 import re
 import time
 from pathlib import Path
 from typing import Any
 
+from tests.support.dashboard import dashboard, fill, panel_expr
 from tests.support.load import Load, plain
 from tests.support.processes import PrometheusServer
 from tests.support.replicas import Replica, replica_config, run_replicas
@@ -20,11 +20,6 @@ from tests.support.upstream import run_upstreams
 from tests.support.waiting import wait_until
 
 ROOT = Path(__file__).parents[2]
-# The dashboard's variables as "All" (and a short rate window for a 1 s scrape).
-FILLED = {"namespace": ".*", "job": ".*", "instance": ".*", "route": ".*", "version": ".*",
-          "__rate_interval": "1m", "__range": "1h"}
-
-
 def readme_query(comment: str) -> str:
     """The query under `# <comment>...` in the README's Metrics PromQL block."""
     text = (ROOT / "README.md").read_text()
@@ -36,22 +31,6 @@ def readme_query(comment: str) -> str:
         if lines[0].startswith(f"# {comment}"):
             return "\n".join(ln for ln in lines if not ln.startswith("#"))
     raise AssertionError(f"no query under '# {comment}' in the README")
-
-
-def fill(expr: str) -> str:
-    return re.sub(r"\$\{?(\w+)\}?", lambda m: FILLED[m[1]], expr)
-
-
-def dashboard() -> dict[str, Any]:
-    data: dict[str, Any] = json.loads((ROOT / "config" / "grafana" / "splitproxy.json")
-                                      .read_text())
-    return data
-
-
-def panel_expr(title: str) -> str:
-    [panel] = [p for p in dashboard()["panels"] if p["title"] == title]
-    [target] = panel["targets"]
-    return fill(target["expr"])
 
 
 def by_version(result: list[dict[str, Any]]) -> dict[str, float]:

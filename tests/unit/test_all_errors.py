@@ -114,8 +114,8 @@ routes:
 """, ["6: routes[0].rollout: needs at least two versions",
       # On one line, pydantic's errors come first, then the cross-field ones.
       "8: routes[0].rollout.steps[0].set_weight: must be <= 100",
-      "8: routes[0].rollout.steps[0]: a step is one of `set_weight: N`, `pause: ...` or "
-      "`set_header_route: {...}`"]),
+      "8: routes[0].rollout.steps[0]: a step is one of `set_weight: N`, `pause: ...`, "
+      "`set_header_route: {...}` or `set_mirror: {...}`"]),
     ("an analysis that judges nothing and has a bad alpha", """\
 routes:
   - name: shop

@@ -197,6 +197,7 @@
   function stepLabel(step) {
     if (step.set_weight !== undefined && step.set_weight !== null) return step.set_weight + "%";
     if (step.set_header_route !== undefined) return "route " + step.set_header_route;
+    if (step.set_mirror !== undefined) return "mirror " + step.set_mirror;
     if (step.pause === null) return "until promote";
     return "pause " + duration(step.pause);
   }

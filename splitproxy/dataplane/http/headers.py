@@ -39,6 +39,12 @@ NEVER_NOMINATED = frozenset(
 
 CONTINUE_100 = b"HTTP/1.1 100 Continue\r\n\r\n"
 
+# Marks a shadow copy (`mirror`) for the service it reaches. Only the proxy says so: a client's
+# own is removed from every request it sends (`request.read_head`), so no client can make its
+# request look like shadow traffic that a service may treat differently (no side effects, no
+# billing), nor send a copy a second marker.
+SHADOW_MARKER = b"x-splitproxy-shadow"
+
 
 def connection_tokens(value: bytes) -> set[bytes]:
     """Header names a `Connection` header removes: its tokens, less the options it always

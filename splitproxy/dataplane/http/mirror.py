@@ -3,9 +3,11 @@ answer is compared with the primary's and thrown away (README: Shadow traffic).
 
 The client never waits for the copy: the copy is its own task on the loop, bounded per route
 (`max_in_flight`, beyond it the copy is dropped) and by its own timeout (dropped as well), on
-its own connection, never one of the primary's pools. A route without `mirror` pays one
-attribute test per request (dispatch); a mirrored route's exchanges are `MirroredExchange`,
-which records the primary's answer for the comparison.
+a connection of the mirror's own, never one of the primary's pools. Those connections are kept
+alive between copies (`Shadow.take`/`give`): measured against nginx's `mirror`, a new
+connection per copy cost 0.17x of the unmirrored throughput at 100%, kept ones 0.35-0.54x.
+A route without `mirror` pays one attribute test per request (dispatch); a mirrored route's
+exchanges are `MirroredExchange`, which records the primary's answer for the comparison.
 """
 
 from __future__ import annotations
@@ -27,9 +29,11 @@ if TYPE_CHECKING:
     from splitproxy.dataplane.http.downstream import DownstreamProtocol
     from splitproxy.dataplane.http.lifecycle import RequestContext
     from splitproxy.dataplane.http.runtime import VersionRuntime
+    from splitproxy.routing.table import Endpoint
 
 log = logging.getLogger("splitproxy.mirror")
 
+# Named by headers.SHADOW_MARKER, which is removed from every client request first.
 SHADOW_HEADER = b"X-Splitproxy-Shadow: 1"
 # Bodies are kept whole (for JSON normalisation) up to this; beyond, only hashed as bytes.
 COMPARE_CAP = 1 << 20
@@ -122,8 +126,8 @@ class _Pair:
         self.launched = True
         shadow = self.shadow
         shadow.in_flight += 1
-        # The head as sent to the primary, marked, and closing after the answer.
-        copy_head = head[:-2] + SHADOW_HEADER + b"\r\nConnection: close\r\n\r\n"
+        # The head as sent to the primary (HTTP/1.1, kept alive), marked.
+        copy_head = head[:-2] + SHADOW_HEADER + b"\r\n\r\n"
         task = down.loop.create_task(self._send(copy_head, b"".join(self.body)))
         shadow.tasks.add(task)
         task.add_done_callback(shadow.tasks.discard)
@@ -140,16 +144,28 @@ class _Pair:
                 if pool is None:
                     raise OSError("no healthy endpoint")
                 ep = pool.endpoint
-                tls = ep.tls
-                if tls is None:
-                    reader, writer = await asyncio.open_connection(ep.host, ep.port)
-                else:
-                    reader, writer = await asyncio.open_connection(
-                        ep.host, ep.port, ssl=client_context(tls),
-                        server_hostname=server_hostname(tls, ep.host))
-                writer.write(head + body)
-                await _read_answer(reader, answer, self.head_only)
+                kept = shadow.take(ep.key)
+                while True:
+                    if kept is None:
+                        reader, writer = await _connect(ep)
+                    else:
+                        reader, writer = kept
+                    writer.write(head + body)
+                    try:
+                        reusable = await _read_answer(reader, answer, self.head_only)
+                    except (EOFError, ConnectionError):
+                        if kept is None or answer.status:
+                            raise
+                        # A kept-alive connection the shadow closed while it was idle: once
+                        # more on a new one, as any HTTP client does.
+                        writer.close()
+                        writer, kept, answer = None, None, _Answer()
+                        continue
+                    break
                 result = answer
+                if reusable:
+                    shadow.give(ep.key, reader, writer)
+                    writer = None
         except TimeoutError:
             result = "dropped"
         except (OSError, httptools.HttpParserError, EOFError) as exc:
@@ -184,6 +200,14 @@ class _Pair:
         return "match"
 
 
+async def _connect(ep: Endpoint) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    tls = ep.tls
+    if tls is None:
+        return await asyncio.open_connection(ep.host, ep.port)
+    return await asyncio.open_connection(ep.host, ep.port, ssl=client_context(tls),
+                                         server_hostname=server_hostname(tls, ep.host))
+
+
 class _Reader:
     """httptools' callbacks for one response."""
 
@@ -191,7 +215,12 @@ class _Reader:
         self.answer = answer
         self.head_only = head_only
         self.complete = False
+        self.messages = 0  # more than one: the shadow sent more than its answer
+        self.keep_alive = False  # as its head says (llhttp forgets it once the message ends)
         self.parser: httptools.HttpResponseParser | None = None
+
+    def on_message_begin(self) -> None:
+        self.messages += 1
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self.answer.headers.append((name, value))
@@ -199,6 +228,7 @@ class _Reader:
     def on_headers_complete(self) -> None:
         assert self.parser is not None
         self.answer.status = self.parser.get_status_code()
+        self.keep_alive = self.parser.should_keep_alive()
         if self.head_only:
             self.complete = True
 
@@ -210,16 +240,19 @@ class _Reader:
 
 
 async def _read_answer(reader: asyncio.StreamReader, answer: _Answer, head_only: bool
-                       ) -> None:
+                       ) -> bool:
+    """Reads one answer into `answer`; True when its connection may carry the next copy (the
+    answer framed by its length or chunks, keep-alive, nothing after it, not a HEAD's)."""
     callbacks = _Reader(answer, head_only)
     parser = callbacks.parser = httptools.HttpResponseParser(callbacks)
     while not callbacks.complete:
         data = await reader.read(65536)
         if not data:
             if answer.status:  # a body delimited by the close
-                return
+                return False
             raise EOFError("the shadow closed the connection before answering")
         parser.feed_data(data)
+    return not head_only and callbacks.messages == 1 and callbacks.keep_alive
 
 
 class MirroredExchange(Exchange):

@@ -21,6 +21,7 @@ import asyncio
 import logging
 from dataclasses import dataclass, replace
 
+from splitproxy.config.address import netloc
 from splitproxy.config.healthcheck import HealthCheck
 from splitproxy.config.models import Config
 from splitproxy.dataplane.http import health
@@ -59,10 +60,20 @@ def checks_of(config: Config) -> dict[Endpoint, HealthCheck]:
     return wanted
 
 
+def probe_host(endpoint: Endpoint, check: HealthCheck) -> str:
+    """The Host a probe names: the check's `host`, else the name the endpoint's TLS verifies
+    (`tls.server_name`: the virtual host it is reached as), else the endpoint's URL host; with
+    the port unless it is the scheme's default, as a browser writes it."""
+    tls = endpoint.tls
+    name = check.host or (tls.server_name if tls is not None else None) or endpoint.host
+    return name if endpoint.port == (443 if tls is not None else 80) \
+        else netloc(name, endpoint.port)
+
+
 async def probe(endpoint: Endpoint, check: HealthCheck) -> str | None:
     """One GET of the health path: None on success, else why it failed."""
     tls = endpoint.tls
-    request = (f"GET {check.path} HTTP/1.1\r\nHost: {endpoint.key}\r\n"
+    request = (f"GET {check.path} HTTP/1.1\r\nHost: {probe_host(endpoint, check)}\r\n"
                "User-Agent: splitproxy-health-check\r\nConnection: close\r\n\r\n").encode()
     writer: asyncio.StreamWriter | None = None
     try:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from splitproxy.dataplane.http.headers import connection_tokens
+from splitproxy.dataplane.http.headers import SHADOW_MARKER, connection_tokens
 
 # Request headers the head loop treats specially; everything else is forwarded as it came.
 _SPECIAL = frozenset(
@@ -13,6 +13,7 @@ _SPECIAL = frozenset(
         b"host", b"content-length", b"transfer-encoding", b"connection", b"keep-alive",
         b"proxy-connection", b"te", b"trailer", b"upgrade", b"expect", b"x-forwarded-for",
         b"x-forwarded-proto", b"x-forwarded-host", b"x-request-id", b"x-client-cert-subject",
+        SHADOW_MARKER,
     }
 )
 
@@ -118,6 +119,8 @@ def read_head(headers: list[tuple[bytes, bytes]], client_11: bool) -> RequestHea
             head.request_id = value if head.request_id is None else b""
         elif lname == b"x-client-cert-subject":
             del seen[lname]  # only the proxy says who a client is (`listener`)
+        elif lname == SHADOW_MARKER:
+            del seen[lname]  # only the proxy marks a shadow copy (`mirror`)
         # else: keep-alive, proxy-connection, te, trailer: hop-by-hop, not forwarded
     if head.host is None and client_11:
         raise Reject(400, "HTTP/1.1 request without Host header")

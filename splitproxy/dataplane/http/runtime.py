@@ -117,6 +117,10 @@ def compile_table(table: RoutingTable, pools: Pools, stats: Stats, health: Healt
                                     shadow_of(entry, versions, stats,
                                               mirrors.get(entry.name))))
     pools.retain({ep for e in table.routes for eps in e.endpoints.values() for ep in eps})
+    kept = {id(r.mirror) for r in routes}
+    for shadow in mirrors.values():  # a mirror the new table does not keep: its connections
+        if shadow is not None and id(shadow) not in kept:
+            shadow.close()
     first = routes[0] if routes else None
     catch_all = first if first and first.entry.host is None and \
         first.entry.path_prefix == "/" else None

@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from splitproxy.dataplane.stats import Stats
 
 RESULTS = ("match", "mismatch", "dropped", "error")
+Connection = tuple[asyncio.StreamReader, asyncio.StreamWriter]
 # Never part of the comparison: they differ between any two answers or describe framing.
 ALWAYS_IGNORED = frozenset((
     b"date", b"server", b"connection", b"keep-alive", b"transfer-encoding", b"content-length",
@@ -26,7 +27,7 @@ class Shadow:
     in progress. Kept per routing table; the counters live in `Stats.shadow`."""
 
     __slots__ = ("route", "config", "version", "stats", "in_flight", "methods", "_acc",
-                 "ignored", "tasks")
+                 "ignored", "tasks", "idle", "closed")
 
     def __init__(self, route: str, config: Mirror, version: VersionRuntime, stats: Stats
                  ) -> None:
@@ -40,11 +41,43 @@ class Shadow:
         self.ignored = ALWAYS_IGNORED | {h.encode("latin-1") for h in
                                          config.compare.ignore_headers}
         self.tasks: set[asyncio.Task[None]] = set()  # held: the loop keeps weak references
+        # Kept-alive connections to the shadow's endpoints, by endpoint: the copies' own,
+        # never the primary's pools (a slow shadow holds up no client request).
+        self.idle: dict[str, list[Connection]] = {}
+        self.closed = False
 
     def count(self, result: str) -> None:
         key = (self.route, self.version.name, result)
         shadow = self.stats.shadow
         shadow[key] = shadow.get(key, 0) + 1
+
+    def take(self, endpoint: str) -> Connection | None:
+        """An idle connection to `endpoint` still open, or None."""
+        conns = self.idle.get(endpoint)
+        while conns:
+            reader, writer = conns.pop()
+            if not writer.is_closing() and not reader.at_eof():
+                return reader, writer
+            writer.close()
+        return None
+
+    def give(self, endpoint: str, reader: asyncio.StreamReader,
+             writer: asyncio.StreamWriter) -> None:
+        """Keeps a connection whose answer was read whole for the next copy; at most
+        `max_in_flight` per endpoint, none once this mirror is replaced or stopped."""
+        conns = self.idle.setdefault(endpoint, [])
+        if self.closed or len(conns) >= self.config.max_in_flight:
+            writer.close()
+        else:
+            conns.append((reader, writer))
+
+    def close(self) -> None:
+        """Closes the idle connections; copies still in flight close theirs when done."""
+        self.closed = True
+        for conns in self.idle.values():
+            for _, writer in conns:
+                writer.close()
+        self.idle.clear()
 
     def wanted(self, method: bytes, request: RequestContext, content_length: bytes | None
                ) -> bool:

@@ -218,3 +218,12 @@ def test_asterisk_is_the_target_of_options() -> None:
 def test_body_refusal(expect: bytes | None, content_length: bytes | None, max_body: int | None,
                       refusal: tuple[int, str] | None) -> None:
     assert body_refusal(expect, content_length, max_body) == refusal
+
+
+@pytest.mark.parametrize("name", ["X-Splitproxy-Shadow", "x-splitproxy-shadow"])
+def test_a_client_sent_shadow_marker_is_never_forwarded_nor_routed_on(name: str) -> None:
+    head = read_head(h("Host: a", f"{name}: 1", "Accept: */*"), True)
+    assert head.lines == [b"Host: a", b"Accept: */*"]
+    assert b"x-splitproxy-shadow" not in head.seen
+    sent = upstream_head(b"GET", b"/", head, b"10.0.0.1", False)
+    assert b"shadow" not in sent.lower()

@@ -9,6 +9,7 @@ import pickle
 import pytest
 
 from splitproxy.config.headerroute import HeaderRoute, MatchKind
+from splitproxy.config.mirror import Mirror
 from splitproxy.config.models import Config
 from splitproxy.dataplane.messages import Counters, Ready, Report, Stop, Stopped, Table
 from splitproxy.dataplane.plane import EndpointHealth
@@ -75,6 +76,21 @@ def test_a_table_carries_fractional_weights_and_header_routes_to_the_worker() ->
     assert after.plan == before.plan and after.plan.weights == (99.5, 0.5)
     assert after.header_routes == (tester,) and after.plan.canary == "canary"
     assert after.steer_rules == before.steer_rules
+
+
+def test_a_table_carries_the_mirror_in_force_to_the_worker() -> None:
+    """A `set_mirror` step's mirror reaches the worker, and so does a step that turned the
+    route's own `mirror` off (None is not "the config's")."""
+    step = Mirror(to="canary", percent=10)
+    routing = table.build(CONFIG, 9, mirrors={"shop": step})
+    (after,) = pickle.loads(pickle.dumps(Table.of(CONFIG, routing))).build().routes
+    assert after.mirror == step
+    own = CONFIG.model_copy(update={"routes": (CONFIG.routes[0].model_copy(
+        update={"mirror": Mirror(to="canary", percent=1)}),)})
+    routing = table.build(own, 10, mirrors={"shop": None})
+    (after,) = pickle.loads(pickle.dumps(Table.of(own, routing))).build().routes
+    assert after.mirror is None
+    assert table.build(own, 11).routes[0].mirror == Mirror(to="canary", percent=1)
 
 
 def test_reports_of_two_workers_add_up() -> None:
