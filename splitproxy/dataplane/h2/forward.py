@@ -33,6 +33,7 @@ from splitproxy.dataplane.h2.upstream_stream import (
     StreamError,
     UpstreamStream,
 )
+from splitproxy.dataplane.http.headers import SHADOW_MARKER
 from splitproxy.dataplane.http.lifecycle import CONNECTING, DONE, RESPONDING, SENT, STREAMING
 from splitproxy.dataplane.http.pool import Overloaded
 
@@ -47,7 +48,7 @@ _NOT_PASSED = frozenset({b"connection", b"keep-alive", b"proxy-connection", b"tr
                          b"upgrade", b"te", b"trailer", b"x-request-id"})
 # Request fields the proxy writes itself (`upstream_fields`).
 _REWRITTEN = frozenset({b"host", b"transfer-encoding", b"x-forwarded-for", b"x-request-id",
-                        b"x-client-cert-subject"})
+                        b"x-client-cert-subject", SHADOW_MARKER})
 
 
 def forward_for(stream: H2Stream, ex: Exchange, pools: H2Pools, request: H2Request,

@@ -21,12 +21,11 @@ import asyncio
 import logging
 from dataclasses import dataclass, replace
 
-from splitproxy.config.address import netloc
 from splitproxy.config.healthcheck import HealthCheck
 from splitproxy.config.models import Config
 from splitproxy.dataplane.http import health
 from splitproxy.dataplane.http.pool import Pools
-from splitproxy.dataplane.http.probe_h2 import probe_h2
+from splitproxy.dataplane.http.probe_h2 import probe_h2, probe_host
 from splitproxy.dataplane.http.runtime import CompiledRoute
 from splitproxy.dataplane.plane import EndpointHealth
 from splitproxy.dataplane.tls import client_context, server_hostname
@@ -58,16 +57,6 @@ def checks_of(config: Config) -> dict[Endpoint, HealthCheck]:
             for url in version.endpoints:
                 wanted.setdefault(Endpoint.of(url, version.tls, version.protocol.value), check)
     return wanted
-
-
-def probe_host(endpoint: Endpoint, check: HealthCheck) -> str:
-    """The Host a probe names: the check's `host`, else the name the endpoint's TLS verifies
-    (`tls.server_name`: the virtual host it is reached as), else the endpoint's URL host; with
-    the port unless it is the scheme's default, as a browser writes it."""
-    tls = endpoint.tls
-    name = check.host or (tls.server_name if tls is not None else None) or endpoint.host
-    return name if endpoint.port == (443 if tls is not None else 80) \
-        else netloc(name, endpoint.port)
 
 
 async def probe(endpoint: Endpoint, check: HealthCheck) -> str | None:

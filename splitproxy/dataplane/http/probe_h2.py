@@ -24,6 +24,7 @@ import h2.connection
 import h2.events
 import h2.exceptions
 
+from splitproxy.config.address import netloc
 from splitproxy.config.healthcheck import HealthCheck
 from splitproxy.dataplane.tls import client_context, server_hostname
 from splitproxy.routing.table import Endpoint
@@ -32,6 +33,16 @@ HEALTH_PATH = b"/grpc.health.v1.Health/Check"
 SERVING = 1
 _SERVING_STATUS = {0: "UNKNOWN", 1: "SERVING", 2: "NOT_SERVING", 3: "SERVICE_UNKNOWN"}
 _AUTO_ALPN = ("h2", "http/1.1")
+
+
+def probe_host(endpoint: Endpoint, check: HealthCheck) -> str:
+    """The Host a probe names: the check's `host`, else the name the endpoint's TLS verifies
+    (`tls.server_name`: the virtual host it is reached as), else the endpoint's URL host; with
+    the port unless it is the scheme's default, as a browser writes it."""
+    tls = endpoint.tls
+    name = check.host or (tls.server_name if tls is not None else None) or endpoint.host
+    return name if endpoint.port == (443 if tls is not None else 80) \
+        else netloc(name, endpoint.port)
 
 
 def check_request(service: str) -> bytes:
@@ -117,7 +128,7 @@ async def probe_h2(endpoint: Endpoint, check: HealthCheck) -> str | None:
 
 async def _http1_get(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
                      endpoint: Endpoint, check: HealthCheck) -> str | None:
-    writer.write((f"GET {check.path} HTTP/1.1\r\nHost: {endpoint.key}\r\n"
+    writer.write((f"GET {check.path} HTTP/1.1\r\nHost: {probe_host(endpoint, check)}\r\n"
                   "User-Agent: splitproxy-health-check\r\nConnection: close\r\n\r\n").encode())
     line = await reader.readline()
     parts = line.split(None, 2)
@@ -137,7 +148,7 @@ async def _exchange(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
         client_side=True, header_encoding=None))
     conn.initiate_connection()
     scheme = b"https" if endpoint.tls is not None else b"http"
-    base = [(b":scheme", scheme), (b":authority", endpoint.key.encode())]
+    base = [(b":scheme", scheme), (b":authority", probe_host(endpoint, check).encode())]
     grpc = check.grpc_service is not None
     if grpc:
         conn.send_headers(1, [(b":method", b"POST"), *base, (b":path", HEALTH_PATH),

@@ -54,6 +54,17 @@ async def test_a_get_over_h2c_is_judged_by_its_status() -> None:
         assert server.state.paths == ["/size/1", "/nope", "/nope"]
 
 
+
+async def test_the_probe_names_the_checks_host_as_its_authority() -> None:
+    server = H2TestServer()
+    async with server.serve() as port:
+        assert await probe_h2(h2(port), HealthCheck(path="/size/1")) is None
+        assert await probe_h2(h2(port), HealthCheck(path="/size/1", host="shop.internal")) \
+            is None
+    authorities = [dict(h)[b":authority"] for h in server.state.request_headers]
+    assert authorities == [f"127.0.0.1:{port}".encode(), f"shop.internal:{port}".encode()]
+
+
 async def test_the_grpc_health_check(refused_port: object) -> None:
     health = {"": 1, "orders": 2}
     with grpc_server(health) as (port, _):

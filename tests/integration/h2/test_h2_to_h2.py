@@ -23,7 +23,8 @@ async def test_trailers_and_headers_pass_through_and_are_counted() -> None:
     upstream = H2TestServer()
     async with upstream.serve() as port, run_proxy(h2_config(port)) as srv, \
             h2_client(srv.port) as client:
-        resp = await client.get("/trailers", [("x-a", "1")])
+        resp = await client.get("/trailers", [("x-a", "1"), ("x-splitproxy-shadow", "1"),
+                                              ("x-client-cert-subject", "CN=admin")])
         only = await client.get("/grpc-error")
     assert resp.status == 200 and resp.body == b"body"
     assert resp.trailers == {"grpc-status": "0", "x-trailer": "yes"}
@@ -31,6 +32,8 @@ async def test_trailers_and_headers_pass_through_and_are_counted() -> None:
     sent = dict(upstream.state.request_headers[0])
     assert sent[b"x-a"] == b"1" and sent[b"x-forwarded-for"] == b"127.0.0.1"
     assert sent[b":authority"] == b"localhost" and b"host" not in sent
+    # Only the proxy marks a shadow copy or says who a client is: a client's claims are dropped.
+    assert b"x-splitproxy-shadow" not in sent and b"x-client-cert-subject" not in sent
     # Trailers-only, as the upstream sent it (not a gRPC request: counted as its status).
     assert only.status == 200 and only.headers["grpc-status"] == "14" and only.body == b""
     assert srv.stats.get("shop", "stable").responses == {200: 2}
