@@ -14,7 +14,8 @@ import trustme
 
 from splitproxy.config.healthcheck import HealthCheck
 from splitproxy.config.tls import UpstreamTls
-from splitproxy.dataplane.http.probe import probe, probe_host
+from splitproxy.dataplane.http.probe import probe
+from splitproxy.dataplane.http.probe_h2 import probe_host
 from splitproxy.routing.table import Endpoint
 from tests.support.tls import issue, server_context, write_ca
 
