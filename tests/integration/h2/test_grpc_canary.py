@@ -41,6 +41,10 @@ class _Versioned(grpc.GenericRpcHandler):  # type: ignore[misc]
                 check(ctx)
                 return self.name + b":" + req
             return grpc.unary_unary_rpc_method_handler(unary, **raw)
+        if method == "Deadline":
+            def deadline(req: bytes, ctx: Any) -> bytes:
+                return b"%.6f" % ctx.time_remaining()
+            return grpc.unary_unary_rpc_method_handler(deadline, **raw)
         if method == "Stream":
             def stream(req: bytes, ctx: Any) -> Iterator[bytes]:
                 check(ctx)
@@ -175,3 +179,16 @@ async def test_a_grpc_call_is_never_downgraded_to_an_http1_version() -> None:
             [(code, detail)] = await asyncio.to_thread(calls, srv.port, 1)
     assert code == "UNAVAILABLE"
     assert srv.stats.get("shop", "stable").responses == {502: 1}
+
+
+async def test_a_grpcio_server_gets_the_callers_deadline_less_the_proxys_time() -> None:
+    """The rewritten grpc-timeout (`1234567u`-style) is one grpcio reads as its deadline."""
+    def call(port: int) -> float:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            return float(channel.unary_unary("/demo.Echo/Deadline")(b"", timeout=5))
+
+    with grpc_version("stable") as (stable, _):
+        async with run_proxy(proxy_config([h2_route({"stable": stable},
+                                                    {"stable": 1})])) as srv:
+            remaining = await asyncio.to_thread(call, srv.port)
+    assert 3.0 < remaining < 5.0

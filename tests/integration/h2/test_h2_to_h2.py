@@ -144,3 +144,14 @@ async def test_malformed_request_trailers_reset_only_their_stream() -> None:
     assert resp.reset == ErrorCodes.PROTOCOL_ERROR
     assert upstream.state.request_trailers == [] and ErrorCodes.CANCEL in upstream.state.resets
     assert after.status == 200 and after.body == b"xxx"
+
+
+async def test_grpc_timeout_goes_upstream_less_the_time_spent_in_the_proxy() -> None:
+    upstream = H2TestServer()
+    async with upstream.serve() as port, run_proxy(h2_config(port)) as srv, \
+            h2_client(srv.port) as client:
+        resp = await client.get("/size/1", [("content-type", "application/grpc"),
+                                            ("grpc-timeout", "5S")])
+    assert resp.status == 200
+    sent = dict(upstream.state.request_headers[0])[b"grpc-timeout"]
+    assert sent.endswith(b"u") and 4_000_000 < int(sent[:-1]) < 5_000_000
