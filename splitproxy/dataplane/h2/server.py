@@ -24,6 +24,7 @@ from h2.settings import Settings
 from hyperframe.frame import GoAwayFrame
 
 from splitproxy.dataplane.h2 import limits
+from splitproxy.dataplane.h2.bridge import H1Bridge
 from splitproxy.dataplane.h2.forward import forward_for
 from splitproxy.dataplane.h2.request import Malformed, read_request, read_trailers
 from splitproxy.dataplane.h2.stream import H2Stream
@@ -247,8 +248,11 @@ class H2Server(ClientConnection):
         if end:
             stream.request_done = True
         pools = self.pools
+        # Not a MirroredExchange (HTTP/1.1 versions only); an H1Bridge is an HTTP/2 version's
+        # exchange, which an HTTP/2 stream forwards itself.
         forward = forward_for(stream, exchange, pools, request) \
-            if pools is not None and type(exchange) is Exchange else None
+            if pools is not None and (type(exchange) is Exchange or type(exchange) is H1Bridge) \
+            else None
         if forward is not None:
             stream.forward = forward
             forward.start()

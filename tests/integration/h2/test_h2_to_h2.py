@@ -136,7 +136,7 @@ async def test_malformed_request_trailers_reset_only_their_stream() -> None:
     async with upstream.serve() as port, run_proxy(h2_config(port)) as srv, \
             h2_client(srv.port, validate=False) as client:
         sid = client.request("POST", "/echo", body=b"x", end=False)
-        await wait_until(lambda: upstream.state.received, what="the body upstream")
+        await wait_until(lambda: bool(upstream.state.received), what="the body upstream")
         client.conn.send_headers(sid, [(b"content-length", b"5")], end_stream=True)
         client.flush()
         resp = await client.response(sid)
