@@ -95,6 +95,11 @@ async def test_http_client_library_against_an_h2c_upstream() -> None:
     assert upstream.state.connections == 1
 
 
+def held_credit(srv: ProxyServer) -> int:
+    return sum(c.current.held_credit for c in srv.connections
+               if isinstance(c.current, H1Bridge))
+
+
 def bridged_paused(srv: ProxyServer) -> bool:
     return any(isinstance(owner, H1Bridge)
                for conn in srv.connections for owner in conn.flow.paused_by)
@@ -117,3 +122,24 @@ async def test_a_slow_upstream_pauses_the_clients_upload() -> None:
                          what="the upstream's window filled")
         assert client.writer.transport.get_write_buffer_size() > 0
     assert sum(upstream.state.received.values()) == 65535
+
+
+async def test_a_client_that_does_not_read_holds_the_upstreams_window() -> None:
+    """The answer's credit goes back upstream only as the client's socket takes it: an
+    unread answer stops the upstream (its window shut), not piles up in the proxy."""
+    size = 32 << 20
+    upstream = H2TestServer()
+    async with upstream.serve() as port, run_proxy(h2_config(port)) as srv, \
+            raw_client(srv.port) as client:
+        await client.send(build_request("GET", f"/size/{size}"))
+        await wait_until(lambda: held_credit(srv) > 0, what="credit held for the client")
+        await wait_until(lambda: bool(upstream.state.blocked),
+                         what="the upstream waiting for the proxy's window")
+        held_at = sum(upstream.state.sent.values())
+        # What waits in the proxy: the socket's high-water mark and one stream window, at most.
+        buffered = sum(c.flow.transport.get_write_buffer_size() for c in srv.connections
+                       if c.flow.transport is not None)
+        resp = await client.read_response()
+    assert held_at < size and buffered <= (1 << 20) + (256 << 10) + (64 << 10)
+    assert resp.status == 200 and len(resp.body) == size
+    assert srv.stats.get("shop", "stable").responses == {200: 1}
