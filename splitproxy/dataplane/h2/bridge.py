@@ -189,7 +189,15 @@ class H1Bridge(Exchange):
 
     def fail(self, status: int, kind: str, detail: str, count_error: bool = True) -> None:
         self._drop()
+        self._read_again()
         super().fail(status, kind, detail, count_error)
+
+    def _read_again(self) -> None:
+        """The exchange ends with body still unsent (the upstream answered without reading
+        it all): the client's reading must not stay paused for it."""
+        if self.reading_paused:
+            self.reading_paused = False
+            self.down.flow.resume_reading_for(self)
 
     def client_gone(self) -> None:
         self._drop()
@@ -272,6 +280,7 @@ class H1Bridge(Exchange):
 
     def on_end(self, error: StreamError | None) -> None:
         self.upstream = None
+        self._read_again()
         if self.phase is DONE:
             return
         if error is None:

@@ -143,3 +143,28 @@ async def test_a_client_that_does_not_read_holds_the_upstreams_window() -> None:
     assert held_at < size and buffered <= (1 << 20) + (256 << 10) + (64 << 10)
     assert resp.status == 200 and len(resp.body) == size
     assert srv.stats.get("shop", "stable").responses == {200: 1}
+
+
+async def test_an_upgrade_request_is_answered_without_a_tunnel() -> None:
+    upstream = H2TestServer()
+    async with upstream.serve() as port, run_proxy(h2_config(port)) as srv, \
+            raw_client(srv.port) as client:
+        resp = await client.request("GET", "/size/3", {"Connection": "Upgrade",
+                                                       "Upgrade": "websocket"})
+        after = await client.request("GET", "/size/2")
+    assert resp.status == 200 and resp.body == b"xxx"
+    assert after.status == 200 and after.body == b"xx"
+    assert b"upgrade" not in dict(upstream.state.request_headers[0])
+    assert srv.stats.get("shop", "stable").responses == {200: 2}
+
+
+async def test_an_http10_client_reads_an_unframed_answer_to_the_close() -> None:
+    upstream = H2TestServer()
+    async with upstream.serve() as port, run_proxy(h2_config(port)) as srv, \
+            raw_client(srv.port) as client:
+        await client.send(b"GET /size/5 HTTP/1.0\r\nHost: shop.example.com\r\n\r\n")
+        raw = await client.read_until_close()
+    head, _, body = raw.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 ") and b"Connection: close" in head
+    assert b"Transfer-Encoding" not in head and body == b"xxxxx"
+    assert srv.stats.get("shop", "stable").responses == {200: 1}
