@@ -151,12 +151,11 @@ class H2Forward:
         version = ex.version
         assert version is not None
         end = self.request_done and not self.pending and self.request_trailers is None
-        if self.call_deadline:
-            remaining = self.call_deadline - self.stream.loop.time()
-            if remaining <= 0:
-                ex.fail(504, "timeout", "deadline exceeded in the proxy", count_error=False)
-                return
-            grpc.reduce_timeout(self.fields, remaining)
+        if self.call_deadline and self.call_deadline <= self.stream.loop.time():
+            # Spent in the proxy already (a retry): the upstream is not asked. Its
+            # `grpc-timeout` is the time left when the stream opens (`H2Pool.open_stream`).
+            ex.fail(504, "timeout", "deadline exceeded in the proxy", count_error=False)
+            return
         try:
             up, h2pool = await open_for_version(version, self.pools, ex.stats, self.fields,
                                                 end, self, self.call_deadline)
