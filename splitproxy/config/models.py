@@ -201,6 +201,18 @@ class Route(Frozen):
         return self
 
     @model_validator(mode="after")
+    def _mirror_needs_http1(self) -> Route:
+        # A mirrored request and its copy go over HTTP/1.1 (`dataplane.http.mirror`): an
+        # HTTP/2 version would get an HTTP/1.1 head it cannot read.
+        if self.mirror is not None:
+            for name, version in self.versions.items():
+                if version.protocol != UpstreamProtocol.HTTP1:
+                    raise Located([(("mirror",), "shadow traffic goes over HTTP/1.1: version "
+                                    f"{name} has protocol {version.protocol} (mirror only "
+                                    "routes whose versions all speak http1)")])
+        return self
+
+    @model_validator(mode="after")
     def _grpc_probes_need_h2(self) -> Route:
         problems: list[Problem] = []
         for name, version in self.versions.items():

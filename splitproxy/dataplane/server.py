@@ -9,6 +9,7 @@ from collections.abc import Callable
 
 from splitproxy.config.models import Config, Timeouts
 from splitproxy.config.tls import Listener
+from splitproxy.dataplane.h2.bridge import bridged
 from splitproxy.dataplane.h2.server import adopt
 from splitproxy.dataplane.h2.upstream import H2Pools
 from splitproxy.dataplane.http import probe
@@ -88,6 +89,7 @@ class ProxyServer:
         self._h2pools = H2Pools(loop, config.timeouts, config.limits)
         # h2c by prior knowledge and ALPN h2 on every listener.
         state.http2 = functools.partial(adopt, pools=self._h2pools)
+        state.bridge = functools.partial(bridged, pools=self._h2pools)
         self._bound = config.listen
         self.tls = [ServerTls(lst.tls, lst.address) if lst.tls is not None else None
                     for lst in config.listen]

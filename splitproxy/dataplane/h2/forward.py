@@ -111,7 +111,8 @@ class H2Forward:
 
     __slots__ = ("stream", "ex", "pools", "fields", "grpc", "error_codes", "upstream",
                  "h2pool", "pending", "kept", "kept_size", "request_done", "retries",
-                 "status", "headers", "trailers", "call_deadline")
+                 "status", "headers", "trailers", "call_deadline", "credited", "attempt_sent",
+                 "request_trailers")
 
     def __init__(self, stream: H2Stream, ex: Exchange, pools: H2Pools, fields: Headers,
                  grpc_call: bool, error_codes: frozenset[int]) -> None:
@@ -130,6 +131,11 @@ class H2Forward:
         self.kept_size = 0
         self.request_done = False
         self.retries = 0
+        # Body credit returned to the client so far, and body bytes the current attempt
+        # framed: a retry replays bytes the client was already credited for (`on_sent`).
+        self.credited = 0
+        self.attempt_sent = 0
+        self.request_trailers: Headers | None = None
         self.status = 0
         self.headers: Headers = []
         self.trailers: Headers | None = None
@@ -145,7 +151,12 @@ class H2Forward:
         ex = self.ex
         version = ex.version
         assert version is not None
-        end = self.request_done and not self.pending
+        end = self.request_done and not self.pending and self.request_trailers is None
+        if self.call_deadline and self.call_deadline <= self.stream.loop.time():
+            # Spent in the proxy already (a retry): the upstream is not asked. Its
+            # `grpc-timeout` is the time left when the stream opens (`H2Pool.open_stream`).
+            ex.fail(504, "timeout", "deadline exceeded in the proxy", count_error=False)
+            return
         try:
             up, h2pool = await open_for_version(version, self.pools, ex.stats, self.fields,
                                                 end, self, self.call_deadline)
@@ -178,7 +189,7 @@ class H2Forward:
             for chunk in pending:
                 up.send_data(chunk)
             if self.request_done:
-                up.send_data(b"", end_stream=True)
+                self._end_request(up)
 
     def _to_http1(self) -> None:
         """An `auto` endpoint chose HTTP/1.1 by ALPN: the exchange goes on the HTTP/1.1 pool
@@ -215,7 +226,19 @@ class H2Forward:
         self.request_done = True
         up = self.upstream
         if up is not None and self.ex.phase is not DONE:
+            self._end_request(up)
+
+    def _end_request(self, up: UpstreamStream) -> None:
+        """END_STREAM after the body: on the client's trailers when it sent some."""
+        trailers = self.request_trailers
+        if trailers is None:
             up.send_data(b"", end_stream=True)
+            return
+        try:
+            up.send_trailers(trailers)
+        except StreamError as exc:  # checked already (`request.read_trailers`): never
+            self.drop()
+            self.ex.fail(502, "protocol", exc.detail, count_error=False)
 
     def drop(self) -> None:
         """The proxy answers the stream itself (a body over the limit): the upstream's is
@@ -268,7 +291,13 @@ class H2Forward:
         self.stream.trailers = [(n, v) for n, v in trailers if n[:1] != b":"]
 
     def on_sent(self, n: int) -> None:
-        self.stream.give_back(n)
+        # Only bytes the client has not been credited for yet: a retry sends the kept body
+        # again, and the client's window must not grow twice for it.
+        self.attempt_sent += n
+        fresh = self.attempt_sent - self.credited
+        if fresh > 0:
+            self.credited = self.attempt_sent
+            self.stream.give_back(fresh)
 
     def on_end(self, error: StreamError | None) -> None:
         ex = self.ex
@@ -286,6 +315,7 @@ class H2Forward:
         if ex.phase < RESPONDING and may_retry(error, self.retries,
                                                self.kept is not None and self.request_done):
             self.retries += 1
+            self.attempt_sent = 0
             self.pending = list(self.kept or [])
             self.start()
             return

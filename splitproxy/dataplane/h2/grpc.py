@@ -93,6 +93,25 @@ def deadline(now: float, headers: Iterable[tuple[bytes, bytes]]) -> float:
     return 0.0 if timeout is None else now + timeout
 
 
+def encode_timeout(seconds: float) -> bytes:
+    """`seconds` as a `grpc-timeout` value, rounded down in the finest unit whose 8 digits
+    hold it (a deadline passed on is never later than the one received)."""
+    for unit, scale in ((b"u", 1e6), (b"m", 1e3), (b"S", 1.0), (b"M", 1 / 60)):
+        value = int(seconds * scale)
+        if value <= 99_999_999:
+            return b"%d" % value + unit
+    return b"99999999H"
+
+
+def reduce_timeout(headers: Headers, remaining: float) -> None:
+    """Replace the request's `grpc-timeout` by the time left of the call (`remaining`
+    seconds): the upstream's deadline is the client's, less what the proxy took."""
+    for i, (name, _) in enumerate(headers):
+        if name == b"grpc-timeout":
+            headers[i] = (name, encode_timeout(remaining))
+            return
+
+
 def _header(headers: Iterable[tuple[bytes, bytes]] | None, name: bytes) -> bytes | None:
     for key, value in headers or ():
         if key == name:

@@ -116,3 +116,25 @@ def read_request(block: list[tuple[bytes, bytes]], end_stream: bool) -> H2Reques
         # The body's length is known only at its end: chunked towards an HTTP/1.1 upstream.
         headers.append((b"transfer-encoding", b"chunked"))
     return H2Request(method, path, headers, length, grpc)
+
+
+def read_trailers(block: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    """Check a request's trailer block (raises `Malformed`): the header rules above, and no
+    pseudo-header nor a field that frames or routes the message (RFC 9110 6.5.1)."""
+    fields = []
+    for name, value in block:
+        if _BAD_VALUE.search(value) is not None:
+            raise Malformed(f"CR, LF or NUL in the value of trailer {name!r}")
+        if name[:1] == b":":
+            raise Malformed(f"pseudo-header {name!r} in trailers")
+        if _NAME.fullmatch(name) is None:
+            raise Malformed(f"trailer name {name!r} is not a lower-case token")
+        if name in _CONNECTION or name in _NOT_TRAILERS:
+            raise Malformed(f"{name!r} is not allowed in trailers")
+        fields.append((name, value))
+    return fields
+
+
+# Fields that frame, route or authenticate a message: never taken from trailers.
+_NOT_TRAILERS = frozenset({b"te", b"host", b"content-length", b"content-type", b"trailer",
+                           b"authorization", b"cookie"})

@@ -24,8 +24,9 @@ from h2.settings import Settings
 from hyperframe.frame import GoAwayFrame
 
 from splitproxy.dataplane.h2 import limits
+from splitproxy.dataplane.h2.bridge import H1Bridge
 from splitproxy.dataplane.h2.forward import forward_for
-from splitproxy.dataplane.h2.request import Malformed, read_request
+from splitproxy.dataplane.h2.request import Malformed, read_request, read_trailers
 from splitproxy.dataplane.h2.stream import H2Stream
 from splitproxy.dataplane.http.accesslog import CLIENT_CLOSED, LoggedDownstream, log_request
 from splitproxy.dataplane.http.connection import HEADER, IDLE, LINGER, ClientConnection
@@ -205,7 +206,8 @@ class H2Server(ClientConnection):
             self.peer_goaway = True
             if not self.streams:
                 self._close()
-        # TrailersReceived: request trailers (gRPC clients send none) are dropped (README).
+        elif kind is ev.TrailersReceived:
+            self._trailers(cast(ev.TrailersReceived, event))
 
     def _request(self, event: ev.RequestReceived) -> None:
         sid = event.stream_id
@@ -246,8 +248,11 @@ class H2Server(ClientConnection):
         if end:
             stream.request_done = True
         pools = self.pools
+        # Not a MirroredExchange (HTTP/1.1 versions only); an H1Bridge is an HTTP/2 version's
+        # exchange, which an HTTP/2 stream forwards itself.
         forward = forward_for(stream, exchange, pools, request) \
-            if pools is not None and type(exchange) is Exchange else None
+            if pools is not None and (type(exchange) is Exchange or type(exchange) is H1Bridge) \
+            else None
         if forward is not None:
             stream.forward = forward
             forward.start()
@@ -287,6 +292,22 @@ class H2Server(ClientConnection):
                 self.h2.acknowledge_received_data(flow_len, sid)
                 return
         stream.request_body(data, flow_len)
+
+    def _trailers(self, event: ev.TrailersReceived) -> None:
+        """Request trailers go on to an HTTP/2 upstream (`H2Forward`); an HTTP/1.1 upstream
+        gets none (the body went chunked without them: README, HTTP/2 and gRPC)."""
+        stream = self.streams.get(event.stream_id or 0)
+        if stream is None or stream.finished:
+            return
+        try:
+            trailers = read_trailers(list(event.headers or []))
+        except Malformed as exc:
+            log.debug("client %s: stream %d: %s", self.client_ip.decode(), stream.sid, exc)
+            self.state.stats.bad_requests += 1
+            self.reset(stream, ErrorCodes.PROTOCOL_ERROR)
+            return
+        if stream.forward is not None and trailers:
+            stream.forward.request_trailers = trailers
 
     def _ended(self, sid: int) -> None:
         stream = self.streams.get(sid)

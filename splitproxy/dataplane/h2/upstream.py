@@ -43,6 +43,7 @@ from collections import deque
 
 from splitproxy.config.models import Limits, Timeouts
 from splitproxy.dataplane.h2.client import H2ClientConnection
+from splitproxy.dataplane.h2.grpc import reduce_timeout
 from splitproxy.dataplane.h2.upstream_stream import Headers, StreamHandler, UpstreamStream
 from splitproxy.dataplane.http.pool import Overloaded, Pool
 from splitproxy.dataplane.tls import client_context, server_hostname
@@ -102,6 +103,10 @@ class H2Pool:
                 raise NotH2(f"{self.endpoint.key} chose HTTP/1.1 by ALPN")
             conn = self._pick()
             if conn is not None:
+                if deadline:
+                    # The upstream gets the time the call has left now, after any wait for
+                    # a connection or a stream (as a gRPC server passes its deadline on).
+                    reduce_timeout(headers, max(0.0, deadline - self.loop.time()))
                 stream = conn.open(headers, end_stream, handler)
                 if stream is None:
                     continue  # out of stream ids: that connection goes away

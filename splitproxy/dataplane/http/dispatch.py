@@ -31,6 +31,7 @@ from splitproxy.routing.table import RouteEntry
 
 if TYPE_CHECKING:
     from splitproxy.dataplane.http.downstream import DownstreamProtocol
+    from splitproxy.dataplane.http.runtime import VersionRuntime
 
 
 def build_exchange(down: DownstreamProtocol, parser: httptools.HttpRequestParser,
@@ -137,7 +138,19 @@ def build_exchange(down: DownstreamProtocol, parser: httptools.HttpRequestParser
     )
     if route.mirror is not None:
         return mirrored(route.mirror, down, version, request, method, cl)
+    if version.h2:
+        return _bridged(down, version, request)
     return Exchange(down, version, request)
+
+
+def _bridged(down: DownstreamProtocol, version: VersionRuntime,
+             request: RequestContext) -> Exchange:
+    """A request to a version that speaks HTTP/2 only: over its HTTP/2 pool."""
+    bridge = down.state.bridge
+    if bridge is None:  # a server without HTTP/2 upstreams (never in `ProxyServer`)
+        return Exchange(down, version, request, local=error_response(
+            502, "upstream error", not request.keep_alive, request_id=request.request_id))
+    return bridge(down, version, request)
 
 
 def _local(down: DownstreamProtocol, status: int, detail: str, client_11: bool,

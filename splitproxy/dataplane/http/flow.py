@@ -117,6 +117,8 @@ class ClientFlow:
             if exchange is not None and exchange.paused_at:
                 exchange.held += self.loop.time() - exchange.paused_at
                 exchange.paused_at = 0.0
+        if exchange is not None:
+            exchange.client_writable()
 
     def holds(self, up: asyncio.Transport | None) -> bool:
         """We stopped reading `up` because the client is slow: not the upstream's delay."""

@@ -213,6 +213,10 @@ class Lifecycle:
             stats.observe(502, now - self.request.start_time, self._upstream_time(now))
         self.down.abort()
 
+    def client_writable(self) -> None:
+        """The client's socket drained after it held our writing (flow control): an exchange
+        that holds its upstream's credit meanwhile (`h2.bridge`) returns it here."""
+
     def _upstream_time(self, now: float) -> float:
         """What the version took (negative: the request never reached an upstream)."""
         if not self.sent_at:

@@ -16,7 +16,7 @@ class VersionRuntime:
     """One version of one route: its endpoints' pools, round-robin position, counters and the
     passive-health rules its endpoints are judged by (`health.record_failure`)."""
 
-    __slots__ = ("route", "name", "pools", "stats", "synthetic_stats", "health", "_rr")
+    __slots__ = ("route", "name", "pools", "stats", "synthetic_stats", "health", "_rr", "h2")
 
     def __init__(
         self, route: str, name: str, pools: tuple[Pool, ...], stats: Stats, health: Health
@@ -30,6 +30,9 @@ class VersionRuntime:
             self.stats = self.synthetic_stats = _Uncounted(route, name)
         self.health = health
         self._rr = 0
+        # Its endpoints speak HTTP/2 only (`protocol: h2`): an HTTP/1.1 client's request is
+        # bridged (`ServerState.bridge`), never sent as HTTP/1.1.
+        self.h2 = bool(pools) and pools[0].endpoint.protocol == "h2"
 
     def next_pool(self) -> Pool | None:
         """Round robin over the endpoints neither ejected (`health`) nor failing their

@@ -14,6 +14,9 @@ from splitproxy.dataplane.stats import Stats
 
 if TYPE_CHECKING:
     from splitproxy.dataplane.http.downstream import DownstreamProtocol
+    from splitproxy.dataplane.http.exchange import Exchange
+    from splitproxy.dataplane.http.lifecycle import RequestContext
+    from splitproxy.dataplane.http.runtime import VersionRuntime
 
 T = TypeVar("T")
 
@@ -38,7 +41,7 @@ class ServerState:
     the current values through the one reference it was given."""
 
     __slots__ = ("loop", "runtime", "timeouts", "limits", "stats", "protocol", "access_lines",
-                 "connections", "draining", "http2")
+                 "connections", "draining", "http2", "bridge")
 
     def __init__(self, loop: EventLoop, runtime: Runtime, timeouts: Timeouts, limits: Limits,
                  stats: Stats, protocol: type[DownstreamProtocol]) -> None:
@@ -58,6 +61,10 @@ class ServerState:
         # server: the HTTP/1.1 package never imports the HTTP/2 one). None: HTTP/1.1 only.
         self.http2: Callable[[DownstreamProtocol, asyncio.BaseTransport, bytes], None] | None \
             = None
+        # The exchange of an HTTP/1.1 request to a version that speaks HTTP/2
+        # (`dataplane.h2.bridge.bridged`, set by the server). None: such a version answers 502.
+        self.bridge: Callable[[DownstreamProtocol, VersionRuntime, RequestContext],
+                              Exchange] | None = None
 
     def accept(self) -> DownstreamProtocol:
         """The protocol factory of the listening socket: one new client connection."""

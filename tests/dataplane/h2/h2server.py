@@ -6,8 +6,9 @@ Paths: `/echo` streams the request body back as it arrives; `/size/N` answers N 
 `/trailers` answers a body and trailers; `/hold` answers once `release()` is called;
 `/grpc-error` a trailers-only gRPC UNAVAILABLE; `/stall` a head and 5 bytes, then nothing;
 `/die` a head, then the connection is cut; `/after-body` answers the number of body bytes
-once the request has ended. Every answer carries `x-conn` (the
-connection's number) and `x-stream` (the stream id).
+once the request has ended; `/sized/N` N bytes with a content-length (none for HEAD);
+`/empty` a 204; `/reset` resets the stream (INTERNAL_ERROR) before any answer. Every answer
+carries `x-conn` (the connection's number) and `x-stream` (the stream id).
 """
 
 from __future__ import annotations
@@ -217,6 +218,19 @@ class _ServerProtocol(asyncio.Protocol):
             self.conn.send_headers(sid, [(b":status", b"200"), *base])
             out.data += b"x" * int(path[6:])
             out.end = True
+        elif path.startswith("/sized/"):  # with a content-length; no body for HEAD
+            size = int(path[7:])
+            self.conn.send_headers(sid, [(b":status", b"200"),
+                                         (b"content-length", b"%d" % size), *base])
+            if self.method(sid) != b"HEAD":
+                out.data += b"y" * size
+            out.end = True
+        elif path == "/empty":
+            self.conn.send_headers(sid, [(b":status", b"204"), *base], end_stream=True)
+            self.done(sid)
+        elif path == "/reset":
+            self.conn.reset_stream(sid, h2.errors.ErrorCodes.INTERNAL_ERROR)
+            self.done(sid)
         elif path == "/trailers":
             self.conn.send_headers(sid, [(b":status", b"200"), *base])
             out.data += b"body"
@@ -252,6 +266,9 @@ class _ServerProtocol(asyncio.Protocol):
         else:
             self.conn.send_headers(sid, [(b":status", b"404"), *base], end_stream=True)
             self.done(sid)
+
+    def method(self, sid: int) -> bytes:
+        return dict(self.server.state.request_headers[-1]).get(b":method", b"")
 
     def done(self, sid: int) -> None:
         if self.out.pop(sid, None) is not None:

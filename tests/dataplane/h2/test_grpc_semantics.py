@@ -111,3 +111,19 @@ def test_the_guards_counts_see_a_configured_grpc_error_as_an_error() -> None:
     assert (sample.requests, sample.errors) == (3, 1)
     series = series_of([stats], "svc", (), synthetic=False)
     assert (series[("canary", REQUESTS, "")], series[("canary", ERRORS_SERIES, "")]) == (3, 1)
+
+
+@pytest.mark.parametrize(("seconds", "value"), [
+    (4.9999996, b"4999999u"), (0.0000004, b"0u"), (150.0, b"150000m"),
+    (200000.0, b"200000S"), (1e9, b"16666666M"),
+])
+def test_a_reduced_grpc_timeout_rounds_down_in_the_finest_unit(seconds: float,
+                                                               value: bytes) -> None:
+    assert g.encode_timeout(seconds) == value
+    assert (g.parse_timeout(value) or 0.0) <= seconds
+
+
+def test_reduce_timeout_replaces_only_grpc_timeout() -> None:
+    headers = [(b":path", b"/x"), (b"grpc-timeout", b"5S"), (b"x", b"1")]
+    g.reduce_timeout(headers, 4.5)
+    assert headers == [(b":path", b"/x"), (b"grpc-timeout", b"4500000u"), (b"x", b"1")]

@@ -115,3 +115,12 @@ def test_an_auto_versions_probe_reaches_its_endpoints_health(tmp_path: Path) -> 
     config = load(write(tmp_path, text))
     (endpoint,) = checks_of(config)
     assert endpoint in build(config).routes[0].endpoints["canary"]  # the pool's key
+
+
+def test_a_mirror_on_a_route_with_an_http2_version_is_refused_at_its_line(
+        tmp_path: Path) -> None:
+    path = write(tmp_path, BASE + "    mirror: {to: canary}\n")
+    (problem,) = errors(path)
+    assert problem == (
+        f"{path}:7: routes[0].mirror: shadow traffic goes over HTTP/1.1: version canary has "
+        "protocol h2 (mirror only routes whose versions all speak http1)"), problem

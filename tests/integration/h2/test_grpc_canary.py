@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 import threading
 from collections.abc import Iterator
 from concurrent import futures
@@ -41,6 +42,10 @@ class _Versioned(grpc.GenericRpcHandler):  # type: ignore[misc]
                 check(ctx)
                 return self.name + b":" + req
             return grpc.unary_unary_rpc_method_handler(unary, **raw)
+        if method == "Deadline":
+            def deadline(req: bytes, ctx: Any) -> bytes:
+                return b"%.6f" % ctx.time_remaining()
+            return grpc.unary_unary_rpc_method_handler(deadline, **raw)
         if method == "Stream":
             def stream(req: bytes, ctx: Any) -> Iterator[bytes]:
                 check(ctx)
@@ -175,3 +180,43 @@ async def test_a_grpc_call_is_never_downgraded_to_an_http1_version() -> None:
             [(code, detail)] = await asyncio.to_thread(calls, srv.port, 1)
     assert code == "UNAVAILABLE"
     assert srv.stats.get("shop", "stable").responses == {502: 1}
+
+
+@contextlib.contextmanager
+def unanswered_port() -> Iterator[int]:
+    """A port whose connects time out: a listener with its backlog full, never accepting."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(0)
+    port = listener.getsockname()[1]
+    fillers = []
+    for _ in range(3):
+        filler = socket.socket()
+        filler.setblocking(False)
+        with contextlib.suppress(BlockingIOError):
+            filler.connect(("127.0.0.1", port))
+        fillers.append(filler)
+    try:
+        yield port
+    finally:
+        for sock in (*fillers, listener):
+            sock.close()
+
+
+async def test_a_grpcio_server_gets_the_callers_deadline_less_the_proxys_time() -> None:
+    """The call first meets an endpoint whose connect times out (500 ms), then reaches the
+    grpcio server: the deadline the server sees is the caller's 5 s less that time."""
+    def call(port: int) -> float:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            return float(channel.unary_unary("/demo.Echo/Deadline")(b"", timeout=5))
+
+    with grpc_version("stable") as (stable, _), unanswered_port() as dead:
+        # Round robin starts at the second endpoint: the unanswered one is tried first.
+        r = h2_route({"stable": stable}, {"stable": 1})
+        r["versions"]["stable"]["endpoints"].append(f"http://127.0.0.1:{dead}")
+        cfg = proxy_config([r])
+        cfg["timeouts"]["connect"] = "500ms"
+        async with run_proxy(cfg) as srv:
+            remaining = await asyncio.to_thread(call, srv.port)
+    assert srv.stats.get("shop", "stable").errors["connect"] == 1
+    assert 3.0 < remaining < 4.6  # the read grpcio does of `4499xxxu`; 5 s passed on as it came

@@ -4,8 +4,10 @@ upstream, a refused stream sent again, a trailers-only answer passed as it came.
 
 from __future__ import annotations
 
+import h2.events as ev
 from h2.errors import ErrorCodes
 
+from splitproxy.dataplane.h2 import limits
 from tests.dataplane.h2.h2server import H2TestServer, ServerKnobs
 from tests.support.configs import proxy_config, route
 from tests.support.h2client import h2_client
@@ -80,3 +82,79 @@ async def test_a_refused_stream_is_sent_again() -> None:
         resp = await client.response(client.request("POST", "/echo", body=b"again"))
     assert resp.status == 200 and resp.body == b"again"
     assert upstream.state.refused == 1
+
+
+async def test_a_retried_body_is_credited_to_the_client_once() -> None:
+    """A refused stream's body is sent again from what the proxy kept: the client's
+    connection window grows back by each body once, never twice (the client would then be
+    allowed to send more than the proxy meant to hold). Enough bodies that the proxy's
+    connection-level WINDOW_UPDATEs (sent once half its window is consumed) show."""
+    body = b"b" * 60000
+    count = (limits.CONNECTION_WINDOW // 2) // len(body) + 2
+    upstream = H2TestServer()
+    async with upstream.serve() as port, run_proxy(h2_config(port)) as srv, \
+            h2_client(srv.port) as client:
+        for _ in range(count):
+            upstream.knobs.refuse += 1  # this request's first stream is refused
+            sid = client.request("POST", "/echo", body=None, end=False)
+            for at in range(0, len(body), 16384):
+                client.conn.send_data(sid, body[at:at + 16384],
+                                      end_stream=at + 16384 >= len(body))
+            client.flush()
+            resp = await client.response(sid)
+            assert resp.status == 200 and len(resp.body) == len(body)
+    assert upstream.state.refused == count
+    updates = [e.delta or 0 for e in client.events
+               if isinstance(e, ev.WindowUpdated) and not e.stream_id]
+    granted = sum(updates[1:])  # the first opens the window wider at the start
+    assert 0 < granted <= count * len(body)
+
+
+async def test_request_trailers_reach_an_h2_upstream() -> None:
+    upstream = H2TestServer()
+    async with upstream.serve() as port, run_proxy(h2_config(port)) as srv, \
+            h2_client(srv.port) as client:
+        sid = client.request("POST", "/echo", body=b"payload", end=False)
+        client.conn.send_headers(sid, [(b"x-checksum", b"abc")], end_stream=True)
+        client.flush()
+        resp = await client.response(sid)
+    assert resp.status == 200 and resp.body == b"payload"
+    assert upstream.state.request_trailers == [[(b"x-checksum", b"abc")]]
+
+
+async def test_request_trailers_are_replayed_with_a_retried_body() -> None:
+    upstream = H2TestServer(ServerKnobs(refuse=1))
+    async with upstream.serve() as port, run_proxy(h2_config(port)) as srv, \
+            h2_client(srv.port) as client:
+        sid = client.request("POST", "/echo", body=b"again", end=False)
+        client.conn.send_headers(sid, [(b"x-sum", b"1")], end_stream=True)
+        client.flush()
+        resp = await client.response(sid)
+    assert resp.status == 200 and resp.body == b"again"
+    assert upstream.state.request_trailers[-1] == [(b"x-sum", b"1")]  # the served stream
+
+
+async def test_malformed_request_trailers_reset_only_their_stream() -> None:
+    upstream = H2TestServer()
+    async with upstream.serve() as port, run_proxy(h2_config(port)) as srv, \
+            h2_client(srv.port, validate=False) as client:
+        sid = client.request("POST", "/echo", body=b"x", end=False)
+        await wait_until(lambda: bool(upstream.state.received), what="the body upstream")
+        client.conn.send_headers(sid, [(b"content-length", b"5")], end_stream=True)
+        client.flush()
+        resp = await client.response(sid)
+        after = await client.get("/size/3")
+    assert resp.reset == ErrorCodes.PROTOCOL_ERROR
+    assert upstream.state.request_trailers == [] and ErrorCodes.CANCEL in upstream.state.resets
+    assert after.status == 200 and after.body == b"xxx"
+
+
+async def test_grpc_timeout_goes_upstream_less_the_time_spent_in_the_proxy() -> None:
+    upstream = H2TestServer()
+    async with upstream.serve() as port, run_proxy(h2_config(port)) as srv, \
+            h2_client(srv.port) as client:
+        resp = await client.get("/size/1", [("content-type", "application/grpc"),
+                                            ("grpc-timeout", "5S")])
+    assert resp.status == 200
+    sent = dict(upstream.state.request_headers[0])[b"grpc-timeout"]
+    assert sent.endswith(b"u") and 4_000_000 < int(sent[:-1]) < 5_000_000
