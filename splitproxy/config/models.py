@@ -204,12 +204,18 @@ class Route(Frozen):
     def _mirror_needs_http1(self) -> Route:
         # A mirrored request and its copy go over HTTP/1.1 (`dataplane.http.mirror`): an
         # HTTP/2 version would get an HTTP/1.1 head it cannot read.
-        if self.mirror is not None:
-            for name, version in self.versions.items():
-                if version.protocol != UpstreamProtocol.HTTP1:
-                    raise Located([(("mirror",), "shadow traffic goes over HTTP/1.1: version "
-                                    f"{name} has protocol {version.protocol} (mirror only "
-                                    "routes whose versions all speak http1)")])
+        where: list[tuple[str | int, ...]] = [("mirror",)] if self.mirror is not None else []
+        if self.rollout is not None:
+            where += [("rollout", "steps", i, "set_mirror")
+                      for i, step in enumerate(self.rollout.steps)
+                      if step.set_mirror is not None and step.set_mirror.percent > 0]
+        h2 = [(n, v.protocol) for n, v in self.versions.items()
+              if v.protocol != UpstreamProtocol.HTTP1]
+        if where and h2:
+            name, protocol = h2[0]
+            raise Located([(where[0], "shadow traffic goes over HTTP/1.1: version "
+                            f"{name} has protocol {protocol} (mirror only routes whose "
+                            "versions all speak http1)")])
         return self
 
     @model_validator(mode="after")

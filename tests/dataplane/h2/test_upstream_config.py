@@ -124,3 +124,12 @@ def test_a_mirror_on_a_route_with_an_http2_version_is_refused_at_its_line(
     assert problem == (
         f"{path}:7: routes[0].mirror: shadow traffic goes over HTTP/1.1: version canary has "
         "protocol h2 (mirror only routes whose versions all speak http1)"), problem
+
+
+def test_a_mirror_step_on_a_route_with_an_http2_version_is_refused_at_its_line(
+        tmp_path: Path) -> None:
+    path = write(tmp_path, BASE + "    rollout:\n      canary: canary\n      steps:\n"
+                 "        - set_weight: 10\n        - set_mirror: 20\n")
+    (problem,) = errors(path)
+    assert problem.startswith(f"{path}:11: routes[0].rollout.steps[1].set_mirror: shadow "
+                              "traffic goes over HTTP/1.1: version canary has protocol h2"), problem
