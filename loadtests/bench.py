@@ -437,11 +437,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--json", metavar="FILE", help="also write every sample and the medians")
     p.add_argument("--analysis", action="store_true",
                    help="guard the splitproxy route with an error-rate and three latency limits")
+    p.add_argument("--memory-only", action="store_true",
+                   help="only the idle-connection memory (splitproxy and nginx), no wrk runs")
     args = p.parse_args(argv)
     if args.duration <= 0 or args.rounds < 1 or args.threads < 1 or args.warmup < 0:
         p.error("--duration, --rounds and --threads must be positive, --warmup >= 0")
     if any(c < 1 for c in args.connections) or args.idle_connections < 0:
         p.error("--connections values must be >= 1, --idle-connections >= 0")
+    if args.memory_only:
+        if not args.idle_connections:
+            p.error("--memory-only needs --idle-connections > 0")
+        args.variants, args.connections, args.warmup = [], [], 0.0
     return args
 
 
@@ -540,11 +546,12 @@ def main(argv: list[str] | None = None) -> int:
             children.stop_all()
 
     rows = summarize(samples, args.connections, targets)
-    sys.stdout.write(
-        f"splitproxy benchmark: wrk -t{args.threads} -d{args.duration:g}s --latency, "
-        f"median of {args.rounds} interleaved round(s); upstream: {args.upstream}; "
-        f"{os.cpu_count()} CPUs\n\n{markdown(rows)}\n"
-    )
+    if rows:
+        sys.stdout.write(
+            f"splitproxy benchmark: wrk -t{args.threads} -d{args.duration:g}s --latency, "
+            f"median of {args.rounds} interleaved round(s); upstream: {args.upstream}; "
+            f"{os.cpu_count()} CPUs\n\n{markdown(rows)}\n"
+        )
     if memory:
         sys.stdout.write(
             f"\nmemory: RSS of each proxy's process tree, {args.idle_connections:,} idle "
