@@ -7,7 +7,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import resource
 import socket
+from collections.abc import Iterator
 
 import pytest
 
@@ -23,6 +25,22 @@ BURST = 512
 GET = b"GET / HTTP/1.1\r\nHost: shop.example.com\r\n\r\n"
 
 
+@pytest.fixture
+def descriptors() -> Iterator[None]:
+    """Room for the burst in this process: its clients, the proxy's side of them and the
+    upstream connections (the soft RLIMIT_NOFILE is often 1024; raised up to the hard one)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = 4 * BURST
+    if soft < want:
+        if hard != resource.RLIM_INFINITY and hard < want:
+            pytest.skip(f"RLIMIT_NOFILE hard limit {hard} < {want}")
+        resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
 async def _one(port: int, opened: asyncio.Event, go: asyncio.Event) -> bytes:
     reader, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), WAIT)
     try:
@@ -36,6 +54,7 @@ async def _one(port: int, opened: asyncio.Event, go: asyncio.Event) -> bytes:
         writer.close()
 
 
+@pytest.mark.usefixtures("descriptors")
 async def test_512_connections_opened_at_once_are_all_served() -> None:
     async with run_upstream_process("stable") as urls:
         async with run_proxy(proxy_config([route({"stable": urls["stable"]})])) as srv:
