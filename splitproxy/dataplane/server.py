@@ -149,8 +149,7 @@ class ProxyServer:
         self.config = config
         state = self._state
         if state is not None:
-            state.timeouts = config.timeouts
-            state.limits = config.limits
+            state.configure(config.timeouts, config.limits)
             state.protocol = protocol_for(config)
         # Addresses need a restart; a listener's certificates do not (its TLS policy does,
         # see ServerTls.update). Matched by address: a changed list waits for the restart.

@@ -139,8 +139,8 @@ class ClientConnection(asyncio.Protocol):
 
     # -- timers -----------------------------------------------------------------------------
     def _arm_timer(self, kind: str) -> None:
-        timeouts = self.state.timeouts
-        delay = timeouts.client_header if kind == HEADER else timeouts.idle
+        state = self.state
+        delay = state.header_timeout if kind == HEADER else state.idle_timeout
         self.timer_kind = kind
         self.deadline = self.loop.time() + delay
 

@@ -179,7 +179,7 @@ class DownstreamProtocol(ClientConnection):
         self._head_size += len(name) + len(value) + 4
 
     def on_headers_complete(self) -> None:
-        if self._head_size + len(self._url) > self.state.limits.max_header:
+        if self._head_size + len(self._url) > self.state.max_header:
             raise Reject(431, "request head too large")
         self._head_size = 0
         self.in_head = False

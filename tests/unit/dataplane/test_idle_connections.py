@@ -8,6 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from splitproxy.config.models import Config
 from splitproxy.dataplane.http import downstream
 from tests.support.fakeio import FakeServer, config
 
@@ -111,3 +112,23 @@ def test_pipelined_requests_get_a_queue_and_reading_resumes_after_them(
     answers = client.take()
     assert answers.startswith(OK_TO_CLIENT) and b"HTTP/1.1 404 " in answers
     assert client.is_reading() and conn.flow.paused_by == ()
+
+
+def test_a_reload_s_idle_time_header_limit_and_response_time_apply(server: FakeServer) -> None:
+    """`ServerState.configure` (the server's reconfigure): the copies read per request follow."""
+    new = Config.model_validate(config(timeouts={"idle": "1s", "response_header": "2s"},
+                                       limits={"max_header": 1024}))
+    server.state.configure(new.timeouts, new.limits)
+    up, _ = server.idle_upstream()
+    conn, client = server.connect()
+    conn.data_received(GET)
+    server.tick(1.5)
+    assert client.take() == b""
+    server.tick(0.5)  # response_header: 2 s now, not 4 s
+    assert client.take().startswith(b"HTTP/1.1 504 ")
+    server.tick(1.0)  # idle: 1 s now, not 5 s
+    assert client.is_closing()
+    conn, client = server.connect()
+    conn.data_received(b"GET /x HTTP/1.1\r\nHost: shop.example\r\nX-Big: " + b"a" * 1100 +
+                       b"\r\n\r\n")
+    assert client.take().startswith(b"HTTP/1.1 431 ")
