@@ -24,12 +24,14 @@ class Timer(Protocol):
 
 class EventLoop(Protocol):
     """What the protocols ask of the event loop: its clock, a task for a new upstream
-    connection, and a timer (the access log's flush). Tests hand in a fake one and move its
+    connection, a timer (the access log's flush) and a callback soon (an idle connection's
+    parser dropped under many connections). Tests hand in a fake one and move its
     clock by hand."""
 
     def time(self) -> float: ...
     def create_task(self, coro: Coroutine[Any, Any, T]) -> asyncio.Task[T]: ...
     def call_later(self, delay: float, callback: Callable[[], object]) -> Timer: ...
+    def call_soon(self, callback: Callable[[], object]) -> Timer: ...
 
 
 class ServerState:

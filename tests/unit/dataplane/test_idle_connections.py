@@ -132,3 +132,23 @@ def test_a_reload_s_idle_time_header_limit_and_response_time_apply(server: FakeS
     conn.data_received(b"GET /x HTTP/1.1\r\nHost: shop.example\r\nX-Big: " + b"a" * 1100 +
                        b"\r\n\r\n")
     assert client.take().startswith(b"HTTP/1.1 431 ")
+
+
+def test_with_many_connections_open_the_parser_goes_right_after_the_answer(
+        server: FakeServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(downstream, "PARK_AT", 1)  # this connection and the one below: many
+    server.connect()
+    up, _ = server.idle_upstream()
+    conn, client = server.connect()
+    conn.data_received(GET + b"GET /x HTTP/1.1\r\nHost: shop.exa")  # and the next one begun
+    up.data_received(OK)
+    server.loop.advance(0.0)  # the callback soon, no sweep: a head in progress keeps it
+    assert parsing(conn)
+    conn.data_received(b"mple\r\nX-Request-Id: t-1\r\n\r\n")
+    up.data_received(OK)
+    assert client.take() == OK_TO_CLIENT * 2
+    server.loop.advance(0.0)
+    assert not parsing(conn) and conn._headers == []
+    conn.data_received(GET)
+    up.data_received(OK)
+    assert client.take() == OK_TO_CLIENT
