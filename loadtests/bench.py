@@ -409,6 +409,23 @@ def markdown(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def workers_markdown(rows: list[dict[str, Any]], workers: list[int]) -> str:
+    """req/s per worker for each N of `--workers`, and how far from linear (N x one worker)."""
+    lines = ["| conns | workers | req/s | req/s per worker | vs N x 1 worker | p99 |",
+             "| ---: | ---: | ---: | ---: | ---: | ---: |"]
+    by = {(r["target"], r["connections"]): r for r in rows}
+    for conns in sorted({r["connections"] for r in rows}):
+        one = by.get(("splitproxy", conns))
+        for n in sorted(set(workers)):
+            r = by.get(("splitproxy" if n == 1 else f"splitproxy-{n}w", conns))
+            if r is None:
+                continue
+            linear = f"{r['rps'] / (n * one['rps']):.2f}x" if one and one["rps"] else "-"
+            lines.append(f"| {conns} | {n} | {r['rps']:,.0f} | {r['rps'] / n:,.0f} | {linear} "
+                         f"| {r['p99_ms']:.2f} ms |")
+    return "\n".join(lines)
+
+
 def _tool_version(argv: list[str]) -> str:
     try:
         done = subprocess.run(argv, capture_output=True, text=True, timeout=5, check=False)
@@ -444,11 +461,26 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--json", metavar="FILE", help="also write every sample and the medians")
     p.add_argument("--analysis", action="store_true",
                    help="guard the splitproxy route with an error-rate and three latency limits")
+    p.add_argument("--workers", type=int, nargs="*", default=[], metavar="N",
+                   help="also splitproxy with N workers (SO_REUSEPORT) for each N, and a table "
+                   "of req/s per worker (1 is the plain splitproxy target)")
+    p.add_argument("--memory-only", action="store_true",
+                   help="only the idle-connection memory (splitproxy and nginx), no wrk runs")
     args = p.parse_args(argv)
     if args.duration <= 0 or args.rounds < 1 or args.threads < 1 or args.warmup < 0:
         p.error("--duration, --rounds and --threads must be positive, --warmup >= 0")
     if any(c < 1 for c in args.connections) or args.idle_connections < 0:
         p.error("--connections values must be >= 1, --idle-connections >= 0")
+    if any(n < 1 for n in args.workers):
+        p.error("--workers values must be >= 1")
+    for n in args.workers:
+        if n > 1 and f"splitproxy-{n}w" not in args.variants:
+            VARIANTS.setdefault(f"splitproxy-{n}w", (n, {}, ""))
+            args.variants.append(f"splitproxy-{n}w")
+    if args.memory_only:
+        if not args.idle_connections:
+            p.error("--memory-only needs --idle-connections > 0")
+        args.variants, args.connections, args.warmup = [], [], 0.0
     return args
 
 
@@ -547,11 +579,15 @@ def main(argv: list[str] | None = None) -> int:
             children.stop_all()
 
     rows = summarize(samples, args.connections, targets)
-    sys.stdout.write(
-        f"splitproxy benchmark: wrk -t{args.threads} -d{args.duration:g}s --latency, "
-        f"median of {args.rounds} interleaved round(s); upstream: {args.upstream}; "
-        f"{os.cpu_count()} CPUs\n\n{markdown(rows)}\n"
-    )
+    if rows:
+        sys.stdout.write(
+            f"splitproxy benchmark: wrk -t{args.threads} -d{args.duration:g}s --latency, "
+            f"median of {args.rounds} interleaved round(s); upstream: {args.upstream}; "
+            f"{os.cpu_count()} CPUs\n\n{markdown(rows)}\n"
+        )
+    if rows and args.workers:
+        sys.stdout.write(f"\nworkers ({os.cpu_count()} CPUs, shared with wrk and the "
+                         f"upstream)\n\n{workers_markdown(rows, args.workers)}\n")
     if memory:
         sys.stdout.write(
             f"\nmemory: RSS of each proxy's process tree, {args.idle_connections:,} idle "

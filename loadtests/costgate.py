@@ -2,6 +2,7 @@
 
     python -m loadtests.costgate                  # measure, compare with the budget, exit 1 if over
     python -m loadtests.costgate --write-budget   # measure and record the budget
+    python -m loadtests.costgate --features       # what each feature costs (a table; no gate)
 
 Seconds are noisy on a shared 2-core machine; instructions are not. One data-plane process (the
 same `ProxyServer` a worker runs, nothing of the control plane) runs under valgrind's callgrind
@@ -57,6 +58,20 @@ def _get(path: str) -> bytes:
            "Accept: */*\r\n\r\n".encode()
 
 
+# `--features`: the small GET again with one feature switched on (or, for the counters, off),
+# each as (top-level config lines, lines of the route, environment of the proxy).
+FEATURES: dict[str, tuple[str, str, dict[str, str]]] = {
+    "as configured here (none of the below)": ("", "", {}),
+    "guard: error rate + 3 latency limits": (
+        "", "    analysis: {max_error_rate: 0.01, max_p50_ms: 100, max_p90_ms: 150, "
+        "max_p99_ms: 200}\n", {}),
+    "access log on (text, to a file)": ("logging: {access_log: true}\n", "", {}),
+    "per-version counters off": ("", "", {"SPLITPROXY_BENCH_NO_STATS": "1"}),
+    "shadow: 100% copied to canary": ("", "    mirror: {to: canary, percent: 100}\n", {}),
+    "shadow: 10% copied, bodies compared": (
+        "", "    mirror: {to: canary, percent: 10, compare: {body: true}}\n", {}),
+}
+
 WORKLOADS = (
     Workload("get-small", _get("/api/items?id=1"), 64),
     Workload("post-4k", b"POST /api/orders HTTP/1.1\r\nHost: shop.local\r\nContent-Type: "
@@ -104,11 +119,15 @@ def _proxy_main(config_path: str, port_file: str) -> None:
     """One data-plane process, as a worker runs it, and nothing else."""
     import uvloop
 
+    from splitproxy.config import logformat
     from splitproxy.config.models import load
     from splitproxy.dataplane.server import ProxyServer
 
+    config = load(config_path)
+    logformat.configure(config.logging.format)  # to stderr: a file (/dev/null) here
+
     async def serve() -> None:
-        server = ProxyServer(load(config_path))
+        server = ProxyServer(config)
         await server.start()
         stop = asyncio.Event()
         asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
@@ -180,14 +199,14 @@ def _callgrind_control(option: str, pid: int) -> None:
 _TOTALS = re.compile(r"^(?:summary|totals):\s+(\d+)", re.M)
 
 
-def _config(tmp: Path, upstream_port: int) -> Path:
+def _config(tmp: Path, upstream_port: int, top: str = "", route: str = "") -> Path:
     config = tmp / "costgate.yaml"
     config.write_text(
-        "listen: 127.0.0.1:0\nadmin: {listen: '127.0.0.1:0'}\nroutes:\n"
+        "listen: 127.0.0.1:0\nadmin: {listen: '127.0.0.1:0'}\n" + top + "routes:\n"
         "  - name: shop\n    versions:\n"
         f"      stable: {{endpoints: ['http://127.0.0.1:{upstream_port}']}}\n"
         f"      canary: {{endpoints: ['http://127.0.0.1:{upstream_port}']}}\n"
-        "    weights: {stable: 90, canary: 10}\n")
+        "    weights: {stable: 90, canary: 10}\n" + route)
     return config
 
 
@@ -206,16 +225,19 @@ def _counted(pid: int, out: Path, sock: socket.socket, request: bytes, n: int) -
     return int(match[1])
 
 
-def measure(workloads: tuple[Workload, ...] = WORKLOADS) -> dict[str, float]:
-    """Instructions per request, per workload, all in one proxy process under callgrind."""
+def measure(workloads: tuple[Workload, ...] = WORKLOADS, top: str = "", route: str = "",
+            env_extra: dict[str, str] | None = None) -> dict[str, float]:
+    """Instructions per request, per workload, all in one proxy process under callgrind;
+    `top` and `route` are config lines added at the top level and to the route."""
     with tempfile.TemporaryDirectory(prefix="costgate-") as name:
         tmp = Path(name)
         upstream_file, proxy_file = tmp / "upstream.port", tmp / "proxy.port"
         out = tmp / "callgrind.out"
-        env = {**os.environ, "PYTHONHASHSEED": "0", "PYTHONDONTWRITEBYTECODE": "1"}
+        env = {**os.environ, "PYTHONHASHSEED": "0", "PYTHONDONTWRITEBYTECODE": "1",
+               **(env_extra or {})}
         with _process([sys.executable, "-m", "loadtests.costgate", "upstream",
                        str(upstream_file)]) as upstream:
-            config = _config(tmp, _wait_file(upstream_file, upstream, timeout=30))
+            config = _config(tmp, _wait_file(upstream_file, upstream, timeout=30), top, route)
             argv = ["valgrind", "--tool=callgrind", "--instr-atstart=no",
                     f"--callgrind-out-file={out}", "--trace-children=no", sys.executable,
                     "-m", "loadtests.costgate", "proxy", str(config), str(proxy_file)]
@@ -246,6 +268,18 @@ def compare(measured: dict[str, float], budget: dict[str, float]) -> list[str]:
     return over
 
 
+def features_markdown() -> str:
+    """Instructions per small GET with each of FEATURES, and the difference to the first."""
+    lines = ["| feature | instructions per request | vs none |", "| --- | ---: | ---: |"]
+    base = None
+    for name, (top, route, env) in FEATURES.items():
+        cost = measure(WORKLOADS[:1], top, route, env)[WORKLOADS[0].name]
+        base = cost if base is None else base
+        lines.append(f"| {name} | {cost:,.0f} | {cost - base:+,.0f} "
+                     f"({100 * (cost / base - 1):+.1f}%) |")
+    return "\n".join(lines)
+
+
 def available() -> bool:
     return shutil.which("valgrind") is not None and shutil.which("callgrind_control") is not None
 
@@ -261,10 +295,15 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     p.add_argument("--write-budget", action="store_true",
                    help=f"record the measured costs as the budget ({BUDGET.name})")
+    p.add_argument("--features", action="store_true",
+                   help="print what each feature costs on the small GET (no gate)")
     opts = p.parse_args(args)
     if not available():
         print("costgate: needs valgrind (apt-get install valgrind)", file=sys.stderr)
         return 2
+    if opts.features:
+        print(features_markdown())
+        return 0
     measured = measure()
     for name, cost in measured.items():
         print(f"{name:10s} {cost:12,.0f} instructions per request")

@@ -31,7 +31,9 @@ from typing import Any, Protocol
 HOST = "127.0.0.1"
 REQUEST = b"GET / HTTP/1.1\r\nHost: bench\r\nConnection: keep-alive\r\n\r\n"
 RSS_TARGET_MB = 150.0  # splitproxy's peak RSS with 10,000 idle connections open
-IDLE_HOLD = 2.0  # seconds the connections stay open before the RSS is read
+IDLE_HOLD = 3.0  # seconds the connections stay open before the RSS is read (splitproxy
+# drops an idle connection's parser at its sweeper's next tick, within a second)
+SETTLE_WAIT, SETTLE_KB = 1.0, 256  # the baseline: the RSS moved at most this in that time
 
 
 def raise_nofile(want: int) -> int:
@@ -85,6 +87,21 @@ def rss_tree(pid: int) -> tuple[int, int]:
             sum(_status_kb(p, "VmHWM") for p in pids))
 
 
+def settled_rss(pid: int, timeout: float = 15.0) -> int:
+    """The RSS of `pid`'s tree once it stops growing (two readings SETTLE_WAIT apart within
+    SETTLE_KB): a proxy that just started still grows for seconds (splitproxy's config-check
+    helper processes, its first timers), which would be counted against the connections."""
+    deadline = time.monotonic() + timeout
+    last, _ = rss_tree(pid)
+    while time.monotonic() < deadline:
+        time.sleep(SETTLE_WAIT)
+        now, _ = rss_tree(pid)
+        if abs(now - last) <= SETTLE_KB:
+            return now
+        last = now
+    return last
+
+
 class Starter(Protocol):
     """What `measure_idle` needs of the benchmark's process keeper."""
 
@@ -99,7 +116,7 @@ def measure_idle(children: Starter, name: str, pid: int, port: int,
                  connections: int, tls: bool = False) -> dict[str, Any]:
     """RSS of `pid`'s process tree before and while `connections` idle keep-alive connections
     are held open to `port` by an `idle_clients.py` helper; sizes in MB (10^6 bytes)."""
-    before, _ = rss_tree(pid)
+    before = settled_rss(pid)
     helper = f"idle-{name}"
     argv = [sys.executable, str(Path(__file__).resolve()), str(port),
             "--connections", str(connections)] + (["--tls"] if tls else [])

@@ -21,6 +21,7 @@ class BadTarget(ValueError):
 _UNRESERVED = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
 _ESCAPE = re.compile(rb"%([0-9A-Fa-f]{2})")
 _BAD_ESCAPE = re.compile(rb"%(?![0-9A-Fa-f]{2})")
+_NEEDS_NORMALISING = re.compile(rb"%|/[./]").search
 
 
 def _unescape(match: re.Match[bytes]) -> bytes:
@@ -31,7 +32,10 @@ def _unescape(match: re.Match[bytes]) -> bytes:
 def needs_normalising(target: bytes) -> bool:
     """A cheap test for the common case: nothing to decode, no dot segment, no `//`.
     May say yes for a harmless target (a `%` in the query, `/.well-known`)."""
-    return b"%" in target or b"/." in target or b"//" in target
+    # One regex search: `needle in target` on bytes first tries the needle as an integer and
+    # formats a TypeError it then drops, 1,800 instructions each (callgrind), 4.5% of a
+    # proxied request for the three tests this replaces.
+    return _NEEDS_NORMALISING(target) is not None
 
 
 def normalise_path(path: bytes) -> bytes:

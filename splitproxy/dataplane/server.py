@@ -13,6 +13,7 @@ from splitproxy.dataplane.h2.bridge import bridged
 from splitproxy.dataplane.h2.server import adopt
 from splitproxy.dataplane.h2.upstream import H2Pools
 from splitproxy.dataplane.http import probe
+from splitproxy.dataplane.http.acceptor import Acceptor
 from splitproxy.dataplane.http.accesslog import protocol_for
 from splitproxy.dataplane.http.downstream import DownstreamProtocol, sweep
 from splitproxy.dataplane.http.listener import ListenerInfo
@@ -49,7 +50,7 @@ class ProxyServer:
         self.ports: list[int] = []  # every listener's, in the order of `listen`
         self.tls: list[ServerTls | None] = []  # every listener's TLS contexts
         self._state: ServerState | None = None
-        self._servers: list[asyncio.Server] = []
+        self._servers: list[Acceptor] = []
         self._tls_checker: asyncio.Task[None] | None = None
         self._bound: tuple[Listener, ...] = ()  # the listeners start() bound
         self._sweeper: asyncio.Task[None] | None = None
@@ -103,15 +104,13 @@ class ProxyServer:
                 server_tls = self.tls[index]
                 redirect = ports[https] if lst.redirect_to_https and https is not None else None
                 info = ListenerInfo(lst.scheme.encode(), redirect, server_tls is not None)
-                server = await loop.create_server(
-                    _factory(state, info), lst.address.host, lst.address.port, backlog=2048,
-                    reuse_address=True, reuse_port=self.reuse_port or None,
-                    ssl=server_tls.context if server_tls is not None else None,
+                server = Acceptor(
+                    loop, _factory(state, info),
+                    server_tls.context if server_tls is not None else None,
                     # A handshake is part of the request head's time (asyncio's default: 60 s).
-                    ssl_handshake_timeout=config.timeouts.client_header
-                    if server_tls is not None else None,
-                )
+                    config.timeouts.client_header)
                 self._servers.append(server)
+                await server.listen(lst.address.host, lst.address.port, 2048, self.reuse_port)
                 ports[index] = server.sockets[0].getsockname()[1]
                 log.info("proxy listening on %s://%s:%d", lst.scheme, lst.address.host,
                          ports[index])
@@ -162,8 +161,7 @@ class ProxyServer:
         self.config = config
         state = self._state
         if state is not None:
-            state.timeouts = config.timeouts
-            state.limits = config.limits
+            state.configure(config.timeouts, config.limits)
             state.protocol = protocol_for(config)
         # Addresses need a restart; a listener's certificates and TLS policy do not (see
         # ServerTls.update). Matched by address: a changed list waits for the restart.
@@ -249,9 +247,11 @@ class ProxyServer:
         log.info("proxy stopped")
 
 
-def _factory(state: ServerState, info: ListenerInfo) -> Callable[[], DownstreamProtocol]:
-    def make() -> DownstreamProtocol:
+def _factory(state: ServerState, info: ListenerInfo
+             ) -> Callable[[tuple[str, int]], DownstreamProtocol]:
+    def make(peer: tuple[str, int]) -> DownstreamProtocol:
         protocol = state.accept()  # the access log's class when it is on
         protocol.listener = info
+        protocol.client_ip = peer[0].encode("latin-1")
         return protocol
     return make

@@ -128,6 +128,10 @@ class FakeLoop:
         self.timers.append(handle)
         return handle
 
+    def call_soon(self, callback: Callable[..., object], *args: Any) -> _Handle:
+        """Run at the next `advance`, however small."""
+        return self.call_later(0.0, callback, *args)
+
     def advance(self, seconds: float) -> None:
         self.now += seconds
         due = [h for h in self.timers if h.when <= self.now and not h.cancelled]

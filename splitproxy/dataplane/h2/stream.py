@@ -54,12 +54,13 @@ class StreamFlow(ClientFlow):
         self.stream = stream
 
     def pause_reading_for(self, owner: object) -> None:
-        self.paused_by.add(owner)
+        if owner not in self.paused_by:
+            self.paused_by = (*self.paused_by, owner)
 
     def resume_reading_for(self, owner: object) -> None:
         paused = self.paused_by
         if owner in paused:
-            paused.discard(owner)
+            paused = self.paused_by = tuple(o for o in paused if o != owner)
             if not paused and not self.frozen:
                 self.stream.release_window()
 

@@ -71,7 +71,9 @@ class LoggedDownstream(DownstreamProtocol):
 
     # -- what comes in ----------------------------------------------------------------------
     def on_headers_complete(self) -> None:
-        method = self.parser.get_method()
+        parser = self.parser
+        assert parser is not None  # called by it
+        method = parser.get_method()
         # "METHOD url HTTP/1.1\r\n", "name: value\r\n" per header (counted by on_header),
         # "\r\n"
         size = len(method) + len(self._url) + 12 + 2 + self._head_size

@@ -63,8 +63,9 @@ class ClientConnection(asyncio.Protocol):
         # uvloop's transports are not asyncio.Transport subclasses, only alike.
         self.transport = self.flow.transport = tcp = cast(asyncio.Transport, transport)
         tcp.set_write_buffer_limits(high=WRITE_HIGH_WATER)
-        peer = transport.get_extra_info("peername")
-        self.client_ip = peer[0].encode("latin-1") if peer else b"unknown"
+        if not self.client_ip:  # else the acceptor said (asking makes a socket object)
+            peer = transport.get_extra_info("peername")
+            self.client_ip = peer[0].encode("latin-1") if peer else b"unknown"
         if self.listener.tls:
             self.identity = peer_identity(transport)
 
@@ -138,8 +139,8 @@ class ClientConnection(asyncio.Protocol):
 
     # -- timers -----------------------------------------------------------------------------
     def _arm_timer(self, kind: str) -> None:
-        timeouts = self.state.timeouts
-        delay = timeouts.client_header if kind == HEADER else timeouts.idle
+        state = self.state
+        delay = state.header_timeout if kind == HEADER else state.idle_timeout
         self.timer_kind = kind
         self.deadline = self.loop.time() + delay
 
