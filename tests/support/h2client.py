@@ -175,7 +175,13 @@ class H2Client:
         while offset < len(body):
             window = min(conn.local_flow_control_window(sid), conn.max_outbound_frame_size)
             if window <= 0:
-                await self.wait_for(lambda: conn.local_flow_control_window(sid) > 0, timeout)
+                try:
+                    await self.wait_for(lambda: conn.local_flow_control_window(sid) > 0,
+                                        timeout)
+                except TimeoutError:
+                    raise AssertionError(
+                        f"no credit for stream {sid} in {timeout}s (sent {offset} bytes; "
+                        f"connection window {conn.outbound_flow_control_window})") from None
                 continue
             part = bytes(view[offset:offset + window])
             offset += len(part)

@@ -16,6 +16,9 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import cast
 
+import pytest
+from h2.errors import ErrorCodes
+
 from splitproxy.dataplane.h2 import limits
 from splitproxy.dataplane.h2.server import H2Server
 from splitproxy.dataplane.h2.stream import H2Stream
@@ -60,9 +63,11 @@ class HeldUpload:
             writer.write(answer(f"{len(req.body)} {digest}".encode()))
             await writer.drain()
 
-    def stopped_reading(self) -> bool:
-        """Its socket's bytes pile up unread (asyncio paused the transport's reading)."""
-        return any(not cast(asyncio.Transport, w.transport).is_reading() for w in self.writers)
+    def stopped_reading(self, first: int = 0) -> bool:
+        """The socket of a connection it accepted (the `first` or a later one) has its bytes
+        pile up unread (asyncio paused the transport's reading)."""
+        return any(not cast(asyncio.Transport, w.transport).is_reading()
+                   for w in self.writers[first:])
 
 
 @dataclass
@@ -125,10 +130,10 @@ def proxy_stream(srv: ProxyServer, path: bytes) -> H2Stream | None:
 
 
 def upload_held(client: H2Client, sid: int, stream: H2Stream | None,
-                upload: HeldUpload) -> bool:
+                upload: HeldUpload, first: int = 0) -> bool:
     """The upstream stopped reading, the proxy's write to it paused the stream (its owner is
     the upstream connection), and the client's window for the stream is spent."""
-    return stream is not None and upload.stopped_reading() \
+    return stream is not None and upload.stopped_reading(first) \
         and any(isinstance(owner, UpstreamConnection) for owner in stream.flow.paused_by) \
         and client.conn.local_flow_control_window(sid) == 0
 
@@ -172,11 +177,13 @@ async def start_upload(client: H2Client) -> tuple[int, asyncio.Task[None]]:
     return sid, asyncio.create_task(client.send_body(sid, BODY, timeout=SLOW))
 
 
-async def check_upload_held(setup: Setup, client: H2Client, sid: int) -> H2Stream:
-    """Waits for the held state, then checks that it holds and what it costs the proxy."""
+async def check_upload_held(setup: Setup, client: H2Client, sid: int,
+                            first: int = 0) -> H2Stream:
+    """Waits for the held state (on the upstream's `first` connection or a later one), then
+    checks that it holds and what it costs the proxy."""
     srv, upload = setup.srv, setup.upload
     await wait_until(lambda: upload_held(client, sid, proxy_stream(srv, b"/held-upload"),
-                                         upload), HELD,
+                                         upload, first), HELD,
                      what=lambda: f"the upload held (sent {client.sent_body.get(sid)}, window "
                                   f"{client.conn.local_flow_control_window(sid)})")
     stream = proxy_stream(srv, b"/held-upload")
@@ -186,7 +193,7 @@ async def check_upload_held(setup: Setup, client: H2Client, sid: int) -> H2Strea
     await client.ping()
     assert client.conn.local_flow_control_window(sid) == 0
     assert client.sent_body[sid] == sent
-    assert upload_held(client, sid, stream, upload)
+    assert upload_held(client, sid, stream, upload, first)
     # The proxy holds its upstream socket's high-water mark, a frame written past it and the
     # stream's window, at most.
     held = upstream_buffer(stream)
@@ -292,3 +299,36 @@ async def test_other_streams_and_connections_go_on_while_streams_are_held() -> N
     assert uploaded.status == 200 and uploaded.body == f"{SIZE} {DIGEST}".encode()
     assert downloaded.status == 200 and downloaded.received == SIZE
     assert hashlib.sha256(downloaded.body).hexdigest() == DIGEST
+
+
+async def test_held_uploads_the_client_resets_give_their_connection_credit_back(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Body bytes a held stream has not given back are the connection's window too: when the
+    stream ends (here the client resets it), the connection gets them back. A connection
+    window of four stream windows (not 100) makes the loss show after a few streams."""
+    monkeypatch.setattr(limits, "CONNECTION_WINDOW", 4 * WINDOW)
+    echo = random.Random(7).randbytes(2 * limits.CONNECTION_WINDOW)
+    async with proxy() as setup, h2_client(setup.srv.port) as client:
+        held = 0  # connection credit held by the streams reset so far
+        rounds = 0
+        while held < limits.CONNECTION_WINDOW:
+            rounds += 1
+            assert rounds <= 12, held
+            first = len(setup.upload.writers)
+            sid, sending = await start_upload(client)
+            stream = await check_upload_held(setup, client, sid, first)
+            held += stream.unacked
+            sending.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await sending
+            client.conn.reset_stream(sid, ErrorCodes.CANCEL)
+            client.flush()
+            await wait_until(lambda: proxy_stream(setup.srv, b"/held-upload") is None,
+                             what="the reset stream gone")
+        # More than the connection's window went to streams that are gone: an upload of two
+        # connection windows goes through only if their credit came back.
+        posted = client.request("POST", "/echo", [("content-length", str(len(echo)))],
+                                end=False)
+        await client.send_body(posted, echo)
+        echoed = await client.response(posted)
+    assert echoed.status == 200 and echoed.body == echo
