@@ -216,19 +216,21 @@ async def check_download_held(setup: Setup, client: H2Client, sid: int) -> H2Str
                      what=lambda: f"the download held (got {client.responses[sid].received}, "
                                   f"upstream sent {download.sent})")
     stream = proxy_stream(srv, b"/held-download")
-    assert stream is not None
-    sent = download.sent
+    assert stream is not None and stream.exchange is not None
+    up = stream.exchange.up
+    assert up is not None and up.transport is not None
+    # Every frame the proxy wrote before its PING ACK is in: nothing past the window, and the
+    # proxy still does not read the upstream.
     await client.ping()
     assert client.responses[sid].received == WINDOW
-    assert download_held(client, sid, stream, download) and download.sent == sent
-    # One read of the upstream socket (uvloop reads 256 KiB at most) waits in the proxy; the
-    # rest of what the upstream sent is in the kernel's buffers between the two, and in the
-    # upstream's own transport (its 64 KiB high-water mark and the BLOCK written past it).
+    assert stream.flow.paused_upstream is up.transport and not up.transport.is_reading()
+    # One read of the upstream socket (uvloop reads 256 KiB at most) waits in the proxy.
     held = answer_buffer(stream)
     assert held <= (256 << 10) + BLOCK, held
-    ex = stream.exchange
-    assert ex is not None and ex.up is not None
-    kernel = sock_buffer(ex.up.transport, socket.SO_RCVBUF) + sum(
+    # The rest of what the upstream sent is in the kernel's buffers between the two, and in
+    # the upstream's own transport (its 64 KiB high-water mark and the BLOCK written past it).
+    sent = download.sent
+    kernel = sock_buffer(up.transport, socket.SO_RCVBUF) + sum(
         sock_buffer(w.transport, socket.SO_SNDBUF) for w in download.writers)
     assert sent <= WINDOW + held + kernel + 2 * BLOCK, (sent, held, kernel)
     assert sent < SIZE // 4, sent
