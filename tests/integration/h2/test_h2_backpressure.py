@@ -288,6 +288,9 @@ async def test_other_streams_and_connections_go_on_while_streams_are_held() -> N
         await client.ping()
         assert client.conn.local_flow_control_window(up) == 0
         assert client.responses[down].received == WINDOW
+        assert upload_held(client, up, proxy_stream(setup.srv, b"/held-upload"), setup.upload)
+        held_down = proxy_stream(setup.srv, b"/held-download")
+        assert held_down is not None and held_down.flow.paused_upstream is not None
 
         setup.upload.release.set()
         client.release_credit(down)
@@ -327,7 +330,7 @@ async def test_held_uploads_the_client_resets_give_their_connection_credit_back(
             client.flush()
             await wait_until(lambda: proxy_stream(setup.srv, b"/held-upload") is None,
                              what="the reset stream gone")
-        # More than the connection's window went to streams that are gone: an upload of two
+        # The connection's whole window went to streams that are gone: an upload of two
         # connection windows goes through only if their credit came back.
         posted = client.request("POST", "/echo", [("content-length", str(len(echo)))],
                                 end=False)
