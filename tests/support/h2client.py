@@ -21,10 +21,18 @@ from .waiting import WAIT
 class H2Response:
     status: int = 0
     headers: dict[str, str] = field(default_factory=dict)
-    body: bytes = b""
+    parts: list[bytes] = field(default_factory=list)  # the DATA received, in order
     trailers: dict[str, str] = field(default_factory=dict)
     reset: int | None = None  # RST_STREAM's error code, if the server reset the stream
     done: bool = False
+
+    @property
+    def body(self) -> bytes:
+        return b"".join(self.parts)
+
+    @property
+    def received(self) -> int:
+        return sum(len(p) for p in self.parts)
 
 
 class H2Client:
@@ -42,6 +50,12 @@ class H2Client:
         self.closed = False
         self.events: list[ev.Event] = []
         self.frames: list[bytes] = []  # every frame received, raw
+        # The DATA of the streams in `holding` is not acknowledged: no WINDOW_UPDATE goes back
+        # for them (a slow reader); `held` counts per stream what `release_credit` gives back.
+        self.holding: set[int] = set()
+        self.held: dict[int, int] = {}
+        self.sent_body: dict[int, int] = {}  # body bytes `send_body` has sent, per stream
+        self.pings = 0  # PING ACKs received
         self._changed = asyncio.Event()
         self._reader_task: asyncio.Task[None] | None = None
 
@@ -104,8 +118,12 @@ class H2Client:
             resp.status = int(hdrs.pop(":status"))
             resp.headers = hdrs
         elif isinstance(event, ev.DataReceived) and resp is not None:
-            resp.body += event.data or b""
-            self.conn.acknowledge_received_data(event.flow_controlled_length or 0, sid or 0)
+            resp.parts.append(event.data or b"")
+            size = event.flow_controlled_length or 0
+            if sid in self.holding:
+                self.held[sid] = self.held.get(sid, 0) + size
+            else:
+                self.conn.acknowledge_received_data(size, sid or 0)
         elif isinstance(event, ev.TrailersReceived) and resp is not None:
             resp.trailers = {k.decode(): v.decode() for k, v in event.headers or []}
         elif isinstance(event, ev.StreamEnded) and resp is not None:
@@ -115,6 +133,8 @@ class H2Client:
             resp.done = True
         elif isinstance(event, ev.ConnectionTerminated):
             self.goaway = event
+        elif isinstance(event, ev.PingAckReceived):
+            self.pings += 1
 
     def request(self, method: str, path: str, headers: list[tuple[str, str]] | None = None,
                 body: bytes | None = None, end: bool = True, authority: str = "localhost",
@@ -129,6 +149,57 @@ class H2Client:
         self.responses[sid] = H2Response()
         self.flush()
         return sid
+
+    def release_credit(self, sid: int) -> None:
+        """Acknowledge the DATA of `sid` held so far, and all that comes later."""
+        self.holding.discard(sid)
+        size = self.held.pop(sid, 0)
+        if size:
+            self.conn.acknowledge_received_data(size, sid)
+        self.flush()
+
+    def open_connection_window(self, size: int) -> None:
+        """A connection-level WINDOW_UPDATE: with a stream in `holding`, only its window shuts
+        (the other streams of the connection may still receive)."""
+        self.conn.increment_flow_control_window(size)
+        self.flush()
+
+    async def send_body(self, sid: int, body: bytes, end: bool = True,
+                        timeout: float = WAIT) -> None:
+        """Send `body` on `sid` as fast as the server's windows allow; `timeout` bounds each
+        wait for credit, not the whole body."""
+        view = memoryview(body)
+        offset = 0
+        self.sent_body[sid] = 0
+        conn = self.conn
+        while offset < len(body):
+            window = min(conn.local_flow_control_window(sid), conn.max_outbound_frame_size)
+            if window <= 0:
+                try:
+                    await self.wait_for(lambda: conn.local_flow_control_window(sid) > 0,
+                                        timeout)
+                except TimeoutError:
+                    raise AssertionError(
+                        f"no credit for stream {sid} in {timeout}s (sent {offset} bytes; "
+                        f"connection window {conn.outbound_flow_control_window})") from None
+                continue
+            part = bytes(view[offset:offset + window])
+            offset += len(part)
+            conn.send_data(sid, part, end_stream=end and offset == len(body))
+            self.sent_body[sid] = offset
+            self.flush()
+            if self.writer.transport.get_write_buffer_size() > 1 << 20:
+                await self.writer.drain()
+        if not body and end:
+            conn.end_stream(sid)
+            self.flush()
+
+    async def ping(self, timeout: float = WAIT) -> None:
+        """A PING round trip: every frame the server sent before its ACK has been read."""
+        seen = self.pings
+        self.conn.ping(b"%08d" % (seen % 10**8))
+        self.flush()
+        await self.wait_for(lambda: self.pings > seen, timeout)
 
     async def wait_for(self, predicate: object, timeout: float = WAIT) -> None:
         async def loop() -> None:

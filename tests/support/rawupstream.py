@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 
@@ -29,8 +30,11 @@ class RawUpstream:
 
 
 @contextlib.asynccontextmanager
-async def run_raw_upstream(handler: RawHandler) -> AsyncIterator[RawUpstream]:
+async def run_raw_upstream(handler: RawHandler,
+                           rcvbuf: int | None = None) -> AsyncIterator[RawUpstream]:
     """Runs `handler(reader, writer)` per connection; the writer is closed after it returns.
+    `rcvbuf`: the accepted sockets' SO_RCVBUF (set on the listening socket, which they
+    inherit), so that a handler that does not read stops its peer after a few kilobytes.
 
     A peer that goes away (ConnectionError, IncompleteReadError) ends a handler quietly; any
     other exception (e.g. `read_request` rejecting what the proxy sent) fails the test on exit.
@@ -57,7 +61,13 @@ async def run_raw_upstream(handler: RawHandler) -> AsyncIterator[RawUpstream]:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(writer.wait_closed(), 1)
 
-    server = await asyncio.start_server(on_connect, "127.0.0.1", 0)
+    if rcvbuf is None:
+        server = await asyncio.start_server(on_connect, "127.0.0.1", 0)
+    else:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        sock.bind(("127.0.0.1", 0))
+        server = await asyncio.start_server(on_connect, sock=sock)
     up.port = int(server.sockets[0].getsockname()[1])
     try:
         yield up

@@ -331,6 +331,7 @@ class H2Server(ClientConnection):
             self.flood.resets += 1  # reset before its answer was complete: rapid reset counts
             self._log(stream, "client-closed")
         stream.client_gone()
+        stream.release_window()
         self._idle_check()
 
     # -- output (called by the streams) ---------------------------------------------------------
@@ -405,6 +406,7 @@ class H2Server(ClientConnection):
     def _forget(self, stream: H2Stream) -> None:
         if self.streams.get(stream.sid) is stream and (stream.request_done or stream.finished):
             del self.streams[stream.sid]
+            stream.release_window()  # what it held back is the connection's window again
             self._idle_check()
 
     def _idle_check(self) -> None:

@@ -215,9 +215,13 @@ class H2Stream:
             self.conn.ack(self, n)
 
     def release_window(self) -> None:
-        if self.unacked and not self.finished:
+        """Give back the body bytes not acknowledged yet; also when the stream is over (the
+        server forgets it): they were taken from the connection's window too, which the
+        library then opens alone. Kept back, a few held streams the client resets would shut
+        the connection's window for all its other streams."""
+        if self.unacked:
             self.conn.ack(self, self.unacked)
-        self.unacked = 0
+            self.unacked = 0
 
     def stalled(self, now: float) -> None:
         """The client's window does not take what is waiting: hold the upstream (its time
