@@ -239,6 +239,31 @@ async def test_analysis_still_aborts_a_paused_rollout(harness: Harness, hold: st
     assert h.installed[-1]["shop"] == STABLE_ONLY
 
 
+async def test_a_promoted_rollout_is_final_a_canary_failing_after_it_is_not_reverted(
+    harness: Harness,
+) -> None:
+    h = harness
+    steps = [{"set_weight": 50}, {"pause": {}}]
+    await h.start(config(weights=STABLE_ONLY, analysis=FAST, rollout={"steps": steps}))
+    await h.tick()
+    for _ in range(3):
+        healthy(h)
+        await h.tick(1.0)
+    await h.act("promote", full=True)
+    assert (h.state().phase, h.weights()) == ("promoted", {"stable": 0, "canary": 100})
+    checks = len(h.state().checks)
+    swaps = len(h.installed)
+    # What aborted a canary within 12 s above: a minute of it, after the promotion. The
+    # baseline may be gone, so nothing sends traffic back to it.
+    for _ in range(60):
+        h.traffic.serve("canary", 30, errors=30)
+        await h.tick(1.0)
+    assert (h.state().phase, h.weights()) == ("promoted", {"stable": 0, "canary": 100})
+    assert h.installed[swaps:] == [] and h.engine.aborts == {}
+    assert len(h.state().checks) == checks  # the guard stopped measuring at the promotion
+    assert h.store.states["shop"].phase == Phase.PROMOTED
+
+
 # ------------------------------------------------------------------------- steps wait for evidence
 
 
