@@ -6,6 +6,7 @@ server on 127.0.0.1. No test here sleeps through an interval.
 
 from __future__ import annotations
 
+import random
 from collections.abc import Callable
 from datetime import datetime
 from typing import Any
@@ -19,7 +20,7 @@ from splitproxy.control.engine import TICK
 from splitproxy.control.status import GuardTest, RateTest, RatioTest
 from splitproxy.rollout import Actor, PauseReason, Phase
 from splitproxy.rollout.fold import GATE_RETRY
-from tests.support.configs import rollout_config
+from tests.support.configs import proxy_config, rollout_config, route
 from tests.support.engine import Harness, ManualClock, MemoryStore
 from tests.support.fakes import run_hook
 from tests.support.waiting import wait_until
@@ -128,6 +129,40 @@ async def test_a_canary_failing_every_request_at_low_traffic_is_still_aborted(
     took = await ticks_until(h, lambda: failing(h, 3), lambda: h.state().phase == "aborted",
                              60)
     assert took <= 40  # 3 req/s: a slice is 30 requests, 10 s
+
+
+async def test_the_issue_s_six_routes_only_the_broken_canary_is_aborted(
+    harness: Harness,
+) -> None:
+    """Issue 11's "cries wolf": six routes at 90/10, `max_error_rate: 0.01`, everything else
+    default; five canaries at 0.5% errors (half the limit, 5 req/s each) and one at 8%. The
+    window guard reverted two healthy ones 12 s in, with the broken one. Seeded errors."""
+    h = harness
+    names = [f"r{i}" for i in range(6)]
+    routes = [route(URLS, {"stable": 90, "canary": 10}, name=n, match={"path_prefix": f"/{n}"})
+              for n in names]
+    for r in routes:
+        r["analysis"] = {"max_error_rate": 0.01}
+    await h.start(Config.model_validate(proxy_config(routes)))
+    rate = {n: 0.08 if n == "r5" else 0.005 for n in names}
+    rng = random.Random(20240611)
+    aborted_after: dict[str, int] = {}
+    for second in range(1, 301):  # five minutes
+        for n in names:
+            if n in aborted_after:
+                continue
+            errors = sum(rng.random() < rate[n] for _ in range(5))
+            h.traffic.serve("canary", 5, errors=errors, route=n)
+            h.traffic.serve("stable", 45, route=n)
+        await h.tick(1.0)
+        for n in names:
+            if n not in aborted_after and h.state(n).phase == "aborted":
+                aborted_after[n] = second
+    assert list(aborted_after) == ["r5"], aborted_after
+    assert aborted_after["r5"] <= 120, aborted_after  # measured: 24 s
+    assert (h.state("r5").abort_reason or "").startswith("guard: canary error rate ")
+    for n in names[:5]:
+        assert h.weights(n) == {"stable": 90, "canary": 10}
 
 
 @pytest.mark.parametrize(("include", "phase"), [(False, "idle"), (True, "aborted")])
