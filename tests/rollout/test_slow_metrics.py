@@ -66,7 +66,7 @@ async def test_an_abort_posted_while_prometheus_answers_slowly_stays_aborted(
             assert await hit(svc.proxy_port, 30) == {"stable": 30}
 
 
-async def test_a_slow_prometheus_for_one_route_never_holds_another_route_s_steps(
+async def test_a_slow_prometheus_holds_no_other_route_s_steps_no_action_and_no_reload(
     tmp_path: Path,
 ) -> None:
     clock = ManualClock()
@@ -87,6 +87,22 @@ async def test_a_slow_prometheus_for_one_route_never_holds_another_route_s_steps
             await clock.advance(5.0)
             assert engine.weights()["other"]["canary"] == 50
             assert (prom.in_flight, prom.answered) == (1, 0)  # shop's first reading (one query)
+            # Nor an action on the route being read, nor a reload.
+            async with admin(svc) as session:
+                async with session.post("/routes/shop/promote", params={"full": "1"}) as r:
+                    assert r.status == 200, await r.text()
+                    assert (await r.json())["rollout"]["phase"] == "promoted"
+            before = engine.states["other"].identity
+            cfg["routes"][0]["rollout"] = {**other["rollout"], "revision": "v2"}
+            write_config(path, cfg)
+            assert svc.controller.reload()
+            await wait_until(lambda: engine.states["other"].identity != before,
+                             what="other's new rollout")
+            await clock.advance(0.1)  # one timer tick: the new rollout's first step
+            await wait_until(lambda: engine.states["other"].step == 1
+                             and engine.weights()["other"]["canary"] == 10,
+                             what="other's new rollout at its first step")
+            assert prom.answered == 0
             prom.held.set()
 
 
