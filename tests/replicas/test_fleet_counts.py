@@ -36,7 +36,8 @@ async def test_a_healthy_canary_is_judged_once_on_the_exact_sum_of_every_replica
                     await stack.enter_async_context(load.running())
 
                 async def passed() -> bool:
-                    return bool((await judge.rollout())["guard"]["outcome"] == "pass")
+                    guard = (await judge.rollout())["guard"]  # None before the first verdict
+                    return guard is not None and bool(guard["outcome"] == "pass")
 
                 await wait_until(passed, timeout=15, what="the judge's pass", interval=0.05)
                 await asyncio.sleep(1.0)
