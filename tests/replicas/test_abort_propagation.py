@@ -35,7 +35,8 @@ async def test_a_canary_broken_behind_one_replica_is_aborted_on_the_fleet_s_coun
                     await stack.enter_async_context(load.running())
 
                 async def passed() -> bool:
-                    return bool((await judge.rollout())["guard"]["outcome"] == "pass")
+                    guard = (await judge.rollout())["guard"]  # None before the first verdict
+                    return guard is not None and bool(guard["outcome"] == "pass")
 
                 await wait_until(passed, timeout=15, what="the judge's pass", interval=0.05)
 

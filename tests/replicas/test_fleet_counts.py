@@ -15,7 +15,13 @@ import redis.asyncio as aioredis
 
 from tests.support.load import Load, plain
 from tests.support.processes import RedisServer
-from tests.support.replicas import canary_hits, judge_of, replica_config, run_replicas
+from tests.support.replicas import (
+    Replica,
+    canary_hits,
+    judge_of,
+    replica_config,
+    run_replicas,
+)
 from tests.support.upstream import run_upstreams
 from tests.support.waiting import wait_until
 
@@ -36,7 +42,8 @@ async def test_a_healthy_canary_is_judged_once_on_the_exact_sum_of_every_replica
                     await stack.enter_async_context(load.running())
 
                 async def passed() -> bool:
-                    return bool((await judge.rollout())["guard"]["outcome"] == "pass")
+                    guard = (await judge.rollout())["guard"]  # None before the first verdict
+                    return guard is not None and bool(guard["outcome"] == "pass")
 
                 await wait_until(passed, timeout=15, what="the judge's pass", interval=0.05)
                 await asyncio.sleep(1.0)
@@ -51,11 +58,16 @@ async def test_a_healthy_canary_is_judged_once_on_the_exact_sum_of_every_replica
             await wait_until(counted_all, timeout=5, what=f"{answered} canary answers counted",
                              interval=0.1)
             for r in replicas:
+                # The judge's evidence is shared: every replica shows the same verdict, once
+                # it has read the judge's last write (pub/sub, or its re-read twice a second).
+                async def shows_all(r: Replica = r) -> bool:
+                    return bool((await r.rollout())["guard"]["tests"][0]["trials"] == answered)
+
+                await wait_until(shows_all, timeout=5, interval=0.1,
+                                 what=f"{r.name} to show the judge's {answered} answers")
                 ro = await r.rollout()
                 assert ro["phase"] == "idle", (r.name, ro["abort_reason"])
                 assert ro["judging"] is (r is judge)
-                # The judge's evidence is shared: every replica shows the same verdict.
-                assert ro["guard"]["tests"][0]["trials"] == answered
             assert await judge.metric("splitproxy_analysis_checks_total", route="shop",
                                       result="pass") is not None
             for r in replicas:

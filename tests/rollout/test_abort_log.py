@@ -1,6 +1,6 @@
-"""What an operator's log shows when the guard acts: an automatic abort, and a failure it only
-reports (promoted is final), each as one WARNING line with route, reason and the numbers,
-also as structured fields for JSON logs."""
+"""What an operator's log shows when the guard acts: an automatic abort, and a breach it does
+not yet act on, each as one WARNING line with route, reason and the numbers, also as
+structured fields for JSON logs. (Promoted is final: tests/rollout/test_engine.py.)"""
 
 from __future__ import annotations
 

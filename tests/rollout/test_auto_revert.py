@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from tests.support.cli import cli
 from tests.support.configs import rollout_config
 from tests.support.load import Load, plain
 from tests.support.service import admin, metric, run_service, scrape, status, write_config
@@ -92,6 +93,7 @@ async def test_a_failing_canary_is_out_of_traffic_within_a_few_slices(
             async with admin(svc) as session:
                 samples = await scrape(session)
                 shop = (await status(session))["routes"][0]
+            shown = await cli("status", "--admin", f"http://127.0.0.1:{svc.admin_port}")
 
         assert metric(samples, "splitproxy_rollout_aborts_total", route="shop") == 1
         assert metric(samples, "splitproxy_rollout_phase", route="shop", phase="aborted") == 1
@@ -108,5 +110,13 @@ async def test_a_failing_canary_is_out_of_traffic_within_a_few_slices(
         assert test["lower"] > 0.01 and test["threshold"] == 0.01
         assert test["events"] > 0 and test["trials"] >= test["events"]
         assert rollout["checks"][-1]["result"] in ("fail", "inconclusive")
+        # `splitproxy status` shows the same: the failing test's estimate, interval, evidence
+        # and the level it had to reach, and its counts.
+        assert shown.code == 0, shown
+        assert "shop: guard fail" in shown.out, shown.out
+        line = next(ln.strip() for ln in shown.out.splitlines()
+                    if ln.strip().startswith("canary error rate"))
+        assert line == test["summary"], (line, test["summary"])
+        assert "% [" in line and "> 1%: e=" in line and f"(n={test['trials']}, " in line
         assert shop["versions"]["canary"]["effective_weight"] == 0
         assert shop["versions"]["stable"]["effective_weight"] == 100

@@ -6,6 +6,7 @@ server on 127.0.0.1. No test here sleeps through an interval.
 
 from __future__ import annotations
 
+import random
 from collections.abc import Callable
 from datetime import datetime
 from typing import Any
@@ -19,7 +20,7 @@ from splitproxy.control.engine import TICK
 from splitproxy.control.status import GuardTest, RateTest, RatioTest
 from splitproxy.rollout import Actor, PauseReason, Phase
 from splitproxy.rollout.fold import GATE_RETRY
-from tests.support.configs import rollout_config
+from tests.support.configs import proxy_config, rollout_config, route
 from tests.support.engine import Harness, ManualClock, MemoryStore
 from tests.support.fakes import run_hook
 from tests.support.waiting import wait_until
@@ -130,6 +131,40 @@ async def test_a_canary_failing_every_request_at_low_traffic_is_still_aborted(
     assert took <= 40  # 3 req/s: a slice is 30 requests, 10 s
 
 
+async def test_the_issue_s_six_routes_only_the_broken_canary_is_aborted(
+    harness: Harness,
+) -> None:
+    """Issue 11's "cries wolf": six routes at 90/10, `max_error_rate: 0.01`, everything else
+    default; five canaries at 0.5% errors (half the limit, 5 req/s each) and one at 8%. The
+    window guard reverted two healthy ones 12 s in, with the broken one. Seeded errors."""
+    h = harness
+    names = [f"r{i}" for i in range(6)]
+    routes = [route(URLS, {"stable": 90, "canary": 10}, name=n, match={"path_prefix": f"/{n}"})
+              for n in names]
+    for r in routes:
+        r["analysis"] = {"max_error_rate": 0.01}
+    await h.start(Config.model_validate(proxy_config(routes)))
+    rate = {n: 0.08 if n == "r5" else 0.005 for n in names}
+    rng = random.Random(20240611)
+    aborted_after: dict[str, int] = {}
+    for second in range(1, 301):  # five minutes
+        for n in names:
+            if n in aborted_after:
+                continue
+            errors = sum(rng.random() < rate[n] for _ in range(5))
+            h.traffic.serve("canary", 5, errors=errors, route=n)
+            h.traffic.serve("stable", 45, route=n)
+        await h.tick(1.0)
+        for n in names:
+            if n not in aborted_after and h.state(n).phase == "aborted":
+                aborted_after[n] = second
+    assert list(aborted_after) == ["r5"], aborted_after
+    assert aborted_after["r5"] <= 120, aborted_after  # measured: 24 s
+    assert (h.state("r5").abort_reason or "").startswith("guard: canary error rate ")
+    for n in names[:5]:
+        assert h.weights(n) == {"stable": 90, "canary": 10}
+
+
 @pytest.mark.parametrize(("include", "phase"), [(False, "idle"), (True, "aborted")])
 async def test_synthetic_load_is_judged_only_when_the_route_says_so(
     harness: Harness, include: bool, phase: str
@@ -237,6 +272,31 @@ async def test_analysis_still_aborts_a_paused_rollout(harness: Harness, hold: st
     assert (h.state().phase, h.state().pause_reason) == ("paused", hold)
     await ticks_until(h, lambda: failing(h), lambda: h.state().phase == "aborted", 15)
     assert h.installed[-1]["shop"] == STABLE_ONLY
+
+
+async def test_a_promoted_rollout_is_final_a_canary_failing_after_it_is_not_reverted(
+    harness: Harness,
+) -> None:
+    h = harness
+    steps = [{"set_weight": 50}, {"pause": {}}]
+    await h.start(config(weights=STABLE_ONLY, analysis=FAST, rollout={"steps": steps}))
+    await h.tick()
+    for _ in range(3):
+        healthy(h)
+        await h.tick(1.0)
+    await h.act("promote", full=True)
+    assert (h.state().phase, h.weights()) == ("promoted", {"stable": 0, "canary": 100})
+    checks = len(h.state().checks)
+    swaps = len(h.installed)
+    # What aborted a canary within 12 s above: a minute of it, after the promotion. The
+    # baseline may be gone, so nothing sends traffic back to it.
+    for _ in range(60):
+        h.traffic.serve("canary", 30, errors=30)
+        await h.tick(1.0)
+    assert (h.state().phase, h.weights()) == ("promoted", {"stable": 0, "canary": 100})
+    assert h.installed[swaps:] == [] and h.engine.aborts == {}
+    assert len(h.state().checks) == checks  # the guard stopped measuring at the promotion
+    assert h.store.states["shop"].phase == Phase.PROMOTED
 
 
 # ------------------------------------------------------------------------- steps wait for evidence

@@ -10,6 +10,9 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
+import pytest
+
+from splitproxy.control import readings
 from tests.support.configs import rollout_config
 from tests.support.engine import ManualClock
 from tests.support.fakes import FakePrometheus, run_fake_prometheus
@@ -63,7 +66,7 @@ async def test_an_abort_posted_while_prometheus_answers_slowly_stays_aborted(
             assert await hit(svc.proxy_port, 30) == {"stable": 30}
 
 
-async def test_a_slow_prometheus_for_one_route_never_holds_another_route_s_steps(
+async def test_a_slow_prometheus_holds_no_other_route_s_steps_no_action_and_no_reload(
     tmp_path: Path,
 ) -> None:
     clock = ManualClock()
@@ -84,4 +87,58 @@ async def test_a_slow_prometheus_for_one_route_never_holds_another_route_s_steps
             await clock.advance(5.0)
             assert engine.weights()["other"]["canary"] == 50
             assert (prom.in_flight, prom.answered) == (1, 0)  # shop's first reading (one query)
+            # Nor an action on the route being read, nor a reload.
+            async with admin(svc) as session:
+                async with session.post("/routes/shop/promote", params={"full": "1"}) as r:
+                    assert r.status == 200, await r.text()
+                    assert (await r.json())["rollout"]["phase"] == "promoted"
+            before = engine.states["other"].identity
+            cfg["routes"][0]["rollout"] = {**other["rollout"], "revision": "v2"}
+            write_config(path, cfg)
+            assert svc.controller.reload()
+            await wait_until(lambda: engine.states["other"].identity != before,
+                             what="other's new rollout")
+            await clock.advance(0.1)  # one timer tick: the new rollout's first step
+            await wait_until(lambda: engine.states["other"].step == 1
+                             and engine.weights()["other"]["canary"] == 10,
+                             what="other's new rollout at its first step")
+            assert prom.answered == 0
             prom.held.set()
+
+
+async def test_a_dead_prometheus_gives_inconclusive_readings_within_their_limit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Each reading has its own time limit (10 s; 0.5 s here): a backend that never answers
+    makes every check inconclusive with the reason, and the rollout is neither held nor
+    undone by it; the first answer after it is judged as usual."""
+    monkeypatch.setattr(readings, "MEASURE_TIMEOUT", 0.5)
+    clock = ManualClock()
+    async with run_upstreams("stable", "canary") as b, run_fake_prometheus(0.0) as prom:
+        prom.held = asyncio.Event()  # no answer at all until the end
+        path = tmp_path / "shop.yaml"
+        write_config(path, guarded(b, prom))
+        async with run_service(path, watch=False, clock=clock) as svc:
+            engine = svc.controller.engine
+
+            def timed_out() -> list[dict[str, Any]]:
+                return [c for c in engine.states["shop"].checks
+                        if c.get("error") == "no reading within 0.5s"]
+
+            await wait_until(lambda: engine.weights()["shop"]["canary"] == 20, what="step 1")
+            await wait_until(lambda: len(timed_out()) == 1, timeout=5,
+                             what="the first reading given up after 0.5 s")
+            await clock.advance(1.0)  # the next interval: a new reading, given up in turn
+            await wait_until(lambda: len(timed_out()) == 2, timeout=5,
+                             what="the second reading given up")
+            assert all(c["result"] == "inconclusive" for c in timed_out())
+            state = engine.states["shop"]
+            assert (state.phase, engine.weights()["shop"]["canary"]) == ("paused", 20)
+
+            prom.held.set()  # Prometheus answers again
+            answered = prom.answered
+            await clock.advance(1.0)
+            await wait_until(lambda: prom.answered > answered, timeout=5, what="an answer")
+            await wait_until(lambda: engine.states["shop"].checks[-1].get("error") is None,
+                             timeout=5, what="a reading judged again")
+            assert engine.states["shop"].phase == "paused"
