@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import json
 import os
+import signal
 import sys
 import time
 from collections.abc import AsyncIterator, Callable
@@ -292,13 +293,22 @@ async def read_until(stream: asyncio.StreamReader | Callable[[], bytes], marker:
     return seen
 
 
+def ctrl_c_as_on_a_terminal() -> None:
+    """SIGINT at its default, as in an interactive shell: a suite started in the background
+    (`cmd &` without job control, `nohup`) passes SIGINT on ignored, and Python keeps an
+    ignored SIGINT ignored, so the Ctrl-C below would never end the watch."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 async def test_watch_redraws_on_a_terminal_and_repeats_into_a_pipe(tmp_path: Path) -> None:
     async with serving(tmp_path, HOLD) as (_, url, _):
         args = ("-m", "splitproxy", "status", "--watch", "--interval", "100ms", "--admin", url)
         piped = await asyncio.create_subprocess_exec(sys.executable, *args,
-                                                     stdout=asyncio.subprocess.PIPE)
+                                                     stdout=asyncio.subprocess.PIPE,
+                                                     preexec_fn=ctrl_c_as_on_a_terminal)
         master, slave = os.openpty()
-        tty = await asyncio.create_subprocess_exec(sys.executable, *args, stdout=slave)
+        tty = await asyncio.create_subprocess_exec(sys.executable, *args, stdout=slave,
+                                                   preexec_fn=ctrl_c_as_on_a_terminal)
         os.close(slave)
         try:
             assert piped.stdout is not None
