@@ -503,13 +503,21 @@ def _raise_on_sigterm(signum: int, frame: object) -> None:
     raise SystemExit(128 + signum)  # so the finally below stops every child
 
 
+def prepare_run() -> tuple[str, str] | None:
+    """`find_tools`, then SIGTERM made to end the run through the caller's `finally`, which
+    stops every child (for this benchmark and the bench_* ones)."""
+    tools = find_tools()
+    if tools is not None:
+        signal.signal(signal.SIGTERM, _raise_on_sigterm)
+    return tools
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    tools = find_tools()
+    tools = prepare_run()
     if tools is None:
         return 2
     wrk, nginx = tools
-    signal.signal(signal.SIGTERM, _raise_on_sigterm)
     # The proxies inherit this: each must hold the idle connections plus its upstream ones.
     nofile = raise_nofile(args.idle_connections + 4096)
     nginx_conns = max(4096, args.idle_connections + 1024)

@@ -168,11 +168,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    tools = bench.find_tools()
+    tools = bench.prepare_run()
     if tools is None:
         return 2
     _, nginx = tools
-    signal.signal(signal.SIGTERM, bench._raise_on_sigterm)
     raise_nofile(args.idle_connections + 4096)
     results: dict[tuple[str, str], list[dict[str, Any]]] = {}
     memory: list[dict[str, Any]] = []

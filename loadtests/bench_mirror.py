@@ -22,7 +22,6 @@ import argparse
 import dataclasses
 import json
 import os
-import signal
 import sys
 import tempfile
 import time
@@ -112,17 +111,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def _raise_on_sigterm(signum: int, frame: object) -> None:
-    raise SystemExit(128 + signum)  # so the finally below stops every child
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    tools = bench.find_tools()
+    tools = bench.prepare_run()
     if tools is None:
         return 2
     wrk, nginx = tools
-    signal.signal(signal.SIGTERM, _raise_on_sigterm)
     targets = [target(p, x) for x in (None, *args.percents) for p in (SPLIT, NGINX)]
     runs = args.rounds * len(args.connections) * len(targets)
     sys.stderr.write(f"bench_mirror: {runs} wrk runs of {args.duration:g}s, about "

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
 import statistics
 import subprocess
 import sys
@@ -114,11 +113,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    tools = bench.find_tools()
+    tools = bench.prepare_run()
     if tools is None:
         return 2
     wrk, nginx = tools
-    signal.signal(signal.SIGTERM, bench._raise_on_sigterm)
     raise_nofile(args.idle_connections + 4096)
     samples: dict[tuple[str, str, str], list[bench.Sample]] = {}
     memory: list[dict[str, Any]] = []

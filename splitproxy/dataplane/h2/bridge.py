@@ -25,21 +25,14 @@ from __future__ import annotations
 from http import HTTPStatus
 from typing import TYPE_CHECKING
 
-from splitproxy.dataplane.h2.outcome import (
-    LocalFailure,
-    NoEndpoint,
-    answered,
-    count_stream_end,
-    may_retry,
-    open_for_version,
-)
-from splitproxy.dataplane.h2.upstream import H2Pool, H2Pools, NotH2
-from splitproxy.dataplane.h2.upstream_stream import EndKind, Headers, StreamError, UpstreamStream
+from splitproxy.dataplane.h2.outcome import answered
+from splitproxy.dataplane.h2.relay import Replay, open_upstream
+from splitproxy.dataplane.h2.upstream import H2Pool, H2Pools
+from splitproxy.dataplane.h2.upstream_stream import Headers, StreamError, UpstreamStream
 from splitproxy.dataplane.http.exchange import Exchange
 from splitproxy.dataplane.http.flow import PENDING_HIGH_WATER
 from splitproxy.dataplane.http.headers import CONTINUE_100
 from splitproxy.dataplane.http.lifecycle import CONNECTING, DONE, RESPONDING, SENT, STREAMING
-from splitproxy.dataplane.http.pool import Overloaded
 from splitproxy.dataplane.http.response import CHUNKED, DISCARD, BadResponse, final_head
 
 if TYPE_CHECKING:
@@ -80,8 +73,8 @@ class H1Bridge(Exchange):
     """An HTTP/1.1 exchange whose version speaks HTTP/2 (see the module docstring); the
     `StreamHandler` of its upstream stream."""
 
-    __slots__ = ("pools", "upstream", "h2pool", "kept", "kept_size", "retries", "credited",
-                 "attempt_sent", "unsent", "reading_paused", "held_credit")
+    __slots__ = ("pools", "upstream", "h2pool", "replay", "unsent", "reading_paused",
+                 "held_credit")
 
     def __init__(self, down: DownstreamProtocol, version: VersionRuntime,
                  request: RequestContext, pools: H2Pools) -> None:
@@ -89,15 +82,7 @@ class H1Bridge(Exchange):
         self.pools = pools
         self.upstream: UpstreamStream | None = None
         self.h2pool: H2Pool | None = None
-        # The body, kept whole while small (limits.body_buffer) so a refused stream can be
-        # sent again; None once it is larger.
-        self.kept: list[bytes] | None = []
-        self.kept_size = 0
-        self.retries = 0
-        # Body bytes the upstream took (the current attempt's, and the most of any attempt):
-        # a retry replays bytes the client's reading was already released for.
-        self.credited = 0
-        self.attempt_sent = 0
+        self.replay = Replay()
         self.unsent = 0  # body bytes read from the client, not yet taken by the upstream
         self.reading_paused = False
         self.held_credit = 0  # answer bytes the client's socket has not taken yet
@@ -121,29 +106,10 @@ class H1Bridge(Exchange):
         fields = h2_fields(self.request.head, scheme)
         pending = self.pending
         end = self.request_done and not pending
-        try:
-            up, h2pool = await open_for_version(version, self.pools, self.stats, fields, end,
-                                                self)
-        except NoEndpoint as exc:  # counted already
-            self.fail(exc.status, exc.kind, exc.detail, count_error=False)
+        opened = await open_upstream(self, self.pools, fields, end, self, self._not_h2)
+        if opened is None:
             return
-        except LocalFailure as exc:
-            if self.phase is not DONE:
-                self._fail_locally("resource", str(exc))
-            return
-        except Overloaded as exc:
-            if self.phase is not DONE:
-                self._fail_locally("overload", str(exc))
-            return
-        except NotH2:  # only an `auto` endpoint falls back, and those are not bridged
-            self.fail(502, "protocol", "endpoint refused HTTP/2", count_error=False)
-            return
-        except StreamError as exc:
-            self.fail(502, "protocol", exc.detail)
-            return
-        if self.phase is DONE:  # the client went away meanwhile
-            up.reset()
-            return
+        up, h2pool = opened
         self.upstream = up
         self.h2pool = h2pool
         self.phase = SENT
@@ -157,16 +123,14 @@ class H1Bridge(Exchange):
             if self.request_done:
                 up.send_data(b"", end_stream=True)
 
+    def _not_h2(self) -> None:
+        # Only an `auto` endpoint falls back, and those are not bridged.
+        self.fail(502, "protocol", "endpoint refused HTTP/2", count_error=False)
+
     def request_body(self, data: bytes) -> None:
         if self.phase is DONE:
             return
-        kept = self.kept
-        if kept is not None:
-            self.kept_size += len(data)
-            if self.kept_size <= self.down.state.limits.body_buffer:
-                kept.append(data)
-            else:
-                self.kept = None
+        self.replay.keep(data, self.down.state.limits.body_buffer)
         self.unsent += len(data)
         if self.unsent > PENDING_HIGH_WATER and not self.reading_paused:
             self.reading_paused = True
@@ -269,10 +233,8 @@ class H1Bridge(Exchange):
         pass  # HTTP/1.1 clients get none (README: HTTP/2 and gRPC)
 
     def on_sent(self, n: int) -> None:
-        self.attempt_sent += n
-        fresh = self.attempt_sent - self.credited
-        if fresh > 0:
-            self.credited = self.attempt_sent
+        fresh = self.replay.fresh(n)
+        if fresh:
             self.unsent -= fresh
             if self.reading_paused and self.unsent <= PENDING_HIGH_WATER // 2:
                 self.reading_paused = False
@@ -290,23 +252,9 @@ class H1Bridge(Exchange):
                 self.close_after = True  # the rest of the body is for nobody
             self._done(self.response_status)
             return
-        version = self.version
-        assert version is not None and self.h2pool is not None
-        count_stream_end(version, self.stats, self.h2pool, error)
-        if error.kind == EndKind.CANCELLED:
-            return
-        if self.phase < RESPONDING and may_retry(error, self.retries,
-                                                 self.kept is not None and self.request_done):
-            self.retries += 1
-            self.attempt_sent = 0
-            self.pending = list(self.kept or [])
+        if self.replay.stream_failed(self, self.h2pool, error, self.request_done):
+            self.pending = self.replay.replay()
             self._choose_endpoint()
-            return
-        if self.phase < RESPONDING:
-            status = 504 if error.kind == EndKind.TIMEOUT else 502
-            self.fail(status, str(error.kind), error.detail, count_error=False)
-        else:
-            self._abort_client()
 
 
 def bridged(down: DownstreamProtocol, version: VersionRuntime, request: RequestContext,

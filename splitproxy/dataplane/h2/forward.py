@@ -18,24 +18,12 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from splitproxy.dataplane.h2 import grpc
-from splitproxy.dataplane.h2.outcome import (
-    LocalFailure,
-    NoEndpoint,
-    answered,
-    count_stream_end,
-    may_retry,
-    open_for_version,
-)
-from splitproxy.dataplane.h2.upstream import H2Pool, H2Pools, NotH2
-from splitproxy.dataplane.h2.upstream_stream import (
-    EndKind,
-    Headers,
-    StreamError,
-    UpstreamStream,
-)
+from splitproxy.dataplane.h2.outcome import answered
+from splitproxy.dataplane.h2.relay import Replay, open_upstream
+from splitproxy.dataplane.h2.upstream import H2Pool, H2Pools
+from splitproxy.dataplane.h2.upstream_stream import Headers, StreamError, UpstreamStream
 from splitproxy.dataplane.http.headers import SHADOW_MARKER
 from splitproxy.dataplane.http.lifecycle import CONNECTING, DONE, RESPONDING, SENT, STREAMING
-from splitproxy.dataplane.http.pool import Overloaded
 
 if TYPE_CHECKING:
     from splitproxy.dataplane.h2.request import H2Request
@@ -110,9 +98,8 @@ class H2Forward:
     the `StreamHandler` of its upstream stream."""
 
     __slots__ = ("stream", "ex", "pools", "fields", "grpc", "error_codes", "upstream",
-                 "h2pool", "pending", "kept", "kept_size", "request_done", "retries",
-                 "status", "headers", "trailers", "call_deadline", "credited", "attempt_sent",
-                 "request_trailers")
+                 "h2pool", "pending", "replay", "request_done", "status", "headers",
+                 "trailers", "call_deadline", "request_trailers")
 
     def __init__(self, stream: H2Stream, ex: Exchange, pools: H2Pools, fields: Headers,
                  grpc_call: bool, error_codes: frozenset[int]) -> None:
@@ -125,16 +112,8 @@ class H2Forward:
         self.upstream: UpstreamStream | None = None
         self.h2pool: H2Pool | None = None
         self.pending: list[bytes] = []  # body read before the upstream stream exists
-        # The body, kept whole while small (limits.body_buffer) so a refused stream can be
-        # sent again; None once it is larger.
-        self.kept: list[bytes] | None = []
-        self.kept_size = 0
         self.request_done = False
-        self.retries = 0
-        # Body credit returned to the client so far, and body bytes the current attempt
-        # framed: a retry replays bytes the client was already credited for (`on_sent`).
-        self.credited = 0
-        self.attempt_sent = 0
+        self.replay = Replay()
         self.request_trailers: Headers | None = None
         self.status = 0
         self.headers: Headers = []
@@ -157,28 +136,11 @@ class H2Forward:
             # `grpc-timeout` is the time left when the stream opens (`H2Pool.open_stream`).
             ex.fail(504, "timeout", "deadline exceeded in the proxy", count_error=False)
             return
-        try:
-            up, h2pool = await open_for_version(version, self.pools, ex.stats, self.fields,
-                                                end, self, self.call_deadline)
-        except NoEndpoint as exc:  # counted already
-            ex.fail(exc.status, exc.kind, exc.detail, count_error=False)
+        opened = await open_upstream(ex, self.pools, self.fields, end, self, self._to_http1,
+                                     self.call_deadline)
+        if opened is None:
             return
-        except LocalFailure as exc:
-            ex._fail_locally("resource", str(exc))
-            return
-        except Overloaded as exc:
-            if ex.phase is not DONE:
-                ex._fail_locally("overload", str(exc))
-            return
-        except NotH2:
-            self._to_http1()
-            return
-        except StreamError as exc:
-            ex.fail(502, "protocol", exc.detail)
-            return
-        if ex.phase is DONE:  # the client went away meanwhile
-            up.reset()
-            return
+        up, h2pool = opened
         self.upstream = up
         self.h2pool = h2pool
         ex.phase = SENT
@@ -209,13 +171,7 @@ class H2Forward:
     def request_body(self, data: bytes) -> None:
         if self.ex.phase is DONE:
             return
-        kept = self.kept
-        if kept is not None:
-            self.kept_size += len(data)
-            if self.kept_size <= self.stream.state.limits.body_buffer:
-                kept.append(data)
-            else:
-                self.kept = None
+        self.replay.keep(data, self.stream.state.limits.body_buffer)
         up = self.upstream
         if up is not None:
             up.send_data(data)
@@ -293,10 +249,8 @@ class H2Forward:
     def on_sent(self, n: int) -> None:
         # Only bytes the client has not been credited for yet: a retry sends the kept body
         # again, and the client's window must not grow twice for it.
-        self.attempt_sent += n
-        fresh = self.attempt_sent - self.credited
-        if fresh > 0:
-            self.credited = self.attempt_sent
+        fresh = self.replay.fresh(n)
+        if fresh:
             self.stream.give_back(fresh)
 
     def on_end(self, error: StreamError | None) -> None:
@@ -307,23 +261,9 @@ class H2Forward:
         if error is None:
             self._complete()
             return
-        version = ex.version
-        assert version is not None and self.h2pool is not None
-        count_stream_end(version, ex.stats, self.h2pool, error)
-        if error.kind == EndKind.CANCELLED:
-            return
-        if ex.phase < RESPONDING and may_retry(error, self.retries,
-                                               self.kept is not None and self.request_done):
-            self.retries += 1
-            self.attempt_sent = 0
-            self.pending = list(self.kept or [])
+        if self.replay.stream_failed(ex, self.h2pool, error, self.request_done):
+            self.pending = self.replay.replay()
             self.start()
-            return
-        if ex.phase < RESPONDING:
-            status = 504 if error.kind == EndKind.TIMEOUT else 502
-            ex.fail(status, str(error.kind), error.detail, count_error=False)
-        else:
-            ex._abort_client()
 
     def _complete(self) -> None:
         """The answer is whole: counted (a gRPC status by the route's error codes), then the

@@ -29,7 +29,7 @@ from splitproxy.dataplane.h2.forward import forward_for
 from splitproxy.dataplane.h2.request import Malformed, read_request, read_trailers
 from splitproxy.dataplane.h2.stream import H2Stream
 from splitproxy.dataplane.http.accesslog import CLIENT_CLOSED, LoggedDownstream, log_request
-from splitproxy.dataplane.http.connection import HEADER, IDLE, LINGER, ClientConnection
+from splitproxy.dataplane.http.connection import HEADER, IDLE, ClientConnection
 from splitproxy.dataplane.http.dispatch import build_exchange
 from splitproxy.dataplane.http.exchange import Exchange
 from splitproxy.dataplane.http.flow import WRITE
@@ -482,12 +482,8 @@ class H2Server(ClientConnection):
             self._check_send_progress(now)
 
     def _on_timer(self) -> None:
-        kind = self.timer_kind
-        self._cancel_timer()
-        if self.transport is None or self.transport.is_closing():
-            return
-        if kind == LINGER:
-            self.transport.abort()
+        kind = self._timer_fired()
+        if kind is None:
             return
         # No request in time (HEADER), or none for `timeouts.idle` (IDLE): a polite end.
         self._goaway(ErrorCodes.NO_ERROR, self.h2.highest_inbound_stream_id)

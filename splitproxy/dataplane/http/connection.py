@@ -148,6 +148,19 @@ class ClientConnection(asyncio.Protocol):
         self.deadline = 0.0
         self.timer_kind = ""
 
+    def _timer_fired(self) -> str | None:
+        """The deadline passed: its kind (HEADER, IDLE), for the protocol to act on, or None
+        when nothing is left to do (the transport is closing, or the lingering close ended
+        and the connection was cut)."""
+        kind = self.timer_kind
+        self._cancel_timer()
+        if self.transport is None or self.transport.is_closing():
+            return None
+        if kind == LINGER:
+            self.transport.abort()
+            return None
+        return kind
+
     def _check_send_progress(self, now: float) -> None:
         """The send timeout, while output waits for the client (see `flow.send_progress`)."""
         timeout = self.state.timeouts.client_send

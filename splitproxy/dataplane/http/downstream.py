@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 import httptools
 
-from splitproxy.dataplane.http.connection import HEADER, IDLE, LINGER, ClientConnection
+from splitproxy.dataplane.http.connection import HEADER, IDLE, ClientConnection
 from splitproxy.dataplane.http.dispatch import build_exchange
 from splitproxy.dataplane.http.exchange import Exchange
 from splitproxy.dataplane.http.flow import PIPELINE, UPGRADE, WRITE
@@ -385,12 +385,8 @@ class DownstreamProtocol(ClientConnection):
             self._reject(408, "request body not received in time")
 
     def _on_timer(self) -> None:
-        kind = self.timer_kind
-        self._cancel_timer()
-        if self.transport is None or self.transport.is_closing():
-            return
-        if kind == LINGER:
-            self.transport.abort()
+        kind = self._timer_fired()
+        if kind is None:
             return
         if kind == HEADER and self.current is None:
             self.broken = True
