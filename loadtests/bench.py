@@ -470,7 +470,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--connections", type=int, nargs="+", default=[1, 64, 512],
                    help="wrk -c values (1 64 512)")
     p.add_argument("--threads", type=int, default=2, help="wrk -t (2)")
-    p.add_argument("--warmup", type=float, default=2.0, help="seconds of warm-up per target (2; 0: none)")
+    p.add_argument("--warmup", type=float, default=2.0,
+                   help="seconds of warm-up per target (2; 0: none)")
     p.add_argument(
         "--upstream",
         choices=("nginx", "aiohttp"),

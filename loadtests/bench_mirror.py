@@ -100,7 +100,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--percents", type=float, nargs="+", default=[10.0, 100.0],
                    help="mirrored shares (10 100)")
     p.add_argument("--threads", type=int, default=2, help="wrk -t (2)")
-    p.add_argument("--warmup", type=float, default=1.0, help="seconds of warm-up per target (1; 0: none)")
+    p.add_argument("--warmup", type=float, default=1.0,
+                   help="seconds of warm-up per target (1; 0: none)")
     p.add_argument("--json", metavar="FILE", help="also write every sample and the medians")
     args = p.parse_args(argv)
     if args.duration <= 0 or args.rounds < 1 or args.threads < 1 or args.warmup < 0 \
