@@ -42,6 +42,7 @@ import textwrap
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -348,15 +349,39 @@ def start_splitproxy(children: Children, tmp: Path, upstream: int, name: str = "
 # --- running wrk -------------------------------------------------------------------------------
 
 
-def run_wrk(wrk: str, port: int, threads: int, connections: int, duration: float) -> str:
+def wrk_argv(wrk: str, port: int, threads: int, connections: int, duration: float) -> list[str]:
     # wrk wants at least one connection per thread.
     threads = min(threads, connections)
-    argv = [wrk, f"-t{threads}", f"-c{connections}", f"-d{duration:g}s", "--latency"]
-    argv.append(f"http://{HOST}:{port}/")
+    return [wrk, f"-t{threads}", f"-c{connections}", f"-d{duration:g}s", "--latency",
+            f"http://{HOST}:{port}/"]
+
+
+def _run(argv: list[str], duration: float) -> str:
     done = subprocess.run(argv, capture_output=True, text=True, timeout=duration + 30, check=False)
     if done.returncode != 0:
         raise RuntimeError(f"{' '.join(argv)} failed ({done.returncode}):\n{done.stderr}")
     return done.stdout
+
+
+def run_wrk(wrk: str, port: int, threads: int, connections: int, duration: float) -> str:
+    return _run(wrk_argv(wrk, port, threads, connections, duration), duration)
+
+
+def warm_up_runs(wrk: str, ports: Mapping[str, int], targets: Sequence[str], threads: int,
+                 connections: int, seconds: float) -> list[tuple[str, list[str]]]:
+    """The wrk run, as (target, argv), that warms each target up before it is measured; none
+    for a zero warm-up, which wrk could not run (it refuses `-d0s`)."""
+    if seconds <= 0:
+        return []
+    return [(t, wrk_argv(wrk, ports[t], threads, connections, seconds)) for t in targets]
+
+
+def warm_up(wrk: str, ports: Mapping[str, int], targets: Sequence[str], threads: int,
+            connections: int, seconds: float, log: str = "bench") -> None:
+    """Runs `warm_up_runs`, saying each on stderr after `log`."""
+    for target, argv in warm_up_runs(wrk, ports, targets, threads, connections, seconds):
+        sys.stderr.write(f"{log}: warm-up {target}\n")
+        _run(argv, seconds)
 
 
 def median_of(samples: list[Sample]) -> dict[str, Any]:
@@ -445,7 +470,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--connections", type=int, nargs="+", default=[1, 64, 512],
                    help="wrk -c values (1 64 512)")
     p.add_argument("--threads", type=int, default=2, help="wrk -t (2)")
-    p.add_argument("--warmup", type=float, default=2.0, help="seconds of warm-up per target (2)")
+    p.add_argument("--warmup", type=float, default=2.0,
+                   help="seconds of warm-up per target (2; 0: none)")
     p.add_argument(
         "--upstream",
         choices=("nginx", "aiohttp"),
@@ -563,10 +589,8 @@ def main(argv: list[str] | None = None) -> int:
                     sys.stderr.write(f"bench: {target}: RSS {row['rss_mb']:.1f} MB with "
                                      f"{row['opened']} connections, peak {row['peak_rss_mb']:.1f} "
                                      "MB\n")
-            if args.warmup > 0:
-                for target in targets:
-                    sys.stderr.write(f"bench: warm-up {target}\n")
-                    run_wrk(wrk, ports[target], args.threads, args.connections[0], args.warmup)
+            if args.connections:  # none: --memory-only
+                warm_up(wrk, ports, targets, args.threads, args.connections[0], args.warmup)
             for conns in args.connections:
                 for rnd in range(args.rounds):
                     # Rotate the order so no target always runs first (or last).

@@ -100,14 +100,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--percents", type=float, nargs="+", default=[10.0, 100.0],
                    help="mirrored shares (10 100)")
     p.add_argument("--threads", type=int, default=2, help="wrk -t (2)")
-    p.add_argument("--warmup", type=float, default=1.0, help="seconds of warm-up per target")
+    p.add_argument("--warmup", type=float, default=1.0,
+                   help="seconds of warm-up per target (1; 0: none)")
     p.add_argument("--json", metavar="FILE", help="also write every sample and the medians")
     args = p.parse_args(argv)
     if args.duration <= 0 or args.rounds < 1 or args.threads < 1 or args.warmup < 0 \
             or any(c < 1 for c in args.connections) \
             or any(not 0 < x <= 100 for x in args.percents):
         p.error("--duration, --rounds, --threads, --connections must be positive, "
-                "--percents in (0, 100]")
+                "--warmup >= 0 (0: none), --percents in (0, 100]")
     return args
 
 
@@ -137,8 +138,8 @@ def main(argv: list[str] | None = None) -> int:
                 ports[target(NGINX, percent)] = bench.start_nginx_proxy(
                     children, nginx, tmp, upstream, name=target(NGINX, percent),
                     mirror=mirror)
-            for name in targets:
-                bench.run_wrk(wrk, ports[name], args.threads, args.connections[0], args.warmup)
+            bench.warm_up(wrk, ports, targets, args.threads, args.connections[0], args.warmup,
+                          "bench_mirror")
             for conns in args.connections:
                 for rnd in range(args.rounds):
                     k = rnd % len(targets)

@@ -190,11 +190,8 @@ async def test_with_workers_each_worker_probes_and_takes_the_endpoint_out(
     async with run_health_upstream("a") as a, run_health_upstream("b") as b:
         cfg = config(a, b)
         cfg["listen"] = f"127.0.0.1:{free_port()}"  # workers share one port (SO_REUSEPORT)
-        path = tmp_path / "config.yaml"
-        write_config(path, cfg)
-        svc = Service(path, watch=False, workers=2)
-        await asyncio.wait_for(svc.start(), WAIT * 2)
-        try:
+        async with running_service(tmp_path, cfg, watch=False, workers=2,
+                                   start_wait=WAIT * 2) as (svc, _):
             pool = svc.proxy
             assert isinstance(pool, WorkerPool)
 
@@ -214,8 +211,6 @@ async def test_with_workers_each_worker_probes_and_takes_the_endpoint_out(
                 ep = await endpoint(session, a.url)
             assert (ep["up"], ep["active"], ep["active_last_error"]) == (
                 False, "down", "status 503"), ep
-        finally:
-            await asyncio.wait_for(svc.stop(drain=1.0), WAIT * 2)
 
 
 async def test_a_reload_without_the_check_stops_probing_and_brings_the_endpoint_back(

@@ -4,15 +4,13 @@ process, as the worker reports it with its counters."""
 
 from __future__ import annotations
 
-import asyncio
 import os
 from pathlib import Path
 
-from splitproxy.control.service import Service
 from splitproxy.dataplane.workers import WorkerPool
 from tests.support.configs import proxy_config, route
 from tests.support.ports import free_port
-from tests.support.service import admin, metric, running_service, scrape, write_config
+from tests.support.service import admin, metric, running_service, scrape
 from tests.support.upstream import run_upstreams
 from tests.support.waiting import WAIT, wait_until
 
@@ -38,11 +36,8 @@ async def test_each_worker_reports_its_memory_cpu_and_descriptors(tmp_path: Path
     async with run_upstreams("stable") as ups:
         cfg = proxy_config([route({"stable": ups["stable"].url})])
         cfg["listen"] = f"127.0.0.1:{free_port()}"  # workers share one port (SO_REUSEPORT)
-        path = tmp_path / "config.yaml"
-        write_config(path, cfg)
-        svc = Service(path, watch=False, workers=2)
-        await asyncio.wait_for(svc.start(), WAIT * 2)
-        try:
+        async with running_service(tmp_path, cfg, watch=False, workers=2,
+                                   start_wait=WAIT * 2) as (svc, _):
             async with admin(svc) as session:
 
                 async def both_reported() -> bool:
@@ -56,8 +51,6 @@ async def test_each_worker_reports_its_memory_cpu_and_descriptors(tmp_path: Path
             assert isinstance(pool, WorkerPool)
             pids = {w.index: w.process.pid for w in pool._workers.values()}
             usage = dict(pool.worker_usage())
-        finally:
-            await asyncio.wait_for(svc.stop(drain=1.0), WAIT * 2)
     assert {i: u.pid for i, u in usage.items()} == pids  # each worker speaks for itself
     assert os.getpid() not in pids.values()
     for w in ("0", "1"):

@@ -132,11 +132,8 @@ async def test_with_workers_the_refusal_is_reported_once_per_listener(tmp_path: 
     site = issue(ca, tmp_path, "site", "localhost")
     port = free_port()
     async with run_upstream("stable") as up:
-        path = tmp_path / "config.yaml"
-        write_config(path, tls_config(up.url, port, site))
-        svc = Service(path, watch=False, workers=2)
-        await asyncio.wait_for(svc.start(), 60)
-        try:
+        async with running_service(tmp_path, tls_config(up.url, port, site), watch=False,
+                                   workers=2, start_wait=60, stop_wait=60) as (svc, _):
             site.cert.write_text("not a certificate")
 
             def both_refused() -> bool:
@@ -144,8 +141,6 @@ async def test_with_workers_the_refusal_is_reported_once_per_listener(tmp_path: 
 
             await wait_until(both_refused, 10, "both workers' refusals")
             shown = svc.controller.status().config.certificates_refused
-        finally:
-            await svc.stop(drain=1.0)
     assert [(c.listener, str(site.cert) in c.error) for c in shown] == [
         (f"127.0.0.1:{port}", True)]
 

@@ -3,14 +3,12 @@ and a config reload that names new certificate files serves them from the next h
 
 from __future__ import annotations
 
-import asyncio
 import json
 from pathlib import Path
 from typing import Any
 
 import trustme
 
-from splitproxy.control.service import Service
 from tests.support.configs import proxy_config, route
 from tests.support.ports import free_port
 from tests.support.rawhttp import get
@@ -41,11 +39,8 @@ async def test_every_worker_serves_every_listener_and_counts_a_refused_reload(
     async with run_upstream("stable") as up:
         cfg = proxy_config([route({"stable": up.url})],
                            listen=listeners(plain, secure, site.listener()))
-        path = tmp_path / "config.yaml"
-        write_config(path, cfg)
-        svc = Service(path, watch=False, workers=2)
-        await asyncio.wait_for(svc.start(), 60)
-        try:
+        async with running_service(tmp_path, cfg, watch=False, workers=2, start_wait=60,
+                                   stop_wait=60) as (svc, _):
             protos = set()
             for _ in range(10):
                 resp = await get(plain, "/headers")
@@ -67,8 +62,6 @@ async def test_every_worker_serves_every_listener_and_counts_a_refused_reload(
                 await wait_until(refused, 10, "both workers' refusals in /metrics")
             async with tls_client(secure, client_context(ca_file)) as c:
                 assert (await c.request("GET", "/")).status == 200  # the old one serves on
-        finally:
-            await svc.stop(drain=1.0)
     assert protos == {"http", "https"}
     assert up.requests == 21
 

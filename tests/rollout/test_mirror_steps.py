@@ -5,7 +5,6 @@ promotion each stop them; `/status` and `splitproxy status` show the mirror in f
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 from pathlib import Path
 from typing import Any
@@ -19,7 +18,7 @@ from splitproxy.dataplane.workers import WorkerPool
 from tests.support.configs import rollout_config
 from tests.support.ports import free_port
 from tests.support.rawhttp import get
-from tests.support.service import admin, run_service, status, write_config
+from tests.support.service import admin, run_service, running_service, status, write_config
 from tests.support.shadowing import Served, json_reply, serving
 from tests.support.waiting import WAIT, wait_until
 
@@ -114,11 +113,8 @@ async def test_with_workers_every_worker_copies_from_the_step_on(tmp_path: Path)
             serving(json_reply("stable")) as canary:
         cfg = config(stable, canary, [{"set_mirror": 100}, {"pause": {}}])
         cfg["listen"] = f"127.0.0.1:{free_port()}"  # workers share one port (SO_REUSEPORT)
-        path = tmp_path / "shop.yaml"
-        write_config(path, cfg)
-        svc = Service(path, watch=False, workers=2)
-        await asyncio.wait_for(svc.start(), WAIT * 2)
-        try:
+        async with running_service(tmp_path, cfg, name="shop.yaml", watch=False, workers=2,
+                                   start_wait=WAIT * 2) as (svc, _):
             pool = svc.proxy
             assert isinstance(pool, WorkerPool)
             engine = svc.controller.engine
@@ -138,5 +134,3 @@ async def test_with_workers_every_worker_copies_from_the_step_on(tmp_path: Path)
             await wait_until(lambda: sum(r.target.startswith("/all/") for r in canary.requests)
                              == 20, what="a copy of each of the 20 requests")
             assert all(r.header("x-splitproxy-shadow") == "1" for r in canary.requests)
-        finally:
-            await asyncio.wait_for(svc.stop(drain=1.0), WAIT * 2)

@@ -3,18 +3,16 @@ in; the next rollout ignores it and places the client again (by hash key, then w
 
 from __future__ import annotations
 
-import asyncio
 from http.cookies import SimpleCookie
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 
-from splitproxy.control.service import Service
 from splitproxy.routing.choose import choose
 from tests.support.configs import rollout_config
 from tests.support.ports import free_port
-from tests.support.service import admin, run_service, write_config
+from tests.support.service import admin, run_service, running_service, write_config
 from tests.support.upstream import Upstream, run_upstreams
 from tests.support.waiting import WAIT, wait_until
 
@@ -88,13 +86,10 @@ async def test_every_worker_process_names_the_current_run_in_its_cookies(
     tmp_path: Path,
 ) -> None:
     async with run_upstreams("stable", "canary") as b:
-        path = tmp_path / "shop.yaml"
         cfg = rollout_config(b, weights={"stable": 50, "canary": 50}, sticky={"cookie": "sp"})
         cfg["listen"] = f"127.0.0.1:{free_port()}"  # workers share one port (SO_REUSEPORT)
-        write_config(path, cfg)
-        svc = Service(path, watch=False, workers=2)
-        await asyncio.wait_for(svc.start(), WAIT * 2)
-        try:
+        async with running_service(tmp_path, cfg, name="shop.yaml", watch=False, workers=2,
+                                   start_wait=WAIT * 2) as (svc, _):
             engine = svc.controller.engine
             first = engine.states["shop"].run
             cookies = {(await get(svc.proxy_port, {}))[1] for _ in range(20)}
@@ -111,5 +106,3 @@ async def test_every_worker_process_names_the_current_run_in_its_cookies(
                 return seen == {f"stable.{second}", f"canary.{second}"}
 
             await wait_until(renewed, what="both workers on the new run")
-        finally:
-            await asyncio.wait_for(svc.stop(drain=1.0), WAIT * 2)

@@ -30,29 +30,35 @@ def write_config(path: Path, cfg: Mapping[str, Any]) -> None:
 
 @contextlib.asynccontextmanager
 async def run_service(
-    path: Path, *, watch: bool = True, clock: Clock = SYSTEM
+    path: Path, *, watch: bool = True, clock: Clock = SYSTEM, workers: int = 1,
+    start_wait: float = WAIT, stop_wait: float = WAIT + 5,
 ) -> AsyncIterator[Service]:
-    """A started `Service` for the config file at `path` (rollouts on `clock`); stopped
-    (drain 1 s) on exit, unless the test already stopped it."""
-    svc = Service(path, watch=watch, clock=clock)
-    await asyncio.wait_for(svc.start(), WAIT)
+    """A started `Service` for the config file at `path` (rollouts on `clock`, `workers`
+    data-plane processes); stopped (drain 1 s) on exit, unless the test already stopped it.
+    Start and stop are bounded by `start_wait` and `stop_wait` seconds: spawning worker
+    processes takes longer than starting one in this process."""
+    svc = Service(path, watch=watch, clock=clock, workers=workers)
+    await asyncio.wait_for(svc.start(), start_wait)
     if watch:
         await asyncio.sleep(WATCH_SETTLE)
     try:
         yield svc
     finally:
         if not svc.proxy.draining:  # a test may have stopped it itself
-            await asyncio.wait_for(svc.stop(drain=1.0), WAIT + 5)
+            await asyncio.wait_for(svc.stop(drain=1.0), stop_wait)
 
 
 @contextlib.asynccontextmanager
 async def running_service(
-    tmp_path: Path, cfg: Mapping[str, Any], *, name: str = "config.yaml", watch: bool = True
+    tmp_path: Path, cfg: Mapping[str, Any], *, name: str = "config.yaml", watch: bool = True,
+    workers: int = 1, start_wait: float = WAIT, stop_wait: float = WAIT + 5,
 ) -> AsyncIterator[tuple[Service, Path]]:
-    """Writes `cfg` to `tmp_path/name` and yields a started Service with the file's path."""
+    """Writes `cfg` to `tmp_path/name` and yields a started Service with the file's path (the
+    other arguments as `run_service`'s)."""
     path = tmp_path / name
     write_config(path, cfg)
-    async with run_service(path, watch=watch) as svc:
+    async with run_service(path, watch=watch, workers=workers, start_wait=start_wait,
+                           stop_wait=stop_wait) as svc:
         yield svc, path
 
 
