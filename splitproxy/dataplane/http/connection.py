@@ -12,6 +12,8 @@ import socket
 import struct
 from typing import cast
 
+from mypy_extensions import mypyc_attr
+
 from splitproxy.dataplane.http.flow import SENT_ALL, STALLED, WRITE_HIGH_WATER, ClientFlow
 from splitproxy.dataplane.http.headers import error_response
 from splitproxy.dataplane.http.listener import PLAIN, ListenerInfo, peer_identity
@@ -34,6 +36,7 @@ IDLE = "idle"  # a kept-alive connection must send its next request (idle)
 LINGER = "linger"  # the lingering close ends
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)
 class ClientConnection(asyncio.Protocol):
     """The base of `DownstreamProtocol`: everything about the connection but HTTP."""
 

@@ -24,6 +24,8 @@ from dataclasses import dataclass
 from enum import IntEnum
 from typing import TYPE_CHECKING
 
+from mypy_extensions import mypyc_attr
+
 from splitproxy.dataplane.http import health
 from splitproxy.dataplane.http.headers import error_response
 from splitproxy.dataplane.http.local import RETRY_AFTER, local_log
@@ -76,6 +78,7 @@ class RequestContext:
     request_id: bytes = b""
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)
 class Lifecycle:
     """State of one proxied request; created by dispatch per request head."""
 
