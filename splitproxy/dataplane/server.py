@@ -15,6 +15,7 @@ from splitproxy.dataplane.h2.upstream import H2Pools
 from splitproxy.dataplane.http import probe
 from splitproxy.dataplane.http.acceptor import Acceptor
 from splitproxy.dataplane.http.accesslog import protocol_for
+from splitproxy.dataplane.http.connection import ClientConnection
 from splitproxy.dataplane.http.downstream import DownstreamProtocol, sweep
 from splitproxy.dataplane.http.listener import ListenerInfo
 from splitproxy.dataplane.http.pool import Pools
@@ -74,7 +75,7 @@ class ProxyServer:
         return self.state.runtime
 
     @property
-    def connections(self) -> set[DownstreamProtocol]:
+    def connections(self) -> set[ClientConnection]:
         return self.state.connections
 
     async def start(self, routing: table.RoutingTable | None = None) -> None:

@@ -62,6 +62,14 @@ class ClientConnection(asyncio.Protocol):
         self.listener: ListenerInfo = PLAIN  # set by the listener's protocol factory
         self.identity: bytes | None = None  # the verified client certificate's subject
 
+    def drain(self) -> None:
+        """Take no new request; finish those in flight (each protocol knows how)."""
+        raise NotImplementedError
+
+    def check_deadlines(self, now: float) -> None:
+        """One tick of the timeout sweeper for this connection."""
+        raise NotImplementedError
+
     def _accept(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports are not asyncio.Transport subclasses, only alike.
         self.transport = self.flow.transport = tcp = cast(asyncio.Transport, transport)

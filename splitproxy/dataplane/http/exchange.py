@@ -94,9 +94,10 @@ class Exchange(Lifecycle):
                 if conn.closed:  # a handed-over connection the upstream closed meanwhile
                     continue
                 break
-            except Overloaded as exc:
+            except Overloaded as full:
+                # Its own name: mypyc types an `as` name once per function, for its first clause.
                 if self.phase is not DONE:
-                    self._fail_locally("overload", str(exc))
+                    self._fail_locally("overload", str(full))
                 return
             except (TimeoutError, OSError) as exc:
                 if self.phase is DONE:

@@ -32,7 +32,7 @@ from splitproxy.dataplane.http.local import RETRY_AFTER, local_log
 from splitproxy.dataplane.http.response import RAW
 
 if TYPE_CHECKING:
-    from splitproxy.dataplane.http.downstream import DownstreamProtocol
+    from splitproxy.dataplane.http.peer import Downstream
     from splitproxy.dataplane.http.pool import Pool
     from splitproxy.dataplane.http.runtime import VersionRuntime
     from splitproxy.dataplane.http.upstream import UpstreamConnection
@@ -89,7 +89,7 @@ class Lifecycle:
         "read_deadline", "sent_at", "held", "paused_at",
     )
 
-    def __init__(self, down: DownstreamProtocol, version: VersionRuntime | None,
+    def __init__(self, down: Downstream, version: VersionRuntime | None,
                  request: RequestContext, local: bytes | None = None) -> None:
         self.down = down
         self.version = version
