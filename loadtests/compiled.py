@@ -51,17 +51,18 @@ def source_path(module: str) -> str:
 def toolchain_problem() -> str | None:
     """What is missing to compile C extensions for this Python, with how to install it;
     None when a compiler and Python.h are there."""
-    cc = (sysconfig.get_config_var("CC") or "cc").split()[0]
+    # setuptools compiles with $CC when set, else with the compiler Python was built with.
+    cc = (os.environ.get("CC") or sysconfig.get_config_var("CC") or "cc").split()[0]
     headers = Path(sysconfig.get_paths()["include"]) / "Python.h"
     missing = []
-    if shutil.which(os.environ.get("CC", cc).split()[0]) is None:
+    if shutil.which(cc) is None:
         missing.append(f"a C compiler ({cc})")
     if not headers.is_file():
         missing.append(f"Python's headers ({headers})")
     if not missing:
         return None
     version = f"{sys.version_info.major}.{sys.version_info.minor}"
-    return (f"cannot build the compiled data plane: no {' and no '.join(missing)}.\n"
+    return (f"cannot build the compiled data plane, missing {' and '.join(missing)}.\n"
             f"  Debian/Ubuntu: apt-get install gcc python{version}-dev (or python3-dev)\n"
             "  pyenv: the headers come with a pyenv-built Python; install gcc, then "
             "reinstall the Python if its include/ directory is empty")
