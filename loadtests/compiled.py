@@ -43,6 +43,21 @@ HOT_MODULES: tuple[str, ...] = (
 )
 
 
+def run_env(dest: Path = DEFAULT_DEST) -> dict[str, str]:
+    """The environment that runs the build: splitproxy from `dest`, loadtests and tests from
+    the repository; PYTHONSAFEPATH keeps a child's cwd (the repository, for `python -m`) off
+    the front of sys.path, where its source would shadow the build."""
+    return {"PYTHONPATH": os.pathsep.join([str(dest), str(REPO)]), "PYTHONSAFEPATH": "1",
+            "SPLITPROXY_EXPECT_COMPILED": "1"}
+
+
+def missing_build(dest: Path = DEFAULT_DEST) -> str | None:
+    """Why the build in `dest` cannot be run (None: it can)."""
+    if (dest / ".built").is_file():
+        return None
+    return f"no compiled build in {dest}: run `make compiled` first"
+
+
 def source_path(module: str) -> str:
     """`splitproxy.routing.choose` -> `splitproxy/routing/choose.py` (relative)."""
     return module.replace(".", "/") + ".py"
@@ -99,7 +114,7 @@ _PROBE = ("import importlib, json, sys\n"
 
 def loaded_from(dest: Path, modules: tuple[str, ...] = HOT_MODULES) -> dict[str, str]:
     """Where a child Python with `PYTHONPATH=dest` finds each module."""
-    env = {**os.environ, "PYTHONPATH": str(dest), "PYTHONSAFEPATH": "1"}
+    env = {**os.environ, **run_env(dest)}
     done = subprocess.run([sys.executable, "-c", _PROBE, *modules], cwd=dest, env=env,
                           capture_output=True, text=True, timeout=120, check=False)
     if done.returncode != 0:
