@@ -71,7 +71,8 @@ test-compiled: $(STAMP)
 	    '*** (install a C compiler and the Python headers, see above) ***' >&2; exit 0; \
 	elif [ $$rc -ne 0 ]; then exit $$rc; fi; \
 	set -ex; $(SUBMAKE) --no-print-directory compiled; \
-	$(COMPILED_ENV) $(BIN)/pytest -q -n 2 --dist loadfile --import-mode=append $(COMPILED_TESTS)
+	$(COMPILED_ENV) $(BIN)/pytest -q -n 2 --dist loadfile --import-mode=append --tb=native \
+	  $(COMPILED_TESTS)
 
 # A benchmark, not a test: needs wrk and nginx (apt-get install wrk nginx-light).
 bench: $(STAMP) compiled
