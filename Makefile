@@ -54,8 +54,9 @@ $(COMPILED)/.built: $(COMPILED_SOURCES) loadtests/compiled.py $(STAMP)
 # and --import-mode=append keeps pytest from putting the repository first.
 COMPILED_ENV := PYTHONPATH=$(CURDIR)/$(COMPILED):$(CURDIR) PYTHONSAFEPATH=1 \
 	SPLITPROXY_EXPECT_COMPILED=1
-# The tests that drive the hot modules end to end (about 90 s on the 2-core machine).
-COMPILED_TESTS := tests/packaging/test_compiled.py tests/integration/hostile \
+# The tests that drive the hot modules end to end, and the cost gate on the build's own budget.
+COMPILED_TESTS := tests/packaging/test_compiled.py tests/loadtests/test_costgate.py \
+	tests/integration/hostile \
 	tests/integration/h2 tests/dataplane tests/integration/test_errors.py \
 	tests/integration/test_error_bodies.py tests/integration/test_keepalive.py \
 	tests/integration/test_streaming.py tests/integration/test_split.py \

@@ -335,7 +335,7 @@ def main(argv: list[str] | None = None) -> int:
         budget.write_text(json.dumps({k: round(v) for k, v in measured.items()}, indent=2) + "\n")
         print(f"budget written to {budget}")
         return 0
-    over = compare(measured, json.loads(budget.read_text()))
+    over = compare(measured, json.loads(budget.read_text()) if budget.exists() else {})
     for line in over:
         print("over budget:", line, file=sys.stderr)
     return 1 if over else 0
