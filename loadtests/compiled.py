@@ -79,13 +79,14 @@ def toolchain_problem() -> str | None:
     version = f"{sys.version_info.major}.{sys.version_info.minor}"
     return (f"cannot build the compiled data plane, missing {' and '.join(missing)}.\n"
             f"  Debian/Ubuntu: apt-get install gcc python{version}-dev (or python3-dev)\n"
-            "  pyenv: the headers come with a pyenv-built Python; install gcc, then "
-            "reinstall the Python if its include/ directory is empty")
+            "  pyenv: a pyenv-built Python has its headers; install gcc (and rebuild the\n"
+            "  Python with `pyenv install --force` if its include/ directory is empty)")
 
 
 def copy_package(dest: Path) -> None:
     """A fresh copy of `splitproxy/` (no caches, no stray extension modules) and of the mypy
-    configuration; mypyc's own build directory and cache in `dest` are kept, for speed."""
+    configuration, and a link to `config/`; mypyc's own build directory and cache in `dest`
+    are kept, for speed."""
     target = dest / "splitproxy"
     if target.exists():
         shutil.rmtree(target)
@@ -95,6 +96,10 @@ def copy_package(dest: Path) -> None:
     shutil.copytree(REPO / "splitproxy", target,
                     ignore=shutil.ignore_patterns("__pycache__", "*.so", "*.pyc"))
     shutil.copy2(REPO / "pyproject.toml", dest / "pyproject.toml")
+    # The data the package finds beside itself (the demo's config/demo.yaml), not copied.
+    config = dest / "config"
+    if not config.is_symlink():
+        config.symlink_to(REPO / "config", target_is_directory=True)
 
 
 def compile_hot_modules(dest: Path) -> None:
@@ -131,12 +136,17 @@ def not_compiled(dest: Path, files: dict[str, str]) -> list[str]:
 
 
 def build(dest: Path) -> None:
+    """Copy, compile, prove; `dest/.built` (what `missing_build` looks for, and make's
+    target) exists only after a build that passed, and lists where each module came from."""
     start = time.monotonic()
+    (dest / ".built").unlink(missing_ok=True)
     copy_package(dest)
     compile_hot_modules(dest)
-    wrong = not_compiled(dest, loaded_from(dest))
+    files = loaded_from(dest)
+    wrong = not_compiled(dest, files)
     if wrong:
         raise SystemExit("compiled: these modules did not load compiled:\n  " + "\n  ".join(wrong))
+    (dest / ".built").write_text(json.dumps(files, indent=2) + "\n")
     print(f"compiled: {len(HOT_MODULES)} modules built with mypyc in {dest} "
           f"({time.monotonic() - start:.0f} s); run with PYTHONPATH={dest}")
 
