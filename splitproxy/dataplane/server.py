@@ -9,6 +9,7 @@ from collections.abc import Callable
 
 from splitproxy.config.models import Config, Timeouts
 from splitproxy.config.tls import Listener
+from splitproxy.dataplane import build
 from splitproxy.dataplane.h2.bridge import bridged
 from splitproxy.dataplane.h2.server import adopt
 from splitproxy.dataplane.h2.upstream import H2Pools
@@ -119,6 +120,7 @@ class ProxyServer:
             for server in self._servers:
                 server.close()
             raise
+        log.info("data plane: %s", build.describe())
         self.ports = [ports[i] for i in range(len(config.listen))]
         self.port = self.ports[0]
         self.listening = True
