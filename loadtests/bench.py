@@ -48,9 +48,10 @@ from pathlib import Path
 from typing import Any
 
 try:
-    from loadtests import nginxconf
+    from loadtests import compiled, nginxconf
     from loadtests.idle_clients import measure_idle, memory_markdown, raise_nofile
 except ImportError:  # run as `python loadtests/bench.py`: loadtests/ itself is on sys.path
+    import compiled  # type: ignore[import-not-found,no-redef]
     import nginxconf  # type: ignore[import-not-found,no-redef]
     from idle_clients import (  # type: ignore[no-redef,import-not-found]
         measure_idle,
@@ -66,13 +67,16 @@ TARGETS = ("upstream", "splitproxy", NGINX_PROXY)
 # Optional splitproxy variants (--variants): two workers on one port (SO_REUSEPORT), one
 # worker that does not count (what the per-version counters behind /metrics cost), and one
 # with the access log on (`logging.access_log`, a line per request to its log file, as a
-# log file would take it). Each is (workers, environment, top-level config lines).
+# log file would take it); and the same one worker with its hot modules compiled by mypyc
+# (`make compiled`: build/compiled). Each is (workers, environment, top-level config lines).
+COMPILED = "splitproxy-compiled"
 VARIANTS: dict[str, tuple[int, dict[str, str], str]] = {
     "splitproxy-2w": (2, {}, ""),
     "splitproxy-nostats": (1, {"SPLITPROXY_BENCH_NO_STATS": "1"}, ""),
     "splitproxy-accesslog": (1, {}, "logging: {access_log: true}\n"),
+    COMPILED: (1, compiled.run_env(), ""),
 }
-DEFAULT_VARIANTS = ("splitproxy-2w", "splitproxy-nostats")
+DEFAULT_VARIANTS = ("splitproxy-2w", "splitproxy-nostats", COMPILED)
 START_TIMEOUT = 15.0
 INSTALL_HINT = "apt-get install wrk nginx-light"
 
@@ -482,8 +486,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="idle keep-alive connections for the memory measurement (10000; 0: skip)")
     p.add_argument("--variants", nargs="*", choices=sorted(VARIANTS),
                    default=list(DEFAULT_VARIANTS),
-                   help="extra splitproxy targets (default: splitproxy-2w splitproxy-nostats; "
-                   "splitproxy-accesslog: the access log on; none: --variants)")
+                   help="extra splitproxy targets (default: splitproxy-2w splitproxy-nostats "
+                   f"{COMPILED}, which needs `make compiled`; splitproxy-accesslog: the access "
+                   "log on; none: --variants)")
     p.add_argument("--json", metavar="FILE", help="also write every sample and the medians")
     p.add_argument("--analysis", action="store_true",
                    help="guard the splitproxy route with an error-rate and three latency limits")
@@ -540,6 +545,9 @@ def prepare_run() -> tuple[str, str] | None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if COMPILED in args.variants and (problem := compiled.missing_build()) is not None:
+        sys.stderr.write(f"bench: {COMPILED}: {problem} (or leave it out: --variants ...)\n")
+        return 2
     tools = prepare_run()
     if tools is None:
         return 2
@@ -574,6 +582,10 @@ def main(argv: list[str] | None = None) -> int:
                 workers, env, extra = VARIANTS[variant]
                 ports[variant] = start_splitproxy(children, tmp, upstream, variant, workers, env,
                                                   args.analysis, extra)
+                # Its startup line (splitproxy.dataplane.build) says which data plane runs.
+                if variant == COMPILED and "data plane: compiled" not in (
+                        tail := children.log_tail(variant, 200)):
+                    raise RuntimeError(f"{COMPILED} runs the interpreted data plane:\n{tail}")
             if args.idle_connections:
                 if nofile < args.idle_connections + 256:
                     raise RuntimeError(f"RLIMIT_NOFILE is {nofile}: too low to hold "

@@ -3,6 +3,11 @@
     python -m loadtests.costgate                  # measure, compare with the budget, exit 1 if over
     python -m loadtests.costgate --write-budget   # measure and record the budget
     python -m loadtests.costgate --features       # what each feature costs (a table; no gate)
+    python -m loadtests.costgate --compiled [--write-budget]   # the same on build/compiled
+
+`--compiled` measures the data plane built with mypyc (`make compiled`, loadtests/compiled.py)
+against its own budget (costgate_budget_compiled.json); the proxy refuses to start unless it
+really runs the compiled modules.
 
 Seconds are noisy on a shared 2-core machine; instructions are not. One data-plane process (the
 same `ProxyServer` a worker runs, nothing of the control plane) runs under valgrind's callgrind
@@ -38,8 +43,11 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from loadtests import compiled as build
+
 REPO = Path(__file__).resolve().parent.parent
 BUDGET = REPO / "loadtests" / "costgate_budget.json"
+BUDGET_COMPILED = REPO / "loadtests" / "costgate_budget_compiled.json"
 TOLERANCE = 0.03  # a measured cost up to 3% over the budget passes
 WARMUP = 300
 SHORT, LONG = 100, 400
@@ -121,8 +129,11 @@ def _proxy_main(config_path: str, port_file: str) -> None:
 
     from splitproxy.config import logformat
     from splitproxy.config.models import load
+    from splitproxy.dataplane import build
     from splitproxy.dataplane.server import ProxyServer
 
+    if os.environ.get("SPLITPROXY_EXPECT_COMPILED") == "1" and not build.compiled():
+        raise SystemExit("costgate: a compiled run, but the data plane is interpreted")
     config = load(config_path)
     logformat.configure(config.logging.format)  # to stderr: a file (/dev/null) here
 
@@ -226,9 +237,15 @@ def _counted(pid: int, out: Path, sock: socket.socket, request: bytes, n: int) -
 
 
 def measure(workloads: tuple[Workload, ...] = WORKLOADS, top: str = "", route: str = "",
-            env_extra: dict[str, str] | None = None) -> dict[str, float]:
+            env_extra: dict[str, str] | None = None, compiled: bool = False
+            ) -> dict[str, float]:
     """Instructions per request, per workload, all in one proxy process under callgrind;
-    `top` and `route` are config lines added at the top level and to the route."""
+    `top` and `route` are config lines added at the top level and to the route; `compiled`:
+    the proxy runs build/compiled (RuntimeError if it is not built)."""
+    if compiled:
+        if (problem := build.missing_build()) is not None:
+            raise RuntimeError(problem)
+        env_extra = {**build.run_env(), **(env_extra or {})}
     with tempfile.TemporaryDirectory(prefix="costgate-") as name:
         tmp = Path(name)
         upstream_file, proxy_file = tmp / "upstream.port", tmp / "proxy.port"
@@ -268,12 +285,12 @@ def compare(measured: dict[str, float], budget: dict[str, float]) -> list[str]:
     return over
 
 
-def features_markdown() -> str:
+def features_markdown(compiled: bool = False) -> str:
     """Instructions per small GET with each of FEATURES, and the difference to the first."""
     lines = ["| feature | instructions per request | vs none |", "| --- | ---: | ---: |"]
     base = None
     for name, (top, route, env) in FEATURES.items():
-        cost = measure(WORKLOADS[:1], top, route, env)[WORKLOADS[0].name]
+        cost = measure(WORKLOADS[:1], top, route, env, compiled)[WORKLOADS[0].name]
         base = cost if base is None else base
         lines.append(f"| {name} | {cost:,.0f} | {cost - base:+,.0f} "
                      f"({100 * (cost / base - 1):+.1f}%) |")
@@ -294,24 +311,31 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     p.add_argument("--write-budget", action="store_true",
-                   help=f"record the measured costs as the budget ({BUDGET.name})")
+                   help=f"record the measured costs as the budget ({BUDGET.name}, or "
+                   f"{BUDGET_COMPILED.name} with --compiled)")
     p.add_argument("--features", action="store_true",
                    help="print what each feature costs on the small GET (no gate)")
+    p.add_argument("--compiled", action="store_true",
+                   help=f"the compiled build (make compiled), against {BUDGET_COMPILED.name}")
     opts = p.parse_args(args)
+    budget = BUDGET_COMPILED if opts.compiled else BUDGET
+    if opts.compiled and (problem := build.missing_build()) is not None:
+        print(f"costgate: {problem}", file=sys.stderr)
+        return 2
     if not available():
         print("costgate: needs valgrind (apt-get install valgrind)", file=sys.stderr)
         return 2
     if opts.features:
-        print(features_markdown())
+        print(features_markdown(opts.compiled))
         return 0
-    measured = measure()
+    measured = measure(compiled=opts.compiled)
     for name, cost in measured.items():
         print(f"{name:10s} {cost:12,.0f} instructions per request")
     if opts.write_budget:
-        BUDGET.write_text(json.dumps({k: round(v) for k, v in measured.items()}, indent=2) + "\n")
-        print(f"budget written to {BUDGET}")
+        budget.write_text(json.dumps({k: round(v) for k, v in measured.items()}, indent=2) + "\n")
+        print(f"budget written to {budget}")
         return 0
-    over = compare(measured, json.loads(BUDGET.read_text()))
+    over = compare(measured, json.loads(budget.read_text()) if budget.exists() else {})
     for line in over:
         print("over budget:", line, file=sys.stderr)
     return 1 if over else 0

@@ -9,12 +9,14 @@ from collections.abc import Callable
 
 from splitproxy.config.models import Config, Timeouts
 from splitproxy.config.tls import Listener
+from splitproxy.dataplane import build
 from splitproxy.dataplane.h2.bridge import bridged
 from splitproxy.dataplane.h2.server import adopt
 from splitproxy.dataplane.h2.upstream import H2Pools
 from splitproxy.dataplane.http import probe
 from splitproxy.dataplane.http.acceptor import Acceptor
 from splitproxy.dataplane.http.accesslog import protocol_for
+from splitproxy.dataplane.http.connection import ClientConnection
 from splitproxy.dataplane.http.downstream import DownstreamProtocol, sweep
 from splitproxy.dataplane.http.listener import ListenerInfo
 from splitproxy.dataplane.http.pool import Pools
@@ -74,7 +76,7 @@ class ProxyServer:
         return self.state.runtime
 
     @property
-    def connections(self) -> set[DownstreamProtocol]:
+    def connections(self) -> set[ClientConnection]:
         return self.state.connections
 
     async def start(self, routing: table.RoutingTable | None = None) -> None:
@@ -118,6 +120,7 @@ class ProxyServer:
             for server in self._servers:
                 server.close()
             raise
+        log.info("data plane: %s", build.describe())
         self.ports = [ports[i] for i in range(len(config.listen))]
         self.port = self.ports[0]
         self.listening = True

@@ -9,6 +9,8 @@ from __future__ import annotations
 import bisect
 from dataclasses import dataclass
 
+from mypy_extensions import mypyc_attr
+
 # Upper bounds in seconds, 1 ms to 10 s, as Prometheus `le` buckets (+Inf is implicit).
 LATENCY_BUCKETS: tuple[float, ...] = (
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
@@ -79,6 +81,9 @@ class VersionStats:
         return sum(self.responses.values())
 
 
+# A worker pickles it to its parent: unpickling sets attributes one by one, which a frozen class
+# compiled by mypyc refuses, so it stays a Python class in the compiled build.
+@mypyc_attr(native_class=False)
 @dataclass(frozen=True, slots=True)
 class CertificateProblem:
     """A TLS listener whose certificate files changed and do not load: the old ones serve."""

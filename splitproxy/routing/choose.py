@@ -41,7 +41,9 @@ class RoutePlan:
 
     name: str
     versions: tuple[str, ...]  # in config order
-    weights: tuple[float, ...]  # effective weights, parallel to `versions`
+    # `int | float`, not `float`: compiled by mypyc, a `float` holds 0 as 0.0, and /status
+    # shows whole weights as the ints they were configured as.
+    weights: tuple[int | float, ...]  # effective weights, parallel to `versions`
     baseline: str  # owns the highest buckets; the others take the lowest, in config order
     schedule: tuple[str, ...]  # low-variance weighted sequence; empty when every weight is 0
     bucket_bounds: tuple[tuple[int, str], ...]  # ascending (exclusive upper bound, version)
@@ -50,7 +52,7 @@ class RoutePlan:
 
 
 def make_plan(
-    name: str, versions: tuple[str, ...], weights: Mapping[str, float], baseline: str,
+    name: str, versions: tuple[str, ...], weights: Mapping[str, int | float], baseline: str,
     canary: str | None = None,
 ) -> RoutePlan:
     if len(set(versions)) != len(versions):

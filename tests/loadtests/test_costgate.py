@@ -14,17 +14,36 @@ import pytest
 from loadtests import costgate
 
 REQUIRED = os.environ.get("SPLITPROXY_REQUIRE_SERVICES") == "1"
+# `make test`'s compiled run (tests/packaging/test_compiled.py) sets this.
+COMPILED = os.environ.get("SPLITPROXY_EXPECT_COMPILED") == "1"
 
 
-@pytest.mark.slow
-@pytest.mark.timeout(600)
-def test_instructions_per_request_stay_within_the_budget() -> None:
+def _require_valgrind() -> None:
     if not costgate.available():
         if REQUIRED:
             pytest.fail("SPLITPROXY_REQUIRE_SERVICES=1 but valgrind is missing", pytrace=False)
         pytest.skip("needs valgrind (apt-get install valgrind)")
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+@pytest.mark.skipif(COMPILED, reason="the interpreted data plane's budget")
+def test_instructions_per_request_stay_within_the_budget() -> None:
+    _require_valgrind()
     measured = costgate.measure()
     budget = json.loads(costgate.BUDGET.read_text())
+    assert set(measured) == set(budget)
+    assert costgate.compare(measured, budget) == []
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+@pytest.mark.skipif(not COMPILED, reason="runs in make test's compiled run (make compiled)")
+def test_the_compiled_build_stays_within_its_own_budget() -> None:
+    """`python -m loadtests.costgate --compiled`: the proxy refuses to start interpreted."""
+    _require_valgrind()
+    measured = costgate.measure(compiled=True)
+    budget = json.loads(costgate.BUDGET_COMPILED.read_text())
     assert set(measured) == set(budget)
     assert costgate.compare(measured, budget) == []
 

@@ -36,8 +36,8 @@ from splitproxy.dataplane.http.lifecycle import CONNECTING, DONE, RESPONDING, SE
 from splitproxy.dataplane.http.response import CHUNKED, DISCARD, BadResponse, final_head
 
 if TYPE_CHECKING:
-    from splitproxy.dataplane.http.downstream import DownstreamProtocol
     from splitproxy.dataplane.http.lifecycle import RequestContext
+    from splitproxy.dataplane.http.peer import Downstream
     from splitproxy.dataplane.http.runtime import VersionRuntime
 
 # Fields of the HTTP/1.1 head that HTTP/2 does not carry (RFC 9113 8.2.2), and the Host,
@@ -76,7 +76,7 @@ class H1Bridge(Exchange):
     __slots__ = ("pools", "upstream", "h2pool", "replay", "unsent", "reading_paused",
                  "held_credit")
 
-    def __init__(self, down: DownstreamProtocol, version: VersionRuntime,
+    def __init__(self, down: Downstream, version: VersionRuntime,
                  request: RequestContext, pools: H2Pools) -> None:
         super().__init__(down, version, request)
         self.pools = pools
@@ -257,7 +257,7 @@ class H1Bridge(Exchange):
             self._choose_endpoint()
 
 
-def bridged(down: DownstreamProtocol, version: VersionRuntime, request: RequestContext,
+def bridged(down: Downstream, version: VersionRuntime, request: RequestContext,
             pools: H2Pools) -> Exchange:
     """`ServerState.bridge`: the exchange of an HTTP/1.1 request to an h2 version."""
     return H1Bridge(down, version, request, pools)

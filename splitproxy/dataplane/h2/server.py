@@ -39,7 +39,6 @@ from splitproxy.dataplane.http.request import Reject
 from splitproxy.dataplane.http.state import ServerState
 
 if TYPE_CHECKING:
-    import httptools
 
     from splitproxy.dataplane.h2.upstream import H2Pools
     from splitproxy.dataplane.http.downstream import DownstreamProtocol
@@ -100,7 +99,7 @@ class H2Server(ClientConnection):
         state = self.state
         # Typed as the HTTP/1.1 protocol: the server asks every connection only what this
         # class answers too (drain, check_deadlines, lingering, close_soon, abort).
-        state.connections.add(cast("DownstreamProtocol", self))
+        state.connections.add(self)
         self.flood = limits.FloodCounter(self.loop.time())
         h2 = self.h2
         max_list = state.limits.max_header
@@ -153,7 +152,7 @@ class H2Server(ClientConnection):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_timer()
-        self.state.connections.discard(cast("DownstreamProtocol", self))
+        self.state.connections.discard(self)
         streams = list(self.streams.values())
         self.streams.clear()
         for stream in streams:
@@ -235,14 +234,12 @@ class H2Server(ClientConnection):
         stream.received = len(request.method) + len(request.path) + 14 + sum(
             len(n) + len(v) + 4 for n, v in request.headers)
         self.streams[sid] = stream
-        down = cast("DownstreamProtocol", stream)  # the `down` an Exchange writes to
         try:
-            exchange = build_exchange(down, cast("httptools.HttpRequestParser",
-                                                 _Facts(request.method)),
-                                      request.headers, request.path)
+            exchange = build_exchange(stream, _Facts(request.method), request.headers,
+                                      request.path)
         except Reject as exc:
             self.state.stats.bad_requests += 1
-            exchange = Exchange(down, None, RequestContext(keep_alive=False),
+            exchange = Exchange(stream, None, RequestContext(keep_alive=False),
                                 local=error_response(exc.status, exc.detail, True))
         stream.exchange = exchange
         if end:

@@ -12,6 +12,8 @@ import socket
 import struct
 from typing import cast
 
+from mypy_extensions import mypyc_attr
+
 from splitproxy.dataplane.http.flow import SENT_ALL, STALLED, WRITE_HIGH_WATER, ClientFlow
 from splitproxy.dataplane.http.headers import error_response
 from splitproxy.dataplane.http.listener import PLAIN, ListenerInfo, peer_identity
@@ -34,6 +36,7 @@ IDLE = "idle"  # a kept-alive connection must send its next request (idle)
 LINGER = "linger"  # the lingering close ends
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)
 class ClientConnection(asyncio.Protocol):
     """The base of `DownstreamProtocol`: everything about the connection but HTTP."""
 
@@ -58,6 +61,14 @@ class ClientConnection(asyncio.Protocol):
         self.client_eof = False
         self.listener: ListenerInfo = PLAIN  # set by the listener's protocol factory
         self.identity: bytes | None = None  # the verified client certificate's subject
+
+    def drain(self) -> None:
+        """Take no new request; finish those in flight (each protocol knows how)."""
+        raise NotImplementedError
+
+    def check_deadlines(self, now: float) -> None:
+        """One tick of the timeout sweeper for this connection."""
+        raise NotImplementedError
 
     def _accept(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports are not asyncio.Transport subclasses, only alike.

@@ -7,8 +7,6 @@ from __future__ import annotations
 import hmac
 from typing import TYPE_CHECKING
 
-import httptools
-
 from splitproxy.config.paths import BadTarget, needs_normalising, normalise_target
 from splitproxy.dataplane.http.exchange import Exchange
 from splitproxy.dataplane.http.headers import cookie_value, error_response
@@ -30,11 +28,11 @@ from splitproxy.routing.steer import steered
 from splitproxy.routing.table import RouteEntry
 
 if TYPE_CHECKING:
-    from splitproxy.dataplane.http.downstream import DownstreamProtocol
+    from splitproxy.dataplane.http.peer import Downstream, RequestFacts
     from splitproxy.dataplane.http.runtime import VersionRuntime
 
 
-def build_exchange(down: DownstreamProtocol, parser: httptools.HttpRequestParser,
+def build_exchange(down: Downstream, parser: RequestFacts,
                    headers: list[tuple[bytes, bytes]], url: bytes) -> Exchange:
     """A parsed request head -> the exchange that answers it: framing and method checks,
     the normalised target, the route and the version (raises `Reject`)."""
@@ -143,7 +141,7 @@ def build_exchange(down: DownstreamProtocol, parser: httptools.HttpRequestParser
     return Exchange(down, version, request)
 
 
-def _bridged(down: DownstreamProtocol, version: VersionRuntime,
+def _bridged(down: Downstream, version: VersionRuntime,
              request: RequestContext) -> Exchange:
     """A request to a version that speaks HTTP/2 only: over its HTTP/2 pool."""
     bridge = down.state.bridge
@@ -153,7 +151,7 @@ def _bridged(down: DownstreamProtocol, version: VersionRuntime,
     return bridge(down, version, request)
 
 
-def _local(down: DownstreamProtocol, status: int, detail: str, client_11: bool,
+def _local(down: Downstream, status: int, detail: str, client_11: bool,
            keep_alive: bool, now: float, has_body: bool, rid: bytes) -> Exchange:
     # With a body pending that nobody will read, the connection cannot be reused.
     close = has_body or not keep_alive

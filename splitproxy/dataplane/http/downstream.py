@@ -115,8 +115,8 @@ class DownstreamProtocol(ClientConnection):
         while True:
             try:
                 parser.feed_data(data)
-            except httptools.HttpParserUpgrade as exc:
-                rest = data[exc.args[0]:]
+            except httptools.HttpParserUpgrade as upgrade:
+                rest = data[upgrade.args[0]:]
                 if self._upgrade_pending():  # set by the callbacks of this very feed
                     # Until the upstream answers 101 what follows is not tunnel data: hold it
                     # (and read nothing more); if it does not switch, it is parsed as requests.
@@ -127,8 +127,8 @@ class DownstreamProtocol(ClientConnection):
                     data = rest  # an upgrade answered by the proxy itself: requests follow
                     continue
                 return
-            except httptools.HttpParserCallbackError as exc:
-                reason = exc.__context__
+            except httptools.HttpParserCallbackError as failed:
+                reason = failed.__context__
                 if isinstance(reason, Reject):
                     self._reject(reason.status, reason.detail)
                     return
@@ -399,7 +399,7 @@ def _alpn(transport: asyncio.BaseTransport) -> str | None:
     return ssl_object.selected_alpn_protocol() if ssl_object is not None else None
 
 
-def sweep(connections: Iterable[DownstreamProtocol], now: float) -> None:
+def sweep(connections: Iterable[ClientConnection], now: float) -> None:
     """One tick of the timeout sweeper: every connection's deadlines against `now`."""
     for conn in list(connections):
         conn.check_deadlines(now)

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import ssl
 
+from mypy_extensions import mypyc_attr
+
 from splitproxy.dataplane.http import health
 from splitproxy.dataplane.http.flow import PENDING_HIGH_WATER
 from splitproxy.dataplane.http.headers import CONTINUE_100
@@ -41,6 +43,7 @@ from splitproxy.dataplane.http.upstream import UpstreamConnection
 MAX_INTERIM = 100
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)
 class Exchange(Lifecycle):
     """One proxied request: the request side is called by the downstream protocol, the
     response side by the upstream connection, the deadlines by the sweeper."""
@@ -91,9 +94,10 @@ class Exchange(Lifecycle):
                 if conn.closed:  # a handed-over connection the upstream closed meanwhile
                     continue
                 break
-            except Overloaded as exc:
+            except Overloaded as full:
+                # Its own name: mypyc types an `as` name once per function, for its first clause.
                 if self.phase is not DONE:
-                    self._fail_locally("overload", str(exc))
+                    self._fail_locally("overload", str(full))
                 return
             except (TimeoutError, OSError) as exc:
                 if self.phase is DONE:

@@ -22,6 +22,8 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING
 
+from mypy_extensions import mypyc_attr
+
 if TYPE_CHECKING:
     from splitproxy.dataplane.http.exchange import Exchange
     from splitproxy.dataplane.http.state import EventLoop
@@ -39,6 +41,7 @@ UPGRADE = "upgrade"  # an upgrade request waits for the upstream's 101 (or not)
 SENDING, SENT_ALL, STALLED = 0, 1, 2
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)
 class ClientFlow:
     """Back-pressure of one client connection, both ways."""
 

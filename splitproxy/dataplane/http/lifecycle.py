@@ -24,13 +24,15 @@ from dataclasses import dataclass
 from enum import IntEnum
 from typing import TYPE_CHECKING
 
+from mypy_extensions import mypyc_attr
+
 from splitproxy.dataplane.http import health
 from splitproxy.dataplane.http.headers import error_response
 from splitproxy.dataplane.http.local import RETRY_AFTER, local_log
 from splitproxy.dataplane.http.response import RAW
 
 if TYPE_CHECKING:
-    from splitproxy.dataplane.http.downstream import DownstreamProtocol
+    from splitproxy.dataplane.http.peer import Downstream
     from splitproxy.dataplane.http.pool import Pool
     from splitproxy.dataplane.http.runtime import VersionRuntime
     from splitproxy.dataplane.http.upstream import UpstreamConnection
@@ -76,6 +78,7 @@ class RequestContext:
     request_id: bytes = b""
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)
 class Lifecycle:
     """State of one proxied request; created by dispatch per request head."""
 
@@ -86,7 +89,7 @@ class Lifecycle:
         "read_deadline", "sent_at", "held", "paused_at",
     )
 
-    def __init__(self, down: DownstreamProtocol, version: VersionRuntime | None,
+    def __init__(self, down: Downstream, version: VersionRuntime | None,
                  request: RequestContext, local: bytes | None = None) -> None:
         self.down = down
         self.version = version

@@ -26,8 +26,8 @@ from splitproxy.dataplane.http.shadow import Shadow
 from splitproxy.dataplane.tls import client_context, server_hostname
 
 if TYPE_CHECKING:
-    from splitproxy.dataplane.http.downstream import DownstreamProtocol
     from splitproxy.dataplane.http.lifecycle import RequestContext
+    from splitproxy.dataplane.http.peer import Downstream
     from splitproxy.dataplane.http.runtime import VersionRuntime
     from splitproxy.routing.table import Endpoint
 
@@ -39,7 +39,7 @@ SHADOW_HEADER = b"X-Splitproxy-Shadow: 1"
 COMPARE_CAP = 1 << 20
 
 
-def mirrored(shadow: Shadow, down: DownstreamProtocol, version: VersionRuntime,
+def mirrored(shadow: Shadow, down: Downstream, version: VersionRuntime,
              request: RequestContext, method: bytes, content_length: bytes | None
              ) -> Exchange:
     """The exchange for a request of a mirrored route (dispatch's hook)."""
@@ -120,7 +120,7 @@ class _Pair:
         self.body: list[bytes] = []
         self.launched = False
 
-    def launch(self, down: DownstreamProtocol, head: bytes) -> None:
+    def launch(self, down: Downstream, head: bytes) -> None:
         if self.launched:
             return
         self.launched = True
@@ -261,7 +261,7 @@ class MirroredExchange(Exchange):
 
     __slots__ = ("pair",)
 
-    def __init__(self, down: DownstreamProtocol, version: VersionRuntime,
+    def __init__(self, down: Downstream, version: VersionRuntime,
                  request: RequestContext, pair: _Pair) -> None:
         super().__init__(down, version, request)
         self.pair = pair

@@ -13,9 +13,11 @@ from splitproxy.dataplane.http.runtime import Runtime
 from splitproxy.dataplane.stats import Stats
 
 if TYPE_CHECKING:
+    from splitproxy.dataplane.http.connection import ClientConnection
     from splitproxy.dataplane.http.downstream import DownstreamProtocol
     from splitproxy.dataplane.http.exchange import Exchange
     from splitproxy.dataplane.http.lifecycle import RequestContext
+    from splitproxy.dataplane.http.peer import Downstream
     from splitproxy.dataplane.http.runtime import VersionRuntime
 
 T = TypeVar("T")
@@ -61,7 +63,7 @@ class ServerState:
         # so the choice costs nothing per request; a reload applies to new connections.
         self.protocol = protocol
         self.access_lines = AccessLines(loop)  # what LoggedDownstream connections log
-        self.connections: set[DownstreamProtocol] = set()  # open client connections
+        self.connections: set[ClientConnection] = set()  # open client connections
         self.draining = False  # shutting down: every answer closes its connection
         # Takes over a connection that speaks HTTP/2 (`dataplane.h2.server.adopt`, set by the
         # server: the HTTP/1.1 package never imports the HTTP/2 one). None: HTTP/1.1 only.
@@ -69,7 +71,7 @@ class ServerState:
             = None
         # The exchange of an HTTP/1.1 request to a version that speaks HTTP/2
         # (`dataplane.h2.bridge.bridged`, set by the server). None: such a version answers 502.
-        self.bridge: Callable[[DownstreamProtocol, VersionRuntime, RequestContext],
+        self.bridge: Callable[[Downstream, VersionRuntime, RequestContext],
                               Exchange] | None = None
 
     def configure(self, timeouts: Timeouts, limits: Limits) -> None:

@@ -70,10 +70,10 @@ class UpstreamConnection(asyncio.Protocol):
         self._feeding = True
         try:
             self.parser.feed_data(data)
-        except httptools.HttpParserUpgrade as exc:
+        except httptools.HttpParserUpgrade as upgrade:
             self._feeding = False
             if self.exchange is not None:
-                self.exchange.upstream_upgraded(data[exc.args[0]:])
+                self.exchange.upstream_upgraded(data[upgrade.args[0]:])
             else:
                 self._extra = True
         except httptools.HttpParserError as exc:

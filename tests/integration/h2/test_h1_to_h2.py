@@ -9,6 +9,7 @@ import asyncio
 import http.client
 
 from splitproxy.dataplane.h2.bridge import H1Bridge
+from splitproxy.dataplane.http.downstream import DownstreamProtocol
 from splitproxy.dataplane.server import ProxyServer
 from tests.dataplane.h2.h2server import H2TestServer, ServerKnobs
 from tests.support.configs import proxy_config, route
@@ -97,7 +98,7 @@ async def test_http_client_library_against_an_h2c_upstream() -> None:
 
 def held_credit(srv: ProxyServer) -> int:
     return sum(c.current.held_credit for c in srv.connections
-               if isinstance(c.current, H1Bridge))
+               if isinstance(c, DownstreamProtocol) and isinstance(c.current, H1Bridge))
 
 
 def bridged_paused(srv: ProxyServer) -> bool:

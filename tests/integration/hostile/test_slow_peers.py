@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 
+from splitproxy.dataplane.http.downstream import DownstreamProtocol
 from tests.support.configs import proxy_config, route
 from tests.support.proxy import run_proxy, version_errors
 from tests.support.rawhttp import assert_error, build_request, raw_client
@@ -90,7 +91,8 @@ async def test_1000_slow_uploads_hold_no_upstream_connection() -> None:
                     writers.append(w)
                 await asyncio.gather(*(w.drain() for w in writers))
                 await wait_until(lambda: len(srv.connections) == 1000 and all(
-                    c.receiving is not None and c.reads for c in srv.connections), 20.0)
+                    isinstance(c, DownstreamProtocol) and c.receiving is not None and c.reads
+                    for c in srv.connections), 20.0)
                 assert rec.up is not None and rec.up.connections == 0
                 # One finishes its body: it is proxied at once, on one connection.
                 r, w = await asyncio.open_connection("127.0.0.1", srv.port)
