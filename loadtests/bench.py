@@ -467,14 +467,27 @@ def _tool_version(argv: list[str]) -> str:
 # --- main --------------------------------------------------------------------------------------
 
 
+def wrk_seconds(value: str) -> int:
+    """An argparse type for wrk's -d: whole seconds (wrk rejects `-d1.5s` with its usage text,
+    after the servers have started)."""
+    try:
+        seconds = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{value!r}: whole seconds (wrk takes no fractions)") from None
+    if seconds < 0:
+        raise argparse.ArgumentTypeError(f"{value!r}: must be >= 0")
+    return seconds
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
-    p.add_argument("--duration", type=float, default=10.0, help="seconds per wrk run (10)")
+    p.add_argument("--duration", type=wrk_seconds, default=10, help="seconds per wrk run (10)")
     p.add_argument("--rounds", type=int, default=3, help="interleaved rounds per target (3)")
     p.add_argument("--connections", type=int, nargs="+", default=[1, 64, 512],
                    help="wrk -c values (1 64 512)")
     p.add_argument("--threads", type=int, default=2, help="wrk -t (2)")
-    p.add_argument("--warmup", type=float, default=2.0,
+    p.add_argument("--warmup", type=wrk_seconds, default=2,
                    help="seconds of warm-up per target (2; 0: none)")
     p.add_argument(
         "--upstream",

@@ -93,14 +93,14 @@ def markdown(rows: list[dict[str, Any]]) -> str:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
-    p.add_argument("--duration", type=float, default=5.0, help="seconds per wrk run (5)")
+    p.add_argument("--duration", type=bench.wrk_seconds, default=5, help="seconds per wrk run (5)")
     p.add_argument("--rounds", type=int, default=2, help="interleaved rounds per target (2)")
     p.add_argument("--connections", type=int, nargs="+", default=[1, 64],
                    help="wrk -c values (1 64)")
     p.add_argument("--percents", type=float, nargs="+", default=[10.0, 100.0],
                    help="mirrored shares (10 100)")
     p.add_argument("--threads", type=int, default=2, help="wrk -t (2)")
-    p.add_argument("--warmup", type=float, default=1.0,
+    p.add_argument("--warmup", type=bench.wrk_seconds, default=1,
                    help="seconds of warm-up per target (1; 0: none)")
     p.add_argument("--json", metavar="FILE", help="also write every sample and the medians")
     args = p.parse_args(argv)

@@ -103,12 +103,15 @@ def run_wrk(wrk: str, url: str, connections: int, duration: float, close: bool) 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
-    p.add_argument("--duration", type=float, default=5.0, help="seconds per wrk run (5)")
+    p.add_argument("--duration", type=bench.wrk_seconds, default=5, help="seconds per wrk run (5)")
     p.add_argument("--rounds", type=int, default=3, help="interleaved rounds (3)")
     p.add_argument("--connections", type=int, default=64, help="wrk -c (64)")
     p.add_argument("--idle-connections", type=int, default=2000,
                    help="idle TLS connections held for the memory figure (2000; 0: skip)")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.duration < 1 or args.rounds < 1 or args.connections < 1 or args.idle_connections < 0:
+        p.error("--duration, --rounds and --connections must be >= 1, --idle-connections >= 0")
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:
