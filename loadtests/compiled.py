@@ -35,7 +35,8 @@ HOT_MODULES: tuple[str, ...] = (
     *(f"splitproxy.dataplane.http.{name}" for name in (
         "request", "response", "headers", "requestid", "dispatch", "lifecycle", "exchange",
         "flow", "health", "pool", "runtime", "downstream", "upstream", "connection", "mirror",
-        "accesslog")),
+        "accesslog", "state", "listener", "local", "accesslines")),
+    "splitproxy.routing.table",
     "splitproxy.dataplane.stats",
     "splitproxy.config.paths",
     "splitproxy.routing.choose",
