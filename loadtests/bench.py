@@ -43,15 +43,16 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
 try:
-    from loadtests import compiled, nginxconf
+    from loadtests import compiled, machine, nginxconf
     from loadtests.idle_clients import measure_idle, memory_markdown, raise_nofile
 except ImportError:  # run as `python loadtests/bench.py`: loadtests/ itself is on sys.path
     import compiled  # type: ignore[import-not-found,no-redef]
+    import machine  # type: ignore[import-not-found,no-redef]
     import nginxconf  # type: ignore[import-not-found,no-redef]
     from idle_clients import (  # type: ignore[no-redef,import-not-found]
         measure_idle,
@@ -105,6 +106,7 @@ class Sample:
     p99_ms: float
     requests: int
     errors: int  # socket errors + non-2xx/3xx responses
+    steal_ms: float | None = None  # what the host took from this machine during the run
 
 
 def to_seconds(value: str, unit: str) -> float:
@@ -153,8 +155,9 @@ class Children:
         self.logdir = logdir
         self.procs: list[tuple[str, subprocess.Popen[bytes]]] = []
 
-    def start(self, name: str, argv: list[str],
-              env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    def start(self, name: str, argv: list[str], env: dict[str, str] | None = None,
+              cpus: frozenset[int] | None = None) -> subprocess.Popen[bytes]:
+        """`cpus`: the CPUs the child and everything it starts may run on (None: any)."""
         # The child keeps its own copy of the descriptor; ours can close at once.
         with open(self.logdir / f"{name}.log", "wb") as log:
             proc = subprocess.Popen(
@@ -165,6 +168,7 @@ class Children:
                 stderr=subprocess.STDOUT,
                 cwd=REPO,
                 start_new_session=True,  # one group per child: its workers go with it
+                preexec_fn=machine.pin_to(cpus),
             )
         self.procs.append((name, proc))
         return proc
@@ -225,30 +229,31 @@ def wait_ready(children: Children, name: str, proc: subprocess.Popen[bytes], por
 
 
 def start_nginx(
-    children: Children, nginx: str, tmp: Path, name: str, http_block: str, connections: int = 4096
+    children: Children, nginx: str, tmp: Path, name: str, http_block: str, connections: int = 4096,
+    cpus: frozenset[int] | None = None,
 ) -> int:
     port = free_port()
     conf = nginxconf.main_conf(tmp, name, http_block.replace("{port}", str(port)), connections)
     argv = [nginx, "-e", str(tmp / f"{name}-error.log"), "-p", str(tmp), "-c", str(conf)]
     argv += ["-g", "daemon off;"]
-    proc = children.start(name, argv)
+    proc = children.start(name, argv, cpus=cpus)
     wait_ready(children, name, proc, port)
     return port
 
 
-def start_nginx_upstream(children: Children, nginx: str, tmp: Path, name: str = "upstream"
-                         ) -> int:
-    return start_nginx(children, nginx, tmp, name, nginxconf.UPSTREAM)
+def start_nginx_upstream(children: Children, nginx: str, tmp: Path, name: str = "upstream",
+                         cpus: frozenset[int] | None = None) -> int:
+    return start_nginx(children, nginx, tmp, name, nginxconf.UPSTREAM, cpus=cpus)
 
 
-def start_aiohttp_upstream(children: Children) -> int:
+def start_aiohttp_upstream(children: Children, cpus: frozenset[int] | None = None) -> int:
     port = free_port()
     code = (
         "from aiohttp import web; from splitproxy.cli.demoapp import make_upstream_app; "
         f"web.run_app(make_upstream_app('upstream'), host={HOST!r}, port={port}, "
         "access_log=None, print=None)"
     )
-    proc = children.start("upstream", [sys.executable, "-c", code])
+    proc = children.start("upstream", [sys.executable, "-c", code], cpus=cpus)
     wait_ready(children, "upstream", proc, port)
     return port
 
@@ -298,12 +303,13 @@ location = /_mirror {
 
 def start_nginx_proxy(
     children: Children, nginx: str, tmp: Path, upstream: int, connections: int = 4096,
-    name: str = NGINX_PROXY, mirror: Mirroring | None = None,
+    name: str = NGINX_PROXY, mirror: Mirroring | None = None, cpus: frozenset[int] | None = None,
 ) -> int:
     # The same header work splitproxy does (nginxconf.proxy), with the mirror around it.
     mirror_http, mirror_server = nginx_mirror(mirror)
     return start_nginx(children, nginx, tmp, name,
-                       mirror_http + nginxconf.proxy(upstream, server=mirror_server), connections)
+                       mirror_http + nginxconf.proxy(upstream, server=mirror_server), connections,
+                       cpus)
 
 
 # `--analysis`: the route is guarded with three latency limits, so every request is also
@@ -315,7 +321,8 @@ ANALYSIS = ("    analysis: {max_error_rate: 0.01, max_p50_ms: 100, max_p90_ms: 1
 def start_splitproxy(children: Children, tmp: Path, upstream: int, name: str = "splitproxy",
                      workers: int = 1, env: dict[str, str] | None = None,
                      analysis: bool = False, extra: str = "",
-                     mirror: Mirroring | None = None) -> int:
+                     mirror: Mirroring | None = None, cpus: frozenset[int] | None = None
+                     ) -> int:
     """`mirror`: the canary (weight 0) is the shadow upstream and gets copies, the stable
     version takes every request; else a 90/10 split over the one upstream."""
     port, admin = free_port(), free_port()
@@ -345,7 +352,7 @@ def start_splitproxy(children: Children, tmp: Path, upstream: int, name: str = "
     )
     argv = [sys.executable, "-m", "splitproxy", "run", "-c", str(config),
             "--workers", str(workers)]
-    proc = children.start(name, argv, env)
+    proc = children.start(name, argv, env, cpus)
     wait_ready(children, name, proc, port)
     return port
 
@@ -360,15 +367,26 @@ def wrk_argv(wrk: str, port: int, threads: int, connections: int, duration: floa
             f"http://{HOST}:{port}/"]
 
 
-def _run(argv: list[str], duration: float) -> str:
-    done = subprocess.run(argv, capture_output=True, text=True, timeout=duration + 30, check=False)
+def _run(argv: list[str], duration: float, cpus: frozenset[int] | None = None) -> str:
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=duration + 30, check=False,
+                          preexec_fn=machine.pin_to(cpus))
     if done.returncode != 0:
         raise RuntimeError(f"{' '.join(argv)} failed ({done.returncode}):\n{done.stderr}")
     return done.stdout
 
 
-def run_wrk(wrk: str, port: int, threads: int, connections: int, duration: float) -> str:
-    return _run(wrk_argv(wrk, port, threads, connections, duration), duration)
+def run_wrk(wrk: str, port: int, threads: int, connections: int, duration: float,
+            cpus: frozenset[int] | None = None) -> str:
+    return _run(wrk_argv(wrk, port, threads, connections, duration), duration, cpus)
+
+
+def sample_wrk(wrk: str, port: int, target: str, threads: int, connections: int, round_: int,
+               duration: float, cpus: frozenset[int] | None = None) -> Sample:
+    """One measured wrk run, with the steal time of its interval (`machine`)."""
+    before = machine.stolen_ms()
+    out = run_wrk(wrk, port, threads, connections, duration, cpus)
+    stolen = machine.steal_between(before, machine.stolen_ms())
+    return replace(parse_wrk(out, target, connections, round_), steal_ms=stolen)
 
 
 def warm_up_runs(wrk: str, ports: Mapping[str, int], targets: Sequence[str], threads: int,
@@ -381,11 +399,12 @@ def warm_up_runs(wrk: str, ports: Mapping[str, int], targets: Sequence[str], thr
 
 
 def warm_up(wrk: str, ports: Mapping[str, int], targets: Sequence[str], threads: int,
-            connections: int, seconds: float, log: str = "bench") -> None:
+            connections: int, seconds: float, log: str = "bench",
+            cpus: frozenset[int] | None = None) -> None:
     """Runs `warm_up_runs`, saying each on stderr after `log`."""
     for target, argv in warm_up_runs(wrk, ports, targets, threads, connections, seconds):
         sys.stderr.write(f"{log}: warm-up {target}\n")
-        _run(argv, seconds)
+        _run(argv, seconds, cpus)
 
 
 def median_of(samples: list[Sample]) -> dict[str, Any]:
@@ -395,6 +414,8 @@ def median_of(samples: list[Sample]) -> dict[str, Any]:
         "p99_ms": statistics.median(s.p99_ms for s in samples),
         "errors": sum(s.errors for s in samples),
         "rounds": len(samples),
+        # The worst round's: one host pause decides a p99 (machine.py).
+        "steal_ms": max((s.steal_ms for s in samples if s.steal_ms is not None), default=None),
     }
 
 
@@ -426,14 +447,16 @@ def markdown(rows: list[dict[str, Any]]) -> str:
         return "-" if value is None else f"{value:.2f}x"
 
     lines = [
-        "| target | conns | req/s | p50 | p99 | req/s vs nginx | p99 vs nginx | errors |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| target | conns | req/s | p50 | p99 | req/s vs nginx | p99 vs nginx | errors "
+        "| host steal (worst round) |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for r in rows:
+        steal = "-" if r.get("steal_ms") is None else f"{r['steal_ms']:.0f} ms"
         lines.append(
             f"| {r['target']} | {r['connections']} | {r['rps']:,.0f} | {r['p50_ms']:.2f} ms "
             f"| {r['p99_ms']:.2f} ms | {ratio(r['rps_vs_nginx'])} | {ratio(r['p99_vs_nginx'])} "
-            f"| {r['errors']} |"
+            f"| {r['errors']} | {steal} |"
         )
     return "\n".join(lines)
 
@@ -453,6 +476,14 @@ def workers_markdown(rows: list[dict[str, Any]], workers: list[int]) -> str:
             lines.append(f"| {conns} | {n} | {r['rps']:,.0f} | {r['rps'] / n:,.0f} | {linear} "
                          f"| {r['p99_ms']:.2f} ms |")
     return "\n".join(lines)
+
+
+def placement(layout: machine.Layout | None) -> str:
+    """The CPU placement of a run, in words."""
+    if layout is None:
+        return "placement: the scheduler's"
+    return (f"pinned: each proxy on CPU {','.join(map(str, sorted(layout.proxy)))}, upstream "
+            f"and wrk on {','.join(map(str, sorted(layout.rest)))}")
 
 
 def _tool_version(argv: list[str]) -> str:
@@ -510,6 +541,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    "of req/s per worker (1 is the plain splitproxy target)")
     p.add_argument("--memory-only", action="store_true",
                    help="only the idle-connection memory (splitproxy and nginx), no wrk runs")
+    p.add_argument("--pin", action="store_true",
+                   help="each proxy alone on the first CPU, the upstream and wrk on the others "
+                   "(the same placement for both proxies; one worker each)")
     args = p.parse_args(argv)
     if args.duration <= 0 or args.rounds < 1 or args.threads < 1 or args.warmup < 0:
         p.error("--duration, --rounds and --threads must be positive, --warmup >= 0")
@@ -521,6 +555,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         if n > 1 and f"splitproxy-{n}w" not in args.variants:
             VARIANTS.setdefault(f"splitproxy-{n}w", (n, {}, ""))
             args.variants.append(f"splitproxy-{n}w")
+    if args.pin:
+        several = [v for v in args.variants if VARIANTS[v][0] > 1]
+        if several:
+            p.error(f"--pin runs every proxy on one CPU: leave out {' '.join(several)} "
+                    "(--variants ...)")
+        try:
+            args.layout = machine.pinned_layout()
+        except ValueError as exc:
+            p.error(str(exc))
+    else:
+        args.layout = None
     if args.memory_only:
         if not args.idle_connections:
             p.error("--memory-only needs --idle-connections > 0")
@@ -568,6 +613,8 @@ def main(argv: list[str] | None = None) -> int:
     # The proxies inherit this: each must hold the idle connections plus its upstream ones.
     nofile = raise_nofile(args.idle_connections + 4096)
     nginx_conns = max(4096, args.idle_connections + 1024)
+    layout: machine.Layout | None = args.layout
+    proxy_cpus, rest_cpus = (layout.proxy, layout.rest) if layout else (None, None)
 
     targets = (*TARGETS[:2], *args.variants, NGINX_PROXY)
     runs = args.rounds * len(args.connections) * len(targets)
@@ -583,18 +630,20 @@ def main(argv: list[str] | None = None) -> int:
         children = Children(tmp)
         try:
             if args.upstream == "nginx":
-                upstream = start_nginx_upstream(children, nginx, tmp)
+                upstream = start_nginx_upstream(children, nginx, tmp, cpus=rest_cpus)
             else:
-                upstream = start_aiohttp_upstream(children)
+                upstream = start_aiohttp_upstream(children, rest_cpus)
             ports = {
                 "upstream": upstream,
-                "splitproxy": start_splitproxy(children, tmp, upstream, analysis=args.analysis),
-                NGINX_PROXY: start_nginx_proxy(children, nginx, tmp, upstream, nginx_conns),
+                "splitproxy": start_splitproxy(children, tmp, upstream, analysis=args.analysis,
+                                               cpus=proxy_cpus),
+                NGINX_PROXY: start_nginx_proxy(children, nginx, tmp, upstream, nginx_conns,
+                                               cpus=proxy_cpus),
             }
             for variant in args.variants:
                 workers, env, extra = VARIANTS[variant]
                 ports[variant] = start_splitproxy(children, tmp, upstream, variant, workers, env,
-                                                  args.analysis, extra)
+                                                  args.analysis, extra, cpus=proxy_cpus)
                 # Its startup line (splitproxy.dataplane.build) says which data plane runs.
                 if variant == COMPILED and "data plane: compiled" not in (
                         tail := children.log_tail(variant, 200)):
@@ -615,19 +664,22 @@ def main(argv: list[str] | None = None) -> int:
                                      f"{row['opened']} connections, peak {row['peak_rss_mb']:.1f} "
                                      "MB\n")
             if args.connections:  # none: --memory-only
-                warm_up(wrk, ports, targets, args.threads, args.connections[0], args.warmup)
+                warm_up(wrk, ports, targets, args.threads, args.connections[0], args.warmup,
+                        cpus=rest_cpus)
             for conns in args.connections:
                 for rnd in range(args.rounds):
                     # Rotate the order so no target always runs first (or last).
                     k = rnd % len(targets)
                     for target in targets[k:] + targets[:k]:
-                        out = run_wrk(wrk, ports[target], args.threads, conns, args.duration)
-                        sample = parse_wrk(out, target, conns, rnd + 1)
+                        sample = sample_wrk(wrk, ports[target], target, args.threads, conns,
+                                            rnd + 1, args.duration, rest_cpus)
                         samples.append(sample)
+                        stole = "" if sample.steal_ms is None else (
+                            f", host steal {sample.steal_ms:.0f} ms")
                         sys.stderr.write(
                             f"bench: c={conns} round {rnd + 1}/{args.rounds} {target}: "
                             f"{sample.rps:,.0f} req/s, p99 {sample.p99_ms:.2f} ms"
-                            f"{f', {sample.errors} errors' if sample.errors else ''}\n"
+                            f"{f', {sample.errors} errors' if sample.errors else ''}{stole}\n"
                         )
         except RuntimeError as exc:
             sys.stderr.write(f"bench: {exc}\n")
@@ -640,7 +692,7 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout.write(
             f"splitproxy benchmark: wrk -t{args.threads} -d{args.duration:g}s --latency, "
             f"median of {args.rounds} interleaved round(s); upstream: {args.upstream}; "
-            f"{os.cpu_count()} CPUs\n\n{markdown(rows)}\n"
+            f"{os.cpu_count()} CPUs; {placement(layout)}\n\n{markdown(rows)}\n"
         )
     if rows and args.workers:
         sys.stdout.write(f"\nworkers ({os.cpu_count()} CPUs, shared with wrk and the "
@@ -663,6 +715,7 @@ def main(argv: list[str] | None = None) -> int:
                 "warmup_s": args.warmup,
                 "upstream": args.upstream,
                 "cpus": os.cpu_count(),
+                "placement": placement(layout),
                 "python": platform.python_version(),
                 "wrk": _tool_version([wrk, "--version"]),
                 "nginx": _tool_version([nginx, "-v"]),

@@ -1,0 +1,79 @@
+"""What the machine does to a benchmark run: the time its host took from it, and where its
+processes run.
+
+Steal. On a virtual machine the host can stop every vCPU at once; the guest sees nothing but a
+jump of its clocks, and /proc/stat's `steal` column. On the 2-vCPU machines this project is
+measured on, pauses of 60-100 ms come in clusters (README, "p99 spikes"). One pause in a
+wrk round moves wrk's p99 far more than its length suggests: wrk 4 corrects for coordinated
+omission, adding for each latency above twice the mean request interval one made-up sample
+per interval it spans, so one 100 ms pause with 64 connections in flight adds about 3,000
+samples spread up to 100 ms, and the p99 of a 3 s round becomes ~70 ms. Each sample of the
+benchmark therefore records the steal time of its round, so a reader can tell a pause of the
+host from a stall of the proxy.
+
+Pinning. With one connection a request crosses four processes' wake-ups (wrk, proxy,
+upstream, proxy, wrk); on these vCPUs a wake-up on the other CPU costs ~25 us more than on
+the same one, so where the scheduler happens to put the three processes moves req/s by 2x
+for either proxy. `--pin` puts the proxy under test alone on one CPU and the upstream and wrk
+on the others, the same for splitproxy and nginx, so that they are compared on the same
+placement.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+PROC_STAT = Path("/proc/stat")
+STEAL_FIELD = 8  # `cpu  user nice system idle iowait irq softirq steal ...`
+
+
+def stolen_ms(stat: Path = PROC_STAT) -> float | None:
+    """The host's steal time over all CPUs since boot, in ms; None where there is none to read
+    (not Linux, or a kernel without the column)."""
+    try:
+        first = stat.read_text().split("\n", 1)[0].split()
+    except OSError:
+        return None
+    if len(first) <= STEAL_FIELD or first[0] != "cpu":
+        return None
+    return int(first[STEAL_FIELD]) * 1000.0 / os.sysconf("SC_CLK_TCK")
+
+
+def steal_between(before: float | None, after: float | None) -> float | None:
+    """Steal time of an interval, in ms, from two `stolen_ms` readings."""
+    if before is None or after is None:
+        return None
+    return after - before
+
+
+@dataclass(frozen=True, slots=True)
+class Layout:
+    """Where `--pin` runs each process: `proxy` holds the proxy under test, alone; `rest` the
+    upstream and wrk."""
+
+    proxy: frozenset[int]
+    rest: frozenset[int]
+
+
+def pinned_layout(available: Iterable[int] | None = None) -> Layout:
+    """The lowest CPU for the proxy, every other one for the rest. ValueError with one CPU."""
+    cpus = sorted(os.sched_getaffinity(0) if available is None else available)
+    if len(cpus) < 2:
+        raise ValueError(f"--pin needs at least 2 CPUs, this process may use {len(cpus)}")
+    return Layout(proxy=frozenset(cpus[:1]), rest=frozenset(cpus[1:]))
+
+
+def pin_to(cpus: frozenset[int] | None) -> Callable[[], None] | None:
+    """A `preexec_fn` that binds the child (and every thread and process it makes) to `cpus`;
+    None for no binding."""
+    if cpus is None:
+        return None
+    chosen = set(cpus)
+
+    def pin() -> None:
+        os.sched_setaffinity(0, chosen)
+
+    return pin

@@ -1,0 +1,118 @@
+"""What the benchmark records about the machine (loadtests/machine.py): the host's steal time
+per wrk round, and `--pin`, which gives splitproxy and nginx the same CPU placement."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from loadtests import bench, machine
+
+STAT = ("cpu  2381400 110597 481663 2756286 16099 0 169510 19723 0 0\n"
+        "cpu0 1190700 55298 240831 1378143 8049 0 84755 9861 0 0\n")
+
+
+def test_steal_is_the_eighth_column_of_the_cpu_line_in_ms(tmp_path: Path) -> None:
+    stat = tmp_path / "stat"
+    stat.write_text(STAT)
+    assert machine.stolen_ms(stat) == 19723 * 1000 / os.sysconf("SC_CLK_TCK")
+
+
+@pytest.mark.parametrize("text", ["cpu  1 2 3 4 5 6 7\n", "intr 1 2 3 4 5 6 7 8 9\n", ""])
+def test_no_steal_column_reads_as_unknown(tmp_path: Path, text: str) -> None:
+    stat = tmp_path / "stat"
+    stat.write_text(text)
+    assert machine.stolen_ms(stat) is None
+
+
+def test_an_unreadable_stat_file_reads_as_unknown(tmp_path: Path) -> None:
+    assert machine.stolen_ms(tmp_path / "missing") is None
+
+
+@pytest.mark.skipif(not Path("/proc/stat").exists(), reason="Linux only")
+def test_this_machine_reports_a_steal_counter_that_never_goes_back() -> None:
+    first = machine.stolen_ms()
+    second = machine.stolen_ms()
+    assert first is not None and second is not None
+    stolen = machine.steal_between(first, second)
+    assert stolen is not None and stolen >= 0
+
+
+def test_steal_of_an_interval_needs_both_readings() -> None:
+    assert machine.steal_between(100.0, 160.0) == 60.0
+    assert machine.steal_between(None, 160.0) is None
+    assert machine.steal_between(100.0, None) is None
+
+
+@pytest.mark.parametrize(("cpus", "proxy", "rest"), [
+    ({0, 1}, {0}, {1}),
+    ([3, 1, 2], {1}, {2, 3}),
+])
+def test_the_proxy_gets_the_lowest_cpu_alone(cpus: set[int], proxy: set[int],
+                                             rest: set[int]) -> None:
+    assert machine.pinned_layout(cpus) == machine.Layout(frozenset(proxy), frozenset(rest))
+
+
+def test_one_cpu_cannot_be_split() -> None:
+    with pytest.raises(ValueError, match="at least 2 CPUs"):
+        machine.pinned_layout({0})
+
+
+def test_no_cpus_means_no_binding() -> None:
+    assert machine.pin_to(None) is None
+
+
+def test_a_pinned_child_and_its_threads_run_only_on_the_given_cpu() -> None:
+    cpu = min(os.sched_getaffinity(0))
+    code = ("import os, threading\n"
+            "seen = []\n"
+            "t = threading.Thread(target=lambda: seen.append(sorted(os.sched_getaffinity(0))))\n"
+            "t.start(); t.join()\n"
+            "print(sorted(os.sched_getaffinity(0)), seen[0])\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=30, check=True, preexec_fn=machine.pin_to(frozenset({cpu})))
+    assert done.stdout.split() == [f"[{cpu}]", f"[{cpu}]"]
+
+
+def test_pin_refuses_the_multi_worker_variants(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        bench.parse_args(["--pin"])  # the defaults include splitproxy-2w
+    assert exited.value.code == 2
+    assert "splitproxy-2w" in capsys.readouterr().err
+
+
+def test_pin_with_one_worker_variants_gives_the_layout_of_this_machine(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["--pin", "--variants", "splitproxy-nostats"]
+    if len(os.sched_getaffinity(0)) < 2:
+        with pytest.raises(SystemExit):
+            bench.parse_args(argv)
+        assert "at least 2 CPUs" in capsys.readouterr().err
+        return
+    args = bench.parse_args(argv)
+    assert args.layout == machine.pinned_layout()
+    assert bench.placement(args.layout).startswith("pinned: each proxy on CPU ")
+    assert bench.parse_args([]).layout is None
+
+
+def test_the_table_shows_the_worst_rounds_steal() -> None:
+    samples = [
+        bench.Sample(target, 64, rnd, 1000.0 * rnd, 1.0, 2.0 * rnd, 5000, 0, steal)
+        for target in bench.TARGETS
+        for rnd, steal in ((1, 0.0), (2, 90.0), (3, None))
+    ]
+    rows = bench.summarize(samples, [64])
+    assert {r["steal_ms"] for r in rows} == {90.0}
+    table = bench.markdown(rows)
+    assert "host steal (worst round)" in table.splitlines()[0]
+    assert all(line.endswith("| 90 ms |") for line in table.splitlines()[2:])
+
+
+def test_rounds_without_a_steal_reading_show_a_dash() -> None:
+    samples = [bench.Sample(t, 1, 1, 100.0, 1.0, 2.0, 500, 0) for t in bench.TARGETS]
+    assert all(line.endswith("| - |")
+               for line in bench.markdown(bench.summarize(samples, [1])).splitlines()[2:])
