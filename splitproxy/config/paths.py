@@ -13,15 +13,18 @@ request target that needs it.
 from __future__ import annotations
 
 import re
+from typing import Final
 
 
 class BadTarget(ValueError):
     """A request target that has no single meaning: answered 400."""
 
-_UNRESERVED = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
-_ESCAPE = re.compile(rb"%([0-9A-Fa-f]{2})")
-_BAD_ESCAPE = re.compile(rb"%(?![0-9A-Fa-f]{2})")
-_NEEDS_NORMALISING = re.compile(rb"%|/[./]").search
+_UNRESERVED: Final = frozenset(
+    b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
+_ESCAPE: Final = re.compile(rb"%([0-9A-Fa-f]{2})")
+_BAD_ESCAPE: Final = re.compile(rb"%(?![0-9A-Fa-f]{2})")
+_PERCENT: Final = ord("%")
+_DOT: Final = ord(".")
 
 
 def _unescape(match: re.Match[bytes]) -> bytes:
@@ -32,10 +35,12 @@ def _unescape(match: re.Match[bytes]) -> bytes:
 def needs_normalising(target: bytes) -> bool:
     """A cheap test for the common case: nothing to decode, no dot segment, no `//`.
     May say yes for a harmless target (a `%` in the query, `/.well-known`)."""
-    # One regex search: `needle in target` on bytes first tries the needle as an integer and
-    # formats a TypeError it then drops, 1,800 instructions each (callgrind), 4.5% of a
-    # proxied request for the three tests this replaces.
-    return _NEEDS_NORMALISING(target) is not None
+    # `int in bytes` is one memchr and `find` takes its needle as a buffer at once, while
+    # `needle in target` first tries the needle as an integer and formats a TypeError it then
+    # drops (1,800 instructions), and a regex search costs 2,400 (callgrind): half of either.
+    if _PERCENT in target:
+        return True
+    return (_DOT in target and target.find(b"/.") >= 0) or target.find(b"//") >= 0
 
 
 def normalise_path(path: bytes) -> bytes:

@@ -8,22 +8,23 @@ from __future__ import annotations
 
 import bisect
 from dataclasses import dataclass
+from typing import Final
 
 from mypy_extensions import mypyc_attr
 
 # Upper bounds in seconds, 1 ms to 10 s, as Prometheus `le` buckets (+Inf is implicit).
-LATENCY_BUCKETS: tuple[float, ...] = (
+LATENCY_BUCKETS: Final[tuple[float, ...]] = (
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 )
 
 # Upstream failure kinds, as in splitproxy_upstream_errors_total{kind}.
 # "tls": the handshake with an https:// endpoint failed (certificate refused, no shared
 # protocol or cipher), told apart from "connect" because the fix is a setting, not a network.
-ERROR_KINDS = ("connect", "timeout", "reset", "protocol", "tls")
+ERROR_KINDS: Final = ("connect", "timeout", "reset", "protocol", "tls")
 
 # The proxy's own 503s: "overload" (client connections, requests waiting for an upstream
 # connection, or waiting too long), "resource" (out of descriptors, buffers, memory, ports).
-LOCAL_KINDS = ("overload", "resource")
+LOCAL_KINDS: Final = ("overload", "resource")
 
 
 class VersionStats:

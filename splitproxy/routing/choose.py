@@ -23,14 +23,15 @@ from bisect import bisect_right
 from collections.abc import Mapping
 from dataclasses import dataclass
 from operator import itemgetter
+from typing import Final
 
-BUCKETS = 10_000
+BUCKETS: Final = 10_000
 # Weights are percents down to 0.01; they are scaled to integer hundredths (basis points of
 # a 100 total) before the gcd, so 99.5/0.5 is the exact sequence 199:1 and a 0.01 share owns
 # exactly one bucket of 10,000. Whole-number weights give the same schedule as before.
-SCALE = 100
+SCALE: Final = 100
 # Caps the schedule's length (one full period) so a table build stays cheap and bounded.
-MAX_PERIOD = 100_000
+MAX_PERIOD: Final = 100_000
 
 _upper = itemgetter(0)
 

@@ -6,6 +6,7 @@ import itertools
 import math
 from dataclasses import dataclass, field
 from types import EllipsisType
+from typing import Final
 
 from splitproxy.config.address import EndpointUrl
 from splitproxy.config.headerroute import HeaderRoute
@@ -15,7 +16,7 @@ from splitproxy.config.tls import UpstreamTls
 from splitproxy.routing.choose import RoutePlan, make_plan, pin_values, sticky_value
 from splitproxy.routing.steer import Rule, compile_rules
 
-NO_RUN = "0"  # the run of a table built without rollout state (no engine: tests, tools)
+NO_RUN: Final = "0"  # the run of a table built without rollout state (no engine: tests, tools)
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,7 +51,7 @@ class Endpoint:
         return cls(url.address.host, url.address.port, tls or DEFAULT_UPSTREAM_TLS, protocol)
 
 
-DEFAULT_UPSTREAM_TLS = UpstreamTls()
+DEFAULT_UPSTREAM_TLS: Final = UpstreamTls()
 
 
 @dataclass(frozen=True, slots=True)

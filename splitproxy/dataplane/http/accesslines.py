@@ -12,7 +12,7 @@ what waits and from then on passes each line at once.
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 from splitproxy.config.logformat import RecordMaker, handle_batch
 
@@ -24,8 +24,8 @@ log = logging.getLogger("splitproxy.access")
 # root logger still receives it; `--log-level warning` quiets the rest, not this).
 log.setLevel(logging.INFO)
 
-FLUSH_INTERVAL = 0.1  # seconds
-FLUSH_LINES = 128
+FLUSH_INTERVAL: Final = 0.1  # seconds
+FLUSH_LINES: Final = 128
 
 _make = RecordMaker(log, logging.INFO).make  # one per process: its template is the process's
 

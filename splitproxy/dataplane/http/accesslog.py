@@ -25,17 +25,19 @@ What a line says, and where it comes from:
 
 from __future__ import annotations
 
+from typing import Final
+
 from splitproxy.config import logsafe
 from splitproxy.config.models import Config
 from splitproxy.dataplane.http.downstream import DownstreamProtocol
 from splitproxy.dataplane.http.lifecycle import DONE, QUEUED, Lifecycle
 from splitproxy.dataplane.http.state import ServerState
 
-MAX_PATH = 1024
-CLIENT_CLOSED = 499
+MAX_PATH: Final = 1024
+CLIENT_CLOSED: Final = 499
 
-_HEAD = b"HTTP/1.1 "
-_QUOTE = frozenset(' "=\\')
+_HEAD: Final = b"HTTP/1.1 "
+_QUOTE: Final = frozenset(' "=\\')
 
 
 def protocol_for(config: Config) -> type[DownstreamProtocol]:

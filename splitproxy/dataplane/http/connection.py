@@ -10,7 +10,7 @@ import asyncio
 import logging
 import socket
 import struct
-from typing import cast
+from typing import Final, cast
 
 from mypy_extensions import mypyc_attr
 
@@ -26,14 +26,14 @@ log = logging.getLogger("splitproxy.downstream")
 # or LINGER_BYTES bytes, so the client reads the answer instead of a reset. nginx reads for up
 # to 30 s (lingering_time); 5 s is enough for a client to see the answer and stop.
 LINGER_TIME = 5.0
-LINGER_BYTES = 16 << 20
+LINGER_BYTES: Final = 16 << 20
 
-_RESET_ON_CLOSE = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close() sends a reset
+_RESET_ON_CLOSE: Final = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close() sends a reset
 
 # What the connection's one deadline is for.
-HEADER = "header"  # the request head must be complete (client_header)
-IDLE = "idle"  # a kept-alive connection must send its next request (idle)
-LINGER = "linger"  # the lingering close ends
+HEADER: Final = "header"  # the request head must be complete (client_header)
+IDLE: Final = "idle"  # a kept-alive connection must send its next request (idle)
+LINGER: Final = "linger"  # the lingering close ends
 
 
 @mypyc_attr(allow_interpreted_subclasses=True)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 import httptools
 
@@ -29,13 +29,13 @@ if TYPE_CHECKING:
 
     from splitproxy.dataplane.http.upstream import UpstreamConnection
 
-_CLOSING = RequestContext(keep_alive=False)  # a fatal error's answer: the connection ends
+_CLOSING: Final = RequestContext(keep_alive=False)  # a fatal error's answer: the connection ends
 # The HTTP/2 client preface (RFC 9113 3.4): a connection that starts with it speaks h2c by
 # prior knowledge, and is handed to the HTTP/2 protocol (`dataplane.h2.server.adopt`).
-H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+H2_PREFACE: Final = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 # The header list of a connection between requests, shared: never appended to, as every
 # request gets its own list from on_message_begin before its first on_header.
-_NO_HEADERS: list[tuple[bytes, bytes]] = []
+_NO_HEADERS: Final[list[tuple[bytes, bytes]]] = []
 # Above this many open connections an idle connection's parser is dropped right after its
 # answer, not at the sweeper's next tick: memory before the 4% of a request that making a
 # new parser costs (10,000 connections opened within a tick would otherwise all hold one).

@@ -9,6 +9,7 @@ response head it passes on in `response`.
 from __future__ import annotations
 
 import ssl
+from typing import Final
 
 from mypy_extensions import mypyc_attr
 
@@ -40,7 +41,7 @@ from splitproxy.dataplane.http.upstream import UpstreamConnection
 # Interim (1xx) responses accepted before the final one; more is the version's protocol error
 # (502). Each head is bounded by limits.max_response_header, their number by this. CPython's
 # http.client allows 100 (_MAXINTERIMRESPONSES), Go's net/http 5; Envoy passes one on.
-MAX_INTERIM = 100
+MAX_INTERIM: Final = 100
 
 
 @mypyc_attr(allow_interpreted_subclasses=True)

@@ -20,7 +20,7 @@ owner is left.
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 from mypy_extensions import mypyc_attr
 
@@ -29,16 +29,18 @@ if TYPE_CHECKING:
     from splitproxy.dataplane.http.state import EventLoop
 
 # Both directions: above this many unsent bytes a transport pauses its protocol's writing.
-WRITE_HIGH_WATER = 256 * 1024
+WRITE_HIGH_WATER: Final = 256 * 1024
 # Request body held for an upstream connection that is not there yet.
-PENDING_HIGH_WATER = 256 * 1024
+PENDING_HIGH_WATER: Final = 256 * 1024
 
-PIPELINE = "pipeline"  # a request waits behind another
-WRITE = "write"  # the client does not read what we write
-UPGRADE = "upgrade"  # an upgrade request waits for the upstream's 101 (or not)
+PIPELINE: Final = "pipeline"  # a request waits behind another
+WRITE: Final = "write"  # the client does not read what we write
+UPGRADE: Final = "upgrade"  # an upgrade request waits for the upstream's 101 (or not)
 
 # What `send_progress` found.
-SENDING, SENT_ALL, STALLED = 0, 1, 2
+SENDING: Final = 0
+SENT_ALL: Final = 1
+STALLED: Final = 2
 
 
 @mypyc_attr(allow_interpreted_subclasses=True)

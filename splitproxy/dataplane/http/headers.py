@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from http import HTTPStatus
+from typing import Final
 
 # RFC 9110 7.6.1: meaningful for one connection only, never forwarded. Headers named in a
 # `Connection` header are removed as well (see `connection_tokens`).
-HOP_BY_HOP = frozenset(
+HOP_BY_HOP: Final = frozenset(
     {
         b"connection",
         b"keep-alive",
@@ -19,14 +20,14 @@ HOP_BY_HOP = frozenset(
 )
 
 # Connection tokens that are options, not header names to strip.
-_CONNECTION_OPTIONS = frozenset({b"close", b"keep-alive", b"upgrade"})
+_CONNECTION_OPTIONS: Final = frozenset({b"close", b"keep-alive", b"upgrade"})
 
 # Headers a `Connection` token may never remove, in either direction: the message's framing,
 # its Host, and the forwarding headers the proxy writes or extends itself. RFC 9110 7.6.1 says
 # a sender must not nominate end-to-end fields; a message that does anyway is passed on with
 # the same framing and Host it was read with (the token is ignored, as nginx ignores every
 # Connection token), so the next hop can never read the body differently than we did.
-NEVER_NOMINATED = frozenset(
+NEVER_NOMINATED: Final = frozenset(
     {
         b"host",
         b"content-length",
@@ -37,13 +38,13 @@ NEVER_NOMINATED = frozenset(
     }
 )
 
-CONTINUE_100 = b"HTTP/1.1 100 Continue\r\n\r\n"
+CONTINUE_100: Final = b"HTTP/1.1 100 Continue\r\n\r\n"
 
 # Marks a shadow copy (`mirror`) for the service it reaches. Only the proxy says so: a client's
 # own is removed from every request it sends (`request.read_head`), so no client can make its
 # request look like shadow traffic that a service may treat differently (no side effects, no
 # billing), nor send a copy a second marker.
-SHADOW_MARKER = b"x-splitproxy-shadow"
+SHADOW_MARKER: Final = b"x-splitproxy-shadow"
 
 
 def connection_tokens(value: bytes) -> set[bytes]:

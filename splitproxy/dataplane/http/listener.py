@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
+from typing import Final
 
 from splitproxy.dataplane import tls
 
 # The verified client certificate's subject, sent upstream and readable by routing (a
 # `hash_header` or `pin_header`); always removed from what a client sends, on every listener.
-CLIENT_CERT_HEADER = b"x-client-cert-subject"
+CLIENT_CERT_HEADER: Final = b"x-client-cert-subject"
 
 
 @dataclass(frozen=True, slots=True)
@@ -20,7 +21,7 @@ class ListenerInfo:
     tls: bool = False
 
 
-PLAIN = ListenerInfo(b"http")
+PLAIN: Final = ListenerInfo(b"http")
 
 
 def peer_identity(transport: asyncio.BaseTransport) -> bytes | None:

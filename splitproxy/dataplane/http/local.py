@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import errno
 import logging
+from typing import Final
 
 # Failures of this machine, not of the endpoint: out of file descriptors, socket buffers,
 # memory or local ports. Answered 503 and counted as the proxy's own, never against a version.
-LOCAL_ERRNOS = frozenset(
+LOCAL_ERRNOS: Final = frozenset(
     {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM, errno.EADDRNOTAVAIL}
 )
-RETRY_AFTER = 1  # seconds, on the proxy's own 503s (overload, local resource failure)
+RETRY_AFTER: Final = 1  # seconds, on the proxy's own 503s (overload, local resource failure)
 
 
 class Throttled:

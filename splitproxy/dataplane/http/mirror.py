@@ -16,7 +16,7 @@ import asyncio
 import hashlib
 import json
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 import httptools
 
@@ -34,9 +34,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("splitproxy.mirror")
 
 # Named by headers.SHADOW_MARKER, which is removed from every client request first.
-SHADOW_HEADER = b"X-Splitproxy-Shadow: 1"
+SHADOW_HEADER: Final = b"X-Splitproxy-Shadow: 1"
 # Bodies are kept whole (for JSON normalisation) up to this; beyond, only hashed as bytes.
-COMPARE_CAP = 1 << 20
+COMPARE_CAP: Final = 1 << 20
 
 
 def mirrored(shadow: Shadow, down: Downstream, version: VersionRuntime,

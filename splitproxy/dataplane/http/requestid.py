@@ -15,13 +15,14 @@ import itertools
 import os
 import re
 from binascii import hexlify
+from typing import Final
 
-HEADER = b"X-Request-Id"
-MAX_LENGTH = 200  # Heroku's router accepts 20-200 characters; Rails keeps up to 255
+HEADER: Final = b"X-Request-Id"
+MAX_LENGTH: Final = 200  # Heroku's router accepts 20-200 characters; Rails keeps up to 255
 
 # Letters, digits and the punctuation of UUIDs, ULIDs, base64 and `key=value` trace ids: no
 # spaces, quotes, commas or semicolons, so the id is one token in a log line and a header.
-_SANE = re.compile(rb"[A-Za-z0-9._:@+=/-]{1,%d}" % MAX_LENGTH)
+_SANE: Final = re.compile(rb"[A-Za-z0-9._:@+=/-]{1,%d}" % MAX_LENGTH)
 
 
 def _prefix() -> bytes:

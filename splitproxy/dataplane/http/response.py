@@ -6,18 +6,20 @@ sockets."""
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Final
 
 from splitproxy.dataplane.http.headers import HOP_BY_HOP, connection_tokens
 
 # Never passed on: hop-by-hop headers, and the upstream's X-Request-Id (the proxy writes the
 # request's own, the one it sent upstream and logged; an upstream that echoes it would
 # otherwise make two).
-_NOT_PASSED = HOP_BY_HOP | {b"x-request-id"}
+_NOT_PASSED: Final = HOP_BY_HOP | {b"x-request-id"}
 
 # How the response body is framed towards the client.
-RAW = 0  # as it comes: a Content-Length body, or an HTTP/1.0 client reading up to the close
-CHUNKED = 1  # re-chunked for an HTTP/1.1 client (the parser de-chunks what the upstream sent)
-DISCARD = 2  # none may follow (an answer to HEAD): bytes that come anyway are dropped
+RAW: Final = 0  # as it comes: a Content-Length body, or an HTTP/1.0 client reading up to the close
+# CHUNKED: re-chunked for an HTTP/1.1 client (the parser de-chunks what the upstream sent)
+CHUNKED: Final = 1
+DISCARD: Final = 2  # none may follow (an answer to HEAD): bytes that come anyway are dropped
 
 
 class BadResponse(Exception):
@@ -53,7 +55,7 @@ def read_response(
 
 
 # The usual Connection values, which name no header to remove: skip parsing them.
-_PLAIN_CONNECTION = frozenset({b"keep-alive", b"close", b"upgrade"})
+_PLAIN_CONNECTION: Final = frozenset({b"keep-alive", b"close", b"upgrade"})
 
 
 def final_head(
@@ -134,5 +136,5 @@ def head_bytes(status: int, reason: bytes, lines: list[bytes], extra: Iterable[b
 
 
 # Status lines seen, by (status, reason): an upstream uses a handful.
-_STATUS_LINES: dict[tuple[int, bytes], bytes] = {}
-_MAX_STATUS_LINES = 256
+_STATUS_LINES: Final[dict[tuple[int, bytes], bytes]] = {}
+_MAX_STATUS_LINES: Final = 256

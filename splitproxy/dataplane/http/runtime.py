@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import Final
 
 from splitproxy.config.models import Health
 from splitproxy.dataplane.http.pool import Pool, Pools
@@ -48,7 +49,7 @@ class VersionRuntime:
 
 
 # For the benchmark only: what does counting cost? (`loadtests/bench.py` compares both.)
-_NO_STATS = os.environ.get("SPLITPROXY_BENCH_NO_STATS") == "1"
+_NO_STATS: Final = os.environ.get("SPLITPROXY_BENCH_NO_STATS") == "1"
 
 
 class _Uncounted(VersionStats):

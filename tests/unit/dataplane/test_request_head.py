@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 
+from splitproxy.dataplane.http import request
 from splitproxy.dataplane.http.request import (
     Reject,
     absolute_target,
@@ -53,6 +54,25 @@ def test_ambiguous_or_incomplete_heads_are_refused_with_400(
                                   "xn--bcher-kva.example", "a_b.example.", "%41.example"])
 def test_hosts_of_every_legal_shape_are_accepted(host: str) -> None:
     assert read_head(h(f"Host: {host}"), client_11=True).host == host.encode()
+
+
+def test_a_host_found_valid_once_is_still_checked_the_same_way_after() -> None:
+    # Valid hosts are remembered (the check is the costly part of a head); a bad one never is.
+    for _ in range(2):
+        assert read_head(h("Host: cached.example"), client_11=True).host == b"cached.example"
+        with pytest.raises(Reject, match="invalid Host header"):
+            read_head(h("Host: cached.example/x"), client_11=True)
+    assert b"cached.example" in request._VALID_HOSTS
+    assert b"cached.example/x" not in request._VALID_HOSTS
+
+
+def test_the_remembered_hosts_stay_bounded_in_count_and_length() -> None:
+    for n in range(3 * request._MAX_VALID_HOSTS):
+        read_head(h(f"Host: h{n}.example"), client_11=True)
+        assert len(request._VALID_HOSTS) <= request._MAX_VALID_HOSTS
+    long = "a" * (request._MAX_CACHED_HOST + 1)
+    assert read_head(h(f"Host: {long}"), client_11=True).host == long.encode()
+    assert long.encode() not in request._VALID_HOSTS
 
 
 def test_an_http10_request_may_come_without_host() -> None:
