@@ -35,7 +35,7 @@ HOT_MODULES: tuple[str, ...] = (
     *(f"splitproxy.dataplane.http.{name}" for name in (
         "request", "response", "headers", "requestid", "dispatch", "lifecycle", "exchange",
         "flow", "health", "pool", "runtime", "downstream", "upstream", "connection", "mirror",
-        "accesslog", "state", "listener", "local", "accesslines")),
+        "accesslog", "state", "listener", "local", "accesslines", "peer")),
     "splitproxy.routing.table",
     "splitproxy.dataplane.stats",
     "splitproxy.config.paths",

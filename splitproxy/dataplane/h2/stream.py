@@ -20,6 +20,7 @@ import httptools
 from splitproxy.dataplane.h2 import grpc
 from splitproxy.dataplane.http.flow import ClientFlow
 from splitproxy.dataplane.http.lifecycle import RESPONDING
+from splitproxy.dataplane.http.peer import Downstream
 
 if TYPE_CHECKING:
     from splitproxy.dataplane.h2.forward import H2Forward
@@ -68,11 +69,12 @@ class StreamFlow(ClientFlow):
         self.frozen = True
 
 
-class H2Stream:
+class H2Stream(Downstream):
     """One request/response on an HTTP/2 connection (see the module docstring)."""
 
+    # Not `state`, `loop`, `flow`, `client_ip`, `listener`, `identity`: `Downstream`'s.
     __slots__ = (
-        "conn", "sid", "state", "loop", "flow", "client_ip", "listener", "identity", "exchange",
+        "conn", "sid", "exchange",
         "grpc", "parser", "_headers", "out", "ended", "finished", "unacked", "body_bytes",
         "request_done", "blocked_since", "status", "method", "path", "received", "sent",
         "logged", "forward", "trailers", "reads", "_reads_seen", "_body_deadline",
@@ -81,12 +83,9 @@ class H2Stream:
     def __init__(self, conn: H2Server, sid: int) -> None:
         self.conn = conn
         self.sid = sid
-        self.state = conn.state
-        self.loop = conn.loop
-        self.client_ip = conn.client_ip
-        self.listener = conn.listener
-        self.identity = conn.identity
-        self.flow = StreamFlow(self)
+        self.loop = conn.loop  # the stream's flow control reads it as it is made
+        super().__init__(conn.state, StreamFlow(self), conn.listener, conn.client_ip,
+                         conn.identity)
         self.exchange: Exchange | None = None
         # Set when the version speaks HTTP/2: the request goes there, not through `exchange`.
         self.forward: H2Forward | None = None

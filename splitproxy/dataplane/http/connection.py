@@ -16,7 +16,8 @@ from mypy_extensions import mypyc_attr
 
 from splitproxy.dataplane.http.flow import SENT_ALL, STALLED, WRITE_HIGH_WATER, ClientFlow
 from splitproxy.dataplane.http.headers import error_response
-from splitproxy.dataplane.http.listener import PLAIN, ListenerInfo, peer_identity
+from splitproxy.dataplane.http.listener import PLAIN, peer_identity
+from splitproxy.dataplane.http.peer import Downstream
 from splitproxy.dataplane.http.state import ServerState
 
 log = logging.getLogger("splitproxy.downstream")
@@ -37,20 +38,19 @@ LINGER: Final = "linger"  # the lingering close ends
 
 
 @mypyc_attr(allow_interpreted_subclasses=True)
-class ClientConnection(asyncio.Protocol):
+class ClientConnection(Downstream, asyncio.Protocol):
     """The base of `DownstreamProtocol`: everything about the connection but HTTP."""
 
     __slots__ = (
-        "state", "loop", "transport", "flow", "client_ip", "deadline", "timer_kind", "broken",
-        "lingering", "_linger_bytes", "client_eof", "listener", "identity",
+        "transport", "deadline", "timer_kind", "broken", "lingering", "_linger_bytes",
+        "client_eof",
     )
 
     def __init__(self, state: ServerState) -> None:
-        self.state = state
-        self.loop = state.loop
+        # The listener's protocol factory sets `listener`; `client_ip` comes from the
+        # acceptor or from `connection_made`, `identity` from the TLS handshake.
+        super().__init__(state, ClientFlow(state.loop), PLAIN)
         self.transport: asyncio.Transport | None = None
-        self.flow = ClientFlow(state.loop)
-        self.client_ip = b""
         # One deadline per connection, checked by the server's sweeper: no timer handle is
         # created or cancelled per request.
         self.deadline = 0.0
@@ -59,8 +59,6 @@ class ClientConnection(asyncio.Protocol):
         self.lingering = False
         self._linger_bytes = 0
         self.client_eof = False
-        self.listener: ListenerInfo = PLAIN  # set by the listener's protocol factory
-        self.identity: bytes | None = None  # the verified client certificate's subject
 
     def drain(self) -> None:
         """Take no new request; finish those in flight (each protocol knows how)."""
