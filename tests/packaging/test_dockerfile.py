@@ -18,7 +18,7 @@
   installed at its pin; test_dependencies.py checks the rest) and not run, and its `pip
   uninstall splitproxy` is skipped. Without a C compiler the wheel is built without
   SPLITPROXY_MYPYC=1, so that the other tests still run, and the compiled test skips (or fails
-  under `SPLITPROXY_REQUIRE_SERVICES=1`). The compiled build takes about 40 s of one core (mypy
+  under `SPLITPROXY_REQUIRE_SERVICES=1`). The compiled build takes about 35 s of one core (mypy
   and gcc, from scratch in a temporary directory), once per run of this file.
 
 The Dockerfile reader below knows just enough of the Dockerfile reference for our file: line
@@ -162,7 +162,7 @@ PINNED_BASE = re.compile(r"python:3\.11\.\d+-slim-bookworm@sha256:[0-9a-f]{64}")
 # checked instead, by loadtests.compiled.toolchain_problem).
 ROOT_ONLY = {"apt-get", "groupadd", "useradd", "chown"}
 MYPYC_VARIABLE = "SPLITPROXY_MYPYC"
-BUILD_TIMEOUT = 300  # the compiled wheel: about 40 s alone on the 2-core machine
+BUILD_TIMEOUT = 300  # the compiled wheel: about 35 s alone on the 2-core machine
 IMAGE_TEST_TIMEOUT = BUILD_TIMEOUT + 60  # the first test to use `image` waits for its build
 
 
