@@ -28,11 +28,11 @@ demo: $(RUN_STAMP)
 	$(BIN)/splitproxy demo
 
 lint: $(STAMP)
-	$(BIN)/ruff check splitproxy tests loadtests
+	$(BIN)/ruff check splitproxy tests loadtests setup.py
 	$(BIN)/lint-imports
 
 typecheck: $(STAMP)
-	$(BIN)/mypy splitproxy loadtests tests
+	$(BIN)/mypy splitproxy loadtests tests setup.py
 
 test: lint typecheck
 	$(BIN)/pytest -q -n 2 --dist loadfile

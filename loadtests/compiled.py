@@ -10,7 +10,9 @@ compiled there (with the repository's mypy configuration); `PYTHONPATH=<dest>` r
 source tree never holds a `.so`. `make compiled` rebuilds whenever a source file changes.
 
 After the build, a child Python with `PYTHONPATH=<dest>` imports every module of HOT_MODULES and
-the build fails unless each one came from an extension module under `<dest>`.
+the build fails unless each one came from an extension module under `<dest>`. The list and the
+mypyc settings live in `splitproxy.dataplane.hotmodules`, shared with the image's wheel build
+(setup.py, SPLITPROXY_MYPYC=1).
 """
 
 from __future__ import annotations
@@ -25,24 +27,17 @@ import sysconfig
 import time
 from pathlib import Path
 
+from splitproxy.dataplane.hotmodules import (
+    DEBUG_LEVEL,
+    HOT_MODULES,
+    MYPY_ARGS,
+    OPT_LEVEL,
+    source_path,
+)
+
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_DEST = REPO / "build" / "compiled"
 NO_TOOLCHAIN = 3  # the exit code when there is no C compiler or no Python.h
-
-# The modules every proxied request runs through; one list, used by the build, the tests
-# (tests/packaging/test_compiled.py) and `splitproxy.dataplane.build`'s startup line.
-HOT_MODULES: tuple[str, ...] = (
-    *(f"splitproxy.dataplane.http.{name}" for name in (
-        "request", "response", "headers", "requestid", "dispatch", "lifecycle", "exchange",
-        "flow", "health", "pool", "runtime", "downstream", "upstream", "connection", "mirror",
-        "accesslog", "state", "listener", "local", "accesslines", "peer")),
-    "splitproxy.routing.table",
-    "splitproxy.dataplane.stats",
-    "splitproxy.config.paths",
-    "splitproxy.routing.choose",
-    "splitproxy.routing.steer",
-)
-
 
 def run_env(dest: Path = DEFAULT_DEST) -> dict[str, str]:
     """The environment that runs the build: splitproxy from `dest`, loadtests and tests from
@@ -57,11 +52,6 @@ def missing_build(dest: Path = DEFAULT_DEST) -> str | None:
     if (dest / ".built").is_file():
         return None
     return f"no compiled build in {dest}: run `make compiled` first"
-
-
-def source_path(module: str) -> str:
-    """`splitproxy.routing.choose` -> `splitproxy/routing/choose.py` (relative)."""
-    return module.replace(".", "/") + ".py"
 
 
 def toolchain_problem() -> str | None:
@@ -106,9 +96,9 @@ def copy_package(dest: Path) -> None:
 def compile_hot_modules(dest: Path) -> None:
     """mypyc on HOT_MODULES, run in `dest`: its .so files and build/ stay there."""
     mypyc = Path(sys.executable).with_name("mypyc")
-    argv = [str(mypyc) if mypyc.exists() else "mypyc",
-            "--config-file", "pyproject.toml", *map(source_path, HOT_MODULES)]
-    env = {**os.environ, "PYTHONPATH": str(dest), "PYTHONSAFEPATH": "1"}
+    argv = [str(mypyc) if mypyc.exists() else "mypyc", *MYPY_ARGS, *map(source_path, HOT_MODULES)]
+    env = {**os.environ, "PYTHONPATH": str(dest), "PYTHONSAFEPATH": "1",
+           "MYPYC_OPT_LEVEL": OPT_LEVEL, "MYPYC_DEBUG_LEVEL": DEBUG_LEVEL}
     done = subprocess.run(argv, cwd=dest, env=env, check=False)
     if done.returncode != 0:
         raise SystemExit(f"compiled: mypyc failed ({done.returncode}): {' '.join(argv)}")

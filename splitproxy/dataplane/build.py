@@ -1,8 +1,10 @@
 """Which data plane runs: the hot modules compiled with mypyc, or the Python source.
 
 The compiled build is a copy of the package with extension modules in it (`make compiled`,
-run with `PYTHONPATH=build/compiled`); the source tree never holds one. The exchange module
-stands for the whole set: the build compiles all of the hot modules or fails.
+run with `PYTHONPATH=build/compiled`), or the wheel setup.py builds with SPLITPROXY_MYPYC=1,
+which the container image installs; the source tree never holds one. The exchange module
+stands for the whole set (splitproxy/dataplane/hotmodules.py): each build compiles all of the
+hot modules or fails.
 """
 
 from __future__ import annotations

