@@ -6,7 +6,6 @@ happen elsewhere, at scrape or check time.
 
 from __future__ import annotations
 
-import bisect
 from dataclasses import dataclass
 from typing import Final
 
@@ -25,6 +24,18 @@ ERROR_KINDS: Final = ("connect", "timeout", "reset", "protocol", "tls")
 # The proxy's own 503s: "overload" (client connections, requests waiting for an upstream
 # connection, or waiting too long), "resource" (out of descriptors, buffers, memory, ports).
 LOCAL_KINDS: Final = ("overload", "resource")
+
+
+def bucket_of(seconds: float) -> int:
+    """The histogram slot of `seconds`: the first bucket whose bound is not below it (as
+    `bisect.bisect_left(LATENCY_BUCKETS, seconds)`), or the last slot, above 10 s."""
+    # A scan from the smallest bound, not `bisect`: most requests end within the first few
+    # buckets, and compiled, the scan is a few float comparisons where the call into `bisect`
+    # costs 1,000 instructions (callgrind; interpreted, the two cost about the same).
+    for i, bound in enumerate(LATENCY_BUCKETS):
+        if seconds <= bound:
+            return i
+    return len(LATENCY_BUCKETS)
 
 
 class VersionStats:
@@ -67,7 +78,7 @@ class VersionStats:
         """One answered request: `seconds` as the client saw it, `upstream` the upstream time
         (negative: none, e.g. the proxy answered without reaching the upstream)."""
         self.responses[status] = self.responses.get(status, 0) + 1
-        self.latency_counts[bisect.bisect_left(LATENCY_BUCKETS, seconds)] += 1
+        self.latency_counts[bucket_of(seconds)] += 1
         self.latency_sum += seconds
         if upstream >= 0.0:
             self.timed += 1
