@@ -106,7 +106,7 @@ class Sample:
     p99_ms: float
     requests: int
     errors: int  # socket errors + non-2xx/3xx responses
-    steal_ms: float | None = None  # what the host took from this machine during the run
+    steal_ms: float | None = None  # what the host took from the busiest vCPU during the run
 
 
 def to_seconds(value: str, unit: str) -> float:
@@ -448,7 +448,7 @@ def markdown(rows: list[dict[str, Any]]) -> str:
 
     lines = [
         "| target | conns | req/s | p50 | p99 | req/s vs nginx | p99 vs nginx | errors "
-        "| host steal (worst round) |",
+        "| host steal (worst round, busiest vCPU) |",
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for r in rows:
@@ -542,8 +542,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--memory-only", action="store_true",
                    help="only the idle-connection memory (splitproxy and nginx), no wrk runs")
     p.add_argument("--pin", action="store_true",
-                   help="each proxy alone on the first CPU, the upstream and wrk on the others "
-                   "(the same placement for both proxies; one worker each)")
+                   help="the proxies on the first CPU, the upstream and wrk on the others (the "
+                   "same placement for both; one worker each; for the one-connection figure: "
+                   "with more connections the load side's CPU caps both)")
     args = p.parse_args(argv)
     if args.duration <= 0 or args.rounds < 1 or args.threads < 1 or args.warmup < 0:
         p.error("--duration, --rounds and --threads must be positive, --warmup >= 0")

@@ -14,9 +14,11 @@ host from a stall of the proxy.
 Pinning. With one connection a request crosses four processes' wake-ups (wrk, proxy,
 upstream, proxy, wrk); on these vCPUs a wake-up on the other CPU costs ~25 us more than on
 the same one, so where the scheduler happens to put the three processes moves req/s by 2x
-for either proxy. `--pin` puts the proxy under test alone on one CPU and the upstream and wrk
-on the others, the same for splitproxy and nginx, so that they are compared on the same
-placement.
+for either proxy. `--pin` puts the proxies alone on one CPU (all of them: the one not
+measured idles) and the upstream and wrk on the others, the same for splitproxy and nginx,
+so that they are compared on the same placement. It answers the one-connection question: at
+64 connections and more, on two vCPUs, wrk and the upstream sharing one vCPU come close to
+capping what either proxy can be given (the `upstream` row shows that ceiling).
 """
 
 from __future__ import annotations
@@ -27,26 +29,36 @@ from dataclasses import dataclass
 from pathlib import Path
 
 PROC_STAT = Path("/proc/stat")
-STEAL_FIELD = 8  # `cpu  user nice system idle iowait irq softirq steal ...`
+STEAL_FIELD = 8  # `cpuN  user nice system idle iowait irq softirq steal ...`
 
 
-def stolen_ms(stat: Path = PROC_STAT) -> float | None:
-    """The host's steal time over all CPUs since boot, in ms; None where there is none to read
-    (not Linux, or a kernel without the column)."""
+def stolen_ms(stat: Path = PROC_STAT) -> list[float] | None:
+    """The host's steal time of each CPU since boot, in ms (`cpu0`, `cpu1`, ...); None where
+    there is none to read (not Linux, or a kernel without the column)."""
     try:
-        first = stat.read_text().split("\n", 1)[0].split()
+        lines = stat.read_text().splitlines()
     except OSError:
         return None
-    if len(first) <= STEAL_FIELD or first[0] != "cpu":
-        return None
-    return int(first[STEAL_FIELD]) * 1000.0 / os.sysconf("SC_CLK_TCK")
+    tick = os.sysconf("SC_CLK_TCK")
+    per_cpu = []
+    for line in lines:
+        fields = line.split()
+        if not fields or not fields[0].startswith("cpu") or fields[0] == "cpu":
+            continue
+        if len(fields) <= STEAL_FIELD:
+            return None
+        per_cpu.append(int(fields[STEAL_FIELD]) * 1000.0 / tick)
+    return per_cpu or None
 
 
-def steal_between(before: float | None, after: float | None) -> float | None:
-    """Steal time of an interval, in ms, from two `stolen_ms` readings."""
-    if before is None or after is None:
+def steal_between(before: list[float] | None, after: list[float] | None) -> float | None:
+    """Steal time of an interval, in ms: the most any one CPU lost. A pause of the whole VM
+    counts on every CPU that had work to run, so the sum over CPUs would read one pause as up
+    to N times its length, and more on a busier target; the largest single CPU's share is
+    close to how long the VM was stopped."""
+    if before is None or after is None or len(before) != len(after):
         return None
-    return after - before
+    return max(b - a for a, b in zip(before, after, strict=True))
 
 
 @dataclass(frozen=True, slots=True)

@@ -28,7 +28,8 @@ LOCAL_KINDS: Final = ("overload", "resource")
 
 def bucket_of(seconds: float) -> int:
     """The histogram slot of `seconds`: the first bucket whose bound is not below it (as
-    `bisect.bisect_left(LATENCY_BUCKETS, seconds)`), or the last slot, above 10 s."""
+    `bisect.bisect_left(LATENCY_BUCKETS, seconds)`), or the last slot, above 10 s. (NaN, which
+    a difference of loop times never is, goes last; bisect would put it first.)"""
     # A scan from the smallest bound, not `bisect`: most requests end within the first few
     # buckets, and compiled, the scan is a few float comparisons where the call into `bisect`
     # costs 1,000 instructions (callgrind; interpreted, the two cost about the same).

@@ -26,6 +26,7 @@ log = logging.getLogger("splitproxy.downstream")
 # writing (FIN) and read and discard what the client still sends for up to LINGER_TIME seconds
 # or LINGER_BYTES bytes, so the client reads the answer instead of a reset. nginx reads for up
 # to 30 s (lingering_time); 5 s is enough for a client to see the answer and stop.
+# Not Final: a test patches it, which a compiled module's Final would silently ignore.
 LINGER_TIME = 5.0
 LINGER_BYTES: Final = 16 << 20
 

@@ -39,6 +39,7 @@ _NO_HEADERS: Final[list[tuple[bytes, bytes]]] = []
 # Above this many open connections an idle connection's parser is dropped right after its
 # answer, not at the sweeper's next tick: memory before the 4% of a request that making a
 # new parser costs (10,000 connections opened within a tick would otherwise all hold one).
+# Not Final: a test patches it, which a compiled module's Final would silently ignore.
 PARK_AT = 1000
 
 

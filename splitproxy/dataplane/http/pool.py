@@ -23,6 +23,7 @@ MAX_IDLE_PER_ENDPOINT: Final = 4096
 # of upstream connections at once: that overflows the upstream's accept queue (nginx's default
 # backlog is 511) and costs a SYN retransmit, a 1 s stall. Requests beyond it wait for a
 # connection to be released or for an attempt to finish, as in Envoy's connection pools.
+# Not Final: a test patches it, which a compiled module's Final would silently ignore.
 MAX_CONNECTING = 64
 
 

@@ -34,6 +34,7 @@ def _prefix() -> bytes:
             f"{hexits[15:17]}{r >> 66 & 0xF:x}-").encode()
 
 
+# Not Final: `_reseed` rebinds both, and a test patches the counter.
 _PREFIX = _prefix()
 _COUNTER = itertools.count(1)
 
