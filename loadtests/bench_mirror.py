@@ -144,9 +144,8 @@ def main(argv: list[str] | None = None) -> int:
                 for rnd in range(args.rounds):
                     k = rnd % len(targets)
                     for name in targets[k:] + targets[:k]:
-                        out = bench.run_wrk(wrk, ports[name], args.threads, conns,
-                                            args.duration)
-                        sample = bench.parse_wrk(out, name, conns, rnd + 1)
+                        sample = bench.sample_wrk(wrk, ports[name], name, args.threads, conns,
+                                                  rnd + 1, args.duration)
                         samples.append(sample)
                         sys.stderr.write(f"bench_mirror: c={conns} round {rnd + 1} {name}: "
                                          f"{sample.rps:,.0f} req/s, p99 "

@@ -23,7 +23,7 @@ _SPECIAL: Final = frozenset(
 # `@`, `\`, a control byte) is refused, as nginx and Go refuse it: the Host is routed on and
 # passed to the upstream unchanged, so it must not be able to carry a path or a second name.
 _HOST_CHARS: Final = (b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"
-               b"-._~%!$&'()*+,;=:[]")
+                      b"-._~%!$&'()*+,;=:[]")
 
 # Host values found valid. A Host repeats from request to request, and the check (a
 # `translate`, which builds its table on every call) costs 1,100 instructions, 2% of a proxied
