@@ -156,7 +156,7 @@ class FakeServer:
         runtime = compile_table(table.build(self.config, runs=runs), self.pools, self.stats,
                                 self.config.health)
         self.state = ServerState(self.loop, runtime, self.config.timeouts, self.config.limits,
-                                 self.stats, DownstreamProtocol)
+                                 self.stats, DownstreamProtocol, self.loop.time)
 
     def connect(self) -> tuple[DownstreamProtocol, FakeTransport]:
         conn = DownstreamProtocol(self.state)

@@ -113,7 +113,7 @@ class H1Bridge(Exchange):
         self.upstream = up
         self.h2pool = h2pool
         self.phase = SENT
-        self.sent_at = self.down.loop.time()
+        self.sent_at = self.down.state.clock()
         if not end:
             pending = self.pending
             self.pending = []
@@ -148,7 +148,7 @@ class H1Bridge(Exchange):
         up = self.upstream
         if up is not None:
             if self.request.has_body:
-                self.sent_at = self.down.loop.time()  # the upstream waited for the client
+                self.sent_at = self.down.state.clock()  # the upstream waited for the client
             up.send_data(b"", end_stream=True)
 
     def fail(self, status: int, kind: str, detail: str, count_error: bool = True) -> None:
@@ -176,7 +176,7 @@ class H1Bridge(Exchange):
     def client_writable(self) -> None:
         """The client's socket drained: the upstream may send what it took meanwhile."""
         if self.paused_at:
-            self.held += self.down.loop.time() - self.paused_at
+            self.held += self.down.state.clock() - self.paused_at
             self.paused_at = 0.0
         held = self.held_credit
         self.held_credit = 0
@@ -225,7 +225,7 @@ class H1Bridge(Exchange):
             # Held for the client (not the version's time): credited on `client_writable`.
             self.held_credit += len(data)
             if not self.paused_at:
-                self.paused_at = self.down.loop.time()
+                self.paused_at = self.down.state.clock()
         elif self.upstream is not None:
             self.upstream.ack(len(data))
 

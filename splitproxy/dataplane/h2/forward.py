@@ -119,7 +119,7 @@ class H2Forward:
         self.headers: Headers = []
         self.trailers: Headers | None = None
         # grpc-timeout: the whole call must end by then (loop time; 0: none).
-        self.call_deadline = grpc.deadline(ex.request.start_time, fields) if grpc_call else 0.0
+        self.call_deadline = grpc.deadline(stream.loop.time(), fields) if grpc_call else 0.0
 
     # -- the request (called by the downstream stream) ----------------------------------------
     def start(self) -> None:
@@ -144,7 +144,7 @@ class H2Forward:
         self.upstream = up
         self.h2pool = h2pool
         ex.phase = SENT
-        ex.sent_at = self.stream.loop.time()
+        ex.sent_at = self.stream.state.clock()
         if not end:
             pending = self.pending
             self.pending = []
@@ -273,7 +273,7 @@ class H2Forward:
         stats = ex.stats
         if stats is not None:
             stats.in_flight -= 1
-            now = self.stream.loop.time()
+            now = self.stream.state.clock()
             seconds = now - ex.request.start_time
             upstream = ex._upstream_time(now)
             if self.grpc:

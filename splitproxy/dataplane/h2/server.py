@@ -420,7 +420,7 @@ class H2Server(ClientConnection):
         if not self.logged or stream.logged or ex is None:
             return
         stream.logged = True
-        now = self.loop.time()
+        now = self.state.clock()
         status = stream.status or (CLIENT_CLOSED if end == "client-closed" else 502)
         log_request(self.state, ex, stream.method, stream.path, status,
                     now - (ex.request.start_time or now), stream.sent, stream.received,

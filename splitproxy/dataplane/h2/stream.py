@@ -51,7 +51,7 @@ class StreamFlow(ClientFlow):
     __slots__ = ("stream",)
 
     def __init__(self, stream: H2Stream) -> None:
-        super().__init__(stream.loop)
+        super().__init__(stream.conn.state.clock)
         self.stream = stream
 
     def pause_reading_for(self, owner: object) -> None:
@@ -83,7 +83,6 @@ class H2Stream(Downstream):
     def __init__(self, conn: H2Server, sid: int) -> None:
         self.conn = conn
         self.sid = sid
-        self.loop = conn.loop  # the stream's flow control reads it as it is made
         super().__init__(conn.state, StreamFlow(self), conn.listener, conn.client_ip,
                          conn.identity)
         self.exchange: Exchange | None = None

@@ -79,7 +79,7 @@ class LoggedDownstream(DownstreamProtocol):
         # "METHOD url HTTP/1.1\r\n", "name: value\r\n" per header (counted by on_header),
         # "\r\n"
         size = len(method) + len(self._url) + 12 + 2 + self._head_size
-        request = _Request(method, self._url, size, self.loop.time())
+        request = _Request(method, self._url, size, self.state.clock())
         self._pending = request
         super().on_headers_complete()  # may answer at once (and log), or raise Reject
         ex = self.receiving
@@ -143,7 +143,7 @@ class LoggedDownstream(DownstreamProtocol):
         request = self._requests.pop(ex, None)
         if request is None:
             request, self._pending = self._pending, None
-        now = self.loop.time()
+        now = self.state.clock()
         began = ex.request.start_time or (request.began if request is not None else now)
         status = self._status or (CLIENT_CLOSED if end == "client-closed" else 502)
         sent = self._sent - self._mark

@@ -50,7 +50,7 @@ class ClientConnection(Downstream, asyncio.Protocol):
     def __init__(self, state: ServerState) -> None:
         # The listener's protocol factory sets `listener`; `client_ip` comes from the
         # acceptor or from `connection_made`, `identity` from the TLS handshake.
-        super().__init__(state, ClientFlow(state.loop), PLAIN)
+        super().__init__(state, ClientFlow(state.clock), PLAIN)
         self.transport: asyncio.Transport | None = None
         # One deadline per connection, checked by the server's sweeper: no timer handle is
         # created or cancelled per request.

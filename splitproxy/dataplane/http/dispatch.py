@@ -37,7 +37,7 @@ def build_exchange(down: Downstream, parser: RequestFacts,
     """A parsed request head -> the exchange that answers it: framing and method checks,
     the normalised target, the route and the version (raises `Reject`)."""
     state = down.state
-    now = down.loop.time()
+    now = state.clock()
     method = parser.get_method()
     http_version = parser.get_http_version()
     client_11 = http_version == "1.1"

@@ -134,7 +134,7 @@ class Exchange(Lifecycle):
         conn.start(self)
         transport = conn.transport
         assert transport is not None
-        self.sent_at = self.down.loop.time()
+        self.sent_at = self.down.state.clock()
         if self.pending:
             transport.writelines([self.request.head, *self.pending])
             self.pending = []
@@ -179,7 +179,7 @@ class Exchange(Lifecycle):
         elif self.up is not None:
             if request.has_body:
                 # A streamed body: until its last byte the upstream waits for the client.
-                self.sent_at = self.down.loop.time()
+                self.sent_at = self.down.state.clock()
             self._arm_response_timer()
 
     def _arm_response_timer(self) -> None:

@@ -25,8 +25,9 @@ from typing import TYPE_CHECKING, Final
 from mypy_extensions import mypyc_attr
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from splitproxy.dataplane.http.exchange import Exchange
-    from splitproxy.dataplane.http.state import EventLoop
 
 # Both directions: above this many unsent bytes a transport pauses its protocol's writing.
 WRITE_HIGH_WATER: Final = 256 * 1024
@@ -48,12 +49,12 @@ class ClientFlow:
     """Back-pressure of one client connection, both ways."""
 
     __slots__ = (
-        "loop", "transport", "paused_by", "frozen", "write_blocked", "paused_upstream",
+        "clock", "transport", "paused_by", "frozen", "write_blocked", "paused_upstream",
         "send_watch", "send_pending", "send_deadline",
     )
 
-    def __init__(self, loop: EventLoop) -> None:
-        self.loop = loop
+    def __init__(self, clock: Callable[[], float]) -> None:
+        self.clock = clock  # the server's duration clock (`ServerState.clock`)
         self.transport: asyncio.Transport | None = None  # set by connection_made
         # The owners of the pause: a tuple, not a set (an empty set is 216 bytes per idle
         # connection; there are rarely more than two owners at once).
@@ -112,7 +113,7 @@ class ClientFlow:
             self.paused_upstream = up
             if exchange is not None and not exchange.paused_at:
                 # Held for the client, not the version's time (see Lifecycle._upstream_time).
-                exchange.paused_at = self.loop.time()
+                exchange.paused_at = self.clock()
 
     def client_drained(self, exchange: Exchange | None) -> None:
         """The client's buffer drained to its low-water mark (resume_writing): progress."""
@@ -124,7 +125,7 @@ class ClientFlow:
                 up.resume_reading()
             self.paused_upstream = None
             if exchange is not None and exchange.paused_at:
-                exchange.held += self.loop.time() - exchange.paused_at
+                exchange.held += self.clock() - exchange.paused_at
                 exchange.paused_at = 0.0
         if exchange is not None:
             exchange.client_writable()

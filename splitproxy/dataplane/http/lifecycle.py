@@ -211,7 +211,7 @@ class Lifecycle:
         stats = self.stats
         if stats is not None:
             stats.in_flight -= 1
-            now = self.down.loop.time()
+            now = self.down.state.clock()
             if self.paused_at:  # rare: the exchange ends while held for the client
                 upstream = self._upstream_time(now)
             else:
@@ -226,7 +226,7 @@ class Lifecycle:
         stats = self.stats
         if stats is not None:
             stats.in_flight -= 1
-            now = self.down.loop.time()
+            now = self.down.state.clock()
             stats.observe(502, now - self.request.start_time, self._upstream_time(now))
         self.down.abort()
 
