@@ -19,6 +19,7 @@ from splitproxy.dataplane.http.request import (
     body_refusal,
     host_key,
     read_head,
+    request_line_version,
     upstream_head,
 )
 from splitproxy.dataplane.http.requestid import resolve as request_id
@@ -33,13 +34,17 @@ if TYPE_CHECKING:
 
 
 def build_exchange(down: Downstream, parser: RequestFacts,
-                   headers: list[tuple[bytes, bytes]], url: bytes) -> Exchange:
+                   headers: list[tuple[bytes, bytes]], url: bytes,
+                   start: bytes = b"") -> Exchange:
     """A parsed request head -> the exchange that answers it: framing and method checks,
-    the normalised target, the route and the version (raises `Reject`)."""
+    the normalised target, the route and the version (raises `Reject`). `start`: the packet
+    the head began at the start of (b"": unknown), which shows its HTTP version."""
     state = down.state
     now = state.clock()
     method = parser.get_method()
-    http_version = parser.get_http_version()
+    http_version = request_line_version(start, method, url) if start else ""
+    if not http_version:
+        http_version = parser.get_http_version()
     client_11 = http_version == "1.1"
     if not client_11 and http_version != "1.0" and http_version != "0.9":
         # llhttp reads "HTTP/2.0" (a prior-knowledge h2 client) like 1.x (nginx: 505).
@@ -108,7 +113,8 @@ def build_exchange(down: Downstream, parser: RequestFacts,
                 start_time=now, client_11=client_11, keep_alive=False, has_body=has_body,
                 request_id=rid), local=error_response(*refused, True, request_id=rid))
 
-    upgrade = parser.should_upgrade()
+    # llhttp flags an upgrade only for a request with an Upgrade header (CONNECT: 405 above).
+    upgrade = b"upgrade" in seen and parser.should_upgrade()
     if upgrade and has_body:
         # llhttp treats every byte after an upgrade request's head as the new protocol's:
         # a body could not be told apart from it, so such a request is refused.

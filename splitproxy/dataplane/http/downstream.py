@@ -47,7 +47,7 @@ class DownstreamProtocol(ClientConnection):
     __slots__ = (
         "parser", "queue", "current", "receiving", "_url", "_headers", "in_head",
         "_head_bytes", "_head_size", "_body_bytes", "_tunnel", "_upgrading", "_held", "reads",
-        "_reads_seen", "_body_deadline",
+        "_reads_seen", "_body_deadline", "_packet", "_start",
     )
 
     def __init__(self, state: ServerState) -> None:
@@ -75,6 +75,11 @@ class DownstreamProtocol(ClientConnection):
         self.reads = 0
         self._reads_seen = 0
         self._body_deadline = 0.0
+        # The packet being parsed when it came between two requests (else b""), and the one
+        # the request in its head began at the start of: its request line gives the HTTP
+        # version without asking the parser (`request.request_line_version`).
+        self._packet = b""
+        self._start = b""
 
     # -- asyncio.Protocol -------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -113,6 +118,7 @@ class DownstreamProtocol(ClientConnection):
         parser = self.parser
         if parser is None:
             parser = self.parser = httptools.HttpRequestParser(self)
+        self._packet = data if not self.in_head and self.receiving is None else b""
         while True:
             try:
                 parser.feed_data(data)
@@ -126,6 +132,7 @@ class DownstreamProtocol(ClientConnection):
                     return
                 if rest and not self.broken:
                     data = rest  # an upgrade answered by the proxy itself: requests follow
+                    self._packet = b""
                     continue
                 return
             except httptools.HttpParserCallbackError as failed:
@@ -197,6 +204,8 @@ class DownstreamProtocol(ClientConnection):
 
     # -- httptools callbacks ----------------------------------------------------------------
     def on_message_begin(self) -> None:
+        self._start = self._packet  # the first request of a packet that came between two
+        self._packet = b""
         self._url = b""
         self._headers = []
         self._head_size = 0
@@ -223,7 +232,9 @@ class DownstreamProtocol(ClientConnection):
         self._body_deadline = 0.0
         parser = self.parser
         assert parser is not None  # called by it
-        ex = build_exchange(self, parser, self._headers, self._url)
+        start = self._start
+        self._start = b""
+        ex = build_exchange(self, parser, self._headers, self._url, start)
         self.receiving = ex
         if ex.request.upgrade:
             self._upgrading = ex
@@ -375,6 +386,7 @@ class DownstreamProtocol(ClientConnection):
         self.parser = None
         self._headers = _NO_HEADERS
         self._url = b""
+        self._start = b""
 
     def _check_body_progress(self, now: float) -> None:
         """The request-body timeout (nginx's client_body_timeout): between two reads of the

@@ -3,7 +3,6 @@ as a version-4 UUID, unique per process (a new prefix when the counter runs out)
 
 from __future__ import annotations
 
-import itertools
 import uuid
 
 import pytest
@@ -28,8 +27,17 @@ def test_made_ids_count_up_and_a_spent_counter_takes_a_new_prefix(
         monkeypatch: pytest.MonkeyPatch) -> None:
     first, second = requestid.new_id(), requestid.new_id()
     assert first[:24] == second[:24] and int(second[24:], 16) == int(first[24:], 16) + 1
-    monkeypatch.setattr(requestid, "_COUNTER", itertools.count(2**48 - 1))
+    monkeypatch.setattr(requestid._IDS, "n", 2**48 - 2)
     last = requestid.new_id()
     renewed = requestid.new_id()
     assert last.endswith(b"-ffffffffffff") and renewed.endswith(b"-000000000001")
     assert renewed[:24] != last[:24] and uuid.UUID(renewed.decode()).version == 4
+
+
+def test_made_ids_are_consecutive_across_the_cached_part() -> None:
+    """The id less its last two hex digits is made once per 256: the count goes on past it."""
+    ids = [requestid.new_id() for _ in range(600)]
+    counts = [int(made[24:], 16) for made in ids]
+    assert counts == list(range(counts[0], counts[0] + 600))
+    assert len({made[:24] for made in ids}) == 1
+    assert all(uuid.UUID(made.decode()).version == 4 for made in ids)

@@ -1,0 +1,81 @@
+"""The HTTP version read from the request line a packet starts with (`request_line_version`):
+never a different answer from the parser's, and "" (ask the parser) whenever it is not plain."""
+
+from __future__ import annotations
+
+import httptools
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from splitproxy.dataplane.http.request import request_line_version
+
+
+class _Head:
+    """Parser callbacks that keep what `build_exchange` reads at the end of the head."""
+
+    def __init__(self) -> None:
+        self.url = b""
+        self.method = b""
+        self.version: str | None = None
+        self.parser = httptools.HttpRequestParser(self)
+
+    def on_url(self, url: bytes) -> None:
+        self.url += url
+
+    def on_headers_complete(self) -> None:
+        self.method = self.parser.get_method()
+        self.version = self.parser.get_http_version()
+
+
+def parsed(packet: bytes) -> _Head | None:
+    """The parser's reading of the first request head of `packet` (None: an error, or no
+    whole head)."""
+    head = _Head()
+    try:
+        head.parser.feed_data(packet)
+    except httptools.HttpParserError:
+        return None
+    return head if head.version is not None else None
+
+
+@pytest.mark.parametrize(("packet", "method", "url", "version"), [
+    (b"GET / HTTP/1.1\r\nHost: a\r\n\r\n", b"GET", b"/", "1.1"),
+    (b"POST /x?y=1 HTTP/1.0\r\nContent-Length: 0\r\n\r\n", b"POST", b"/x?y=1", "1.0"),
+    (b"GET / HTTP/1.1\r\nHost: a\r\n", b"GET", b"/", "1.1"),  # the head goes on later
+    (b"\r\nGET / HTTP/1.0\r\n\r\n", b"GET", b"/", ""),  # an empty line first: ask the parser
+    (b"GET / HTTP/1.1", b"GET", b"/", ""),  # the request line itself is cut
+    (b"GET /\r\n\r\n", b"GET", b"/", ""),  # HTTP/0.9
+    (b"GET / HTTP/2.0\r\n\r\n", b"GET", b"/", ""),
+    (b"GET / HTTP/1.2\r\n\r\n", b"GET", b"/", ""),
+    (b"GET / HTTP/1.1\n\r\n", b"GET", b"/", ""),  # no CR before the LF
+    (b"PUT / HTTP/1.1\r\n\r\n", b"GET", b"/", ""),  # not the method the parser read
+    (b"GET  / HTTP/1.1\r\n\r\n", b"GET", b"/", ""),  # two spaces: the version is elsewhere
+    (b"GET /a HTTP/1.1\r\n\r\n", b"GET", b"/", ""),  # not the url the parser read
+    # A header line that ends like a request line: only the first line is read.
+    (b"GET / HTTP/1.0\r\nX: HTTP/1.1\r\n\r\n", b"GET", b"/", "1.0"),
+])
+def test_examples(packet: bytes, method: bytes, url: bytes, version: str) -> None:
+    assert request_line_version(packet, method, url) == version
+
+
+_TOKEN = st.text("abcXYZ019-/._~%?=&", min_size=1, max_size=12).map(str.encode)
+_VERSION = st.sampled_from([b" HTTP/1.1", b" HTTP/1.0", b" HTTP/2.0", b" HTTP/1.2", b"",
+                            b" HTTP/1.1 ", b" http/1.1", b"  HTTP/1.0", b" HTTP/1.10"])
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.sampled_from([b"GET", b"POST", b"HEAD", b"OPTIONS"]), _TOKEN, _VERSION,
+       st.sampled_from([b"\r\n", b"\n", b"\r\r\n"]), st.sampled_from([b"", b"\r\n", b"\n"]),
+       st.sampled_from([b"Host: a\r\n\r\n", b"Host: a\r\n", b"X: HTTP/1.0\r\n\r\n", b""]))
+def test_never_disagrees_with_the_parser(method: bytes, target: bytes, version: bytes,
+                                         eol: bytes, before: bytes, rest: bytes) -> None:
+    packet = before + method + b" /" + target + version + eol + rest
+    head = parsed(packet + b"\r\n\r\n")
+    if head is not None:
+        # What the proxy does: the parser's method and url, the packet's version if plain.
+        ours = request_line_version(packet, head.method, head.url)
+        assert ours in (head.version, ""), (packet, ours, head.version)
+        if head.version in ("1.0", "1.1") and not before and eol == b"\r\n" \
+                and version == b" HTTP/" + head.version.encode():
+            assert ours == head.version, packet  # the plain case is read, not asked
