@@ -33,7 +33,6 @@ import platform
 import re
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -49,11 +48,13 @@ from typing import Any
 
 try:
     from loadtests import compiled, machine, nginxconf
+    from loadtests.harness import free_port as free_port  # bench_tls, bench_h2 use it
     from loadtests.idle_clients import measure_idle, memory_markdown, raise_nofile
 except ImportError:  # run as `python loadtests/bench.py`: loadtests/ itself is on sys.path
     import compiled  # type: ignore[import-not-found,no-redef]
     import machine  # type: ignore[import-not-found,no-redef]
     import nginxconf  # type: ignore[import-not-found,no-redef]
+    from harness import free_port as free_port  # type: ignore[import-not-found,no-redef]
     from idle_clients import (  # type: ignore[no-redef,import-not-found]
         measure_idle,
         memory_markdown,
@@ -139,13 +140,6 @@ def parse_wrk(output: str, target: str, connections: int, round_: int) -> Sample
 
 
 # --- processes ---------------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 class Children:

@@ -28,11 +28,21 @@ HOST = "127.0.0.1"
 START_TIMEOUT = 20.0
 
 
+# Ports handed out by this process: the kernel may give the same free port to two binds in
+# a row (seen in a bench run: a proxy and its admin API given one port, `admin.listen: same
+# address as listen`), so none is handed out twice.
+_GIVEN: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        port: int = sock.getsockname()[1]
-        return port
+    """A port free a moment ago (bound and released), never one handed out before."""
+    while True:
+        with socket.socket() as sock:
+            sock.bind((HOST, 0))
+            port: int = sock.getsockname()[1]
+        if port not in _GIVEN:
+            _GIVEN.add(port)
+            return port
 
 
 def http_json(url: str, body: dict[str, Any] | None = None, timeout: float = 2.0) -> Any:

@@ -10,13 +10,26 @@ from collections.abc import Callable, Iterator
 
 from .waiting import WAIT
 
+# Ports handed out by this process. The kernel may hand the same free port to two binds in a
+# row (seen: a proxy and its admin API given one port, `admin.listen: same address as
+# listen`), so one never comes back twice; forgotten past a bound, long after use.
+_GIVEN: set[int] = set()
+_MAX_GIVEN = 4096
+
 
 def free_port() -> int:
     """A port that was free a moment ago (bound and released), for a server that must be told
-    its port before it starts (a subprocess, redis-server, prometheus)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    its port before it starts (a subprocess, redis-server, prometheus); never one this
+    process was given before."""
+    if len(_GIVEN) >= _MAX_GIVEN:
+        _GIVEN.clear()
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+        if port not in _GIVEN:
+            _GIVEN.add(port)
+            return port
 
 
 @contextlib.contextmanager
