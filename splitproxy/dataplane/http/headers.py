@@ -47,28 +47,6 @@ CONTINUE_100: Final = b"HTTP/1.1 100 Continue\r\n\r\n"
 SHADOW_MARKER: Final = b"x-splitproxy-shadow"
 
 
-# Header names as they came -> lower-cased. A client or an upstream uses a few dozen
-# spellings, and `lower()` makes a new object each time: a method call, an allocation, and a
-# new hash for every set or dict that then looks the name up (1,000 instructions a header,
-# callgrind). The cache gives back one object, whose hash is kept. Bounded in count and
-# length (emptied when full), so no sender can make it grow.
-_LOWERED: Final[dict[bytes, bytes]] = {}
-_MAX_LOWERED: Final = 512
-_MAX_LOWERED_NAME: Final = 64
-
-
-def lowered(name: bytes) -> bytes:
-    """`name.lower()`, the same object each time for a name seen before."""
-    lname = _LOWERED.get(name)
-    if lname is None:
-        lname = name.lower()
-        if len(name) <= _MAX_LOWERED_NAME:
-            if len(_LOWERED) >= _MAX_LOWERED:
-                _LOWERED.clear()
-            _LOWERED[name] = lname
-    return lname
-
-
 def connection_tokens(value: bytes) -> set[bytes]:
     """Header names a `Connection` header removes: its tokens, less the options it always
     carries and less the headers no token may remove (`NEVER_NOMINATED`)."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Final
 
-from splitproxy.dataplane.http.headers import SHADOW_MARKER, connection_tokens, lowered
+from splitproxy.dataplane.http.headers import SHADOW_MARKER, connection_tokens
 
 # Request headers the head loop treats specially; everything else is forwarded as it came.
 _SPECIAL: Final = frozenset(
@@ -89,7 +89,7 @@ def read_head(headers: list[tuple[bytes, bytes]], client_11: bool) -> RequestHea
     lines = head.lines
     seen = head.seen
     for name, value in headers:
-        lname = lowered(name)
+        lname = name.lower()
         seen[lname] = value
         if lname not in _SPECIAL:
             if _UNDERSCORE in lname and lname.replace(b"_", b"-") in _SPECIAL:

@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Final
 
-from splitproxy.dataplane.http.headers import HOP_BY_HOP, connection_tokens, lowered
+from splitproxy.dataplane.http.headers import HOP_BY_HOP, connection_tokens
 
 # Never passed on: hop-by-hop headers, and the upstream's X-Request-Id (the proxy writes the
 # request's own, the one it sent upstream and logged; an upstream that echoes it would
@@ -38,7 +38,7 @@ def read_response(
     chunked: bool | None = False
     length: bytes | None = None
     for name, value in headers:
-        lname = lowered(name)
+        lname = name.lower()
         if lname in _NOT_PASSED:
             if lname == b"transfer-encoding":
                 chunked = True if value.strip().lower() == b"chunked" else None
