@@ -47,7 +47,7 @@ class DownstreamProtocol(ClientConnection):
     __slots__ = (
         "parser", "queue", "current", "receiving", "_url", "_headers", "in_head",
         "_head_bytes", "_head_size", "_body_bytes", "_tunnel", "_upgrading", "_held", "reads",
-        "_reads_seen", "_body_deadline", "_packet", "_start",
+        "_reads_seen", "_body_deadline", "_start",
     )
 
     def __init__(self, state: ServerState) -> None:
@@ -75,10 +75,10 @@ class DownstreamProtocol(ClientConnection):
         self.reads = 0
         self._reads_seen = 0
         self._body_deadline = 0.0
-        # The packet being parsed when it came between two requests (else b""), and the one
-        # the request in its head began at the start of: its request line gives the HTTP
-        # version without asking the parser (`request.request_line_version`).
-        self._packet = b""
+        # The last packet that came between two requests, until the head it began ends (then
+        # b""): that head's request line is at its start and gives the HTTP version without
+        # asking the parser (`request.request_line_version`). A second head in the same
+        # packet, or one begun in the middle of a packet, finds b"" and asks.
         self._start = b""
 
     # -- asyncio.Protocol -------------------------------------------------------------------
@@ -118,7 +118,8 @@ class DownstreamProtocol(ClientConnection):
         parser = self.parser
         if parser is None:
             parser = self.parser = httptools.HttpRequestParser(self)
-        self._packet = data if not self.in_head and self.receiving is None else b""
+        if not self.in_head and self.receiving is None:
+            self._start = data
         while True:
             try:
                 parser.feed_data(data)
@@ -132,7 +133,7 @@ class DownstreamProtocol(ClientConnection):
                     return
                 if rest and not self.broken:
                     data = rest  # an upgrade answered by the proxy itself: requests follow
-                    self._packet = b""
+                    self._start = b""
                     continue
                 return
             except httptools.HttpParserCallbackError as failed:
@@ -204,8 +205,6 @@ class DownstreamProtocol(ClientConnection):
 
     # -- httptools callbacks ----------------------------------------------------------------
     def on_message_begin(self) -> None:
-        self._start = self._packet  # the first request of a packet that came between two
-        self._packet = b""
         self._url = b""
         self._headers = []
         self._head_size = 0

@@ -3,12 +3,15 @@ never a different answer from the parser's, and "" (ask the parser) whenever it 
 
 from __future__ import annotations
 
+import re
+
 import httptools
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from splitproxy.dataplane.http.request import request_line_version
+from tests.support.fakeio import FakeServer, config
 
 
 class _Head:
@@ -79,3 +82,37 @@ def test_never_disagrees_with_the_parser(method: bytes, target: bytes, version: 
         if head.version in ("1.0", "1.1") and not before and eol == b"\r\n" \
                 and version == b" HTTP/" + head.version.encode():
             assert ours == head.version, packet  # the plain case is read, not asked
+
+
+# -- through the client connection: however the packets cut the requests ------------------------
+# An HTTP/1.0 request may lack Host (no route here: 404); an HTTP/1.1 one may not (400). A
+# version misread either way shows as the other status.
+V10 = b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n"
+V11_NO_HOST = b"GET / HTTP/1.1\r\n\r\n"
+V11 = b"GET / HTTP/1.1\r\nHost: other.example\r\n\r\n"
+
+
+def _answers(packets: list[bytes]) -> list[int]:
+    server = FakeServer(config())
+    try:
+        conn, client = server.connect()
+        for packet in packets:
+            conn.data_received(packet)
+        return [int(status) for status in re.findall(rb"HTTP/1\.1 (\d{3}) ", client.take())]
+    finally:
+        server.loop.close()
+
+
+@pytest.mark.parametrize(("packets", "statuses"), [
+    pytest.param([V10], [404], id="one-packet"),
+    pytest.param([V10[:16], V10[16:]], [404], id="head-cut-after-the-request-line"),
+    pytest.param([V10[:12], V10[12:]], [404], id="request-line-cut"),
+    pytest.param([V10[:2], V10[2:]], [404], id="method-cut"),
+    pytest.param([V11 + V10, V11_NO_HOST], [404, 404, 400], id="pipelined-then-alone"),
+    pytest.param([V10 + V11_NO_HOST], [404, 400], id="pipelined-other-way"),
+    pytest.param([V10, b"\r\n" + V11_NO_HOST], [404, 400], id="empty-line-first"),
+    pytest.param([V11_NO_HOST[:-2], b"\r\n"], [400], id="http11-cut-before-the-end"),
+])
+def test_every_cut_reads_the_version_the_parser_reads(packets: list[bytes],
+                                                       statuses: list[int]) -> None:
+    assert _answers(packets) == statuses
