@@ -35,7 +35,10 @@ _GIVEN: set[int] = set()
 
 
 def free_port() -> int:
-    """A port free a moment ago (bound and released), never one handed out before."""
+    """A port free a moment ago (bound and released), never one handed out before (of the
+    last 4,096: forgotten past that, long after use, so the search always ends)."""
+    if len(_GIVEN) >= 4096:
+        _GIVEN.clear()
     while True:
         with socket.socket() as sock:
             sock.bind((HOST, 0))

@@ -36,6 +36,23 @@ H2_PREFACE: Final = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 # The header list of a connection between requests, shared: never appended to, as every
 # request gets its own list from on_message_begin before its first on_header.
 _NO_HEADERS: Final[list[tuple[bytes, bytes]]] = []
+# The Reject a parser callback raised, for `data_received` to answer. httptools raises its own
+# HttpParserCallbackError instead, whose `__context__` is the callback's exception only when
+# the parse did not run inside the handler of another exception: an upstream's failure that
+# refuses an upgrade parses the held bytes from inside one (`_upgrade_refused`), where the
+# context is that failure. One list per process: a raise and its handling are one synchronous
+# step of the event loop's one thread.
+_REJECTED: Final[list[Reject]] = []
+# The most of a packet kept past its own parse while the head it began is incomplete
+# (`_start`): a longer one is dropped and the parser asked for the version.
+START_KEPT: Final = 4096
+
+
+def _rejected(reject: Reject) -> Reject:
+    _REJECTED.append(reject)
+    return reject
+
+
 # Above this many open connections an idle connection's parser is dropped right after its
 # answer, not at the sweeper's next tick: memory before the 4% of a request that making a
 # new parser costs (10,000 connections opened within a tick would otherwise all hold one).
@@ -136,9 +153,10 @@ class DownstreamProtocol(ClientConnection):
                     self._start = b""
                     continue
                 return
-            except httptools.HttpParserCallbackError as failed:
-                reason = failed.__context__
-                if isinstance(reason, Reject):
+            except httptools.HttpParserCallbackError:
+                if _REJECTED:
+                    reason = _REJECTED.pop()
+                    _REJECTED.clear()
                     self._reject(reason.status, reason.detail)
                     return
                 raise
@@ -146,8 +164,13 @@ class DownstreamProtocol(ClientConnection):
                 self._reject(400, f"malformed request: {exc}")
                 return
             break
-        if self.in_head and self._head_bytes > self.state.limits.max_header:
-            self._reject(431, "request head too large")
+        if self.in_head:
+            if self._head_bytes > self.state.limits.max_header:
+                self._reject(431, "request head too large")
+            elif len(self._start) > START_KEPT:
+                self._start = b""  # a big packet is not held for a slow head: the parser asks
+        else:
+            self._start = b""  # no head began (empty lines) or it ended: nothing to hold
 
     def _h2c(self, data: bytes) -> bytes:
         """The first bytes of a connection that may begin the HTTP/2 preface: hand the
@@ -189,6 +212,7 @@ class DownstreamProtocol(ClientConnection):
         self.queue = None
         self.parser = None
         self.current = self.receiving = self._upgrading = None
+        self._start = b""
 
     def pause_writing(self) -> None:
         tunnel = self._tunnel
@@ -221,7 +245,7 @@ class DownstreamProtocol(ClientConnection):
 
     def on_headers_complete(self) -> None:
         if self._head_size + len(self._url) > self.state.max_header:
-            raise Reject(431, "request head too large")
+            raise _rejected(Reject(431, "request head too large"))
         self._head_size = 0
         self.in_head = False
         self._head_bytes = 0
@@ -233,7 +257,10 @@ class DownstreamProtocol(ClientConnection):
         assert parser is not None  # called by it
         start = self._start
         self._start = b""
-        ex = build_exchange(self, parser, self._headers, self._url, start)
+        try:
+            ex = build_exchange(self, parser, self._headers, self._url, start)
+        except Reject as reject:
+            raise _rejected(reject) from None
         self.receiving = ex
         if ex.request.upgrade:
             self._upgrading = ex
@@ -252,7 +279,7 @@ class DownstreamProtocol(ClientConnection):
         if max_body is not None:
             self._body_bytes += len(body)
             if self._body_bytes > max_body:
-                raise Reject(413, f"request body larger than {max_body} bytes")
+                raise _rejected(Reject(413, f"request body larger than {max_body} bytes"))
         ex.request_body(body)
 
     def on_message_complete(self) -> None:
@@ -270,6 +297,7 @@ class DownstreamProtocol(ClientConnection):
     def _reject(self, status: int, detail: str) -> None:
         """A fatal request error: answer in order, then close; nothing more is read."""
         self.broken = True
+        self._start = b""
         self.state.stats.bad_requests += 1
         self._cancel_timer()
         self.flow.stop_reading()

@@ -188,6 +188,20 @@ def test_after_a_101_without_upgrade_the_client_can_go_on(server: FakeServer) ->
     assert statuses(client.take()) == [404]
 
 
+def test_a_request_refused_in_what_was_held_behind_a_failed_upgrade_is_answered(
+        server: FakeServer) -> None:
+    """The held bytes are parsed while the upstream's failure is being handled (a 101 that
+    names no protocol): a request refused among them still gets its answer (here 505), not
+    a parser stuck in its error state. httptools hides the callback's exception there."""
+    up, _ = server.idle_upstream()
+    conn, client = server.connect()
+    conn.data_received(b"GET /ws HTTP/1.1\r\nHost: shop.example\r\nConnection: upgrade\r\n"
+                       b"Upgrade: websocket\r\n\r\nGET / HTTP/2.0\r\nHost: shop.example\r\n\r\n")
+    up.data_received(b"HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\n\r\n")
+    assert statuses(client.take()) == [502, 505]
+    assert client.sent_eof() and not client.was_aborted()
+
+
 def test_after_a_101_without_upgrade_what_was_held_is_parsed_as_requests(
         server: FakeServer) -> None:
     """As after any refused upgrade: the bytes sent behind the request are requests, never

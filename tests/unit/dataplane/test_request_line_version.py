@@ -10,6 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from splitproxy.dataplane.http.downstream import START_KEPT
 from splitproxy.dataplane.http.request import request_line_version
 from tests.support.fakeio import FakeServer, config
 
@@ -116,3 +117,50 @@ def _answers(packets: list[bytes]) -> list[int]:
 def test_every_cut_reads_the_version_the_parser_reads(packets: list[bytes],
                                                        statuses: list[int]) -> None:
     assert _answers(packets) == statuses
+
+
+def test_no_packet_is_held_that_begins_no_head_or_is_big() -> None:
+    """The packet kept for the version (`_start`) is let go when no head began in it (empty
+    lines) and when it is bigger than START_KEPT and its head goes on."""
+    server = FakeServer(config())
+    try:
+        conn, _ = server.connect()
+        conn.data_received(b"\r\n" * 50_000)
+        assert conn._start == b""
+        conn.data_received(b"GET / HTTP/1.0\r\nX-Pad: " + b"a" * 2 * START_KEPT)
+        assert conn._start == b""  # too big to keep while the head goes on
+        conn.data_received(b"\r\n\r\n")
+        small, _ = server.connect()
+        small.data_received(b"GET / HTTP/1.0\r\n")
+        assert small._start == b"GET / HTTP/1.0\r\n"  # kept: the head goes on
+        small.data_received(b"\r\n")
+        assert small._start == b""
+    finally:
+        server.loop.close()
+
+
+# A request and whether it keeps the connection open, for the property below: an HTTP/1.0
+# request lacks Host here (404, kept open by its keep-alive), an HTTP/1.1 one has another
+# host's (404) or none (400, and the connection ends).
+_REQUESTS = {
+    b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n": 404,
+    b"GET /a HTTP/1.1\r\nHost: other.example\r\n\r\n": 404,
+    b"GET /b HTTP/1.1\r\n\r\n": 400,
+    b"\r\nGET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n": 404,
+    b"HEAD /c?x=1 HTTP/1.0\r\nConnection: keep-alive\r\n\r\n": 404,
+}
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.sampled_from(sorted(_REQUESTS)), min_size=1, max_size=4), st.data())
+def test_any_cut_of_any_requests_is_answered_as_the_versions_say(
+        requests: list[bytes], data: st.DataObject) -> None:
+    stream = b"".join(requests)
+    cuts = sorted(data.draw(st.sets(st.integers(1, len(stream) - 1), max_size=6)))
+    packets = [stream[a:b] for a, b in zip([0, *cuts], [*cuts, len(stream)], strict=True)]
+    expected = []
+    for request in requests:
+        expected.append(_REQUESTS[request])
+        if expected[-1] == 400:
+            break  # a refused request ends the connection
+    assert _answers(packets) == expected
