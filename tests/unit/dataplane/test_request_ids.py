@@ -3,6 +3,7 @@ as a version-4 UUID, unique per process (a new prefix when the counter runs out)
 
 from __future__ import annotations
 
+import os
 import uuid
 
 import pytest
@@ -41,3 +42,23 @@ def test_made_ids_are_consecutive_across_the_cached_part() -> None:
     assert counts == list(range(counts[0], counts[0] + 600))
     assert len({made[:24] for made in ids}) == 1
     assert all(uuid.UUID(made.decode()).version == 4 for made in ids)
+
+
+def test_a_forked_child_makes_ids_of_its_own() -> None:
+    """A fork copies the prefix and the counter: the child takes a new prefix at once."""
+    parents = requestid.new_id()
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: report one id, then leave without running anything else
+        try:
+            os.write(write_end, requestid.new_id())
+        finally:
+            os._exit(0)
+    os.close(write_end)
+    try:
+        childs = os.read(read_end, 100)
+    finally:
+        os.close(read_end)
+        os.waitpid(pid, 0)
+    assert childs[:24] != parents[:24] and childs.endswith(b"-000000000001")
+    assert requestid.new_id()[:24] == parents[:24]  # the parent goes on as it was
