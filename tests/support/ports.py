@@ -8,28 +8,11 @@ import contextlib
 import socket
 from collections.abc import Callable, Iterator
 
+# `free_port`: one copy for the tests and the load tests (a port free a moment ago, never
+# one this process was handed before: the kernel may give two binds in a row the same port).
+from loadtests.harness import free_port as free_port
+
 from .waiting import WAIT
-
-# Ports handed out by this process. The kernel may hand the same free port to two binds in a
-# row (seen: a proxy and its admin API given one port, `admin.listen: same address as
-# listen`), so one never comes back twice; forgotten past a bound, long after use.
-_GIVEN: set[int] = set()
-_MAX_GIVEN = 4096
-
-
-def free_port() -> int:
-    """A port that was free a moment ago (bound and released), for a server that must be told
-    its port before it starts (a subprocess, redis-server, prometheus); never one this
-    process was given before."""
-    if len(_GIVEN) >= _MAX_GIVEN:
-        _GIVEN.clear()
-    while True:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = int(s.getsockname()[1])
-        if port not in _GIVEN:
-            _GIVEN.add(port)
-            return port
 
 
 @contextlib.contextmanager

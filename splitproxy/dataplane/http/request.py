@@ -157,7 +157,7 @@ def request_line_version(packet: bytes, method: bytes, url: bytes) -> str:
         version = "1.0"
     else:
         return ""
-    return version if packet.startswith(method) and packet[at - len(url) - 1] == 32 else ""
+    return version if packet.startswith(method) and packet[len(method)] == 32 else ""
 
 
 def _check_host(value: bytes) -> None:
