@@ -4,6 +4,7 @@ protocols run on them without sockets, and time moves only when a test moves it.
 from __future__ import annotations
 
 import asyncio
+import sys
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar, cast
 
@@ -157,6 +158,9 @@ class FakeServer:
                                 self.config.health)
         self.state = ServerState(self.loop, runtime, self.config.timeouts, self.config.limits,
                                  self.stats, DownstreamProtocol, self.loop.time)
+        # Every write straight to its fake transport, where a test reads it at once (the write
+        # batch has its own tests).
+        self.state.writes.gather_from = sys.maxsize
 
     def connect(self) -> tuple[DownstreamProtocol, FakeTransport]:
         conn = DownstreamProtocol(self.state)

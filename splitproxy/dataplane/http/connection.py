@@ -96,12 +96,23 @@ class ClientConnection(Downstream, asyncio.Protocol):
 
     # -- output -----------------------------------------------------------------------------
     def write(self, data: bytes) -> None:
-        if self.transport is not None:
-            self.transport.write(data)
+        transport = self.transport
+        if transport is not None:
+            writes = self.state.writes
+            if writes.gathering:
+                writes.write(transport, data)
+            else:
+                transport.write(data)
 
     def writelines(self, parts: list[bytes]) -> None:
-        if self.transport is not None:
-            self.transport.writelines(parts)
+        transport = self.transport
+        if transport is not None:
+            writes = self.state.writes
+            if writes.gathering:
+                writes.writelines(transport, parts)
+            else:
+                transport.writelines(parts)
+
 
     def abort(self) -> None:
         if self.transport is not None:
@@ -116,6 +127,7 @@ class ClientConnection(Downstream, asyncio.Protocol):
         self._cancel_timer()
         transport = self.transport
         if transport is not None and not transport.is_closing():
+            self.state.writes.release(transport)  # what this turn wrote goes out first
             transport.close()
             if transport.get_write_buffer_size():
                 # close() waits for the client to read what is left, forever if it does not.
@@ -132,6 +144,7 @@ class ClientConnection(Downstream, asyncio.Protocol):
             self._close()  # nothing more can come: no reset to avoid
             return
         self.broken = self.lingering = True
+        self.state.writes.release(transport)  # what this turn wrote goes out first
         try:
             transport.write_eof()
         except (OSError, RuntimeError):

@@ -113,9 +113,7 @@ class DownstreamProtocol(ClientConnection):
 
     def data_received(self, data: bytes) -> None:
         if self._tunnel is not None:
-            transport = self._tunnel.transport
-            if transport is not None:
-                transport.write(data)
+            self._tunnel.write(data)
             return
         if self.broken:
             self._linger_data(data)
@@ -206,6 +204,8 @@ class DownstreamProtocol(ClientConnection):
         if self._tunnel is not None:
             self._tunnel.close()
             self._tunnel = None
+        if self.current is not None:
+            self.state.writes.busy_change(-1)
         for ex in (self.current, self.receiving, *(self.queue or ())):
             if ex is not None:
                 ex.client_gone()
@@ -266,6 +266,8 @@ class DownstreamProtocol(ClientConnection):
             self._upgrading = ex
         if self.current is None and not self.flow.write_blocked:
             self.current = ex
+            # Busy: an exchange in flight. The write batch gathers while several connections are.
+            self.state.writes.busy_change(1)
             ex.start()
         else:
             self._enqueue(ex)
@@ -316,6 +318,7 @@ class DownstreamProtocol(ClientConnection):
             status, detail, True, request_id=context.request_id))
         if self.current is None and not self.flow.write_blocked:
             self.current = ex
+            self.state.writes.busy_change(1)
             ex.start()
         else:
             self._enqueue(ex)
@@ -331,6 +334,7 @@ class DownstreamProtocol(ClientConnection):
         if self.current is not ex:
             return
         self.current = None
+        self.state.writes.busy_change(-1)
         if ex.close_after or (self.state.draining and not self.queue):
             self._linger()
             return
@@ -353,6 +357,8 @@ class DownstreamProtocol(ClientConnection):
         queue = self.queue
         assert queue  # called with exchanges waiting
         nxt = queue.popleft()
+        if self.current is None:
+            self.state.writes.busy_change(1)
         self.current = nxt
         if not queue:
             self.flow.resume_reading_for(PIPELINE)
@@ -378,8 +384,8 @@ class DownstreamProtocol(ClientConnection):
         up.tunnel_to(self)
         if rest:
             self.write(rest)
-        if held and up.transport is not None:
-            up.transport.write(held)
+        if held:
+            up.write(held)
         self.flow.read_freely(discard=False)
 
     def drain(self) -> None:

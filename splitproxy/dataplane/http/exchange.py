@@ -132,16 +132,15 @@ class Exchange(Lifecycle):
         self.up = conn
         self.phase = SENT
         conn.start(self)
-        transport = conn.transport
-        assert transport is not None
+        assert conn.transport is not None
         self.sent_at = self.down.state.clock()
         if self.pending:
-            transport.writelines([self.request.head, *self.pending])
+            conn.writelines([self.request.head, *self.pending])
             self.pending = []
             self.pending_size = 0
             self.down.flow.resume_reading_for(self)
         else:
-            transport.write(self.request.head)
+            conn.write(self.request.head)
         if self.request_done:
             self._arm_response_timer()
 
@@ -154,7 +153,7 @@ class Exchange(Lifecycle):
             chunk = [data]
         up = self.up
         if up is not None and up.transport is not None:
-            up.transport.writelines(chunk)
+            up.writelines(chunk)
             return
         self.pending.extend(chunk)
         self.pending_size += len(data)
@@ -171,7 +170,7 @@ class Exchange(Lifecycle):
         if request.chunked:
             up = self.up
             if up is not None and up.transport is not None:
-                up.transport.write(b"0\r\n\r\n")
+                up.write(b"0\r\n\r\n")
             else:
                 self.pending.append(b"0\r\n\r\n")
         if self.phase is BUFFERING:

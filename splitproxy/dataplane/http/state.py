@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from splitproxy.config.models import Limits, Timeouts
 from splitproxy.dataplane.http.accesslines import AccessLines
+from splitproxy.dataplane.http.batch import WriteBatch
 from splitproxy.dataplane.http.runtime import Runtime
 from splitproxy.dataplane.stats import Stats
 
@@ -47,7 +48,7 @@ class ServerState:
 
     __slots__ = ("loop", "clock", "runtime", "timeouts", "limits", "stats", "protocol",
                  "access_lines", "connections", "draining", "http2", "bridge", "header_timeout",
-                 "idle_timeout", "response_timeout", "max_header")
+                 "idle_timeout", "response_timeout", "max_header", "writes")
 
     def __init__(self, loop: EventLoop, runtime: Runtime, timeouts: Timeouts, limits: Limits,
                  stats: Stats, protocol: type[DownstreamProtocol],
@@ -80,6 +81,10 @@ class ServerState:
         # (`dataplane.h2.bridge.bridged`, set by the server). None: such a version answers 502.
         self.bridge: Callable[[Downstream, VersionRuntime, RequestContext],
                               Exchange] | None = None
+        # Where HTTP/1.1 connections write (`batch`): a loop turn's small writes, sent at its
+        # end while more than one connection is busy. Tests that drive protocols by hand on a
+        # fake loop, and read what was written right away, set its `gather_from` out of reach.
+        self.writes = WriteBatch(loop)
 
     def configure(self, timeouts: Timeouts, limits: Limits) -> None:
         """New timeouts and limits (a reload). The ones read on every request are also kept

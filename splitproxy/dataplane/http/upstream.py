@@ -12,6 +12,7 @@ from splitproxy.dataplane.http.flow import WRITE_HIGH_WATER
 from splitproxy.dataplane.http.response import DISCARD
 
 if TYPE_CHECKING:
+    from splitproxy.dataplane.http.batch import WriteBatch
     from splitproxy.dataplane.http.downstream import DownstreamProtocol
     from splitproxy.dataplane.http.exchange import Exchange
     from splitproxy.dataplane.http.pool import Pool
@@ -29,7 +30,7 @@ class UpstreamConnection(asyncio.Protocol):
     __slots__ = (
         "pool", "transport", "parser", "exchange", "closed", "reused", "idle_since",
         "_status_reason", "_headers", "_got_bytes", "_tunnel_peer", "_feeding", "_after",
-        "_extra", "_in_head", "_head_bytes",
+        "_extra", "_in_head", "_head_bytes", "writes",
     )
 
     def __init__(self, pool: Pool) -> None:
@@ -49,6 +50,8 @@ class UpstreamConnection(asyncio.Protocol):
         self._extra = False  # bytes followed the end of the response in the same packet
         self._in_head = False
         self._head_bytes = 0
+        # Where this connection writes: its exchange's server's batch (`batch`), or None.
+        self.writes: WriteBatch | None = None
 
     # -- asyncio.Protocol -------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -162,6 +165,7 @@ class UpstreamConnection(asyncio.Protocol):
     # -- used by the exchange ---------------------------------------------------------------
     def start(self, exchange: Exchange) -> None:
         self.exchange = exchange
+        self.writes = exchange.down.state.writes
         self._got_bytes = False
         self._extra = False
 
@@ -175,6 +179,24 @@ class UpstreamConnection(asyncio.Protocol):
             self.pool.release(self)
         else:
             self.close()
+
+    def write(self, data: bytes) -> None:
+        transport = self.transport
+        if transport is not None:
+            writes = self.writes
+            if writes is not None and writes.gathering:
+                writes.write(transport, data)
+            else:
+                transport.write(data)
+
+    def writelines(self, parts: list[bytes]) -> None:
+        transport = self.transport
+        if transport is not None:
+            writes = self.writes
+            if writes is not None and writes.gathering:
+                writes.writelines(transport, parts)
+            else:
+                transport.writelines(parts)
 
     def tunnel_to(self, peer: DownstreamProtocol) -> None:
         self._tunnel_peer = peer

@@ -1,0 +1,90 @@
+"""Writes batched per loop turn (`batch.WriteBatch`), end to end: many connections at once,
+each with pipelined requests of every kind (small and large answers, HEAD, 204, uploads,
+chunked answers, the proxy's own errors, a closing last request), get every answer whole and
+in order, with gathering as under load and with it on for every write; and the count of busy
+connections it is steered by comes back to zero however the connections end."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+
+import pytest
+
+from tests.support.configs import proxy_config, route
+from tests.support.proxy import run_proxy
+from tests.support.rawhttp import RawClient, build_request, raw_client
+from tests.support.upstream import run_upstream
+from tests.support.waiting import wait_until
+
+CONNECTIONS = 12
+BIG = 70_000  # over the batch's SMALL: goes out at once, after what waits
+
+
+async def one_connection(port: int, n: int) -> None:
+    upload = bytes([n]) * 5000
+    async with raw_client(port) as c:
+        await c.send(
+            build_request("GET", f"/n/{n}")
+            + build_request("GET", f"/download?size={BIG}")
+            + build_request("HEAD", "/download?size=100000")
+            + build_request("GET", "/status/204")
+            + build_request("POST", "/echo", body=upload)
+            + build_request("GET", "/chunked?n=3&delay=0")
+            + build_request("GET", "/", host="nobody.example.com")  # the proxy's own 404
+            + build_request("GET", f"/last/{n}", {"Connection": "close"})
+        )
+        first = await c.read_response()
+        assert (first.status, first.header("x-path")) == (200, f"/n/{n}")
+        big = await c.read_response()
+        assert (big.status, len(big.body)) == (200, BIG)
+        head = await c.read_response("HEAD")
+        assert (head.status, head.header("content-length"), head.body) == (200, "100000", b"")
+        assert (await c.read_response()).status == 204
+        echoed = await c.read_response()
+        assert hashlib.sha256(echoed.body).digest() == hashlib.sha256(upload).digest()
+        chunked = await c.read_response()
+        assert chunked.body == b"part0\npart1\npart2\n"
+        assert (await c.read_response()).status == 404
+        last = await c.read_response()
+        assert (last.status, last.header("x-path")) == (200, f"/last/{n}")
+        assert (last.header("connection") or "").lower() == "close"
+        assert await c.is_closed()
+
+
+@pytest.mark.parametrize("gather_from", [0, 2], ids=["always", "as-under-load"])
+async def test_pipelined_answers_of_many_connections_arrive_whole_and_in_order(
+    gather_from: int,
+) -> None:
+    async with run_upstream("stable") as up:
+        cfg = proxy_config([route({"stable": up.url}, match={"host": "shop.example.com"})])
+        async with run_proxy(cfg) as srv:
+            writes = srv.state.writes
+            writes.gather_from = gather_from
+            await asyncio.gather(*(one_connection(srv.port, n) for n in range(CONNECTIONS)))
+            await wait_until(lambda: writes.busy == 0, what=lambda: f"busy={writes.busy}")
+
+
+async def test_the_busy_count_comes_back_to_zero_when_clients_leave_mid_answer() -> None:
+    async with run_upstream("stable") as up:
+        cfg = proxy_config([route({"stable": up.url})])
+        async with run_proxy(cfg) as srv:
+            writes = srv.state.writes
+            async with contextlib.AsyncExitStack() as stack:
+                clients: list[RawClient] = []
+                for i in range(6):
+                    c = await stack.enter_async_context(raw_client(srv.port))
+                    clients.append(c)
+                    # A slow answer, and a request queued behind it (pipelined).
+                    await c.send(build_request("GET", f"/slow?delay=5&i={i}")
+                                 + build_request("GET", "/queued"))
+                await wait_until(lambda: writes.busy == 6, what=lambda: f"busy={writes.busy}")
+                for c in clients:
+                    c.writer.transport.abort()
+                await wait_until(lambda: writes.busy == 0,
+                                 what=lambda: f"busy={writes.busy}")
+            # And the server goes on answering.
+            async with raw_client(srv.port) as c:
+                assert (await c.request("GET", "/after")).status == 200
+            assert writes.busy == 0

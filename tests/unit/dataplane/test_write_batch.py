@@ -1,0 +1,182 @@
+"""The write batch (`batch.WriteBatch`): small writes wait for the end of the loop turn and
+leave in the order they were made, one write per transport; large ones, vectors, closes and
+ends of output never overtake what waits."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import cast
+
+import pytest
+
+from splitproxy.dataplane.http.batch import SMALL, WriteBatch
+from tests.support.fakeio import FakeLoop, FakeTransport
+
+
+class CountingTransport(FakeTransport):
+    """Also counts the calls that reached it (one system call each, on a real transport)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls = 0
+
+    def write(self, data: bytes) -> None:
+        self.calls += 1
+        super().write(data)
+
+    def writelines(self, parts: list[bytes]) -> None:
+        self.calls += 1
+        for part in parts:
+            super().write(part)
+
+
+class FinishedTransport(CountingTransport):
+    """A transport whose output already ended: writing to it raises, as uvloop's does."""
+
+    def write(self, data: bytes) -> None:
+        raise RuntimeError("Cannot call write() after write_eof()")
+
+
+def batch(busy: int = 2) -> tuple[WriteBatch, FakeLoop]:
+    loop = FakeLoop()
+    writes = WriteBatch(loop)
+    writes.busy_change(busy)
+    return writes, loop
+
+
+def tcp(transport: FakeTransport) -> asyncio.Transport:
+    return cast(asyncio.Transport, transport)
+
+
+def gathering(writes: WriteBatch) -> bool:
+    return writes.gathering  # asked anew each time (mypy would narrow an attribute)
+
+
+def turn_ends(loop: FakeLoop) -> None:
+    loop.advance(0.0)
+
+
+def test_with_one_connection_busy_writes_go_straight_out() -> None:
+    writes, loop = batch(busy=1)
+    t = CountingTransport()
+    writes.write(tcp(t), b"answer")
+    assert t.take() == b"answer"
+    assert loop.timers == []  # no callback per turn when nothing can be gathered
+
+
+def test_small_writes_wait_for_the_end_of_the_turn_and_leave_once_per_transport() -> None:
+    writes, loop = batch()
+    a, b = CountingTransport(), CountingTransport()
+    writes.write(tcp(a), b"one ")
+    writes.write(tcp(b), b"uno ")
+    writes.write(tcp(a), b"two")
+    writes.write(tcp(b), b"dos")
+    assert (bytes(a.written), bytes(b.written)) == (b"", b"")
+    assert len(loop.timers) == 1  # one callback for the turn, not one per write
+    turn_ends(loop)
+    assert (a.take(), b.take()) == (b"one two", b"uno dos")
+    assert (a.calls, b.calls) == (1, 1)
+
+
+def test_what_waits_stays_first_even_when_the_server_is_no_longer_busy() -> None:
+    writes, loop = batch()
+    t = CountingTransport()
+    writes.write(tcp(t), b"first ")
+    writes.busy_change(-2)
+    assert gathering(writes)  # the writers still come here while anything waits
+    writes.write(tcp(t), b"second")
+    assert bytes(t.written) == b""
+    turn_ends(loop)
+    assert t.take() == b"first second"
+    assert not gathering(writes)  # nothing waits, one connection busy: straight out again
+    writes.write(tcp(t), b"third")
+    assert t.take() == b"third"
+
+
+def test_a_large_write_goes_out_at_once_after_what_waits() -> None:
+    writes, loop = batch()
+    t = CountingTransport()
+    writes.write(tcp(t), b"head ")
+    body = b"x" * SMALL
+    writes.write(tcp(t), body)
+    assert t.take() == b"head " + body  # nothing left to the end of the turn: flow control
+    turn_ends(loop)
+    assert t.take() == b""
+
+
+def test_small_writes_that_add_up_past_the_limit_go_out_at_once() -> None:
+    writes, loop = batch()
+    t = CountingTransport()
+    part = b"y" * (SMALL // 2)
+    writes.write(tcp(t), part)
+    writes.write(tcp(t), part)
+    assert t.take() == part * 2
+    turn_ends(loop)
+    assert t.take() == b""
+
+
+def test_a_large_first_write_is_not_held() -> None:
+    writes, loop = batch()
+    t = CountingTransport()
+    writes.write(tcp(t), b"z" * SMALL)
+    assert len(t.take()) == SMALL
+    assert loop.timers == []
+
+
+def test_a_vector_goes_out_at_once_after_what_waits() -> None:
+    writes, loop = batch()
+    t = CountingTransport()
+    writes.write(tcp(t), b"head ")
+    writes.writelines(tcp(t), [b"body ", b"tail"])
+    assert t.take() == b"head body tail"
+    turn_ends(loop)
+    assert t.take() == b""
+
+
+def test_release_writes_what_waits_before_a_close() -> None:
+    writes, loop = batch()
+    a, b = CountingTransport(), CountingTransport()
+    writes.write(tcp(a), b"last answer")
+    writes.write(tcp(b), b"other")
+    writes.release(tcp(a))
+    a.close()
+    assert a.take() == b"last answer"
+    assert b.written == b""  # the others still wait for the turn's end
+    writes.release(tcp(a))  # nothing waits any more: nothing happens
+    turn_ends(loop)
+    assert (a.take(), b.take()) == (b"", b"other")
+
+
+def test_a_transport_aborted_or_lost_drops_what_waits() -> None:
+    writes, loop = batch()
+    a, b = CountingTransport(), CountingTransport()
+    writes.write(tcp(a), b"never")
+    writes.write(tcp(b), b"kept")
+    a.abort()
+    turn_ends(loop)
+    assert (bytes(a.written), a.calls) == (b"", 0)
+    assert b.take() == b"kept"
+
+
+def test_one_transport_that_cannot_write_does_not_stop_the_others(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    writes, loop = batch()
+    bad, good = FinishedTransport(), CountingTransport()
+    writes.write(tcp(bad), b"late")
+    writes.write(tcp(good), b"on time")
+    turn_ends(loop)
+    assert good.take() == b"on time"
+    assert bad.was_aborted()
+    assert "cannot take it" in caplog.text
+
+
+def test_a_new_turn_schedules_a_new_callback() -> None:
+    writes, loop = batch()
+    t = CountingTransport()
+    writes.write(tcp(t), b"a")
+    turn_ends(loop)
+    writes.write(tcp(t), b"b")
+    assert len(loop.timers) == 1
+    turn_ends(loop)
+    assert (t.take(), t.calls) == (b"ab", 2)
