@@ -15,6 +15,7 @@ import pytest
 from tests.support.configs import proxy_config, route
 from tests.support.proxy import run_proxy
 from tests.support.rawhttp import RawClient, build_request, raw_client
+from tests.support.rawupstream import read_request, run_raw_upstream
 from tests.support.upstream import run_upstream
 from tests.support.waiting import wait_until
 
@@ -88,3 +89,34 @@ async def test_the_busy_count_comes_back_to_zero_when_clients_leave_mid_answer()
             async with raw_client(srv.port) as c:
                 assert (await c.request("GET", "/after")).status == 200
             assert writes.busy == 0
+
+
+async def test_a_tunnels_last_bytes_before_the_client_closes_reach_the_upstream() -> None:
+    """The client writes into a tunnel and goes away at once, with every write gathered: what
+    it wrote reaches the upstream before the proxy closes that side (the unit tests hold the
+    release before an abort in the same turn)."""
+    received: list[bytes] = []
+    ended = asyncio.Event()
+
+    async def tunnel(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\n"
+                     b"Upgrade: raw\r\n\r\n")
+        await writer.drain()
+        try:
+            while data := await reader.read(65536):
+                received.append(data)
+        finally:
+            ended.set()
+
+    async with run_raw_upstream(tunnel) as up:
+        async with run_proxy(proxy_config([route({"stable": up.url})])) as srv:
+            srv.state.writes.gather_from = 0  # gather every write, as under load
+            async with raw_client(srv.port) as c:
+                await c.send(build_request("GET", "/t", {"Connection": "Upgrade",
+                                                         "Upgrade": "raw"}))
+                assert (await c.read_head()).status == 101
+                c.writer.write(b"last words")
+                c.writer.transport.abort()
+            await asyncio.wait_for(ended.wait(), 5)
+    assert b"".join(received) == b"last words"

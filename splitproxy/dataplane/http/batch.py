@@ -12,8 +12,9 @@ at the end of the turn, the first write wakes a peer and the others find it awak
 
 Order is kept: while the batch gathers, every write of an HTTP/1.1 client connection and of
 an upstream connection goes through it, and nothing written later overtakes what waits.
-Before a transport closes or ends its output (`release`) what waits for it is written; a
-transport aborted or lost drops it, as the transport's own buffer would.
+Before the proxy closes a transport, ends its output or aborts it (`release`), what waits for
+it is written, as it would have been without the batch; a transport lost (the peer reset it)
+drops it, as its own buffer would.
 """
 
 from __future__ import annotations

@@ -116,6 +116,8 @@ class ClientConnection(Downstream, asyncio.Protocol):
 
     def abort(self) -> None:
         if self.transport is not None:
+            # What this turn wrote reaches the socket first, as it would have unbatched.
+            self.state.writes.release(self.transport)
             self.transport.abort()
 
     # -- closing ----------------------------------------------------------------------------

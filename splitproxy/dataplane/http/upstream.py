@@ -211,4 +211,8 @@ class UpstreamConnection(asyncio.Protocol):
             self.closed = True
             self.pool.forget(self)
             if self.transport is not None:
+                if self.writes is not None:
+                    # What this turn wrote reaches the socket first, as it would have
+                    # unbatched (a tunnel's last bytes before the client closed).
+                    self.writes.release(self.transport)
                 self.transport.abort()

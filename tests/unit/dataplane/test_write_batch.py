@@ -10,7 +10,7 @@ from typing import cast
 import pytest
 
 from splitproxy.dataplane.http.batch import SMALL, WriteBatch
-from tests.support.fakeio import FakeLoop, FakeTransport
+from tests.support.fakeio import FakeLoop, FakeServer, FakeTransport, config
 
 
 class CountingTransport(FakeTransport):
@@ -147,7 +147,7 @@ def test_release_writes_what_waits_before_a_close() -> None:
     assert (a.take(), b.take()) == (b"", b"other")
 
 
-def test_a_transport_aborted_or_lost_drops_what_waits() -> None:
+def test_a_transport_lost_meanwhile_drops_what_waits() -> None:
     writes, loop = batch()
     a, b = CountingTransport(), CountingTransport()
     writes.write(tcp(a), b"never")
@@ -180,3 +180,37 @@ def test_a_new_turn_schedules_a_new_callback() -> None:
     assert len(loop.timers) == 1
     turn_ends(loop)
     assert (t.take(), t.calls) == (b"ab", 2)
+
+
+def gathering_server() -> FakeServer:
+    server = FakeServer(config())
+    server.state.writes.gather_from = 0
+    server.state.writes.busy_change(0)  # applies it
+    return server
+
+
+def test_a_client_connection_aborted_by_the_proxy_sends_what_waits_first() -> None:
+    server = gathering_server()
+    try:
+        conn, transport = server.connect()
+        conn.write(b"the answer so far")
+        assert bytes(transport.written) == b""
+        conn.abort()
+        assert transport.take() == b"the answer so far"
+        assert transport.was_aborted()
+    finally:
+        server.loop.close()
+
+
+def test_an_upstream_connection_closed_by_the_proxy_sends_what_waits_first() -> None:
+    server = gathering_server()
+    try:
+        up, transport = server.idle_upstream()
+        up.writes = server.state.writes  # as `start` sets it for an exchange
+        up.write(b"a tunnel's last bytes")
+        assert bytes(transport.written) == b""
+        up.close()
+        assert transport.take() == b"a tunnel's last bytes"
+        assert transport.was_aborted()
+    finally:
+        server.loop.close()
