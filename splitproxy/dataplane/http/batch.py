@@ -82,6 +82,7 @@ class WriteBatch:
         pending[transport] = data
 
     def writelines(self, transport: asyncio.Transport, parts: list[bytes]) -> None:
+        """At once, after what waits for `transport` (gathering or not)."""
         if self._pending:
             self.release(transport)
         transport.writelines(parts)

@@ -99,19 +99,14 @@ class ClientConnection(Downstream, asyncio.Protocol):
         transport = self.transport
         if transport is not None:
             writes = self.state.writes
-            if writes.gathering:
+            if writes.gathering:  # asked here: a call saved per write when not
                 writes.write(transport, data)
             else:
                 transport.write(data)
 
     def writelines(self, parts: list[bytes]) -> None:
-        transport = self.transport
-        if transport is not None:
-            writes = self.state.writes
-            if writes.gathering:
-                writes.writelines(transport, parts)
-            else:
-                transport.writelines(parts)
+        if self.transport is not None:
+            self.state.writes.writelines(self.transport, parts)
 
 
     def abort(self) -> None:

@@ -191,12 +191,10 @@ class UpstreamConnection(asyncio.Protocol):
 
     def writelines(self, parts: list[bytes]) -> None:
         transport = self.transport
-        if transport is not None:
-            writes = self.writes
-            if writes is not None and writes.gathering:
-                writes.writelines(transport, parts)
-            else:
-                transport.writelines(parts)
+        if transport is not None and self.writes is not None:
+            self.writes.writelines(transport, parts)
+        elif transport is not None:
+            transport.writelines(parts)
 
     def tunnel_to(self, peer: DownstreamProtocol) -> None:
         self._tunnel_peer = peer
