@@ -120,3 +120,27 @@ async def test_a_tunnels_last_bytes_before_the_client_closes_reach_the_upstream(
                 c.writer.transport.abort()
             await asyncio.wait_for(ended.wait(), 5)
     assert b"".join(received) == b"last words"
+
+
+async def test_an_answer_reaches_a_client_whose_end_of_input_comes_in_the_same_turn() -> None:
+    """A client that sends its request and then shuts its side (FIN) is answered: the
+    upstream's answer and the client's end of input arrive for the same poll of the loop (the
+    answer first), so the answer still waits in the batch when the transport, its protocol
+    having no exchange in flight, closes itself."""
+    client: list[RawClient] = []
+
+    async def answer_then_client_ends(reader: asyncio.StreamReader,
+                                      writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello")
+        client[0].writer.write_eof()  # both sockets readable before the proxy polls again
+        await reader.read()
+
+    async with run_raw_upstream(answer_then_client_ends) as up:
+        async with run_proxy(proxy_config([route({"stable": up.url})])) as srv:
+            srv.state.writes.gather_from = 0  # gather every write, as under load
+            async with raw_client(srv.port) as c:
+                client.append(c)
+                await c.send(build_request("GET", "/half-closed"))
+                data = await c.read_until_close()
+    assert data.startswith(b"HTTP/1.1 200 OK\r\n") and data.endswith(b"hello"), data

@@ -196,6 +196,11 @@ class DownstreamProtocol(ClientConnection):
         if self.current is not None and self.receiving is None and not self.lingering:
             self.current.close_after = True
             return True
+        transport = self.transport
+        if transport is not None:
+            # The transport closes itself when this returns: what this turn wrote (an answer
+            # that ended in the same turn) goes out first, or the batch drops it.
+            self.state.writes.release(transport)
         return None
 
     def connection_lost(self, exc: Exception | None) -> None:

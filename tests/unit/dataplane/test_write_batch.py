@@ -214,3 +214,20 @@ def test_an_upstream_connection_closed_by_the_proxy_sends_what_waits_first() -> 
         assert transport.was_aborted()
     finally:
         server.loop.close()
+
+
+def test_an_answer_of_the_turn_goes_out_before_the_client_ends_its_input() -> None:
+    """The client's end of input, read in the turn its answer was written (no exchange left in
+    flight): the transport closes itself once eof_received returns, so what waits is written
+    first (uvloop drops what is written to a closing transport)."""
+    server = gathering_server()
+    try:
+        conn, transport = server.connect()
+        conn.data_received(b"GET / HTTP/1.1\r\nHost: nobody.example\r\n\r\n")  # own 404
+        assert bytes(transport.written) == b""
+        assert not conn.eof_received()
+        transport.close()  # what the transport does when eof_received says not to keep it
+        turn_ends(server.loop)
+        assert transport.take().startswith(b"HTTP/1.1 404 ")
+    finally:
+        server.loop.close()
