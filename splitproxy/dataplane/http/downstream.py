@@ -228,7 +228,8 @@ class DownstreamProtocol(ClientConnection):
 
     def resume_writing(self) -> None:
         self.flow.client_drained(self.current)
-        if self.current is None and self.queue:
+        if self.current is None and self.queue and not self.lingering:
+            # Lingering, our output has ended (write_eof): what is queued is never answered.
             self._start_next()
         self.flow.resume_reading_for(WRITE)
 

@@ -10,6 +10,7 @@ from typing import cast
 import pytest
 
 from splitproxy.dataplane.http.batch import SMALL, WriteBatch
+from splitproxy.dataplane.http.downstream import DownstreamProtocol
 from tests.support.fakeio import FakeLoop, FakeServer, FakeTransport, config
 
 
@@ -229,5 +230,47 @@ def test_an_answer_of_the_turn_goes_out_before_the_client_ends_its_input() -> No
         transport.close()  # what the transport does when eof_received says not to keep it
         turn_ends(server.loop)
         assert transport.take().startswith(b"HTTP/1.1 404 ")
+    finally:
+        server.loop.close()
+
+
+class EndingTransport(FakeTransport):
+    """As uvloop's: a write after write_eof raises."""
+
+    def write(self, data: bytes) -> None:
+        if self.sent_eof():
+            raise RuntimeError("Cannot call write() after write_eof()")
+        super().write(data)
+
+
+def test_a_request_queued_behind_a_closing_answer_is_not_started_once_it_lingers() -> None:
+    """A closing answer fills the client's buffer (our writing paused), a request pipelined
+    behind it (here the 400 httptools gives data after `Connection: close`): the lingering
+    close ends our output. When the client drains, the queued request is not started: it
+    wrote after write_eof (older than the batch: the RuntimeError left resume_writing; with
+    the batch it leaves `_linger`'s release, or the flush aborts the connection and cuts the
+    first answer's tail still in the buffer)."""
+    server = gathering_server()
+    try:
+        up, _ = server.idle_upstream()
+        up.writes = server.state.writes
+        conn = DownstreamProtocol(server.state)
+        client = EndingTransport()
+        conn.connection_made(tcp(client))
+        conn.data_received(b"GET /x HTTP/1.1\r\nHost: shop.example\r\nConnection: close\r\n\r\n"
+                           b"GET / HTTP/1.1\r\nHost: other.example\r\n\r\n")  # own 404
+        turn_ends(server.loop)
+        up.data_received(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello")
+        client.buffered = 300_000
+        conn.pause_writing()  # the answer's last write crossed the high-water mark
+        turn_ends(server.loop)
+        assert client.sent_eof()  # lingering: the answer, then FIN
+        assert client.take().startswith(b"HTTP/1.1 200 ")
+        client.buffered = 50_000
+        conn.resume_writing()  # the client drained to the low-water mark
+        turn_ends(server.loop)
+        assert not client.was_aborted()
+        assert client.take() == b""
+        assert server.state.writes.busy == 0
     finally:
         server.loop.close()
