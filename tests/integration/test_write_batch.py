@@ -144,3 +144,39 @@ async def test_an_answer_reaches_a_client_whose_end_of_input_comes_in_the_same_t
                 await c.send(build_request("GET", "/half-closed"))
                 data = await c.read_until_close()
     assert data.startswith(b"HTTP/1.1 200 OK\r\n") and data.endswith(b"hello"), data
+
+
+async def test_a_tunnels_bytes_reach_an_upstream_whose_end_of_output_comes_in_the_same_turn(
+) -> None:
+    """The client writes into a tunnel as the upstream ends its output (FIN), both read in the
+    same turn: the upstream connection's transport closes itself on its end of input, so what
+    waits for it is written first (the upstream still reads: it only half-closed)."""
+    received: list[bytes] = []
+    upstream: list[asyncio.StreamWriter] = []
+    ended = asyncio.Event()
+
+    async def half_closing_tunnel(reader: asyncio.StreamReader,
+                                  writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\n"
+                     b"Upgrade: raw\r\n\r\n")
+        await writer.drain()
+        upstream.append(writer)
+        try:
+            while data := await reader.read(65536):
+                received.append(data)
+        finally:
+            ended.set()
+
+    async with run_raw_upstream(half_closing_tunnel) as up:
+        async with run_proxy(proxy_config([route({"stable": up.url})])) as srv:
+            srv.state.writes.gather_from = 0  # gather every write, as under load
+            async with raw_client(srv.port) as c:
+                await c.send(build_request("GET", "/t", {"Connection": "Upgrade",
+                                                         "Upgrade": "raw"}))
+                assert (await c.read_head()).status == 101
+                await wait_until(lambda: bool(upstream), what=lambda: "the tunnel")
+                c.writer.write(b"last words")  # the client's bytes first, then the upstream's FIN
+                upstream[0].write_eof()
+                await asyncio.wait_for(ended.wait(), 5)
+    assert b"".join(received) == b"last words"
