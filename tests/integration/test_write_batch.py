@@ -180,3 +180,51 @@ async def test_a_tunnels_bytes_reach_an_upstream_whose_end_of_output_comes_in_th
                 upstream[0].write_eof()
                 await asyncio.wait_for(ended.wait(), 5)
     assert b"".join(received) == b"last words"
+
+
+WS = {"Connection": "Upgrade", "Upgrade": "websocket", "Sec-WebSocket-Version": "13",
+      "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ=="}
+
+
+async def test_the_busy_count_comes_back_to_zero_on_every_way_an_exchange_ends() -> None:
+    """Rejects, a refused upgrade with a request held behind it, a tunnel, 100-continue, the
+    proxy's own answers, HTTP/2 by prior knowledge: each ends with no connection busy."""
+    async with run_upstream("stable") as up:
+        cfg = proxy_config([route({"stable": up.url}, match={"host": "shop.example.com"})])
+        async with run_proxy(cfg) as srv:
+            writes = srv.state.writes
+            writes.gather_from = 0  # gather every write, as under load
+
+            async def idle() -> None:
+                await wait_until(lambda: writes.busy == 0, what=lambda: f"busy={writes.busy}")
+
+            async with raw_client(srv.port) as c:  # a malformed request: 400, closed
+                await c.send(b"GET / HTTP/1.1\r\nHost: shop.example.com\r\nBad Header\r\n\r\n")
+                assert (await c.read_response()).status == 400
+                assert await c.is_closed()
+            await idle()
+            async with raw_client(srv.port) as c:  # refused upgrade, a request held behind it
+                await c.send(build_request("GET", "/", {"Connection": "Upgrade",
+                                                        "Upgrade": "raw"})
+                             + build_request("GET", "/after"))
+                assert (await c.read_response()).status == 200
+                assert (await c.read_response()).status == 200
+                await idle()
+            async with raw_client(srv.port) as c:  # a tunnel, then the client goes
+                await c.send(build_request("GET", "/ws", WS))
+                assert (await c.read_head()).status == 101
+                await idle()
+            await idle()
+            async with raw_client(srv.port) as c:  # 100-continue, then a local 404
+                await c.send(build_request("POST", "/echo", {"Expect": "100-continue",
+                                                             "Content-Length": "5"}))
+                assert (await c.read_head()).status == 100
+                await c.send(b"hello")
+                echoed = await c.read_response()
+                assert (echoed.status, echoed.body) == (200, b"hello")
+                assert (await c.request("GET", "/", host="nobody.example.com")).status == 404
+                await idle()
+            async with raw_client(srv.port) as c:  # HTTP/2 by prior knowledge
+                await c.send(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes(9))
+                await c.read_until_close()
+            await idle()
