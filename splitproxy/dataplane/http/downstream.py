@@ -341,12 +341,16 @@ class DownstreamProtocol(ClientConnection):
             return
         self.current = None
         self.state.writes.busy_change(-1)
+        upgrading = self._upgrading is ex
+        if upgrading and ex.response_status == 101:
+            # become_tunnel follows at once, even while the server drains (it closes the
+            # tunnel then): a lingering close here ended our output, and the tunnel wrote
+            # after it.
+            return
         if ex.close_after or (self.state.draining and not self.queue):
             self._linger()
             return
-        if self._upgrading is ex:
-            if ex.response_status == 101:
-                return  # become_tunnel follows at once
+        if upgrading:
             self._upgrade_refused()
             if self.current is not None or self.broken:
                 return
@@ -393,6 +397,8 @@ class DownstreamProtocol(ClientConnection):
         if held:
             up.write(held)
         self.flow.read_freely(discard=False)
+        if self.state.draining:
+            self.drain()  # as the tunnels open when the drain began: closed after the 101
 
     def drain(self) -> None:
         """Graceful shutdown: close now if idle, else after the current answer."""

@@ -274,3 +274,36 @@ def test_a_request_queued_behind_a_closing_answer_is_not_started_once_it_lingers
         assert server.state.writes.busy == 0
     finally:
         server.loop.close()
+
+
+def test_an_upgrade_answered_while_the_server_drains_is_closed_after_its_101_not_cut(
+) -> None:
+    """The server starts draining while an upgrade waits for its 101: the client gets the 101
+    and what followed it, then a close, as the tunnels open when the drain began. It lingered
+    instead (our output ended by write_eof) and then became a tunnel anyway, whose bytes were
+    written after write_eof: the batch's flush cut the connection (and unbatched, the write
+    raised)."""
+    server = gathering_server()
+    try:
+        up, upstream = server.idle_upstream()
+        up.writes = server.state.writes
+        conn = DownstreamProtocol(server.state)
+        client = EndingTransport()
+        conn.connection_made(tcp(client))
+        conn.data_received(b"GET /ws HTTP/1.1\r\nHost: shop.example\r\nConnection: upgrade\r\n"
+                           b"Upgrade: websocket\r\n\r\n")
+        turn_ends(server.loop)
+        server.state.draining = True
+        conn.drain()  # what the server's stop does: busy, so it goes on
+        up.data_received(b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\n"
+                         b"Upgrade: websocket\r\n\r\nfrom-up")
+        turn_ends(server.loop)
+        assert not client.sent_eof() and not client.was_aborted()
+        assert client.is_closing()
+        answer = client.take()
+        assert answer.startswith(b"HTTP/1.1 101 ") and answer.endswith(b"\r\n\r\nfrom-up")
+        assert server.state.writes.busy == 0
+        conn.connection_lost(None)
+        assert upstream.is_closing()  # the tunnel's upstream side goes with it
+    finally:
+        server.loop.close()
