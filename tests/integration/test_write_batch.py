@@ -120,3 +120,111 @@ async def test_a_tunnels_last_bytes_before_the_client_closes_reach_the_upstream(
                 c.writer.transport.abort()
             await asyncio.wait_for(ended.wait(), 5)
     assert b"".join(received) == b"last words"
+
+
+async def test_an_answer_reaches_a_client_whose_end_of_input_comes_in_the_same_turn() -> None:
+    """A client that sends its request and then shuts its side (FIN) is answered: the
+    upstream's answer and the client's end of input arrive for the same poll of the loop (the
+    answer first), so the answer still waits in the batch when the transport, its protocol
+    having no exchange in flight, closes itself."""
+    client: list[RawClient] = []
+
+    async def answer_then_client_ends(reader: asyncio.StreamReader,
+                                      writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello")
+        client[0].writer.write_eof()  # both sockets readable before the proxy polls again
+        await reader.read()
+
+    async with run_raw_upstream(answer_then_client_ends) as up:
+        async with run_proxy(proxy_config([route({"stable": up.url})])) as srv:
+            srv.state.writes.gather_from = 0  # gather every write, as under load
+            async with raw_client(srv.port) as c:
+                client.append(c)
+                await c.send(build_request("GET", "/half-closed"))
+                data = await c.read_until_close()
+    assert data.startswith(b"HTTP/1.1 200 OK\r\n") and data.endswith(b"hello"), data
+
+
+async def test_a_tunnels_bytes_reach_an_upstream_whose_end_of_output_comes_in_the_same_turn(
+) -> None:
+    """The client writes into a tunnel as the upstream ends its output (FIN), both read in the
+    same turn: the upstream connection's transport closes itself on its end of input, so what
+    waits for it is written first (the upstream still reads: it only half-closed)."""
+    received: list[bytes] = []
+    upstream: list[asyncio.StreamWriter] = []
+    ended = asyncio.Event()
+
+    async def half_closing_tunnel(reader: asyncio.StreamReader,
+                                  writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\n"
+                     b"Upgrade: raw\r\n\r\n")
+        await writer.drain()
+        upstream.append(writer)
+        try:
+            while data := await reader.read(65536):
+                received.append(data)
+        finally:
+            ended.set()
+
+    async with run_raw_upstream(half_closing_tunnel) as up:
+        async with run_proxy(proxy_config([route({"stable": up.url})])) as srv:
+            srv.state.writes.gather_from = 0  # gather every write, as under load
+            async with raw_client(srv.port) as c:
+                await c.send(build_request("GET", "/t", {"Connection": "Upgrade",
+                                                         "Upgrade": "raw"}))
+                assert (await c.read_head()).status == 101
+                await wait_until(lambda: bool(upstream), what=lambda: "the tunnel")
+                c.writer.write(b"last words")  # the client's bytes first, then the upstream's FIN
+                upstream[0].write_eof()
+                await asyncio.wait_for(ended.wait(), 5)
+    assert b"".join(received) == b"last words"
+
+
+WS = {"Connection": "Upgrade", "Upgrade": "websocket", "Sec-WebSocket-Version": "13",
+      "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ=="}
+
+
+async def test_the_busy_count_comes_back_to_zero_on_every_way_an_exchange_ends() -> None:
+    """Rejects, a refused upgrade with a request held behind it, a tunnel, 100-continue, the
+    proxy's own answers, HTTP/2 by prior knowledge: each ends with no connection busy."""
+    async with run_upstream("stable") as up:
+        cfg = proxy_config([route({"stable": up.url}, match={"host": "shop.example.com"})])
+        async with run_proxy(cfg) as srv:
+            writes = srv.state.writes
+            writes.gather_from = 0  # gather every write, as under load
+
+            async def idle() -> None:
+                await wait_until(lambda: writes.busy == 0, what=lambda: f"busy={writes.busy}")
+
+            async with raw_client(srv.port) as c:  # a malformed request: 400, closed
+                await c.send(b"GET / HTTP/1.1\r\nHost: shop.example.com\r\nBad Header\r\n\r\n")
+                assert (await c.read_response()).status == 400
+                assert await c.is_closed()
+            await idle()
+            async with raw_client(srv.port) as c:  # refused upgrade, a request held behind it
+                await c.send(build_request("GET", "/", {"Connection": "Upgrade",
+                                                        "Upgrade": "raw"})
+                             + build_request("GET", "/after"))
+                assert (await c.read_response()).status == 200
+                assert (await c.read_response()).status == 200
+                await idle()
+            async with raw_client(srv.port) as c:  # a tunnel, then the client goes
+                await c.send(build_request("GET", "/ws", WS))
+                assert (await c.read_head()).status == 101
+                await idle()
+            await idle()
+            async with raw_client(srv.port) as c:  # 100-continue, then a local 404
+                await c.send(build_request("POST", "/echo", {"Expect": "100-continue",
+                                                             "Content-Length": "5"}))
+                assert (await c.read_head()).status == 100
+                await c.send(b"hello")
+                echoed = await c.read_response()
+                assert (echoed.status, echoed.body) == (200, b"hello")
+                assert (await c.request("GET", "/", host="nobody.example.com")).status == 404
+                await idle()
+            async with raw_client(srv.port) as c:  # HTTP/2 by prior knowledge
+                await c.send(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes(9))
+                await c.read_until_close()
+            await idle()

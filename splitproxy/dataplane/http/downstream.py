@@ -196,6 +196,11 @@ class DownstreamProtocol(ClientConnection):
         if self.current is not None and self.receiving is None and not self.lingering:
             self.current.close_after = True
             return True
+        transport = self.transport
+        if transport is not None:
+            # The transport closes itself when this returns: what this turn wrote (an answer
+            # that ended in the same turn) goes out first, or the batch drops it.
+            self.state.writes.release(transport)
         return None
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -223,7 +228,8 @@ class DownstreamProtocol(ClientConnection):
 
     def resume_writing(self) -> None:
         self.flow.client_drained(self.current)
-        if self.current is None and self.queue:
+        if self.current is None and self.queue and not self.lingering:
+            # Lingering, our output has ended (write_eof): what is queued is never answered.
             self._start_next()
         self.flow.resume_reading_for(WRITE)
 
@@ -335,12 +341,16 @@ class DownstreamProtocol(ClientConnection):
             return
         self.current = None
         self.state.writes.busy_change(-1)
+        upgrading = self._upgrading is ex
+        if upgrading and ex.response_status == 101:
+            # become_tunnel follows at once, even while the server drains (it closes the
+            # tunnel then): a lingering close here ended our output, and the tunnel wrote
+            # after it.
+            return
         if ex.close_after or (self.state.draining and not self.queue):
             self._linger()
             return
-        if self._upgrading is ex:
-            if ex.response_status == 101:
-                return  # become_tunnel follows at once
+        if upgrading:
             self._upgrade_refused()
             if self.current is not None or self.broken:
                 return
@@ -387,6 +397,8 @@ class DownstreamProtocol(ClientConnection):
         if held:
             up.write(held)
         self.flow.read_freely(discard=False)
+        if self.state.draining:
+            self.drain()  # as the tunnels open when the drain began: closed after the 101
 
     def drain(self) -> None:
         """Graceful shutdown: close now if idle, else after the current answer."""

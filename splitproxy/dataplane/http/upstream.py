@@ -118,6 +118,14 @@ class UpstreamConnection(asyncio.Protocol):
             self.exchange = None
             exchange.upstream_lost(self._got_bytes, self.reused)
 
+    def eof_received(self) -> bool | None:
+        # The transport closes itself when this returns: what this turn wrote (a tunnel's
+        # bytes from the client) goes out first, or the write batch drops it.
+        writes = self.writes
+        if writes is not None and self.transport is not None:
+            writes.release(self.transport)
+        return None
+
     def pause_writing(self) -> None:
         # The upstream does not take the request body (or tunnel bytes) as fast as the client
         # sends it: the client waits (flow control).

@@ -10,6 +10,7 @@ from typing import cast
 import pytest
 
 from splitproxy.dataplane.http.batch import SMALL, WriteBatch
+from splitproxy.dataplane.http.downstream import DownstreamProtocol
 from tests.support.fakeio import FakeLoop, FakeServer, FakeTransport, config
 
 
@@ -212,5 +213,97 @@ def test_an_upstream_connection_closed_by_the_proxy_sends_what_waits_first() -> 
         up.close()
         assert transport.take() == b"a tunnel's last bytes"
         assert transport.was_aborted()
+    finally:
+        server.loop.close()
+
+
+def test_an_answer_of_the_turn_goes_out_before_the_client_ends_its_input() -> None:
+    """The client's end of input, read in the turn its answer was written (no exchange left in
+    flight): the transport closes itself once eof_received returns, so what waits is written
+    first (uvloop drops what is written to a closing transport)."""
+    server = gathering_server()
+    try:
+        conn, transport = server.connect()
+        conn.data_received(b"GET / HTTP/1.1\r\nHost: nobody.example\r\n\r\n")  # own 404
+        assert bytes(transport.written) == b""
+        assert not conn.eof_received()
+        transport.close()  # what the transport does when eof_received says not to keep it
+        turn_ends(server.loop)
+        assert transport.take().startswith(b"HTTP/1.1 404 ")
+    finally:
+        server.loop.close()
+
+
+class EndingTransport(FakeTransport):
+    """As uvloop's: a write after write_eof raises."""
+
+    def write(self, data: bytes) -> None:
+        if self.sent_eof():
+            raise RuntimeError("Cannot call write() after write_eof()")
+        super().write(data)
+
+
+def test_a_request_queued_behind_a_closing_answer_is_not_started_once_it_lingers() -> None:
+    """A closing answer fills the client's buffer (our writing paused), a request pipelined
+    behind it (here the 400 httptools gives data after `Connection: close`): the lingering
+    close ends our output. When the client drains, the queued request is not started: it
+    wrote after write_eof (older than the batch: the RuntimeError left resume_writing; with
+    the batch it leaves `_linger`'s release, or the flush aborts the connection and cuts the
+    first answer's tail still in the buffer)."""
+    server = gathering_server()
+    try:
+        up, _ = server.idle_upstream()
+        up.writes = server.state.writes
+        conn = DownstreamProtocol(server.state)
+        client = EndingTransport()
+        conn.connection_made(tcp(client))
+        conn.data_received(b"GET /x HTTP/1.1\r\nHost: shop.example\r\nConnection: close\r\n\r\n"
+                           b"GET / HTTP/1.1\r\nHost: other.example\r\n\r\n")  # own 404
+        turn_ends(server.loop)
+        up.data_received(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello")
+        client.buffered = 300_000
+        conn.pause_writing()  # the answer's last write crossed the high-water mark
+        turn_ends(server.loop)
+        assert client.sent_eof()  # lingering: the answer, then FIN
+        assert client.take().startswith(b"HTTP/1.1 200 ")
+        client.buffered = 50_000
+        conn.resume_writing()  # the client drained to the low-water mark
+        turn_ends(server.loop)
+        assert not client.was_aborted()
+        assert client.take() == b""
+        assert server.state.writes.busy == 0
+    finally:
+        server.loop.close()
+
+
+def test_an_upgrade_answered_while_the_server_drains_is_closed_after_its_101_not_cut(
+) -> None:
+    """The server starts draining while an upgrade waits for its 101: the client gets the 101
+    and what followed it, then a close, as the tunnels open when the drain began. It lingered
+    instead (our output ended by write_eof) and then became a tunnel anyway, whose bytes were
+    written after write_eof: the batch's flush cut the connection (and unbatched, the write
+    raised)."""
+    server = gathering_server()
+    try:
+        up, upstream = server.idle_upstream()
+        up.writes = server.state.writes
+        conn = DownstreamProtocol(server.state)
+        client = EndingTransport()
+        conn.connection_made(tcp(client))
+        conn.data_received(b"GET /ws HTTP/1.1\r\nHost: shop.example\r\nConnection: upgrade\r\n"
+                           b"Upgrade: websocket\r\n\r\n")
+        turn_ends(server.loop)
+        server.state.draining = True
+        conn.drain()  # what the server's stop does: busy, so it goes on
+        up.data_received(b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\n"
+                         b"Upgrade: websocket\r\n\r\nfrom-up")
+        turn_ends(server.loop)
+        assert not client.sent_eof() and not client.was_aborted()
+        assert client.is_closing()
+        answer = client.take()
+        assert answer.startswith(b"HTTP/1.1 101 ") and answer.endswith(b"\r\n\r\nfrom-up")
+        assert server.state.writes.busy == 0
+        conn.connection_lost(None)
+        assert upstream.is_closing()  # the tunnel's upstream side goes with it
     finally:
         server.loop.close()
