@@ -72,7 +72,9 @@ class WriteBatch:
                 transport.write(waiting)
                 transport.write(data)
                 return
-        if len(data) >= SMALL or not self.gathering:
+        if len(data) >= SMALL or not self.gathering or transport.is_closing():
+            # A closing transport (the peer's FIN was read earlier in this turn) still takes
+            # writes until its connection_lost, which may run before the flush: write now.
             transport.write(data)
             return
         if not pending:

@@ -38,6 +38,14 @@ class FinishedTransport(CountingTransport):
         raise RuntimeError("Cannot call write() after write_eof()")
 
 
+class ClosingTransport(CountingTransport):
+    """Closing (uvloop closes a transport whose peer's FIN the protocol did not keep open)
+    but not yet lost: as uvloop's, it still takes writes until its connection_lost."""
+
+    def is_closing(self) -> bool:
+        return True
+
+
 def batch(busy: int = 2) -> tuple[WriteBatch, FakeLoop]:
     loop = FakeLoop()
     writes = WriteBatch(loop)
@@ -114,6 +122,16 @@ def test_small_writes_that_add_up_past_the_limit_go_out_at_once() -> None:
     assert t.take() == part * 2
     turn_ends(loop)
     assert t.take() == b""
+
+
+def test_a_transport_already_closing_is_written_at_once() -> None:
+    """Closed after its peer's FIN earlier in the turn: its connection_lost, scheduled then,
+    may run before the flush; unbatched, the write would have gone out before it."""
+    writes, loop = batch()
+    closing = ClosingTransport()
+    writes.write(tcp(closing), b"answer")
+    assert closing.take() == b"answer"
+    assert loop.timers == []
 
 
 def test_a_large_first_write_is_not_held() -> None:
