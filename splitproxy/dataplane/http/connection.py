@@ -108,7 +108,6 @@ class ClientConnection(Downstream, asyncio.Protocol):
         if self.transport is not None:
             self.state.writes.writelines(self.transport, parts)
 
-
     def abort(self) -> None:
         if self.transport is not None:
             # What this turn wrote reaches the socket first, as it would have unbatched.
