@@ -23,6 +23,28 @@ CONNECTIONS = 12
 BIG = 70_000  # over the batch's SMALL: goes out at once, after what waits
 
 
+class RecordingTunnel:
+    """A raw upstream that answers an upgrade with 101 and records what comes through the
+    tunnel until the proxy ends it; `writers` holds its side of each tunnel."""
+
+    def __init__(self) -> None:
+        self.received: list[bytes] = []
+        self.writers: list[asyncio.StreamWriter] = []
+        self.ended = asyncio.Event()
+
+    async def __call__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\n"
+                     b"Upgrade: raw\r\n\r\n")
+        await writer.drain()
+        self.writers.append(writer)
+        try:
+            while data := await reader.read(65536):
+                self.received.append(data)
+        finally:
+            self.ended.set()
+
+
 async def one_connection(port: int, n: int) -> None:
     upload = bytes([n]) * 5000
     async with raw_client(port) as c:
@@ -95,20 +117,7 @@ async def test_a_tunnels_last_bytes_before_the_client_closes_reach_the_upstream(
     """The client writes into a tunnel and goes away at once, with every write gathered: what
     it wrote reaches the upstream before the proxy closes that side (the unit tests hold the
     release before an abort in the same turn)."""
-    received: list[bytes] = []
-    ended = asyncio.Event()
-
-    async def tunnel(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await read_request(reader)
-        writer.write(b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\n"
-                     b"Upgrade: raw\r\n\r\n")
-        await writer.drain()
-        try:
-            while data := await reader.read(65536):
-                received.append(data)
-        finally:
-            ended.set()
-
+    tunnel = RecordingTunnel()
     async with run_raw_upstream(tunnel) as up:
         async with run_proxy(proxy_config([route({"stable": up.url})])) as srv:
             srv.state.writes.gather_from = 0  # gather every write, as under load
@@ -118,8 +127,8 @@ async def test_a_tunnels_last_bytes_before_the_client_closes_reach_the_upstream(
                 assert (await c.read_head()).status == 101
                 c.writer.write(b"last words")
                 c.writer.transport.abort()
-            await asyncio.wait_for(ended.wait(), 5)
-    assert b"".join(received) == b"last words"
+            await asyncio.wait_for(tunnel.ended.wait(), 5)
+    assert b"".join(tunnel.received) == b"last words"
 
 
 async def test_an_answer_reaches_a_client_whose_end_of_input_comes_in_the_same_turn() -> None:
@@ -151,35 +160,19 @@ async def test_a_tunnels_bytes_reach_an_upstream_whose_end_of_output_comes_in_th
     """The client writes into a tunnel as the upstream ends its output (FIN), both read in the
     same turn: the upstream connection's transport closes itself on its end of input, so what
     waits for it is written first (the upstream still reads: it only half-closed)."""
-    received: list[bytes] = []
-    upstream: list[asyncio.StreamWriter] = []
-    ended = asyncio.Event()
-
-    async def half_closing_tunnel(reader: asyncio.StreamReader,
-                                  writer: asyncio.StreamWriter) -> None:
-        await read_request(reader)
-        writer.write(b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\n"
-                     b"Upgrade: raw\r\n\r\n")
-        await writer.drain()
-        upstream.append(writer)
-        try:
-            while data := await reader.read(65536):
-                received.append(data)
-        finally:
-            ended.set()
-
-    async with run_raw_upstream(half_closing_tunnel) as up:
+    tunnel = RecordingTunnel()
+    async with run_raw_upstream(tunnel) as up:
         async with run_proxy(proxy_config([route({"stable": up.url})])) as srv:
             srv.state.writes.gather_from = 0  # gather every write, as under load
             async with raw_client(srv.port) as c:
                 await c.send(build_request("GET", "/t", {"Connection": "Upgrade",
                                                          "Upgrade": "raw"}))
                 assert (await c.read_head()).status == 101
-                await wait_until(lambda: bool(upstream), what=lambda: "the tunnel")
+                await wait_until(lambda: bool(tunnel.writers), what=lambda: "the tunnel")
                 c.writer.write(b"last words")  # the client's bytes first, then the upstream's FIN
-                upstream[0].write_eof()
-                await asyncio.wait_for(ended.wait(), 5)
-    assert b"".join(received) == b"last words"
+                tunnel.writers[0].write_eof()
+                await asyncio.wait_for(tunnel.ended.wait(), 5)
+    assert b"".join(tunnel.received) == b"last words"
 
 
 WS = {"Connection": "Upgrade", "Upgrade": "websocket", "Sec-WebSocket-Version": "13",
