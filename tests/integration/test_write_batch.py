@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+from collections.abc import AsyncIterator
 
 import pytest
 
@@ -43,6 +44,19 @@ class RecordingTunnel:
                 self.received.append(data)
         finally:
             self.ended.set()
+
+    @contextlib.asynccontextmanager
+    async def through_proxy(self) -> AsyncIterator[RawClient]:
+        """A proxy in front of this upstream, gathering every write (as under load), and a
+        client whose upgrade it answered 101: the tunnel is open."""
+        async with run_raw_upstream(self) as up:
+            async with run_proxy(proxy_config([route({"stable": up.url})])) as srv:
+                srv.state.writes.gather_from = 0
+                async with raw_client(srv.port) as c:
+                    await c.send(build_request("GET", "/t", {"Connection": "Upgrade",
+                                                             "Upgrade": "raw"}))
+                    assert (await c.read_head()).status == 101
+                    yield c
 
 
 async def one_connection(port: int, n: int) -> None:
@@ -118,16 +132,10 @@ async def test_a_tunnels_last_bytes_before_the_client_closes_reach_the_upstream(
     it wrote reaches the upstream before the proxy closes that side (the unit tests hold the
     release before an abort in the same turn)."""
     tunnel = RecordingTunnel()
-    async with run_raw_upstream(tunnel) as up:
-        async with run_proxy(proxy_config([route({"stable": up.url})])) as srv:
-            srv.state.writes.gather_from = 0  # gather every write, as under load
-            async with raw_client(srv.port) as c:
-                await c.send(build_request("GET", "/t", {"Connection": "Upgrade",
-                                                         "Upgrade": "raw"}))
-                assert (await c.read_head()).status == 101
-                c.writer.write(b"last words")
-                c.writer.transport.abort()
-            await asyncio.wait_for(tunnel.ended.wait(), 5)
+    async with tunnel.through_proxy() as c:
+        c.writer.write(b"last words")
+        c.writer.transport.abort()
+        await asyncio.wait_for(tunnel.ended.wait(), 5)
     assert b"".join(tunnel.received) == b"last words"
 
 
@@ -161,17 +169,11 @@ async def test_a_tunnels_bytes_reach_an_upstream_whose_end_of_output_comes_in_th
     same turn: the upstream connection's transport closes itself on its end of input, so what
     waits for it is written first (the upstream still reads: it only half-closed)."""
     tunnel = RecordingTunnel()
-    async with run_raw_upstream(tunnel) as up:
-        async with run_proxy(proxy_config([route({"stable": up.url})])) as srv:
-            srv.state.writes.gather_from = 0  # gather every write, as under load
-            async with raw_client(srv.port) as c:
-                await c.send(build_request("GET", "/t", {"Connection": "Upgrade",
-                                                         "Upgrade": "raw"}))
-                assert (await c.read_head()).status == 101
-                await wait_until(lambda: bool(tunnel.writers), what=lambda: "the tunnel")
-                c.writer.write(b"last words")  # the client's bytes first, then the upstream's FIN
-                tunnel.writers[0].write_eof()
-                await asyncio.wait_for(tunnel.ended.wait(), 5)
+    async with tunnel.through_proxy() as c:
+        await wait_until(lambda: bool(tunnel.writers), what=lambda: "the tunnel")
+        c.writer.write(b"last words")  # the client's bytes first, then the upstream's FIN
+        tunnel.writers[0].write_eof()
+        await asyncio.wait_for(tunnel.ended.wait(), 5)
     assert b"".join(tunnel.received) == b"last words"
 
 

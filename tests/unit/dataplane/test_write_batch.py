@@ -5,6 +5,7 @@ ends of output never overtake what waits."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterator
 from typing import cast
 
 import pytest
@@ -201,55 +202,52 @@ def test_a_new_turn_schedules_a_new_callback() -> None:
     assert (t.take(), t.calls) == (b"ab", 2)
 
 
-def gathering_server() -> FakeServer:
-    server = FakeServer(config())
-    server.state.writes.gather_from = 0
-    server.state.writes.busy_change(0)  # applies it
-    return server
+@pytest.fixture
+def server() -> Iterator[FakeServer]:
+    """A fake server whose batch gathers every write; its recorded tasks closed afterwards."""
+    made = FakeServer(config())
+    made.state.writes.gather_from = 0
+    made.state.writes.busy_change(0)  # applies it
+    yield made
+    made.loop.close()
 
 
-def test_a_client_connection_aborted_by_the_proxy_sends_what_waits_first() -> None:
-    server = gathering_server()
-    try:
-        conn, transport = server.connect()
-        conn.write(b"the answer so far")
-        assert bytes(transport.written) == b""
-        conn.abort()
-        assert transport.take() == b"the answer so far"
-        assert transport.was_aborted()
-    finally:
-        server.loop.close()
+def test_a_client_connection_aborted_by_the_proxy_sends_what_waits_first(
+    server: FakeServer,
+) -> None:
+    conn, transport = server.connect()
+    conn.write(b"the answer so far")
+    assert bytes(transport.written) == b""
+    conn.abort()
+    assert transport.take() == b"the answer so far"
+    assert transport.was_aborted()
 
 
-def test_an_upstream_connection_closed_by_the_proxy_sends_what_waits_first() -> None:
-    server = gathering_server()
-    try:
-        up, transport = server.idle_upstream()
-        up.writes = server.state.writes  # as `start` sets it for an exchange
-        up.write(b"a tunnel's last bytes")
-        assert bytes(transport.written) == b""
-        up.close()
-        assert transport.take() == b"a tunnel's last bytes"
-        assert transport.was_aborted()
-    finally:
-        server.loop.close()
+def test_an_upstream_connection_closed_by_the_proxy_sends_what_waits_first(
+    server: FakeServer,
+) -> None:
+    up, transport = server.idle_upstream()
+    up.writes = server.state.writes  # as `start` sets it for an exchange
+    up.write(b"a tunnel's last bytes")
+    assert bytes(transport.written) == b""
+    up.close()
+    assert transport.take() == b"a tunnel's last bytes"
+    assert transport.was_aborted()
 
 
-def test_an_answer_of_the_turn_goes_out_before_the_client_ends_its_input() -> None:
+def test_an_answer_of_the_turn_goes_out_before_the_client_ends_its_input(
+    server: FakeServer,
+) -> None:
     """The client's end of input, read in the turn its answer was written (no exchange left in
     flight): the transport closes itself once eof_received returns, so what waits is written
     first (uvloop drops what is written to a closing transport)."""
-    server = gathering_server()
-    try:
-        conn, transport = server.connect()
-        conn.data_received(b"GET / HTTP/1.1\r\nHost: nobody.example\r\n\r\n")  # own 404
-        assert bytes(transport.written) == b""
-        assert not conn.eof_received()
-        transport.close()  # what the transport does when eof_received says not to keep it
-        turn_ends(server.loop)
-        assert transport.take().startswith(b"HTTP/1.1 404 ")
-    finally:
-        server.loop.close()
+    conn, transport = server.connect()
+    conn.data_received(b"GET / HTTP/1.1\r\nHost: nobody.example\r\n\r\n")  # own 404
+    assert bytes(transport.written) == b""
+    assert not conn.eof_received()
+    transport.close()  # what the transport does when eof_received says not to keep it
+    turn_ends(server.loop)
+    assert transport.take().startswith(b"HTTP/1.1 404 ")
 
 
 class EndingTransport(FakeTransport):
@@ -261,67 +259,62 @@ class EndingTransport(FakeTransport):
         super().write(data)
 
 
-def test_a_request_queued_behind_a_closing_answer_is_not_started_once_it_lingers() -> None:
+def test_a_request_queued_behind_a_closing_answer_is_not_started_once_it_lingers(
+    server: FakeServer,
+) -> None:
     """A closing answer fills the client's buffer (our writing paused), a request pipelined
     behind it (here the 400 httptools gives data after `Connection: close`): the lingering
     close ends our output. When the client drains, the queued request is not started: it
     wrote after write_eof (older than the batch: the RuntimeError left resume_writing; with
     the batch it leaves `_linger`'s release, or the flush aborts the connection and cuts the
     first answer's tail still in the buffer)."""
-    server = gathering_server()
-    try:
-        up, _ = server.idle_upstream()
-        up.writes = server.state.writes
-        conn = DownstreamProtocol(server.state)
-        client = EndingTransport()
-        conn.connection_made(tcp(client))
-        conn.data_received(b"GET /x HTTP/1.1\r\nHost: shop.example\r\nConnection: close\r\n\r\n"
-                           b"GET / HTTP/1.1\r\nHost: other.example\r\n\r\n")  # own 404
-        turn_ends(server.loop)
-        up.data_received(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello")
-        client.buffered = 300_000
-        conn.pause_writing()  # the answer's last write crossed the high-water mark
-        turn_ends(server.loop)
-        assert client.sent_eof()  # lingering: the answer, then FIN
-        assert client.take().startswith(b"HTTP/1.1 200 ")
-        client.buffered = 50_000
-        conn.resume_writing()  # the client drained to the low-water mark
-        turn_ends(server.loop)
-        assert not client.was_aborted()
-        assert client.take() == b""
-        assert server.state.writes.busy == 0
-    finally:
-        server.loop.close()
+    up, _ = server.idle_upstream()
+    up.writes = server.state.writes
+    conn = DownstreamProtocol(server.state)
+    client = EndingTransport()
+    conn.connection_made(tcp(client))
+    conn.data_received(b"GET /x HTTP/1.1\r\nHost: shop.example\r\nConnection: close\r\n\r\n"
+                       b"GET / HTTP/1.1\r\nHost: other.example\r\n\r\n")  # own 404
+    turn_ends(server.loop)
+    up.data_received(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello")
+    client.buffered = 300_000
+    conn.pause_writing()  # the answer's last write crossed the high-water mark
+    turn_ends(server.loop)
+    assert client.sent_eof()  # lingering: the answer, then FIN
+    assert client.take().startswith(b"HTTP/1.1 200 ")
+    client.buffered = 50_000
+    conn.resume_writing()  # the client drained to the low-water mark
+    turn_ends(server.loop)
+    assert not client.was_aborted()
+    assert client.take() == b""
+    assert server.state.writes.busy == 0
 
 
 def test_an_upgrade_answered_while_the_server_drains_is_closed_after_its_101_not_cut(
+    server: FakeServer,
 ) -> None:
     """The server starts draining while an upgrade waits for its 101: the client gets the 101
     and what followed it, then a close, as the tunnels open when the drain began. It lingered
     instead (our output ended by write_eof) and then became a tunnel anyway, whose bytes were
     written after write_eof: the batch's flush cut the connection (and unbatched, the write
     raised)."""
-    server = gathering_server()
-    try:
-        up, upstream = server.idle_upstream()
-        up.writes = server.state.writes
-        conn = DownstreamProtocol(server.state)
-        client = EndingTransport()
-        conn.connection_made(tcp(client))
-        conn.data_received(b"GET /ws HTTP/1.1\r\nHost: shop.example\r\nConnection: upgrade\r\n"
-                           b"Upgrade: websocket\r\n\r\n")
-        turn_ends(server.loop)
-        server.state.draining = True
-        conn.drain()  # what the server's stop does: busy, so it goes on
-        up.data_received(b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\n"
-                         b"Upgrade: websocket\r\n\r\nfrom-up")
-        turn_ends(server.loop)
-        assert not client.sent_eof() and not client.was_aborted()
-        assert client.is_closing()
-        answer = client.take()
-        assert answer.startswith(b"HTTP/1.1 101 ") and answer.endswith(b"\r\n\r\nfrom-up")
-        assert server.state.writes.busy == 0
-        conn.connection_lost(None)
-        assert upstream.is_closing()  # the tunnel's upstream side goes with it
-    finally:
-        server.loop.close()
+    up, upstream = server.idle_upstream()
+    up.writes = server.state.writes
+    conn = DownstreamProtocol(server.state)
+    client = EndingTransport()
+    conn.connection_made(tcp(client))
+    conn.data_received(b"GET /ws HTTP/1.1\r\nHost: shop.example\r\nConnection: upgrade\r\n"
+                       b"Upgrade: websocket\r\n\r\n")
+    turn_ends(server.loop)
+    server.state.draining = True
+    conn.drain()  # what the server's stop does: busy, so it goes on
+    up.data_received(b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\n"
+                     b"Upgrade: websocket\r\n\r\nfrom-up")
+    turn_ends(server.loop)
+    assert not client.sent_eof() and not client.was_aborted()
+    assert client.is_closing()
+    answer = client.take()
+    assert answer.startswith(b"HTTP/1.1 101 ") and answer.endswith(b"\r\n\r\nfrom-up")
+    assert server.state.writes.busy == 0
+    conn.connection_lost(None)
+    assert upstream.is_closing()  # the tunnel's upstream side goes with it
