@@ -22,6 +22,7 @@ from tests.support.waiting import wait_until
 
 CONNECTIONS = 12
 BIG = 70_000  # over the batch's SMALL: goes out at once, after what waits
+SLOW_ANSWER = 2  # seconds: all six connections are busy well before, and answered well within WAIT
 
 
 class RecordingTunnel:
@@ -104,6 +105,10 @@ async def test_pipelined_answers_of_many_connections_arrive_whole_and_in_order(
 
 
 async def test_the_busy_count_comes_back_to_zero_when_clients_leave_mid_answer() -> None:
+    """Six clients, each with a slow answer in flight and a request queued behind it, reset
+    their connections. Reading is paused on a connection with a queued request (pipelining),
+    so the proxy may learn of the reset only when it writes the answer (after SLOW_ANSWER
+    seconds): either way the count comes back to zero."""
     async with run_upstream("stable") as up:
         cfg = proxy_config([route({"stable": up.url})])
         async with run_proxy(cfg) as srv:
@@ -114,7 +119,7 @@ async def test_the_busy_count_comes_back_to_zero_when_clients_leave_mid_answer()
                     c = await stack.enter_async_context(raw_client(srv.port))
                     clients.append(c)
                     # A slow answer, and a request queued behind it (pipelined).
-                    await c.send(build_request("GET", f"/slow?delay=5&i={i}")
+                    await c.send(build_request("GET", f"/slow?delay={SLOW_ANSWER}&i={i}")
                                  + build_request("GET", "/queued"))
                 await wait_until(lambda: writes.busy == 6, what=lambda: f"busy={writes.busy}")
                 for c in clients:
