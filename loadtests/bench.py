@@ -476,6 +476,8 @@ def placement(layout: machine.Layout | None) -> str:
     """The CPU placement of a run, in words."""
     if layout is None:
         return "placement: the scheduler's"
+    if layout.proxy == layout.rest:
+        return f"pinned: every process on CPU {','.join(map(str, sorted(layout.proxy)))}"
     return (f"pinned: each proxy on CPU {','.join(map(str, sorted(layout.proxy)))}, upstream "
             f"and wrk on {','.join(map(str, sorted(layout.rest)))}")
 
@@ -535,10 +537,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    "of req/s per worker (1 is the plain splitproxy target)")
     p.add_argument("--memory-only", action="store_true",
                    help="only the idle-connection memory (splitproxy and nginx), no wrk runs")
-    p.add_argument("--pin", action="store_true",
-                   help="the proxies on the first CPU, the upstream and wrk on the others (the "
-                   "same placement for both; one worker each; for the one-connection figure: "
-                   "with more connections the load side's CPU caps both)")
+    p.add_argument("--pin", nargs="?", const="split", choices=["split", "shared"],
+                   help="split (the default): the proxies on the first CPU, the upstream and "
+                   "wrk on the others; shared: every process on the last CPU, so no wake-up "
+                   "crosses CPUs (the same placement for both proxies either way; one worker "
+                   "each; for the one-connection figure: with more connections the load "
+                   "side's CPU caps both)")
     args = p.parse_args(argv)
     if args.duration <= 0 or args.rounds < 1 or args.threads < 1 or args.warmup < 0:
         p.error("--duration, --rounds and --threads must be positive, --warmup >= 0")
@@ -556,7 +560,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
             p.error(f"--pin runs every proxy on one CPU: leave out {' '.join(several)} "
                     "(--variants ...)")
         try:
-            args.layout = machine.pinned_layout()
+            args.layout = (machine.shared_layout() if args.pin == "shared"
+                           else machine.pinned_layout())
         except ValueError as exc:
             p.error(str(exc))
     else:

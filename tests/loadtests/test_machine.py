@@ -70,6 +70,23 @@ def test_one_cpu_cannot_be_split() -> None:
         machine.pinned_layout({0})
 
 
+@pytest.mark.parametrize(("cpus", "cpu"), [({0}, 0), ({0, 1}, 1), ([3, 1, 2], 3)])
+def test_shared_puts_every_process_on_the_highest_cpu(cpus: set[int], cpu: int) -> None:
+    assert machine.shared_layout(cpus) == machine.Layout(frozenset({cpu}), frozenset({cpu}))
+
+
+def test_shared_needs_a_cpu() -> None:
+    with pytest.raises(ValueError, match="needs a CPU"):
+        machine.shared_layout(set())
+
+
+def test_pin_shared_gives_one_cpu_for_every_process() -> None:
+    args = bench.parse_args(["--pin", "shared", "--variants", "splitproxy-nostats"])
+    cpu = max(os.sched_getaffinity(0))
+    assert args.layout == machine.Layout(frozenset({cpu}), frozenset({cpu}))
+    assert bench.placement(args.layout) == f"pinned: every process on CPU {cpu}"
+
+
 def test_no_cpus_means_no_binding() -> None:
     assert machine.pin_to(None) is None
 
