@@ -154,14 +154,14 @@ class ClientConnection(Downstream, asyncio.Protocol):
             self.flow.watch_send()
             self.deadline = 0.0
         else:
-            self.deadline = self.loop.time() + LINGER_TIME
+            self.deadline = self.state.now() + LINGER_TIME
 
     # -- timers -----------------------------------------------------------------------------
     def _arm_timer(self, kind: str) -> None:
         state = self.state
         delay = state.header_timeout if kind == HEADER else state.idle_timeout
         self.timer_kind = kind
-        self.deadline = self.loop.time() + delay
+        self.deadline = state.now() + delay
 
     def _cancel_timer(self) -> None:
         self.deadline = 0.0

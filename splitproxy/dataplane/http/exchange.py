@@ -183,8 +183,8 @@ class Exchange(Lifecycle):
 
     def _arm_response_timer(self) -> None:
         if not self.deadline and not self.request.upgrade:
-            down = self.down
-            self.deadline = down.loop.time() + down.state.response_timeout
+            state = self.down.state
+            self.deadline = state.now() + state.response_timeout
 
     def check_deadline(self, now: float) -> None:
         """The sweeper's tick: the response head's deadline, then the upstream read timeout

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
+from collections.abc import Callable
 from typing import Final
 
 from splitproxy.dataplane.http.health import PassiveHealth
@@ -130,7 +131,7 @@ class Pool(PassiveHealth):
         if self.waiters and self._wake(conn):
             conn.reused = True
             return
-        conn.idle_since = self.loop.time()
+        conn.idle_since = self.owner.now()
         self.idle.append(conn)
 
     def forget(self, conn: UpstreamConnection) -> None:
@@ -159,6 +160,7 @@ class Pools:
                  idle_timeout: float, *, max_response_header: int = 64 * 1024,
                  max_waiting: int = 1024, wait_timeout: float = 5.0) -> None:
         self.loop = loop
+        self.now: Callable[[], float] = loop.time  # bound once, as `ServerState.now`
         self.connect_timeout = connect_timeout
         self.idle_timeout = idle_timeout
         self.max_response_header = max_response_header
