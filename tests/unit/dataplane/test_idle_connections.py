@@ -9,7 +9,9 @@ from collections.abc import Iterator
 import pytest
 
 from splitproxy.config.models import Config
+from splitproxy.dataplane import server as dataplane_server
 from splitproxy.dataplane.http import downstream
+from splitproxy.dataplane.http.listener import PLAIN
 from tests.support.fakeio import FakeServer, config
 
 GET = b"GET /x HTTP/1.1\r\nHost: shop.example\r\nX-Request-Id: t-1\r\n\r\n"
@@ -152,3 +154,17 @@ def test_with_many_connections_open_the_parser_goes_right_after_the_answer(
     conn.data_received(GET)
     up.data_received(OK)
     assert client.take() == OK_TO_CLIENT
+
+
+def test_connections_from_one_address_share_its_bytes_up_to_a_bound(
+        server: FakeServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(dataplane_server, "PEER_ADDRESSES_KEPT", 2)
+    make = dataplane_server._factory(server.state, PLAIN)  # what the acceptor calls
+    first, again = make(("10.0.0.1", 4000)), make(("10.0.0.1", 4001))
+    assert first.client_ip == b"10.0.0.1" and again.client_ip is first.client_ip
+    assert make(("::1", 4002)).client_ip is make(("::1", 4003)).client_ip  # the second kept
+    # Past the bound an address is encoded per connection, as it was for every one before.
+    third, fourth = make(("10.0.0.3", 4004)), make(("10.0.0.3", 4005))
+    assert third.client_ip == fourth.client_ip == b"10.0.0.3"
+    assert third.client_ip is not fourth.client_ip
+    assert make(("10.0.0.1", 4006)).client_ip is first.client_ip
