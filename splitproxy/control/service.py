@@ -20,6 +20,7 @@ from splitproxy.control.admin import bound_port, start_admin
 from splitproxy.control.adminguard import AdminGuard
 from splitproxy.control.clock import SYSTEM, Clock
 from splitproxy.control.controller import Controller
+from splitproxy.dataplane.heap import freeze_startup_heap
 from splitproxy.dataplane.plane import DataPlane
 from splitproxy.dataplane.server import ProxyServer
 from splitproxy.dataplane.workers import WorkerPool
@@ -98,6 +99,7 @@ async def serve(config_path: Path, workers: int = 1,
     # Before anything starts: the workers take the format this process logs in.
     logformat.configure(log_format or service.controller.config.logging.format)
     await service.start()
+    freeze_startup_heap()  # the control plane's, and with one worker the data plane's
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

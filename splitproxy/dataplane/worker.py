@@ -8,6 +8,7 @@ import signal
 from multiprocessing.connection import Connection
 
 from splitproxy.config import logformat
+from splitproxy.dataplane.heap import freeze_startup_heap
 from splitproxy.dataplane.messages import Ready, Report, Stop, Stopped, Table
 from splitproxy.dataplane.procstats import Sampler
 from splitproxy.dataplane.server import ProxyServer
@@ -61,6 +62,7 @@ async def _serve(conn: Connection, first: Table) -> None:
 
     loop.add_reader(conn.fileno(), on_message)
     loop.add_signal_handler(signal.SIGTERM, on_sigterm)
+    freeze_startup_heap()
     conn.send(Ready(server.port))
     while not stop.done():
         report()

@@ -27,6 +27,7 @@ from tests.support.upstream import run_upstream
 from tests.support.waiting import WAIT, wait_until
 
 ACTION = {"X-Splitproxy-Action": "1"}
+WORKER_IDS = (0, 1)  # `--workers 2`: the `worker` field of their log records
 STEPS = {"steps": [{"set_weight": 10}, {"pause": {}}, {"set_weight": 100}]}
 
 
@@ -138,6 +139,9 @@ async def test_json_logs_parse_one_object_per_line(tmp_path: Path) -> None:
     assert [r for r in records if r["level"] == "ERROR"
             and "config reload rejected" in r["message"]]
     assert all(r["time"].endswith("Z") and "T" in r["time"] for r in records)
+    # Each process froze its start-up heap once it served (`dataplane.heap`).
+    frozen = [r.get("worker") for r in records if "start-up heap frozen" in r["message"]]
+    assert sorted(frozen, key=str) == sorted([None, *WORKER_IDS], key=str), frozen
 
 
 async def test_the_access_log_in_json_and_in_text_from_workers_loses_no_line(
