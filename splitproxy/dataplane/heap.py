@@ -10,9 +10,8 @@ so walking them finds nothing: `gc.freeze()` moves them to a generation the coll
 a pause of ~3 ms.
 
 The cost: an object of the start-up heap that later becomes garbage in a reference cycle is
-never freed (plain garbage still is, by reference counting). It happens once, for the
-first config's table at most (later configs are never frozen), and is bounded by what was
-there at start.
+never freed (plain garbage still is, by reference counting). It is bounded by what was there
+at start; configs applied by a hot reload are never frozen.
 """
 
 from __future__ import annotations

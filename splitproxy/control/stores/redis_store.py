@@ -20,6 +20,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -250,8 +251,8 @@ class RedisStore:
     # -- notifications ----------------------------------------------------------------------
     async def _listen(self) -> None:
         while True:
+            pubsub = self._redis.pubsub()
             try:
-                pubsub = self._redis.pubsub()
                 await pubsub.subscribe(self.channel)
                 # Subscribed again after an outage: Redis is back, stop backing off now.
                 self._retry_at = 0.0
@@ -262,6 +263,11 @@ class RedisStore:
                         self._on_change()
             except (RedisError, OSError):
                 await asyncio.sleep(1.0)  # the periodic re-read covers the gap
+            finally:
+                # Its connection goes back to the pool: dropped instead, each outage left one
+                # more in the pool's in-use set for the life of the process.
+                with contextlib.suppress(RedisError, OSError):
+                    await pubsub.aclose()
 
     async def open(self, on_change: Callable[[], None]) -> None:
         self._on_change = on_change
