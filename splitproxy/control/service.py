@@ -98,12 +98,16 @@ async def serve(config_path: Path, workers: int = 1,
     service = Service(config_path, workers=workers)
     # Before anything starts: the workers take the format this process logs in.
     logformat.configure(log_format or service.controller.config.logging.format)
-    await service.start()
-    freeze_startup_heap()  # the control plane's, and with one worker the data plane's
+    # Before the start: the listener accepts before the rest of the start (and the heap's
+    # freeze) is done, and a SIGTERM then must drain the requests already in flight, not end
+    # the process at once (its default action). One that comes during the start stops the
+    # service as soon as it has started.
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    await service.start()
+    freeze_startup_heap()  # the control plane's, and with one worker the data plane's
     await stop.wait()
     log.info("shutting down: draining for up to %.1fs",
              service.controller.config.timeouts.drain)
