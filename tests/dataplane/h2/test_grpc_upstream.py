@@ -27,12 +27,15 @@ def server() -> Iterator[tuple[int, object]]:
 
 
 async def call(port: int, method: str, payload: bytes, extra: Headers | None = None,
-               ) -> tuple[UpstreamStream, bytes]:
+               deadline_from: Headers | None = None) -> tuple[UpstreamStream, bytes]:
+    """One call; its deadline from `deadline_from` when given (not sent), else from the
+    headers sent."""
     async with h2_pool(port) as pool:
         headers = grpc_request(method, f"127.0.0.1:{port}", extra)
-        stream = await pool.open_stream(headers, end_stream=False,
-                                        deadline=g.deadline(asyncio.get_running_loop().time(),
-                                                            headers))
+        stream = await pool.open_stream(
+            headers, end_stream=False,
+            deadline=g.deadline(asyncio.get_running_loop().time(),
+                                headers if deadline_from is None else deadline_from))
         stream.send_data(frame(payload), end_stream=True)
         await stream.response()
         body = await stream.body()
@@ -87,15 +90,8 @@ async def test_grpc_timeout_bounds_the_call(server: tuple[int, object]) -> None:
     # enforces its own, and under load its DEADLINE_EXCEEDED answer (a normal end of the
     # stream) could come before the pool's timer, which is what this test is about.
     port, _ = server
-    timeout: Headers = [(b"grpc-timeout", b"200m")]
-    async with h2_pool(port) as pool:
-        stream = await pool.open_stream(
-            grpc_request("Slow", f"127.0.0.1:{port}"), end_stream=False,
-            deadline=g.deadline(asyncio.get_running_loop().time(), timeout))
-        stream.send_data(frame(b""), end_stream=True)
-        with pytest.raises(StreamError) as info:
-            await stream.response()
-            await stream.body()
+    with pytest.raises(StreamError) as info:
+        await call(port, "Slow", b"", deadline_from=[(b"grpc-timeout", b"200m")])
     assert info.value.kind == EndKind.TIMEOUT
     assert g.failure_code("timeout", 504) == GrpcCode.DEADLINE_EXCEEDED
 
