@@ -98,6 +98,32 @@ async def test_hop_by_hop_response_headers_are_removed() -> None:
             assert (await c.request("GET", "/")).body == b"ok"
 
 
+async def test_each_answer_on_a_reused_upstream_connection_has_its_own_reason() -> None:
+    # The reason phrase may be absent; a status line without one must not inherit the last
+    # answer's on a reused connection (it did: "HTTP/1.1 404 OK").
+    answers = [b"HTTP/1.1 200 Fine\r\n", b"HTTP/1.1 404\r\n", b"HTTP/1.1 410 \r\n",
+               b"HTTP/1.0 503 Busy Now\r\n"]
+    connections = 0
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal connections
+        connections += 1
+        for status_line in answers:
+            if not await read_request(reader):
+                return
+            extra = b"Connection: keep-alive\r\n" if status_line.startswith(b"HTTP/1.0") else b""
+            writer.write(status_line + extra + b"Content-Length: 2\r\n\r\nok")
+
+    async with (
+        run_raw_upstream(handler) as up,
+        run_proxy(proxy_config([route({"stable": up.url})])) as srv,
+    ):
+        async with raw_client(srv.port) as c:
+            got = [(r.status, r.reason) for r in [await c.request("GET", "/") for _ in answers]]
+    assert got == [(200, "Fine"), (404, ""), (410, ""), (503, "Busy Now")]
+    assert connections == 1
+
+
 async def test_chunked_transfer_encoding_from_upstream_is_reframed_not_duplicated() -> None:
     async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         while await read_request(reader):

@@ -143,6 +143,7 @@ class UpstreamConnection(asyncio.Protocol):
         if self.exchange is None:
             self._extra = True  # a second response after the one we asked for
         self._headers = []
+        self._status_reason = b""  # llhttp calls `on_status` only for a reason it read
         self._in_head = True
         self._head_bytes = 0
 
