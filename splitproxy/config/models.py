@@ -295,6 +295,21 @@ class Limits(Frozen):
     max_pending: Positive = 1024
 
 
+def _at_most_1ms(seconds: float) -> float:
+    if seconds > 0.001:
+        raise ValueError(f"at most 1ms (a wake-up costs tens of microseconds: polling longer "
+                         f"only burns CPU), got {seconds * 1e6:g}us")
+    return seconds
+
+
+class Performance(Frozen):
+    """Trades of CPU for latency, off by default (README, "Busy polling")."""
+
+    # After a read, while at most one request is in flight, keep polling the sockets this long
+    # instead of letting the CPU sleep (HAProxy's busy-polling, bounded). 0: off.
+    busy_poll: Annotated[Duration, AfterValidator(_at_most_1ms)] = 0.0
+
+
 class Health(Frozen):
     """Passive health checking (outlier detection), as Envoy's: eject failing endpoints."""
 
@@ -322,6 +337,7 @@ class Config(Frozen):
     routes: tuple[Route, ...] = Field(min_length=1)
     timeouts: Timeouts = Timeouts()
     limits: Limits = Limits()
+    performance: Performance = Performance()
     health: Health = Health()
     state: State = State()
 

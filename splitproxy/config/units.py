@@ -25,9 +25,9 @@ from splitproxy.config.paths import normalise_prefix
 _NUMBER = r"(-?(?:\d+(?:\.\d*)?|\.\d+))"
 # One part of a duration: a number and its unit (`1h`, `30m`, `1.5s`, `500ms`). `ms` is tried
 # before `m`, so `5ms` is never 5 minutes and an `s`.
-_DURATION_PART = re.compile(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*(ms|h|m|s)?", re.IGNORECASE)
+_DURATION_PART = re.compile(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*(ms|us|h|m|s)?", re.IGNORECASE)
 # Largest first: a duration's parts must come in this order, each unit at most once.
-_DURATION_UNITS = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
+_DURATION_UNITS = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001, "us": 0.000001}
 _DURATION_HELP = "expected a duration like 500ms, 2s or 1m"
 _SIZE = re.compile(_NUMBER + r"\s*([a-z]*)", re.IGNORECASE)
 _SIZE_UNITS = {"": 1, "b": 1}
@@ -65,7 +65,7 @@ def _duration_text(text: str) -> float | None:
     order = list(_DURATION_UNITS)
     ranks = [order.index(unit or "s") for _, unit in parts]
     if any(a >= b for a, b in zip(ranks, ranks[1:], strict=False)):
-        raise ValueError(f"{text!r}: write the units largest first, each once (h, m, s, ms: "
+        raise ValueError(f"{text!r}: write the units largest first, each once (h, m, s, ms, us: "
                          "1h30m, 2m5s500ms)")
     seconds = sum(n * _DURATION_UNITS[unit or "s"] for n, unit in parts)
     return -seconds if negative else seconds

@@ -22,6 +22,7 @@ HOT_MODULES: tuple[str, ...] = (
     "splitproxy.dataplane.http.upstream",
     "splitproxy.dataplane.http.connection",
     "splitproxy.dataplane.http.batch",
+    "splitproxy.dataplane.http.busypoll",
     "splitproxy.dataplane.http.mirror",
     "splitproxy.dataplane.http.accesslog",
     "splitproxy.dataplane.http.state",

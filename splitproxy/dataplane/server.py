@@ -90,6 +90,7 @@ class ProxyServer:
                                 config.health)
         state = self._state = ServerState(loop, runtime, config.timeouts, config.limits,
                                           self.stats, protocol_for(config))
+        state.busy_polling(config.performance.busy_poll)
         self._h2pools = H2Pools(loop, config.timeouts, config.limits)
         # h2c by prior knowledge and ALPN h2 on every listener.
         state.http2 = functools.partial(adopt, pools=self._h2pools)
@@ -166,6 +167,7 @@ class ProxyServer:
         state = self._state
         if state is not None:
             state.configure(config.timeouts, config.limits)
+            state.busy_polling(config.performance.busy_poll)
             state.protocol = protocol_for(config)
         # Addresses need a restart; a listener's certificates and TLS policy do not (see
         # ServerTls.update). Matched by address: a changed list waits for the restart.

@@ -25,18 +25,22 @@ from splitproxy.config.units import parse_duration
         ("0m0.25s", 0.25),
         ("5ms", 0.005),  # `ms`, never `m` then `s`
         ("1m5ms", 60.005),
+        ("50us", 0.00005),  # microseconds: `performance.busy_poll`
+        ("1ms500us", 0.0015),
+        ("1s5us", 1.000005),
     ],
 )
 def test_durations_with_several_parts_add_up(text: str, seconds: float) -> None:
     assert parse_duration(text) == pytest.approx(seconds)
 
 
-@pytest.mark.parametrize("text", ["1s1m", "30s1h", "500ms1s", "1m1m", "1s1s", "1m30s10s"])
+@pytest.mark.parametrize("text", ["1s1m", "30s1h", "500ms1s", "1m1m", "1s1s", "1m30s10s",
+                                  "5us1ms"])
 def test_units_must_go_largest_first_each_once(text: str) -> None:
     with pytest.raises(ValueError) as info:
         parse_duration(text)
     assert str(info.value) == (f"{text!r}: write the units largest first, each once "
-                               "(h, m, s, ms: 1h30m, 2m5s500ms)")
+                               "(h, m, s, ms, us: 1h30m, 2m5s500ms)")
 
 
 @pytest.mark.parametrize(
@@ -92,5 +96,5 @@ timeouts:
         load(path)
     assert info.value.errors == [
         f"{path}:6: timeouts.idle: '30s1m': write the units largest first, each once "
-        "(h, m, s, ms: 1h30m, 2m5s500ms)"
+        "(h, m, s, ms, us: 1h30m, 2m5s500ms)"
     ]

@@ -117,6 +117,9 @@ class H2Server(ClientConnection):
         self._flush()
 
     def data_received(self, data: bytes) -> None:
+        busy = self.state.busy_poll
+        if busy is not None:
+            busy.kick()
         if self.broken:
             self._linger_data(data)
             return

@@ -112,6 +112,9 @@ class DownstreamProtocol(ClientConnection):
         self._arm_timer(HEADER)
 
     def data_received(self, data: bytes) -> None:
+        busy = self.state.busy_poll
+        if busy is not None:
+            busy.kick()
         if self._tunnel is not None:
             self._tunnel.write(data)
             return

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 from splitproxy.config.models import Limits, Timeouts
 from splitproxy.dataplane.http.accesslines import AccessLines
 from splitproxy.dataplane.http.batch import WriteBatch
+from splitproxy.dataplane.http.busypoll import BusyPoll
 from splitproxy.dataplane.http.runtime import Runtime
 from splitproxy.dataplane.stats import Stats
 
@@ -48,7 +49,7 @@ class ServerState:
 
     __slots__ = ("loop", "clock", "runtime", "timeouts", "limits", "stats", "protocol",
                  "access_lines", "connections", "draining", "http2", "bridge", "header_timeout",
-                 "idle_timeout", "response_timeout", "max_header", "writes", "now")
+                 "idle_timeout", "response_timeout", "max_header", "writes", "now", "busy_poll")
 
     def __init__(self, loop: EventLoop, runtime: Runtime, timeouts: Timeouts, limits: Limits,
                  stats: Stats, protocol: type[DownstreamProtocol],
@@ -89,6 +90,9 @@ class ServerState:
         # end while more than one connection is busy. Tests that drive protocols by hand on a
         # fake loop, and read what was written right away, set its `gather_from` out of reach.
         self.writes = WriteBatch(loop)
+        # Reads kick it (`busypoll`); None while `performance.busy_poll` is 0, so that off
+        # costs a read one test.
+        self.busy_poll: BusyPoll | None = None
 
     def configure(self, timeouts: Timeouts, limits: Limits) -> None:
         """New timeouts and limits (a reload). The ones read on every request are also kept
@@ -99,6 +103,16 @@ class ServerState:
         self.idle_timeout = timeouts.idle
         self.response_timeout = timeouts.response_header
         self.max_header = limits.max_header
+
+    def busy_polling(self, window: float) -> None:
+        """`performance.busy_poll` (start and reload): 0 turns it off. A loop already polling
+        stops at the end of the window it was given."""
+        if window <= 0:
+            self.busy_poll = None
+        elif self.busy_poll is None:
+            self.busy_poll = BusyPoll(self.loop, self.writes, window)
+        else:
+            self.busy_poll.window = window
 
     def accept(self) -> DownstreamProtocol:
         """The protocol factory of the listening socket: one new client connection."""

@@ -69,6 +69,9 @@ class UpstreamConnection(asyncio.Protocol):
             self.close()
             return
         self._got_bytes = True
+        busy = exchange.down.state.busy_poll
+        if busy is not None:
+            busy.kick()
         exchange.reads += 1
         self._feeding = True
         try:

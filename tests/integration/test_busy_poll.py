@@ -1,0 +1,38 @@
+"""Busy polling end to end (`performance.busy_poll`): a proxy that polls answers as one that
+does not, polls while a request is on its way, and stops polling when traffic stops, so an idle
+worker sleeps; a reload turns it off."""
+
+from __future__ import annotations
+
+import asyncio
+
+from tests.support.configs import proxy_config, route
+from tests.support.proxy import run_proxy
+from tests.support.rawhttp import raw_client
+from tests.support.upstream import run_upstream
+
+
+async def test_a_polling_proxy_answers_and_stops_polling_when_traffic_stops() -> None:
+    async with run_upstream("stable") as up:
+        cfg = proxy_config([route({"stable": up.url})], performance={"busy_poll": "200us"})
+        async with run_proxy(cfg) as srv:
+            busy = srv.state.busy_poll
+            assert busy is not None
+            async with raw_client(srv.port) as c:
+                for i in range(20):
+                    resp = await c.request("GET", f"/n{i}")
+                    assert resp.status == 200 and resp.body.startswith(b"stable")
+            assert busy.turns > 0  # reads of both sides kicked it
+            # The window is 200 us: well after it, no turn is spent polling. Every check
+            # waits the loop's own sleeps, so a busy machine only makes the turns rarer.
+            await asyncio.sleep(0.05)
+            settled = busy.turns
+            await asyncio.sleep(0.2)
+            assert busy.turns == settled
+
+            srv.reconfigure(type(srv.config).model_validate(
+                proxy_config([route({"stable": up.url})])), srv.runtime.table)
+            assert srv.state.busy_poll is None
+            async with raw_client(srv.port) as c:
+                assert (await c.request("GET", "/off")).status == 200
+            assert busy.turns == settled

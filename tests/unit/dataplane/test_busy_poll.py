@@ -1,0 +1,120 @@
+"""Busy polling (`busypoll`, `performance.busy_poll`): a read keeps the loop polling for the
+window after it, never longer, and never while two or more requests are in flight. Driven by
+hand: a fake loop whose `call_soon` runs at the next advance, and a clock of our own."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from splitproxy.config.models import Config, ConfigError, load
+from splitproxy.dataplane.http.batch import WriteBatch
+from splitproxy.dataplane.http.busypoll import BusyPoll
+from tests.support.configs import proxy_config, route
+from tests.support.fakeio import FakeLoop, FakeServer
+
+WINDOW = 50e-6
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def poller() -> tuple[BusyPoll, FakeLoop, WriteBatch, Clock]:
+    loop, clock = FakeLoop(), Clock()
+    writes = WriteBatch(loop)  # type: ignore[arg-type]
+    return BusyPoll(loop, writes, WINDOW, clock), loop, writes, clock  # type: ignore[arg-type]
+
+
+def scheduled(loop: FakeLoop) -> int:
+    return sum(1 for handle in loop.timers if not handle.cancelled)
+
+
+def test_a_read_keeps_the_loop_polling_for_the_window_then_lets_it_sleep() -> None:
+    busy, loop, _, clock = poller()
+    busy.kick()
+    assert scheduled(loop) == 1
+    for _ in range(4):  # each turn schedules the next while inside the window
+        clock.now += WINDOW / 5
+        loop.advance(0)
+        assert scheduled(loop) == 1
+    clock.now += WINDOW  # past it: this turn is the last
+    loop.advance(0)
+    assert scheduled(loop) == 0
+    assert busy.turns == 5
+
+
+def test_a_read_while_polling_extends_the_window_without_a_second_callback() -> None:
+    busy, loop, _, clock = poller()
+    busy.kick()
+    clock.now += WINDOW * 0.9
+    busy.kick()
+    assert scheduled(loop) == 1
+    clock.now += WINDOW * 0.5  # past the first window, inside the second
+    loop.advance(0)
+    assert scheduled(loop) == 1
+    clock.now += WINDOW
+    loop.advance(0)
+    assert scheduled(loop) == 0
+
+
+def test_no_polling_while_two_or_more_requests_are_in_flight() -> None:
+    busy, loop, writes, clock = poller()
+    writes.busy_change(2)  # under load: the write batch gathers, the loop never sleeps
+    busy.kick()
+    assert scheduled(loop) == 0
+    writes.busy_change(-1)
+    busy.kick()
+    assert scheduled(loop) == 1
+    writes.busy_change(1)  # load came while polling: the next turn stops
+    loop.advance(0)
+    assert scheduled(loop) == 0 and clock.now < WINDOW
+
+
+@pytest.fixture
+def server() -> Iterator[FakeServer]:
+    made = FakeServer(proxy_config([route({"stable": "http://127.0.0.1:9"})]))
+    yield made
+    made.loop.close()
+
+
+def test_the_server_state_polls_only_when_configured_and_follows_reloads(
+        server: FakeServer) -> None:
+    state = server.state
+    assert state.busy_poll is None  # the default: off
+    state.busy_polling(WINDOW)
+    busy = state.busy_poll
+    assert busy is not None and busy.window == WINDOW
+    state.busy_polling(2 * WINDOW)  # a reload: the same poller, a new window
+    assert state.busy_poll is busy and busy.window == 2 * WINDOW
+    state.busy_polling(0.0)
+    assert state.busy_poll is None
+
+
+def test_reads_of_client_connections_kick_it(server: FakeServer) -> None:
+    server.state.busy_polling(WINDOW)
+    busy = server.state.busy_poll
+    assert busy is not None
+    conn, _ = server.connect()
+    conn.data_received(b"GET / HTTP/1.1\r\n")
+    assert busy.turns == 0 and any(not h.cancelled for h in server.loop.timers)
+
+
+def test_busy_poll_is_off_by_default_and_takes_microseconds_up_to_1ms(tmp_path: Path) -> None:
+    base = proxy_config([route({"stable": "http://127.0.0.1:9"})])
+    assert Config.model_validate(base).performance.busy_poll == 0.0
+    on = Config.model_validate({**base, "performance": {"busy_poll": "50us"}})
+    assert on.performance.busy_poll == pytest.approx(50e-6)
+    path = tmp_path / "c.yaml"
+    path.write_text("routes:\n  - name: r\n    versions: {v: {endpoints: ['http://127.0.0.1:9']}}\n"
+                    "    weights: {v: 100}\nperformance:\n  busy_poll: 2ms\n")
+    with pytest.raises(ConfigError) as info:
+        load(path)
+    assert str(info.value) == (f"{path}:6: performance.busy_poll: at most 1ms (a wake-up costs "
+                               "tens of microseconds: polling longer only burns CPU), got 2000us")
