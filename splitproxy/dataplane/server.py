@@ -90,8 +90,8 @@ class ProxyServer:
                                 config.health)
         state = self._state = ServerState(loop, runtime, config.timeouts, config.limits,
                                           self.stats, protocol_for(config))
-        state.busy_polling(config.performance.busy_poll)
         self._h2pools = H2Pools(loop, config.timeouts, config.limits)
+        self._busy_polling()
         # h2c by prior knowledge and ALPN h2 on every listener.
         state.http2 = functools.partial(adopt, pools=self._h2pools)
         state.bridge = functools.partial(bridged, pools=self._h2pools)
@@ -167,7 +167,6 @@ class ProxyServer:
         state = self._state
         if state is not None:
             state.configure(config.timeouts, config.limits)
-            state.busy_polling(config.performance.busy_poll)
             state.protocol = protocol_for(config)
         # Addresses need a restart; a listener's certificates and TLS policy do not (see
         # ServerTls.update). Matched by address: a changed list waits for the restart.
@@ -176,11 +175,20 @@ class ProxyServer:
                 server_tls.update(lst.tls)
         self._count_reloads()
         self._configure_pools()
+        self._busy_polling()
         if self._h2pools is not None:
             self._h2pools.update(config.timeouts, config.limits)
         self.install(routing)
         if self._prober is not None:
             self._prober.configure(config)
+
+    def _busy_polling(self) -> None:
+        """`performance.busy_poll` for the reads of every connection, both protocols."""
+        state = self._state
+        if state is not None:
+            state.busy_polling(self.config.performance.busy_poll)
+            if self._h2pools is not None:
+                self._h2pools.busy_poll = state.busy_poll
 
     def _configure_pools(self) -> None:
         pools = self._pools

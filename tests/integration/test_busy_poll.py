@@ -6,18 +6,27 @@ from __future__ import annotations
 
 import asyncio
 
+from splitproxy.dataplane.http.busypoll import BusyPoll
+from splitproxy.dataplane.server import ProxyServer
 from tests.support.configs import proxy_config, route
 from tests.support.proxy import run_proxy
 from tests.support.rawhttp import raw_client
 from tests.support.upstream import run_upstream
 
 
+def pollers(srv: ProxyServer) -> tuple[BusyPoll | None, BusyPoll | None]:
+    """The server's poller and the one its HTTP/2 upstream connections kick."""
+    assert srv._h2pools is not None
+    return srv.state.busy_poll, srv._h2pools.busy_poll
+
+
 async def test_a_polling_proxy_answers_and_stops_polling_when_traffic_stops() -> None:
     async with run_upstream("stable") as up:
         cfg = proxy_config([route({"stable": up.url})], performance={"busy_poll": "200us"})
         async with run_proxy(cfg) as srv:
-            busy = srv.state.busy_poll
+            busy, h2_busy = pollers(srv)
             assert busy is not None
+            assert h2_busy is busy  # HTTP/2 upstream connections kick the same one
             async with raw_client(srv.port) as c:
                 for i in range(20):
                     resp = await c.request("GET", f"/n{i}")
@@ -32,7 +41,7 @@ async def test_a_polling_proxy_answers_and_stops_polling_when_traffic_stops() ->
 
             srv.reconfigure(type(srv.config).model_validate(
                 proxy_config([route({"stable": up.url})])), srv.runtime.table)
-            assert srv.state.busy_poll is None
+            assert pollers(srv) == (None, None)
             async with raw_client(srv.port) as c:
                 assert (await c.request("GET", "/off")).status == 200
             assert busy.turns == settled

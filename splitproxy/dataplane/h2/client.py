@@ -115,6 +115,9 @@ class H2ClientConnection(asyncio.Protocol):
         self._flush()
 
     def data_received(self, data: bytes) -> None:
+        busy = self.pool.owner.busy_poll
+        if busy is not None:
+            busy.kick()
         try:
             events = self.h2.receive_data(data)
         except h2.exceptions.ProtocolError as exc:

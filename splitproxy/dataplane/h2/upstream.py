@@ -45,6 +45,7 @@ from splitproxy.config.models import Limits, Timeouts
 from splitproxy.dataplane.h2.client import H2ClientConnection
 from splitproxy.dataplane.h2.grpc import reduce_timeout
 from splitproxy.dataplane.h2.upstream_stream import Headers, StreamHandler, UpstreamStream
+from splitproxy.dataplane.http.busypoll import BusyPoll
 from splitproxy.dataplane.http.pool import Overloaded, Pool
 from splitproxy.dataplane.tls import client_context, server_hostname
 from splitproxy.routing.table import Endpoint
@@ -240,6 +241,9 @@ class H2Pools:
         self.timeouts = timeouts
         self.limits = limits
         self.waiting = 0  # requests waiting for a stream, all pools
+        # The server's busy poller (`performance.busy_poll`), kicked by the upstreams' reads
+        # as by those of HTTP/1.1 connections; set by the server, None while off.
+        self.busy_poll: BusyPoll | None = None
         self._pools: dict[Endpoint, H2Pool] = {}
         self._sweeper: asyncio.Task[None] | None = None
 
