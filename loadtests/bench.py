@@ -112,6 +112,10 @@ class Sample:
     requests: int
     errors: int  # socket errors + non-2xx/3xx responses
     steal_ms: float | None = None  # what the host took from the busiest vCPU during the run
+    # The target's CPU time during the run (every process of its group, user + system):
+    # as a share of one vCPU, and a request.
+    cpu_pct: float | None = None
+    cpu_us: float | None = None
 
 
 def to_seconds(value: str, unit: str) -> float:
@@ -379,12 +383,26 @@ def run_wrk(wrk: str, port: int, threads: int, connections: int, duration: float
 
 
 def sample_wrk(wrk: str, port: int, target: str, threads: int, connections: int, round_: int,
-               duration: float, cpus: frozenset[int] | None = None) -> Sample:
-    """One measured wrk run, with the steal time of its interval (`machine`)."""
+               duration: float, cpus: frozenset[int] | None = None,
+               pgid: int | None = None) -> Sample:
+    """One measured wrk run, with the steal time of its interval (`machine`) and, given the
+    target's process group, the CPU time the target took."""
     before = machine.stolen_ms()
+    ticks = sum(machine.group_ticks(pgid)) if pgid is not None else 0
+    start = time.monotonic()
     out = run_wrk(wrk, port, threads, connections, duration, cpus)
+    elapsed = time.monotonic() - start
     stolen = machine.steal_between(before, machine.stolen_ms())
-    return replace(parse_wrk(out, target, connections, round_), steal_ms=stolen)
+    sample = replace(parse_wrk(out, target, connections, round_), steal_ms=stolen)
+    if pgid is None:
+        return sample
+    cpu = (sum(machine.group_ticks(pgid)) - ticks) / CLOCK_TICKS
+    return replace(sample, cpu_pct=100 * cpu / elapsed,
+                   cpu_us=1e6 * cpu / sample.requests if sample.requests else None)
+
+
+# /proc's CPU times count in these (100 a second on Linux): 10 ms, about 0.2% of a 5 s run.
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 
 def warm_up_runs(wrk: str, ports: Mapping[str, int], targets: Sequence[str], threads: int,
@@ -414,7 +432,14 @@ def median_of(samples: list[Sample]) -> dict[str, Any]:
         "rounds": len(samples),
         # The worst round's: one host pause decides a p99 (machine.py).
         "steal_ms": max((s.steal_ms for s in samples if s.steal_ms is not None), default=None),
+        "cpu_pct": _median_or_none([s.cpu_pct for s in samples]),
+        "cpu_us": _median_or_none([s.cpu_us for s in samples]),
     }
+
+
+def _median_or_none(values: list[float | None]) -> float | None:
+    known = [v for v in values if v is not None]
+    return statistics.median(known) if known else None
 
 
 def summarize(samples: list[Sample], connections: list[int],
@@ -446,15 +471,17 @@ def markdown(rows: list[dict[str, Any]]) -> str:
 
     lines = [
         "| target | conns | req/s | p50 | p99 | req/s vs nginx | p99 vs nginx | errors "
-        "| host steal (worst round, busiest vCPU) |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| CPU (of one vCPU) | CPU a request | host steal (worst round, busiest vCPU) |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for r in rows:
         steal = "-" if r.get("steal_ms") is None else f"{r['steal_ms']:.0f} ms"
+        cpu = "-" if r.get("cpu_pct") is None else f"{r['cpu_pct']:.0f}%"
+        per = "-" if r.get("cpu_us") is None else f"{r['cpu_us']:.0f} µs"
         lines.append(
             f"| {r['target']} | {r['connections']} | {r['rps']:,.0f} | {r['p50_ms']:.2f} ms "
             f"| {r['p99_ms']:.2f} ms | {ratio(r['rps_vs_nginx'])} | {ratio(r['p99_vs_nginx'])} "
-            f"| {r['errors']} | {steal} |"
+            f"| {r['errors']} | {cpu} | {per} | {steal} |"
         )
     return "\n".join(lines)
 
@@ -669,6 +696,8 @@ def main(argv: list[str] | None = None) -> int:
                     sys.stderr.write(f"bench: {target}: RSS {row['rss_mb']:.1f} MB with "
                                      f"{row['opened']} connections, peak {row['peak_rss_mb']:.1f} "
                                      "MB\n")
+            # Each child leads its own process group (`Children.start`): its workers count.
+            pgids = {name: proc.pid for name, proc in children.procs}
             if args.connections:  # none: --memory-only
                 warm_up(wrk, ports, targets, args.threads, args.connections[0], args.warmup,
                         cpus=rest_cpus)
@@ -678,10 +707,12 @@ def main(argv: list[str] | None = None) -> int:
                     k = rnd % len(targets)
                     for target in targets[k:] + targets[:k]:
                         sample = sample_wrk(wrk, ports[target], target, args.threads, conns,
-                                            rnd + 1, args.duration, rest_cpus)
+                                            rnd + 1, args.duration, rest_cpus, pgids[target])
                         samples.append(sample)
                         stole = "" if sample.steal_ms is None else (
                             f", host steal {sample.steal_ms:.0f} ms")
+                        if sample.cpu_pct is not None:
+                            stole += f", CPU {sample.cpu_pct:.0f}%"
                         sys.stderr.write(
                             f"bench: c={conns} round {rnd + 1}/{args.rounds} {target}: "
                             f"{sample.rps:,.0f} req/s, p99 {sample.p99_ms:.2f} ms"

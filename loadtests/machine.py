@@ -33,7 +33,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-PROC_STAT = Path("/proc/stat")
+PROC = Path("/proc")
+PROC_STAT = PROC / "stat"
 STEAL_FIELD = 8  # `cpuN  user nice system idle iowait irq softirq steal ...`
 
 
@@ -102,3 +103,27 @@ def pin_to(cpus: frozenset[int] | None) -> Callable[[], None] | None:
         os.sched_setaffinity(0, chosen)
 
     return pin
+
+
+def cpu_ticks(stat: str) -> tuple[int, int]:
+    """utime and stime (clock ticks) from a /proc/PID/stat line (the name may hold spaces)."""
+    fields = stat.rsplit(")", 1)[1].split()
+    return int(fields[11]), int(fields[12])
+
+
+def group_ticks(pgid: int) -> tuple[int, int]:
+    """User and system ticks of every live process of a process group."""
+    user = system = 0
+    for entry in PROC.iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            os_pgid = os.getpgid(int(entry.name))
+            if os_pgid != pgid:
+                continue
+            u, s = cpu_ticks((entry / "stat").read_text())
+        except (OSError, IndexError, ValueError):
+            continue  # gone meanwhile
+        user += u
+        system += s
+    return user, system

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from loadtests import bench, compiled, machine
+from loadtests.machine import group_ticks
 
 PROC = Path("/proc")
 INTERRUPTS = ("RES", "CAL")
@@ -39,30 +40,6 @@ def interrupt_counts(text: str) -> dict[str, int]:
         if fields and fields[0].rstrip(":") in INTERRUPTS:
             counts[fields[0].rstrip(":")] = sum(int(f) for f in fields[1:] if f.isdigit())
     return counts
-
-
-def cpu_ticks(stat: str) -> tuple[int, int]:
-    """utime and stime (clock ticks) from a /proc/PID/stat line (the name may hold spaces)."""
-    fields = stat.rsplit(")", 1)[1].split()
-    return int(fields[11]), int(fields[12])
-
-
-def group_ticks(pgid: int) -> tuple[int, int]:
-    """User and system ticks of every live process of a process group."""
-    user = system = 0
-    for entry in PROC.iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            os_pgid = os.getpgid(int(entry.name))
-            if os_pgid != pgid:
-                continue
-            u, s = cpu_ticks((entry / "stat").read_text())
-        except (OSError, IndexError, ValueError):
-            continue  # gone meanwhile
-        user += u
-        system += s
-    return user, system
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -141,3 +142,39 @@ def test_rounds_without_a_steal_reading_show_a_dash() -> None:
     samples = [bench.Sample(t, 1, 1, 100.0, 1.0, 2.0, 500, 0) for t in bench.TARGETS]
     assert all(line.endswith("| - |")
                for line in bench.markdown(bench.summarize(samples, [1])).splitlines()[2:])
+
+
+def test_the_table_shows_each_targets_cpu_as_a_share_of_a_vcpu_and_a_request() -> None:
+    samples = [bench.Sample(t, 1, rnd, 100.0, 1.0, 2.0, 500, 0, None, pct, per)
+               for t in bench.TARGETS
+               for rnd, pct, per in ((1, 40.0, 70.0), (2, 50.0, 75.0), (3, 99.0, 90.0))]
+    rows = bench.summarize(samples, [1])
+    assert {(r["cpu_pct"], r["cpu_us"]) for r in rows} == {(50.0, 75.0)}  # the medians
+    table = bench.markdown(rows).splitlines()
+    assert "| CPU (of one vCPU) | CPU a request |" in table[0]
+    assert all(line.endswith("| 50% | 75 µs | - |") for line in table[2:])
+    unread = [bench.Sample(t, 1, 1, 100.0, 1.0, 2.0, 500, 0) for t in bench.TARGETS]
+    assert all(line.endswith("| - | - | - |")
+               for line in bench.markdown(bench.summarize(unread, [1])).splitlines()[2:])
+
+
+def test_a_process_groups_cpu_ticks_add_up_its_processes() -> None:
+    """What the bench reads for a target: every process of the group it leads."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    burn = ("import time\nend = time.process_time() + 0.3\n"
+            "while time.process_time() < end: pass\ntime.sleep(60)")
+    child = subprocess.Popen([sys.executable, "-c",
+                              f"import subprocess, sys; subprocess.run([sys.executable, '-c', "
+                              f"{burn!r}])"], start_new_session=True)
+    try:
+        deadline = time.monotonic() + 30
+        while sum(machine.group_ticks(child.pid)) < 20 and time.monotonic() < deadline:
+            time.sleep(0.05)  # the grandchild burns 0.3 s of CPU, then sleeps
+        assert sum(machine.group_ticks(child.pid)) >= 20  # ticks of 10 ms, while it lives
+    finally:
+        os.killpg(child.pid, signal.SIGKILL)  # the group: the grandchild too
+        child.wait()

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from loadtests.wakeups import Round, cpu_ticks, interrupt_counts, markdown
+from loadtests.machine import cpu_ticks
+from loadtests.wakeups import Round, interrupt_counts, markdown
 
 INTERRUPTS = """\
             CPU0       CPU1

@@ -9,11 +9,15 @@ concurrency those wake-ups, not the proxy's work, set the latency. HAProxy's `bu
 trades CPU for them the same way; this one is bounded: it polls for `window` after the last
 read and stops, so an idle worker sleeps as before. Under load the loop never sleeps anyway,
 and polling there only takes CPU from the peers: while two or more requests are in flight (the
-write batch gathers then, `batch`) it does not poll.
+write batch gathers then, `batch`) it does not poll. Each polling turn yields the CPU
+(`sched_yield`), so that a peer waiting for the same CPU (the client, the upstream, the
+service beside a sidecar) runs first: with every process on one CPU that cut what polling
+cost a one-connection request from 14% to 4% (README, "Busy polling").
 """
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
@@ -25,7 +29,7 @@ if TYPE_CHECKING:
 
 class BusyPoll:
     """Keeps the loop polling (a callback that schedules itself: the loop then polls with a
-    zero timeout) until `window` seconds after the last `kick`."""
+    zero timeout, then runs it again) until `window` seconds after the last `kick`."""
 
     __slots__ = ("_loop", "_writes", "_clock", "window", "_until", "_polling", "turns")
 
@@ -50,6 +54,7 @@ class BusyPoll:
     def _turn(self) -> None:
         self.turns += 1
         if self._clock() < self._until and not self._writes.gathering:
+            os.sched_yield()
             self._loop.call_soon(self._turn)
         else:
             self._polling = False
