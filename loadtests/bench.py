@@ -84,6 +84,8 @@ VARIANTS: dict[str, tuple[int, dict[str, str], str]] = {
 }
 DEFAULT_VARIANTS = ("splitproxy-2w", "splitproxy-nostats", COMPILED, BUSY_POLL)
 START_TIMEOUT = 15.0
+# /proc's CPU times count in these (100 a second on Linux): 10 ms, about 0.2% of a 5 s run.
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 INSTALL_HINT = "apt-get install wrk nginx-light"
 
 
@@ -400,9 +402,6 @@ def sample_wrk(wrk: str, port: int, target: str, threads: int, connections: int,
     return replace(sample, cpu_pct=100 * cpu / elapsed,
                    cpu_us=1e6 * cpu / sample.requests if sample.requests else None)
 
-
-# /proc's CPU times count in these (100 a second on Linux): 10 ms, about 0.2% of a 5 s run.
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 
 def warm_up_runs(wrk: str, ports: Mapping[str, int], targets: Sequence[str], threads: int,

@@ -26,7 +26,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from loadtests import bench, compiled, machine
-from loadtests.machine import group_ticks
 
 PROC = Path("/proc")
 INTERRUPTS = ("RES", "CAL")
@@ -57,10 +56,10 @@ def measure(wrk: str, target: str, port: int, pgid: int, connections: int,
             duration: int) -> Round:
     tick = os.sysconf("SC_CLK_TCK")
     irq0 = interrupt_counts((PROC / "interrupts").read_text())
-    cpu0, steal0 = group_ticks(pgid), machine.stolen_ms()
+    cpu0, steal0 = machine.group_ticks(pgid), machine.stolen_ms()
     out = bench.run_wrk(wrk, port, 2, connections, duration)
     irq1 = interrupt_counts((PROC / "interrupts").read_text())
-    cpu1, steal1 = group_ticks(pgid), machine.stolen_ms()
+    cpu1, steal1 = machine.group_ticks(pgid), machine.stolen_ms()
     found = re.search(r"(\d+) requests in", out)
     n = int(found.group(1)) if found else 0
     if not n:
