@@ -13,7 +13,15 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, Field, Strict, ValidationInfo, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    Field,
+    PlainValidator,
+    Strict,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from splitproxy.config.address import HostPort
 from splitproxy.config.crossfield import (
@@ -52,6 +60,7 @@ from splitproxy.config.units import (
     Timeout,
     Token,
     Weight,
+    parse_duration,
 )
 from splitproxy.config.yamlload import ConfigError as ConfigError
 from splitproxy.config.yamlload import Located, Problem, load_model
@@ -295,7 +304,13 @@ class Limits(Frozen):
     max_pending: Positive = 1024
 
 
-def _at_most_1ms(seconds: float) -> float:
+def _busy_poll(value: object) -> float | Literal["auto"]:
+    if isinstance(value, str) and value.strip().lower() == "auto":
+        return "auto"
+    try:
+        seconds = parse_duration(value)
+    except ValueError as exc:
+        raise ValueError(f"expected auto, 0s (off) or a duration up to 1ms, got {value!r}") from exc
     if seconds > 0.001:
         raise ValueError(f"at most 1ms (a wake-up costs tens of microseconds: polling longer "
                          f"only burns CPU), got {seconds * 1e6:g}us")
@@ -303,11 +318,12 @@ def _at_most_1ms(seconds: float) -> float:
 
 
 class Performance(Frozen):
-    """Trades of CPU for latency, off by default (README, "Busy polling")."""
+    """Trades of CPU for latency (README, "Busy polling")."""
 
     # After a read, while at most one request is in flight, keep polling the sockets this long
-    # instead of letting the CPU sleep (HAProxy's busy-polling, bounded). 0: off.
-    busy_poll: Annotated[Duration, AfterValidator(_at_most_1ms)] = 0.0
+    # instead of letting the CPU sleep (HAProxy's busy-polling, bounded and adaptive). 0: off;
+    # auto: 50us where it pays and costs nobody's CPU (dataplane/cpuidle.py), else off.
+    busy_poll: Annotated[float | Literal["auto"], PlainValidator(_busy_poll)] = "auto"
 
 
 class Health(Frozen):

@@ -10,7 +10,7 @@ from typing import Final
 
 from splitproxy.config.models import Config, Timeouts
 from splitproxy.config.tls import Listener
-from splitproxy.dataplane import build
+from splitproxy.dataplane import build, cpuidle
 from splitproxy.dataplane.h2.bridge import bridged
 from splitproxy.dataplane.h2.server import adopt
 from splitproxy.dataplane.h2.upstream import H2Pools
@@ -58,6 +58,7 @@ class ProxyServer:
         self._bound: tuple[Listener, ...] = ()  # the listeners start() bound
         self._sweeper: asyncio.Task[None] | None = None
         self._pools: Pools | None = None
+        self._busy_choice: cpuidle.Choice | None = None
         self._h2pools: H2Pools | None = None  # HTTP/2 upstreams (versions' `protocol`)
         self._prober: probe.Prober | None = None
 
@@ -183,10 +184,16 @@ class ProxyServer:
             self._prober.configure(config)
 
     def _busy_polling(self) -> None:
-        """`performance.busy_poll` for the reads of every connection, both protocols."""
+        """`performance.busy_poll` for the reads of every connection, both protocols; `auto`
+        chosen for this machine (`cpuidle`), logged when the choice changes."""
         state = self._state
         if state is not None:
-            state.busy_polling(self.config.performance.busy_poll)
+            choice = cpuidle.choose(self.config.performance.busy_poll)
+            if choice != self._busy_choice:
+                log.info("busy polling: %s (%s)",
+                         f"{choice.window * 1e6:g}us" if choice.window else "off", choice.reason)
+                self._busy_choice = choice
+            state.busy_polling(choice.window)
             if self._h2pools is not None:
                 self._h2pools.busy_poll = state.busy_poll
 

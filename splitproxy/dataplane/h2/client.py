@@ -29,6 +29,7 @@ from splitproxy.dataplane.h2.upstream_stream import (
     UpstreamStream,
     checked,
 )
+from splitproxy.dataplane.http.busypoll import UPSTREAM
 
 if TYPE_CHECKING:
     from splitproxy.dataplane.h2.upstream import H2Pool
@@ -117,7 +118,7 @@ class H2ClientConnection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         busy = self.pool.owner.busy_poll
         if busy is not None:
-            busy.kick()
+            busy.kick(UPSTREAM)
         try:
             events = self.h2.receive_data(data)
         except h2.exceptions.ProtocolError as exc:

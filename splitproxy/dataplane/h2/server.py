@@ -29,6 +29,7 @@ from splitproxy.dataplane.h2.forward import forward_for
 from splitproxy.dataplane.h2.request import Malformed, read_request, read_trailers
 from splitproxy.dataplane.h2.stream import H2Stream
 from splitproxy.dataplane.http.accesslog import CLIENT_CLOSED, LoggedDownstream, log_request
+from splitproxy.dataplane.http.busypoll import CLIENT
 from splitproxy.dataplane.http.connection import HEADER, IDLE, ClientConnection
 from splitproxy.dataplane.http.dispatch import build_exchange
 from splitproxy.dataplane.http.exchange import Exchange
@@ -119,7 +120,7 @@ class H2Server(ClientConnection):
     def data_received(self, data: bytes) -> None:
         busy = self.state.busy_poll
         if busy is not None:
-            busy.kick()
+            busy.kick(CLIENT)
         if self.broken:
             self._linger_data(data)
             return

@@ -1,6 +1,6 @@
-"""Busy polling (`performance.busy_poll`, off by default): after a read, while at most one
-request is in flight, the worker keeps polling its sockets for a short window instead of
-letting its CPU sleep.
+"""Busy polling (`performance.busy_poll`; `auto`, the default, chooses the window in
+`dataplane.cpuidle`): after a read, while at most one request is in flight, the worker keeps
+polling its sockets for a short window instead of letting its CPU sleep.
 
 Why: on a virtual machine a sleeping vCPU is woken through the host (an inter-processor
 interrupt), which costs tens of microseconds before the first instruction runs, and a request
@@ -13,6 +13,13 @@ write batch gathers then, `batch`) it does not poll. Each polling turn yields th
 (`sched_yield`), so that a peer waiting for the same CPU (the client, the upstream, the
 service beside a sidecar) runs first: with every process on one CPU that cut what polling
 cost a one-connection request from 14% to 4% (README, "Busy polling").
+
+It learns where polling pays, per side, as the guest kernel's haltpoll governor learns per
+CPU: a read from a client is followed by the upstream's answer (soon, from a fast service),
+a read from an upstream by the client's next request (soon only from a client that does not
+think). After MISSES polls in a row that ran out on one side, that side's reads stop starting
+polls, but for every PROBE-th, which tries again; one read caught while polling turns the side
+back on. A slow service or a thinking client so costs a probe's window in PROBE requests.
 """
 
 from __future__ import annotations
@@ -20,18 +27,27 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 if TYPE_CHECKING:
     from splitproxy.dataplane.http.batch import WriteBatch
     from splitproxy.dataplane.http.state import EventLoop
 
 
+# The two sides a read comes from (`kick`).
+CLIENT: Final = 0
+UPSTREAM: Final = 1
+MISSES: Final = 8
+PROBE: Final = 16
+
+
 class BusyPoll:
     """Keeps the loop polling (a callback that schedules itself: the loop then polls with a
-    zero timeout, then runs it again) until `window` seconds after the last `kick`."""
+    zero timeout, then runs it again) until `window` seconds after the last `kick`, on the
+    sides where polling has been catching reads."""
 
-    __slots__ = ("_loop", "_writes", "_clock", "window", "_until", "_polling", "turns")
+    __slots__ = ("_loop", "_writes", "_clock", "window", "_until", "_polling", "_side",
+                 "_misses", "_skipped", "turns")
 
     def __init__(self, loop: EventLoop, writes: WriteBatch, window: float,
                  clock: Callable[[], float] = time.perf_counter) -> None:
@@ -42,19 +58,40 @@ class BusyPoll:
         self.window = window
         self._until = 0.0
         self._polling = False
+        self._side = -1  # whose read the current poll waits after (-1: none to learn from)
+        self._misses = [0, 0]  # polls in a row that ran out, per side
+        self._skipped = [0, 0]  # reads since that side last polled, while it is off
         self.turns = 0  # loop turns spent polling, for the tests and the curious
 
-    def kick(self) -> None:
-        """A socket was read: poll until `window` from now."""
+    def kick(self, side: int) -> None:
+        """A socket of `side` (CLIENT, UPSTREAM) was read: poll until `window` from now."""
+        if self._polling and self._side >= 0:
+            self._misses[self._side] = 0  # this read was caught
+        if self._misses[side] >= MISSES:
+            self._skipped[side] += 1
+            if self._skipped[side] < PROBE:
+                self._side = -1
+                self._until = 0.0  # a poll under way ends at its next turn, unjudged
+                return
+            self._skipped[side] = 0
+        self._side = side
         self._until = self._clock() + self.window
         if not self._polling and not self._writes.gathering:
             self._polling = True
             self._loop.call_soon(self._turn)
 
+    def sides_on(self) -> tuple[bool, bool]:
+        """Whether reads of each side start polls now (for the tests and the curious)."""
+        return (self._misses[CLIENT] < MISSES, self._misses[UPSTREAM] < MISSES)
+
     def _turn(self) -> None:
         self.turns += 1
-        if self._clock() < self._until and not self._writes.gathering:
+        if self._writes.gathering:
+            self._polling = False  # busy: not a miss
+        elif self._clock() < self._until:
             os.sched_yield()
             self._loop.call_soon(self._turn)
         else:
             self._polling = False
+            if self._side >= 0:
+                self._misses[self._side] += 1

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Final
 
 import httptools
 
+from splitproxy.dataplane.http.busypoll import CLIENT
 from splitproxy.dataplane.http.connection import HEADER, IDLE, ClientConnection
 from splitproxy.dataplane.http.dispatch import build_exchange
 from splitproxy.dataplane.http.exchange import Exchange
@@ -114,7 +115,7 @@ class DownstreamProtocol(ClientConnection):
     def data_received(self, data: bytes) -> None:
         busy = self.state.busy_poll
         if busy is not None:
-            busy.kick()
+            busy.kick(CLIENT)
         if self._tunnel is not None:
             self._tunnel.write(data)
             return

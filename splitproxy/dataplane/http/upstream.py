@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, cast
 
 import httptools
 
+from splitproxy.dataplane.http.busypoll import UPSTREAM
 from splitproxy.dataplane.http.flow import WRITE_HIGH_WATER
 from splitproxy.dataplane.http.response import DISCARD
 
@@ -71,7 +72,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._got_bytes = True
         busy = exchange.down.state.busy_poll
         if busy is not None:
-            busy.kick()
+            busy.kick(UPSTREAM)
         exchange.reads += 1
         self._feeding = True
         try:

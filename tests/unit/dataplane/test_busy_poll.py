@@ -1,6 +1,7 @@
 """Busy polling (`busypoll`, `performance.busy_poll`): a read keeps the loop polling for the
-window after it, never longer, and never while two or more requests are in flight. Driven by
-hand: a fake loop whose `call_soon` runs at the next advance, and a clock of our own."""
+window after it, never longer, and never while two or more requests are in flight; a side
+whose polls keep running out stops polling but for a probe. Driven by hand: a fake loop whose
+`call_soon` runs at the next advance, and a clock of our own."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import pytest
 
 from splitproxy.config.models import Config, ConfigError, load
 from splitproxy.dataplane.http.batch import WriteBatch
-from splitproxy.dataplane.http.busypoll import BusyPoll
+from splitproxy.dataplane.http.busypoll import CLIENT, MISSES, PROBE, UPSTREAM, BusyPoll
 from tests.support.configs import proxy_config, route
 from tests.support.fakeio import FakeLoop, FakeServer
 
@@ -38,7 +39,7 @@ def scheduled(loop: FakeLoop) -> int:
 
 def test_a_read_keeps_the_loop_polling_for_the_window_then_lets_it_sleep() -> None:
     busy, loop, _, clock = poller()
-    busy.kick()
+    busy.kick(CLIENT)
     assert scheduled(loop) == 1
     for _ in range(4):  # each turn schedules the next while inside the window
         clock.now += WINDOW / 5
@@ -52,9 +53,9 @@ def test_a_read_keeps_the_loop_polling_for_the_window_then_lets_it_sleep() -> No
 
 def test_a_read_while_polling_extends_the_window_without_a_second_callback() -> None:
     busy, loop, _, clock = poller()
-    busy.kick()
+    busy.kick(CLIENT)
     clock.now += WINDOW * 0.9
-    busy.kick()
+    busy.kick(CLIENT)
     assert scheduled(loop) == 1
     clock.now += WINDOW * 0.5  # past the first window, inside the second
     loop.advance(0)
@@ -67,10 +68,10 @@ def test_a_read_while_polling_extends_the_window_without_a_second_callback() -> 
 def test_no_polling_while_two_or_more_requests_are_in_flight() -> None:
     busy, loop, writes, clock = poller()
     writes.busy_change(2)  # under load: the write batch gathers, the loop never sleeps
-    busy.kick()
+    busy.kick(CLIENT)
     assert scheduled(loop) == 0
     writes.busy_change(-1)
-    busy.kick()
+    busy.kick(CLIENT)
     assert scheduled(loop) == 1
     writes.busy_change(1)  # load came while polling: the next turn stops
     loop.advance(0)
@@ -92,7 +93,7 @@ def server() -> Iterator[FakeServer]:
 def test_the_server_state_polls_only_when_configured_and_follows_reloads(
         server: FakeServer) -> None:
     state = server.state
-    assert poll_of(server) is None  # the default: off
+    assert poll_of(server) is None  # until the server applies its config (ProxyServer)
     state.busy_polling(WINDOW)
     busy = poll_of(server)
     assert busy is not None and busy.window == WINDOW
@@ -111,15 +112,67 @@ def test_reads_of_client_connections_kick_it(server: FakeServer) -> None:
     assert busy.turns == 0 and any(not h.cancelled for h in server.loop.timers)
 
 
-def test_busy_poll_is_off_by_default_and_takes_microseconds_up_to_1ms(tmp_path: Path) -> None:
+def test_busy_poll_is_auto_by_default_and_takes_microseconds_up_to_1ms(tmp_path: Path) -> None:
     base = proxy_config([route({"stable": "http://127.0.0.1:9"})])
-    assert Config.model_validate(base).performance.busy_poll == 0.0
+    assert Config.model_validate(base).performance.busy_poll == "auto"
     on = Config.model_validate({**base, "performance": {"busy_poll": "50us"}})
     assert on.performance.busy_poll == pytest.approx(50e-6)
+    assert Config.model_validate({**base, "performance": {"busy_poll": " AUTO"}}
+                                 ).performance.busy_poll == "auto"
+    assert Config.model_validate({**base, "performance": {"busy_poll": 0}}
+                                 ).performance.busy_poll == 0.0
     path = tmp_path / "c.yaml"
-    path.write_text("routes:\n  - name: r\n    versions: {v: {endpoints: ['http://127.0.0.1:9']}}\n"
-                    "    weights: {v: 100}\nperformance:\n  busy_poll: 2ms\n")
-    with pytest.raises(ConfigError) as info:
-        load(path)
-    assert str(info.value) == (f"{path}:6: performance.busy_poll: at most 1ms (a wake-up costs "
-                               "tens of microseconds: polling longer only burns CPU), got 2000us")
+    for value, error in (("2ms", "at most 1ms (a wake-up costs tens of microseconds: polling "
+                                 "longer only burns CPU), got 2000us"),
+                         ("-5us", "expected auto, 0s (off) or a duration up to 1ms, got '-5us'"),
+                         ("sometimes", "expected auto, 0s (off) or a duration up to 1ms, got "
+                                       "'sometimes'")):
+        path.write_text("routes:\n  - name: r\n    versions: {v: {endpoints: ['http://127.0.0.1:9']}}\n"
+                        f"    weights: {{v: 100}}\nperformance:\n  busy_poll: {value}\n")
+        with pytest.raises(ConfigError) as info:
+            load(path)
+        assert str(info.value) == f"{path}:6: performance.busy_poll: {error}"
+
+
+def run_out(busy: BusyPoll, loop: FakeLoop, clock: Clock) -> None:
+    """Let the poll under way run past its window with nothing read."""
+    clock.now += 2 * WINDOW
+    loop.advance(0)
+    assert scheduled(loop) == 0
+
+
+def test_a_side_whose_polls_run_out_stops_polling_but_for_a_probe() -> None:
+    busy, loop, _, clock = poller()
+    for _ in range(MISSES):  # an upstream's answer, then a client that thinks
+        busy.kick(CLIENT)
+        clock.now += WINDOW / 4
+        busy.kick(UPSTREAM)  # caught by the client side's poll
+        run_out(busy, loop, clock)
+    assert busy.sides_on() == (True, False)
+    busy.kick(CLIENT)
+    assert scheduled(loop) == 1  # the client side still polls for the answer ...
+    clock.now += WINDOW / 4
+    busy.kick(UPSTREAM)  # ... which ends that poll at its next turn, judged a catch
+    clock.now += WINDOW / 4
+    loop.advance(0)
+    assert scheduled(loop) == 0 and busy.sides_on() == (True, False)
+    for _ in range(PROBE - 2):
+        busy.kick(UPSTREAM)
+        assert scheduled(loop) == 0
+    busy.kick(UPSTREAM)  # the PROBE-th read since it turned off: a probe
+    assert scheduled(loop) == 1
+    clock.now += WINDOW / 2
+    busy.kick(CLIENT)  # caught: the upstream side polls again
+    assert busy.sides_on() == (True, True)
+
+
+def test_a_poll_ended_by_the_other_side_is_not_counted_a_miss() -> None:
+    busy, loop, _, clock = poller()
+    for _ in range(MISSES):
+        busy.kick(UPSTREAM)
+        run_out(busy, loop, clock)
+    for _ in range(MISSES + 1):
+        busy.kick(CLIENT)
+        busy.kick(UPSTREAM)  # off: the client side's poll ends here, unjudged
+        run_out(busy, loop, clock)
+    assert busy.sides_on() == (True, False)

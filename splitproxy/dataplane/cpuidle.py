@@ -1,0 +1,111 @@
+"""What `performance.busy_poll: auto` (the default) means on this machine: poll for
+AUTO_WINDOW after reads where a sleeping CPU is slow to wake and polling takes nobody's CPU;
+otherwise not at all.
+
+Polling pays where waking a halted CPU is a trip through a hypervisor (tens of microseconds),
+so only on a virtual machine, and only where the guest kernel does not poll by itself
+(`cpuidle_haltpoll` with `guest_halt_poll_ns` > 0 does, for every process). It costs where
+the CPU it burns is someone else's: under a CPU quota (a Kubernetes limit counts every
+polled microsecond against the pod) and on a single CPU (the client or the service beside a
+sidecar is who waits). Each of these is read from /proc and /sys at start and on reload;
+`root` lets the tests build a machine out of files.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+AUTO_WINDOW = 50e-6
+_CGROUP_ROOT = "sys/fs/cgroup"
+
+
+@dataclass(frozen=True, slots=True)
+class Choice:
+    """The window a worker polls for (0: it does not) and why, for the log."""
+
+    window: float
+    reason: str
+
+
+def choose(setting: float | Literal["auto"], root: Path = Path("/"),
+           cpus: int | None = None) -> Choice:
+    """`performance.busy_poll` as this worker applies it."""
+    if setting != "auto":
+        return Choice(setting, "set in the config" if setting else "off in the config")
+    if cpus is None:
+        cpus = len(os.sched_getaffinity(0))
+    if not _virtual(root):
+        return Choice(0.0, "auto: not a virtual machine (waking a CPU is cheap)")
+    if (kernel := _kernel_polls(root)) is not None:
+        return Choice(0.0, f"auto: the guest kernel polls already ({kernel})")
+    if (quota := cpu_quota(root)) is not None:
+        return Choice(0.0, f"auto: under a CPU quota ({quota})")
+    if cpus < 2:
+        return Choice(0.0, "auto: one CPU (polling would take it from the client and upstream)")
+    return Choice(AUTO_WINDOW, f"auto: a virtual machine whose kernel halts idle CPUs at once, "
+                               f"no CPU quota, {cpus} CPUs")
+
+
+def _read(path: Path) -> str | None:
+    try:
+        return path.read_text().strip()
+    except (OSError, UnicodeDecodeError):
+        return None
+
+
+def _virtual(root: Path) -> bool:
+    # x86 guests have the `hypervisor` CPU flag; Xen and others also publish /sys/hypervisor.
+    if (_read(root / "sys/hypervisor/type") or "") != "":
+        return True
+    cpuinfo = _read(root / "proc/cpuinfo") or ""
+    for line in cpuinfo.splitlines():
+        if line.startswith("flags"):
+            return "hypervisor" in line.split(":", 1)[-1].split()
+    return False
+
+
+def _kernel_polls(root: Path) -> str | None:
+    driver = _read(root / "sys/devices/system/cpu/cpuidle/current_driver")
+    poll_ns = _read(root / "sys/module/haltpoll/parameters/guest_halt_poll_ns")
+    if driver == "haltpoll" and poll_ns is not None and poll_ns.isdigit() and int(poll_ns) > 0:
+        return f"haltpoll, guest_halt_poll_ns={poll_ns}"
+    return None
+
+
+def cpu_quota(root: Path = Path("/")) -> str | None:
+    """The CPU quota this process runs under, in any cgroup above it (v2 `cpu.max`, v1
+    `cpu.cfs_quota_us`), as the file says it; None without one."""
+    for line in (_read(root / "proc/self/cgroup") or "").splitlines():
+        _, controllers, path = (line.split(":", 2) + ["", ""])[:3]
+        if controllers == "":
+            mounts, name = ["", "unified"], "cpu.max"
+        elif "cpu" in controllers.split(","):
+            mounts, name = [controllers, "cpu", "cpu,cpuacct", "cpuacct,cpu"], "cpu.cfs_quota_us"
+        else:
+            continue
+        for mount in dict.fromkeys(mounts):
+            base = root / _CGROUP_ROOT / mount if mount else root / _CGROUP_ROOT
+            if (found := _quota_above(base, path.strip("/"), name)) is not None:
+                return found
+    return None
+
+
+def _quota_above(base: Path, path: str, name: str) -> str | None:
+    """The first limit in `name` from the process's cgroup up to the hierarchy's root (a
+    container sees its own cgroup as the root, so both are read)."""
+    parts = [p for p in path.split("/") if p and p != ".."]
+    for depth in range(len(parts), -1, -1):
+        file = base.joinpath(*parts[:depth], name)
+        words = (_read(file) or "").split()
+        if not words:
+            continue
+        if name == "cpu.max":
+            limited = words[0] != "max"
+        else:
+            limited = words[0].isdigit() and int(words[0]) > 0  # -1: none
+        if limited:
+            return f"{file}: {' '.join(words)}"
+    return None
