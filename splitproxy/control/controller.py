@@ -310,6 +310,9 @@ class Controller:
     def worker_usage(self) -> list[tuple[int, Usage]]:
         return self.server.worker_usage()
 
+    def busy_poll_window(self) -> float:
+        return self.server.busy_poll_window()
+
     def rollout_metrics(self) -> Iterable[Metric]:
         engine = self.engine
         return [*rollout_families(

@@ -46,6 +46,7 @@ class MetricsSource(Protocol):
     def generation(self) -> int: ...
     def rollout_metrics(self) -> Iterable[Metric]: ...
     def worker_usage(self) -> Iterable[tuple[int, Usage]]: ...  # worker index, its use
+    def busy_poll_window(self) -> float: ...  # seconds; 0: off
 
 
 class SplitproxyCollector(Collector):
@@ -166,6 +167,12 @@ class SplitproxyCollector(Collector):
         yield info
         yield from src.rollout_metrics()
         yield from worker_families(src.worker_usage())
+        yield GaugeMetricFamily(
+            "splitproxy_busy_poll_window_seconds",
+            "How long each worker keeps polling after a read instead of sleeping "
+            "(performance.busy_poll, auto as chosen for this machine); 0: off",
+            value=src.busy_poll_window(),
+        )
 
 
 def worker_families(usage: Iterable[tuple[int, Usage]]) -> list[Metric]:

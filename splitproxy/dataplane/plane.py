@@ -52,3 +52,6 @@ class DataPlane(Protocol):
     def worker_usage(self) -> list[tuple[int, Usage]]:
         """(worker index, its memory, CPU and descriptors) of every worker process that has
         reported; none when one process serves and controls (see `process_*`)."""
+    def busy_poll_window(self) -> float:
+        """How long a worker polls after a read (`performance.busy_poll`, `auto` as chosen
+        for this machine by `cpuidle`); 0: it does not."""

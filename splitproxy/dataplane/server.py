@@ -221,6 +221,10 @@ class ProxyServer:
         """No worker processes: this process's own use is the control process's."""
         return []
 
+    def busy_poll_window(self) -> float:
+        choice = self._busy_choice
+        return choice.window if choice is not None else 0.0
+
     def endpoint_health(self) -> list[EndpointHealth]:
         state = self._state
         return probe.report(state.runtime.routes, self._prober) if state is not None else []

@@ -19,6 +19,7 @@ from multiprocessing.process import BaseProcess
 from splitproxy.config import logformat
 from splitproxy.config.models import Config
 from splitproxy.config.tls import listeners_text
+from splitproxy.dataplane import cpuidle
 from splitproxy.dataplane.messages import (
     FromWorker,
     Ready,
@@ -66,6 +67,7 @@ class WorkerPool:
         # Counters of workers that died, so totals never drop.
         self._retired: list[Report] = []
         self._ctx = multiprocessing.get_context("spawn")
+        self._busy_poll = cpuidle.choose(config.performance.busy_poll).window
 
     # -- DataPlane --------------------------------------------------------------------------
     @property
@@ -92,7 +94,12 @@ class WorkerPool:
 
     def reconfigure(self, config: Config, routing: table.RoutingTable) -> None:
         self.config = config
+        self._busy_poll = cpuidle.choose(config.performance.busy_poll).window
         self.install(routing)
+
+    def busy_poll_window(self) -> float:
+        """What each worker chose: they run where this process runs, so see what it sees."""
+        return self._busy_poll
 
     def install(self, routing: table.RoutingTable) -> None:
         self._routing = routing

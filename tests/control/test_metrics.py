@@ -7,9 +7,11 @@ import math
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
 from prometheus_client.samples import Sample
 
 from splitproxy import __version__
+from splitproxy.dataplane import cpuidle
 from tests.support.configs import proxy_config, route, split_config
 from tests.support.load import served_by
 from tests.support.rawhttp import raw_client
@@ -148,3 +150,22 @@ async def test_metrics_follow_a_reload(tmp_path: Path) -> None:
     assert metric(samples, "splitproxy_route_weight", version="stable") == 25
     assert metric(samples, "splitproxy_route_weight", version="canary") == 75
     assert metric(samples, "splitproxy_config_reloads_total", result="success") == 1
+
+
+async def test_the_busy_poll_window_is_what_auto_chose_here_and_follows_a_reload(
+        tmp_path: Path) -> None:
+    async with run_upstreams("stable", "canary") as ups:
+        cfg = split_config(ups)
+        async with running_service(tmp_path, cfg) as (svc, path), admin(svc) as session:
+            before = await scrape(session)
+            cfg["performance"] = {"busy_poll": "20us"}
+            write_config(path, cfg)
+
+            async def generation_two() -> bool:
+                return metric(await scrape(session), "splitproxy_config_generation") == 2
+
+            await wait_until(generation_two, 2.0, "generation 2 in /metrics")
+            after = await scrape(session)
+    window = "splitproxy_busy_poll_window_seconds"
+    assert metric(before, window) == cpuidle.choose("auto").window
+    assert metric(after, window) == pytest.approx(20e-6)

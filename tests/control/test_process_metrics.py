@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from splitproxy.dataplane import cpuidle
 from splitproxy.dataplane.workers import WorkerPool
 from tests.support.configs import proxy_config, route
 from tests.support.ports import free_port
@@ -65,3 +66,5 @@ async def test_each_worker_reports_its_memory_cpu_and_descriptors(tmp_path: Path
         assert started is not None and started > 1.6e9
     # The control process's own are separate.
     assert metric(samples, "process_resident_memory_bytes") is not None
+    # What each worker chose for busy polling, seen from where they all run.
+    assert metric(samples, "splitproxy_busy_poll_window_seconds") == cpuidle.choose("auto").window
