@@ -35,18 +35,24 @@ def choose(setting: float | Literal["auto"], root: Path = Path("/"),
     """`performance.busy_poll` as this worker applies it."""
     if setting != "auto":
         return Choice(setting, "set in the config" if setting else "off in the config")
-    if cpus is None:
-        cpus = len(os.sched_getaffinity(0))
     if not _virtual(root):
         return Choice(0.0, "auto: not a virtual machine (waking a CPU is cheap)")
     if (kernel := _kernel_polls(root)) is not None:
         return Choice(0.0, f"auto: the guest kernel polls already ({kernel})")
     if (quota := cpu_quota(root)) is not None:
         return Choice(0.0, f"auto: under a CPU quota ({quota})")
+    if cpus is None:
+        cpus = _cpus()
     if cpus < 2:
         return Choice(0.0, "auto: one CPU (polling would take it from the client and upstream)")
     return Choice(AUTO_WINDOW, f"auto: a virtual machine whose kernel halts idle CPUs at once, "
                                f"no CPU quota, {cpus} CPUs")
+
+
+def _cpus() -> int:
+    """The CPUs this process may run on (its affinity: a pinned process counts one)."""
+    affinity = getattr(os, "sched_getaffinity", None)  # Linux only
+    return len(affinity(0)) if affinity is not None else os.cpu_count() or 1
 
 
 def _read(path: Path) -> str | None:

@@ -4,6 +4,8 @@ not. Each machine is built out of the files the kernel would show."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -92,3 +94,14 @@ def test_unreadable_or_odd_files_mean_no_quota(tmp_path: Path) -> None:
 def test_a_window_in_the_config_is_taken_as_it_is(tmp_path: Path) -> None:
     assert choose(20e-6, tmp_path, cpus=1).window == 20e-6
     assert choose(0.0, tmp_path, cpus=8).reason == "off in the config"
+
+
+def test_a_process_pinned_to_one_cpu_counts_one(tmp_path: Path) -> None:
+    root = machine(tmp_path)
+    code = ("import os, sys; from pathlib import Path; os.sched_setaffinity(0, {min(os."
+            "sched_getaffinity(0))}); from splitproxy.dataplane.cpuidle import choose; "
+            "print(choose('auto', Path(sys.argv[1])).reason)")
+    done = subprocess.run([sys.executable, "-c", code, str(root)], capture_output=True,
+                          text=True, timeout=60, check=True)
+    assert done.stdout.strip() == ("auto: one CPU (polling would take it from the client and "
+                                   "upstream)")
