@@ -83,6 +83,8 @@ def paced(port: int, rate: float, duration: float) -> list[float]:
             delay = start + i / rate - time.perf_counter()
             if delay > 0:
                 time.sleep(delay)
+            else:  # a late answer: start the schedule again, rather than send to catch up
+                start -= delay
             sent = time.perf_counter()
             sock.sendall(REQUEST)
             read_response(sock, buffer)
@@ -118,8 +120,10 @@ def slow_upstream(children: bench.Children) -> int:
     return port
 
 
-def run(args: argparse.Namespace, nginx: str, tmp: Path) -> list[Row]:
+def run(args: argparse.Namespace, nginx: str, tmp: Path) -> tuple[list[Row], dict[str, str]]:
+    """The rows, and what each splitproxy target said of its busy polling."""
     children = bench.Children(tmp)
+    polling: dict[str, str] = {}
     rows: dict[tuple[str, float, str], list[tuple[float, ...]]] = {}
     try:
         upstreams = {"nginx": bench.start_nginx_upstream(children, nginx, tmp),
@@ -135,6 +139,8 @@ def run(args: argparse.Namespace, nginx: str, tmp: Path) -> list[Row]:
             ports[(name, bench.NGINX_PROXY)] = (bench.start_nginx_proxy(
                 children, nginx, tmp, up, name=f"nginx{index}"), f"nginx{index}")
         pgids = {name: proc.pid for name, proc in children.procs}
+        for target, child in ((DEFAULT, "sp0"), (OFF, "off0")):
+            polling[target] = _started_as(children, child)
         for port, _ in ports.values():  # warm each up, unmeasured
             paced(port, 1000, 0.5)
         for rnd in range(args.rounds):
@@ -146,9 +152,22 @@ def run(args: argparse.Namespace, nginx: str, tmp: Path) -> list[Row]:
                         measure(port, pgids[child], rate, args.duration))
     finally:
         children.stop_all()
-    return [Row(upstream, rate, target,
-                *(statistics.median(sample[i] for sample in samples) for i in range(5)))
-            for (upstream, rate, target), samples in rows.items()]
+    medians = [Row(upstream, rate, target,
+                   *(statistics.median(sample[i] for sample in samples) for i in range(5)))
+               for (upstream, rate, target), samples in rows.items()]
+    return medians, polling
+
+
+def _started_as(children: bench.Children, name: str) -> str:
+    """What a splitproxy child's log says it runs: the compiled data plane, and its busy
+    polling (`auto` may have chosen off here, which makes the two rows the same config)."""
+    tail = children.log_tail(name, 200)
+    if "data plane: compiled" not in tail:
+        raise RuntimeError(f"{name} runs the interpreted data plane:\n{tail}")
+    said = [line for line in tail.splitlines() if "busy polling: " in line]
+    if not said:
+        raise RuntimeError(f"{name} did not log its busy polling:\n{tail}")
+    return said[-1].split("busy polling: ", 1)[1]
 
 
 def markdown(rows: list[Row]) -> str:
@@ -172,9 +191,10 @@ def main(argv: list[str] | None = None) -> int:
         sys.stderr.write(f"lightload: {problem}\n")
         return 2
     with tempfile.TemporaryDirectory(prefix="lightload-") as tmp:
-        rows = run(args, tools[1], Path(tmp))
+        rows, polling = run(args, tools[1], Path(tmp))
     print(f"splitproxy at light traffic: one paced connection, median of {args.rounds} "
-          f"round(s) of {args.duration:g} s\n")
+          f"round(s) of {args.duration:g} s; busy polling: "
+          + "; ".join(f"{target} {said}" for target, said in polling.items()) + "\n")
     print(markdown(rows))
     return 0
 

@@ -312,8 +312,9 @@ def _busy_poll(value: object) -> float | Literal["auto"]:
     except ValueError as exc:
         raise ValueError(f"expected auto, 0s (off) or a duration up to 1ms, got {value!r}") from exc
     if seconds > 0.001:
+        given = value.strip() if isinstance(value, str) else f"{value} (a bare number is seconds)"
         raise ValueError(f"at most 1ms (a wake-up costs tens of microseconds: polling longer "
-                         f"only burns CPU), got {seconds * 1e6:g}us")
+                         f"only burns CPU), got {given}")
     return seconds
 
 

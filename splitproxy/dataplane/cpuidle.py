@@ -14,12 +14,12 @@ sidecar is who waits). Each of these is read from /proc and /sys at start and on
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 AUTO_WINDOW = 50e-6
-_CGROUP_ROOT = "sys/fs/cgroup"
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,19 +84,54 @@ def _kernel_polls(root: Path) -> str | None:
 def cpu_quota(root: Path = Path("/")) -> str | None:
     """The CPU quota this process runs under, in any cgroup above it (v2 `cpu.max`, v1
     `cpu.cfs_quota_us`), as the file says it; None without one."""
+    paths: dict[str, str] = {}  # hierarchy (v1: the cpu controller's, v2) -> our cgroup in it
     for line in (_read(root / "proc/self/cgroup") or "").splitlines():
-        _, controllers, path = (line.split(":", 2) + ["", ""])[:3]
-        if controllers == "":
-            mounts, name = ["", "unified"], "cpu.max"
+        number, controllers, path = (line.split(":", 2) + ["", ""])[:3]
+        if number == "0" and controllers == "":
+            paths["v2"] = path
         elif "cpu" in controllers.split(","):
-            mounts, name = [controllers, "cpu", "cpu,cpuacct", "cpuacct,cpu"], "cpu.cfs_quota_us"
-        else:
+            paths["v1"] = path
+    for version, base, mount_root in _cgroup_mounts(root):
+        ours = paths.get(version)
+        if ours is None:
             continue
-        for mount in dict.fromkeys(mounts):
-            base = root / _CGROUP_ROOT / mount if mount else root / _CGROUP_ROOT
-            if (found := _quota_above(base, path.strip("/"), name)) is not None:
-                return found
+        if mount_root != "/" and ours.startswith(mount_root + "/"):
+            ours = ours[len(mount_root):]  # the mount shows a subtree: our path within it
+        name = "cpu.max" if version == "v2" else "cpu.cfs_quota_us"
+        if (found := _quota_above(base, ours, name)) is not None:
+            return found
     return None
+
+
+# Where distributions mount them, for a /proc without mountinfo.
+_USUAL_MOUNTS = (("v2", "sys/fs/cgroup"), ("v2", "sys/fs/cgroup/unified"),
+                 ("v1", "sys/fs/cgroup/cpu"), ("v1", "sys/fs/cgroup/cpu,cpuacct"),
+                 ("v1", "sys/fs/cgroup/cpuacct,cpu"))
+_OCTAL = re.compile(r"\\([0-7]{3})")
+
+
+def _cgroup_mounts(root: Path) -> list[tuple[str, Path, str]]:
+    """(hierarchy, where it is mounted, the cgroup its mount shows as its root) of each
+    cgroup2 mount and each v1 mount of the cpu controller, from /proc/self/mountinfo."""
+    found: list[tuple[str, Path, str]] = []
+    for line in (_read(root / "proc/self/mountinfo") or "").splitlines():
+        # ID PARENT MAJOR:MINOR ROOT MOUNT-POINT OPTIONS [OPTIONAL...] - TYPE SOURCE SUPER
+        fields = line.split()
+        if "-" not in fields[5:]:
+            continue
+        dash = fields.index("-", 5)
+        if len(fields) < dash + 4:
+            continue
+        kind, options = fields[dash + 1], fields[dash + 3].split(",")
+        if kind == "cgroup2" or (kind == "cgroup" and "cpu" in options):
+            found.append(("v2" if kind == "cgroup2" else "v1",
+                          root / _unescape(fields[4]).lstrip("/"), _unescape(fields[3])))
+    return found or [(hierarchy, root / path, "/") for hierarchy, path in _USUAL_MOUNTS]
+
+
+def _unescape(field: str) -> str:
+    """mountinfo writes a space in a path as \\040 (and tab, newline, backslash alike)."""
+    return _OCTAL.sub(lambda m: chr(int(m[1], 8)), field)
 
 
 def _quota_above(base: Path, path: str, name: str) -> str | None:

@@ -8,15 +8,18 @@ from __future__ import annotations
 import asyncio
 import logging
 
+import aiohttp
 import pytest
 
 from splitproxy.dataplane import cpuidle
-from splitproxy.dataplane.http.busypoll import BusyPoll
+from splitproxy.dataplane.http.busypoll import CLIENT, MISSES, UPSTREAM, BusyPoll
 from splitproxy.dataplane.server import ProxyServer
 from tests.support.configs import proxy_config, route
+from tests.support.h2client import h2_client
 from tests.support.proxy import run_proxy
 from tests.support.rawhttp import raw_client
 from tests.support.upstream import run_upstream
+from tests.support.waiting import WAIT, wait_until
 
 
 def pollers(srv: ProxyServer) -> tuple[BusyPoll | None, BusyPoll | None]:
@@ -66,3 +69,47 @@ async def test_by_default_it_polls_as_this_machine_allows_and_says_why(
     said = [r.getMessage() for r in caplog.records if r.getMessage().startswith("busy polling")]
     window = f"{expected.window * 1e6:g}us" if expected.window else "off"
     assert said == [f"busy polling: {window} ({expected.reason})"]
+
+
+async def test_both_directions_of_a_tunnel_kick_it() -> None:
+    async with run_upstream("stable") as up:
+        cfg = proxy_config([route({"stable": up.url})], performance={"busy_poll": "200us"})
+        async with run_proxy(cfg) as srv, aiohttp.ClientSession() as session:
+            busy = srv.state.busy_poll
+            assert busy is not None
+            async with session.ws_connect(f"http://127.0.0.1:{srv.port}/ws") as ws:
+                # Both sides off: each read of a side then counts in its `_skipped`, which a
+                # poll (and so a timer) would not show apart.
+                busy._misses[CLIENT] = busy._misses[UPSTREAM] = MISSES
+                before = list(busy._skipped)
+                for i in range(3):
+                    await ws.send_str(f"m{i}")
+                    assert (await ws.receive(timeout=5)).data == f"m{i}"
+                after = list(busy._skipped)
+                await ws.close()
+    # Each echo was read at least once from the upstream, each message from the client.
+    assert all(a - b >= 3 for a, b in zip(after, before, strict=True)), (before, after)
+
+
+async def test_http2_streams_in_flight_count_as_load_and_all_come_back() -> None:
+    async with run_upstream("stable") as up:
+        cfg = proxy_config([route({"stable": up.url})], performance={"busy_poll": "200us"})
+        async with run_proxy(cfg) as srv:
+            writes = srv.state.writes
+            async with h2_client(srv.port) as client:
+                first = client.request("GET", "/slow?delay=0.3")
+                second = client.request("GET", "/slow?delay=0.3")
+                await wait_until(lambda: writes.h2_busy == 2, WAIT, "two streams in flight")
+                assert writes.loaded()  # so a read starts no poll: the loop is busy anyway
+                assert (await client.response(first)).status == 200
+                assert (await client.response(second)).status == 200
+                await wait_until(lambda: writes.h2_busy == 0, WAIT, "both streams done")
+                assert not writes.loaded()
+                # A stream the client resets, and one cut by the connection's end.
+                reset = client.request("GET", "/slow?delay=0.3")
+                client.request("GET", "/slow?delay=0.3")
+                await wait_until(lambda: writes.h2_busy == 2, WAIT, "two more in flight")
+                client.conn.reset_stream(reset)
+                client.flush()
+                await wait_until(lambda: writes.h2_busy == 1, WAIT, "the reset one gone")
+            await wait_until(lambda: writes.h2_busy == 0, WAIT, "the connection's gone")

@@ -80,13 +80,14 @@ class H2Server(ClientConnection):
     """One HTTP/2 client connection (see the module docstring)."""
 
     __slots__ = ("h2", "streams", "flood", "goaway_id", "_in_events", "peer_goaway", "logged",
-                 "pools")
+                 "pools", "_counted")
 
     def __init__(self, state: ServerState, pools: H2Pools | None = None) -> None:
         super().__init__(state)
         self.pools = pools  # the HTTP/2 upstream pools (None: every version over HTTP/1.1)
         self.h2 = H2Connection(config=_CONFIG)
         self.streams: dict[int, H2Stream] = {}
+        self._counted = 0  # of `streams`, in the worker's `writes.h2_busy` (`_recount`)
         self.flood = limits.FloodCounter(0.0)
         self.goaway_id: int | None = None  # GOAWAY sent: streams above this are refused
         self._in_events = False  # handling a read: its writes go out together at the end
@@ -159,6 +160,7 @@ class H2Server(ClientConnection):
         self.state.connections.discard(self)
         streams = list(self.streams.values())
         self.streams.clear()
+        self._recount()
         for stream in streams:
             if not stream.finished:
                 self._log(stream, "client-closed")
@@ -238,6 +240,7 @@ class H2Server(ClientConnection):
         stream.received = len(request.method) + len(request.path) + 14 + sum(
             len(n) + len(v) + 4 for n, v in request.headers)
         self.streams[sid] = stream
+        self._recount()
         try:
             exchange = build_exchange(stream, _Facts(request.method), request.headers,
                                       request.path)
@@ -328,6 +331,7 @@ class H2Server(ClientConnection):
         stream = self.streams.pop(sid, None)
         if stream is None:
             return
+        self._recount()
         if not stream.finished:
             self.flood.resets += 1  # reset before its answer was complete: rapid reset counts
             self._log(stream, "client-closed")
@@ -404,9 +408,18 @@ class H2Server(ClientConnection):
         self.h2.acknowledge_received_data(size, stream.sid)
         self._flush()
 
+    def _recount(self) -> None:
+        """After `streams` changed: the worker's count of HTTP/2 streams in flight follows
+        (the busy poller's, `WriteBatch.loaded`). Reconciled, not stepped, so that no path
+        that adds or drops streams can make it drift."""
+        now = len(self.streams)
+        self.state.writes.h2_busy += now - self._counted
+        self._counted = now
+
     def _forget(self, stream: H2Stream) -> None:
         if self.streams.get(stream.sid) is stream and (stream.request_done or stream.finished):
             del self.streams[stream.sid]
+            self._recount()
             stream.release_window()  # what it held back is the connection's window again
             self._idle_check()
 
@@ -449,6 +462,7 @@ class H2Server(ClientConnection):
         self._flush()
         streams = list(self.streams.values())
         self.streams.clear()
+        self._recount()
         for stream in streams:
             if not stream.finished:
                 self._log(stream, "client-closed")

@@ -40,7 +40,7 @@ SMALL: Final = 16384
 class WriteBatch:
     """The small writes of the current loop turn, by transport, in the order they were made."""
 
-    __slots__ = ("_loop", "_pending", "busy", "gather_from", "gathering")
+    __slots__ = ("_loop", "_pending", "busy", "gather_from", "gathering", "h2_busy")
 
     def __init__(self, loop: EventLoop) -> None:
         self._loop = loop
@@ -55,10 +55,18 @@ class WriteBatch:
         # while enough connections are busy, and always while anything waits, so that nothing
         # written later can overtake it.
         self.gathering = False
+        # HTTP/2 streams in flight, kept by `H2Server`: their writes go through their
+        # connection, not the batch, so they do not make it gather; the busy poller counts
+        # them with `busy` (`loaded`).
+        self.h2_busy = 0
 
     def busy_change(self, change: int) -> None:
         self.busy += change
         self.gathering = self.busy >= self.gather_from or bool(self._pending)
+
+    def loaded(self) -> bool:
+        """Two or more requests in flight (or writes waiting), of either protocol."""
+        return self.gathering or self.busy + self.h2_busy >= 2
 
     def write(self, transport: asyncio.Transport, data: bytes) -> None:
         pending = self._pending

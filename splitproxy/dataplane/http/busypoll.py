@@ -8,18 +8,20 @@ through a proxy wakes it twice (the client's request, the upstream's answer). At
 concurrency those wake-ups, not the proxy's work, set the latency. HAProxy's `busy-polling`
 trades CPU for them the same way; this one is bounded: it polls for `window` after the last
 read and stops, so an idle worker sleeps as before. Under load the loop never sleeps anyway,
-and polling there only takes CPU from the peers: while two or more requests are in flight (the
-write batch gathers then, `batch`) it does not poll. Each polling turn yields the CPU
-(`sched_yield`), so that a peer waiting for the same CPU (the client, the upstream, the
-service beside a sidecar) runs first: with every process on one CPU that cut what polling
-cost a one-connection request from 14% to 4% (README, "Busy polling").
+and polling there only takes CPU from the peers: while two or more requests are in flight
+(HTTP/1.1 exchanges and HTTP/2 streams, as `batch` counts them) it does not poll. Each
+polling turn yields the CPU (`sched_yield`), so that a peer waiting for the same CPU (the
+client, the upstream, the service beside a sidecar) runs first: with every process on one
+CPU that cut what polling cost a one-connection request from 14% to 4% (README, "Busy
+polling").
 
 It learns where polling pays, per side, as the guest kernel's haltpoll governor learns per
 CPU: a read from a client is followed by the upstream's answer (soon, from a fast service),
 a read from an upstream by the client's next request (soon only from a client that does not
 think). After MISSES polls in a row that ran out on one side, that side's reads stop starting
-polls, but for every PROBE-th, which tries again; one read caught while polling turns the side
-back on. A slow service or a thinking client so costs a probe's window in PROBE requests.
+polls, but for every PROBE-th, which tries again; one read of the other side caught while
+polling turns the side back on. A slow service or a thinking client so costs a probe's window
+in PROBE requests.
 """
 
 from __future__ import annotations
@@ -65,18 +67,21 @@ class BusyPoll:
 
     def kick(self, side: int) -> None:
         """A socket of `side` (CLIENT, UPSTREAM) was read: poll until `window` from now."""
-        if self._polling and self._side >= 0:
-            self._misses[self._side] = 0  # this read was caught
+        if self._polling and 0 <= self._side != side:
+            # The other side answered while polling: caught. A read of the same side (the
+            # rest of a body, a PING) says nothing of the wait after it, so it is not judged.
+            self._misses[self._side] = 0
         if self._misses[side] >= MISSES:
             self._skipped[side] += 1
             if self._skipped[side] < PROBE:
+                # A poll under way runs out its window (the rest of this answer may come in
+                # it), unjudged.
                 self._side = -1
-                self._until = 0.0  # a poll under way ends at its next turn, unjudged
                 return
             self._skipped[side] = 0
         self._side = side
         self._until = self._clock() + self.window
-        if not self._polling and not self._writes.gathering:
+        if not self._polling and not self._writes.loaded():
             self._polling = True
             self._loop.call_soon(self._turn)
 
@@ -86,7 +91,7 @@ class BusyPoll:
 
     def _turn(self) -> None:
         self.turns += 1
-        if self._writes.gathering:
+        if self._writes.loaded():
             self._polling = False  # busy: not a miss
         elif self._clock() < self._until:
             os.sched_yield()

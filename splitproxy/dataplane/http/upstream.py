@@ -61,8 +61,12 @@ class UpstreamConnection(asyncio.Protocol):
         tcp.set_write_buffer_limits(high=WRITE_HIGH_WATER)
 
     def data_received(self, data: bytes) -> None:
-        if self._tunnel_peer is not None:
-            self._tunnel_peer.write(data)
+        peer = self._tunnel_peer
+        if peer is not None:
+            tunnel_busy = peer.state.busy_poll
+            if tunnel_busy is not None:
+                tunnel_busy.kick(UPSTREAM)
+            peer.write(data)
             return
         exchange = self.exchange
         if exchange is None:

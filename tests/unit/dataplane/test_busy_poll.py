@@ -76,6 +76,13 @@ def test_no_polling_while_two_or_more_requests_are_in_flight() -> None:
     writes.busy_change(1)  # load came while polling: the next turn stops
     loop.advance(0)
     assert scheduled(loop) == 0 and clock.now < WINDOW
+    writes.busy_change(-1)
+    writes.h2_busy = 1  # an HTTP/2 stream and an HTTP/1.1 exchange: two in flight
+    busy.kick(CLIENT)
+    assert scheduled(loop) == 0
+    writes.h2_busy = 0
+    busy.kick(CLIENT)
+    assert scheduled(loop) == 1
 
 
 def poll_of(server: FakeServer) -> BusyPoll | None:
@@ -122,8 +129,9 @@ def test_busy_poll_is_auto_by_default_and_takes_microseconds_up_to_1ms(tmp_path:
     assert Config.model_validate({**base, "performance": {"busy_poll": 0}}
                                  ).performance.busy_poll == 0.0
     path = tmp_path / "c.yaml"
-    for value, error in (("2ms", "at most 1ms (a wake-up costs tens of microseconds: polling "
-                                 "longer only burns CPU), got 2000us"),
+    too_long = "at most 1ms (a wake-up costs tens of microseconds: polling longer only burns CPU)"
+    for value, error in ((" 2ms", f"{too_long}, got 2ms"),
+                         ("50", f"{too_long}, got 50 (a bare number is seconds)"),
                          ("-5us", "expected auto, 0s (off) or a duration up to 1ms, got '-5us'"),
                          ("sometimes", "expected auto, 0s (off) or a duration up to 1ms, got "
                                        "'sometimes'")):
@@ -152,10 +160,12 @@ def test_a_side_whose_polls_run_out_stops_polling_but_for_a_probe() -> None:
     busy.kick(CLIENT)
     assert scheduled(loop) == 1  # the client side still polls for the answer ...
     clock.now += WINDOW / 4
-    busy.kick(UPSTREAM)  # ... which ends that poll at its next turn, judged a catch
+    busy.kick(UPSTREAM)  # ... caught; the upstream side is off: no new poll for it, ...
     clock.now += WINDOW / 4
     loop.advance(0)
-    assert scheduled(loop) == 0 and busy.sides_on() == (True, False)
+    assert scheduled(loop) == 1  # ... the client side's runs out its window
+    run_out(busy, loop, clock)
+    assert busy.sides_on() == (True, False)
     for _ in range(PROBE - 2):
         busy.kick(UPSTREAM)
         assert scheduled(loop) == 0
@@ -166,13 +176,25 @@ def test_a_side_whose_polls_run_out_stops_polling_but_for_a_probe() -> None:
     assert busy.sides_on() == (True, True)
 
 
-def test_a_poll_ended_by_the_other_side_is_not_counted_a_miss() -> None:
+def test_a_poll_left_to_run_out_by_a_side_that_is_off_is_not_counted_a_miss() -> None:
     busy, loop, _, clock = poller()
     for _ in range(MISSES):
         busy.kick(UPSTREAM)
         run_out(busy, loop, clock)
     for _ in range(MISSES + 1):
         busy.kick(CLIENT)
-        busy.kick(UPSTREAM)  # off: the client side's poll ends here, unjudged
+        busy.kick(UPSTREAM)  # off: the client side's poll runs on, unjudged
+        run_out(busy, loop, clock)
+    assert busy.sides_on() == (True, False)
+
+
+def test_reads_of_the_side_a_poll_waits_after_are_not_catches() -> None:
+    busy, loop, _, clock = poller()
+    for _ in range(MISSES):  # a client that thinks, answers that come in two reads
+        busy.kick(CLIENT)
+        clock.now += WINDOW / 4
+        busy.kick(UPSTREAM)  # the answer's head: caught by the client side's poll
+        clock.now += WINDOW / 4
+        busy.kick(UPSTREAM)  # its body: the same side, which says nothing of the client
         run_out(busy, loop, clock)
     assert busy.sides_on() == (True, False)

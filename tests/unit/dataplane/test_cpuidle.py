@@ -86,7 +86,7 @@ def test_a_cgroup_v1_quota_turns_it_off_and_minus_one_is_none(tmp_path: Path,
 def test_unreadable_or_odd_files_mean_no_quota(tmp_path: Path) -> None:
     root = machine(tmp_path, cgroup="garbage\n1:cpu:/../../etc\n0::\n",
                    files={"sys/fs/cgroup/cpu.max": "\n", "sys/fs/cgroup/cpu/cpu.cfs_quota_us":
-                          "lots\n"})
+                          "lots\n", "proc/self/mountinfo": "1 2\n- - -\n3 4 5 6 7 8 - cgroup2\n"})
     assert cpu_quota(root) is None
     assert cpu_quota(tmp_path / "nothing-here") is None
 
@@ -105,3 +105,31 @@ def test_a_process_pinned_to_one_cpu_counts_one(tmp_path: Path) -> None:
                           text=True, timeout=60, check=True)
     assert done.stdout.strip() == ("auto: one CPU (polling would take it from the client and "
                                    "upstream)")
+
+
+def mountinfo(*mounts: tuple[str, str, str, str]) -> str:
+    """Lines of /proc/self/mountinfo for (root, mount point, type, super options)."""
+    return "".join(f"{30 + i} 23 0:{40 + i} {root} {point} rw,nosuid shared:{i} - {kind} "
+                   f"{kind} {options}\n" for i, (root, point, kind, options) in enumerate(mounts))
+
+
+def test_cgroups_mounted_elsewhere_are_found_through_mountinfo(tmp_path: Path) -> None:
+    info = mountinfo(("/", "/run/my\\040cgroups", "cgroup2", "rw,nsdelegate"),
+                     ("/", "/sys/fs/cgroup/memory", "cgroup", "rw,memory"))
+    root = machine(tmp_path, cgroup="0::/app.slice/web\n",
+                   files={"proc/self/mountinfo": info,
+                          "run/my cgroups/app.slice/cpu.max": "100000 100000\n",
+                          # where it usually is, but not mounted here: not read
+                          "sys/fs/cgroup/app.slice/web/cpu.max": "max 100000\n"})
+    assert cpu_quota(root) == f"{tmp_path}/run/my cgroups/app.slice/cpu.max: 100000 100000"
+
+
+def test_a_v1_cpu_mount_that_shows_a_subtree_is_read_from_its_root(tmp_path: Path) -> None:
+    info = mountinfo(("/kubepods/pod1", "/cg/cpu", "cgroup", "rw,cpu,cpuacct"))
+    root = machine(tmp_path, cgroup="5:cpu,cpuacct:/kubepods/pod1/app\n",
+                   files={"proc/self/mountinfo": info,
+                          "cg/cpu/app/cpu.cfs_quota_us": "-1\n",
+                          "cg/cpu/cpu.cfs_quota_us": "50000\n"})
+    assert cpu_quota(root) == f"{tmp_path}/cg/cpu/cpu.cfs_quota_us: 50000"
+    (tmp_path / "cg/cpu/cpu.cfs_quota_us").write_text("-1\n")
+    assert cpu_quota(root) is None
