@@ -20,8 +20,8 @@ CPU: a read from a client is followed by the upstream's answer (soon, from a fas
 a read from an upstream by the client's next request (soon only from a client that does not
 think). After MISSES polls in a row that ran out on one side, that side's reads stop starting
 polls, but for every PROBE-th, which tries again; one read of the other side caught while
-polling turns the side back on. A slow service or a thinking client so costs a probe's window
-in PROBE requests.
+polling turns the side back on. A slow service so costs a probe's window in PROBE requests;
+a thinking client that too, and the rest of the client side's window after each answer.
 """
 
 from __future__ import annotations
