@@ -97,8 +97,9 @@ async def test_http2_streams_in_flight_count_as_load_and_all_come_back() -> None
         async with run_proxy(cfg) as srv:
             writes = srv.state.writes
             async with h2_client(srv.port) as client:
-                first = client.request("GET", "/slow?delay=0.3")
-                second = client.request("GET", "/slow?delay=0.3")
+                # Held long enough to be seen in flight on a busy machine.
+                first = client.request("GET", "/slow?delay=1")
+                second = client.request("GET", "/slow?delay=1")
                 await wait_until(lambda: writes.h2_busy == 2, WAIT, "two streams in flight")
                 assert writes.loaded()  # so a read starts no poll: the loop is busy anyway
                 assert (await client.response(first)).status == 200
@@ -106,8 +107,8 @@ async def test_http2_streams_in_flight_count_as_load_and_all_come_back() -> None
                 await wait_until(lambda: writes.h2_busy == 0, WAIT, "both streams done")
                 assert not writes.loaded()
                 # A stream the client resets, and one cut by the connection's end.
-                reset = client.request("GET", "/slow?delay=0.3")
-                client.request("GET", "/slow?delay=0.3")
+                reset = client.request("GET", "/slow?delay=2")
+                client.request("GET", "/slow?delay=2")
                 await wait_until(lambda: writes.h2_busy == 2, WAIT, "two more in flight")
                 client.conn.reset_stream(reset)
                 client.flush()

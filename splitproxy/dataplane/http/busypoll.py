@@ -67,6 +67,9 @@ class BusyPoll:
 
     def kick(self, side: int) -> None:
         """A socket of `side` (CLIENT, UPSTREAM) was read: poll until `window` from now."""
+        writes = self._writes
+        if not self._polling and (writes.gathering or writes.busy + writes.h2_busy >= 2):
+            return  # under load (`WriteBatch.loaded`, inlined: every read asks): nothing to do
         if self._polling and 0 <= self._side != side:
             # The other side answered while polling: caught. A read of the same side (the
             # rest of a body, a PING) says nothing of the wait after it, so it is not judged.
@@ -81,7 +84,7 @@ class BusyPoll:
             self._skipped[side] = 0
         self._side = side
         self._until = self._clock() + self.window
-        if not self._polling and not self._writes.loaded():
+        if not self._polling:
             self._polling = True
             self._loop.call_soon(self._turn)
 
