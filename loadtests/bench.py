@@ -361,6 +361,15 @@ def start_splitproxy(children: Children, tmp: Path, upstream: int, name: str = "
     return port
 
 
+def require_compiled(children: Children, name: str) -> str:
+    """Fail unless the child's startup line (splitproxy.dataplane.build) says it runs the
+    compiled data plane; its log's tail, for what else it said."""
+    tail = children.log_tail(name, 200)
+    if "data plane: compiled" not in tail:
+        raise RuntimeError(f"{name} runs the interpreted data plane:\n{tail}")
+    return tail
+
+
 # --- running wrk -------------------------------------------------------------------------------
 
 
@@ -676,10 +685,8 @@ def main(argv: list[str] | None = None) -> int:
                 workers, env, extra = VARIANTS[variant]
                 ports[variant] = start_splitproxy(children, tmp, upstream, variant, workers, env,
                                                   args.analysis, extra, cpus=proxy_cpus)
-                # Its startup line (splitproxy.dataplane.build) says which data plane runs.
-                if variant in (COMPILED, NO_POLL) and "data plane: compiled" not in (
-                        tail := children.log_tail(variant, 200)):
-                    raise RuntimeError(f"{variant} runs the interpreted data plane:\n{tail}")
+                if variant in (COMPILED, NO_POLL):
+                    require_compiled(children, variant)
             if args.idle_connections:
                 if nofile < args.idle_connections + 256:
                     raise RuntimeError(f"RLIMIT_NOFILE is {nofile}: too low to hold "

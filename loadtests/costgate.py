@@ -44,6 +44,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from loadtests import compiled as build
+from loadtests.harness import read_response
 
 REPO = Path(__file__).resolve().parent.parent
 BUDGET = REPO / "loadtests" / "costgate_budget.json"
@@ -182,24 +183,7 @@ def _process(argv: list[str], env: dict[str, str] | None = None
 def _exchange(sock: socket.socket, request: bytes) -> None:
     """Send one request and read its whole answer (Content-Length framed)."""
     sock.sendall(request)
-    data = b""
-    while (end := data.find(b"\r\n\r\n")) < 0:
-        chunk = sock.recv(65536)
-        if not chunk:
-            raise ConnectionError("proxy closed the connection")
-        data += chunk
-    head = data[:end]
-    if not head.startswith(b"HTTP/1.1 200"):
-        raise RuntimeError(f"unexpected answer: {head[:200]!r}")
-    match = re.search(rb"(?i)\r\ncontent-length: *(\d+)", head)
-    if match is None:
-        raise RuntimeError("answer without Content-Length")
-    missing = end + 4 + int(match[1]) - len(data)
-    while missing > 0:
-        chunk = sock.recv(min(65536, missing))
-        if not chunk:
-            raise ConnectionError("proxy closed the connection mid-body")
-        missing -= len(chunk)
+    read_response(sock, bytearray())
 
 
 def _callgrind_control(option: str, pid: int) -> None:

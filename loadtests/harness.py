@@ -48,6 +48,32 @@ def free_port() -> int:
             return port
 
 
+def read_response(sock: socket.socket, buffer: bytearray) -> None:
+    """One whole 200 response framed by Content-Length (what the benchmarks' upstreams
+    send), from `buffer` and then the socket; what follows it stays in `buffer`."""
+    while (end := buffer.find(b"\r\n\r\n")) < 0:
+        buffer += _recv(sock)
+    head = bytes(buffer[:end]).lower()
+    length = 0
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip() == b"content-length":
+            length = int(value)
+    total = end + 4 + length
+    while len(buffer) < total:
+        buffer += _recv(sock)
+    if not head.startswith(b"http/1.1 200"):
+        raise RuntimeError(f"unexpected answer: {bytes(buffer[:end])!r}")
+    del buffer[:total]
+
+
+def _recv(sock: socket.socket) -> bytes:
+    data = sock.recv(65536)
+    if not data:
+        raise RuntimeError("the proxy closed the connection")
+    return data
+
+
 def http_json(url: str, body: dict[str, Any] | None = None, timeout: float = 2.0) -> Any:
     """GET (or POST `body` as JSON) and decode the JSON answer."""
     data = json.dumps(body).encode() if body is not None else None

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from loadtests import bench, compiled, machine
+from loadtests.harness import read_response as read_response  # its client reads with it
 
 DEFAULT = "splitproxy-compiled"
 OFF = "splitproxy-compiled-nopoll"
@@ -44,32 +45,6 @@ class Row:
     p99_ms: float
     cpu_pct: float
     cpu_us: float
-
-
-def read_response(sock: socket.socket, buffer: bytearray) -> None:
-    """One whole response with a Content-Length (what both upstreams send), from `buffer`
-    and then the socket; what follows it stays in `buffer`."""
-    while (end := buffer.find(b"\r\n\r\n")) < 0:
-        buffer += _recv(sock)
-    head = bytes(buffer[:end]).lower()
-    length = 0
-    for line in head.split(b"\r\n")[1:]:
-        name, _, value = line.partition(b":")
-        if name.strip() == b"content-length":
-            length = int(value)
-    total = end + 4 + length
-    while len(buffer) < total:
-        buffer += _recv(sock)
-    if not head.startswith(b"http/1.1 200"):
-        raise RuntimeError(f"unexpected answer: {bytes(buffer[:end])!r}")
-    del buffer[:total]
-
-
-def _recv(sock: socket.socket) -> bytes:
-    data = sock.recv(65536)
-    if not data:
-        raise RuntimeError("the proxy closed the connection")
-    return data
 
 
 def paced(port: int, rate: float, duration: float) -> list[float]:
@@ -161,9 +136,7 @@ def run(args: argparse.Namespace, nginx: str, tmp: Path) -> tuple[list[Row], dic
 def _started_as(children: bench.Children, name: str) -> str:
     """What a splitproxy child's log says it runs: the compiled data plane, and its busy
     polling (`auto` may have chosen off here, which makes the two rows the same config)."""
-    tail = children.log_tail(name, 200)
-    if "data plane: compiled" not in tail:
-        raise RuntimeError(f"{name} runs the interpreted data plane:\n{tail}")
+    tail = bench.require_compiled(children, name)
     said = [line for line in tail.splitlines() if "busy polling: " in line]
     if not said:
         raise RuntimeError(f"{name} did not log its busy polling:\n{tail}")
